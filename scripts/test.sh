@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, unit and integration tests.
+# Installs what the tests need when it is missing (redis-server via apt-get,
+# rustfmt/clippy via rustup); Rust crates come through cargo.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  log "installing redis-server"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # RUNLEVEL=1 keeps the package from starting a system-wide Redis.
+  $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    log "installing ${component}"
+    rustup component add "${component}"
+  fi
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "cargo test"
+cargo test --all-targets

@@ -1,0 +1,243 @@
+//! The admin listener: probes, metrics and the operator API. It runs on its
+//! own worker thread, so a scrape or a breaker report never slows the proxy.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web_prom::PrometheusMetricsBuilder;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::replica::{BreakerReport, Endpoint};
+use crate::service::ServiceTable;
+
+struct AdminState {
+    table: Arc<ServiceTable>,
+    config: Config,
+}
+
+/// Binds the admin listener; the server runs once awaited or spawned.
+pub fn server(
+    config: &Config,
+    table: Arc<ServiceTable>,
+    metrics: &Metrics,
+) -> io::Result<(Server, Vec<SocketAddr>)> {
+    let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
+        .registry(metrics.registry.clone())
+        .endpoint("/metrics")
+        .mask_unmatched_patterns("UNKNOWN")
+        .build()
+        .map_err(|err| io::Error::other(format!("cannot set up /metrics: {err}")))?;
+    let state = web::Data::new(AdminState {
+        table,
+        config: config.clone(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(prometheus.clone())
+            .app_data(state.clone())
+            .route("/", web::get().to(index))
+            .route("/live", web::get().to(live))
+            .route("/ready", web::get().to(ready))
+            .route("/services", web::get().to(services))
+            .route("/circuit-breakers", web::get().to(circuit_breakers))
+            .route("/circuit-breakers/reset", web::post().to(reset_breakers))
+            .route("/config", web::get().to(show_config))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(config.listeners.admin)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "endpoints": {
+            "GET /live": "the process is up",
+            "GET /ready": "200 once every service has had a discovery sync",
+            "GET /metrics": "Prometheus metrics",
+            "GET /services": "services and their replicas with load, latency and breaker state",
+            "GET /circuit-breakers": "every replica's breaker figures",
+            "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
+            "GET /config": "the running configuration",
+        }
+    }))
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
+async fn ready(state: web::Data<AdminState>) -> HttpResponse {
+    let pending: Vec<&str> = state
+        .table
+        .iter()
+        .filter(|s| !s.synced())
+        .map(|s| &*s.name)
+        .collect();
+    if state.table.ready() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not_ready", "waiting_for": pending}))
+    }
+}
+
+async fn services(state: web::Data<AdminState>) -> HttpResponse {
+    let services: Vec<Value> = state
+        .table
+        .iter()
+        .map(|service| {
+            let replicas: Vec<Value> = service
+                .replicas()
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": &*e.address,
+                        "load": e.status.in_flight(),
+                        "ewma_ms": e.status.ewma_micros() / 1000.0,
+                        "healthy": e.status.admits(),
+                        "breaker": e.status.state().as_str(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*service.name,
+                "strip_prefix": service.strip_prefix,
+                "load_balancer": service.policy.load_balancer,
+                "synced": service.synced(),
+                "replicas": replicas,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "services": services }))
+}
+
+async fn circuit_breakers(state: web::Data<AdminState>) -> HttpResponse {
+    let mut breakers = serde_json::Map::new();
+    for service in state.table.iter() {
+        for endpoint in service.replicas().iter() {
+            if let Some(report) = endpoint.inspect().await {
+                breakers.insert(replica_key(endpoint), breaker_json(&report));
+            }
+        }
+    }
+    HttpResponse::Ok().json(json!({ "circuit_breakers": breakers }))
+}
+
+#[derive(Deserialize)]
+struct ResetQuery {
+    service: Option<String>,
+}
+
+async fn reset_breakers(
+    state: web::Data<AdminState>,
+    query: web::Query<ResetQuery>,
+) -> HttpResponse {
+    if let Some(name) = &query.service {
+        if state.table.get(name).is_none() {
+            return HttpResponse::NotFound()
+                .json(json!({"error": format!("no service named {name}")}));
+        }
+    }
+    let mut reset = Vec::new();
+    for service in state.table.iter() {
+        if query
+            .service
+            .as_deref()
+            .is_some_and(|name| name != &*service.name)
+        {
+            continue;
+        }
+        for endpoint in service.replicas().iter() {
+            endpoint.reset_breaker();
+            reset.push(replica_key(endpoint));
+        }
+    }
+    log::info!("admin: circuit breakers reset: {}", reset.join(", "));
+    HttpResponse::Ok().json(json!({ "reset": reset }))
+}
+
+async fn show_config(state: web::Data<AdminState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.config)
+}
+
+fn replica_key(endpoint: &Endpoint) -> String {
+    format!("{}/{}", endpoint.service, endpoint.address)
+}
+
+fn breaker_json(report: &BreakerReport) -> Value {
+    let stats = &report.stats;
+    let failure_rate = if stats.total_calls == 0 {
+        0.0
+    } else {
+        stats.total_failures as f64 / stats.total_calls as f64
+    };
+    json!({
+        "state": report.state.as_str(),
+        "failure_count": report.failure_count,
+        "success_count": report.success_count,
+        "total_calls": stats.total_calls,
+        "total_failures": stats.total_failures,
+        "total_successes": stats.total_successes,
+        "failure_rate": failure_rate,
+        "total_rejections": report.total_rejections,
+        "opened_at": stats.opened_at.map(rfc3339),
+        "last_failure_time": stats.last_failure_time.map(rfc3339),
+        "last_success_time": stats.last_success_time.map(rfc3339),
+    })
+}
+
+/// Formats a wall-clock time as RFC 3339 in UTC with milliseconds.
+fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, day_secs) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        day_secs / 3600,
+        day_secs % 3600 / 60,
+        day_secs % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        let at = |secs: u64, millis: u64| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis)
+        };
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(at(1_795_467_845, 123)), "2026-11-23T21:04:05.123Z");
+    }
+}

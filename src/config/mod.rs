@@ -1,0 +1,753 @@
+//! The sidecar's configuration: types, defaults, validation by key path, and
+//! environment overrides. `Config::from_yaml` is the only way in, so every
+//! config the sidecar runs with has passed the same checks as `outrigger check`.
+
+mod env;
+mod reader;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+use serde_norway::Value;
+
+pub use reader::{format_duration, parse_duration, ConfigError};
+use reader::{FromYaml, Problems, Table};
+
+/// Everything the sidecar needs to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where the sidecar listens.
+    pub listeners: Listeners,
+    /// Where replicas come from.
+    pub discovery: Discovery,
+    /// The policy every service starts from.
+    pub defaults: Policy,
+    /// The services apps may call.
+    pub services: Vec<ServiceConfig>,
+}
+
+/// The sidecar's listening sockets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listeners {
+    /// Apps send outbound calls here (default `127.0.0.1:15001`).
+    pub outbound: SocketAddr,
+    /// Probes, metrics and the admin API (default `0.0.0.0:15090`).
+    pub admin: SocketAddr,
+}
+
+/// Which discovery source feeds the supervisor, and how often it is asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Discovery {
+    /// The source; only `static` (endpoints listed in the config) for now.
+    pub source: DiscoverySource,
+    /// How often a polling source is asked again (default 30s).
+    #[serde(serialize_with = "as_duration")]
+    pub refresh: Duration,
+}
+
+/// The kinds of discovery source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoverySource {
+    /// Endpoints come from `services[].endpoints`.
+    Static,
+}
+
+/// How calls to one service are made: timeouts, balancing, breaker, retries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    /// Bound on the whole request, retries included; past it the app gets 504 (default 3s).
+    #[serde(serialize_with = "as_duration")]
+    pub timeout: Duration,
+    /// Bound on one try at one replica (default 1s).
+    #[serde(serialize_with = "as_duration")]
+    pub per_try_timeout: Duration,
+    /// Bound on opening a TCP connection to a replica (default 500ms).
+    /// Only `defaults.connect_timeout` is used: the connection pool is shared by all services.
+    #[serde(serialize_with = "as_duration")]
+    pub connect_timeout: Duration,
+    /// How a replica is chosen (default `least_load`).
+    pub load_balancer: LoadBalancer,
+    /// The breaker guarding each replica.
+    pub circuit_breaker: BreakerConfig,
+    /// Retry policy (validated now; applied by the resilience release).
+    pub retry: RetryConfig,
+    /// Concurrency limit (validated now; applied by the resilience release).
+    pub concurrency: ConcurrencyConfig,
+}
+
+/// Replica selection strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancer {
+    /// Fewest in-flight requests among admitted replicas, ties at random.
+    LeastLoad,
+    /// Two random admitted replicas; the one with the lower latency x load wins.
+    P2cEwma,
+    /// Each admitted replica in turn.
+    RoundRobin,
+}
+
+impl FromYaml for LoadBalancer {
+    const EXPECTED: &'static str = "one of least_load, p2c_ewma, round_robin";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        match value.as_str()? {
+            "least_load" => Some(Self::LeastLoad),
+            "p2c_ewma" => Some(Self::P2cEwma),
+            "round_robin" => Some(Self::RoundRobin),
+            _ => None,
+        }
+    }
+}
+
+/// Circuit breaker settings for each replica.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreakerConfig {
+    /// Failures within `window` that open the breaker (default 5).
+    pub failure_threshold: u32,
+    /// The sliding window failures are counted in (default 10s).
+    #[serde(serialize_with = "as_duration")]
+    pub window: Duration,
+    /// How long an open breaker rejects before probing; doubles on each re-open (default 30s).
+    #[serde(serialize_with = "as_duration")]
+    pub cooldown: Duration,
+    /// The ceiling for the doubled cooldown (default 5m).
+    #[serde(serialize_with = "as_duration")]
+    pub max_cooldown: Duration,
+    /// Probe successes in half-open that close the breaker (default 2).
+    pub success_threshold: u32,
+    /// Probes admitted at once while half-open (default 1).
+    pub half_open_max_probes: u32,
+}
+
+/// What may be retried, how often and how fast.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryConfig {
+    /// Total tries, the first included (default 3).
+    pub attempts: u32,
+    /// Delay before the first retry; doubles per retry (default 50ms).
+    #[serde(serialize_with = "as_duration")]
+    pub base_delay: Duration,
+    /// Ceiling for the delay (default 2s).
+    #[serde(serialize_with = "as_duration")]
+    pub max_delay: Duration,
+    /// Random spread of each delay, as a fraction (default 0.25).
+    pub jitter: f64,
+    /// Conditions that are retried: `connect_error`, `timeout`, or a 5xx status.
+    pub on: Vec<RetryOn>,
+    /// Retries may add at most this percentage of the service's traffic (default 20).
+    pub budget_percent: u32,
+}
+
+/// One retry condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The replica refused or dropped the connection.
+    ConnectError,
+    /// A try ran out of time.
+    Timeout,
+    /// The replica answered with this status.
+    Status(u16),
+}
+
+impl FromYaml for RetryOn {
+    const EXPECTED: &'static str = "connect_error, timeout or a 5xx status";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        match value {
+            Value::String(s) if s == "connect_error" => Some(Self::ConnectError),
+            Value::String(s) if s == "timeout" => Some(Self::Timeout),
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|code| (500..600).contains(code))
+                .map(|code| Self::Status(code as u16)),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::ConnectError => serializer.serialize_str("connect_error"),
+            Self::Timeout => serializer.serialize_str("timeout"),
+            Self::Status(code) => serializer.serialize_u16(*code),
+        }
+    }
+}
+
+/// Concurrency limit of one service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConcurrencyConfig {
+    /// Requests in flight to the service at once, over all workers (default 100).
+    pub max_in_flight: u32,
+}
+
+/// One service apps may call, and its replicas.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceConfig {
+    /// The name apps use: `/<name>/...`, `Host: <name>` or `http://<name>/...`.
+    pub name: String,
+    /// `host:port` of each replica (static discovery).
+    pub endpoints: Vec<String>,
+    /// Drop `/<name>` from the path before forwarding (default true).
+    pub strip_prefix: bool,
+    /// This service's policy: `defaults` with this service's overrides.
+    #[serde(flatten)]
+    pub policy: Policy,
+}
+
+fn as_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*duration))
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            timeout: Duration::from_secs(3),
+            per_try_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            load_balancer: LoadBalancer::LeastLoad,
+            circuit_breaker: BreakerConfig {
+                failure_threshold: 5,
+                window: Duration::from_secs(10),
+                cooldown: Duration::from_secs(30),
+                max_cooldown: Duration::from_secs(300),
+                success_threshold: 2,
+                half_open_max_probes: 1,
+            },
+            retry: RetryConfig {
+                attempts: 3,
+                base_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(2),
+                jitter: 0.25,
+                on: vec![
+                    RetryOn::ConnectError,
+                    RetryOn::Timeout,
+                    RetryOn::Status(502),
+                    RetryOn::Status(503),
+                    RetryOn::Status(504),
+                ],
+                budget_percent: 20,
+            },
+            concurrency: ConcurrencyConfig { max_in_flight: 100 },
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, with environment overrides from the process.
+    pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            vec![ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read the config file: {err}"),
+            }]
+        })?;
+        Config::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up override variables.
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let root: Value = serde_norway::from_str(text).map_err(|err| {
+            vec![ConfigError {
+                path: "(file)".to_string(),
+                message: format!("not valid YAML: {err}"),
+            }]
+        })?;
+        let mut problems = Problems::default();
+        let config = read_config(&root, env, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(problems.into_vec()),
+        }
+    }
+
+    /// The service named `name`, if configured.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+fn read_config(
+    root: &Value,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<Config> {
+    let mut top = Table::open(root, "", problems)?;
+    let listeners = read_listeners(top.raw("listeners"), problems);
+    let discovery = read_discovery(top.raw("discovery"), problems);
+    let mut defaults = read_policy(
+        top.raw("defaults"),
+        "defaults",
+        &Policy::default(),
+        problems,
+    );
+    let mut discovery = discovery?;
+    env::apply(&mut defaults, &mut discovery, env, problems);
+    let services = read_services(top.raw("services"), &defaults, problems);
+    top.finish(problems);
+    Some(Config {
+        listeners: listeners?,
+        discovery,
+        defaults,
+        services,
+    })
+}
+
+fn read_listeners(value: Option<&Value>, problems: &mut Problems) -> Option<Listeners> {
+    let mut table = Table::open(value.unwrap_or(&Value::Null), "listeners", problems)?;
+    let outbound = read_bind(&mut table, "outbound", "127.0.0.1:15001", problems);
+    let admin = read_bind(&mut table, "admin", "0.0.0.0:15090", problems);
+    table.finish(problems);
+    Some(Listeners {
+        outbound: outbound?,
+        admin: admin?,
+    })
+}
+
+fn read_bind(
+    parent: &mut Table,
+    key: &str,
+    default: &str,
+    problems: &mut Problems,
+) -> Option<SocketAddr> {
+    let path = parent.path_of(key);
+    let mut table = Table::open(parent.raw(key).unwrap_or(&Value::Null), &path, problems)?;
+    let bind: String = table
+        .get("bind", problems)
+        .unwrap_or_else(|| default.to_string());
+    table.finish(problems);
+    match bind.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.add(
+                &format!("{path}.bind"),
+                format!("expected an address like \"127.0.0.1:15001\", got \"{bind}\""),
+            );
+            None
+        }
+    }
+}
+
+fn read_discovery(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
+    let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
+    let source = match table.get::<String>("source", problems).as_deref() {
+        None | Some("static") => DiscoverySource::Static,
+        Some(other) => {
+            problems.add(
+                "discovery.source",
+                format!("expected static (the only source this build has), got \"{other}\""),
+            );
+            DiscoverySource::Static
+        }
+    };
+    let refresh = table
+        .get("refresh", problems)
+        .unwrap_or(Duration::from_secs(30));
+    positive(refresh, "discovery.refresh", problems);
+    table.finish(problems);
+    Some(Discovery { source, refresh })
+}
+
+/// Reads a policy section on top of `base`: keys it sets win, the rest come from `base`.
+fn read_policy(
+    value: Option<&Value>,
+    path: &str,
+    base: &Policy,
+    problems: &mut Problems,
+) -> Policy {
+    let Some(mut table) = Table::open(value.unwrap_or(&Value::Null), path, problems) else {
+        return base.clone();
+    };
+    let policy = read_policy_keys(&mut table, base, problems);
+    table.finish(problems);
+    policy
+}
+
+/// Reads the policy keys of `table` (shared by `defaults` and each service).
+fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
+    let policy = Policy {
+        timeout: table.get("timeout", problems).unwrap_or(base.timeout),
+        per_try_timeout: table
+            .get("per_try_timeout", problems)
+            .unwrap_or(base.per_try_timeout),
+        connect_timeout: table
+            .get("connect_timeout", problems)
+            .unwrap_or(base.connect_timeout),
+        load_balancer: table
+            .get("load_balancer", problems)
+            .unwrap_or(base.load_balancer),
+        circuit_breaker: read_breaker(table, &base.circuit_breaker, problems),
+        retry: read_retry(table, &base.retry, problems),
+        concurrency: read_concurrency(table, &base.concurrency, problems),
+    };
+    for (key, value) in [
+        ("timeout", policy.timeout),
+        ("per_try_timeout", policy.per_try_timeout),
+        ("connect_timeout", policy.connect_timeout),
+    ] {
+        positive(value, &table.path_of(key), problems);
+    }
+    policy
+}
+
+fn read_breaker(
+    parent: &mut Table,
+    base: &BreakerConfig,
+    problems: &mut Problems,
+) -> BreakerConfig {
+    let path = parent.path_of("circuit_breaker");
+    let Some(value) = parent.raw("circuit_breaker") else {
+        return base.clone();
+    };
+    let Some(mut t) = Table::open(value, &path, problems) else {
+        return base.clone();
+    };
+    let breaker = BreakerConfig {
+        failure_threshold: t
+            .get("failure_threshold", problems)
+            .unwrap_or(base.failure_threshold),
+        window: t.get("window", problems).unwrap_or(base.window),
+        cooldown: t.get("cooldown", problems).unwrap_or(base.cooldown),
+        max_cooldown: t.get("max_cooldown", problems).unwrap_or(base.max_cooldown),
+        success_threshold: t
+            .get("success_threshold", problems)
+            .unwrap_or(base.success_threshold),
+        half_open_max_probes: t
+            .get("half_open_max_probes", problems)
+            .unwrap_or(base.half_open_max_probes),
+    };
+    for (key, count) in [
+        ("failure_threshold", breaker.failure_threshold),
+        ("success_threshold", breaker.success_threshold),
+        ("half_open_max_probes", breaker.half_open_max_probes),
+    ] {
+        at_least_one(count, &t.path_of(key), problems);
+    }
+    positive(breaker.window, &t.path_of("window"), problems);
+    positive(breaker.cooldown, &t.path_of("cooldown"), problems);
+    if breaker.max_cooldown < breaker.cooldown {
+        problems.add(
+            &t.path_of("max_cooldown"),
+            "must not be shorter than cooldown",
+        );
+    }
+    t.finish(problems);
+    breaker
+}
+
+fn read_retry(parent: &mut Table, base: &RetryConfig, problems: &mut Problems) -> RetryConfig {
+    let path = parent.path_of("retry");
+    let Some(value) = parent.raw("retry") else {
+        return base.clone();
+    };
+    let Some(mut t) = Table::open(value, &path, problems) else {
+        return base.clone();
+    };
+    let retry = RetryConfig {
+        attempts: t.get("attempts", problems).unwrap_or(base.attempts),
+        base_delay: t.get("base_delay", problems).unwrap_or(base.base_delay),
+        max_delay: t.get("max_delay", problems).unwrap_or(base.max_delay),
+        jitter: t.get("jitter", problems).unwrap_or(base.jitter),
+        on: t.list("on", problems).unwrap_or_else(|| base.on.clone()),
+        budget_percent: t
+            .get("budget_percent", problems)
+            .unwrap_or(base.budget_percent),
+    };
+    at_least_one(retry.attempts, &t.path_of("attempts"), problems);
+    if !(0.0..=1.0).contains(&retry.jitter) {
+        problems.add(
+            &t.path_of("jitter"),
+            format!("must be between 0 and 1, got {}", retry.jitter),
+        );
+    }
+    if retry.budget_percent > 100 {
+        problems.add(&t.path_of("budget_percent"), "must be between 0 and 100");
+    }
+    if retry.max_delay < retry.base_delay {
+        problems.add(
+            &t.path_of("max_delay"),
+            "must not be shorter than base_delay",
+        );
+    }
+    t.finish(problems);
+    retry
+}
+
+fn read_concurrency(
+    parent: &mut Table,
+    base: &ConcurrencyConfig,
+    problems: &mut Problems,
+) -> ConcurrencyConfig {
+    let path = parent.path_of("concurrency");
+    let Some(value) = parent.raw("concurrency") else {
+        return base.clone();
+    };
+    let Some(mut t) = Table::open(value, &path, problems) else {
+        return base.clone();
+    };
+    let concurrency = ConcurrencyConfig {
+        max_in_flight: t
+            .get("max_in_flight", problems)
+            .unwrap_or(base.max_in_flight),
+    };
+    at_least_one(
+        concurrency.max_in_flight,
+        &t.path_of("max_in_flight"),
+        problems,
+    );
+    t.finish(problems);
+    concurrency
+}
+
+fn read_services(
+    value: Option<&Value>,
+    defaults: &Policy,
+    problems: &mut Problems,
+) -> Vec<ServiceConfig> {
+    let items = match value {
+        None | Some(Value::Null) => return Vec::new(),
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            problems.add("services", "expected a list of services");
+            return Vec::new();
+        }
+    };
+    let mut services: Vec<ServiceConfig> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("services[{index}]");
+        let Some(service) = read_service(item, &path, defaults, problems) else {
+            continue;
+        };
+        if services.iter().any(|s| s.name == service.name) {
+            problems.add(
+                &format!("{path}.name"),
+                format!("\"{}\" is used by another service", service.name),
+            );
+        }
+        services.push(service);
+    }
+    services
+}
+
+fn read_service(
+    value: &Value,
+    path: &str,
+    defaults: &Policy,
+    problems: &mut Problems,
+) -> Option<ServiceConfig> {
+    let mut t = Table::open(value, path, problems)?;
+    let name: Option<String> = t.get("name", problems);
+    match &name {
+        None => problems.add(
+            &t.path_of("name"),
+            "required: the name apps call the service by",
+        ),
+        Some(name) if !is_service_name(name) => problems.add(
+            &t.path_of("name"),
+            format!("expected a DNS label (lowercase letters, digits and '-'), got \"{name}\""),
+        ),
+        Some(_) => {}
+    }
+    let endpoints: Vec<String> = t.list("endpoints", problems).unwrap_or_default();
+    if endpoints.is_empty() {
+        problems.add(
+            &t.path_of("endpoints"),
+            "required with discovery.source static: list host:port of each replica",
+        );
+    }
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        if !is_host_port(endpoint) {
+            problems.add(
+                &format!("{}[{index}]", t.path_of("endpoints")),
+                format!("expected host:port like \"10.0.0.7:8080\", got \"{endpoint}\""),
+            );
+        }
+    }
+    let strip_prefix = t.get("strip_prefix", problems).unwrap_or(true);
+    if t.raw("connect_timeout").is_some() {
+        problems.add(
+            &t.path_of("connect_timeout"),
+            "set it under defaults: the connection pool is shared by all services",
+        );
+    }
+    let policy = read_policy_keys(&mut t, defaults, problems);
+    t.finish(problems);
+    Some(ServiceConfig {
+        name: name?,
+        endpoints,
+        strip_prefix,
+        policy,
+    })
+}
+
+fn is_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn is_host_port(endpoint: &str) -> bool {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
+    }
+}
+
+fn positive(duration: Duration, path: &str, problems: &mut Problems) {
+    if duration.is_zero() {
+        problems.add(path, "must be longer than 0s");
+    }
+}
+
+fn at_least_one(count: u32, path: &str, problems: &mut Problems) {
+    if count == 0 {
+        problems.add(path, "must be at least 1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::from_yaml(text, &no_env) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_tiny_file_gets_every_default() {
+        let config = Config::from_yaml(
+            "services: [{name: api, endpoints: [\"127.0.0.1:9000\"]}]",
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(config.listeners.outbound.to_string(), "127.0.0.1:15001");
+        assert_eq!(config.listeners.admin.to_string(), "0.0.0.0:15090");
+        assert_eq!(config.discovery.refresh, Duration::from_secs(30));
+        let api = config.service("api").expect("api");
+        assert!(api.strip_prefix);
+        assert_eq!(api.policy, Policy::default());
+    }
+
+    #[test]
+    fn a_service_overrides_only_what_it_sets() {
+        let text = "
+defaults:
+  timeout: 2s
+  circuit_breaker: { failure_threshold: 7 }
+services:
+  - name: api
+    endpoints: [\"127.0.0.1:9000\"]
+    timeout: 500ms
+    circuit_breaker: { cooldown: 1s }
+";
+        let config = Config::from_yaml(text, &no_env).expect("valid");
+        let policy = &config.service("api").expect("api").policy;
+        assert_eq!(policy.timeout, Duration::from_millis(500));
+        assert_eq!(policy.circuit_breaker.failure_threshold, 7);
+        assert_eq!(policy.circuit_breaker.cooldown, Duration::from_secs(1));
+        assert_eq!(config.defaults.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_path() {
+        let text = "
+listeners: { outbound: { bind: nowhere } }
+defaults: { load_balancer: fastest, retry: { jitter: 2 } }
+services:
+  - name: api
+    endpoints: [\"127.0.0.1:9000\", \"bad\"]
+    circuit_breaker: { cooldown: thirty }
+    colour: blue
+";
+        assert_eq!(
+            errors(text),
+            vec![
+                "listeners.outbound.bind: expected an address like \"127.0.0.1:15001\", got \"nowhere\"",
+                "defaults.load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\"",
+                "defaults.retry.jitter: must be between 0 and 1, got 2",
+                "services[0].endpoints[1]: expected host:port like \"10.0.0.7:8080\", got \"bad\"",
+                "services[0].circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\"",
+                "services[0].colour: unknown key",
+            ]
+        );
+    }
+
+    #[test]
+    fn services_need_a_unique_dns_name_and_endpoints() {
+        let text = "
+services:
+  - { name: api, endpoints: [\"a:1\"] }
+  - { name: api, endpoints: [\"b:1\"] }
+  - { name: Bad_Name, endpoints: [] }
+  - { endpoints: [\"c:1\"], connect_timeout: 1s }
+";
+        assert_eq!(
+            errors(text),
+            vec![
+                "services[1].name: \"api\" is used by another service",
+                "services[2].name: expected a DNS label (lowercase letters, digits and '-'), got \"Bad_Name\"",
+                "services[2].endpoints: required with discovery.source static: list host:port of each replica",
+                "services[3].name: required: the name apps call the service by",
+                "services[3].connect_timeout: set it under defaults: the connection pool is shared by all services",
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_must_make_sense() {
+        let text = "
+discovery: { source: consul, refresh: 0s }
+defaults:
+  timeout: 0s
+  circuit_breaker: { failure_threshold: 0, cooldown: 10m, max_cooldown: 1m }
+  retry: { attempts: 0, on: [timeout, 404], budget_percent: 150 }
+  concurrency: { max_in_flight: 0 }
+";
+        assert_eq!(
+            errors(text),
+            vec![
+                "discovery.source: expected static (the only source this build has), got \"consul\"",
+                "discovery.refresh: must be longer than 0s",
+                "defaults.circuit_breaker.failure_threshold: must be at least 1",
+                "defaults.circuit_breaker.max_cooldown: must not be shorter than cooldown",
+                "defaults.retry.on[1]: expected connect_error, timeout or a 5xx status, got 404",
+                "defaults.retry.attempts: must be at least 1",
+                "defaults.retry.budget_percent: must be between 0 and 100",
+                "defaults.concurrency.max_in_flight: must be at least 1",
+                "defaults.timeout: must be longer than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn broken_yaml_and_wrong_shapes_are_reported() {
+        assert_eq!(errors("services: [").len(), 1);
+        assert_eq!(
+            errors("- 1\n- 2"),
+            vec!["(file): expected a mapping, got a list"]
+        );
+        assert_eq!(
+            errors("services: 3"),
+            vec!["services: expected a list of services"]
+        );
+    }
+}

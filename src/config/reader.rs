@@ -1,0 +1,280 @@
+//! Walks a parsed YAML tree and collects every problem with its key path.
+//!
+//! Serde stops at the first error; `outrigger check` must report all of them,
+//! so sections are read key by key: each value is converted on its own, a bad
+//! value becomes a [`ConfigError`] naming its path, and reading goes on.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_norway::Value;
+
+/// One problem in a config file, located by its key path
+/// (`services[1].circuit_breaker.cooldown`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, or the environment variable that caused it.
+    pub path: String,
+    /// What is wrong, in words a user can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Collects [`ConfigError`]s while a config is read.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// Records a problem at `path`.
+    pub fn add(&mut self, path: &str, message: impl Into<String>) {
+        let path = if path.is_empty() { "(file)" } else { path };
+        self.0.push(ConfigError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// The problems found, in the order they were found.
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.0
+    }
+
+    /// True when nothing was wrong.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A value that can be read from one YAML scalar or list.
+pub trait FromYaml: Sized {
+    /// What a user should have written, for the error message.
+    const EXPECTED: &'static str;
+    /// Converts the value, or `None` when it has the wrong shape.
+    fn from_yaml(value: &Value) -> Option<Self>;
+}
+
+impl FromYaml for u32 {
+    const EXPECTED: &'static str = "a whole number";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_u64().and_then(|n| u32::try_from(n).ok())
+    }
+}
+
+impl FromYaml for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_f64()
+    }
+}
+
+impl FromYaml for bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_bool()
+    }
+}
+
+impl FromYaml for String {
+    const EXPECTED: &'static str = "a string";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_str().map(str::to_string)
+    }
+}
+
+impl FromYaml for Duration {
+    const EXPECTED: &'static str = "a duration like \"30s\"";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_str().and_then(parse_duration)
+    }
+}
+
+/// Parses "250ms", "3s", "1m", "2h" (a whole number and one unit).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit_millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(unit_millis).map(Duration::from_millis)
+}
+
+/// Formats a duration the way a config file writes it ("250ms", "3s", "5m").
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0 => "0s".to_string(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1_000 == 0 => format!("{}s", m / 1_000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// Shows a YAML value briefly, for "got ..." in error messages.
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".to_string(),
+        Value::String(s) => format!("\"{s}\""),
+        Value::Sequence(_) => "a list".to_string(),
+        Value::Mapping(_) => "a mapping".to_string(),
+        other => serde_norway::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "an unreadable value".to_string()),
+    }
+}
+
+/// Joins a parent path and a key: `""` + `listeners` -> `listeners`.
+pub fn child_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// One YAML mapping being read; remembers which keys were used so that
+/// [`Table::finish`] can report the unknown ones.
+pub struct Table<'v> {
+    path: String,
+    entries: Vec<(&'v str, &'v Value, bool)>,
+}
+
+impl<'v> Table<'v> {
+    /// Opens `value` as a mapping at `path`; a null value is an empty mapping.
+    pub fn open(value: &'v Value, path: &str, problems: &mut Problems) -> Option<Self> {
+        let mut entries = Vec::new();
+        match value {
+            Value::Null => {}
+            Value::Mapping(map) => {
+                for (key, value) in map {
+                    match key.as_str() {
+                        Some(key) => entries.push((key, value, false)),
+                        None => {
+                            problems.add(path, format!("keys must be strings, got {}", show(key)))
+                        }
+                    }
+                }
+            }
+            other => {
+                problems.add(path, format!("expected a mapping, got {}", show(other)));
+                return None;
+            }
+        }
+        Some(Table {
+            path: path.to_string(),
+            entries,
+        })
+    }
+
+    /// The path of `key` inside this table.
+    pub fn path_of(&self, key: &str) -> String {
+        child_path(&self.path, key)
+    }
+
+    /// The raw value under `key`, marking it used.
+    pub fn raw(&mut self, key: &str) -> Option<&'v Value> {
+        let entry = self.entries.iter_mut().find(|(k, _, _)| *k == key)?;
+        entry.2 = true;
+        Some(entry.1)
+    }
+
+    /// Reads `key` as a `T`; records a problem and yields `None` on a bad value.
+    pub fn get<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<T> {
+        let value = self.raw(key)?;
+        let parsed = T::from_yaml(value);
+        if parsed.is_none() {
+            let message = format!("expected {}, got {}", T::EXPECTED, show(value));
+            problems.add(&self.path_of(key), message);
+        }
+        parsed
+    }
+
+    /// Reads `key` as a list of `T`, reporting each bad item by its index;
+    /// `None` when the key is absent or is not a list.
+    pub fn list<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<Vec<T>> {
+        let value = self.raw(key)?;
+        let path = self.path_of(key);
+        let Some(items) = value.as_sequence() else {
+            problems.add(&path, format!("expected a list, got {}", show(value)));
+            return None;
+        };
+        let mut parsed = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            match T::from_yaml(item) {
+                Some(item) => parsed.push(item),
+                None => problems.add(
+                    &format!("{path}[{index}]"),
+                    format!("expected {}, got {}", T::EXPECTED, show(item)),
+                ),
+            }
+        }
+        Some(parsed)
+    }
+
+    /// Reports every key that no reader asked for.
+    pub fn finish(self, problems: &mut Problems) {
+        for (key, _, used) in &self.entries {
+            if !used {
+                problems.add(&child_path(&self.path, key), "unknown key");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration(" 0s "), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn durations_reject_what_is_not_one() {
+        for bad in ["thirty", "30", "s", "1.5s", "-1s", "10 s", "3d", ""] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_format_back_to_the_largest_whole_unit() {
+        for text in ["250ms", "3s", "5m", "2h", "0s", "1500ms"] {
+            let parsed = parse_duration(text).expect("valid");
+            assert_eq!(format_duration(parsed), text);
+        }
+    }
+
+    #[test]
+    fn a_table_reports_bad_values_and_unknown_keys_with_paths() {
+        let value: Value = serde_norway::from_str("a: 3\nb: nope\nc: 1").expect("yaml");
+        let mut problems = Problems::default();
+        let mut table = Table::open(&value, "root", &mut problems).expect("mapping");
+        assert_eq!(table.get::<u32>("a", &mut problems), Some(3));
+        assert_eq!(table.get::<u32>("b", &mut problems), None);
+        table.finish(&mut problems);
+        let errors: Vec<String> = problems.into_vec().iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            errors,
+            vec![
+                "root.b: expected a whole number, got \"nope\"".to_string(),
+                "root.c: unknown key".to_string()
+            ]
+        );
+    }
+}

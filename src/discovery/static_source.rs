@@ -1,0 +1,31 @@
+//! The `static` source: the endpoints listed under `services[].endpoints`.
+
+use super::{DiscoverySource, Snapshot, SnapshotFuture};
+use crate::config::ServiceConfig;
+
+/// Replicas as the config file lists them; never changes.
+pub struct StaticSource {
+    snapshot: Snapshot,
+}
+
+impl StaticSource {
+    /// The snapshot of `services`' configured endpoints.
+    pub fn new(services: &[ServiceConfig]) -> Self {
+        let snapshot = services
+            .iter()
+            .map(|s| (s.name.clone(), s.endpoints.clone()))
+            .collect();
+        StaticSource { snapshot }
+    }
+}
+
+impl DiscoverySource for StaticSource {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    fn fetch(&mut self) -> SnapshotFuture {
+        let snapshot = self.snapshot.clone();
+        Box::pin(async move { Ok(snapshot) })
+    }
+}

@@ -1,0 +1,132 @@
+//! The answers Outrigger gives itself, each with one status code, a reason
+//! token for the `x-outrigger` header and a JSON body
+//! `{"error", "service", "request_id"}`.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde::Serialize;
+
+/// Why Outrigger answered instead of a replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// No configured service matches the request (404).
+    UnknownService,
+    /// The request could not be turned into an upstream request (400).
+    BadRequest(String),
+    /// The service has replicas but every breaker refuses traffic, or it has none (503).
+    NoHealthyReplica(String),
+    /// The replica could not be connected to (502).
+    UpstreamConnect(String),
+    /// The replica broke the connection or answered with invalid HTTP (502).
+    UpstreamProtocol(String),
+    /// No answer in time (504).
+    Timeout(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    service: Option<&'a str>,
+    request_id: &'a str,
+}
+
+impl ProxyError {
+    /// The status code it is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownService => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `x-outrigger` header value: a stable token scripts can match on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownService => "unknown_service",
+            Self::BadRequest(_) => "bad_request",
+            Self::NoHealthyReplica(_) => "no_healthy_replica",
+            Self::UpstreamConnect(_) => "upstream_connect_failed",
+            Self::UpstreamProtocol(_) => "upstream_protocol_error",
+            Self::Timeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// What happened, in words.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::UnknownService => "no configured service matches the path, Host or authority",
+            Self::BadRequest(m)
+            | Self::NoHealthyReplica(m)
+            | Self::UpstreamConnect(m)
+            | Self::UpstreamProtocol(m)
+            | Self::Timeout(m) => m,
+        }
+    }
+
+    /// The response: status, `x-outrigger` header and JSON body.
+    pub fn response(&self, service: Option<&str>, request_id: &str) -> HttpResponse {
+        let body = ErrorBody {
+            error: self.message(),
+            service,
+            request_id,
+        };
+        HttpResponse::build(self.status())
+            .insert_header(("x-outrigger", self.reason()))
+            .json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn each_error_owns_its_status_and_reason() {
+        let cases = [
+            (ProxyError::UnknownService, 404, "unknown_service"),
+            (ProxyError::BadRequest("x".into()), 400, "bad_request"),
+            (
+                ProxyError::NoHealthyReplica("x".into()),
+                503,
+                "no_healthy_replica",
+            ),
+            (
+                ProxyError::UpstreamConnect("x".into()),
+                502,
+                "upstream_connect_failed",
+            ),
+            (
+                ProxyError::UpstreamProtocol("x".into()),
+                502,
+                "upstream_protocol_error",
+            ),
+            (ProxyError::Timeout("x".into()), 504, "upstream_timeout"),
+        ];
+        for (error, status, reason) in cases {
+            assert_eq!(error.status().as_u16(), status);
+            assert_eq!(error.reason(), reason);
+        }
+    }
+
+    #[test]
+    fn the_body_is_json_with_service_and_request_id() {
+        let response = ProxyError::Timeout("slow".into()).response(Some("api"), "req-1");
+        assert_eq!(
+            response
+                .headers()
+                .get("x-outrigger")
+                .and_then(|v| v.to_str().ok()),
+            Some("upstream_timeout")
+        );
+        let body = response.into_body().try_into_bytes().expect("in memory");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"error": "slow", "service": "api", "request_id": "req-1"})
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! The HTTP call to a replica and the way its answer streams back: hop-by-hop
+//! headers dropped, `X-Forwarded-*` and `x-request-id` set, bodies streamed
+//! in both directions and never buffered whole.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::body::{BodyStream, SizedStream};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::Uri;
+use actix_web::web::{Bytes, Payload};
+use actix_web::{HttpRequest, HttpResponse};
+use awc::error::{ConnectError, PayloadError, SendRequestError};
+use awc::{Client, ClientResponse, Connector};
+use futures_util::Stream;
+
+use crate::replica::{Lease, UpstreamError};
+
+/// The request-id header, accepted from the app or created here.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How long an idle pooled connection to a replica is kept.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// One worker's HTTP client: pooled keep-alive connections, no default
+/// headers, no decompression, no client-wide timeout (each call sets its own).
+pub fn client(connect_timeout: Duration) -> Client {
+    let connector = Connector::new()
+        .limit(0)
+        .timeout(connect_timeout)
+        .conn_keep_alive(POOL_IDLE);
+    Client::builder()
+        .connector(connector)
+        .no_default_headers()
+        .disable_timeout()
+        .finish()
+}
+
+/// The request id of `req`, or a new UUID v4 when it has none.
+pub fn request_id(req: &HttpRequest) -> HeaderValue {
+    match req.headers().get(&REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+    }
+}
+
+/// What to send to the replica.
+pub struct Upstream<'a> {
+    /// `host:port` of the replica.
+    pub address: &'a str,
+    /// Path to request, without the query.
+    pub path: &'a str,
+    /// Pass the app's `Host` on (it names the service) instead of the replica's address.
+    pub keep_host: bool,
+    /// Bound on getting the response head.
+    pub timeout: Duration,
+}
+
+/// The answer head from a replica, with its body still to stream.
+pub type UpstreamResponse = ClientResponse;
+
+/// Sends `req` with its streamed body to the replica.
+pub async fn send(
+    client: &Client,
+    upstream: Upstream<'_>,
+    req: &HttpRequest,
+    payload: Payload,
+    request_id: &HeaderValue,
+) -> Result<UpstreamResponse, SendError> {
+    let uri = upstream_uri(upstream.address, upstream.path, req.uri().query())?;
+    let mut request = client
+        .request(req.method().clone(), uri)
+        .timeout(upstream.timeout);
+    copy_request_headers(req, request.headers_mut(), upstream.keep_host, request_id);
+    let sent = match body_length(req) {
+        BodyLength::None => request.send(),
+        BodyLength::Sized(length) => request.send_body(SizedStream::new(length, payload)),
+        BodyLength::Chunked => request.send_stream(payload),
+    };
+    sent.await.map_err(SendError::from)
+}
+
+/// Why a call got no answer.
+pub enum SendError {
+    /// The request could not be formed (a path the URI grammar rejects).
+    BadRequest(String),
+    /// The replica did not answer.
+    Upstream(UpstreamError, String),
+}
+
+impl From<SendRequestError> for SendError {
+    fn from(err: SendRequestError) -> Self {
+        let kind = match &err {
+            SendRequestError::Connect(ConnectError::Timeout) => UpstreamError::Connect,
+            SendRequestError::Connect(_) => UpstreamError::Connect,
+            SendRequestError::Timeout => UpstreamError::Timeout,
+            _ => UpstreamError::Protocol,
+        };
+        SendError::Upstream(kind, err.to_string())
+    }
+}
+
+/// Streams the replica's answer back; the lease lives until the body ends,
+/// so the replica counts the call in flight while it streams.
+pub fn respond(upstream: UpstreamResponse, lease: Lease) -> HttpResponse {
+    let mut response = HttpResponse::build(upstream.status());
+    let headers = upstream.headers();
+    for (name, value) in headers.iter() {
+        if name != header::CONTENT_LENGTH && !is_hop_by_hop(name, headers) {
+            response.append_header((name.clone(), value.clone()));
+        }
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = LeasedBody {
+        body: upstream,
+        _lease: lease,
+    };
+    match length {
+        Some(length) => response.body(SizedStream::new(length, body)),
+        None => response.body(BodyStream::new(body)),
+    }
+}
+
+/// A response body stream that holds the call's lease until it ends.
+struct LeasedBody<S> {
+    body: S,
+    _lease: Lease,
+}
+
+impl<S> Stream for LeasedBody<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+enum BodyLength {
+    None,
+    Sized(u64),
+    Chunked,
+}
+
+fn body_length(req: &HttpRequest) -> BodyLength {
+    let headers = req.headers();
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return BodyLength::Sized(length);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return BodyLength::Chunked;
+    }
+    BodyLength::None
+}
+
+fn upstream_uri(address: &str, path: &str, query: Option<&str>) -> Result<Uri, SendError> {
+    let mut uri =
+        String::with_capacity(8 + address.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    uri.push_str("http://");
+    uri.push_str(address);
+    uri.push_str(path);
+    if let Some(query) = query {
+        uri.push('?');
+        uri.push_str(query);
+    }
+    Uri::try_from(uri)
+        .map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
+}
+
+fn copy_request_headers(
+    req: &HttpRequest,
+    out: &mut HeaderMap,
+    keep_host: bool,
+    request_id: &HeaderValue,
+) {
+    let headers = req.headers();
+    let mut forwarded_for: Option<String> = None;
+    for (name, value) in headers.iter() {
+        if *name == header::X_FORWARDED_FOR {
+            if let Ok(value) = value.to_str() {
+                let list = forwarded_for.get_or_insert_with(String::new);
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                list.push_str(value);
+            }
+            continue;
+        }
+        let skip = is_hop_by_hop(name, headers)
+            || *name == header::CONTENT_LENGTH
+            || (*name == header::HOST && !keep_host);
+        if !skip {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(peer) = req.peer_addr() {
+        let peer = peer.ip().to_string();
+        let list = match forwarded_for {
+            Some(list) => format!("{list}, {peer}"),
+            None => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&list) {
+            out.insert(header::X_FORWARDED_FOR, value);
+        }
+    }
+    if !out.contains_key("x-forwarded-proto") {
+        out.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+    if !out.contains_key(&REQUEST_ID) {
+        out.insert(REQUEST_ID.clone(), request_id.clone());
+    }
+}
+
+/// Headers that describe one connection, not the message: never forwarded.
+fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    ) || named_in_connection(name, headers)
+}
+
+fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).any(|value| {
+        value
+            .to_str()
+            .map(|tokens| {
+                tokens
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn forwarded(req: HttpRequest, keep_host: bool) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        copy_request_headers(&req, &mut out, keep_host, &HeaderValue::from_static("id-1"));
+        out
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let req = TestRequest::default()
+            .insert_header(("connection", "keep-alive, x-secret"))
+            .insert_header(("keep-alive", "timeout=5"))
+            .insert_header(("x-secret", "1"))
+            .insert_header(("te", "trailers"))
+            .insert_header(("proxy-authorization", "Basic x"))
+            .insert_header(("upgrade", "h2c"))
+            .insert_header(("x-kept", "yes"))
+            .to_http_request();
+        let out = forwarded(req, false);
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "te",
+            "proxy-authorization",
+            "upgrade",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(out.get("x-kept").and_then(|v| v.to_str().ok()), Some("yes"));
+    }
+
+    #[test]
+    fn repeated_headers_keep_every_value() {
+        let req = TestRequest::default()
+            .append_header(("x-multi", "a"))
+            .append_header(("x-multi", "b"))
+            .to_http_request();
+        let out = forwarded(req, false);
+        let values: Vec<&str> = out
+            .get_all("x-multi")
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(values, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn forwarding_headers_are_added_and_appended() {
+        let req = TestRequest::default()
+            .peer_addr("10.1.2.3:5555".parse().expect("addr"))
+            .insert_header(("x-forwarded-for", "192.0.2.1"))
+            .insert_header(("host", "budgeting"))
+            .to_http_request();
+        let out = forwarded(req, true);
+        let get = |name: &str| {
+            out.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            get("x-forwarded-for").as_deref(),
+            Some("192.0.2.1, 10.1.2.3")
+        );
+        assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get("x-request-id").as_deref(), Some("id-1"));
+        assert_eq!(get("host").as_deref(), Some("budgeting"));
+    }
+
+    #[test]
+    fn the_host_is_left_to_the_replica_address_for_path_routes() {
+        let req = TestRequest::default()
+            .insert_header(("host", "127.0.0.1:15001"))
+            .to_http_request();
+        assert!(!forwarded(req, false).contains_key("host"));
+    }
+
+    #[test]
+    fn an_existing_request_id_is_kept() {
+        let req = TestRequest::default()
+            .insert_header(("x-request-id", "abc"))
+            .to_http_request();
+        assert_eq!(request_id(&req), "abc");
+        let fresh = request_id(&TestRequest::default().to_http_request());
+        assert_eq!(fresh.len(), 36, "a UUID");
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query() {
+        let Ok(uri) = upstream_uri("127.0.0.1:8080", "/a/b", Some("x=1&y=%20")) else {
+            panic!("a valid URI was refused");
+        };
+        assert_eq!(uri.to_string(), "http://127.0.0.1:8080/a/b?x=1&y=%20");
+    }
+}

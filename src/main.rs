@@ -1,0 +1,10 @@
+//! `outrigger`: parse the command line and run the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use outrigger::cli::Cli;
+
+fn main() -> ExitCode {
+    Cli::parse().execute()
+}

@@ -1,0 +1,289 @@
+//! One Prometheus registry per sidecar and every metric family it records.
+//! Labels are bounded: services come from config, replicas from the live set
+//! (their series are deleted when the replica goes), methods are normalised,
+//! and no raw path or user id ever becomes a label.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Histogram buckets suited to a sidecar: 50µs to 10s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// The registry and every family the proxy, replicas and supervisor record into.
+pub struct Metrics {
+    /// Served at the admin listener's `/metrics`.
+    pub registry: Registry,
+    /// Requests answered, by listener, service, method and status.
+    pub http_requests: IntCounterVec,
+    /// Time to the response head, by listener and service.
+    pub http_request_duration: HistogramVec,
+    /// Requests being handled now, by listener.
+    pub http_requests_in_progress: IntGaugeVec,
+    /// Answers received from replicas, by service, replica and status.
+    pub upstream_requests: IntCounterVec,
+    /// Replica latency to the response head, by service.
+    pub upstream_request_duration: HistogramVec,
+    /// Calls to replicas that got no answer, by service, replica and kind.
+    pub upstream_errors: IntCounterVec,
+    /// Requests in flight per replica.
+    pub replica_load: IntGaugeVec,
+    /// 1 while a replica's breaker is closed.
+    pub replica_healthy: IntGaugeVec,
+    /// Breaker state per replica: 0 closed, 1 open, 2 half_open.
+    pub breaker_state: IntGaugeVec,
+    /// Failures the breakers counted.
+    pub breaker_failures: IntCounterVec,
+    /// Successes the breakers counted.
+    pub breaker_successes: IntCounterVec,
+    /// Requests turned away because every breaker of the service refused traffic.
+    pub breaker_rejected: IntCounterVec,
+    /// Breaker state changes.
+    pub breaker_transitions: IntCounterVec,
+    /// Discovery syncs by source and result.
+    pub discovery_syncs: IntCounterVec,
+    /// Replicas known per service.
+    pub discovery_replicas: IntGaugeVec,
+}
+
+/// The per-replica series, resolved once when the replica starts.
+#[derive(Clone)]
+pub struct ReplicaMetrics {
+    /// `replica_load`: the replica's in-flight counter itself.
+    pub load: IntGauge,
+    /// `replica_healthy`.
+    pub healthy: IntGauge,
+    /// `circuit_breaker_state`.
+    pub state: IntGauge,
+    /// `circuit_breaker_failures_total`.
+    pub failures: IntCounter,
+    /// `circuit_breaker_successes_total`.
+    pub successes: IntCounter,
+    /// `circuit_breaker_rejected_total`.
+    pub rejected: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    ///
+    /// # Panics
+    /// Only on a programming error: a family defined twice or with a bad name.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntCounterVec::new(Opts::new(name, help).namespace("outrigger"), labels)
+                .expect("valid counter definition");
+            registry
+                .register(Box::new(family.clone()))
+                .expect("unique counter");
+            family
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let family = IntGaugeVec::new(Opts::new(name, help).namespace("outrigger"), labels)
+                .expect("valid gauge definition");
+            registry
+                .register(Box::new(family.clone()))
+                .expect("unique gauge");
+            family
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help)
+                .namespace("outrigger")
+                .buckets(LATENCY_BUCKETS.to_vec());
+            let family = HistogramVec::new(opts, labels).expect("valid histogram definition");
+            registry
+                .register(Box::new(family.clone()))
+                .expect("unique histogram");
+            family
+        };
+        let replica = &["service", "replica"];
+        Metrics {
+            http_requests: counter(
+                "http_requests_total",
+                "Requests answered by the sidecar.",
+                &["listener", "service", "method", "status"],
+            ),
+            http_request_duration: histogram(
+                "http_request_duration_seconds",
+                "Time from request to response head.",
+                &["listener", "service"],
+            ),
+            http_requests_in_progress: gauge(
+                "http_requests_in_progress",
+                "Requests being handled now.",
+                &["listener"],
+            ),
+            upstream_requests: counter(
+                "upstream_requests_total",
+                "Answers received from replicas.",
+                &["service", "replica", "status"],
+            ),
+            upstream_request_duration: histogram(
+                "upstream_request_duration_seconds",
+                "Replica latency to the response head.",
+                &["service"],
+            ),
+            upstream_errors: counter(
+                "upstream_errors_total",
+                "Calls to replicas that got no answer.",
+                &["service", "replica", "kind"],
+            ),
+            replica_load: gauge("replica_load", "Requests in flight per replica.", replica),
+            replica_healthy: gauge(
+                "replica_healthy",
+                "1 while the replica's breaker is closed.",
+                replica,
+            ),
+            breaker_state: gauge(
+                "circuit_breaker_state",
+                "Breaker state: 0 closed, 1 open, 2 half_open.",
+                replica,
+            ),
+            breaker_failures: counter(
+                "circuit_breaker_failures_total",
+                "Failed calls counted by the breakers.",
+                replica,
+            ),
+            breaker_successes: counter(
+                "circuit_breaker_successes_total",
+                "Successful calls counted by the breakers.",
+                replica,
+            ),
+            breaker_rejected: counter(
+                "circuit_breaker_rejected_total",
+                "Requests turned away because every breaker of the service refused traffic.",
+                replica,
+            ),
+            breaker_transitions: counter(
+                "circuit_breaker_transitions_total",
+                "Breaker state changes.",
+                &["from", "to"],
+            ),
+            discovery_syncs: counter(
+                "discovery_syncs_total",
+                "Discovery syncs by source and result.",
+                &["source", "result"],
+            ),
+            discovery_replicas: gauge(
+                "discovery_replicas",
+                "Replicas known per service.",
+                &["service"],
+            ),
+            registry,
+        }
+    }
+
+    /// Resolves the series of one replica.
+    pub fn replica(&self, service: &str, replica: &str) -> ReplicaMetrics {
+        let labels = [service, replica];
+        ReplicaMetrics {
+            load: self.replica_load.with_label_values(&labels),
+            healthy: self.replica_healthy.with_label_values(&labels),
+            state: self.breaker_state.with_label_values(&labels),
+            failures: self.breaker_failures.with_label_values(&labels),
+            successes: self.breaker_successes.with_label_values(&labels),
+            rejected: self.breaker_rejected.with_label_values(&labels),
+        }
+    }
+
+    /// Deletes every series of a replica that left, so labels stay bounded;
+    /// `statuses` and `error_kinds` are the label values it recorded.
+    pub fn forget_replica(
+        &self,
+        service: &str,
+        replica: &str,
+        statuses: &[u16],
+        error_kinds: &[&str],
+    ) {
+        let labels = [service, replica];
+        for family in [
+            &self.replica_load,
+            &self.replica_healthy,
+            &self.breaker_state,
+        ] {
+            let _ = family.remove_label_values(&labels);
+        }
+        for family in [
+            &self.breaker_failures,
+            &self.breaker_successes,
+            &self.breaker_rejected,
+        ] {
+            let _ = family.remove_label_values(&labels);
+        }
+        for status in statuses {
+            let status = status.to_string();
+            let _ = self
+                .upstream_requests
+                .remove_label_values(&[service, replica, &status]);
+        }
+        for kind in error_kinds {
+            let _ = self
+                .upstream_errors
+                .remove_label_values(&[service, replica, kind]);
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A method as a label value: the standard ones by name, anything else `OTHER`.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::Method;
+
+    #[test]
+    fn a_replica_that_leaves_takes_its_series_with_it() {
+        let metrics = Metrics::new();
+        let replica = metrics.replica("api", "127.0.0.1:1");
+        replica.load.inc();
+        metrics
+            .upstream_requests
+            .with_label_values(&["api", "127.0.0.1:1", "200"])
+            .inc();
+        metrics
+            .upstream_requests
+            .with_label_values(&["api", "127.0.0.1:2", "200"])
+            .inc();
+        metrics
+            .upstream_errors
+            .with_label_values(&["api", "127.0.0.1:1", "connect"])
+            .inc();
+        metrics.forget_replica("api", "127.0.0.1:1", &[200], &["connect"]);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&metrics.registry.gather())
+            .expect("encodes");
+        assert!(!text.contains("127.0.0.1:1"), "{text}");
+        assert!(text.contains("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        let custom = Method::from_bytes(b"BREW").expect("valid token");
+        assert_eq!(method_label(&custom), "OTHER");
+    }
+}

@@ -1,0 +1,178 @@
+//! Which service an outbound request is for, and what path it is sent with.
+//! Absolute-form requests (`GET http://budgeting/x`, via `HTTP_PROXY`) name
+//! the service in their authority, others may in `Host`, and anything else
+//! by its first path segment (`/budgeting/x`).
+
+use std::sync::Arc;
+
+use crate::service::{Service, ServiceTable};
+
+/// Where a request goes.
+pub struct Route<'a> {
+    /// The service.
+    pub service: &'a Arc<Service>,
+    /// The path to request from the replica (the query is kept apart).
+    pub path: &'a str,
+    /// Whether the `Host` header names the service and should be passed on;
+    /// otherwise the replica's address is sent as `Host`.
+    pub keep_host: bool,
+}
+
+/// Resolves a request; `None` when it names no configured service.
+pub fn resolve<'a>(
+    table: &'a ServiceTable,
+    authority_host: Option<&str>,
+    host_header: Option<&str>,
+    path: &'a str,
+) -> Option<Route<'a>> {
+    if let Some(host) = authority_host {
+        let service = service_for_host(table, host)?;
+        return Some(Route {
+            service,
+            path,
+            keep_host: true,
+        });
+    }
+    if let Some(service) = host_header.and_then(|host| service_for_host(table, strip_port(host))) {
+        return Some(Route {
+            service,
+            path,
+            keep_host: true,
+        });
+    }
+    let after_slash = path.strip_prefix('/')?;
+    let name = after_slash.split('/').next()?;
+    let service = table.get(name)?;
+    let rest = &after_slash[name.len()..];
+    let path = match (service.strip_prefix, rest.is_empty()) {
+        (false, _) => path,
+        (true, true) => "/",
+        (true, false) => rest,
+    };
+    Some(Route {
+        service,
+        path,
+        keep_host: false,
+    })
+}
+
+/// The service a host name stands for: `<service>`, `<service>.<ns>`,
+/// `<service>.<ns>.svc` or `<service>.<ns>.svc.cluster.local`.
+fn service_for_host<'a>(table: &'a ServiceTable, host: &str) -> Option<&'a Arc<Service>> {
+    let mut labels = host.split('.');
+    let name = labels.next()?;
+    let namespace = labels.next();
+    let rest: [Option<&str>; 4] = [labels.next(), labels.next(), labels.next(), labels.next()];
+    let cluster_suffix = match rest {
+        [None, None, None, None] => true,
+        [Some(svc), None, None, None] => svc.eq_ignore_ascii_case("svc"),
+        [Some(svc), Some(cluster), Some(local), None] => {
+            svc.eq_ignore_ascii_case("svc")
+                && cluster.eq_ignore_ascii_case("cluster")
+                && local.eq_ignore_ascii_case("local")
+        }
+        _ => false,
+    };
+    if !cluster_suffix || namespace == Some("") {
+        return None;
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return table.get(&name.to_ascii_lowercase());
+    }
+    table.get(name)
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table() -> ServiceTable {
+        let config = Config::from_yaml(
+            "services:
+  - { name: budgeting, endpoints: [\"127.0.0.1:1\"] }
+  - { name: raw, endpoints: [\"127.0.0.1:2\"], strip_prefix: false }",
+            &|_| None,
+        )
+        .expect("valid");
+        ServiceTable::new(&config.services)
+    }
+
+    fn route(
+        authority: Option<&str>,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(String, String, bool)> {
+        let table = table();
+        resolve(&table, authority, host, path)
+            .map(|r| (r.service.name.to_string(), r.path.to_string(), r.keep_host))
+    }
+
+    fn to(service: &str, path: &str, keep_host: bool) -> Option<(String, String, bool)> {
+        Some((service.to_string(), path.to_string(), keep_host))
+    }
+
+    #[test]
+    fn the_first_path_segment_names_the_service_and_is_stripped() {
+        assert_eq!(
+            route(None, Some("127.0.0.1:15001"), "/budgeting/api/v1"),
+            to("budgeting", "/api/v1", false)
+        );
+        assert_eq!(route(None, None, "/budgeting"), to("budgeting", "/", false));
+        assert_eq!(
+            route(None, None, "/budgeting/"),
+            to("budgeting", "/", false)
+        );
+        assert_eq!(route(None, None, "/raw/x"), to("raw", "/raw/x", false));
+    }
+
+    #[test]
+    fn a_longer_segment_is_not_a_prefix_match() {
+        assert_eq!(route(None, None, "/budgetingx/a"), None);
+        assert_eq!(route(None, None, "/"), None);
+        assert_eq!(route(None, None, "/nope/a"), None);
+    }
+
+    #[test]
+    fn the_host_header_names_the_service_in_every_cluster_form() {
+        for host in [
+            "budgeting",
+            "budgeting:8080",
+            "budgeting.default",
+            "budgeting.default.svc",
+            "budgeting.default.svc.cluster.local",
+            "Budgeting.Default.SVC.cluster.local:80",
+        ] {
+            assert_eq!(
+                route(None, Some(host), "/api"),
+                to("budgeting", "/api", true),
+                "{host}"
+            );
+        }
+        for host in [
+            "budgeting.example.com",
+            "budgeting.default.svc.cluster",
+            "budgeting..svc",
+        ] {
+            assert_eq!(route(None, Some(host), "/api"), None, "{host}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_request_is_routed_by_its_authority_only() {
+        assert_eq!(
+            route(Some("budgeting"), Some("budgeting"), "/x"),
+            to("budgeting", "/x", true)
+        );
+        assert_eq!(route(Some("elsewhere.com"), None, "/budgeting/x"), None);
+    }
+}

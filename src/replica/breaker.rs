@@ -1,0 +1,473 @@
+//! The circuit breaker of one replica, as a plain state machine.
+//!
+//! Closed: calls flow; `failure_threshold` failures within `window` open it.
+//! Open: calls are refused until the cooldown ends; each re-open doubles the
+//! cooldown up to `max_cooldown`, spread by a little jitter.
+//! Half-open: only probes are admitted; `success_threshold` probe successes
+//! close it, one probe failure re-opens it.
+//!
+//! Time is passed in, so every transition is tested exactly. The replica
+//! actor owns one of these and publishes its state for the balancers.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+
+use crate::config::BreakerConfig;
+
+/// The three breaker states; the numbers are the `circuit_breaker_state` gauge values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Traffic flows.
+    Closed = 0,
+    /// Traffic is refused until the cooldown ends.
+    Open = 1,
+    /// A few probes test whether the replica recovered.
+    HalfOpen = 2,
+}
+
+impl BreakerState {
+    /// The state's name in logs, labels and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How one call to the replica went, as far as the breaker cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallResult {
+    /// An answer below 500.
+    Success,
+    /// A connect error, a timeout or a 5xx answer.
+    Failure,
+    /// The caller went away before an answer: counts neither way.
+    Cancelled,
+}
+
+/// A state change, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: BreakerState,
+    /// The state entered.
+    pub to: BreakerState,
+}
+
+/// Counters and times the admin API reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BreakerStats {
+    /// Calls that ended in success or failure.
+    pub total_calls: u64,
+    /// Calls that failed.
+    pub total_failures: u64,
+    /// Calls that succeeded.
+    pub total_successes: u64,
+    /// When the breaker last opened.
+    pub opened_at: Option<SystemTime>,
+    /// When a call last failed.
+    pub last_failure_time: Option<SystemTime>,
+    /// When a call last succeeded.
+    pub last_success_time: Option<SystemTime>,
+}
+
+/// The breaker state machine of one replica.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    config: BreakerConfig,
+    /// Fraction the cooldown is spread by, either way (0.1 in service; 0 in tests).
+    cooldown_jitter: f64,
+    state: BreakerState,
+    /// Times of the failures still inside `window` (at most `failure_threshold`).
+    recent_failures: VecDeque<Instant>,
+    half_open_successes: u32,
+    /// Re-opens since the breaker last closed; the cooldown doubles with each.
+    reopens: u32,
+    open_until: Option<Instant>,
+    stats: BreakerStats,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker with `config`; `cooldown_jitter` is a fraction in [0, 1).
+    pub fn new(config: BreakerConfig, cooldown_jitter: f64) -> Self {
+        CircuitBreaker {
+            config,
+            cooldown_jitter,
+            state: BreakerState::Closed,
+            recent_failures: VecDeque::new(),
+            half_open_successes: 0,
+            reopens: 0,
+            open_until: None,
+            stats: BreakerStats::default(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    /// When an open breaker may move to half-open.
+    pub fn open_until(&self) -> Option<Instant> {
+        self.open_until
+    }
+
+    /// Failures counted in the current window (closed), for the admin API.
+    pub fn failure_count(&self) -> usize {
+        self.recent_failures.len()
+    }
+
+    /// Probe successes so far (half-open), for the admin API.
+    pub fn success_count(&self) -> u32 {
+        self.half_open_successes
+    }
+
+    /// Counters and times.
+    pub fn stats(&self) -> &BreakerStats {
+        &self.stats
+    }
+
+    /// Records how a call went. `probe` says whether the call was admitted
+    /// as a half-open probe; only probes can close or re-open a half-open
+    /// breaker, so a slow call from before the breaker opened cannot.
+    pub fn record(&mut self, result: CallResult, probe: bool, now: Instant) -> Option<Transition> {
+        match result {
+            CallResult::Cancelled => None,
+            CallResult::Success => {
+                self.stats.total_calls += 1;
+                self.stats.total_successes += 1;
+                self.stats.last_success_time = Some(SystemTime::now());
+                if self.state == BreakerState::HalfOpen && probe {
+                    self.half_open_successes += 1;
+                    if self.half_open_successes >= self.config.success_threshold {
+                        self.reopens = 0;
+                        return Some(self.enter(BreakerState::Closed, now));
+                    }
+                }
+                None
+            }
+            CallResult::Failure => {
+                self.stats.total_calls += 1;
+                self.stats.total_failures += 1;
+                self.stats.last_failure_time = Some(SystemTime::now());
+                match self.state {
+                    BreakerState::Closed => {
+                        self.forget_failures_before(now);
+                        self.recent_failures.push_back(now);
+                        if self.recent_failures.len() >= self.config.failure_threshold as usize {
+                            return Some(self.enter(BreakerState::Open, now));
+                        }
+                        None
+                    }
+                    BreakerState::HalfOpen if probe => {
+                        self.reopens = self.reopens.saturating_add(1);
+                        Some(self.enter(BreakerState::Open, now))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// Moves an open breaker to half-open once its cooldown has ended.
+    pub fn poll(&mut self, now: Instant) -> Option<Transition> {
+        match self.open_until {
+            Some(until) if self.state == BreakerState::Open && now >= until => {
+                Some(self.enter(BreakerState::HalfOpen, now))
+            }
+            _ => None,
+        }
+    }
+
+    /// Closes the breaker and forgets its failures (admin reset).
+    pub fn reset(&mut self, now: Instant) -> Option<Transition> {
+        self.reopens = 0;
+        if self.state == BreakerState::Closed {
+            self.recent_failures.clear();
+            return None;
+        }
+        Some(self.enter(BreakerState::Closed, now))
+    }
+
+    /// The cooldown for the current number of re-opens, before jitter.
+    pub fn cooldown(&self) -> Duration {
+        let factor = 2u32.saturating_pow(self.reopens.min(31));
+        self.config
+            .cooldown
+            .saturating_mul(factor)
+            .min(self.config.max_cooldown)
+    }
+
+    fn enter(&mut self, to: BreakerState, now: Instant) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.recent_failures.clear();
+        self.half_open_successes = 0;
+        self.open_until = None;
+        if to == BreakerState::Open {
+            self.stats.opened_at = Some(SystemTime::now());
+            self.open_until = Some(now + self.jittered(self.cooldown()));
+        }
+        Transition { from, to }
+    }
+
+    fn jittered(&self, cooldown: Duration) -> Duration {
+        if self.cooldown_jitter <= 0.0 {
+            return cooldown;
+        }
+        let spread = rand::rng().random_range(-self.cooldown_jitter..=self.cooldown_jitter);
+        cooldown.mul_f64(1.0 + spread)
+    }
+
+    fn forget_failures_before(&mut self, now: Instant) {
+        while let Some(&oldest) = self.recent_failures.front() {
+            if now.duration_since(oldest) < self.config.window {
+                break;
+            }
+            self.recent_failures.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BreakerState::{Closed, HalfOpen, Open};
+    use super::CallResult::{Cancelled, Failure, Success};
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: 3,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(30),
+            max_cooldown: Duration::from_secs(100),
+            success_threshold: 2,
+            half_open_max_probes: 1,
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn opened(at: Instant) -> CircuitBreaker {
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        breaker.record(Failure, false, at);
+        breaker.record(Failure, false, at);
+        assert_eq!(
+            breaker.record(Failure, false, at),
+            Some(Transition {
+                from: Closed,
+                to: Open
+            })
+        );
+        breaker
+    }
+
+    fn half_open(at: Instant) -> CircuitBreaker {
+        let mut breaker = opened(at);
+        let transition = breaker.poll(at + secs(30));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: Open,
+                to: HalfOpen
+            })
+        );
+        breaker
+    }
+
+    #[test]
+    fn opens_at_the_threshold_within_the_window() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        assert_eq!(breaker.record(Failure, false, t0), None);
+        assert_eq!(
+            breaker.record(Success, false, t0),
+            None,
+            "successes do not reset the window"
+        );
+        assert_eq!(breaker.record(Failure, false, t0 + secs(1)), None);
+        assert_eq!(breaker.failure_count(), 2);
+        let transition = breaker.record(Failure, false, t0 + secs(9));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: Closed,
+                to: Open
+            })
+        );
+        assert_eq!(breaker.open_until(), Some(t0 + secs(39)));
+        assert!(breaker.stats().opened_at.is_some());
+    }
+
+    #[test]
+    fn failures_older_than_the_window_do_not_count() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        breaker.record(Failure, false, t0);
+        breaker.record(Failure, false, t0 + secs(5));
+        assert_eq!(
+            breaker.record(Failure, false, t0 + secs(10)),
+            None,
+            "the first one left the window"
+        );
+        assert_eq!(breaker.failure_count(), 2);
+        assert_eq!(breaker.state(), Closed);
+    }
+
+    #[test]
+    fn open_stays_open_until_the_cooldown_ends() {
+        let t0 = Instant::now();
+        let mut breaker = opened(t0);
+        assert_eq!(breaker.poll(t0 + secs(29)), None);
+        assert_eq!(
+            breaker.record(Failure, false, t0 + secs(1)),
+            None,
+            "late failures change nothing"
+        );
+        assert_eq!(
+            breaker.record(Success, false, t0 + secs(1)),
+            None,
+            "late successes change nothing"
+        );
+        assert_eq!(breaker.state(), Open);
+        assert_eq!(
+            breaker.poll(t0 + secs(30)),
+            Some(Transition {
+                from: Open,
+                to: HalfOpen
+            })
+        );
+    }
+
+    #[test]
+    fn half_open_closes_after_enough_probe_successes() {
+        let t0 = Instant::now();
+        let mut breaker = half_open(t0);
+        assert_eq!(breaker.record(Success, true, t0 + secs(31)), None);
+        assert_eq!(breaker.success_count(), 1);
+        let transition = breaker.record(Success, true, t0 + secs(32));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: HalfOpen,
+                to: Closed
+            })
+        );
+        assert_eq!(breaker.cooldown(), secs(30), "closing forgets the re-opens");
+    }
+
+    #[test]
+    fn only_probes_decide_a_half_open_breaker() {
+        let t0 = Instant::now();
+        let mut breaker = half_open(t0);
+        assert_eq!(breaker.record(Success, false, t0 + secs(31)), None);
+        assert_eq!(breaker.record(Success, false, t0 + secs(31)), None);
+        assert_eq!(breaker.record(Failure, false, t0 + secs(31)), None);
+        assert_eq!(breaker.state(), HalfOpen);
+        assert_eq!(breaker.record(Cancelled, true, t0 + secs(31)), None);
+        assert_eq!(breaker.state(), HalfOpen);
+    }
+
+    #[test]
+    fn a_probe_failure_reopens_with_a_doubled_cooldown_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut breaker = half_open(t0);
+        let mut now = t0 + secs(30);
+        for expected in [60, 100, 100] {
+            let transition = breaker.record(Failure, true, now);
+            assert_eq!(
+                transition,
+                Some(Transition {
+                    from: HalfOpen,
+                    to: Open
+                })
+            );
+            assert_eq!(breaker.cooldown(), secs(expected));
+            assert_eq!(breaker.open_until(), Some(now + secs(expected)));
+            now += secs(expected);
+            assert!(breaker.poll(now).is_some());
+        }
+    }
+
+    #[test]
+    fn cancelled_calls_count_neither_way() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        for _ in 0..10 {
+            assert_eq!(breaker.record(Cancelled, false, t0), None);
+        }
+        assert_eq!(breaker.stats().total_calls, 0);
+        assert_eq!(breaker.state(), Closed);
+    }
+
+    #[test]
+    fn stats_count_every_finished_call() {
+        let t0 = Instant::now();
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        breaker.record(Success, false, t0);
+        breaker.record(Success, false, t0);
+        breaker.record(Failure, false, t0);
+        let stats = breaker.stats();
+        assert_eq!(
+            (
+                stats.total_calls,
+                stats.total_successes,
+                stats.total_failures
+            ),
+            (3, 2, 1)
+        );
+        assert!(stats.last_success_time.is_some() && stats.last_failure_time.is_some());
+        assert!(stats.opened_at.is_none());
+    }
+
+    #[test]
+    fn reset_closes_from_any_state() {
+        let t0 = Instant::now();
+        let mut open = opened(t0);
+        assert_eq!(
+            open.reset(t0),
+            Some(Transition {
+                from: Open,
+                to: Closed
+            })
+        );
+        let mut probing = half_open(t0);
+        assert_eq!(
+            probing.reset(t0),
+            Some(Transition {
+                from: HalfOpen,
+                to: Closed
+            })
+        );
+        let mut closed = CircuitBreaker::new(config(), 0.0);
+        closed.record(Failure, false, t0);
+        assert_eq!(closed.reset(t0), None);
+        assert_eq!(closed.failure_count(), 0);
+    }
+
+    #[test]
+    fn jitter_spreads_the_cooldown_within_its_fraction() {
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            let mut breaker = CircuitBreaker::new(config(), 0.1);
+            for _ in 0..3 {
+                breaker.record(Failure, false, t0);
+            }
+            let wait = breaker.open_until().expect("open").duration_since(t0);
+            assert!(wait >= secs(27) && wait <= secs(33), "{wait:?}");
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! One upstream replica: the actor that owns its circuit breaker and load
+//! figures, the [`Endpoint`] it shares with balancers and handlers, and the
+//! [`Lease`] a handler holds while it calls the replica.
+//!
+//! Handlers never wait on this actor: they read the endpoint's published
+//! status and report each outcome with `do_send`.
+
+mod breaker;
+mod load;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use log::{info, warn};
+
+pub use breaker::{BreakerState, BreakerStats, CallResult, CircuitBreaker, Transition};
+pub use load::Ewma;
+pub use status::{Admission, ReplicaStatus};
+
+use crate::config::BreakerConfig;
+use crate::metrics::{Metrics, ReplicaMetrics};
+
+/// How often a draining replica checks whether its last call finished.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Cooldowns are spread by up to this fraction so replicas do not probe in step.
+const COOLDOWN_JITTER: f64 = 0.1;
+
+/// A replica as balancers and handlers see it: address, live status, and the
+/// way to its actor.
+pub struct Endpoint {
+    /// The service the replica belongs to.
+    pub service: Arc<str>,
+    /// `host:port`, as discovery gave it; also the `replica` label.
+    pub address: Arc<str>,
+    /// Breaker state, load and latency, published by the actor.
+    pub status: ReplicaStatus,
+    actor: Addr<Replica>,
+}
+
+impl Endpoint {
+    /// Asks the replica actor for its breaker report.
+    pub async fn inspect(&self) -> Option<BreakerReport> {
+        self.actor.send(Inspect).await.ok()
+    }
+
+    /// Closes the replica's breaker (admin reset).
+    pub fn reset_breaker(&self) {
+        self.actor.do_send(ResetBreaker);
+    }
+
+    /// Stops picking it up: the actor stops once its in-flight calls finish,
+    /// or after `deadline` at the latest.
+    pub fn drain(&self, deadline: Duration) {
+        self.actor.do_send(Drain { deadline });
+    }
+}
+
+/// What became of one call to a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The replica answered with this status.
+    Status(u16),
+    /// The replica could not be reached or gave no usable answer.
+    Error(UpstreamError),
+    /// The caller went away first.
+    Cancelled,
+}
+
+/// Why a call got no answer; the `kind` label of `upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Connection refused, reset or not made in time.
+    Connect,
+    /// No response head within the try's timeout.
+    Timeout,
+    /// The connection broke or the answer was not valid HTTP.
+    Protocol,
+}
+
+impl UpstreamError {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+impl Answer {
+    /// How the breaker counts it: 5xx and errors fail, other statuses succeed.
+    pub fn call_result(self) -> CallResult {
+        match self {
+            Answer::Status(status) if status >= 500 => CallResult::Failure,
+            Answer::Status(_) => CallResult::Success,
+            Answer::Error(_) => CallResult::Failure,
+            Answer::Cancelled => CallResult::Cancelled,
+        }
+    }
+}
+
+/// A handler's claim on one call to a replica. It counts the call in flight
+/// until dropped, so a response body that is still streaming keeps counting;
+/// a lease dropped without [`Lease::report`] reports the call as cancelled.
+pub struct Lease {
+    endpoint: Arc<Endpoint>,
+    admission: Admission,
+    started: Instant,
+    reported: bool,
+}
+
+impl Lease {
+    /// The replica this call goes to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Sends the outcome to the replica actor; later reports are ignored.
+    pub fn report(&mut self, answer: Answer) {
+        if self.reported {
+            return;
+        }
+        self.reported = true;
+        self.endpoint.actor.do_send(Outcome {
+            answer,
+            latency: self.started.elapsed(),
+            probe: self.admission == Admission::Probe,
+        });
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.report(Answer::Cancelled);
+        self.endpoint.status.finish();
+    }
+}
+
+/// Admits a call to `endpoint` if its breaker allows, returning the lease.
+pub fn lease(endpoint: &Arc<Endpoint>) -> Option<Lease> {
+    let admission = endpoint.status.try_admit()?;
+    Some(Lease {
+        endpoint: Arc::clone(endpoint),
+        admission,
+        started: Instant::now(),
+        reported: false,
+    })
+}
+
+/// The actor owning one replica's breaker, latency average and series.
+pub struct Replica {
+    endpoint: Arc<Endpoint>,
+    breaker: CircuitBreaker,
+    half_open_probes: u32,
+    ewma: Ewma,
+    metrics: Arc<Metrics>,
+    series: ReplicaMetrics,
+    /// Status labels recorded in `upstream_requests_total`, deleted on stop.
+    statuses_seen: Vec<u16>,
+    /// Kind labels recorded in `upstream_errors_total`, deleted on stop.
+    errors_seen: Vec<UpstreamError>,
+    draining: Option<Instant>,
+}
+
+impl Replica {
+    /// Starts the actor for `address` of `service` on the current arbiter and
+    /// returns the endpoint balancers will pick.
+    pub fn spawn(
+        service: Arc<str>,
+        address: &str,
+        breaker: BreakerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Endpoint> {
+        let series = metrics.replica(&service, address);
+        series.healthy.set(1);
+        let half_open_probes = breaker.half_open_max_probes;
+        let context = Context::new();
+        let endpoint = Arc::new(Endpoint {
+            service,
+            address: Arc::from(address),
+            status: ReplicaStatus::new(series.load.clone(), series.rejected.clone()),
+            actor: context.address(),
+        });
+        context.run(Replica {
+            endpoint: Arc::clone(&endpoint),
+            breaker: CircuitBreaker::new(breaker, COOLDOWN_JITTER),
+            half_open_probes,
+            ewma: Ewma::default(),
+            metrics,
+            series,
+            statuses_seen: Vec::new(),
+            errors_seen: Vec::new(),
+            draining: None,
+        });
+        endpoint
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.endpoint.service, self.endpoint.address)
+    }
+
+    fn count_answer(&mut self, answer: Answer) {
+        let service = &*self.endpoint.service;
+        let replica = &*self.endpoint.address;
+        match answer {
+            Answer::Status(status) => {
+                if !self.statuses_seen.contains(&status) {
+                    self.statuses_seen.push(status);
+                }
+                self.metrics
+                    .upstream_requests
+                    .with_label_values(&[service, replica, &status.to_string()])
+                    .inc();
+            }
+            Answer::Error(kind) => {
+                if !self.errors_seen.contains(&kind) {
+                    self.errors_seen.push(kind);
+                }
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[service, replica, kind.as_str()])
+                    .inc();
+            }
+            Answer::Cancelled => {}
+        }
+        match answer.call_result() {
+            CallResult::Success => self.series.successes.inc(),
+            CallResult::Failure => self.series.failures.inc(),
+            CallResult::Cancelled => {}
+        }
+    }
+
+    fn apply(&mut self, transition: Transition, ctx: &mut Context<Self>) {
+        let Transition { from, to } = transition;
+        let permits = if to == BreakerState::HalfOpen {
+            self.half_open_probes
+        } else {
+            0
+        };
+        self.endpoint.status.publish_state(to, permits);
+        self.series.state.set(to as i64);
+        self.series
+            .healthy
+            .set(i64::from(to == BreakerState::Closed));
+        self.metrics
+            .breaker_transitions
+            .with_label_values(&[from.as_str(), to.as_str()])
+            .inc();
+        match (to, self.breaker.open_until()) {
+            (BreakerState::Open, Some(until)) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                warn!(
+                    "circuit breaker {}: {from} -> {to}; rejecting calls for {}ms",
+                    self.name(),
+                    wait.as_millis()
+                );
+                ctx.run_later(wait, |replica, ctx| replica.poll_breaker(ctx));
+            }
+            _ => info!("circuit breaker {}: {from} -> {to}", self.name()),
+        }
+    }
+
+    fn poll_breaker(&mut self, ctx: &mut Context<Self>) {
+        if let Some(transition) = self.breaker.poll(Instant::now()) {
+            self.apply(transition, ctx);
+        }
+    }
+
+    fn check_drained(&mut self, ctx: &mut Context<Self>) {
+        let Some(deadline) = self.draining else {
+            return;
+        };
+        let in_flight = self.endpoint.status.in_flight();
+        if in_flight == 0 {
+            ctx.stop();
+        } else if Instant::now() >= deadline {
+            warn!(
+                "replica {}: drain deadline passed with {in_flight} calls in flight; stopping",
+                self.name()
+            );
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for Replica {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        info!("replica {} added", self.name());
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let errors: Vec<&str> = self.errors_seen.iter().map(|kind| kind.as_str()).collect();
+        self.metrics.forget_replica(
+            &self.endpoint.service,
+            &self.endpoint.address,
+            &self.statuses_seen,
+            &errors,
+        );
+        info!("replica {} removed", self.name());
+    }
+}
+
+/// How one call went; sent by the handler's [`Lease`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Outcome {
+    /// The answer, or why there was none.
+    pub answer: Answer,
+    /// Time to the response head.
+    pub latency: Duration,
+    /// Whether the call was a half-open probe.
+    pub probe: bool,
+}
+
+impl Handler<Outcome> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
+        self.count_answer(outcome.answer);
+        let result = outcome.answer.call_result();
+        if result != CallResult::Cancelled {
+            self.ewma.observe(outcome.latency);
+            self.endpoint.status.publish_ewma(self.ewma.micros());
+        }
+        let transition = self.breaker.record(result, outcome.probe, Instant::now());
+        if outcome.probe {
+            self.endpoint.status.return_probe_permit();
+        }
+        if let Some(transition) = transition {
+            self.apply(transition, ctx);
+        }
+    }
+}
+
+/// Closes the breaker (admin reset).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResetBreaker;
+
+impl Handler<ResetBreaker> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, _: ResetBreaker, ctx: &mut Context<Self>) {
+        if let Some(transition) = self.breaker.reset(Instant::now()) {
+            self.apply(transition, ctx);
+        }
+    }
+}
+
+/// The replica left discovery: stop once in-flight calls finish.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain {
+    /// Stop at the latest after this long.
+    pub deadline: Duration,
+}
+
+impl Handler<Drain> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, drain: Drain, ctx: &mut Context<Self>) {
+        if self.draining.is_some() {
+            return;
+        }
+        info!(
+            "replica {} draining: {} calls in flight",
+            self.name(),
+            self.endpoint.status.in_flight()
+        );
+        self.draining = Some(Instant::now() + drain.deadline);
+        self.check_drained(ctx);
+        ctx.run_interval(DRAIN_POLL, |replica, ctx| replica.check_drained(ctx));
+    }
+}
+
+/// The breaker's figures, as the admin API shows them.
+#[derive(Debug, Clone)]
+pub struct BreakerReport {
+    /// Current state.
+    pub state: BreakerState,
+    /// Failures in the current window.
+    pub failure_count: usize,
+    /// Probe successes while half-open.
+    pub success_count: u32,
+    /// Counters and times.
+    pub stats: BreakerStats,
+    /// Requests turned away while this breaker refused traffic.
+    pub total_rejections: u64,
+}
+
+/// Asks for a [`BreakerReport`].
+#[derive(Message)]
+#[rtype(result = "BreakerReport")]
+pub struct Inspect;
+
+impl Handler<Inspect> for Replica {
+    type Result = MessageResult<Inspect>;
+
+    fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(BreakerReport {
+            state: self.breaker.state(),
+            failure_count: self.breaker.failure_count(),
+            success_count: self.breaker.success_count(),
+            stats: self.breaker.stats().clone(),
+            total_rejections: self.endpoint.status.rejections(),
+        })
+    }
+}

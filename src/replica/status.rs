@@ -1,0 +1,183 @@
+//! What a replica publishes for the balancers on every worker: its breaker
+//! state, half-open probe permits, in-flight count and latency, as atomics.
+//! Balancers read them without a message round trip; only the replica actor
+//! writes the breaker fields.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use prometheus::{IntCounter, IntGauge};
+
+use super::breaker::BreakerState;
+
+/// How a pick was admitted by the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The breaker is closed.
+    Normal,
+    /// The breaker is half-open and this call is one of its probes.
+    Probe,
+}
+
+/// The published, lock-free view of one replica.
+#[derive(Debug)]
+pub struct ReplicaStatus {
+    state: AtomicU8,
+    probe_permits: AtomicU32,
+    ewma_bits: AtomicU64,
+    rejections: AtomicU64,
+    /// Requests in flight; also the `replica_load` series.
+    in_flight: IntGauge,
+    /// The `circuit_breaker_rejected_total` series.
+    rejected: IntCounter,
+}
+
+impl ReplicaStatus {
+    /// A closed replica with no load, counting into the given series.
+    pub fn new(in_flight: IntGauge, rejected: IntCounter) -> Self {
+        ReplicaStatus {
+            state: AtomicU8::new(BreakerState::Closed as u8),
+            probe_permits: AtomicU32::new(0),
+            ewma_bits: AtomicU64::new(0f64.to_bits()),
+            rejections: AtomicU64::new(0),
+            in_flight,
+            rejected,
+        }
+    }
+
+    /// The breaker state as last published.
+    pub fn state(&self) -> BreakerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a pick could be admitted now (without taking a probe permit).
+    pub fn admits(&self) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::HalfOpen => self.probe_permits.load(Ordering::Acquire) > 0,
+            BreakerState::Open => false,
+        }
+    }
+
+    /// Admits one call, taking a probe permit when half-open, and counts it
+    /// in flight; `None` when the breaker refuses.
+    pub fn try_admit(&self) -> Option<Admission> {
+        let admission = match self.state() {
+            BreakerState::Closed => Some(Admission::Normal),
+            BreakerState::HalfOpen => {
+                let taken =
+                    self.probe_permits
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+                taken.ok().map(|_| Admission::Probe)
+            }
+            BreakerState::Open => None,
+        };
+        if admission.is_some() {
+            self.in_flight.inc();
+        }
+        admission
+    }
+
+    /// Counts a request turned away because this breaker (and every other
+    /// of the service's) refused traffic.
+    pub fn reject(&self) {
+        self.rejections.fetch_add(1, Ordering::Relaxed);
+        self.rejected.inc();
+    }
+
+    /// Marks one admitted call finished.
+    pub fn finish(&self) {
+        self.in_flight.dec();
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        u32::try_from(self.in_flight.get().max(0)).unwrap_or(u32::MAX)
+    }
+
+    /// Average latency in microseconds (0 before the first answer).
+    pub fn ewma_micros(&self) -> f64 {
+        f64::from_bits(self.ewma_bits.load(Ordering::Relaxed))
+    }
+
+    /// Picks that were refused by the breaker.
+    pub fn rejections(&self) -> u64 {
+        self.rejections.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a breaker state; half-open comes with `probe_permits` permits.
+    pub fn publish_state(&self, state: BreakerState, probe_permits: u32) {
+        self.probe_permits.store(probe_permits, Ordering::Release);
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    /// Gives back the permit of a probe that finished while still half-open.
+    pub fn return_probe_permit(&self) {
+        if self.state() == BreakerState::HalfOpen {
+            self.probe_permits.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Publishes the latency average.
+    pub fn publish_ewma(&self, micros: f64) {
+        self.ewma_bits.store(micros.to_bits(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn status() -> ReplicaStatus {
+        ReplicaStatus::new(
+            IntGauge::new("in_flight", "test").expect("gauge"),
+            IntCounter::new("rejected", "test").expect("counter"),
+        )
+    }
+
+    #[test]
+    fn closed_admits_everything_and_counts_load() {
+        let status = status();
+        assert!(status.admits());
+        assert_eq!(status.try_admit(), Some(Admission::Normal));
+        assert_eq!(status.try_admit(), Some(Admission::Normal));
+        assert_eq!(status.in_flight(), 2);
+        status.finish();
+        assert_eq!(status.in_flight(), 1);
+    }
+
+    #[test]
+    fn open_refuses_and_adds_no_load() {
+        let status = status();
+        status.publish_state(BreakerState::Open, 0);
+        assert!(!status.admits());
+        assert_eq!(status.try_admit(), None);
+        assert_eq!(status.in_flight(), 0);
+        status.reject();
+        assert_eq!(status.rejections(), 1);
+    }
+
+    #[test]
+    fn half_open_admits_only_as_many_probes_as_permits() {
+        let status = status();
+        status.publish_state(BreakerState::HalfOpen, 2);
+        assert_eq!(status.try_admit(), Some(Admission::Probe));
+        assert_eq!(status.try_admit(), Some(Admission::Probe));
+        assert!(!status.admits());
+        assert_eq!(status.try_admit(), None);
+        status.return_probe_permit();
+        assert_eq!(status.try_admit(), Some(Admission::Probe));
+    }
+
+    #[test]
+    fn a_permit_returned_after_the_breaker_left_half_open_is_dropped() {
+        let status = status();
+        status.publish_state(BreakerState::Closed, 0);
+        status.return_probe_permit();
+        status.publish_state(BreakerState::HalfOpen, 0);
+        assert!(!status.admits());
+    }
+}

@@ -1,0 +1,104 @@
+//! The services apps may call and their current replicas: the table every
+//! worker routes with. The supervisor swaps each service's replica list;
+//! readers load it lock-free.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Policy, ServiceConfig};
+use crate::replica::Endpoint;
+
+/// One service: its policy and the replicas it has now.
+pub struct Service {
+    /// The name apps call it by.
+    pub name: Arc<str>,
+    /// Drop `/<name>` from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Timeouts, balancing, breaker.
+    pub policy: Policy,
+    replicas: ArcSwap<Vec<Arc<Endpoint>>>,
+    synced: AtomicBool,
+    round_robin: AtomicUsize,
+}
+
+impl Service {
+    /// A service with no replicas yet.
+    pub fn new(config: &ServiceConfig) -> Self {
+        Service {
+            name: Arc::from(config.name.as_str()),
+            strip_prefix: config.strip_prefix,
+            policy: config.policy.clone(),
+            replicas: ArcSwap::from_pointee(Vec::new()),
+            synced: AtomicBool::new(false),
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    /// The replicas now (a snapshot; cheap to take).
+    pub fn replicas(&self) -> arc_swap::Guard<Arc<Vec<Arc<Endpoint>>>> {
+        self.replicas.load()
+    }
+
+    /// Replaces the replica list (the supervisor's job) and marks the service synced.
+    pub fn set_replicas(&self, replicas: Vec<Arc<Endpoint>>) {
+        self.replicas.store(Arc::new(replicas));
+        self.synced.store(true, Ordering::Release);
+    }
+
+    /// Whether discovery has delivered this service's replicas at least once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Advances the shared round-robin cursor and returns its old value.
+    pub fn next_turn(&self) -> usize {
+        self.round_robin.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Every configured service, by name.
+pub struct ServiceTable {
+    services: HashMap<Arc<str>, Arc<Service>>,
+    ordered: Vec<Arc<Service>>,
+    shutting_down: AtomicBool,
+}
+
+impl ServiceTable {
+    /// The table for the configured services, none of them synced yet.
+    pub fn new(configs: &[ServiceConfig]) -> Self {
+        let ordered: Vec<Arc<Service>> =
+            configs.iter().map(|c| Arc::new(Service::new(c))).collect();
+        let services = ordered
+            .iter()
+            .map(|s| (Arc::clone(&s.name), Arc::clone(s)))
+            .collect();
+        ServiceTable {
+            services,
+            ordered,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The service called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.get(name)
+    }
+
+    /// Every service, in config order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.ordered.iter()
+    }
+
+    /// Ready to serve: every service synced once, and not shutting down.
+    pub fn ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Acquire) && self.ordered.iter().all(|s| s.synced())
+    }
+
+    /// Turns `/ready` off for good: the sidecar is stopping.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}
