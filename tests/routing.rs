@@ -1,0 +1,190 @@
+//! Routing and load balancing: requests reach the right service, spread
+//! over its replicas, and keep their method, path, query and headers.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{client, get_json, raw_exchange, raw_json, sidecar, Upstream};
+
+fn three(upstreams: &[Upstream]) -> String {
+    let list: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.endpoint()))
+        .collect();
+    list.join(", ")
+}
+
+#[actix_web::test]
+async fn sequential_requests_spread_fairly_over_three_replicas() {
+    let upstreams = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [{}] }}",
+        three(&upstreams)
+    ))
+    .await;
+    let url = format!("http://{}/api/work", sidecar.outbound_addr());
+    for _ in 0..300 {
+        assert_eq!(support::status_of(&url).await, Some(200));
+    }
+    let hits: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
+    assert_eq!(hits.iter().sum::<usize>(), 300);
+    assert!(
+        hits.iter().all(|&h| (60..=140).contains(&h)),
+        "unfair spread: {hits:?}"
+    );
+}
+
+#[actix_web::test]
+async fn least_load_sends_a_slow_replica_less() {
+    let upstreams = [
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    ];
+    upstreams[2].delay(Duration::from_millis(100));
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [{}] }}",
+        three(&upstreams)
+    ))
+    .await;
+    let url = format!("http://{}/api/work", sidecar.outbound_addr());
+    let callers = (0..8).map(|_| {
+        let url = url.clone();
+        async move {
+            for _ in 0..25 {
+                assert_eq!(support::status_of(&url).await, Some(200));
+            }
+        }
+    });
+    futures_util::future::join_all(callers).await;
+    let hits: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
+    assert_eq!(hits.iter().sum::<usize>(), 200);
+    assert!(
+        hits[2] * 3 < hits[0] && hits[2] * 3 < hits[1],
+        "the slow replica got too much: {hits:?}"
+    );
+}
+
+#[actix_web::test]
+async fn an_unknown_service_gets_404_with_a_json_error() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let mut response = client()
+        .get(format!("http://{}/nope/x", sidecar.outbound_addr()))
+        .insert_header(("x-request-id", "req-404"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-outrigger")
+            .and_then(|v| v.to_str().ok()),
+        Some("unknown_service")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["request_id"], "req-404");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[actix_web::test]
+async fn method_path_query_and_headers_arrive_intact_without_hop_by_hop_headers() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let answer = raw_exchange(
+        sidecar.outbound_addr(),
+        "PATCH /api/a/b%20c?x=1&y=two&x=3 HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\n\
+         X-Multi: first\r\n\
+         X-Multi: second\r\n\
+         Connection: close, x-private\r\n\
+         X-Private: secret\r\n\
+         Keep-Alive: timeout=5\r\n\
+         TE: trailers\r\n\
+         Proxy-Authorization: Basic eDp5\r\n\
+         X-Request-Id: req-echo\r\n\
+         Content-Length: 5\r\n\
+         \r\n\
+         hello",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo = raw_json(&answer);
+    assert_eq!(echo["method"], "PATCH");
+    assert_eq!(echo["path"], "/a/b%20c");
+    assert_eq!(echo["query"], "x=1&y=two&x=3");
+    assert_eq!(echo["body_bytes"], 5);
+    let headers = echo["headers"].as_array().expect("headers");
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .iter()
+            .filter(|h| h[0] == name)
+            .map(|h| h[1].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(values("x-multi"), vec!["first", "second"]);
+    assert_eq!(values("x-request-id"), vec!["req-echo"]);
+    assert_eq!(values("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(values("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(values("content-length"), vec!["5"]);
+    for hop in ["x-private", "keep-alive", "te", "proxy-authorization"] {
+        assert!(values(hop).is_empty(), "{hop} reached the replica");
+    }
+}
+
+#[actix_web::test]
+async fn host_headers_and_proxy_requests_name_the_service() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+    let (status, echo) = {
+        let mut response = client()
+            .get(format!("http://{outbound}/v1/items"))
+            .insert_header(("host", "api.default.svc.cluster.local"))
+            .send()
+            .await
+            .expect("an answer");
+        (
+            response.status().as_u16(),
+            response.json::<Value>().await.expect("json"),
+        )
+    };
+    assert_eq!(status, 200);
+    assert_eq!(
+        echo["path"], "/v1/items",
+        "a Host route keeps the whole path"
+    );
+
+    // An absolute-form request, as an app with HTTP_PROXY=http://127.0.0.1:15001 sends it.
+    let answer = raw_exchange(
+        outbound,
+        "GET http://api/v1/proxy?q=1 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(raw_json(&answer)["path"], "/v1/proxy");
+    assert_eq!(upstream.hits(), 2);
+    let (_, services) = get_json(&format!("http://{}/services", sidecar.admin_addr())).await;
+    assert_eq!(
+        services["services"][0]["replicas"][0]["address"],
+        upstream.endpoint()
+    );
+}

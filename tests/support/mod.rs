@@ -1,0 +1,251 @@
+//! Test harness: real upstream HTTP servers on ephemeral ports, the sidecar
+//! started in-process or as the real binary, and `eventually` to poll with a
+//! deadline instead of sleeping.
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use actix_web::dev::ServerHandle;
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::StreamExt;
+use outrigger::config::Config;
+use outrigger::Sidecar;
+use serde_json::{json, Value};
+
+/// One replica: counts its requests, answers with a settable status after a
+/// settable delay, echoes what it received as JSON, and streams bodies
+/// (`/download/<bytes>`, `/upload`).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+    handle: ServerHandle,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let state = Arc::new(UpstreamState::default());
+        state.status.store(200, Ordering::SeqCst);
+        let shared = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind an upstream");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Upstream {
+            addr,
+            state,
+            handle,
+        }
+    }
+
+    /// `host:port`, as a config endpoint.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Answer every later request with `status`.
+    pub fn answer_with(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Wait this long before answering each later request.
+    pub fn delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn answer(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<UpstreamState>,
+) -> HttpResponse {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    state.in_flight.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        // The replica is slow on purpose: this is the server under test's input.
+        actix_rt::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let path = req.path().to_string();
+    let response = if let Some(size) = path.strip_prefix("/download/") {
+        let size: u64 = size.parse().unwrap_or(0);
+        HttpResponse::Ok().body(SizedStream::new(size, download(size)))
+    } else {
+        let mut received = 0usize;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => received += chunk.len(),
+                Err(_) => break,
+            }
+        }
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        let status = state.status.load(Ordering::SeqCst);
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
+            .json(json!({
+                "method": req.method().as_str(),
+                "path": path,
+                "query": req.query_string(),
+                "headers": headers,
+                "body_bytes": received,
+            }))
+    };
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+/// `size` bytes in 64 KiB chunks, made as they are sent.
+fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![b'x'; CHUNK as usize]);
+    futures_util::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(size - i * CHUNK) as usize;
+        Ok(chunk.slice(0..len))
+    }))
+}
+
+/// A config for an in-process sidecar on ephemeral ports; `services` is the
+/// YAML of the `services:` list.
+pub fn config(services: &str) -> Config {
+    let text = format!(
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\nservices:\n{services}"
+    );
+    Config::from_yaml(&text, &|_| None)
+        .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"))
+}
+
+/// Starts a sidecar in this process and waits until it is ready.
+pub async fn sidecar(services: &str) -> Sidecar {
+    let sidecar = Sidecar::start(config(services))
+        .await
+        .expect("sidecar starts");
+    let ready = format!("http://{}/ready", sidecar.admin_addr());
+    eventually("the sidecar is ready", || async {
+        status_of(&ready).await == Some(200)
+    })
+    .await;
+    sidecar
+}
+
+/// A client for tests, with a generous timeout.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+/// GETs `url` and returns its status, or `None` when there was no answer.
+pub async fn status_of(url: &str) -> Option<u16> {
+    client()
+        .get(url)
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// GETs `url` and returns status and JSON body.
+pub async fn get_json(url: &str) -> (u16, Value) {
+    let mut response = client().get(url).send().await.expect("an answer");
+    let body = response.body().limit(16 << 20).await.expect("a body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (response.status().as_u16(), json)
+}
+
+/// GETs `url` and returns the body as text.
+pub async fn get_text(url: &str) -> String {
+    let mut response = client().get(url).send().await.expect("an answer");
+    let body = response.body().limit(16 << 20).await.expect("a body");
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The value of one series in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Sends raw bytes as one HTTP/1.1 exchange (the request should say
+/// `Connection: close`) and returns the whole answer as text.
+pub fn raw_exchange(addr: SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a raw answer.
+pub fn raw_json(answer: &str) -> Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
