@@ -1,0 +1,275 @@
+//! Circuit breakers and failures: a failing replica is cut off, probed and
+//! readmitted; dead and slow replicas get fast, clear answers.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use outrigger::discovery::ApplySnapshot;
+use serde_json::Value;
+use support::{
+    client, closed_port, eventually, get_json, get_text, metric, sidecar, status_of, Upstream,
+};
+
+async fn breaker_state(admin: &str, key: &str) -> String {
+    let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;
+    body["circuit_breakers"][key]["state"]
+        .as_str()
+        .unwrap_or("missing")
+        .to_string()
+}
+
+#[actix_web::test]
+async fn a_failing_replica_is_cut_off_probed_and_readmitted() {
+    let healthy = Upstream::start().await;
+    let failing = Upstream::start().await;
+    failing.answer_with(503);
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\", \"{}\"]
+    load_balancer: round_robin
+    circuit_breaker: {{ failure_threshold: 3, window: 10s, cooldown: 1s, success_threshold: 2 }}",
+        healthy.endpoint(),
+        failing.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("api/{}", failing.endpoint());
+    let state_series = format!(
+        "outrigger_circuit_breaker_state{{replica=\"{}\",service=\"api\"}}",
+        failing.endpoint()
+    );
+
+    // Closed: the failing replica gets its share until the threshold.
+    while failing.hits() < 3 {
+        let status = status_of(&url).await.expect("an answer");
+        assert!(status == 200 || status == 503);
+    }
+    eventually("the breaker opens", || async {
+        breaker_state(&admin, &key).await == "open"
+    })
+    .await;
+    assert_eq!(
+        metric(&get_text(&format!("{admin}/metrics")).await, &state_series),
+        Some(1.0)
+    );
+
+    // Open: nothing reaches it; the healthy replica answers everything.
+    for _ in 0..20 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+    let (_, report) = get_json(&format!("{admin}/circuit-breakers")).await;
+    let breaker = &report["circuit_breakers"][&key];
+    assert_eq!(
+        breaker["state"], "open",
+        "still open, so the count below is meaningful"
+    );
+    assert_eq!(
+        failing.hits(),
+        3,
+        "no request reached the replica while its breaker was open"
+    );
+    assert_eq!(breaker["total_failures"], 3);
+    assert_eq!(breaker["failure_rate"], 1.0);
+    assert!(breaker["opened_at"].is_string());
+
+    // Half-open after the cooldown; two probe successes close it.
+    failing.answer_with(200);
+    eventually("the breaker half-opens", || async {
+        breaker_state(&admin, &key).await == "half_open"
+    })
+    .await;
+    assert_eq!(
+        metric(&get_text(&format!("{admin}/metrics")).await, &state_series),
+        Some(2.0)
+    );
+    eventually("the breaker closes", || async {
+        assert_eq!(status_of(&url).await, Some(200));
+        breaker_state(&admin, &key).await == "closed"
+    })
+    .await;
+    assert!(failing.hits() >= 5, "probes reached the replica");
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    assert_eq!(metric(&metrics, &state_series), Some(0.0));
+    assert_eq!(
+        metric(
+            &metrics,
+            "outrigger_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "outrigger_circuit_breaker_transitions_total{from=\"half_open\",to=\"closed\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[actix_web::test]
+async fn with_every_replica_down_the_answer_is_a_fast_503() {
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]
+    circuit_breaker: {{ failure_threshold: 2, cooldown: 1m }}",
+        closed_port(),
+        closed_port()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let mut last = None;
+    for _ in 0..8 {
+        let started = Instant::now();
+        let mut response = client().get(&url).send().await.expect("an answer");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "took {:?}",
+            started.elapsed()
+        );
+        let status = response.status().as_u16();
+        assert!(status == 502 || status == 503, "{status}");
+        let reason = response
+            .headers()
+            .get("x-outrigger")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body: Value = response.json().await.expect("json error body");
+        assert_eq!(body["service"], "api");
+        last = Some((status, reason));
+    }
+    assert_eq!(last, Some((503, Some("no_healthy_replica".to_string()))));
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    assert!(
+        metrics.contains("outrigger_upstream_errors_total{kind=\"connect\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("outrigger_http_requests_total{listener=\"outbound\",method=\"GET\",service=\"api\",status=\"503\"}"));
+}
+
+#[actix_web::test]
+async fn a_replica_slower_than_the_timeout_gets_a_504_near_the_timeout() {
+    let slow = Upstream::start().await;
+    slow.delay(Duration::from_secs(3));
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"], timeout: 400ms }}",
+        slow.endpoint()
+    ))
+    .await;
+    let started = Instant::now();
+    let mut response = client()
+        .get(format!("http://{}/api/slow", sidecar.outbound_addr()))
+        .send()
+        .await
+        .expect("an answer");
+    let took = started.elapsed();
+    assert_eq!(response.status().as_u16(), 504);
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1200),
+        "took {took:?}"
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("x-outrigger")
+            .and_then(|v| v.to_str().ok()),
+        Some("upstream_timeout")
+    );
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("400ms")),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn a_removed_replica_finishes_its_calls_and_gets_no_new_ones() {
+    let leaving = Upstream::start().await;
+    let staying = Upstream::start().await;
+    leaving.delay(Duration::from_millis(700));
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        leaving.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let in_flight = actix_rt::spawn({
+        let url = url.clone();
+        async move { status_of(&url).await }
+    });
+    eventually("the slow call reaches the replica", || async {
+        leaving.in_flight() == 1
+    })
+    .await;
+
+    let snapshot = [("api".to_string(), vec![staying.endpoint()])]
+        .into_iter()
+        .collect();
+    sidecar
+        .supervisor()
+        .send(ApplySnapshot(snapshot))
+        .await
+        .expect("supervisor alive");
+    for _ in 0..5 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+    assert_eq!(staying.hits(), 5, "new calls go to the replica that stayed");
+    assert_eq!(
+        in_flight.await.expect("task"),
+        Some(200),
+        "the call in flight finished"
+    );
+    assert_eq!(leaving.hits(), 1);
+    let admin = format!("http://{}", sidecar.admin_addr());
+    eventually("the drained replica's series are gone", || async {
+        !get_text(&format!("{admin}/metrics"))
+            .await
+            .contains(&leaving.endpoint())
+    })
+    .await;
+    let (_, services) = get_json(&format!("{admin}/services")).await;
+    assert_eq!(
+        services["services"][0]["replicas"].as_array().map(Vec::len),
+        Some(1)
+    );
+}
+
+#[actix_web::test]
+async fn an_admin_reset_closes_open_breakers() {
+    let failing = Upstream::start().await;
+    failing.answer_with(500);
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"], circuit_breaker: {{ failure_threshold: 1, cooldown: 1m }} }}",
+        failing.endpoint()
+    ))
+    .await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("api/{}", failing.endpoint());
+    assert_eq!(
+        status_of(&format!("http://{}/api/x", sidecar.outbound_addr())).await,
+        Some(500)
+    );
+    eventually("the breaker opens", || async {
+        breaker_state(&admin, &key).await == "open"
+    })
+    .await;
+
+    let unknown = client()
+        .post(format!("{admin}/circuit-breakers/reset?service=nope"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(unknown.status().as_u16(), 404);
+    let mut reset = client()
+        .post(format!("{admin}/circuit-breakers/reset?service=api"))
+        .send()
+        .await
+        .expect("answer");
+    let body: Value = reset.json().await.expect("json");
+    assert_eq!(body["reset"][0], key);
+    eventually("the breaker closes", || async {
+        breaker_state(&admin, &key).await == "closed"
+    })
+    .await;
+}
