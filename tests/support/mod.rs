@@ -249,3 +249,101 @@ pub fn raw_json(answer: &str) -> Value {
     let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
+
+/// The real `outrigger` binary, running `run` with a config file on free
+/// ports; killed when dropped.
+pub struct SidecarProcess {
+    pub child: std::process::Child,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl SidecarProcess {
+    /// Starts the binary with `services` (the YAML of the `services:` list)
+    /// and waits until `/ready` answers 200.
+    pub async fn start(services: &str) -> SidecarProcess {
+        let outbound: SocketAddr = format!("127.0.0.1:{}", closed_port())
+            .parse()
+            .expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", closed_port())
+            .parse()
+            .expect("addr");
+        let dir = TempDir::new();
+        let config = dir.path.join("sidecar.yaml");
+        let text = format!(
+            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\nservices:\n{services}"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("LOG_LEVEL", "warn")
+            .spawn()
+            .expect("start outrigger");
+        let process = SidecarProcess {
+            child,
+            outbound,
+            admin,
+            _dir: dir,
+        };
+        let ready = format!("http://{admin}/ready");
+        eventually("the sidecar process is ready", || async {
+            status_of(&ready).await == Some(200)
+        })
+        .await;
+        process
+    }
+
+    /// Peak resident memory of the process so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory removed when dropped.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "outrigger-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -1,0 +1,155 @@
+//! The `outrigger` binary as users run it: `check`, streaming large bodies
+//! with bounded memory, and a graceful SIGTERM.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use actix_web::web::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use support::{client, eventually, SidecarProcess, TempDir, Upstream};
+
+const FIFTY_MIB: u64 = 50 * 1024 * 1024;
+/// Far below 50 MiB: a sidecar that buffered a body would blow through it.
+const MEMORY_BOUND: u64 = 40 * 1024 * 1024;
+
+#[test]
+fn check_reports_every_mistake_by_key_path_and_exits_1() {
+    let dir = TempDir::new();
+    let file = dir.path.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "defaults:
+  circuit_breaker: { cooldown: thirty }
+services:
+  - name: api
+    endpoints: [\"127.0.0.1:9000\"]
+    load_balancer: fastest
+  - name: web
+    endpoints: [\"127.0.0.1:9001\"]
+    retries: 3
+",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run check");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "defaults.circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\"",
+        "services[0].load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\"",
+        "services[1].retries: unknown key",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_summarises_it() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/sidecar.yaml"),
+        ])
+        .output()
+        .expect("run check");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("service budgeting: 2 endpoints"),
+        "{stdout}"
+    );
+}
+
+#[actix_web::test]
+async fn fifty_mib_up_and_down_stream_through_with_bounded_memory() {
+    let upstream = Upstream::start().await;
+    let sidecar = SidecarProcess::start(&format!(
+        "  - {{ name: files, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let base = format!("http://{}/files", sidecar.outbound);
+
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let chunks = (FIFTY_MIB / chunk.len() as u64) as usize;
+    let body = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
+    let mut upload = client()
+        .post(format!("{base}/upload"))
+        .send_body(SizedStream::new(FIFTY_MIB, body))
+        .await
+        .expect("upload answered");
+    assert_eq!(upload.status().as_u16(), 200);
+    let echo: Value = upload.json().await.expect("json");
+    assert_eq!(echo["body_bytes"].as_u64(), Some(FIFTY_MIB));
+
+    let mut download = client()
+        .get(format!("{base}/download/{FIFTY_MIB}"))
+        .send()
+        .await
+        .expect("download answered");
+    assert_eq!(download.status().as_u16(), 200);
+    let mut received = 0u64;
+    while let Some(chunk) = download.next().await {
+        received += chunk.expect("body chunk").len() as u64;
+    }
+    assert_eq!(received, FIFTY_MIB);
+
+    let peak = sidecar.peak_rss();
+    eprintln!("sidecar peak RSS: {} KiB", peak >> 10);
+    assert!(peak < MEMORY_BOUND, "sidecar peak RSS {} MiB", peak >> 20);
+}
+
+#[actix_web::test]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let upstream = Upstream::start().await;
+    upstream.delay(Duration::from_millis(700));
+    let mut sidecar = SidecarProcess::start(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/slow", sidecar.outbound);
+    let request = actix_rt::spawn(async move {
+        let mut response = client().get(url).send().await.expect("an answer");
+        (
+            response.status().as_u16(),
+            response.body().await.map(|b| b.len()).unwrap_or(0),
+        )
+    });
+    eventually("the slow request reaches the replica", || async {
+        upstream.in_flight() == 1
+    })
+    .await;
+    sidecar.terminate();
+
+    let (status, body_len) = request.await.expect("request task");
+    assert_eq!(status, 200, "the request in flight was answered");
+    assert!(body_len > 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(status) = sidecar.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not exit after SIGTERM"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+}
