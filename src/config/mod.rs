@@ -281,12 +281,7 @@ fn read_config(
     let mut top = Table::open(root, "", problems)?;
     let listeners = read_listeners(top.raw("listeners"), problems);
     let discovery = read_discovery(top.raw("discovery"), problems);
-    let mut defaults = read_policy(
-        top.raw("defaults"),
-        "defaults",
-        &Policy::default(),
-        problems,
-    );
+    let mut defaults = top.section("defaults", &Policy::default(), problems, read_policy_keys);
     let mut discovery = discovery?;
     env::apply(&mut defaults, &mut discovery, env, problems);
     let services = read_services(top.raw("services"), &defaults, problems);
@@ -354,21 +349,6 @@ fn read_discovery(value: Option<&Value>, problems: &mut Problems) -> Option<Disc
     Some(Discovery { source, refresh })
 }
 
-/// Reads a policy section on top of `base`: keys it sets win, the rest come from `base`.
-fn read_policy(
-    value: Option<&Value>,
-    path: &str,
-    base: &Policy,
-    problems: &mut Problems,
-) -> Policy {
-    let Some(mut table) = Table::open(value.unwrap_or(&Value::Null), path, problems) else {
-        return base.clone();
-    };
-    let policy = read_policy_keys(&mut table, base, problems);
-    table.finish(problems);
-    policy
-}
-
 /// Reads the policy keys of `table` (shared by `defaults` and each service).
 fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
     let policy = Policy {
@@ -382,9 +362,14 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
         load_balancer: table
             .get("load_balancer", problems)
             .unwrap_or(base.load_balancer),
-        circuit_breaker: read_breaker(table, &base.circuit_breaker, problems),
-        retry: read_retry(table, &base.retry, problems),
-        concurrency: read_concurrency(table, &base.concurrency, problems),
+        circuit_breaker: table.section(
+            "circuit_breaker",
+            &base.circuit_breaker,
+            problems,
+            read_breaker,
+        ),
+        retry: table.section("retry", &base.retry, problems, read_retry),
+        concurrency: table.section("concurrency", &base.concurrency, problems, read_concurrency),
     };
     for (key, value) in [
         ("timeout", policy.timeout),
@@ -396,18 +381,7 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
     policy
 }
 
-fn read_breaker(
-    parent: &mut Table,
-    base: &BreakerConfig,
-    problems: &mut Problems,
-) -> BreakerConfig {
-    let path = parent.path_of("circuit_breaker");
-    let Some(value) = parent.raw("circuit_breaker") else {
-        return base.clone();
-    };
-    let Some(mut t) = Table::open(value, &path, problems) else {
-        return base.clone();
-    };
+fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) -> BreakerConfig {
     let breaker = BreakerConfig {
         failure_threshold: t
             .get("failure_threshold", problems)
@@ -437,18 +411,10 @@ fn read_breaker(
             "must not be shorter than cooldown",
         );
     }
-    t.finish(problems);
     breaker
 }
 
-fn read_retry(parent: &mut Table, base: &RetryConfig, problems: &mut Problems) -> RetryConfig {
-    let path = parent.path_of("retry");
-    let Some(value) = parent.raw("retry") else {
-        return base.clone();
-    };
-    let Some(mut t) = Table::open(value, &path, problems) else {
-        return base.clone();
-    };
+fn read_retry(t: &mut Table, base: &RetryConfig, problems: &mut Problems) -> RetryConfig {
     let retry = RetryConfig {
         attempts: t.get("attempts", problems).unwrap_or(base.attempts),
         base_delay: t.get("base_delay", problems).unwrap_or(base.base_delay),
@@ -475,22 +441,14 @@ fn read_retry(parent: &mut Table, base: &RetryConfig, problems: &mut Problems) -
             "must not be shorter than base_delay",
         );
     }
-    t.finish(problems);
     retry
 }
 
 fn read_concurrency(
-    parent: &mut Table,
+    t: &mut Table,
     base: &ConcurrencyConfig,
     problems: &mut Problems,
 ) -> ConcurrencyConfig {
-    let path = parent.path_of("concurrency");
-    let Some(value) = parent.raw("concurrency") else {
-        return base.clone();
-    };
-    let Some(mut t) = Table::open(value, &path, problems) else {
-        return base.clone();
-    };
     let concurrency = ConcurrencyConfig {
         max_in_flight: t
             .get("max_in_flight", problems)
@@ -501,7 +459,6 @@ fn read_concurrency(
         &t.path_of("max_in_flight"),
         problems,
     );
-    t.finish(problems);
     concurrency
 }
 

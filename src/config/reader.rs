@@ -200,6 +200,27 @@ impl<'v> Table<'v> {
         parsed
     }
 
+    /// Reads the nested mapping under `key` with `read`, on top of `base`:
+    /// an absent or malformed section yields `base` (the latter reported).
+    pub fn section<T: Clone>(
+        &mut self,
+        key: &str,
+        base: &T,
+        problems: &mut Problems,
+        read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
+    ) -> T {
+        let path = self.path_of(key);
+        let Some(value) = self.raw(key) else {
+            return base.clone();
+        };
+        let Some(mut table) = Table::open(value, &path, problems) else {
+            return base.clone();
+        };
+        let section = read(&mut table, base, problems);
+        table.finish(problems);
+        section
+    }
+
     /// Reads `key` as a list of `T`, reporting each bad item by its index;
     /// `None` when the key is absent or is not a list.
     pub fn list<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<Vec<T>> {

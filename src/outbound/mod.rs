@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::forward::{self, SendError, Upstream};
 use crate::metrics::{method_label, Metrics};
-use crate::replica::Answer;
+use crate::replica::{Answer, UpstreamError};
 use crate::service::{Service, ServiceTable};
 
 const LISTENER: &str = "outbound";
@@ -188,14 +188,14 @@ async fn call(
             lease.report(Answer::Error(kind));
             let replica = format!("{name}/{}", endpoint.address);
             let error = match kind {
-                crate::replica::UpstreamError::Connect => {
+                UpstreamError::Connect => {
                     ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
                 }
-                crate::replica::UpstreamError::Timeout => ProxyError::Timeout(format!(
+                UpstreamError::Timeout => ProxyError::Timeout(format!(
                     "no answer from {replica} within {}ms",
                     upstream_timeout_ms(service)
                 )),
-                crate::replica::UpstreamError::Protocol => {
+                UpstreamError::Protocol => {
                     ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
                 }
             };
