@@ -21,6 +21,8 @@ pub enum ProxyError {
     UpstreamProtocol(String),
     /// No answer in time (504).
     Timeout(String),
+    /// The service's concurrency limit is reached (429, `Retry-After: 1`).
+    ConcurrencyLimit(String),
 }
 
 #[derive(Serialize)]
@@ -39,6 +41,7 @@ impl ProxyError {
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConcurrencyLimit(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -51,6 +54,7 @@ impl ProxyError {
             Self::UpstreamConnect(_) => "upstream_connect_failed",
             Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::Timeout(_) => "upstream_timeout",
+            Self::ConcurrencyLimit(_) => "concurrency_limit",
         }
     }
 
@@ -62,7 +66,8 @@ impl ProxyError {
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
             | Self::UpstreamProtocol(m)
-            | Self::Timeout(m) => m,
+            | Self::Timeout(m)
+            | Self::ConcurrencyLimit(m) => m,
         }
     }
 
@@ -73,9 +78,12 @@ impl ProxyError {
             service,
             request_id,
         };
-        HttpResponse::build(self.status())
-            .insert_header(("x-outrigger", self.reason()))
-            .json(body)
+        let mut response = HttpResponse::build(self.status());
+        response.insert_header(("x-outrigger", self.reason()));
+        if let Self::ConcurrencyLimit(_) = self {
+            response.insert_header(("retry-after", "1"));
+        }
+        response.json(body)
     }
 }
 
@@ -105,6 +113,11 @@ mod tests {
                 "upstream_protocol_error",
             ),
             (ProxyError::Timeout("x".into()), 504, "upstream_timeout"),
+            (
+                ProxyError::ConcurrencyLimit("x".into()),
+                429,
+                "concurrency_limit",
+            ),
         ];
         for (error, status, reason) in cases {
             assert_eq!(error.status().as_u16(), status);

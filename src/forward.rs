@@ -9,13 +9,13 @@ use std::time::Duration;
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
-use actix_web::web::{Bytes, Payload};
+use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::{HttpRequest, HttpResponse};
 use awc::error::{ConnectError, PayloadError, SendRequestError};
 use awc::{Client, ClientResponse, Connector};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 
-use crate::replica::{Lease, UpstreamError};
+use crate::replica::UpstreamError;
 
 /// The request-id header, accepted from the app or created here.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,12 +61,55 @@ pub struct Upstream<'a> {
 /// The answer head from a replica, with its body still to stream.
 pub type UpstreamResponse = ClientResponse;
 
-/// Sends `req` with its streamed body to the replica.
+/// A request body: none, small enough to keep and send again, or streamed
+/// once from the app to the first replica tried.
+pub enum RequestBody {
+    /// No body.
+    Empty,
+    /// The whole body, kept so a retry can send it again.
+    Replayable(Bytes),
+    /// The body as it arrives; `None` once a try has taken it.
+    Streaming(Option<Payload>, BodyLength),
+}
+
+impl RequestBody {
+    /// Reads the body of `req`: kept in memory when it has a Content-Length
+    /// of at most `replay_limit` bytes (when retries are possible at all),
+    /// otherwise left to stream.
+    pub async fn read(
+        req: &HttpRequest,
+        mut payload: Payload,
+        replay_limit: Option<u32>,
+    ) -> Result<RequestBody, String> {
+        let length = body_length(req);
+        let replayable = match (length, replay_limit) {
+            (BodyLength::None, _) => return Ok(RequestBody::Empty),
+            (BodyLength::Sized(n), Some(limit)) => n <= u64::from(limit),
+            _ => false,
+        };
+        if !replayable {
+            return Ok(RequestBody::Streaming(Some(payload), length));
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|err| format!("reading the request body failed: {err}"))?;
+            body.extend_from_slice(&chunk);
+        }
+        Ok(RequestBody::Replayable(body.freeze()))
+    }
+
+    /// Whether another try can send this body again.
+    pub fn replayable(&self) -> bool {
+        !matches!(self, RequestBody::Streaming(..))
+    }
+}
+
+/// Sends `req` with `body` to the replica.
 pub async fn send(
     client: &Client,
     upstream: Upstream<'_>,
     req: &HttpRequest,
-    payload: Payload,
+    body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> Result<UpstreamResponse, SendError> {
     let uri = upstream_uri(upstream.address, upstream.path, req.uri().query())?;
@@ -74,10 +117,18 @@ pub async fn send(
         .request(req.method().clone(), uri)
         .timeout(upstream.timeout);
     copy_request_headers(req, request.headers_mut(), upstream.keep_host, request_id);
-    let sent = match body_length(req) {
-        BodyLength::None => request.send(),
-        BodyLength::Sized(length) => request.send_body(SizedStream::new(length, payload)),
-        BodyLength::Chunked => request.send_stream(payload),
+    let sent = match body {
+        RequestBody::Empty => request.send(),
+        RequestBody::Replayable(bytes) => request.send_body(bytes.clone()),
+        RequestBody::Streaming(payload, length) => {
+            let payload = payload.take().ok_or_else(|| {
+                SendError::BadRequest("the request body was already sent".to_string())
+            })?;
+            match length {
+                BodyLength::Sized(n) => request.send_body(SizedStream::new(*n, payload)),
+                _ => request.send_stream(payload),
+            }
+        }
     };
     sent.await.map_err(SendError::from)
 }
@@ -102,9 +153,10 @@ impl From<SendRequestError> for SendError {
     }
 }
 
-/// Streams the replica's answer back; the lease lives until the body ends,
-/// so the replica counts the call in flight while it streams.
-pub fn respond(upstream: UpstreamResponse, lease: Lease) -> HttpResponse {
+/// Streams the replica's answer back; `guard` (the call's lease and
+/// concurrency slot) lives until the body ends, so the call counts as in
+/// flight while it streams.
+pub fn respond<G: Unpin + 'static>(upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let mut response = HttpResponse::build(upstream.status());
     let headers = upstream.headers();
     for (name, value) in headers.iter() {
@@ -116,9 +168,9 @@ pub fn respond(upstream: UpstreamResponse, lease: Lease) -> HttpResponse {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = LeasedBody {
+    let body = GuardedBody {
         body: upstream,
-        _lease: lease,
+        _guard: guard,
     };
     match length {
         Some(length) => response.body(SizedStream::new(length, body)),
@@ -126,15 +178,16 @@ pub fn respond(upstream: UpstreamResponse, lease: Lease) -> HttpResponse {
     }
 }
 
-/// A response body stream that holds the call's lease until it ends.
-struct LeasedBody<S> {
+/// A response body stream that holds its guard until it ends.
+struct GuardedBody<S, G> {
     body: S,
-    _lease: Lease,
+    _guard: G,
 }
 
-impl<S> Stream for LeasedBody<S>
+impl<S, G> Stream for GuardedBody<S, G>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+    G: Unpin,
 {
     type Item = Result<Bytes, PayloadError>;
 
@@ -143,9 +196,14 @@ where
     }
 }
 
-enum BodyLength {
+/// How the app framed its request body.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyLength {
+    /// No body.
     None,
+    /// `Content-Length`.
     Sized(u64),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
 }
 

@@ -49,7 +49,7 @@ impl Sidecar {
     /// Starts the supervisor and both listeners on the current actix system.
     pub async fn start(config: Config) -> io::Result<Sidecar> {
         let metrics = Arc::new(Metrics::new());
-        let table = Arc::new(ServiceTable::new(&config.services));
+        let table = Arc::new(ServiceTable::new(&config.services, &metrics));
         let source = Box::new(StaticSource::new(&config.services));
         let supervisor = Supervisor::new(
             Arc::clone(&table),

@@ -43,10 +43,35 @@ pub struct Metrics {
     pub breaker_rejected: IntCounterVec,
     /// Breaker state changes.
     pub breaker_transitions: IntCounterVec,
+    /// Retries made, by service and how the retried try went.
+    pub retries: IntCounterVec,
+    /// Retries refused because the service's retry budget was spent.
+    pub retry_budget_exhausted: IntCounterVec,
+    /// Requests holding a concurrency slot, by scope and service.
+    pub concurrency_in_flight: IntGaugeVec,
+    /// Requests turned away with 429 by a concurrency limit.
+    pub concurrency_limit_reached: IntCounterVec,
     /// Discovery syncs by source and result.
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
     pub discovery_replicas: IntGaugeVec,
+}
+
+/// The per-service series, resolved once at start.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    /// `upstream_request_duration_seconds`.
+    pub upstream_latency: prometheus::Histogram,
+    /// `retries_total{outcome="success"}`.
+    pub retries_succeeded: IntCounter,
+    /// `retries_total{outcome="failure"}`.
+    pub retries_failed: IntCounter,
+    /// `retry_budget_exhausted_total`.
+    pub budget_exhausted: IntCounter,
+    /// `concurrency_in_flight{scope="service"}`.
+    pub in_flight: IntGauge,
+    /// `concurrency_limit_reached_total{scope="service"}`.
+    pub limit_reached: IntCounter,
 }
 
 /// The per-replica series, resolved once when the replica starts.
@@ -162,6 +187,26 @@ impl Metrics {
                 "Breaker state changes.",
                 &["from", "to"],
             ),
+            retries: counter(
+                "retries_total",
+                "Retries made, by how the retried try went.",
+                &["service", "outcome"],
+            ),
+            retry_budget_exhausted: counter(
+                "retry_budget_exhausted_total",
+                "Retries refused because the retry budget was spent.",
+                &["service"],
+            ),
+            concurrency_in_flight: gauge(
+                "concurrency_in_flight",
+                "Requests holding a concurrency slot.",
+                &["scope", "service"],
+            ),
+            concurrency_limit_reached: counter(
+                "concurrency_limit_reached_total",
+                "Requests turned away with 429 by a concurrency limit.",
+                &["scope", "service"],
+            ),
             discovery_syncs: counter(
                 "discovery_syncs_total",
                 "Discovery syncs by source and result.",
@@ -173,6 +218,22 @@ impl Metrics {
                 &["service"],
             ),
             registry,
+        }
+    }
+
+    /// Resolves the series of one service's outbound side.
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            upstream_latency: self.upstream_request_duration.with_label_values(&[service]),
+            retries_succeeded: self.retries.with_label_values(&[service, "success"]),
+            retries_failed: self.retries.with_label_values(&[service, "failure"]),
+            budget_exhausted: self.retry_budget_exhausted.with_label_values(&[service]),
+            in_flight: self
+                .concurrency_in_flight
+                .with_label_values(&["service", service]),
+            limit_reached: self
+                .concurrency_limit_reached
+                .with_label_values(&["service", service]),
         }
     }
 

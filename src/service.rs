@@ -3,12 +3,14 @@
 //! readers load it lock-free.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Policy, ServiceConfig};
+use crate::metrics::{Metrics, ServiceMetrics};
+use crate::outbound::RetryBudget;
 use crate::replica::Endpoint;
 
 /// One service: its policy and the replicas it has now.
@@ -19,22 +21,46 @@ pub struct Service {
     pub strip_prefix: bool,
     /// Timeouts, balancing, breaker.
     pub policy: Policy,
+    /// The retry budget every worker draws from.
+    pub retry_budget: RetryBudget,
+    /// This service's pre-resolved series.
+    pub metrics: ServiceMetrics,
     replicas: ArcSwap<Vec<Arc<Endpoint>>>,
     synced: AtomicBool,
     round_robin: AtomicUsize,
+    in_flight: AtomicU32,
 }
 
 impl Service {
     /// A service with no replicas yet.
-    pub fn new(config: &ServiceConfig) -> Self {
+    pub fn new(config: &ServiceConfig, metrics: &Metrics) -> Self {
+        let retry = &config.policy.retry;
         Service {
             name: Arc::from(config.name.as_str()),
             strip_prefix: config.strip_prefix,
             policy: config.policy.clone(),
+            retry_budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
+            metrics: metrics.service(&config.name),
             replicas: ArcSwap::from_pointee(Vec::new()),
             synced: AtomicBool::new(false),
             round_robin: AtomicUsize::new(0),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Takes one of the service's `concurrency.max_in_flight` slots, shared by
+    /// every worker; `None` when all are taken. The slot frees on drop.
+    pub fn try_enter(self: &Arc<Self>) -> Option<InFlight> {
+        let limit = self.policy.concurrency.max_in_flight;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        self.metrics.in_flight.inc();
+        Some(InFlight {
+            service: Arc::clone(self),
+        })
     }
 
     /// The replicas now (a snapshot; cheap to take).
@@ -59,6 +85,18 @@ impl Service {
     }
 }
 
+/// One request's concurrency slot in its service.
+pub struct InFlight {
+    service: Arc<Service>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.service.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.service.metrics.in_flight.dec();
+    }
+}
+
 /// Every configured service, by name.
 pub struct ServiceTable {
     services: HashMap<Arc<str>, Arc<Service>>,
@@ -68,9 +106,11 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// The table for the configured services, none of them synced yet.
-    pub fn new(configs: &[ServiceConfig]) -> Self {
-        let ordered: Vec<Arc<Service>> =
-            configs.iter().map(|c| Arc::new(Service::new(c))).collect();
+    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Self {
+        let ordered: Vec<Arc<Service>> = configs
+            .iter()
+            .map(|c| Arc::new(Service::new(c, metrics)))
+            .collect();
         let services = ordered
             .iter()
             .map(|s| (Arc::clone(&s.name), Arc::clone(s)))

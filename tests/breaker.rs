@@ -178,7 +178,9 @@ async fn a_replica_slower_than_the_timeout_gets_a_504_near_the_timeout() {
     );
     let body: Value = response.json().await.expect("json");
     assert!(
-        body["error"].as_str().is_some_and(|e| e.contains("400ms")),
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("within timeout 400ms")),
         "{body}"
     );
 }

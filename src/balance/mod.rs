@@ -5,16 +5,21 @@
 mod pick;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use rand::rngs::SmallRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 pub use pick::{ewma_score, least_load, p2c, round_robin};
 
 use crate::config::LoadBalancer;
-use crate::replica::{lease, Endpoint, Lease};
+use crate::replica::{lease, lease_forced, now_millis, BreakerState, Endpoint, Lease};
 use crate::service::Service;
+
+/// How often each open replica may take a forced probe once a service is
+/// past its `max_ejection_percent`.
+const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why no replica could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub enum PickError {
 pub struct Pick {
     /// The service to pick from.
     pub service: Arc<Service>,
+    /// Replicas this request already tried: avoided while another admits traffic.
+    pub avoid: Vec<Arc<Endpoint>>,
 }
 
 /// The per-worker balancer; owns the worker's random source.
@@ -46,17 +53,76 @@ impl Balancer {
         }
     }
 
-    fn choose(&mut self, service: &Service, replicas: &[Arc<Endpoint>]) -> Option<usize> {
-        let admitted = |e: &Arc<Endpoint>| e.status.admits();
+    /// Chooses among the replicas that admit traffic and are not `skipped`.
+    fn choose(
+        &mut self,
+        service: &Service,
+        replicas: &[Arc<Endpoint>],
+        skipped: impl Fn(&Arc<Endpoint>) -> bool,
+    ) -> Option<usize> {
+        let open = |e: &Arc<Endpoint>| e.status.admits() && !skipped(e);
         match service.policy.load_balancer {
             LoadBalancer::LeastLoad => least_load(replicas, &mut self.rng, |e| {
-                admitted(e).then(|| e.status.in_flight())
+                open(e).then(|| e.status.in_flight())
             }),
             LoadBalancer::P2cEwma => p2c(replicas, &mut self.rng, |e| {
-                admitted(e).then(|| ewma_score(e.status.ewma_micros(), e.status.in_flight()))
+                open(e).then(|| ewma_score(e.status.ewma_micros(), e.status.in_flight()))
             }),
-            LoadBalancer::RoundRobin => round_robin(replicas, service.next_turn(), admitted),
+            LoadBalancer::RoundRobin => round_robin(replicas, service.next_turn(), open),
         }
+    }
+
+    /// Picks among replicas not in `avoid`; a ramping replica (slow start) is
+    /// passed over in proportion to how far its ramp has to go, unless
+    /// nothing else admits traffic.
+    fn pick_from(
+        &mut self,
+        service: &Service,
+        replicas: &[Arc<Endpoint>],
+        avoid: &[Arc<Endpoint>],
+    ) -> Option<Lease> {
+        let now = now_millis();
+        let mut passed_over: Vec<&Arc<Endpoint>> = Vec::new();
+        let mut ramping = None;
+        for _ in 0..replicas.len() {
+            let skipped = |e: &Arc<Endpoint>| {
+                avoid
+                    .iter()
+                    .chain(passed_over.iter().copied())
+                    .any(|s| Arc::ptr_eq(s, e))
+            };
+            let Some(index) = self.choose(service, replicas, skipped) else {
+                break;
+            };
+            let replica = &replicas[index];
+            let share = replica.status.share(now, service.policy.slow_start);
+            if share < 1.0 && self.rng.random::<f64>() >= share {
+                ramping.get_or_insert(replica);
+            } else if let Some(lease) = lease(replica) {
+                return Some(lease);
+            }
+            // Passed over for its ramp, or its last probe permit went to another worker.
+            passed_over.push(replica);
+        }
+        ramping.and_then(lease)
+    }
+
+    /// Past `max_ejection_percent` open breakers, lets one of them take a
+    /// probe (each at most once per second) so the service is not blacked
+    /// out by its own protection.
+    fn force_probe(&mut self, service: &Service, replicas: &[Arc<Endpoint>]) -> Option<Lease> {
+        let open = replicas
+            .iter()
+            .filter(|e| e.status.state() == BreakerState::Open)
+            .count();
+        if open * 100 <= replicas.len() * service.policy.max_ejection_percent as usize {
+            return None;
+        }
+        let start = self.rng.random_range(0..replicas.len());
+        let now = now_millis();
+        (0..replicas.len())
+            .map(|step| &replicas[(start + step) % replicas.len()])
+            .find_map(|replica| lease_forced(replica, now, FORCED_PROBE_INTERVAL))
     }
 }
 
@@ -74,23 +140,27 @@ impl Handler<Pick> for Balancer {
     type Result = MessageResult<Pick>;
 
     fn handle(&mut self, pick: Pick, _: &mut Context<Self>) -> Self::Result {
-        let replicas = pick.service.replicas();
+        let service = &pick.service;
+        let replicas = service.replicas();
         if replicas.is_empty() {
             return MessageResult(Err(PickError::NoReplicas));
         }
-        // A half-open replica's last probe permit can go to another worker
-        // between `choose` and `lease`; then choose again, at most once per replica.
-        for _ in 0..replicas.len() {
-            let Some(index) = self.choose(&pick.service, &replicas) else {
-                break;
-            };
-            if let Some(lease) = lease(&replicas[index]) {
-                return MessageResult(Ok(lease));
+        let picked = self
+            .pick_from(service, &replicas, &pick.avoid)
+            .or_else(|| {
+                (!pick.avoid.is_empty())
+                    .then(|| self.pick_from(service, &replicas, &[]))
+                    .flatten()
+            })
+            .or_else(|| self.force_probe(service, &replicas));
+        match picked {
+            Some(lease) => MessageResult(Ok(lease)),
+            None => {
+                for replica in replicas.iter() {
+                    replica.status.reject();
+                }
+                MessageResult(Err(PickError::AllRefused))
             }
         }
-        for replica in replicas.iter() {
-            replica.status.reject();
-        }
-        MessageResult(Err(PickError::AllRefused))
     }
 }

@@ -72,10 +72,21 @@ pub struct Policy {
     pub load_balancer: LoadBalancer,
     /// The breaker guarding each replica.
     pub circuit_breaker: BreakerConfig,
-    /// Retry policy (validated now; applied by the resilience release).
+    /// Which failed tries are tried again, how fast, and within what budget.
     pub retry: RetryConfig,
-    /// Concurrency limit (validated now; applied by the resilience release).
+    /// Requests in flight to the service at once, over all workers.
     pub concurrency: ConcurrencyConfig,
+    /// A replica that joined or just recovered gets a share ramping up over
+    /// this long (default 10s; 0s turns slow start off).
+    #[serde(serialize_with = "as_duration")]
+    pub slow_start: Duration,
+    /// At most this percentage of a service's replicas are cut off by their
+    /// breakers; beyond it, open breakers still admit a probe now and then
+    /// (default 50).
+    pub max_ejection_percent: u32,
+    /// Requests slower than this are logged at warn (default 1s).
+    #[serde(serialize_with = "as_duration")]
+    pub slow_request_threshold: Duration,
 }
 
 /// Replica selection strategies.
@@ -139,6 +150,14 @@ pub struct RetryConfig {
     pub on: Vec<RetryOn>,
     /// Retries may add at most this percentage of the service's traffic (default 20).
     pub budget_percent: u32,
+    /// Retries always allowed per second, so a quiet service can still retry (default 5).
+    pub budget_min_per_second: u32,
+    /// Retry POST and PATCH too (default false: only idempotent methods).
+    pub non_idempotent: bool,
+    /// Request bodies up to this many bytes (with a Content-Length) are kept
+    /// so they can be sent again; larger or chunked bodies are streamed and
+    /// tried once (default 65536).
+    pub replay_buffer_bytes: u32,
 }
 
 /// One retry condition.
@@ -230,8 +249,14 @@ impl Default for Policy {
                     RetryOn::Status(504),
                 ],
                 budget_percent: 20,
+                budget_min_per_second: 5,
+                non_idempotent: false,
+                replay_buffer_bytes: 64 * 1024,
             },
             concurrency: ConcurrencyConfig { max_in_flight: 100 },
+            slow_start: Duration::from_secs(10),
+            max_ejection_percent: 50,
+            slow_request_threshold: Duration::from_secs(1),
         }
     }
 }
@@ -370,7 +395,20 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
         ),
         retry: table.section("retry", &base.retry, problems, read_retry),
         concurrency: table.section("concurrency", &base.concurrency, problems, read_concurrency),
+        slow_start: table.get("slow_start", problems).unwrap_or(base.slow_start),
+        max_ejection_percent: table
+            .get("max_ejection_percent", problems)
+            .unwrap_or(base.max_ejection_percent),
+        slow_request_threshold: table
+            .get("slow_request_threshold", problems)
+            .unwrap_or(base.slow_request_threshold),
     };
+    if policy.max_ejection_percent > 100 {
+        problems.add(
+            &table.path_of("max_ejection_percent"),
+            "must be between 0 and 100",
+        );
+    }
     for (key, value) in [
         ("timeout", policy.timeout),
         ("per_try_timeout", policy.per_try_timeout),
@@ -424,6 +462,15 @@ fn read_retry(t: &mut Table, base: &RetryConfig, problems: &mut Problems) -> Ret
         budget_percent: t
             .get("budget_percent", problems)
             .unwrap_or(base.budget_percent),
+        budget_min_per_second: t
+            .get("budget_min_per_second", problems)
+            .unwrap_or(base.budget_min_per_second),
+        non_idempotent: t
+            .get("non_idempotent", problems)
+            .unwrap_or(base.non_idempotent),
+        replay_buffer_bytes: t
+            .get("replay_buffer_bytes", problems)
+            .unwrap_or(base.replay_buffer_bytes),
     };
     at_least_one(retry.attempts, &t.path_of("attempts"), problems);
     if !(0.0..=1.0).contains(&retry.jitter) {

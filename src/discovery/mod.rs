@@ -105,7 +105,8 @@ impl Supervisor {
                 None => Replica::spawn(
                     Arc::clone(&service.name),
                     address,
-                    service.policy.circuit_breaker.clone(),
+                    &service.policy,
+                    service.synced(),
                     Arc::clone(&self.metrics),
                 ),
             };

@@ -3,29 +3,32 @@
 //! call is forwarded, its outcome reported to the replica, and the answer
 //! streamed back.
 
+mod retry;
 mod route;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::dev::Server;
-use actix_web::http::header::{HeaderValue, HOST};
+use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use prometheus::IntGauge;
+use rand::Rng;
 
+pub use retry::RetryBudget;
 pub use route::{resolve, Route};
 
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::Config;
+use crate::config::{format_duration, Config};
 use crate::error::ProxyError;
-use crate::forward::{self, SendError, Upstream};
+use crate::forward::{self, RequestBody, SendError, Upstream};
 use crate::metrics::{method_label, Metrics};
-use crate::replica::{Answer, UpstreamError};
-use crate::service::{Service, ServiceTable};
+use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
+use crate::service::{InFlight, Service, ServiceTable};
 
 const LISTENER: &str = "outbound";
 
@@ -120,6 +123,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     response
 }
 
+/// One outbound request: a concurrency slot, then tries at replicas until
+/// an answer is final, the retry policy or budget says stop, or time runs out.
 async fn call(
     worker: &Worker,
     service: &Arc<Service>,
@@ -131,90 +136,191 @@ async fn call(
 ) -> HttpResponse {
     let id = id_str(request_id);
     let name = &*service.name;
-    let pick = worker
-        .balancer
-        .send(Pick {
-            service: Arc::clone(service),
-        })
-        .await;
-    let mut lease = match pick {
-        Ok(Ok(lease)) => lease,
-        Ok(Err(refused)) => {
-            let message = match refused {
-                PickError::NoReplicas => format!("service {name} has no replicas"),
-                PickError::AllRefused => {
-                    format!("every replica of {name} has its circuit breaker open")
-                }
-            };
-            warn!("request {id}: 503: {message}");
-            return ProxyError::NoHealthyReplica(message).response(Some(name), id);
-        }
-        Err(err) => {
-            let message = format!("the balancer of this worker is gone: {err}");
-            warn!("request {id}: 503: {message}");
-            return ProxyError::NoHealthyReplica(message).response(Some(name), id);
-        }
-    };
     let policy = &service.policy;
-    let endpoint = Arc::clone(lease.endpoint());
-    let upstream = Upstream {
-        address: &endpoint.address,
-        path,
-        keep_host,
-        timeout: policy.per_try_timeout.min(policy.timeout),
+    let Some(slot) = service.try_enter() else {
+        service.metrics.limit_reached.inc();
+        let limit = policy.concurrency.max_in_flight;
+        let message =
+            format!("{name} already has {limit} requests in flight (concurrency.max_in_flight)");
+        warn!("request {id}: 429: {message}");
+        return ProxyError::ConcurrencyLimit(message).response(Some(name), id);
     };
     let started = Instant::now();
-    match forward::send(&worker.client, upstream, req, payload, request_id).await {
-        Ok(response) => {
-            let status = response.status();
-            lease.report(Answer::Status(status.as_u16()));
-            worker
-                .metrics
-                .upstream_request_duration
-                .with_label_values(&[name])
-                .observe(started.elapsed().as_secs_f64());
-            debug!(
-                "request {id}: {name}/{} answered {status}",
-                endpoint.address
-            );
-            forward::respond(response, lease)
-        }
-        Err(SendError::BadRequest(message)) => {
-            lease.report(Answer::Cancelled);
+    let deadline = started + policy.timeout;
+    let retry = &policy.retry;
+    let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
+    let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
+    let mut body = match RequestBody::read(req, payload, replay_limit).await {
+        Ok(body) => body,
+        Err(message) => {
             warn!("request {id}: 400: {message}");
-            ProxyError::BadRequest(message).response(Some(name), id)
+            return ProxyError::BadRequest(message).response(Some(name), id);
         }
-        Err(SendError::Upstream(kind, detail)) => {
-            lease.report(Answer::Error(kind));
-            let replica = format!("{name}/{}", endpoint.address);
-            let error = match kind {
-                UpstreamError::Connect => {
-                    ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
+    };
+    service.retry_budget.record_request();
+
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut previous: Option<Try> = None;
+    loop {
+        let pick = Pick {
+            service: Arc::clone(service),
+            avoid: tried.clone(),
+        };
+        let mut lease = match worker.balancer.send(pick).await {
+            Ok(Ok(lease)) => lease,
+            Ok(Err(refused)) => {
+                if let Some(previous) = previous {
+                    return previous.into_response(slot, name, id);
                 }
-                UpstreamError::Timeout => ProxyError::Timeout(format!(
-                    "no answer from {replica} within {}ms",
-                    upstream_timeout_ms(service)
-                )),
-                UpstreamError::Protocol => {
-                    ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
-                }
-            };
-            warn!(
-                "request {id}: {}: {}",
-                error.status().as_u16(),
-                error.message()
-            );
-            error.response(Some(name), id)
+                let message = match refused {
+                    PickError::NoReplicas => format!("service {name} has no replicas"),
+                    PickError::AllRefused => {
+                        format!("every replica of {name} has its circuit breaker open")
+                    }
+                };
+                warn!("request {id}: 503: {message}");
+                return ProxyError::NoHealthyReplica(message).response(Some(name), id);
+            }
+            Err(err) => {
+                let message = format!("the balancer of this worker is gone: {err}");
+                warn!("request {id}: 503: {message}");
+                return ProxyError::NoHealthyReplica(message).response(Some(name), id);
+            }
+        };
+        // The previous try's answer is dropped only now that another replica was found.
+        drop(previous.take());
+        let endpoint = Arc::clone(lease.endpoint());
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let (try_timeout, bound) = if policy.per_try_timeout < remaining {
+            (
+                policy.per_try_timeout,
+                ("per_try_timeout", policy.per_try_timeout),
+            )
+        } else {
+            (remaining, ("timeout", policy.timeout))
+        };
+        let upstream = Upstream {
+            address: &endpoint.address,
+            path,
+            keep_host,
+            timeout: try_timeout,
+        };
+        let try_started = Instant::now();
+        let result = forward::send(&worker.client, upstream, req, &mut body, request_id).await;
+        let answer = match &result {
+            Ok(response) => Answer::Status(response.status().as_u16()),
+            Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
+            Err(SendError::BadRequest(_)) => Answer::Cancelled,
+        };
+        lease.report(answer);
+        if result.is_ok() {
+            service
+                .metrics
+                .upstream_latency
+                .observe(try_started.elapsed().as_secs_f64());
         }
+        if !tried.is_empty() {
+            match answer.call_result() {
+                CallResult::Failure => service.metrics.retries_failed.inc(),
+                _ => service.metrics.retries_succeeded.inc(),
+            }
+        }
+        let attempt = Try {
+            result,
+            lease,
+            endpoint,
+            bound,
+        };
+        let tries = tried.len() as u32 + 1;
+        let again = may_retry
+            && tries < retry.attempts
+            && body.replayable()
+            && retry::answer_is_retried(answer, retry);
+        if !again {
+            log_if_slow(service, &attempt.endpoint, started, id);
+            return attempt.into_response(slot, name, id);
+        }
+        if !service.retry_budget.try_retry() {
+            service.metrics.budget_exhausted.inc();
+            warn!("request {id}: {name}: retry budget spent; answering with the last try");
+            return attempt.into_response(slot, name, id);
+        }
+        let spread = rand::rng().random_range(-1.0..=1.0);
+        let delay = attempt
+            .retry_after(retry.max_delay)
+            .unwrap_or_else(|| retry::backoff(tries, retry, spread));
+        if Instant::now() + delay >= deadline {
+            debug!("request {id}: {name}: no time left for another try");
+            return attempt.into_response(slot, name, id);
+        }
+        info!(
+            "request {id}: retrying {name} in {}ms after {answer:?} from {}",
+            delay.as_millis(),
+            attempt.endpoint.address
+        );
+        actix_rt::time::sleep(delay).await;
+        tried.push(Arc::clone(&attempt.endpoint));
+        previous = Some(attempt);
     }
 }
 
-fn upstream_timeout_ms(service: &Service) -> u128 {
-    service
-        .policy
-        .per_try_timeout
-        .min(service.policy.timeout)
-        .as_millis()
+/// One try at one replica and what came of it.
+struct Try {
+    result: Result<forward::UpstreamResponse, SendError>,
+    lease: Lease,
+    endpoint: Arc<Endpoint>,
+    /// The timeout key that bounded this try, and its configured value.
+    bound: (&'static str, Duration),
+}
+
+impl Try {
+    /// The `Retry-After` seconds a replica asked for, capped at `max`.
+    fn retry_after(&self, max: Duration) -> Option<Duration> {
+        let response = self.result.as_ref().ok()?;
+        let value = response.headers().get(RETRY_AFTER)?.to_str().ok();
+        retry::retry_after(value, max)
+    }
+
+    /// The app's answer: the replica's response streamed back, or our error.
+    fn into_response(self, slot: InFlight, name: &str, id: &str) -> HttpResponse {
+        let replica = format!("{name}/{}", self.endpoint.address);
+        let error = match self.result {
+            Ok(response) => return forward::respond(response, (self.lease, slot)),
+            Err(SendError::BadRequest(message)) => ProxyError::BadRequest(message),
+            Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
+                ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
+            }
+            Err(SendError::Upstream(UpstreamError::Timeout, _)) => {
+                let (key, limit) = self.bound;
+                ProxyError::Timeout(format!(
+                    "no answer from {replica} within {key} {}",
+                    format_duration(limit)
+                ))
+            }
+            Err(SendError::Upstream(UpstreamError::Protocol, detail)) => {
+                ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
+            }
+        };
+        warn!(
+            "request {id}: {}: {}",
+            error.status().as_u16(),
+            error.message()
+        );
+        error.response(Some(name), id)
+    }
+}
+
+fn log_if_slow(service: &Service, endpoint: &Endpoint, started: Instant, id: &str) {
+    let took = started.elapsed();
+    if took > service.policy.slow_request_threshold {
+        warn!(
+            "request {id}: slow: {}/{} answered after {}ms (slow_request_threshold {}ms)",
+            service.name,
+            endpoint.address,
+            took.as_millis(),
+            service.policy.slow_request_threshold.as_millis()
+        );
+    }
 }
 
 fn id_str(request_id: &HeaderValue) -> &str {

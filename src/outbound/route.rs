@@ -104,7 +104,7 @@ mod tests {
             &|_| None,
         )
         .expect("valid");
-        ServiceTable::new(&config.services)
+        ServiceTable::new(&config.services, &crate::metrics::Metrics::new())
     }
 
     fn route(

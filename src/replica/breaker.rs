@@ -139,8 +139,9 @@ impl CircuitBreaker {
     }
 
     /// Records how a call went. `probe` says whether the call was admitted
-    /// as a half-open probe; only probes can close or re-open a half-open
-    /// breaker, so a slow call from before the breaker opened cannot.
+    /// as a probe; only probes can close or re-open a half-open breaker, so
+    /// a slow call from before the breaker opened cannot. A probe forced
+    /// through an open breaker that succeeds moves it on to half-open.
     pub fn record(&mut self, result: CallResult, probe: bool, now: Instant) -> Option<Transition> {
         match result {
             CallResult::Cancelled => None,
@@ -148,6 +149,21 @@ impl CircuitBreaker {
                 self.stats.total_calls += 1;
                 self.stats.total_successes += 1;
                 self.stats.last_success_time = Some(SystemTime::now());
+                if self.state == BreakerState::Open && probe {
+                    self.enter(BreakerState::HalfOpen, now);
+                    self.half_open_successes = 1;
+                    let to = if self.config.success_threshold <= 1 {
+                        self.reopens = 0;
+                        self.enter(BreakerState::Closed, now);
+                        BreakerState::Closed
+                    } else {
+                        BreakerState::HalfOpen
+                    };
+                    return Some(Transition {
+                        from: BreakerState::Open,
+                        to,
+                    });
+                }
                 if self.state == BreakerState::HalfOpen && probe {
                     self.half_open_successes += 1;
                     if self.half_open_successes >= self.config.success_threshold {
@@ -400,6 +416,57 @@ mod tests {
             now += secs(expected);
             assert!(breaker.poll(now).is_some());
         }
+    }
+
+    #[test]
+    fn a_forced_probe_success_moves_an_open_breaker_on() {
+        let t0 = Instant::now();
+        let mut breaker = opened(t0);
+        assert_eq!(
+            breaker.record(Failure, true, t0),
+            None,
+            "a failed forced probe changes nothing"
+        );
+        assert_eq!(
+            breaker.cooldown(),
+            secs(30),
+            "and does not double the cooldown"
+        );
+        let transition = breaker.record(Success, true, t0 + secs(1));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: Open,
+                to: HalfOpen
+            })
+        );
+        assert_eq!(breaker.success_count(), 1);
+        let transition = breaker.record(Success, true, t0 + secs(2));
+        assert_eq!(
+            transition,
+            Some(Transition {
+                from: HalfOpen,
+                to: Closed
+            })
+        );
+
+        let mut quick = CircuitBreaker::new(
+            BreakerConfig {
+                success_threshold: 1,
+                ..config()
+            },
+            0.0,
+        );
+        for _ in 0..3 {
+            quick.record(Failure, false, t0);
+        }
+        assert_eq!(
+            quick.record(Success, true, t0),
+            Some(Transition {
+                from: Open,
+                to: Closed
+            })
+        );
     }
 
     #[test]

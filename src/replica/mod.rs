@@ -17,9 +17,9 @@ use log::{info, warn};
 
 pub use breaker::{BreakerState, BreakerStats, CallResult, CircuitBreaker, Transition};
 pub use load::Ewma;
-pub use status::{Admission, ReplicaStatus};
+pub use status::{now_millis, Admission, ReplicaStatus};
 
-use crate::config::BreakerConfig;
+use crate::config::Policy;
 use crate::metrics::{Metrics, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.
@@ -113,6 +113,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    fn new(endpoint: &Arc<Endpoint>, admission: Admission) -> Lease {
+        Lease {
+            endpoint: Arc::clone(endpoint),
+            admission,
+            started: Instant::now(),
+            reported: false,
+        }
+    }
+
     /// The replica this call goes to.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
@@ -142,12 +151,14 @@ impl Drop for Lease {
 /// Admits a call to `endpoint` if its breaker allows, returning the lease.
 pub fn lease(endpoint: &Arc<Endpoint>) -> Option<Lease> {
     let admission = endpoint.status.try_admit()?;
-    Some(Lease {
-        endpoint: Arc::clone(endpoint),
-        admission,
-        started: Instant::now(),
-        reported: false,
-    })
+    Some(Lease::new(endpoint, admission))
+}
+
+/// Admits a probe through `endpoint`'s open breaker if none went through in
+/// the last `interval` (see [`ReplicaStatus::try_admit_forced`]).
+pub fn lease_forced(endpoint: &Arc<Endpoint>, now: u64, interval: Duration) -> Option<Lease> {
+    let admission = endpoint.status.try_admit_forced(now, interval)?;
+    Some(Lease::new(endpoint, admission))
 }
 
 /// The actor owning one replica's breaker, latency average and series.
@@ -155,6 +166,8 @@ pub struct Replica {
     endpoint: Arc<Endpoint>,
     breaker: CircuitBreaker,
     half_open_probes: u32,
+    /// Slow-start span after recovering (zero: off).
+    slow_start: Duration,
     ewma: Ewma,
     metrics: Arc<Metrics>,
     series: ReplicaMetrics,
@@ -167,13 +180,16 @@ pub struct Replica {
 
 impl Replica {
     /// Starts the actor for `address` of `service` on the current arbiter and
-    /// returns the endpoint balancers will pick.
+    /// returns the endpoint balancers will pick. With `ramp_now`, the replica
+    /// joins an already-serving set and starts with a slow-start ramp.
     pub fn spawn(
         service: Arc<str>,
         address: &str,
-        breaker: BreakerConfig,
+        policy: &Policy,
+        ramp_now: bool,
         metrics: Arc<Metrics>,
     ) -> Arc<Endpoint> {
+        let breaker = policy.circuit_breaker.clone();
         let series = metrics.replica(&service, address);
         series.healthy.set(1);
         let half_open_probes = breaker.half_open_max_probes;
@@ -184,10 +200,14 @@ impl Replica {
             status: ReplicaStatus::new(series.load.clone(), series.rejected.clone()),
             actor: context.address(),
         });
+        if ramp_now && !policy.slow_start.is_zero() {
+            endpoint.status.start_ramp(now_millis());
+        }
         context.run(Replica {
             endpoint: Arc::clone(&endpoint),
             breaker: CircuitBreaker::new(breaker, COOLDOWN_JITTER),
             half_open_probes,
+            slow_start: policy.slow_start,
             ewma: Ewma::default(),
             metrics,
             series,
@@ -249,6 +269,12 @@ impl Replica {
             .breaker_transitions
             .with_label_values(&[from.as_str(), to.as_str()])
             .inc();
+        if from == BreakerState::HalfOpen
+            && to == BreakerState::Closed
+            && !self.slow_start.is_zero()
+        {
+            self.endpoint.status.start_ramp(now_millis());
+        }
         match (to, self.breaker.open_until()) {
             (BreakerState::Open, Some(until)) => {
                 let wait = until.saturating_duration_since(Instant::now());

@@ -4,6 +4,8 @@
 //! writes the breaker fields.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge};
 
@@ -18,6 +20,13 @@ pub enum Admission {
     Probe,
 }
 
+/// Milliseconds since the first call in this process, never 0: a cheap clock
+/// that fits an atomic.
+pub fn now_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// The published, lock-free view of one replica.
 #[derive(Debug)]
 pub struct ReplicaStatus {
@@ -25,6 +34,10 @@ pub struct ReplicaStatus {
     probe_permits: AtomicU32,
     ewma_bits: AtomicU64,
     rejections: AtomicU64,
+    /// When the replica's slow-start ramp began (`now_millis`), 0 when none.
+    ramp_from: AtomicU64,
+    /// When an open breaker last admitted a forced probe (`now_millis`).
+    last_forced_probe: AtomicU64,
     /// Requests in flight; also the `replica_load` series.
     in_flight: IntGauge,
     /// The `circuit_breaker_rejected_total` series.
@@ -39,6 +52,8 @@ impl ReplicaStatus {
             probe_permits: AtomicU32::new(0),
             ewma_bits: AtomicU64::new(0f64.to_bits()),
             rejections: AtomicU64::new(0),
+            ramp_from: AtomicU64::new(0),
+            last_forced_probe: AtomicU64::new(0),
             in_flight,
             rejected,
         }
@@ -79,6 +94,43 @@ impl ReplicaStatus {
             self.in_flight.inc();
         }
         admission
+    }
+
+    /// Admits a probe through an open breaker, at most once per `interval`:
+    /// used when so many of a service's replicas are cut off that the
+    /// service would otherwise be blacked out by its own protection.
+    pub fn try_admit_forced(&self, now: u64, interval: Duration) -> Option<Admission> {
+        if self.state() != BreakerState::Open {
+            return None;
+        }
+        let interval = interval.as_millis() as u64;
+        self.last_forced_probe
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                (now.saturating_sub(last) >= interval).then_some(now)
+            })
+            .ok()?;
+        self.in_flight.inc();
+        Some(Admission::Probe)
+    }
+
+    /// Starts the slow-start ramp at `now` (`now_millis`).
+    pub fn start_ramp(&self, now: u64) {
+        self.ramp_from.store(now, Ordering::Relaxed);
+    }
+
+    /// The share of its normal traffic the replica should get at `now`:
+    /// ramping from 10% to 100% over `slow_start` after the ramp began.
+    pub fn share(&self, now: u64, slow_start: Duration) -> f64 {
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        let span = slow_start.as_millis() as u64;
+        if from == 0 || span == 0 {
+            return 1.0;
+        }
+        let elapsed = now.saturating_sub(from);
+        if elapsed >= span {
+            return 1.0;
+        }
+        (elapsed as f64 / span as f64).max(0.1)
     }
 
     /// Counts a request turned away because this breaker (and every other
@@ -170,6 +222,40 @@ pub(crate) mod tests {
         assert_eq!(status.try_admit(), None);
         status.return_probe_permit();
         assert_eq!(status.try_admit(), Some(Admission::Probe));
+    }
+
+    #[test]
+    fn forced_probes_pass_an_open_breaker_once_per_interval() {
+        let status = status();
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            status.try_admit_forced(5_000, second),
+            None,
+            "a closed breaker needs none"
+        );
+        status.publish_state(BreakerState::Open, 0);
+        assert_eq!(
+            status.try_admit_forced(5_000, second),
+            Some(Admission::Probe)
+        );
+        assert_eq!(status.try_admit_forced(5_999, second), None);
+        assert_eq!(
+            status.try_admit_forced(6_000, second),
+            Some(Admission::Probe)
+        );
+        assert_eq!(status.in_flight(), 2);
+    }
+
+    #[test]
+    fn the_slow_start_share_ramps_from_a_tenth_to_all() {
+        let status = status();
+        let ramp = Duration::from_secs(10);
+        assert_eq!(status.share(1_000, ramp), 1.0, "no ramp started");
+        status.start_ramp(1_000);
+        assert_eq!(status.share(1_000, ramp), 0.1);
+        assert_eq!(status.share(6_000, ramp), 0.5);
+        assert_eq!(status.share(11_000, ramp), 1.0);
+        assert_eq!(status.share(2_000, Duration::ZERO), 1.0, "slow start off");
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! Retry policy as plain functions and one small shared structure: which
+//! answers are retried, how long to wait before the next try, and the retry
+//! budget that keeps retries from multiplying the load during an outage.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::http::Method;
+
+use crate::config::{RetryConfig, RetryOn};
+use crate::replica::{Answer, UpstreamError};
+
+/// Whether `method` may be retried under `config` (idempotent methods always;
+/// the others only when the service opts in with `non_idempotent: true`).
+pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
+    config.non_idempotent
+        || matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        )
+}
+
+/// Whether `answer` is one of the conditions `config` retries.
+pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
+    let condition = match answer {
+        Answer::Status(status) => RetryOn::Status(status),
+        Answer::Error(UpstreamError::Connect) => RetryOn::ConnectError,
+        Answer::Error(UpstreamError::Timeout) => RetryOn::Timeout,
+        Answer::Error(UpstreamError::Protocol) | Answer::Cancelled => return false,
+    };
+    config.on.contains(&condition)
+}
+
+/// The wait before try number `retry` + 1 (`retry` = 1 for the first retry):
+/// `min(base_delay * 2^(retry-1), max_delay)`, spread by `jitter`.
+/// `spread` is a sample in [-1, 1] (random in service, fixed in tests).
+pub fn backoff(retry: u32, config: &RetryConfig, spread: f64) -> Duration {
+    let doubling = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
+    let delay = config
+        .base_delay
+        .saturating_mul(doubling)
+        .min(config.max_delay);
+    delay.mul_f64((1.0 + config.jitter * spread.clamp(-1.0, 1.0)).max(0.0))
+}
+
+/// The wait an upstream asked for with `Retry-After: <seconds>`, capped at `max`.
+/// (The HTTP-date form is not honoured: a sidecar should not trust clocks.)
+pub fn retry_after(value: Option<&str>, max: Duration) -> Option<Duration> {
+    let seconds: u64 = value?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(max))
+}
+
+/// Seconds the budget looks back over.
+const WINDOW_SECS: usize = 10;
+
+/// A service's retry budget: over the last 10 s, retries may be at most
+/// `percent` of requests, plus `min_per_second` each second so that a quiet
+/// service can still retry. Shared by every worker.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: u32,
+    min_per_second: u32,
+    started: Instant,
+    window: Mutex<Window>,
+}
+
+/// Requests and retries per second, in a ring of `WINDOW_SECS` slots.
+#[derive(Debug, Default)]
+struct Window {
+    /// For each slot: (the second it counts, requests, retries).
+    slots: [(u64, u32, u32); WINDOW_SECS],
+}
+
+impl Window {
+    fn slot(&mut self, second: u64) -> &mut (u64, u32, u32) {
+        let slot = &mut self.slots[(second % WINDOW_SECS as u64) as usize];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot
+    }
+
+    fn totals(&self, second: u64) -> (u64, u64) {
+        let oldest = second.saturating_sub(WINDOW_SECS as u64 - 1);
+        self.slots
+            .iter()
+            .filter(|(at, _, _)| *at >= oldest && *at <= second)
+            .fold((0, 0), |(requests, retries), (_, rq, rt)| {
+                (requests + u64::from(*rq), retries + u64::from(*rt))
+            })
+    }
+}
+
+impl RetryBudget {
+    /// A budget of `percent` of requests plus `min_per_second` retries per second.
+    pub fn new(percent: u32, min_per_second: u32) -> Self {
+        RetryBudget {
+            percent,
+            min_per_second,
+            started: Instant::now(),
+            window: Mutex::new(Window::default()),
+        }
+    }
+
+    /// Counts one request (not a retry).
+    pub fn record_request(&self) {
+        self.record_request_at(self.second());
+    }
+
+    /// Takes one retry from the budget; `false` when it is spent.
+    pub fn try_retry(&self) -> bool {
+        self.try_retry_at(self.second())
+    }
+
+    fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn record_request_at(&self, second: u64) {
+        if let Ok(mut window) = self.window.lock() {
+            let slot = window.slot(second);
+            slot.1 = slot.1.saturating_add(1);
+        }
+    }
+
+    fn try_retry_at(&self, second: u64) -> bool {
+        let Ok(mut window) = self.window.lock() else {
+            return false;
+        };
+        let (requests, retries) = window.totals(second);
+        let allowed = requests * u64::from(self.percent) / 100
+            + u64::from(self.min_per_second) * WINDOW_SECS as u64;
+        if retries >= allowed {
+            return false;
+        }
+        let slot = window.slot(second);
+        slot.2 = slot.2.saturating_add(1);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Policy;
+
+    fn config() -> RetryConfig {
+        RetryConfig {
+            jitter: 0.0,
+            ..Policy::default().retry
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_base_up_to_the_cap() {
+        let config = config();
+        let delays: Vec<Duration> = (1..=8).map(|n| backoff(n, &config, 0.0)).collect();
+        assert_eq!(
+            delays,
+            vec![
+                ms(50),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(2000),
+                ms(2000)
+            ]
+        );
+        assert_eq!(
+            backoff(200, &config, 0.0),
+            ms(2000),
+            "huge retry numbers stay at the cap"
+        );
+    }
+
+    #[test]
+    fn jitter_spreads_each_delay_within_its_fraction() {
+        let config = RetryConfig {
+            jitter: 0.25,
+            ..config()
+        };
+        assert_eq!(backoff(1, &config, -1.0), Duration::from_micros(37_500));
+        assert_eq!(backoff(1, &config, 1.0), Duration::from_micros(62_500));
+        assert_eq!(backoff(3, &config, 0.5), ms(225));
+        assert_eq!(
+            backoff(1, &config, 7.0),
+            Duration::from_micros(62_500),
+            "samples are clamped"
+        );
+    }
+
+    #[test]
+    fn only_idempotent_methods_are_retried_unless_opted_in() {
+        let config = config();
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(method_allows_retry(&method, &config), "{method}");
+        }
+        for method in [Method::POST, Method::PATCH] {
+            assert!(!method_allows_retry(&method, &config), "{method}");
+        }
+        let opted_in = RetryConfig {
+            non_idempotent: true,
+            ..config
+        };
+        assert!(method_allows_retry(&Method::POST, &opted_in));
+    }
+
+    #[test]
+    fn only_the_configured_conditions_are_retried() {
+        let config = config();
+        assert!(answer_is_retried(Answer::Status(503), &config));
+        assert!(answer_is_retried(
+            Answer::Error(UpstreamError::Connect),
+            &config
+        ));
+        assert!(answer_is_retried(
+            Answer::Error(UpstreamError::Timeout),
+            &config
+        ));
+        assert!(!answer_is_retried(Answer::Status(500), &config));
+        assert!(!answer_is_retried(Answer::Status(200), &config));
+        assert!(!answer_is_retried(
+            Answer::Error(UpstreamError::Protocol),
+            &config
+        ));
+        assert!(!answer_is_retried(Answer::Cancelled, &config));
+    }
+
+    #[test]
+    fn retry_after_seconds_are_honoured_up_to_the_cap() {
+        assert_eq!(retry_after(Some("1"), ms(2000)), Some(ms(1000)));
+        assert_eq!(retry_after(Some(" 120 "), ms(2000)), Some(ms(2000)));
+        assert_eq!(
+            retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT"), ms(2000)),
+            None
+        );
+        assert_eq!(retry_after(None, ms(2000)), None);
+    }
+
+    #[test]
+    fn the_budget_allows_its_percentage_plus_the_floor() {
+        let budget = RetryBudget::new(20, 1);
+        for _ in 0..100 {
+            budget.record_request_at(0);
+        }
+        let granted = (0..100).filter(|_| budget.try_retry_at(0)).count();
+        assert_eq!(
+            granted,
+            20 + 10,
+            "20% of 100 requests plus 1/s over the 10 s window"
+        );
+    }
+
+    #[test]
+    fn the_budget_forgets_what_left_the_window() {
+        let budget = RetryBudget::new(50, 0);
+        for _ in 0..10 {
+            budget.record_request_at(0);
+        }
+        assert_eq!((0..10).filter(|_| budget.try_retry_at(0)).count(), 5);
+        assert!(
+            !budget.try_retry_at(9),
+            "second 0 is still inside the window at second 9"
+        );
+        assert!(
+            !budget.try_retry_at(10),
+            "at second 10 the requests left with the retries"
+        );
+        for _ in 0..2 {
+            budget.record_request_at(10);
+        }
+        assert!(budget.try_retry_at(10));
+        assert!(!budget.try_retry_at(10));
+    }
+}
