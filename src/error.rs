@@ -17,7 +17,9 @@ pub enum ProxyError {
     NoHealthyReplica(String),
     /// The replica could not be connected to (502).
     UpstreamConnect(String),
-    /// The replica broke the connection or answered with invalid HTTP (502).
+    /// The replica closed the connection before answering (502).
+    UpstreamReset(String),
+    /// The replica answered with invalid HTTP (502).
     UpstreamProtocol(String),
     /// No answer in time (504).
     Timeout(String),
@@ -39,7 +41,9 @@ impl ProxyError {
             Self::UnknownService => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamConnect(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ConcurrencyLimit(_) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -52,6 +56,7 @@ impl ProxyError {
             Self::BadRequest(_) => "bad_request",
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
+            Self::UpstreamReset(_) => "upstream_reset",
             Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::Timeout(_) => "upstream_timeout",
             Self::ConcurrencyLimit(_) => "concurrency_limit",
@@ -65,6 +70,7 @@ impl ProxyError {
             Self::BadRequest(m)
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
+            | Self::UpstreamReset(m)
             | Self::UpstreamProtocol(m)
             | Self::Timeout(m)
             | Self::ConcurrencyLimit(m) => m,
@@ -107,6 +113,7 @@ mod tests {
                 502,
                 "upstream_connect_failed",
             ),
+            (ProxyError::UpstreamReset("x".into()), 502, "upstream_reset"),
             (
                 ProxyError::UpstreamProtocol("x".into()),
                 502,

@@ -7,11 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
+use actix_web::error::ParseError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::{HttpRequest, HttpResponse};
-use awc::error::{ConnectError, PayloadError, SendRequestError};
+use awc::error::{PayloadError, SendRequestError};
 use awc::{Client, ClientResponse, Connector};
 use futures_util::{Stream, StreamExt};
 
@@ -144,9 +145,12 @@ pub enum SendError {
 impl From<SendRequestError> for SendError {
     fn from(err: SendRequestError) -> Self {
         let kind = match &err {
-            SendRequestError::Connect(ConnectError::Timeout) => UpstreamError::Connect,
             SendRequestError::Connect(_) => UpstreamError::Connect,
             SendRequestError::Timeout => UpstreamError::Timeout,
+            SendRequestError::Send(_)
+            | SendRequestError::Response(ParseError::Io(_) | ParseError::Incomplete) => {
+                UpstreamError::Reset
+            }
             _ => UpstreamError::Protocol,
         };
         SendError::Upstream(kind, err.to_string())

@@ -297,6 +297,9 @@ impl Try {
                     format_duration(limit)
                 ))
             }
+            Err(SendError::Upstream(UpstreamError::Reset, detail)) => ProxyError::UpstreamReset(
+                format!("{replica} closed the connection before answering: {detail}"),
+            ),
             Err(SendError::Upstream(UpstreamError::Protocol, detail)) => {
                 ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
             }

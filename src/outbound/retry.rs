@@ -29,7 +29,7 @@ pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
 pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
     let condition = match answer {
         Answer::Status(status) => RetryOn::Status(status),
-        Answer::Error(UpstreamError::Connect) => RetryOn::ConnectError,
+        Answer::Error(UpstreamError::Connect | UpstreamError::Reset) => RetryOn::ConnectError,
         Answer::Error(UpstreamError::Timeout) => RetryOn::Timeout,
         Answer::Error(UpstreamError::Protocol) | Answer::Cancelled => return false,
     };
@@ -230,6 +230,10 @@ mod tests {
             Answer::Error(UpstreamError::Connect),
             &config
         ));
+        assert!(
+            answer_is_retried(Answer::Error(UpstreamError::Reset), &config),
+            "closed before an answer"
+        );
         assert!(answer_is_retried(
             Answer::Error(UpstreamError::Timeout),
             &config

@@ -26,6 +26,9 @@ use crate::metrics::{Metrics, ReplicaMetrics};
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Cooldowns are spread by up to this fraction so replicas do not probe in step.
 const COOLDOWN_JITTER: f64 = 0.1;
+/// The least latency a failed or throttled answer counts as in the latency
+/// average, so `p2c_ewma` steers away from a replica that fails fast.
+const FAILURE_PENALTY: Duration = Duration::from_millis(250);
 
 /// A replica as balancers and handlers see it: address, live status, and the
 /// way to its actor.
@@ -75,6 +78,8 @@ pub enum UpstreamError {
     Connect,
     /// No response head within the try's timeout.
     Timeout,
+    /// The connection closed or reset before a response head arrived.
+    Reset,
     /// The connection broke or the answer was not valid HTTP.
     Protocol,
 }
@@ -85,12 +90,25 @@ impl UpstreamError {
         match self {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
+            Self::Reset => "reset",
             Self::Protocol => "protocol",
         }
     }
 }
 
 impl Answer {
+    /// The latency sample this answer feeds the average: failures and 429s
+    /// count as at least [`FAILURE_PENALTY`].
+    pub fn latency_sample(self, latency: Duration) -> Duration {
+        match self {
+            Answer::Status(status) if status >= 500 || status == 429 => {
+                latency.max(FAILURE_PENALTY)
+            }
+            Answer::Error(_) => latency.max(FAILURE_PENALTY),
+            _ => latency,
+        }
+    }
+
     /// How the breaker counts it: 5xx and errors fail, other statuses succeed.
     pub fn call_result(self) -> CallResult {
         match self {
@@ -350,7 +368,8 @@ impl Handler<Outcome> for Replica {
         self.count_answer(outcome.answer);
         let result = outcome.answer.call_result();
         if result != CallResult::Cancelled {
-            self.ewma.observe(outcome.latency);
+            self.ewma
+                .observe(outcome.answer.latency_sample(outcome.latency));
             self.endpoint.status.publish_ewma(self.ewma.micros());
         }
         let transition = self.breaker.record(result, outcome.probe, Instant::now());
@@ -435,5 +454,36 @@ impl Handler<Inspect> for Replica {
             stats: self.breaker.stats().clone(),
             total_rejections: self.endpoint.status.rejections(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_and_throttling_count_as_slow_for_the_latency_average() {
+        let fast = Duration::from_millis(2);
+        assert_eq!(Answer::Status(200).latency_sample(fast), fast);
+        assert_eq!(Answer::Status(404).latency_sample(fast), fast);
+        assert_eq!(Answer::Status(503).latency_sample(fast), FAILURE_PENALTY);
+        assert_eq!(Answer::Status(429).latency_sample(fast), FAILURE_PENALTY);
+        assert_eq!(
+            Answer::Error(UpstreamError::Reset).latency_sample(fast),
+            FAILURE_PENALTY
+        );
+        let slow = Duration::from_secs(2);
+        assert_eq!(Answer::Status(500).latency_sample(slow), slow);
+    }
+
+    #[test]
+    fn the_breaker_counts_5xx_and_errors_as_failures() {
+        assert_eq!(Answer::Status(499).call_result(), CallResult::Success);
+        assert_eq!(Answer::Status(500).call_result(), CallResult::Failure);
+        assert_eq!(
+            Answer::Error(UpstreamError::Timeout).call_result(),
+            CallResult::Failure
+        );
+        assert_eq!(Answer::Cancelled.call_result(), CallResult::Cancelled);
     }
 }

@@ -33,6 +33,8 @@ struct UpstreamState {
     in_flight: AtomicUsize,
     status: AtomicU16,
     delay_ms: AtomicU64,
+    /// `Retry-After` seconds sent with each answer; 0 for none.
+    retry_after: AtomicU64,
 }
 
 impl Upstream {
@@ -80,6 +82,11 @@ impl Upstream {
         self.state.status.store(status, Ordering::SeqCst);
     }
 
+    /// Send `Retry-After: <seconds>` with every later answer.
+    pub fn ask_to_retry_after(&self, seconds: u64) {
+        self.state.retry_after.store(seconds, Ordering::SeqCst);
+    }
+
     /// Wait this long before answering each later request.
     pub fn delay(&self, delay: Duration) {
         self.state
@@ -122,14 +129,20 @@ async fn answer(
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_string()))
             .collect();
         let status = state.status.load(Ordering::SeqCst);
-        HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
-            .json(json!({
-                "method": req.method().as_str(),
-                "path": path,
-                "query": req.query_string(),
-                "headers": headers,
-                "body_bytes": received,
-            }))
+        let mut response = HttpResponse::build(
+            actix_web::http::StatusCode::from_u16(status).expect("valid status"),
+        );
+        let retry_after = state.retry_after.load(Ordering::SeqCst);
+        if retry_after > 0 {
+            response.insert_header(("retry-after", retry_after.to_string()));
+        }
+        response.json(json!({
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.query_string(),
+            "headers": headers,
+            "body_bytes": received,
+        }))
     };
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
