@@ -117,7 +117,13 @@ pub async fn send(
     let mut request = client
         .request(req.method().clone(), uri)
         .timeout(upstream.timeout);
-    copy_request_headers(req, request.headers_mut(), upstream.keep_host, request_id);
+    copy_request_headers(
+        req,
+        request.headers_mut(),
+        upstream.keep_host,
+        request_id,
+        false,
+    );
     let sent = match body {
         RequestBody::Empty => request.send(),
         RequestBody::Replayable(bytes) => request.send_body(bytes.clone()),
@@ -240,13 +246,19 @@ fn upstream_uri(address: &str, path: &str, query: Option<&str>) -> Result<Uri, S
         .map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
 }
 
-fn copy_request_headers(
+/// Copies the app's headers for the replica: hop-by-hop ones dropped
+/// (except, for an upgrade handshake, `Connection` and `Upgrade`), `Host`
+/// kept only with `keep_host`, `X-Forwarded-*` and `x-request-id` set.
+pub(crate) fn copy_request_headers(
     req: &HttpRequest,
     out: &mut HeaderMap,
     keep_host: bool,
     request_id: &HeaderValue,
+    handshake: bool,
 ) {
     let headers = req.headers();
+    let handshake_header =
+        |name: &HeaderName| handshake && (*name == header::CONNECTION || *name == header::UPGRADE);
     let mut forwarded_for: Option<String> = None;
     for (name, value) in headers.iter() {
         if *name == header::X_FORWARDED_FOR {
@@ -259,7 +271,7 @@ fn copy_request_headers(
             }
             continue;
         }
-        let skip = is_hop_by_hop(name, headers)
+        let skip = (is_hop_by_hop(name, headers) && !handshake_header(name))
             || *name == header::CONTENT_LENGTH
             || (*name == header::HOST && !keep_host);
         if !skip {
@@ -287,8 +299,15 @@ fn copy_request_headers(
     }
 }
 
+/// The `Upgrade` header of a request asking to switch protocols
+/// (`Connection: upgrade` plus `Upgrade: <protocol>`).
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let upgrade = headers.get(header::UPGRADE)?;
+    named_in_connection(&header::UPGRADE, headers).then_some(upgrade)
+}
+
 /// Headers that describe one connection, not the message: never forwarded.
-fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -323,7 +342,13 @@ mod tests {
 
     fn forwarded(req: HttpRequest, keep_host: bool) -> HeaderMap {
         let mut out = HeaderMap::new();
-        copy_request_headers(&req, &mut out, keep_host, &HeaderValue::from_static("id-1"));
+        copy_request_headers(
+            &req,
+            &mut out,
+            keep_host,
+            &HeaderValue::from_static("id-1"),
+            false,
+        );
         out
     }
 
@@ -350,6 +375,31 @@ mod tests {
             assert!(!out.contains_key(gone), "{gone} was forwarded");
         }
         assert_eq!(out.get("x-kept").and_then(|v| v.to_str().ok()), Some("yes"));
+    }
+
+    #[test]
+    fn an_upgrade_handshake_keeps_connection_and_upgrade() {
+        let req = TestRequest::default()
+            .insert_header(("connection", "Upgrade"))
+            .insert_header(("upgrade", "websocket"))
+            .insert_header(("keep-alive", "timeout=5"))
+            .to_http_request();
+        assert_eq!(
+            upgrade_requested(req.headers()).and_then(|v| v.to_str().ok()),
+            Some("websocket")
+        );
+        let mut out = HeaderMap::new();
+        copy_request_headers(&req, &mut out, false, &HeaderValue::from_static("id"), true);
+        assert!(out.contains_key("connection") && out.contains_key("upgrade"));
+        assert!(!out.contains_key("keep-alive"));
+        let plain = TestRequest::default()
+            .insert_header(("upgrade", "h2c"))
+            .to_http_request();
+        assert_eq!(
+            upgrade_requested(plain.headers()),
+            None,
+            "Upgrade without Connection: upgrade"
+        );
     }
 
     #[test]

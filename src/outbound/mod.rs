@@ -5,6 +5,7 @@
 
 mod retry;
 mod route;
+mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ const LISTENER: &str = "outbound";
 /// What one worker needs to proxy: its client and balancer, and the shared table.
 struct Worker {
     client: awc::Client,
+    connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<ServiceTable>,
     metrics: Arc<Metrics>,
@@ -52,6 +54,7 @@ pub fn server(
     let server = HttpServer::new(move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
+            connect_timeout,
             balancer: Balancer::new().start(),
             table: Arc::clone(&table),
             in_progress: metrics
@@ -145,6 +148,12 @@ async fn call(
         warn!("request {id}: 429: {message}");
         return ProxyError::ConcurrencyLimit(message).response(Some(name), id);
     };
+    if forward::upgrade_requested(req.headers()).is_some() {
+        return tunnel(
+            worker, service, path, keep_host, req, payload, request_id, slot,
+        )
+        .await;
+    }
     let started = Instant::now();
     let deadline = started + policy.timeout;
     let retry = &policy.retry;
@@ -162,29 +171,14 @@ async fn call(
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut previous: Option<Try> = None;
     loop {
-        let pick = Pick {
-            service: Arc::clone(service),
-            avoid: tried.clone(),
-        };
-        let mut lease = match worker.balancer.send(pick).await {
-            Ok(Ok(lease)) => lease,
-            Ok(Err(refused)) => {
+        let mut lease = match pick(worker, service, tried.clone()).await {
+            Ok(lease) => lease,
+            Err(error) => {
                 if let Some(previous) = previous {
                     return previous.into_response(slot, name, id);
                 }
-                let message = match refused {
-                    PickError::NoReplicas => format!("service {name} has no replicas"),
-                    PickError::AllRefused => {
-                        format!("every replica of {name} has its circuit breaker open")
-                    }
-                };
-                warn!("request {id}: 503: {message}");
-                return ProxyError::NoHealthyReplica(message).response(Some(name), id);
-            }
-            Err(err) => {
-                let message = format!("the balancer of this worker is gone: {err}");
-                warn!("request {id}: 503: {message}");
-                return ProxyError::NoHealthyReplica(message).response(Some(name), id);
+                warn!("request {id}: 503: {}", error.message());
+                return error.response(Some(name), id);
             }
         };
         // The previous try's answer is dropped only now that another replica was found.
@@ -261,6 +255,83 @@ async fn call(
         actix_rt::time::sleep(delay).await;
         tried.push(Arc::clone(&attempt.endpoint));
         previous = Some(attempt);
+    }
+}
+
+/// Asks this worker's balancer for a replica, avoiding those in `avoid`.
+async fn pick(
+    worker: &Worker,
+    service: &Arc<Service>,
+    avoid: Vec<Arc<Endpoint>>,
+) -> Result<Lease, ProxyError> {
+    let name = &service.name;
+    let pick = Pick {
+        service: Arc::clone(service),
+        avoid,
+    };
+    match worker.balancer.send(pick).await {
+        Ok(Ok(lease)) => Ok(lease),
+        Ok(Err(PickError::NoReplicas)) => Err(ProxyError::NoHealthyReplica(format!(
+            "service {name} has no replicas"
+        ))),
+        Ok(Err(PickError::AllRefused)) => Err(ProxyError::NoHealthyReplica(format!(
+            "every replica of {name} has its circuit breaker open"
+        ))),
+        Err(err) => Err(ProxyError::NoHealthyReplica(format!(
+            "the balancer of this worker is gone: {err}"
+        ))),
+    }
+}
+
+/// A protocol upgrade (WebSocket): one try, then bytes relayed both ways.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    worker: &Worker,
+    service: &Arc<Service>,
+    path: &str,
+    keep_host: bool,
+    req: &HttpRequest,
+    payload: web::Payload,
+    request_id: &HeaderValue,
+    slot: InFlight,
+) -> HttpResponse {
+    let (id, name) = (id_str(request_id), &*service.name);
+    let mut lease = match pick(worker, service, Vec::new()).await {
+        Ok(lease) => lease,
+        Err(error) => {
+            warn!("request {id}: 503: {}", error.message());
+            return error.response(Some(name), id);
+        }
+    };
+    let endpoint = Arc::clone(lease.endpoint());
+    let tunnel = upgrade::Tunnel {
+        address: &endpoint.address,
+        path,
+        keep_host,
+        connect_timeout: worker.connect_timeout,
+        answer_timeout: service.policy.per_try_timeout.min(service.policy.timeout),
+    };
+    match upgrade::open(tunnel, req, request_id).await {
+        Ok(handshake) => {
+            lease.report(Answer::Status(handshake.status().as_u16()));
+            info!(
+                "request {id}: {name}/{}: upgrade answered {}",
+                endpoint.address,
+                handshake.status()
+            );
+            handshake.into_response(payload, (lease, slot))
+        }
+        Err((kind, detail)) => {
+            lease.report(Answer::Error(kind));
+            let bound = ("per_try_timeout", service.policy.per_try_timeout);
+            Try {
+                result: Err(SendError::Upstream(kind, detail)),
+                lease,
+                endpoint,
+                bound,
+            }
+            .into_response(slot, name, id)
+        }
     }
 }
 
