@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::inbound::Authenticator;
 use crate::metrics::Metrics;
 use crate::replica::{BreakerReport, Endpoint};
 use crate::service::ServiceTable;
@@ -20,6 +21,7 @@ use crate::service::ServiceTable;
 struct AdminState {
     table: Arc<ServiceTable>,
     config: Config,
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 /// Binds the admin listener; the server runs once awaited or spawned.
@@ -27,6 +29,7 @@ pub fn server(
     config: &Config,
     table: Arc<ServiceTable>,
     metrics: &Metrics,
+    authenticator: Option<Arc<Authenticator>>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
         .registry(metrics.registry.clone())
@@ -37,6 +40,7 @@ pub fn server(
     let state = web::Data::new(AdminState {
         table,
         config: config.clone(),
+        authenticator,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -49,6 +53,7 @@ pub fn server(
             .route("/circuit-breakers", web::get().to(circuit_breakers))
             .route("/circuit-breakers/reset", web::post().to(reset_breakers))
             .route("/config", web::get().to(show_config))
+            .route("/tokens/revoke", web::post().to(revoke_token))
     })
     .workers(1)
     .disable_signals()
@@ -66,7 +71,8 @@ async fn index() -> HttpResponse {
             "GET /services": "services and their replicas with load, latency and breaker state",
             "GET /circuit-breakers": "every replica's breaker figures",
             "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
-            "GET /config": "the running configuration",
+            "GET /config": "the running configuration (secrets redacted)",
+            "POST /tokens/revoke": "revoke a token: {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}",
         }
     }))
 }
@@ -163,6 +169,41 @@ async fn reset_breakers(
     }
     log::info!("admin: circuit breakers reset: {}", reset.join(", "));
     HttpResponse::Ok().json(json!({ "reset": reset }))
+}
+
+#[derive(Deserialize)]
+struct RevokeRequest {
+    token: Option<String>,
+    jti: Option<String>,
+    ttl_seconds: Option<u64>,
+}
+
+async fn revoke_token(
+    state: web::Data<AdminState>,
+    body: web::Json<RevokeRequest>,
+) -> HttpResponse {
+    let Some(authenticator) = &state.authenticator else {
+        return HttpResponse::NotFound()
+            .json(json!({"error": "the inbound listener is not configured"}));
+    };
+    let target = match (&body.token, &body.jti, body.ttl_seconds) {
+        (Some(token), None, None) => authenticator.revocable(token),
+        (None, Some(jti), Some(ttl)) => Ok((jti.clone(), std::time::Duration::from_secs(ttl))),
+        _ => Err("send {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}".to_string()),
+    };
+    let (id, ttl) = match target {
+        Ok(target) => target,
+        Err(message) => return HttpResponse::BadRequest().json(json!({ "error": message })),
+    };
+    match authenticator.revoke(&id, ttl).await {
+        Some(Ok(())) => {
+            log::info!("admin: a token was revoked for {}s", ttl.as_secs());
+            HttpResponse::Ok().json(json!({"revoked": true, "ttl_seconds": ttl.as_secs()}))
+        }
+        Some(Err(err)) => HttpResponse::ServiceUnavailable().json(json!({ "error": err })),
+        None => HttpResponse::Conflict()
+            .json(json!({"error": "revocation is off (inbound.auth.revocation)"})),
+    }
 }
 
 async fn show_config(state: web::Data<AdminState>) -> HttpResponse {

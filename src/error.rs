@@ -11,6 +11,12 @@ use serde::Serialize;
 pub enum ProxyError {
     /// No configured service matches the request (404).
     UnknownService,
+    /// The caller has no valid credentials (401).
+    Unauthorized(String),
+    /// The caller lacks a role or scope the route needs (403).
+    Forbidden(String),
+    /// Credentials cannot be checked right now (503).
+    AuthUnavailable(String),
     /// The request could not be turned into an upstream request (400).
     BadRequest(String),
     /// The service has replicas but every breaker refuses traffic, or it has none (503).
@@ -39,6 +45,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamProtocol(_) => {
@@ -53,6 +62,9 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::UnknownService => "unknown_service",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::AuthUnavailable(_) => "auth_unavailable",
             Self::BadRequest(_) => "bad_request",
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
@@ -67,7 +79,10 @@ impl ProxyError {
     pub fn message(&self) -> &str {
         match self {
             Self::UnknownService => "no configured service matches the path, Host or authority",
-            Self::BadRequest(m)
+            Self::Unauthorized(m)
+            | Self::Forbidden(m)
+            | Self::AuthUnavailable(m)
+            | Self::BadRequest(m)
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
             | Self::UpstreamReset(m)
@@ -102,6 +117,13 @@ mod tests {
     fn each_error_owns_its_status_and_reason() {
         let cases = [
             (ProxyError::UnknownService, 404, "unknown_service"),
+            (ProxyError::Unauthorized("x".into()), 401, "unauthorized"),
+            (ProxyError::Forbidden("x".into()), 403, "forbidden"),
+            (
+                ProxyError::AuthUnavailable("x".into()),
+                503,
+                "auth_unavailable",
+            ),
             (ProxyError::BadRequest("x".into()), 400, "bad_request"),
             (
                 ProxyError::NoHealthyReplica("x".into()),

@@ -53,10 +53,24 @@ pub struct Upstream<'a> {
     pub address: &'a str,
     /// Path to request, without the query.
     pub path: &'a str,
-    /// Pass the app's `Host` on (it names the service) instead of the replica's address.
-    pub keep_host: bool,
+    /// How the caller's headers become the replica's.
+    pub headers: HeaderPlan<'a>,
     /// Bound on getting the response head.
     pub timeout: Duration,
+}
+
+/// How the caller's headers are turned into the replica's.
+#[derive(Clone, Copy, Default)]
+pub struct HeaderPlan<'a> {
+    /// Pass the caller's `Host` on instead of the replica's address.
+    pub keep_host: bool,
+    /// An upgrade handshake: keep `Connection` and `Upgrade`.
+    pub handshake: bool,
+    /// Identity headers the sidecar sets (inbound); any `x-outrigger-*`
+    /// header the caller sent is dropped first, so it cannot be spoofed.
+    pub identity: Option<&'a HeaderMap>,
+    /// Drop `Authorization`.
+    pub strip_authorization: bool,
 }
 
 /// The answer head from a replica, with its body still to stream.
@@ -117,13 +131,7 @@ pub async fn send(
     let mut request = client
         .request(req.method().clone(), uri)
         .timeout(upstream.timeout);
-    copy_request_headers(
-        req,
-        request.headers_mut(),
-        upstream.keep_host,
-        request_id,
-        false,
-    );
+    copy_request_headers(req, request.headers_mut(), &upstream.headers, request_id);
     let sent = match body {
         RequestBody::Empty => request.send(),
         RequestBody::Replayable(bytes) => request.send_body(bytes.clone()),
@@ -246,19 +254,22 @@ fn upstream_uri(address: &str, path: &str, query: Option<&str>) -> Result<Uri, S
         .map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
 }
 
-/// Copies the app's headers for the replica: hop-by-hop ones dropped
-/// (except, for an upgrade handshake, `Connection` and `Upgrade`), `Host`
-/// kept only with `keep_host`, `X-Forwarded-*` and `x-request-id` set.
+/// Copies the caller's headers for the replica as `plan` says: hop-by-hop
+/// ones dropped, `X-Forwarded-*` and `x-request-id` set.
 pub(crate) fn copy_request_headers(
     req: &HttpRequest,
     out: &mut HeaderMap,
-    keep_host: bool,
+    plan: &HeaderPlan<'_>,
     request_id: &HeaderValue,
-    handshake: bool,
 ) {
     let headers = req.headers();
-    let handshake_header =
-        |name: &HeaderName| handshake && (*name == header::CONNECTION || *name == header::UPGRADE);
+    let handshake_header = |name: &HeaderName| {
+        plan.handshake && (*name == header::CONNECTION || *name == header::UPGRADE)
+    };
+    let sidecar_owned = |name: &HeaderName| {
+        (plan.identity.is_some() && name.as_str().starts_with("x-outrigger-"))
+            || (plan.strip_authorization && *name == header::AUTHORIZATION)
+    };
     let mut forwarded_for: Option<String> = None;
     for (name, value) in headers.iter() {
         if *name == header::X_FORWARDED_FOR {
@@ -273,7 +284,8 @@ pub(crate) fn copy_request_headers(
         }
         let skip = (is_hop_by_hop(name, headers) && !handshake_header(name))
             || *name == header::CONTENT_LENGTH
-            || (*name == header::HOST && !keep_host);
+            || (*name == header::HOST && !plan.keep_host)
+            || sidecar_owned(name);
         if !skip {
             out.append(name.clone(), value.clone());
         }
@@ -296,6 +308,9 @@ pub(crate) fn copy_request_headers(
     }
     if !out.contains_key(&REQUEST_ID) {
         out.insert(REQUEST_ID.clone(), request_id.clone());
+    }
+    for (name, value) in plan.identity.into_iter().flat_map(HeaderMap::iter) {
+        out.insert(name.clone(), value.clone());
     }
 }
 
@@ -342,13 +357,11 @@ mod tests {
 
     fn forwarded(req: HttpRequest, keep_host: bool) -> HeaderMap {
         let mut out = HeaderMap::new();
-        copy_request_headers(
-            &req,
-            &mut out,
+        let plan = HeaderPlan {
             keep_host,
-            &HeaderValue::from_static("id-1"),
-            false,
-        );
+            ..HeaderPlan::default()
+        };
+        copy_request_headers(&req, &mut out, &plan, &HeaderValue::from_static("id-1"));
         out
     }
 
@@ -389,7 +402,11 @@ mod tests {
             Some("websocket")
         );
         let mut out = HeaderMap::new();
-        copy_request_headers(&req, &mut out, false, &HeaderValue::from_static("id"), true);
+        let plan = HeaderPlan {
+            handshake: true,
+            ..HeaderPlan::default()
+        };
+        copy_request_headers(&req, &mut out, &plan, &HeaderValue::from_static("id"));
         assert!(out.contains_key("connection") && out.contains_key("upgrade"));
         assert!(!out.contains_key("keep-alive"));
         let plain = TestRequest::default()

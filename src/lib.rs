@@ -12,10 +12,12 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod replica;
 pub mod service;
+pub mod store;
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,10 +27,14 @@ use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use log::info;
 
-use crate::config::Config;
+use std::time::Duration;
+
+use crate::config::{Config, InboundConfig, JwtKeys};
 use crate::discovery::{StaticSource, Supervisor};
+use crate::inbound::{Authenticator, Cors, JwksFetcher, Verifier};
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
+use crate::store::{MemoryStore, RedisStore, RevocationStore};
 
 /// Extra seconds beyond the longest service timeout that shutdown waits for
 /// in-flight requests.
@@ -37,10 +43,12 @@ const SHUTDOWN_GRACE_SECS: u64 = 5;
 /// A running sidecar.
 pub struct Sidecar {
     outbound_addr: SocketAddr,
+    inbound_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
     table: Arc<ServiceTable>,
     supervisor: Addr<Supervisor>,
-    outbound: ServerHandle,
+    /// The proxy listeners (outbound, then inbound when configured).
+    proxies: Vec<ServerHandle>,
     admin: ServerHandle,
     servers: Vec<actix_rt::task::JoinHandle<io::Result<()>>>,
 }
@@ -71,34 +79,57 @@ impl Sidecar {
             Arc::clone(&metrics),
             shutdown_secs,
         )?;
-        let (admin, admin_addrs) = admin::server(&config, Arc::clone(&table), &metrics)?;
         let first = |addrs: Vec<SocketAddr>| {
             addrs
                 .into_iter()
                 .next()
                 .ok_or_else(|| io::Error::other("bound no address"))
         };
+        let mut proxies = vec![outbound.handle()];
+        let mut servers = vec![actix_rt::spawn(outbound)];
+        let (mut inbound_addr, mut authenticator) = (None, None);
+        if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
+            let gate = Arc::new(inbound_gate(&config, inbound, &metrics)?);
+            authenticator = Some(Arc::clone(&gate.authenticator));
+            let connect_timeout = config.defaults.connect_timeout;
+            let (server, addrs) = inbound::server(
+                listener,
+                gate,
+                Arc::clone(&metrics),
+                connect_timeout,
+                shutdown_secs,
+            )?;
+            inbound_addr = Some(first(addrs)?);
+            proxies.push(server.handle());
+            servers.push(actix_rt::spawn(server));
+        }
+        let (admin, admin_addrs) =
+            admin::server(&config, Arc::clone(&table), &metrics, authenticator)?;
+        let admin_handle = admin.handle();
+        servers.push(actix_rt::spawn(admin));
         let sidecar = Sidecar {
             outbound_addr: first(outbound_addrs)?,
+            inbound_addr,
             admin_addr: first(admin_addrs)?,
             table,
             supervisor,
-            outbound: outbound.handle(),
-            admin: admin.handle(),
-            servers: vec![actix_rt::spawn(outbound), actix_rt::spawn(admin)],
+            proxies,
+            admin: admin_handle,
+            servers,
         };
-        info!(
-            "outrigger listening: outbound {}, admin {}; {} services",
-            sidecar.outbound_addr,
-            sidecar.admin_addr,
-            config.services.len()
-        );
+        servers_started(&sidecar);
+        info!("{} services", config.services.len());
         Ok(sidecar)
     }
 
     /// Where apps send outbound calls.
     pub fn outbound_addr(&self) -> SocketAddr {
         self.outbound_addr
+    }
+
+    /// Where callers reach the app, when the inbound listener is configured.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_addr
     }
 
     /// Where probes, metrics and the admin API are served.
@@ -116,11 +147,68 @@ impl Sidecar {
     pub async fn stop(self) {
         self.table.begin_shutdown();
         info!("shutting down: finishing in-flight requests");
-        self.outbound.stop(true).await;
+        for proxy in &self.proxies {
+            proxy.stop(true).await;
+        }
         self.admin.stop(true).await;
         for server in self.servers {
             let _ = server.await;
         }
         info!("shut down");
     }
+}
+
+fn servers_started(sidecar: &Sidecar) {
+    let inbound = sidecar
+        .inbound_addr
+        .map_or_else(|| "off".to_string(), |addr| addr.to_string());
+    info!(
+        "outrigger listening: outbound {}, inbound {inbound}, admin {}",
+        sidecar.outbound_addr, sidecar.admin_addr
+    );
+}
+
+/// The inbound side's authenticator and CORS policy, with the revocation
+/// store (Redis when configured) and a JWKS fetcher when keys come from a URL.
+fn inbound_gate(
+    config: &Config,
+    inbound: &InboundConfig,
+    metrics: &Metrics,
+) -> io::Result<inbound::Gate> {
+    let auth = &inbound.auth;
+    let revocations: Option<Arc<dyn RevocationStore>> = match (&config.redis, auth.revocation) {
+        (_, false) => None,
+        (Some(redis), true) => Some(Arc::new(
+            RedisStore::new(redis).map_err(|err| io::Error::other(err.0))?,
+        )),
+        (None, true) => Some(Arc::new(MemoryStore::new())),
+    };
+    let verifier = match &auth.jwt {
+        Some(jwt) => Some(Arc::new(
+            Verifier::new(jwt.clone()).map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
+    let jwks = match (&verifier, auth.jwt.as_ref().map(|jwt| &jwt.keys)) {
+        (Some(verifier), Some(JwtKeys::JwksUrl(url))) => {
+            let refresh = auth
+                .jwt
+                .as_ref()
+                .map_or(Duration::from_secs(600), |jwt| jwt.jwks_refresh);
+            Some(JwksFetcher::new(url.clone(), refresh, Arc::clone(verifier)).start())
+        }
+        _ => None,
+    };
+    let authenticator = Authenticator::new(
+        auth,
+        verifier,
+        jwks,
+        revocations,
+        metrics.jwt_validations.clone(),
+    )
+    .map_err(io::Error::other)?;
+    Ok(inbound::Gate {
+        authenticator: Arc::new(authenticator),
+        cors: Arc::new(Cors::new(&inbound.cors)),
+    })
 }

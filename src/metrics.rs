@@ -51,6 +51,8 @@ pub struct Metrics {
     pub concurrency_in_flight: IntGaugeVec,
     /// Requests turned away with 429 by a concurrency limit.
     pub concurrency_limit_reached: IntCounterVec,
+    /// Inbound credential checks by result (`ok`, or why they failed).
+    pub jwt_validations: IntCounterVec,
     /// Discovery syncs by source and result.
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
@@ -206,6 +208,11 @@ impl Metrics {
                 "concurrency_limit_reached_total",
                 "Requests turned away with 429 by a concurrency limit.",
                 &["scope", "service"],
+            ),
+            jwt_validations: counter(
+                "jwt_validations_total",
+                "Inbound credential checks by result.",
+                &["result"],
             ),
             discovery_syncs: counter(
                 "discovery_syncs_total",

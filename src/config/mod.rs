@@ -3,6 +3,7 @@
 //! config the sidecar runs with has passed the same checks as `outrigger check`.
 
 mod env;
+mod inbound;
 mod reader;
 
 use std::net::SocketAddr;
@@ -12,6 +13,10 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
+pub use inbound::{
+    AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConfig, InboundListener,
+    JwtConfig, JwtKeys, RedisConfig,
+};
 pub use reader::{format_duration, parse_duration, ConfigError};
 use reader::{FromYaml, Problems, Table};
 
@@ -26,6 +31,11 @@ pub struct Config {
     pub defaults: Policy,
     /// The services apps may call.
     pub services: Vec<ServiceConfig>,
+    /// Who may call the app through the inbound listener; `Some` exactly
+    /// when `listeners.inbound` is set.
+    pub inbound: Option<InboundConfig>,
+    /// Shared Redis; without it, in-process stores are used.
+    pub redis: Option<RedisConfig>,
 }
 
 /// The sidecar's listening sockets.
@@ -35,6 +45,8 @@ pub struct Listeners {
     pub outbound: SocketAddr,
     /// Probes, metrics and the admin API (default `0.0.0.0:15090`).
     pub admin: SocketAddr,
+    /// Callers from outside the pod reach the app here (optional).
+    pub inbound: Option<InboundListener>,
 }
 
 /// Which discovery source feeds the supervisor, and how often it is asked.
@@ -310,12 +322,43 @@ fn read_config(
     let mut discovery = discovery?;
     env::apply(&mut defaults, &mut discovery, env, problems);
     let services = read_services(top.raw("services"), &defaults, problems);
+    let inbound = top.section("inbound", &None, problems, |t, _, problems| {
+        Some(inbound::read_inbound(t, env, problems))
+    });
+    let redis = match top.raw("redis") {
+        Some(value) => Table::open(value, "redis", problems).and_then(|mut t| {
+            let redis = inbound::read_redis(&mut t, env, problems);
+            t.finish(problems);
+            redis
+        }),
+        None => env("REDIS_URL").map(|url| RedisConfig {
+            url,
+            pool_size: 16,
+            timeout: Duration::from_millis(50),
+        }),
+    };
     top.finish(problems);
+    let listeners = listeners?;
+    let inbound = match (&listeners.inbound, inbound) {
+        (Some(_), inbound) => Some(inbound.unwrap_or_default()),
+        (None, Some(_))
+            if root
+                .get("listeners")
+                .and_then(|l| l.get("inbound"))
+                .is_none() =>
+        {
+            problems.add("inbound", "needs listeners.inbound (the app to forward to)");
+            None
+        }
+        (None, _) => None,
+    };
     Some(Config {
-        listeners: listeners?,
+        listeners,
         discovery,
         defaults,
         services,
+        inbound,
+        redis,
     })
 }
 
@@ -323,10 +366,12 @@ fn read_listeners(value: Option<&Value>, problems: &mut Problems) -> Option<List
     let mut table = Table::open(value.unwrap_or(&Value::Null), "listeners", problems)?;
     let outbound = read_bind(&mut table, "outbound", "127.0.0.1:15001", problems);
     let admin = read_bind(&mut table, "admin", "0.0.0.0:15090", problems);
+    let inbound = table.section("inbound", &None, problems, inbound::read_listener);
     table.finish(problems);
     Some(Listeners {
         outbound: outbound?,
         admin: admin?,
+        inbound,
     })
 }
 

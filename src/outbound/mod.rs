@@ -26,7 +26,7 @@ pub use route::{resolve, Route};
 use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config};
 use crate::error::ProxyError;
-use crate::forward::{self, RequestBody, SendError, Upstream};
+use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::metrics::{method_label, Metrics};
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, Service, ServiceTable};
@@ -196,7 +196,10 @@ async fn call(
         let upstream = Upstream {
             address: &endpoint.address,
             path,
-            keep_host,
+            headers: HeaderPlan {
+                keep_host,
+                ..HeaderPlan::default()
+            },
             timeout: try_timeout,
         };
         let try_started = Instant::now();

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::forward::{copy_request_headers, is_hop_by_hop};
+use crate::forward::{copy_request_headers, is_hop_by_hop, HeaderPlan};
 use crate::replica::UpstreamError;
 
 /// The largest response head a replica may send before switching protocols.
@@ -122,7 +122,12 @@ pub async fn open(
 
 fn request_head(tunnel: &Tunnel<'_>, req: &HttpRequest, request_id: &HeaderValue) -> Vec<u8> {
     let mut headers = HeaderMap::new();
-    copy_request_headers(req, &mut headers, tunnel.keep_host, request_id, true);
+    let plan = HeaderPlan {
+        keep_host: tunnel.keep_host,
+        handshake: true,
+        ..HeaderPlan::default()
+    };
+    copy_request_headers(req, &mut headers, &plan, request_id);
     if !tunnel.keep_host {
         if let Ok(host) = HeaderValue::from_str(tunnel.address) {
             headers.insert(header::HOST, host);

@@ -360,3 +360,125 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// Starts a sidecar in this process from a whole config (listeners given
+/// as 127.0.0.1:0), with `env` as its environment, and waits until ready.
+pub async fn sidecar_from(yaml: &str, env: &[(&str, &str)]) -> Sidecar {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let config = Config::from_yaml(yaml, &lookup)
+        .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
+    let sidecar = Sidecar::start(config).await.expect("sidecar starts");
+    let ready = format!("http://{}/ready", sidecar.admin_addr());
+    eventually("the sidecar is ready", || async {
+        status_of(&ready).await == Some(200)
+    })
+    .await;
+    sidecar
+}
+
+/// A key pair made by openssl for one algorithm family.
+pub struct KeyPair {
+    /// PEM of the private key (PKCS#8).
+    pub private_pem: Vec<u8>,
+    /// PEM of the public key.
+    pub public_pem: Vec<u8>,
+    /// Where the public PEM was written, for `public_key_file`.
+    pub public_path: std::path::PathBuf,
+    /// The raw public key (for an Ed25519 JWK's `x`), when asked for.
+    pub raw_public: Vec<u8>,
+}
+
+/// Makes a key pair with openssl: `kind` is `rsa`, `ec` (P-256) or
+/// `ed25519`, optionally with a `-suffix` to tell pairs apart.
+pub fn key_pair(dir: &TempDir, kind: &str) -> KeyPair {
+    let private = dir.path.join(format!("{kind}-private.pem"));
+    let public = dir.path.join(format!("{kind}-public.pem"));
+    let mut generate = std::process::Command::new("openssl");
+    generate.arg("genpkey");
+    match kind.split('-').next() {
+        Some("rsa") => generate.args(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+        Some("ec") => generate.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        _ => generate.args(["-algorithm", "ED25519"]),
+    };
+    let generated = generate
+        .arg("-out")
+        .arg(&private)
+        .output()
+        .expect("run openssl");
+    assert!(generated.status.success(), "openssl genpkey {kind}");
+    let exported = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .output()
+        .expect("run openssl");
+    assert!(exported.status.success(), "openssl pkey -pubout");
+    let der = std::process::Command::new("openssl")
+        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+        .arg(&public)
+        .output()
+        .expect("run openssl");
+    let raw_public = der.stdout[der.stdout.len().saturating_sub(32)..].to_vec();
+    KeyPair {
+        private_pem: std::fs::read(&private).expect("private pem"),
+        public_pem: std::fs::read(&public).expect("public pem"),
+        public_path: public,
+        raw_public,
+    }
+}
+
+/// A private `redis-server` on a free loopback port, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = closed_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (scripts/test.sh installs it)");
+        let server = RedisServer { port, child };
+        eventually("redis-server answers PING", || async { server.ping() }).await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,363 @@
+//! Who is calling, and may they: exempt paths, bearer JWTs, API keys,
+//! revocation, and role/scope rules. Every refusal is counted in
+//! `jwt_validations_total` (or its rule's 403) and logged with its reason,
+//! never with the credential.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::HttpRequest;
+use prometheus::IntCounterVec;
+
+use super::api_keys::ApiKeys;
+use super::jwks::{FetchNow, JwksFetcher};
+use super::jwt::{JwtRejection, TokenClaims, Verifier};
+use crate::config::{AccessRule, AuthConfig};
+use crate::error::ProxyError;
+use crate::store::RevocationStore;
+
+/// How a caller was let in; the `x-outrigger-auth` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A valid bearer JWT.
+    Jwt,
+    /// A known API key.
+    ApiKey,
+    /// The path is exempt.
+    Exempt,
+    /// No authentication is configured.
+    None,
+}
+
+impl AuthMethod {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::ApiKey => "api_key",
+            Self::Exempt => "exempt",
+            Self::None => "none",
+        }
+    }
+}
+
+/// The caller, as the app will be told.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `sub`, or the API key's name.
+    pub user: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// OAuth2 scopes.
+    pub scopes: Vec<String>,
+    /// How the caller got in.
+    pub method: AuthMethod,
+    /// What to revoke at logout: the token's id and its remaining lifetime.
+    pub revocable: Option<(String, Duration)>,
+}
+
+impl Identity {
+    fn anonymous(method: AuthMethod) -> Self {
+        Identity {
+            user: String::new(),
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            method,
+            revocable: None,
+        }
+    }
+
+    /// The `x-outrigger-*` headers that tell the app who is calling.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("x-outrigger-auth", self.method.as_str());
+        if !self.user.is_empty() {
+            set("x-outrigger-user", &self.user);
+        }
+        if !self.roles.is_empty() {
+            set("x-outrigger-roles", &self.roles.join(","));
+        }
+        if !self.scopes.is_empty() {
+            set("x-outrigger-scopes", &self.scopes.join(" "));
+        }
+        headers
+    }
+}
+
+/// Checks inbound callers against the auth config.
+pub struct Authenticator {
+    exempt: Vec<String>,
+    verifier: Option<Arc<Verifier>>,
+    jwks: Option<Addr<JwksFetcher>>,
+    api_keys: Option<ApiKeys>,
+    rules: Vec<AccessRule>,
+    revocations: Option<Arc<dyn RevocationStore>>,
+    logout: Option<String>,
+    /// Remove `Authorization` before forwarding.
+    pub strip_authorization: bool,
+    validations: IntCounterVec,
+}
+
+impl Authenticator {
+    /// The authenticator for `config`; `revocations` is the store used when
+    /// `revocation` is on, `jwks` the fetcher keeping `verifier`'s keys fresh.
+    pub fn new(
+        config: &AuthConfig,
+        verifier: Option<Arc<Verifier>>,
+        jwks: Option<Addr<JwksFetcher>>,
+        revocations: Option<Arc<dyn RevocationStore>>,
+        validations: IntCounterVec,
+    ) -> Result<Self, String> {
+        let api_keys = config.api_keys.as_ref().map(ApiKeys::new).transpose()?;
+        Ok(Authenticator {
+            exempt: config.exempt.clone(),
+            verifier,
+            jwks,
+            api_keys,
+            rules: config.rules.clone(),
+            revocations: revocations.filter(|_| config.revocation),
+            logout: config.logout.clone(),
+            strip_authorization: config.strip_authorization,
+            validations,
+        })
+    }
+
+    /// Who is calling, or why they may not.
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, ProxyError> {
+        let path = req.path();
+        if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
+            return Ok(Identity::anonymous(AuthMethod::Exempt));
+        }
+        if self.verifier.is_none() && self.api_keys.is_none() {
+            return Ok(Identity::anonymous(AuthMethod::None));
+        }
+        let identity = if let Some(token) = bearer_token(req.headers()) {
+            self.check_token(token).await?
+        } else if let Some((keys, presented)) = self.api_key(req.headers()) {
+            let (name, roles) = keys
+                .identify(presented.as_bytes())
+                .ok_or_else(|| ProxyError::Unauthorized("the API key is not known".to_string()))?;
+            Identity {
+                user: name.to_string(),
+                roles: roles.to_vec(),
+                scopes: Vec::new(),
+                method: AuthMethod::ApiKey,
+                revocable: None,
+            }
+        } else {
+            return Err(self.refuse(JwtRejection::Missing));
+        };
+        self.authorize(&identity, req.method(), path)?;
+        Ok(identity)
+    }
+
+    /// Whether `req` is a logout whose token should be revoked once the app agrees.
+    pub fn is_logout(&self, req: &HttpRequest) -> bool {
+        *req.method() == Method::POST && self.logout.as_deref() == Some(req.path())
+    }
+
+    /// Revokes a token for the rest of its life; `None` when revocation is off.
+    pub async fn revoke(&self, id: &str, ttl: Duration) -> Option<Result<(), String>> {
+        let store = self.revocations.as_ref()?;
+        Some(store.revoke(id, ttl).await.map_err(|err| err.to_string()))
+    }
+
+    /// Verifies `token` for an admin revocation: its id and remaining life.
+    pub fn revocable(&self, token: &str) -> Result<(String, Duration), String> {
+        let verifier = self.verifier.as_ref().ok_or("JWT is not configured")?;
+        let claims = verifier
+            .verify(token)
+            .map_err(|why| format!("the token is not valid: {}", why.label()))?;
+        Ok(revocable(token, &claims))
+    }
+
+    async fn check_token(&self, token: &str) -> Result<Identity, ProxyError> {
+        let Some(verifier) = &self.verifier else {
+            return Err(ProxyError::Unauthorized(
+                "bearer tokens are not accepted here".to_string(),
+            ));
+        };
+        let mut verified = verifier.verify(token);
+        if let (Err(JwtRejection::UnknownKid), Some(jwks)) = (&verified, &self.jwks) {
+            // Keys may have rotated: fetch them (rate-limited) and try once more.
+            let _ = jwks.send(FetchNow).await;
+            verified = verifier.verify(token);
+        }
+        let claims = match verified {
+            Ok(claims) => claims,
+            Err(why) => return Err(self.refuse(why)),
+        };
+        let revocable = revocable(token, &claims);
+        if let Some(store) = &self.revocations {
+            match store.is_revoked(&revocable.0).await {
+                Ok(false) => {}
+                Ok(true) => return Err(self.refuse(JwtRejection::Revoked)),
+                Err(err) => {
+                    self.validations.with_label_values(&["store_error"]).inc();
+                    return Err(ProxyError::AuthUnavailable(format!(
+                        "the revocation store ({}) cannot be checked: {err}",
+                        store.kind()
+                    )));
+                }
+            }
+        }
+        self.validations.with_label_values(&["ok"]).inc();
+        Ok(Identity {
+            user: claims.subject,
+            roles: claims.roles,
+            scopes: claims.scopes,
+            method: AuthMethod::Jwt,
+            revocable: Some(revocable),
+        })
+    }
+
+    fn api_key<'a>(&self, headers: &'a HeaderMap) -> Option<(&ApiKeys, &'a str)> {
+        let keys = self.api_keys.as_ref()?;
+        let presented = headers.get(&keys.header)?.to_str().ok()?;
+        Some((keys, presented))
+    }
+
+    /// Counts a refused token and turns it into a 401.
+    fn refuse(&self, why: JwtRejection) -> ProxyError {
+        self.validations.with_label_values(&[why.label()]).inc();
+        ProxyError::Unauthorized(format!("token refused: {}", why.label()))
+    }
+
+    fn authorize(
+        &self,
+        identity: &Identity,
+        method: &Method,
+        path: &str,
+    ) -> Result<(), ProxyError> {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|rule| rule_matches(rule, method, path))
+        else {
+            return Ok(());
+        };
+        if !rule.roles.is_empty() && !rule.roles.iter().any(|role| identity.roles.contains(role)) {
+            return Err(ProxyError::Forbidden(format!(
+                "{} needs one of the roles {}",
+                rule.path,
+                rule.roles.join(", ")
+            )));
+        }
+        if let Some(missing) = rule
+            .scopes
+            .iter()
+            .find(|scope| !identity.scopes.contains(scope))
+        {
+            return Err(ProxyError::Forbidden(format!(
+                "{} needs the scope {missing}",
+                rule.path
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The id a token is revoked under (`jti`, or the whole token, hashed by
+/// the store) and how long it has left.
+fn revocable(token: &str, claims: &TokenClaims) -> (String, Duration) {
+    let id = claims.jti.clone().unwrap_or_else(|| token.to_string());
+    let now = jsonwebtoken::get_current_timestamp();
+    (
+        id,
+        Duration::from_secs(claims.expires_at.saturating_sub(now)),
+    )
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// `/health` matches itself and `/health/...`; `/auth/*` matches any path starting `/auth/`.
+fn exempt_matches(rule: &str, path: &str) -> bool {
+    match rule.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => {
+            path == rule
+                || path
+                    .strip_prefix(rule)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }
+    }
+}
+
+fn rule_matches(rule: &AccessRule, method: &Method, path: &str) -> bool {
+    let path_matches = path == rule.path
+        || path
+            .strip_prefix(rule.path.as_str())
+            .is_some_and(|rest| rule.path.ends_with('/') || rest.starts_with('/'));
+    path_matches && (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exempt_rules_match_exactly_or_as_prefixes() {
+        assert!(exempt_matches("/health", "/health"));
+        assert!(exempt_matches("/health", "/health/db"));
+        assert!(!exempt_matches("/health", "/healthz"));
+        assert!(exempt_matches("/auth/*", "/auth/login"));
+        assert!(!exempt_matches("/auth/*", "/authx"));
+    }
+
+    #[test]
+    fn rules_match_path_prefixes_and_methods() {
+        let rule = AccessRule {
+            path: "/admin".to_string(),
+            methods: vec!["DELETE".to_string()],
+            roles: vec!["admin".to_string()],
+            scopes: Vec::new(),
+        };
+        assert!(rule_matches(&rule, &Method::DELETE, "/admin/users/1"));
+        assert!(!rule_matches(&rule, &Method::GET, "/admin/users/1"));
+        assert!(!rule_matches(&rule, &Method::DELETE, "/administrators"));
+    }
+
+    #[test]
+    fn bearer_tokens_are_found_whatever_the_scheme_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc.def.ghi"),
+        );
+        assert_eq!(bearer_token(&headers), Some("abc.def.ghi"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        assert_eq!(bearer_token(&headers), None);
+    }
+
+    #[test]
+    fn identity_headers_carry_user_roles_scopes_and_method() {
+        let identity = Identity {
+            user: "ana".to_string(),
+            roles: vec!["admin".to_string(), "viewer".to_string()],
+            scopes: vec!["read".to_string()],
+            method: AuthMethod::Jwt,
+            revocable: None,
+        };
+        let headers = identity.headers();
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        assert_eq!(get("x-outrigger-user"), Some("ana"));
+        assert_eq!(get("x-outrigger-roles"), Some("admin,viewer"));
+        assert_eq!(get("x-outrigger-scopes"), Some("read"));
+        assert_eq!(get("x-outrigger-auth"), Some("jwt"));
+    }
+}

@@ -1,0 +1,204 @@
+//! The inbound listener: the pod's front door. Callers are authenticated
+//! and authorised before the app sees anything; then the request goes to
+//! the app on localhost through the same streaming forwarder the outbound
+//! side uses, with the caller's identity in `x-outrigger-*` headers.
+
+mod api_keys;
+mod auth;
+mod cors;
+mod jwks;
+mod jwt;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use log::{info, warn};
+use prometheus::IntGauge;
+
+pub use auth::{AuthMethod, Authenticator, Identity};
+pub use cors::Cors;
+pub use jwks::{FetchNow, JwksFetcher};
+pub use jwt::{JwtRejection, TokenClaims, Verifier};
+
+use crate::config::InboundListener;
+use crate::error::ProxyError;
+use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::metrics::{method_label, Metrics};
+use crate::replica::UpstreamError;
+
+const LISTENER: &str = "inbound";
+/// The `service` label of inbound metrics.
+const APP: &str = "app";
+
+/// What every inbound worker shares.
+pub struct Gate {
+    /// Who may call.
+    pub authenticator: Arc<Authenticator>,
+    /// Which browser origins may call.
+    pub cors: Arc<Cors>,
+}
+
+struct Worker {
+    client: awc::Client,
+    gate: Arc<Gate>,
+    app: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    in_progress: IntGauge,
+}
+
+/// Binds the inbound listener; the server runs once awaited or spawned.
+pub fn server(
+    listener: &InboundListener,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
+    shutdown_secs: u64,
+) -> io::Result<(Server, Vec<SocketAddr>)> {
+    let (app, timeout) = (listener.app.clone(), listener.timeout);
+    let server = HttpServer::new(move || {
+        let worker = Worker {
+            client: forward::client(connect_timeout),
+            gate: Arc::clone(&gate),
+            app: app.clone(),
+            timeout,
+            in_progress: metrics
+                .http_requests_in_progress
+                .with_label_values(&[LISTENER]),
+            metrics: Arc::clone(&metrics),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(handle))
+    })
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs)
+    .bind(listener.bind)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}
+
+async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    worker: web::Data<Worker>,
+) -> HttpResponse {
+    let started = Instant::now();
+    worker.in_progress.inc();
+    let request_id = forward::request_id(&req);
+    let id = request_id.to_str().unwrap_or("-");
+    let gate = &worker.gate;
+    let mut response = match gate.cors.preflight(req.method(), req.headers()) {
+        Some(preflight) => preflight,
+        None => match gate.authenticator.authenticate(&req).await {
+            Err(refusal) => {
+                warn!(
+                    "request {id}: {}: {}",
+                    refusal.status().as_u16(),
+                    refusal.message()
+                );
+                refusal.response(Some(APP), id)
+            }
+            Ok(identity) => forward_to_app(&worker, &req, payload, &identity, &request_id).await,
+        },
+    };
+    if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
+        Cors::decorate(origin.clone(), &mut response);
+    }
+    let metrics = &worker.metrics;
+    metrics
+        .http_requests
+        .with_label_values(&[
+            LISTENER,
+            APP,
+            method_label(req.method()),
+            response.status().as_str(),
+        ])
+        .inc();
+    metrics
+        .http_request_duration
+        .with_label_values(&[LISTENER, APP])
+        .observe(started.elapsed().as_secs_f64());
+    worker.in_progress.dec();
+    response
+}
+
+async fn forward_to_app(
+    worker: &Worker,
+    req: &HttpRequest,
+    payload: web::Payload,
+    identity: &Identity,
+    request_id: &actix_web::http::header::HeaderValue,
+) -> HttpResponse {
+    let id = request_id.to_str().unwrap_or("-");
+    let identity_headers = identity.headers();
+    let upstream = Upstream {
+        address: &worker.app,
+        path: req.path(),
+        headers: HeaderPlan {
+            keep_host: true,
+            handshake: false,
+            identity: Some(&identity_headers),
+            strip_authorization: worker.gate.authenticator.strip_authorization,
+        },
+        timeout: worker.timeout,
+    };
+    let mut body = match RequestBody::read(req, payload, None).await {
+        Ok(body) => body,
+        Err(message) => return ProxyError::BadRequest(message).response(Some(APP), id),
+    };
+    match forward::send(&worker.client, upstream, req, &mut body, request_id).await {
+        Ok(response) => {
+            if response.status().is_success() && worker.gate.authenticator.is_logout(req) {
+                revoke_at_logout(&worker.gate.authenticator, identity, id).await;
+            }
+            forward::respond(response, ())
+        }
+        Err(SendError::BadRequest(message)) => {
+            ProxyError::BadRequest(message).response(Some(APP), id)
+        }
+        Err(SendError::Upstream(kind, detail)) => {
+            let app = &worker.app;
+            let error = match kind {
+                UpstreamError::Timeout => ProxyError::Timeout(format!(
+                    "the app at {app} did not answer within {}ms",
+                    worker.timeout.as_millis()
+                )),
+                UpstreamError::Connect => ProxyError::UpstreamConnect(format!(
+                    "cannot connect to the app at {app}: {detail}"
+                )),
+                UpstreamError::Reset => ProxyError::UpstreamReset(format!(
+                    "the app at {app} closed the connection: {detail}"
+                )),
+                UpstreamError::Protocol => ProxyError::UpstreamProtocol(format!(
+                    "the app at {app} broke the exchange: {detail}"
+                )),
+            };
+            warn!(
+                "request {id}: {}: {}",
+                error.status().as_u16(),
+                error.message()
+            );
+            error.response(Some(APP), id)
+        }
+    }
+}
+
+async fn revoke_at_logout(authenticator: &Authenticator, identity: &Identity, id: &str) {
+    let Some((token_id, ttl)) = &identity.revocable else {
+        return;
+    };
+    match authenticator.revoke(token_id, *ttl).await {
+        Some(Ok(())) => info!(
+            "request {id}: logout: token of {} revoked for {}s",
+            identity.user,
+            ttl.as_secs()
+        ),
+        Some(Err(err)) => warn!("request {id}: logout: revoking the token failed: {err}"),
+        None => {}
+    }
+}

@@ -1,0 +1,81 @@
+//! Where shared state lives: Redis when `redis.url` is set, in-process
+//! otherwise. Keys are namespaced `outrigger:<feature>:` and built from a
+//! hash of user input, never the input itself.
+
+mod memory;
+mod redis;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// A store call that did not complete (Redis down, slow or refusing).
+#[derive(Debug, Clone)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A boxed store call.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + 'a>>;
+
+/// Revoked tokens, each kept until it would have expired anyway.
+pub trait RevocationStore: Send + Sync {
+    /// Revokes the token identified by `id` (its `jti`, or a hash of it) for `ttl`.
+    fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
+    /// Whether `id` was revoked.
+    fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    /// `memory` or `redis`, for logs.
+    fn kind(&self) -> &'static str;
+}
+
+/// The store key for `input` under `feature`: `outrigger:<feature>:<sha256 hex>`.
+pub fn key(feature: &str, input: &str) -> String {
+    let digest = Sha256::digest(input.as_bytes());
+    let mut key = String::with_capacity(11 + feature.len() + 1 + 64);
+    key.push_str("outrigger:");
+    key.push_str(feature);
+    key.push(':');
+    for byte in digest.iter() {
+        key.push_str(&format!("{byte:02x}"));
+    }
+    key
+}
+
+/// Whole seconds for a Redis TTL: at least one.
+fn ttl_seconds(ttl: Duration) -> u64 {
+    ttl.as_secs().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_namespaced_hashes_never_raw_input() {
+        let key = key("revoked", "user-controlled \r\n value");
+        assert!(key.starts_with("outrigger:revoked:"));
+        assert_eq!(key.len(), "outrigger:revoked:".len() + 64);
+        assert!(!key.contains("user"));
+        assert_eq!(
+            key,
+            super::key("revoked", "user-controlled \r\n value"),
+            "stable"
+        );
+    }
+
+    #[test]
+    fn ttls_round_to_at_least_a_second() {
+        assert_eq!(ttl_seconds(Duration::from_millis(10)), 1);
+        assert_eq!(ttl_seconds(Duration::from_secs(90)), 90);
+    }
+}

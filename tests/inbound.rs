@@ -1,0 +1,509 @@
+//! The inbound listener: callers are authenticated (JWTs signed here with
+//! real keys, API keys), authorised by role, told to the app by header, and
+//! refused with a reason when they may not pass.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use base64::Engine;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::{
+    client, eventually, get_text, key_pair, metric, sidecar_from, KeyPair, RedisServer, TempDir,
+    Upstream,
+};
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn claims() -> Value {
+    json!({"sub": "ana", "exp": now() + 600, "iss": "issuer", "aud": "front", "roles": ["buyer"], "jti": format!("j-{}", now())})
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    encode(&header, claims, key).expect("signs")
+}
+
+fn config(app: &Upstream, inbound: &str, extra: &str) -> String {
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\", timeout: 500ms }}
+inbound:
+{inbound}
+{extra}",
+        app.endpoint()
+    )
+}
+
+/// Sends `GET path` to the sidecar's inbound listener with `headers`; returns status and JSON.
+async fn call(
+    sidecar: &outrigger::Sidecar,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let addr = sidecar.inbound_addr().expect("inbound listener");
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut request = client().request(method, format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.insert_header((*name, *value));
+    }
+    let mut response = request.send().await.expect("an answer");
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (response.status().as_u16(), body)
+}
+
+fn header_seen(echo: &Value, name: &str) -> Option<String> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str().map(str::to_string))
+}
+
+#[actix_web::test]
+async fn valid_tokens_of_each_family_reach_the_app_as_their_caller() {
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let (rsa, ec) = (key_pair(&dir, "rsa"), key_pair(&dir, "ec"));
+    let cases: [(Algorithm, String, EncodingKey); 3] = [
+        (
+            Algorithm::HS256,
+            "jwt: { algorithms: [HS256], issuer: issuer, audience: front }".to_string(),
+            EncodingKey::from_secret(b"s3cret"),
+        ),
+        (
+            Algorithm::RS256,
+            format!(
+                "jwt: {{ algorithms: [RS256], public_key_file: \"{}\" }}",
+                rsa.public_path.display()
+            ),
+            EncodingKey::from_rsa_pem(&rsa.private_pem).expect("rsa key"),
+        ),
+        (
+            Algorithm::ES256,
+            format!(
+                "jwt: {{ algorithms: [ES256], public_key_file: \"{}\" }}",
+                ec.public_path.display()
+            ),
+            EncodingKey::from_ec_pem(&ec.private_pem).expect("ec key"),
+        ),
+    ];
+    for (alg, jwt, key) in cases {
+        let sidecar = sidecar_from(
+            &config(&app, &format!("  auth: {{ {jwt} }}"), ""),
+            &[("JWT_SECRET", "s3cret")],
+        )
+        .await;
+        let token = format!("Bearer {}", sign(alg, &key, &claims(), None));
+        let (status, echo) = call(
+            &sidecar,
+            "GET",
+            "/orders",
+            &[("authorization", &token), ("x-outrigger-user", "admin")],
+        )
+        .await;
+        assert_eq!(status, 200, "{alg:?}: {echo}");
+        assert_eq!(
+            header_seen(&echo, "x-outrigger-user").as_deref(),
+            Some("ana"),
+            "{alg:?}: the caller's own header is replaced"
+        );
+        assert_eq!(
+            header_seen(&echo, "x-outrigger-auth").as_deref(),
+            Some("jwt")
+        );
+        assert_eq!(
+            header_seen(&echo, "x-outrigger-roles").as_deref(),
+            Some("buyer")
+        );
+        assert!(
+            header_seen(&echo, "authorization").is_some(),
+            "kept unless strip_authorization"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn bad_tokens_are_refused_each_with_its_reason() {
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let (rsa, other) = (key_pair(&dir, "rsa"), key_pair(&dir, "rsa-other"));
+    let inbound = format!(
+        "  auth:
+    jwt: {{ algorithms: [RS256], public_key_file: \"{}\", issuer: issuer, audience: [front, mobile] }}
+    revocation: true",
+        rsa.public_path.display()
+    );
+    let sidecar = sidecar_from(&config(&app, &inbound, ""), &[]).await;
+    let key = EncodingKey::from_rsa_pem(&rsa.private_pem).expect("key");
+    let rs = |claims: &Value| sign(Algorithm::RS256, &key, claims, None);
+    let with = |field: &str, value: Value| {
+        let mut claims = claims();
+        claims[field] = value;
+        claims
+    };
+    let valid = rs(&claims());
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims().to_string().as_bytes())
+    );
+    let key_confusion = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&rsa.public_pem),
+        &claims(),
+        None,
+    );
+    let other_key = EncodingKey::from_rsa_pem(&other.private_pem).expect("key");
+    let revoked = rs(&with("jti", json!("to-revoke")));
+    let mut revoke = client()
+        .post(format!("http://{}/tokens/revoke", sidecar.admin_addr()))
+        .send_json(&json!({"token": revoked}))
+        .await
+        .expect("admin answers");
+    assert_eq!(revoke.status().as_u16(), 200, "{:?}", revoke.body().await);
+
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing", None),
+        ("malformed", Some(alg_none)),
+        ("bad_signature", Some(key_confusion)),
+        ("expired", Some(rs(&with("exp", json!(now() - 3600))))),
+        ("not_yet_valid", Some(rs(&with("nbf", json!(now() + 3600))))),
+        ("bad_issuer", Some(rs(&with("iss", json!("someone-else"))))),
+        ("bad_audience", Some(rs(&with("aud", json!("desktop"))))),
+        (
+            "bad_signature",
+            Some(sign(Algorithm::RS256, &other_key, &claims(), None)),
+        ),
+        ("malformed", Some(valid[..valid.len() - 7].to_string())),
+        ("malformed", Some("x".repeat(100 * 1024))),
+        ("revoked", Some(revoked)),
+    ];
+    for (reason, token) in &cases {
+        let authorization = token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("authorization", a.as_str()))
+            .collect();
+        let (status, body) = call(&sidecar, "GET", "/orders", &headers).await;
+        assert_eq!(status, 401, "{reason}: {body}");
+        assert_eq!(
+            body["error"].as_str(),
+            Some(format!("token refused: {reason}").as_str()),
+            "{body}"
+        );
+        assert!(body["request_id"].is_string());
+    }
+    let (status, _) = call(
+        &sidecar,
+        "GET",
+        "/orders",
+        &[("authorization", &format!("Bearer {valid}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "the valid token still passes");
+    assert_eq!(app.hits(), 1, "no refused request reached the app");
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    for (reason, count) in [
+        ("missing", 1.0),
+        ("malformed", 3.0),
+        ("bad_signature", 2.0),
+        ("expired", 1.0),
+        ("revoked", 1.0),
+        ("ok", 1.0),
+    ] {
+        let series = format!("outrigger_jwt_validations_total{{result=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(count), "{series}");
+    }
+}
+
+/// A JWKS server whose document the test can change or break.
+struct Jwks {
+    document: Arc<Mutex<(u16, String)>>,
+    fetches: Arc<Mutex<usize>>,
+    url: String,
+}
+
+impl Jwks {
+    async fn start(document: Value) -> Jwks {
+        let state = Arc::new(Mutex::new((200u16, document.to_string())));
+        let fetches = Arc::new(Mutex::new(0usize));
+        let (served, counted) = (Arc::clone(&state), Arc::clone(&fetches));
+        let server = HttpServer::new(move || {
+            let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
+            App::new().route(
+                "/jwks.json",
+                web::get().to(move || {
+                    let (served, counted) = (Arc::clone(&served), Arc::clone(&counted));
+                    async move {
+                        *counted.lock().expect("lock") += 1;
+                        let (status, body) = served.lock().expect("lock").clone();
+                        HttpResponse::build(
+                            actix_web::http::StatusCode::from_u16(status).expect("status"),
+                        )
+                        .content_type("application/json")
+                        .body(body)
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind");
+        let url = format!("http://{}/jwks.json", server.addrs()[0]);
+        actix_rt::spawn(server.run());
+        Jwks {
+            document: state,
+            fetches,
+            url,
+        }
+    }
+
+    fn serve(&self, status: u16, document: Value) {
+        *self.document.lock().expect("lock") = (status, document.to_string());
+    }
+
+    fn fetches(&self) -> usize {
+        *self.fetches.lock().expect("lock")
+    }
+}
+
+fn ed25519_jwk(kid: &str, pair: &KeyPair) -> Value {
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pair.raw_public);
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x, "alg": "EdDSA", "use": "sig"})
+}
+
+#[actix_web::test]
+async fn rotated_jwks_keys_are_picked_up_and_kept_through_an_outage() {
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let (first, second) = (key_pair(&dir, "ed25519"), key_pair(&dir, "ed25519-next"));
+    let jwks = Jwks::start(json!({"keys": [ed25519_jwk("k1", &first)]})).await;
+    let inbound = format!(
+        "  auth:\n    jwt: {{ algorithms: [EdDSA], jwks_url: \"{}\", jwks_refresh: 1s }}",
+        jwks.url
+    );
+    let sidecar = sidecar_from(&config(&app, &inbound, ""), &[]).await;
+    let bearer = |pair: &KeyPair, kid: &str| {
+        let key = EncodingKey::from_ed_pem(&pair.private_pem).expect("key");
+        format!(
+            "Bearer {}",
+            sign(Algorithm::EdDSA, &key, &claims(), Some(kid))
+        )
+    };
+    eventually("the first JWKS is fetched", || async {
+        call(
+            &sidecar,
+            "GET",
+            "/a",
+            &[("authorization", &bearer(&first, "k1"))],
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+
+    jwks.serve(
+        200,
+        json!({"keys": [ed25519_jwk("k1", &first), ed25519_jwk("k2", &second)]}),
+    );
+    let (status, body) = call(
+        &sidecar,
+        "GET",
+        "/a",
+        &[("authorization", &bearer(&second, "k2"))],
+    )
+    .await;
+    assert_eq!(status, 200, "a new kid is fetched at once: {body}");
+    let (status, body) = call(
+        &sidecar,
+        "GET",
+        "/a",
+        &[("authorization", &bearer(&second, "k9"))],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str().unwrap_or_default()),
+        (401, "token refused: unknown_kid")
+    );
+
+    jwks.serve(500, json!({}));
+    let failed_before = jwks.fetches();
+    eventually("a refresh fails against the broken JWKS server", || async {
+        jwks.fetches() > failed_before
+    })
+    .await;
+    let (status, _) = call(
+        &sidecar,
+        "GET",
+        "/a",
+        &[("authorization", &bearer(&second, "k2"))],
+    )
+    .await;
+    assert_eq!(status, 200, "the last good keys stay in use");
+}
+
+#[actix_web::test]
+async fn logout_revokes_the_token_on_every_sidecar_sharing_redis() {
+    let redis = RedisServer::start().await;
+    let app = Upstream::start().await;
+    let inbound = "  auth:
+    jwt: { algorithms: [HS256] }
+    exempt: [/auth/login]
+    revocation: true
+    logout: /auth/logout";
+    let extra = format!("redis: {{ url: \"{}\", timeout: 500ms }}", redis.url());
+    let env = [("JWT_SECRET", "shared-secret")];
+    let one = sidecar_from(&config(&app, inbound, &extra), &env).await;
+    let two = sidecar_from(&config(&app, inbound, &extra), &env).await;
+    let token = format!(
+        "Bearer {}",
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"shared-secret"),
+            &claims(),
+            None
+        )
+    );
+    let auth = [("authorization", token.as_str())];
+
+    assert_eq!(
+        call(&one, "POST", "/auth/login", &[]).await.0,
+        200,
+        "login is exempt"
+    );
+    assert_eq!(call(&one, "GET", "/orders", &auth).await.0, 200);
+    assert_eq!(call(&two, "GET", "/orders", &auth).await.0, 200);
+    assert_eq!(call(&one, "POST", "/auth/logout", &auth).await.0, 200);
+    let (status, body) = call(&one, "GET", "/orders", &auth).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("token refused: revoked"))
+    );
+    assert_eq!(
+        call(&two, "GET", "/orders", &auth).await.0,
+        401,
+        "the other sidecar sees the revocation"
+    );
+}
+
+#[actix_web::test]
+async fn api_keys_identify_callers_and_role_rules_apply() {
+    let app = Upstream::start().await;
+    let inbound = "  auth:
+    api_keys: { header: x-api-key }
+    rules: [{ path: /deploy, methods: [POST], roles: [deploy] }]";
+    let env = [("OUTRIGGER_API_KEYS", "ci:k-ci-123:deploy, bot:k-bot-456")];
+    let sidecar = sidecar_from(&config(&app, inbound, ""), &env).await;
+    let (status, echo) = call(
+        &sidecar,
+        "POST",
+        "/deploy/web",
+        &[("x-api-key", "k-ci-123")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-user").as_deref(),
+        Some("ci")
+    );
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-auth").as_deref(),
+        Some("api_key")
+    );
+    assert_eq!(
+        call(
+            &sidecar,
+            "POST",
+            "/deploy/web",
+            &[("x-api-key", "k-ci-124")]
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = call(
+        &sidecar,
+        "POST",
+        "/deploy/web",
+        &[("x-api-key", "k-bot-456")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        call(
+            &sidecar,
+            "GET",
+            "/deploy/web",
+            &[("x-api-key", "k-bot-456")]
+        )
+        .await
+        .0,
+        200,
+        "the rule covers POST only"
+    );
+}
+
+#[actix_web::test]
+async fn exempt_paths_cors_and_the_app_timeout() {
+    let app = Upstream::start().await;
+    let inbound = "  auth:
+    jwt: { algorithms: [HS256] }
+    exempt: [/health]
+  cors: { origins: [\"https://app.example\"] }";
+    let sidecar = sidecar_from(&config(&app, inbound, ""), &[("JWT_SECRET", "s")]).await;
+    let (status, echo) = call(&sidecar, "GET", "/health", &[]).await;
+    assert_eq!(
+        (status, header_seen(&echo, "x-outrigger-auth").as_deref()),
+        (200, Some("exempt"))
+    );
+    assert_eq!(call(&sidecar, "GET", "/orders", &[]).await.0, 401);
+
+    let addr = sidecar.inbound_addr().expect("inbound");
+    let preflight = |origin: &'static str| {
+        client()
+            .request(
+                actix_web::http::Method::OPTIONS,
+                format!("http://{addr}/orders"),
+            )
+            .insert_header(("origin", origin))
+            .insert_header(("access-control-request-method", "PUT"))
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("answer");
+    assert_eq!(allowed.status().as_u16(), 204);
+    assert_eq!(
+        allowed
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    let other = preflight("https://evil.example").await.expect("answer");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let simple = client()
+        .get(format!("http://{addr}/health"))
+        .insert_header(("origin", "https://app.example"))
+        .send()
+        .await
+        .expect("answer");
+    assert!(simple
+        .headers()
+        .get("access-control-allow-origin")
+        .is_some());
+
+    app.delay(Duration::from_secs(2));
+    let (status, body) = call(&sidecar, "GET", "/health", &[]).await;
+    assert_eq!(status, 504, "{body}");
+}
