@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod inject;
 pub mod metrics;
 pub mod outbound;
 pub mod replica;
