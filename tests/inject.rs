@@ -67,13 +67,14 @@ fn inject(args: &[&str], stdin: &str) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// `outrigger inject -` on `stdin`, which must exit 1 printing nothing;
-/// returns its error.
-fn refused(stdin: &str) -> String {
+/// `outrigger inject -` on `stdin` must exit 1, print nothing, and give an
+/// error containing `expected`.
+fn assert_refused(stdin: &str, expected: &str) {
     let output = outrigger(&["inject", "-"], stdin);
     assert_eq!(output.status.code(), Some(1), "inject accepted {stdin:?}");
     assert!(output.stdout.is_empty(), "printed a partial result");
-    String::from_utf8(output.stderr).unwrap()
+    let error = String::from_utf8(output.stderr).unwrap();
+    assert!(error.contains(expected), "{error} lacks {expected:?}");
 }
 
 // ---- reading YAML ----
@@ -499,28 +500,41 @@ const CONFIG_MAP: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n
 
 #[test]
 fn yaml_that_does_not_parse_is_refused_naming_its_document() {
-    let error = refused(&format!("{CONFIG_MAP}---\nkind: [Pod\n"));
-    assert!(error.contains("document 2: not valid YAML"), "{error}");
-    let error = refused("\t{{ not yaml at all");
-    assert!(error.contains("document 1: not valid YAML"), "{error}");
+    assert_refused(
+        &format!("{CONFIG_MAP}---\nkind: [Pod\n"),
+        "document 2: not valid YAML",
+    );
+    assert_refused("\t{{ not yaml at all", "document 1: not valid YAML");
 }
 
 #[test]
 fn a_document_that_is_not_a_mapping_is_refused_naming_it() {
-    let error = refused(&format!("{CONFIG_MAP}---\n{CONFIG_MAP}---\n- a\n- list\n"));
-    assert!(error.contains("document 3: expected a mapping"), "{error}");
-    let error = refused("just a line of text\n");
-    assert!(error.contains("document 1: expected a mapping"), "{error}");
+    assert_refused(
+        &format!("{CONFIG_MAP}---\n{CONFIG_MAP}---\n- a\n- list\n"),
+        "document 3: expected a mapping",
+    );
+    assert_refused("just a line of text\n", "document 1: expected a mapping");
 }
 
 #[test]
 fn a_workload_without_a_pod_template_is_refused() {
-    let error = refused(
+    assert_refused(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1}\n",
+        "document 1 (Deployment web): spec.template: missing",
     );
-    assert!(
-        error.contains("document 1 (Deployment web): spec.template: missing"),
-        "{error}"
+}
+
+#[test]
+fn a_pod_spec_of_the_wrong_shape_is_refused_naming_the_field() {
+    assert_refused(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+        "document 1 (Pod p): spec: missing",
+    );
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: batch/v1\n  kind: Job\n  \
+                metadata: {name: j}\n  spec: {template: {spec: {containers: app}}}\n";
+    assert_refused(
+        list,
+        "document 1 (items[0] Job j): spec.template.spec.containers: expected a list, got a string",
     );
 }
 

@@ -38,7 +38,7 @@ pub struct InjectError {
     /// The document's index in the stream, counted from 1.
     pub document: usize,
     /// Which object in the document, e.g. `Deployment web` or
-    /// `items[2] (Pod db)`; empty when the document itself is at fault.
+    /// `items[2] Pod db`; empty when the document itself is at fault.
     pub object: String,
     /// What is wrong.
     pub message: String,
@@ -109,7 +109,9 @@ fn inject_object(object: &mut Mapping, options: &Options) -> Result<(), ObjectEr
     };
     let here = |message: String| (format!("{kind} {name}"), message);
     let pod = walk(object, template).map_err(here)?;
-    pod::inject(pod, options).map_err(|message| here(format!("{}: {message}", template.join("."))))
+    // pod::inject names fields from the pod down; prefix the way to the pod.
+    let prefix: String = template.iter().map(|key| format!("{key}.")).collect();
+    pod::inject(pod, options).map_err(|message| here(format!("{prefix}{message}")))
 }
 
 /// Injects each item of a `List` kind, naming the item in errors.
@@ -131,7 +133,7 @@ fn inject_list(list: &mut Mapping, options: &Options) -> Result<(), ObjectError>
             ));
         };
         inject_object(item, options)
-            .map_err(|(object, message)| (format!("items[{index}] ({object})"), message))?;
+            .map_err(|(object, message)| (format!("items[{index}] {object}"), message))?;
     }
     Ok(())
 }
