@@ -1,7 +1,8 @@
 //! `outrigger inject`: adds the sidecar to the workloads in Kubernetes YAML.
 //!
 //! Documents are read as generic YAML values, so every field, known to us
-//! or not, is kept as it was, and printed back in their order. A workload
+//! or not, is kept as it was, and printed back in their order (comments and
+//! quoting are YAML text, not values: they are not kept). A workload
 //! whose pod template already has a container or init container named
 //! `outrigger` is left as it is, which makes injecting twice a no-op.
 //! Empty documents are dropped; a document that is not YAML or not a
@@ -13,8 +14,6 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde_norway::{Mapping, Value};
-
-pub use pod::SIDECAR_NAME;
 
 /// What `outrigger inject` adds, from its command-line flags.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use super::{shape, Options};
 
 /// The sidecar container's name; a pod that has a container or init
 /// container by this name is taken as already injected.
-pub const SIDECAR_NAME: &str = "outrigger";
+const SIDECAR_NAME: &str = "outrigger";
 
 /// The pod volume that mounts the ConfigMap at `/etc/outrigger`.
 const CONFIG_VOLUME: &str = "outrigger-config";
