@@ -80,17 +80,40 @@ pub(super) fn inject(pod: &mut Mapping, options: &Options) -> Result<(), String>
         Some(other) => return Err(format!("spec: expected a mapping, got {}", shape(other))),
         None => return Err(String::from("spec: missing")),
     };
-    if has_sidecar(spec)? {
+    if !inject_spec(spec, options).map_err(|err| format!("spec.{err}"))? {
         return Ok(());
+    }
+    let annotations = mapping(mapping(pod, "metadata")?, "annotations")
+        .map_err(|err| format!("metadata.{err}"))?;
+    for (key, value) in SCRAPE_ANNOTATIONS {
+        if !annotations.contains_key(key) {
+            annotations.insert(key.into(), value.into());
+        }
+    }
+    Ok(())
+}
+
+/// Adds the sidecar, its volume, and the proxy env and service account when
+/// asked, to a pod spec; false when the sidecar was there already.
+fn inject_spec(spec: &mut Mapping, options: &Options) -> Result<bool, String> {
+    if has_sidecar(spec)? {
+        return Ok(false);
     }
     if has_named(list(spec, "volumes")?, CONFIG_VOLUME) {
         return Err(format!(
-            "spec.volumes: a volume named {CONFIG_VOLUME} exists but no {SIDECAR_NAME} container"
+            "volumes: a volume named {CONFIG_VOLUME} exists but no {SIDECAR_NAME} container"
         ));
     }
     if options.proxy_env {
         for (index, container) in list(spec, "containers")?.iter_mut().enumerate() {
-            add_proxy_env(container).map_err(|err| format!("spec.containers[{index}].{err}"))?;
+            let here = format!("containers[{index}]");
+            let Value::Mapping(container) = container else {
+                return Err(format!(
+                    "{here}: expected a mapping, got {}",
+                    shape(container)
+                ));
+            };
+            add_proxy_env(container).map_err(|err| format!("{here}.{err}"))?;
         }
     }
     let sidecar = sidecar(options)?;
@@ -103,14 +126,7 @@ pub(super) fn inject(pod: &mut Mapping, options: &Options) -> Result<(), String>
     if let Some(account) = &options.service_account {
         spec.insert("serviceAccountName".into(), account.as_str().into());
     }
-    let annotations = mapping(mapping(pod, "metadata")?, "annotations")
-        .map_err(|err| format!("metadata.{err}"))?;
-    for (key, value) in SCRAPE_ANNOTATIONS {
-        if !annotations.contains_key(key) {
-            annotations.insert(key.into(), value.into());
-        }
-    }
-    Ok(())
+    Ok(true)
 }
 
 /// The sidecar container for these options.
@@ -139,10 +155,7 @@ fn has_sidecar(spec: &Mapping) -> Result<bool, String> {
     for key in ["initContainers", "containers"] {
         if let Some(containers) = spec.get(key) {
             let Value::Sequence(containers) = containers else {
-                return Err(format!(
-                    "spec.{key}: expected a list, got {}",
-                    shape(containers)
-                ));
+                return Err(format!("{key}: expected a list, got {}", shape(containers)));
             };
             if has_named(containers, SIDECAR_NAME) {
                 return Ok(true);
@@ -160,13 +173,7 @@ fn has_named(items: &[Value], name: &str) -> bool {
 }
 
 /// Adds each [`PROXY_ENV`] variable the container does not set itself.
-fn add_proxy_env(container: &mut Value) -> Result<(), String> {
-    let Value::Mapping(container) = container else {
-        return Err(format!(
-            "(container): expected a mapping, got {}",
-            shape(container)
-        ));
-    };
+fn add_proxy_env(container: &mut Mapping) -> Result<(), String> {
     let env = list(container, "env")?;
     for (name, value) in PROXY_ENV {
         if !has_named(env, name) {
@@ -235,7 +242,7 @@ mod tests {
 
     #[test]
     fn proxy_env_keeps_what_the_app_set() {
-        let mut container: Value = serde_norway::from_str(
+        let mut container: Mapping = serde_norway::from_str(
             "{name: app, env: [{name: HTTP_PROXY, value: http://corp:3128}]}",
         )
         .unwrap();
