@@ -160,13 +160,18 @@ fn inject_file(path: &Path, options: &Options) -> ExitCode {
         eprintln!("outrigger inject: {name}: cannot read it: {err}");
         return ExitCode::FAILURE;
     }
-    match inject(&input, options) {
-        Ok(output) => {
-            print!("{output}");
-            ExitCode::SUCCESS
-        }
+    let output = match inject(&input, options) {
+        Ok(output) => output,
         Err(err) => {
             eprintln!("outrigger inject: {name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Not print!: it panics when the reader of a pipe has gone.
+    match std::io::stdout().lock().write_all(output.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("outrigger inject: cannot write the result: {err}");
             ExitCode::FAILURE
         }
     }
