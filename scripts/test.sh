@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, unit and integration tests.
 # Installs what the tests need when it is missing (redis-server via apt-get,
-# rustfmt/clippy via rustup); Rust crates come through cargo.
+# kubernetes-validate via pip, rustfmt/clippy via rustup); Rust crates come
+# through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +19,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   # RUNLEVEL=1 keeps the package from starting a system-wide Redis.
   $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+  log "installing kubernetes-validate"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    'kubernetes-validate==1.37.0'
 fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then

@@ -1,12 +1,14 @@
-//! The `outrigger` command line: `run` the sidecar, `check` a config.
+//! The `outrigger` command line: `run` the sidecar, `check` a config,
+//! `inject` the sidecar into Kubernetes YAML.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{format_duration, Config, ConfigError};
+use crate::inject::{inject, Options};
 use crate::Sidecar;
 
 /// A per-pod service-mesh sidecar for plain HTTP services.
@@ -41,6 +43,28 @@ pub enum Command {
         )]
         config: PathBuf,
     },
+    /// Print Kubernetes YAML (Deployment, StatefulSet, DaemonSet, ReplicaSet,
+    /// Job, CronJob, Pod, List; several documents) with the sidecar added.
+    Inject {
+        /// The YAML file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// The sidecar's container image.
+        #[arg(long, default_value = concat!("outrigger:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The ConfigMap with `sidecar.yaml`, mounted at /etc/outrigger.
+        #[arg(long, default_value = "outrigger-config")]
+        config_map: String,
+        /// Set this service account on each injected pod.
+        #[arg(long)]
+        service_account: Option<String>,
+        /// Add the sidecar as a regular container, for clusters before 1.28.
+        #[arg(long)]
+        legacy: bool,
+        /// Set HTTP_PROXY/NO_PROXY in the app containers to use the sidecar.
+        #[arg(long)]
+        proxy_env: bool,
+    },
 }
 
 impl Cli {
@@ -49,6 +73,23 @@ impl Cli {
         match self.command {
             Command::Run { config } => run(&config),
             Command::Check { config } => check(&config),
+            Command::Inject {
+                file,
+                image,
+                config_map,
+                service_account,
+                legacy,
+                proxy_env,
+            } => inject_file(
+                &file,
+                &Options {
+                    image,
+                    config_map,
+                    service_account,
+                    legacy,
+                    proxy_env,
+                },
+            ),
         }
     }
 }
@@ -98,6 +139,39 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             report_errors(path, &errors);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inject_file(path: &Path, options: &Options) -> ExitCode {
+    let name = if path == Path::new("-") {
+        String::from("(stdin)")
+    } else {
+        path.display().to_string()
+    };
+    let mut input = String::new();
+    let read = if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut input).map(|_| ())
+    } else {
+        std::fs::read_to_string(path).map(|text| input = text)
+    };
+    if let Err(err) = read {
+        eprintln!("outrigger inject: {name}: cannot read it: {err}");
+        return ExitCode::FAILURE;
+    }
+    let output = match inject(&input, options) {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("outrigger inject: {name}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Not print!: it panics when the reader of a pipe has gone.
+    match std::io::stdout().lock().write_all(output.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("outrigger inject: cannot write the result: {err}");
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod inbound;
+pub mod inject;
 pub mod metrics;
 pub mod outbound;
 pub mod replica;
