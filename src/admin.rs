@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::inbound::Authenticator;
+use crate::inbound::Gate;
 use crate::metrics::Metrics;
 use crate::replica::{BreakerReport, Endpoint};
 use crate::service::ServiceTable;
@@ -21,7 +21,7 @@ use crate::service::ServiceTable;
 struct AdminState {
     table: Arc<ServiceTable>,
     config: Config,
-    authenticator: Option<Arc<Authenticator>>,
+    gate: Option<Arc<Gate>>,
 }
 
 /// Binds the admin listener; the server runs once awaited or spawned.
@@ -29,7 +29,7 @@ pub fn server(
     config: &Config,
     table: Arc<ServiceTable>,
     metrics: &Metrics,
-    authenticator: Option<Arc<Authenticator>>,
+    gate: Option<Arc<Gate>>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
         .registry(metrics.registry.clone())
@@ -40,7 +40,7 @@ pub fn server(
     let state = web::Data::new(AdminState {
         table,
         config: config.clone(),
-        authenticator,
+        gate,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -54,6 +54,7 @@ pub fn server(
             .route("/circuit-breakers/reset", web::post().to(reset_breakers))
             .route("/config", web::get().to(show_config))
             .route("/tokens/revoke", web::post().to(revoke_token))
+            .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
     })
     .workers(1)
     .disable_signals()
@@ -72,6 +73,7 @@ async fn index() -> HttpResponse {
             "GET /circuit-breakers": "every replica's breaker figures",
             "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
             "GET /config": "the running configuration (secrets redacted)",
+                        "GET /rate-limit/users/{id}": "a user's rate-limited attempts per endpoint in the window",
             "POST /tokens/revoke": "revoke a token: {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}",
         }
     }))
@@ -182,7 +184,7 @@ async fn revoke_token(
     state: web::Data<AdminState>,
     body: web::Json<RevokeRequest>,
 ) -> HttpResponse {
-    let Some(authenticator) = &state.authenticator else {
+    let Some(authenticator) = state.gate.as_ref().map(|gate| &gate.authenticator) else {
         return HttpResponse::NotFound()
             .json(json!({"error": "the inbound listener is not configured"}));
     };
@@ -203,6 +205,25 @@ async fn revoke_token(
         Some(Err(err)) => HttpResponse::ServiceUnavailable().json(json!({ "error": err })),
         None => HttpResponse::Conflict()
             .json(json!({"error": "revocation is off (inbound.auth.revocation)"})),
+    }
+}
+
+async fn rate_limit_usage(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
+    let Some(limiter) = state.gate.as_ref().and_then(|gate| gate.limiter.as_ref()) else {
+        return HttpResponse::NotFound()
+            .json(json!({"error": "inbound.rate_limit is not configured"}));
+    };
+    match limiter.usage(&id).await {
+        Ok(usage) => {
+            let total: u64 = usage.iter().map(|(_, count)| count).sum();
+            let endpoints: serde_json::Map<String, Value> = usage
+                .into_iter()
+                .map(|(endpoint, count)| (endpoint, json!(count)))
+                .collect();
+            HttpResponse::Ok()
+                .json(json!({"user": id.as_str(), "endpoints": endpoints, "total": total}))
+        }
+        Err(err) => HttpResponse::ServiceUnavailable().json(json!({ "error": err })),
     }
 }
 

@@ -31,6 +31,8 @@ pub enum ProxyError {
     Timeout(String),
     /// The service's concurrency limit is reached (429, `Retry-After: 1`).
     ConcurrencyLimit(String),
+    /// The caller's rate limit is spent (429, `Retry-After` when the window has room).
+    RateLimited(String, u64),
 }
 
 #[derive(Serialize)]
@@ -54,7 +56,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::ConcurrencyLimit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ConcurrencyLimit(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -72,6 +74,7 @@ impl ProxyError {
             Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::Timeout(_) => "upstream_timeout",
             Self::ConcurrencyLimit(_) => "concurrency_limit",
+            Self::RateLimited(..) => "rate_limited",
         }
     }
 
@@ -88,7 +91,8 @@ impl ProxyError {
             | Self::UpstreamReset(m)
             | Self::UpstreamProtocol(m)
             | Self::Timeout(m)
-            | Self::ConcurrencyLimit(m) => m,
+            | Self::ConcurrencyLimit(m)
+            | Self::RateLimited(m, _) => m,
         }
     }
 
@@ -101,8 +105,14 @@ impl ProxyError {
         };
         let mut response = HttpResponse::build(self.status());
         response.insert_header(("x-outrigger", self.reason()));
-        if let Self::ConcurrencyLimit(_) = self {
-            response.insert_header(("retry-after", "1"));
+        match self {
+            Self::ConcurrencyLimit(_) => {
+                response.insert_header(("retry-after", "1"));
+            }
+            Self::RateLimited(_, seconds) => {
+                response.insert_header(("retry-after", seconds.to_string()));
+            }
+            _ => {}
         }
         response.json(body)
     }

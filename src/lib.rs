@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use crate::config::{Config, InboundConfig, JwtKeys};
 use crate::discovery::{StaticSource, Supervisor};
-use crate::inbound::{Authenticator, Cors, JwksFetcher, Verifier};
+use crate::inbound::{Authenticator, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier};
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
-use crate::store::{MemoryStore, RedisStore, RevocationStore};
+use crate::store::{MemoryStore, RedisStore, Store};
 
 /// Extra seconds beyond the longest service timeout that shutdown waits for
 /// in-flight requests.
@@ -88,10 +88,10 @@ impl Sidecar {
         };
         let mut proxies = vec![outbound.handle()];
         let mut servers = vec![actix_rt::spawn(outbound)];
-        let (mut inbound_addr, mut authenticator) = (None, None);
+        let (mut inbound_addr, mut admin_gate) = (None, None);
         if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
             let gate = Arc::new(inbound_gate(&config, inbound, &metrics)?);
-            authenticator = Some(Arc::clone(&gate.authenticator));
+            admin_gate = Some(Arc::clone(&gate));
             let connect_timeout = config.defaults.connect_timeout;
             let (server, addrs) = inbound::server(
                 listener,
@@ -105,7 +105,7 @@ impl Sidecar {
             servers.push(actix_rt::spawn(server));
         }
         let (admin, admin_addrs) =
-            admin::server(&config, Arc::clone(&table), &metrics, authenticator)?;
+            admin::server(&config, Arc::clone(&table), &metrics, admin_gate)?;
         let admin_handle = admin.handle();
         servers.push(actix_rt::spawn(admin));
         let sidecar = Sidecar {
@@ -177,13 +177,18 @@ fn inbound_gate(
     metrics: &Metrics,
 ) -> io::Result<inbound::Gate> {
     let auth = &inbound.auth;
-    let revocations: Option<Arc<dyn RevocationStore>> = match (&config.redis, auth.revocation) {
-        (_, false) => None,
-        (Some(redis), true) => Some(Arc::new(
-            RedisStore::new(redis).map_err(|err| io::Error::other(err.0))?,
-        )),
-        (None, true) => Some(Arc::new(MemoryStore::new())),
+    let store: Arc<dyn Store> = match &config.redis {
+        Some(redis) => Arc::new(
+            RedisStore::new(
+                redis,
+                metrics.redis_errors.clone(),
+                metrics.redis_pool_connections.clone(),
+            )
+            .map_err(|err| io::Error::other(err.0))?,
+        ),
+        None => Arc::new(MemoryStore::new()),
     };
+    info!("inbound store: {}", store.kind());
     let verifier = match &auth.jwt {
         Some(jwt) => Some(Arc::new(
             Verifier::new(jwt.clone()).map_err(io::Error::other)?,
@@ -204,12 +209,20 @@ fn inbound_gate(
         auth,
         verifier,
         jwks,
-        revocations,
+        Some(Arc::clone(&store)),
         metrics.jwt_validations.clone(),
     )
     .map_err(io::Error::other)?;
     Ok(inbound::Gate {
         authenticator: Arc::new(authenticator),
         cors: Arc::new(Cors::new(&inbound.cors)),
+        limiter: inbound
+            .rate_limit
+            .clone()
+            .map(|limits| RateLimiter::new(limits, store, metrics.rate_limited.clone())),
+        caps: inbound
+            .concurrency
+            .clone()
+            .map(|caps| Arc::new(InFlightCaps::new(caps, metrics))),
     })
 }

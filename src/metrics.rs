@@ -53,6 +53,12 @@ pub struct Metrics {
     pub concurrency_limit_reached: IntCounterVec,
     /// Inbound credential checks by result (`ok`, or why they failed).
     pub jwt_validations: IntCounterVec,
+    /// Inbound requests refused by a rate limit, by scope.
+    pub rate_limited: IntCounterVec,
+    /// Redis calls that failed, by operation.
+    pub redis_errors: IntCounterVec,
+    /// Redis pool connections by state (`idle`, `in_use`).
+    pub redis_pool_connections: IntGaugeVec,
     /// Discovery syncs by source and result.
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
@@ -213,6 +219,17 @@ impl Metrics {
                 "jwt_validations_total",
                 "Inbound credential checks by result.",
                 &["result"],
+            ),
+            rate_limited: counter(
+                "rate_limited_total",
+                "Inbound requests refused by a rate limit.",
+                &["scope"],
+            ),
+            redis_errors: counter("redis_errors_total", "Redis calls that failed.", &["op"]),
+            redis_pool_connections: gauge(
+                "redis_pool_connections",
+                "Redis pool connections by state.",
+                &["state"],
             ),
             discovery_syncs: counter(
                 "discovery_syncs_total",

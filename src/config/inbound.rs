@@ -26,13 +26,81 @@ pub struct InboundListener {
     pub timeout: Duration,
 }
 
-/// Who may call the app, and how browsers may.
+/// Who may call the app, how often, how many at once, and how browsers may.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct InboundConfig {
     /// Authentication and authorisation.
     pub auth: AuthConfig,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
+    /// Sliding-window limits per role and route; `None` when not configured.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// In-flight caps; `None` when not configured.
+    pub concurrency: Option<InboundConcurrency>,
+}
+
+/// Sliding-window request limits, keyed by user (or client IP when anonymous).
+#[derive(Debug, Clone, Serialize)]
+pub struct RateLimitConfig {
+    /// The window limits count over (default 1m).
+    #[serde(serialize_with = "as_duration")]
+    pub window: Duration,
+    /// Requests per window by role; `anonymous` is for callers without identity.
+    /// A caller with several roles gets the largest of their limits.
+    pub roles: Vec<(String, u32)>,
+    /// Limit for authenticated callers none of whose roles is listed (none by default).
+    pub default: Option<u32>,
+    /// Per-path-prefix limits that replace the role limit on their routes.
+    pub routes: Vec<RouteLimit>,
+    /// Peers whose `X-Forwarded-For` is believed when keying anonymous callers.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// What to do when Redis cannot be asked (default `local`).
+    pub on_redis_error: OnRedisError,
+}
+
+/// A limit for one route.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteLimit {
+    /// Path prefix.
+    pub path: String,
+    /// Requests per window.
+    pub limit: u32,
+    /// Its own window (default: the rate limit's).
+    #[serde(serialize_with = "as_duration")]
+    pub window: Duration,
+}
+
+/// The rate limiter's behaviour while Redis is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Count in this process instead (limits become per pod).
+    Local,
+    /// Let the request through.
+    Allow,
+    /// Refuse with 429.
+    Deny,
+}
+
+impl FromYaml for OnRedisError {
+    const EXPECTED: &'static str = "one of local, allow, deny";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        match value.as_str()? {
+            "local" => Some(Self::Local),
+            "allow" => Some(Self::Allow),
+            "deny" => Some(Self::Deny),
+            _ => None,
+        }
+    }
+}
+
+/// In-flight caps on the inbound side.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundConcurrency {
+    /// Requests in flight to the app at once (default 100).
+    pub global: u32,
+    /// Requests in flight to one path at once (default 10).
+    pub per_route: u32,
 }
 
 /// Authentication and authorisation of inbound callers.
@@ -50,6 +118,9 @@ pub struct AuthConfig {
     pub logout: Option<String>,
     /// Remove `Authorization` before forwarding to the app (default false).
     pub strip_authorization: bool,
+    /// Let tokens through when the revocation store cannot be asked
+    /// (`revocation_on_error: allow`); by default (`deny`) they are refused with 503.
+    pub revocation_on_error_allow: bool,
     /// Per-route role and scope requirements (403 when unmet).
     pub rules: Vec<AccessRule>,
 }
@@ -259,7 +330,20 @@ pub(super) fn read_inbound(
             .filter(|o| !o.is_empty())
             .collect();
     }
-    InboundConfig { auth, cors }
+    let rate_limit = t.section("rate_limit", &None, problems, |t, _, problems| {
+        Some(read_rate_limit(t, problems))
+    });
+    let concurrency = t.section("concurrency", &None, problems, |t, _, problems| {
+        let global = t.get("global", problems).unwrap_or(100);
+        let per_route = t.get("per_route", problems).unwrap_or(10);
+        Some(InboundConcurrency { global, per_route })
+    });
+    InboundConfig {
+        auth,
+        cors,
+        rate_limit,
+        concurrency,
+    }
 }
 
 fn read_auth(
@@ -311,6 +395,18 @@ fn read_auth(
         revocation: t.get("revocation", problems).unwrap_or(false),
         logout: t.get("logout", problems),
         strip_authorization: t.get("strip_authorization", problems).unwrap_or(false),
+        revocation_on_error_allow: match t.get::<String>("revocation_on_error", problems).as_deref()
+        {
+            None | Some("deny") => false,
+            Some("allow") => true,
+            Some(other) => {
+                problems.add(
+                    &t.path_of("revocation_on_error"),
+                    format!("expected deny or allow, got \"{other}\""),
+                );
+                false
+            }
+        },
         rules,
     }
 }
@@ -502,6 +598,83 @@ fn read_rule(t: &mut Table, problems: &mut Problems) -> Option<AccessRule> {
         roles,
         scopes,
     })
+}
+
+fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
+    let window = t.get("window", problems).unwrap_or(Duration::from_secs(60));
+    positive(window, &t.path_of("window"), problems);
+    let mut roles = Vec::new();
+    match t.raw("roles") {
+        None => {}
+        Some(Value::Mapping(map)) => {
+            for (role, limit) in map {
+                let role = role.as_str().unwrap_or_default().to_string();
+                match u32::from_yaml(limit) {
+                    Some(limit) => roles.push((role, limit)),
+                    None => problems.add(
+                        &format!("{}.{role}", t.path_of("roles")),
+                        "expected a whole number of requests per window",
+                    ),
+                }
+            }
+        }
+        Some(_) => problems.add(&t.path_of("roles"), "expected a mapping of role: limit"),
+    }
+    let routes = match t.raw("routes") {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => {
+            let base = t.path_of("routes");
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    let path = format!("{base}[{index}]");
+                    let mut route = Table::open(item, &path, problems)?;
+                    let prefix: Option<String> = route.get("path", problems);
+                    let limit: Option<u32> = route.get("limit", problems);
+                    let own_window = route.get("window", problems).unwrap_or(window);
+                    if prefix.is_none() || limit.is_none() {
+                        problems.add(&path, "each route needs path and limit");
+                    }
+                    route.finish(problems);
+                    Some(RouteLimit {
+                        path: prefix?,
+                        limit: limit?,
+                        window: own_window,
+                    })
+                })
+                .collect()
+        }
+        Some(_) => {
+            problems.add(&t.path_of("routes"), "expected a list of {path, limit}");
+            Vec::new()
+        }
+    };
+    let trusted_proxies = t
+        .list::<String>("trusted_proxies", problems)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|ip| match ip.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                problems.add(
+                    &t.path_of("trusted_proxies"),
+                    format!("\"{ip}\" is not an IP address"),
+                );
+                None
+            }
+        })
+        .collect();
+    RateLimitConfig {
+        window,
+        roles,
+        default: t.get("default", problems),
+        routes,
+        trusted_proxies,
+        on_redis_error: t
+            .get("on_redis_error", problems)
+            .unwrap_or(OnRedisError::Local),
+    }
 }
 
 fn read_cors(t: &mut Table, problems: &mut Problems) -> CorsConfig {

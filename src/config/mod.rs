@@ -14,8 +14,8 @@ use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
 pub use inbound::{
-    AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConfig, InboundListener,
-    JwtConfig, JwtKeys, RedisConfig,
+    AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConcurrency, InboundConfig,
+    InboundListener, JwtConfig, JwtKeys, OnRedisError, RateLimitConfig, RedisConfig, RouteLimit,
 };
 pub use reader::{format_duration, parse_duration, ConfigError};
 use reader::{FromYaml, Problems, Table};

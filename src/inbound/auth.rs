@@ -17,7 +17,7 @@ use super::jwks::{FetchNow, JwksFetcher};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
 use crate::config::{AccessRule, AuthConfig};
 use crate::error::ProxyError;
-use crate::store::RevocationStore;
+use crate::store::Store;
 
 /// How a caller was let in; the `x-outrigger-auth` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +99,8 @@ pub struct Authenticator {
     jwks: Option<Addr<JwksFetcher>>,
     api_keys: Option<ApiKeys>,
     rules: Vec<AccessRule>,
-    revocations: Option<Arc<dyn RevocationStore>>,
+    revocations: Option<Arc<dyn Store>>,
+    revocation_on_error_allow: bool,
     logout: Option<String>,
     /// Remove `Authorization` before forwarding.
     pub strip_authorization: bool,
@@ -113,7 +114,7 @@ impl Authenticator {
         config: &AuthConfig,
         verifier: Option<Arc<Verifier>>,
         jwks: Option<Addr<JwksFetcher>>,
-        revocations: Option<Arc<dyn RevocationStore>>,
+        revocations: Option<Arc<dyn Store>>,
         validations: IntCounterVec,
     ) -> Result<Self, String> {
         let api_keys = config.api_keys.as_ref().map(ApiKeys::new).transpose()?;
@@ -124,6 +125,7 @@ impl Authenticator {
             api_keys,
             rules: config.rules.clone(),
             revocations: revocations.filter(|_| config.revocation),
+            revocation_on_error_allow: config.revocation_on_error_allow,
             logout: config.logout.clone(),
             strip_authorization: config.strip_authorization,
             validations,
@@ -200,6 +202,9 @@ impl Authenticator {
             match store.is_revoked(&revocable.0).await {
                 Ok(false) => {}
                 Ok(true) => return Err(self.refuse(JwtRejection::Revoked)),
+                Err(err) if self.revocation_on_error_allow => {
+                    log::warn!("revocation not checked (revocation_on_error: allow): {err}");
+                }
                 Err(err) => {
                     self.validations.with_label_values(&["store_error"]).inc();
                     return Err(ProxyError::AuthUnavailable(format!(

@@ -5,9 +5,11 @@
 
 mod api_keys;
 mod auth;
+mod concurrency;
 mod cors;
 mod jwks;
 mod jwt;
+mod rate_limit;
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,9 +22,11 @@ use log::{info, warn};
 use prometheus::IntGauge;
 
 pub use auth::{AuthMethod, Authenticator, Identity};
+pub use concurrency::{Full, InFlightCaps, Slot};
 pub use cors::Cors;
 pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
+pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::config::InboundListener;
 use crate::error::ProxyError;
@@ -40,6 +44,10 @@ pub struct Gate {
     pub authenticator: Arc<Authenticator>,
     /// Which browser origins may call.
     pub cors: Arc<Cors>,
+    /// How often each caller may call, when configured.
+    pub limiter: Option<RateLimiter>,
+    /// How many may be in flight, when configured.
+    pub caps: Option<Arc<InFlightCaps>>,
 }
 
 struct Worker {
@@ -103,7 +111,7 @@ async fn handle(
                 );
                 refusal.response(Some(APP), id)
             }
-            Ok(identity) => forward_to_app(&worker, &req, payload, &identity, &request_id).await,
+            Ok(identity) => admit(&worker, &req, payload, &identity, &request_id).await,
         },
     };
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
@@ -127,12 +135,60 @@ async fn handle(
     response
 }
 
-async fn forward_to_app(
+/// Applies the rate limit and the in-flight caps, then forwards; every
+/// answer on a limited route carries the `X-RateLimit-*` headers.
+async fn admit(
     worker: &Worker,
     req: &HttpRequest,
     payload: web::Payload,
     identity: &Identity,
     request_id: &actix_web::http::header::HeaderValue,
+) -> HttpResponse {
+    let id = request_id.to_str().unwrap_or("-");
+    let gate = &worker.gate;
+    let verdict = match &gate.limiter {
+        Some(limiter) => limiter.check(req, identity, id).await,
+        None => None,
+    };
+    let mut response = match &verdict {
+        Some(verdict) if !verdict.allowed => {
+            let message = format!(
+                "rate limit of {} per {}s reached ({})",
+                verdict.limit,
+                verdict.window.as_secs(),
+                verdict.scope
+            );
+            warn!("request {id}: 429: {message}");
+            ProxyError::RateLimited(message, verdict.retry_after_secs()).response(Some(APP), id)
+        }
+        _ => match gate.caps.as_ref().map(|caps| caps.enter(req.path())) {
+            Some(Err(full)) => {
+                let message =
+                    format!("too many requests in flight ({full:?} cap of inbound.concurrency)");
+                warn!("request {id}: 429: {message}");
+                ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
+            }
+            Some(Ok(slot)) => {
+                forward_to_app(worker, req, payload, identity, request_id, slot).await
+            }
+            None => forward_to_app(worker, req, payload, identity, request_id, ()).await,
+        },
+    };
+    if let Some(verdict) = verdict {
+        for (name, value) in verdict.headers() {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
+
+async fn forward_to_app<G: Unpin + 'static>(
+    worker: &Worker,
+    req: &HttpRequest,
+    payload: web::Payload,
+    identity: &Identity,
+    request_id: &actix_web::http::header::HeaderValue,
+    slot: G,
 ) -> HttpResponse {
     let id = request_id.to_str().unwrap_or("-");
     let identity_headers = identity.headers();
@@ -156,7 +212,7 @@ async fn forward_to_app(
             if response.status().is_success() && worker.gate.authenticator.is_logout(req) {
                 revoke_at_logout(&worker.gate.authenticator, identity, id).await;
             }
-            forward::respond(response, ())
+            forward::respond(response, slot)
         }
         Err(SendError::BadRequest(message)) => {
             ProxyError::BadRequest(message).response(Some(APP), id)

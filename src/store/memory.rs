@@ -1,20 +1,54 @@
-//! The in-process store: a bounded map with expiry, for a pod without Redis.
+//! The in-process store: bounded maps with expiry, for a pod without Redis
+//! (and the fallback limiter while Redis is down).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::warn;
 
-use super::{key, RevocationStore, StoreError, StoreFuture};
+use super::{key, Store, StoreError, StoreFuture, WindowCount};
 
-/// Entries kept at most; past it the soonest-expiring entry makes room.
+/// Entries kept per map at most; past it expired entries are swept, then
+/// the oldest make room.
 const CAPACITY: usize = 100_000;
 
-/// Revocations kept in this process only.
+/// When a usage record expires, and its attempts per endpoint.
+type UsageRecord = (Instant, HashMap<String, u64>);
+
+/// Revocations, windows and usage kept in this process only.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     revoked: Mutex<HashMap<String, Instant>>,
+    windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    usage: Mutex<HashMap<String, UsageRecord>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
+    mutex
+        .lock()
+        .map_err(|_| StoreError("the in-process store is poisoned".to_string()))
+}
+
+/// Makes room in `map` when it is full: expired entries first, then the one
+/// `expiry` says ends soonest.
+fn make_room<V>(map: &mut HashMap<String, V>, now: Instant, expiry: impl Fn(&V) -> Instant) {
+    if map.len() < CAPACITY {
+        return;
+    }
+    map.retain(|_, value| expiry(value) > now);
+    if map.len() >= CAPACITY {
+        let soonest = map
+            .iter()
+            .min_by_key(|(_, v)| expiry(v))
+            .map(|(k, _)| k.clone());
+        if let Some(soonest) = soonest {
+            warn!(
+                "in-process store full ({CAPACITY} entries): dropping the entry that ends soonest"
+            );
+            map.remove(&soonest);
+        }
+    }
 }
 
 impl MemoryStore {
@@ -23,50 +57,119 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn insert(&self, id: &str, ttl: Duration, now: Instant) -> Result<(), StoreError> {
-        let mut revoked = self
-            .revoked
-            .lock()
-            .map_err(|_| StoreError("the in-process store is poisoned".to_string()))?;
-        if revoked.len() >= CAPACITY {
-            revoked.retain(|_, until| *until > now);
-        }
-        if revoked.len() >= CAPACITY {
-            let soonest = revoked
-                .iter()
-                .min_by_key(|(_, until)| **until)
-                .map(|(k, _)| k.clone());
-            if let Some(soonest) = soonest {
-                warn!(
-                    "revocation store full ({CAPACITY} entries): dropping the one expiring soonest"
-                );
-                revoked.remove(&soonest);
-            }
-        }
+    fn insert_revoked(&self, id: &str, ttl: Duration, now: Instant) -> Result<(), StoreError> {
+        let mut revoked = lock(&self.revoked)?;
+        make_room(&mut revoked, now, |until| *until);
         revoked.insert(key("revoked", id), now + ttl);
         Ok(())
     }
 
-    fn contains(&self, id: &str, now: Instant) -> Result<bool, StoreError> {
-        let revoked = self
-            .revoked
-            .lock()
-            .map_err(|_| StoreError("the in-process store is poisoned".to_string()))?;
+    fn revoked_at(&self, id: &str, now: Instant) -> Result<bool, StoreError> {
+        let revoked = lock(&self.revoked)?;
         Ok(revoked
             .get(&key("revoked", id))
             .is_some_and(|until| *until > now))
     }
+
+    /// Sliding log: the admitted requests' times within the window.
+    fn hit_at(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+        now: Instant,
+    ) -> Result<WindowCount, StoreError> {
+        let mut windows = lock(&self.windows)?;
+        make_room(&mut windows, now, |log| {
+            log.back().map_or(now, |last| *last + window)
+        });
+        let log = windows.entry(key.to_string()).or_default();
+        while log
+            .front()
+            .is_some_and(|first| now.duration_since(*first) >= window)
+        {
+            log.pop_front();
+        }
+        let allowed = (log.len() as u64) < u64::from(limit);
+        if allowed {
+            log.push_back(now);
+        }
+        let reset_after = log.front().map_or(window, |first| {
+            (*first + window).saturating_duration_since(now)
+        });
+        Ok(WindowCount {
+            allowed,
+            count: log.len() as u32,
+            reset_after,
+        })
+    }
+
+    fn record_usage_at(
+        &self,
+        key: &str,
+        endpoint: &str,
+        window: Duration,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut usage = lock(&self.usage)?;
+        make_room(&mut usage, now, |(until, _)| *until);
+        let record = usage
+            .entry(key.to_string())
+            .or_insert_with(|| (now + window, HashMap::new()));
+        if record.0 <= now {
+            record.1.clear();
+        }
+        record.0 = now + window;
+        *record.1.entry(endpoint.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    fn usage_at(&self, key: &str, now: Instant) -> Result<Vec<(String, u64)>, StoreError> {
+        let usage = lock(&self.usage)?;
+        let mut counts: Vec<(String, u64)> = match usage.get(key) {
+            Some((until, counts)) if *until > now => {
+                counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
+            }
+            _ => Vec::new(),
+        };
+        counts.sort();
+        Ok(counts)
+    }
 }
 
-impl RevocationStore for MemoryStore {
+fn ready<'a, T: 'a>(result: Result<T, StoreError>) -> StoreFuture<'a, T> {
+    Box::pin(async move { result })
+}
+
+impl Store for MemoryStore {
     fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
-        let result = self.insert(id, ttl, Instant::now());
-        Box::pin(async move { result })
+        ready(self.insert_revoked(id, ttl, Instant::now()))
     }
 
     fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
-        let result = self.contains(id, Instant::now());
-        Box::pin(async move { result })
+        ready(self.revoked_at(id, Instant::now()))
+    }
+
+    fn hit<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount> {
+        ready(self.hit_at(key, limit, window, Instant::now()))
+    }
+
+    fn record_usage<'a>(
+        &'a self,
+        key: &'a str,
+        endpoint: &'a str,
+        window: Duration,
+    ) -> StoreFuture<'a, ()> {
+        ready(self.record_usage_at(key, endpoint, window, Instant::now()))
+    }
+
+    fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>> {
+        ready(self.usage_at(key, Instant::now()))
     }
 
     fn kind(&self) -> &'static str {
@@ -78,19 +181,55 @@ impl RevocationStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn a_revocation_lasts_its_ttl() {
         let store = MemoryStore::new();
         let t0 = Instant::now();
+        store.insert_revoked("jti-1", secs(60), t0).expect("insert");
+        assert!(store.revoked_at("jti-1", t0 + secs(59)).expect("read"));
+        assert!(!store.revoked_at("jti-1", t0 + secs(60)).expect("read"));
+        assert!(!store.revoked_at("jti-2", t0).expect("read"));
+    }
+
+    #[test]
+    fn a_window_admits_its_limit_then_slides() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        for n in 1..=3 {
+            let count = store.hit_at("k", 3, secs(60), t0 + secs(n)).expect("hit");
+            assert_eq!((count.allowed, count.count), (true, n as u32));
+        }
+        let refused = store.hit_at("k", 3, secs(60), t0 + secs(10)).expect("hit");
+        assert_eq!((refused.allowed, refused.count), (false, 3));
+        assert_eq!(
+            refused.reset_after,
+            secs(51),
+            "the first hit leaves at 61 s"
+        );
+        let later = store.hit_at("k", 3, secs(60), t0 + secs(61)).expect("hit");
+        assert!(later.allowed, "the first hit has left the window");
+    }
+
+    #[test]
+    fn usage_counts_attempts_per_endpoint_for_the_window() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            store
+                .record_usage_at("u", "/login", secs(60), t0)
+                .expect("record");
+        }
         store
-            .insert("jti-1", Duration::from_secs(60), t0)
-            .expect("insert");
-        assert!(store
-            .contains("jti-1", t0 + Duration::from_secs(59))
-            .expect("read"));
-        assert!(!store
-            .contains("jti-1", t0 + Duration::from_secs(60))
-            .expect("read"));
-        assert!(!store.contains("jti-2", t0).expect("read"));
+            .record_usage_at("u", "role", secs(60), t0)
+            .expect("record");
+        assert_eq!(
+            store.usage_at("u", t0 + secs(1)).expect("read"),
+            vec![("/login".to_string(), 3), ("role".to_string(), 1)]
+        );
+        assert!(store.usage_at("u", t0 + secs(61)).expect("read").is_empty());
     }
 }

@@ -28,14 +28,45 @@ impl fmt::Display for StoreError {
 /// A boxed store call.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + 'a>>;
 
-/// Revoked tokens, each kept until it would have expired anyway.
-pub trait RevocationStore: Send + Sync {
-    /// Revokes the token identified by `id` (its `jti`, or a hash of it) for `ttl`.
+/// What the inbound features keep: revoked tokens, sliding-window
+/// counters and per-user usage. Keys passed in are already built with
+/// [`key`]; implementations add nothing raw.
+pub trait Store: Send + Sync {
+    /// Revokes the token identified by `id` (its `jti`, or the token) for `ttl`.
     fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
     /// Whether `id` was revoked.
     fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool>;
+    /// Counts one request against the sliding window `key` (at most `limit`
+    /// per `window`), atomically: the request is admitted only if the window
+    /// had room.
+    fn hit<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount>;
+    /// Adds one attempt to `endpoint` in the usage record `key`, kept for `window`.
+    fn record_usage<'a>(
+        &'a self,
+        key: &'a str,
+        endpoint: &'a str,
+        window: Duration,
+    ) -> StoreFuture<'a, ()>;
+    /// The usage record `key`: attempts per endpoint.
+    fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>>;
     /// `memory` or `redis`, for logs.
     fn kind(&self) -> &'static str;
+}
+
+/// The state of one sliding window after a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    /// Whether this request fit in the window.
+    pub allowed: bool,
+    /// Requests admitted in the window, this one included when allowed.
+    pub count: u32,
+    /// Until the oldest admitted request leaves the window.
+    pub reset_after: Duration,
 }
 
 /// The store key for `input` under `feature`: `outrigger:<feature>:<sha256 hex>`.

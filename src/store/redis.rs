@@ -1,25 +1,59 @@
-//! The Redis store (deadpool-redis): shared by every pod that points at the
-//! same Redis, each call bounded by `redis.timeout` so a slow Redis costs
-//! milliseconds, never seconds.
+//! The Redis store (deadpool-redis): shared by every sidecar on the same
+//! Redis. Each call is bounded by `redis.timeout`, so a slow Redis costs
+//! milliseconds; Redis is guarded by its own circuit breaker, so a dead one
+//! is not asked on every request; every failure counts in
+//! `redis_errors_total{op}`.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use deadpool_redis::redis::AsyncCommands;
+use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use log::warn;
+use prometheus::{IntCounterVec, IntGaugeVec};
 
-use super::{key, ttl_seconds, RevocationStore, StoreError, StoreFuture};
-use crate::config::RedisConfig;
+use super::{key, ttl_seconds, Store, StoreError, StoreFuture, WindowCount};
+use crate::config::{BreakerConfig, RedisConfig};
+use crate::replica::{BreakerState, CallResult, CircuitBreaker};
 
-/// Revocations in Redis, under `outrigger:revoked:<hash>` with a TTL.
+/// The sliding window as one atomic script: drop what left the window,
+/// admit if there is room, and say how many are in it and when the oldest
+/// leaves. KEYS[1] the window; ARGV now (µs), window (µs), limit, member.
+const WINDOW_SCRIPT: &str = r"
+local key, now, window, limit = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, 0, now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', key, now, ARGV[4])
+  count = count + 1
+  allowed = 1
+end
+redis.call('PEXPIRE', key, math.ceil(window / 1000))
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local first = now
+if oldest[2] then first = tonumber(oldest[2]) end
+return {allowed, count, first + window - now}
+";
+
+/// Shared state in Redis, under `outrigger:<feature>:<hash>` keys.
 pub struct RedisStore {
     pool: Pool,
     timeout: Duration,
+    breaker: Mutex<CircuitBreaker>,
+    window_script: Script,
+    errors: IntCounterVec,
+    connections: IntGaugeVec,
 }
 
 impl RedisStore {
     /// A pool for `config`; connections are made on first use.
-    pub fn new(config: &RedisConfig) -> Result<Self, StoreError> {
+    pub fn new(
+        config: &RedisConfig,
+        errors: IntCounterVec,
+        connections: IntGaugeVec,
+    ) -> Result<Self, StoreError> {
         let mut pool_config = Config::from_url(config.url.clone());
         pool_config.pool = Some(PoolConfig {
             max_size: config.pool_size as usize,
@@ -33,22 +67,80 @@ impl RedisStore {
         let pool = pool_config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|err| StoreError(format!("cannot set up the Redis pool: {err}")))?;
+        let breaker = BreakerConfig {
+            failure_threshold: 3,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(2),
+            max_cooldown: Duration::from_secs(30),
+            success_threshold: 1,
+            half_open_max_probes: 1,
+        };
         Ok(RedisStore {
             pool,
             timeout: config.timeout,
+            breaker: Mutex::new(CircuitBreaker::new(breaker, 0.1)),
+            window_script: Script::new(WINDOW_SCRIPT),
+            errors,
+            connections,
         })
     }
 
-    async fn bounded<T>(
+    /// Runs one Redis call unless the breaker is open, bounded by the timeout.
+    async fn call<T>(
         &self,
+        op: &str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        if !self.admits() {
+            self.errors.with_label_values(&[op]).inc();
+            return Err(StoreError(
+                "Redis is cut off by its circuit breaker".to_string(),
+            ));
+        }
+        let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError(format!(
                 "Redis did not answer within {}ms",
                 self.timeout.as_millis()
             ))),
+        };
+        if result.is_err() {
+            self.errors.with_label_values(&[op]).inc();
+        }
+        self.record(result.is_ok());
+        let status = self.pool.status();
+        self.connections
+            .with_label_values(&["idle"])
+            .set(status.available as i64);
+        self.connections
+            .with_label_values(&["in_use"])
+            .set((status.size - status.available) as i64);
+        result
+    }
+
+    fn admits(&self) -> bool {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return false;
+        };
+        breaker.poll(Instant::now());
+        breaker.state() != BreakerState::Open
+    }
+
+    fn record(&self, ok: bool) {
+        let Ok(mut breaker) = self.breaker.lock() else {
+            return;
+        };
+        let probe = breaker.state() == BreakerState::HalfOpen;
+        let result = if ok {
+            CallResult::Success
+        } else {
+            CallResult::Failure
+        };
+        if let Some(transition) = breaker.record(result, probe, Instant::now()) {
+            warn!(
+                "Redis circuit breaker: {} -> {}",
+                transition.from, transition.to
+            );
         }
     }
 }
@@ -57,9 +149,15 @@ fn redis_error(err: impl std::fmt::Display) -> StoreError {
     StoreError(format!("Redis: {err}"))
 }
 
-impl RevocationStore for RedisStore {
+fn micros_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Store for RedisStore {
     fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
-        Box::pin(self.bounded(async move {
+        Box::pin(self.call("revoke", async move {
             let mut connection = self.pool.get().await.map_err(redis_error)?;
             connection
                 .set_ex::<_, _, ()>(key("revoked", id), 1u8, ttl_seconds(ttl))
@@ -69,12 +167,70 @@ impl RevocationStore for RedisStore {
     }
 
     fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
-        Box::pin(self.bounded(async move {
+        Box::pin(self.call("is_revoked", async move {
             let mut connection = self.pool.get().await.map_err(redis_error)?;
             connection
                 .exists(key("revoked", id))
                 .await
                 .map_err(redis_error)
+        }))
+    }
+
+    fn hit<'a>(
+        &'a self,
+        key: &'a str,
+        limit: u32,
+        window: Duration,
+    ) -> StoreFuture<'a, WindowCount> {
+        Box::pin(self.call("rate_limit", async move {
+            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let now = micros_since_epoch();
+            let member = format!("{now}-{}", rand::random::<u32>());
+            let (allowed, count, reset_micros): (u8, u32, i64) = self
+                .window_script
+                .key(key)
+                .arg(now)
+                .arg(window.as_micros() as u64)
+                .arg(limit)
+                .arg(member)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            Ok(WindowCount {
+                allowed: allowed == 1,
+                count,
+                reset_after: Duration::from_micros(reset_micros.max(0) as u64),
+            })
+        }))
+    }
+
+    fn record_usage<'a>(
+        &'a self,
+        key: &'a str,
+        endpoint: &'a str,
+        window: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.call("usage", async move {
+            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            redis::pipe()
+                .atomic()
+                .hincr(key, endpoint, 1)
+                .ignore()
+                .expire(key, ttl_seconds(window) as i64)
+                .ignore()
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(redis_error)
+        }))
+    }
+
+    fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>> {
+        Box::pin(self.call("usage", async move {
+            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut counts: Vec<(String, u64)> =
+                connection.hgetall(key).await.map_err(redis_error)?;
+            counts.sort();
+            Ok(counts)
         }))
     }
 

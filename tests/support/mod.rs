@@ -440,7 +440,22 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        let port = closed_port();
+        RedisServer::start_on(closed_port()).await
+    }
+
+    /// Kills the server (its data goes with it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh server on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        *self = RedisServer::start_on(self.port).await;
+    }
+
+    async fn start_on(port: u16) -> RedisServer {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",

@@ -1,0 +1,270 @@
+//! Sliding-window rate limits on the inbound side: per route where a route
+//! limit matches, else per role; keyed by the caller's identity, or by
+//! client address for anonymous callers. Counted in the shared store (exact
+//! across workers and across sidecars sharing Redis); while Redis is down,
+//! `on_redis_error` decides (by default: count in this process).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::HttpRequest;
+use log::warn;
+use prometheus::IntCounterVec;
+
+use super::auth::Identity;
+use crate::config::{OnRedisError, RateLimitConfig};
+use crate::store::{key, MemoryStore, Store, WindowCount};
+
+/// The verdict for one request, and what its headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Requests left in the window.
+    pub remaining: u32,
+    /// Until the window has room again.
+    pub reset_after: Duration,
+    /// The window.
+    pub window: Duration,
+    /// `route` or `role`: the `scope` label of `rate_limited_total`.
+    pub scope: &'static str,
+}
+
+impl Verdict {
+    /// The `X-RateLimit-*` headers for this verdict.
+    pub fn headers(&self) -> [(HeaderName, HeaderValue); 4] {
+        let reset_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |now| (now + self.reset_after).as_secs());
+        let number =
+            |n: u64| HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("0"));
+        [
+            (
+                HeaderName::from_static("x-ratelimit-limit"),
+                number(u64::from(self.limit)),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-remaining"),
+                number(u64::from(self.remaining)),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-reset"),
+                number(reset_at),
+            ),
+            (
+                HeaderName::from_static("x-ratelimit-window"),
+                number(self.window.as_secs()),
+            ),
+        ]
+    }
+
+    /// Whole seconds to wait, for `Retry-After`.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.reset_after.as_secs() + u64::from(self.reset_after.subsec_nanos() > 0)
+    }
+}
+
+/// The limits and where they are counted.
+pub struct RateLimiter {
+    config: RateLimitConfig,
+    store: Arc<dyn Store>,
+    /// Counts while Redis is down (`on_redis_error: local`).
+    local: MemoryStore,
+    limited: IntCounterVec,
+}
+
+impl RateLimiter {
+    /// A limiter counting in `store`; refusals are counted in `limited`.
+    pub fn new(config: RateLimitConfig, store: Arc<dyn Store>, limited: IntCounterVec) -> Self {
+        RateLimiter {
+            config,
+            store,
+            local: MemoryStore::new(),
+            limited,
+        }
+    }
+
+    /// Counts `req` against its limit; `None` when no limit applies to it.
+    pub async fn check(
+        &self,
+        req: &HttpRequest,
+        identity: &Identity,
+        request_id: &str,
+    ) -> Option<Verdict> {
+        let (scope, bucket, limit, window) = self.limit_for(req.path(), identity)?;
+        let subject = self.subject(req, identity);
+        let window_key = key("ratelimit", &format!("{bucket}\0{subject}"));
+        let counted = match self.store.hit(&window_key, limit, window).await {
+            Ok(count) => count,
+            Err(err) => match self.config.on_redis_error {
+                OnRedisError::Local => {
+                    warn!("request {request_id}: rate limit counted in process: {err}");
+                    self.local.hit(&window_key, limit, window).await.ok()?
+                }
+                OnRedisError::Allow => {
+                    warn!("request {request_id}: rate limit skipped: {err}");
+                    return None;
+                }
+                OnRedisError::Deny => WindowCount {
+                    allowed: false,
+                    count: limit,
+                    reset_after: window,
+                },
+            },
+        };
+        let usage_key = key("usage", &subject);
+        if let Err(err) = self.store.record_usage(&usage_key, bucket, window).await {
+            let _ = self.local.record_usage(&usage_key, bucket, window).await;
+            log::debug!("request {request_id}: usage kept in process: {err}");
+        }
+        if !counted.allowed {
+            self.limited.with_label_values(&[scope]).inc();
+        }
+        Some(Verdict {
+            allowed: counted.allowed,
+            limit,
+            remaining: limit.saturating_sub(counted.count),
+            reset_after: counted.reset_after,
+            window,
+            scope,
+        })
+    }
+
+    /// Attempts per endpoint of user `id` within the window.
+    pub async fn usage(&self, id: &str) -> Result<Vec<(String, u64)>, String> {
+        let usage_key = key("usage", &format!("user:{id}"));
+        match self.store.usage(&usage_key).await {
+            Ok(usage) => Ok(usage),
+            Err(err) => {
+                let local = self
+                    .local
+                    .usage(&usage_key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                warn!("rate-limit usage from this process only: {err}");
+                Ok(local)
+            }
+        }
+    }
+
+    /// The limit on `path` for `identity`: (scope, bucket, limit, window).
+    fn limit_for<'a>(
+        &'a self,
+        path: &str,
+        identity: &Identity,
+    ) -> Option<(&'static str, &'a str, u32, Duration)> {
+        if let Some(route) = self
+            .config
+            .routes
+            .iter()
+            .find(|route| path.starts_with(&route.path))
+        {
+            return Some(("route", route.path.as_str(), route.limit, route.window));
+        }
+        let role_limit = |role: &str| {
+            self.config
+                .roles
+                .iter()
+                .find(|(r, _)| r == role)
+                .map(|(_, l)| *l)
+        };
+        let limit = if identity.user.is_empty() {
+            role_limit("anonymous")
+        } else {
+            identity
+                .roles
+                .iter()
+                .filter_map(|role| role_limit(role))
+                .max()
+                .or(self.config.default)
+        }?;
+        Some(("role", "role", limit, self.config.window))
+    }
+
+    /// Who is counted: the user, or the client address when anonymous.
+    fn subject(&self, req: &HttpRequest, identity: &Identity) -> String {
+        if !identity.user.is_empty() {
+            return format!("user:{}", identity.user);
+        }
+        format!(
+            "ip:{}",
+            client_ip(req, &self.config.trusted_proxies)
+                .map_or_else(String::new, |ip| ip.to_string())
+        )
+    }
+}
+
+/// The caller's address: the peer, or the last `X-Forwarded-For` hop not
+/// added by a trusted proxy when the peer is one.
+fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|hop| !trusted.contains(hop))
+            .unwrap_or(peer),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn proxy() -> IpAddr {
+        "10.0.0.1".parse().expect("ip")
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let through_proxy = TestRequest::default()
+            .peer_addr("10.0.0.1:1000".parse().expect("addr"))
+            .insert_header(("x-forwarded-for", "203.0.113.9, 10.0.0.1"))
+            .to_http_request();
+        assert_eq!(
+            client_ip(&through_proxy, &[proxy()]),
+            "203.0.113.9".parse().ok()
+        );
+        assert_eq!(
+            client_ip(&through_proxy, &[]),
+            Some(proxy()),
+            "an untrusted peer's header is ignored"
+        );
+        let direct = TestRequest::default()
+            .peer_addr("198.51.100.4:1000".parse().expect("addr"))
+            .insert_header(("x-forwarded-for", "1.2.3.4"))
+            .to_http_request();
+        assert_eq!(client_ip(&direct, &[proxy()]), "198.51.100.4".parse().ok());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let verdict = Verdict {
+            allowed: false,
+            limit: 5,
+            remaining: 0,
+            reset_after: Duration::from_millis(1500),
+            window: Duration::from_secs(60),
+            scope: "route",
+        };
+        assert_eq!(verdict.retry_after_secs(), 2);
+        let headers = verdict.headers();
+        assert_eq!(headers[0].1, "5");
+        assert_eq!(headers[3].1, "60");
+    }
+}
