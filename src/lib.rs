@@ -26,7 +26,7 @@ use actix_web::dev::ServerHandle;
 use log::info;
 
 use crate::config::Config;
-use crate::discovery::{StaticSource, Supervisor};
+use crate::discovery::{source_for, Supervisor};
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
 
@@ -50,10 +50,9 @@ impl Sidecar {
     pub async fn start(config: Config) -> io::Result<Sidecar> {
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(ServiceTable::new(&config.services));
-        let source = Box::new(StaticSource::new(&config.services));
         let supervisor = Supervisor::new(
             Arc::clone(&table),
-            source,
+            source_for(&config),
             config.discovery.refresh,
             Arc::clone(&metrics),
         )

@@ -2,6 +2,7 @@
 //! [`Snapshot`]; the [`Supervisor`] actor diffs it against the live set,
 //! starts a replica actor for each new endpoint and drains the ones that left.
 
+mod file;
 mod static_source;
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,8 +14,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use log::{debug, info, warn};
 
+pub use file::FileSource;
 pub use static_source::StaticSource;
 
+use crate::config::{Config, DiscoverySource as SourceKind};
 use crate::metrics::Metrics;
 use crate::replica::{Endpoint, Replica};
 use crate::service::{Placement, Service, ServiceTable};
@@ -67,6 +70,18 @@ pub trait DiscoverySource {
     /// configured interval, which is the default.
     fn next_fetch(&self, refresh: Duration) -> Duration {
         refresh
+    }
+}
+
+/// The source `config.discovery.source` names, set up from its section.
+pub fn source_for(config: &Config) -> Box<dyn DiscoverySource> {
+    let discovery = &config.discovery;
+    match discovery.source {
+        SourceKind::Static => Box::new(StaticSource::new(&config.services)),
+        SourceKind::File => Box::new(FileSource::new(
+            discovery.file.path.clone(),
+            discovery.refresh,
+        )),
     }
 }
 

@@ -148,8 +148,13 @@ fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io
 /// A config for an in-process sidecar on ephemeral ports; `services` is the
 /// YAML of the `services:` list.
 pub fn config(services: &str) -> Config {
+    config_with("", services)
+}
+
+/// Like [`config`], with more top-level YAML (a `discovery:` block) first.
+pub fn config_with(top: &str, services: &str) -> Config {
     let text = format!(
-        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\nservices:\n{services}"
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{top}\nservices:\n{services}"
     );
     Config::from_yaml(&text, &|_| None)
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"))
@@ -157,7 +162,12 @@ pub fn config(services: &str) -> Config {
 
 /// Starts a sidecar in this process and waits until it is ready.
 pub async fn sidecar(services: &str) -> Sidecar {
-    let sidecar = Sidecar::start(config(services))
+    sidecar_with("", services).await
+}
+
+/// Like [`sidecar`], with more top-level YAML (a `discovery:` block).
+pub async fn sidecar_with(top: &str, services: &str) -> Sidecar {
+    let sidecar = Sidecar::start(config_with(top, services))
         .await
         .expect("sidecar starts");
     let ready = format!("http://{}/ready", sidecar.admin_addr());
