@@ -21,6 +21,8 @@ pub struct Discovery {
     pub refresh: Duration,
     /// The `file` source's settings.
     pub file: FileDiscovery,
+    /// The `registry` source's settings.
+    pub registry: RegistryDiscovery,
 }
 
 /// The kinds of discovery source.
@@ -31,6 +33,8 @@ pub enum DiscoverySource {
     Static,
     /// Endpoints come from a YAML file that is watched for changes.
     File,
+    /// Endpoints come from an HTTP service registry.
+    Registry,
 }
 
 impl DiscoverySource {
@@ -39,16 +43,18 @@ impl DiscoverySource {
         match self {
             Self::Static => "static",
             Self::File => "file",
+            Self::Registry => "registry",
         }
     }
 }
 
 impl FromYaml for DiscoverySource {
-    const EXPECTED: &'static str = "one of static, file";
+    const EXPECTED: &'static str = "one of static, file, registry";
     fn from_yaml(value: &Value) -> Option<Self> {
         match value.as_str()? {
             "static" => Some(Self::Static),
             "file" => Some(Self::File),
+            "registry" => Some(Self::Registry),
             _ => None,
         }
     }
@@ -69,6 +75,24 @@ impl Default for FileDiscovery {
     }
 }
 
+/// Settings of the `registry` source.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryDiscovery {
+    /// The registry's base URL, `http://` only (default `http://service-discovery:9000`).
+    pub url: String,
+    /// Deregister a replica from the registry when its breaker opens (default true).
+    pub deregister_on_trip: bool,
+}
+
+impl Default for RegistryDiscovery {
+    fn default() -> Self {
+        RegistryDiscovery {
+            url: "http://service-discovery:9000".to_string(),
+            deregister_on_trip: true,
+        }
+    }
+}
+
 /// Reads the `discovery:` section; every key has a default.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
@@ -80,11 +104,18 @@ pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery>
         .unwrap_or(Duration::from_secs(30));
     positive(refresh, "discovery.refresh", problems);
     let file = table.section("file", &FileDiscovery::default(), problems, read_file);
+    let registry = table.section(
+        "registry",
+        &RegistryDiscovery::default(),
+        problems,
+        read_registry,
+    );
     table.finish(problems);
     Some(Discovery {
         source,
         refresh,
         file,
+        registry,
     })
 }
 
@@ -93,6 +124,29 @@ fn read_file(t: &mut Table, base: &FileDiscovery, problems: &mut Problems) -> Fi
         path: t
             .get::<String>("path", problems)
             .map_or_else(|| base.path.clone(), PathBuf::from),
+    }
+}
+
+fn read_registry(
+    t: &mut Table,
+    base: &RegistryDiscovery,
+    problems: &mut Problems,
+) -> RegistryDiscovery {
+    let url: String = t.get("url", problems).unwrap_or_else(|| base.url.clone());
+    let rest = url.strip_prefix("http://").unwrap_or("");
+    if rest.is_empty() || rest.starts_with('/') {
+        problems.add(
+            &t.path_of("url"),
+            format!(
+                "expected an http:// URL like \"http://service-discovery:9000\", got \"{url}\""
+            ),
+        );
+    }
+    RegistryDiscovery {
+        url: url.trim_end_matches('/').to_string(),
+        deregister_on_trip: t
+            .get("deregister_on_trip", problems)
+            .unwrap_or(base.deregister_on_trip),
     }
 }
 
@@ -116,6 +170,24 @@ mod tests {
         .expect("valid");
         assert_eq!(config.discovery.file.path.to_str(), Some("/tmp/e.yaml"));
         assert!(config.service("api").expect("api").endpoints.is_empty());
+    }
+
+    #[test]
+    fn the_registry_source_needs_a_plain_http_url() {
+        let config = Config::from_yaml(
+            "discovery: { source: registry, registry: { url: \"http://reg:9000/\", deregister_on_trip: false } }",
+            &|_| None,
+        )
+        .expect("valid");
+        assert_eq!(config.discovery.registry.url, "http://reg:9000");
+        assert!(!config.discovery.registry.deregister_on_trip);
+        assert_eq!(
+            errors("discovery: { registry: { url: \"https://reg\", deregister_on_trip: yes } }"),
+            vec![
+                "discovery.registry.url: expected an http:// URL like \"http://service-discovery:9000\", got \"https://reg\"",
+                "discovery.registry.deregister_on_trip: expected true or false, got \"yes\"",
+            ]
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! starts a replica actor for each new endpoint and drains the ones that left.
 
 mod file;
+mod registry;
+mod registry_feedback;
 mod static_source;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +17,7 @@ use actix::prelude::*;
 use log::{debug, info, warn};
 
 pub use file::FileSource;
+pub use registry::RegistrySource;
 pub use static_source::StaticSource;
 
 use crate::config::{Config, DiscoverySource as SourceKind};
@@ -58,6 +61,9 @@ pub type FetchResult = Result<Option<Snapshot>, String>;
 /// The future a source returns.
 pub type SnapshotFuture = Pin<Box<dyn Future<Output = FetchResult>>>;
 
+/// A future a source runs beside the supervisor to report back to its origin.
+pub type FeedbackFuture = Pin<Box<dyn Future<Output = ()>>>;
+
 /// A place replicas are listed: config, a file, a registry, DNS, Kubernetes.
 pub trait DiscoverySource {
     /// The `source` label of `discovery_syncs_total`.
@@ -71,6 +77,13 @@ pub trait DiscoverySource {
     fn next_fetch(&self, refresh: Duration) -> Duration {
         refresh
     }
+
+    /// Called every [`FEEDBACK_TICK`] with the live replicas, for a source
+    /// that reports traffic or breaker trips back to where it reads from;
+    /// the future runs beside the supervisor. The default reports nothing.
+    fn feedback(&mut self, _table: &ServiceTable, _metrics: &Metrics) -> Option<FeedbackFuture> {
+        None
+    }
 }
 
 /// The source `config.discovery.source` names, set up from its section.
@@ -82,8 +95,12 @@ pub fn source_for(config: &Config) -> Box<dyn DiscoverySource> {
             discovery.file.path.clone(),
             discovery.refresh,
         )),
+        SourceKind::Registry => Box::new(RegistrySource::new(&discovery.registry)),
     }
 }
+
+/// How often a source is offered [`DiscoverySource::feedback`].
+pub const FEEDBACK_TICK: Duration = Duration::from_millis(250);
 
 /// Extra time a removed replica gets, beyond its service's timeout, to finish its calls.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -140,6 +157,12 @@ impl Supervisor {
             .discovery_syncs
             .with_label_values(&[source, result])
             .inc();
+    }
+
+    fn feedback(&mut self) {
+        if let Some(report) = self.source.feedback(&self.table, &self.metrics) {
+            actix_rt::spawn(report);
+        }
     }
 
     fn apply(&mut self, snapshot: &Snapshot) {
@@ -214,6 +237,7 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sync(ctx);
+        ctx.run_interval(FEEDBACK_TICK, |supervisor, _| supervisor.feedback());
     }
 }
 
