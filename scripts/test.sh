@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, unit and integration tests.
-# Installs what the tests need when it is missing (redis-server via apt-get,
-# rustfmt/clippy via rustup); Rust crates come through cargo.
+# Installs what the tests need when it is missing (redis-server and dnsmasq
+# via apt-get, rustfmt/clippy via rustup); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server"
+# Packages the tests run as real servers: redis-server, and dnsmasq (from
+# dnsmasq-base, which has no system service) for the DNS discovery tests.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  # RUNLEVEL=1 keeps the package from starting a system-wide Redis.
+  # RUNLEVEL=1 keeps the packages from starting system-wide services.
   $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
-    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then

@@ -2,6 +2,7 @@
 //! is read, and each source's own settings (all with defaults, so only the
 //! chosen source's keys need writing).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub struct Discovery {
     pub file: FileDiscovery,
     /// The `registry` source's settings.
     pub registry: RegistryDiscovery,
+    /// The `dns` source's settings.
+    pub dns: DnsDiscovery,
 }
 
 /// The kinds of discovery source.
@@ -35,6 +38,8 @@ pub enum DiscoverySource {
     File,
     /// Endpoints come from an HTTP service registry.
     Registry,
+    /// Endpoints come from DNS records (a Kubernetes headless Service).
+    Dns,
 }
 
 impl DiscoverySource {
@@ -44,17 +49,19 @@ impl DiscoverySource {
             Self::Static => "static",
             Self::File => "file",
             Self::Registry => "registry",
+            Self::Dns => "dns",
         }
     }
 }
 
 impl FromYaml for DiscoverySource {
-    const EXPECTED: &'static str = "one of static, file, registry";
+    const EXPECTED: &'static str = "one of static, file, registry, dns";
     fn from_yaml(value: &Value) -> Option<Self> {
         match value.as_str()? {
             "static" => Some(Self::Static),
             "file" => Some(Self::File),
             "registry" => Some(Self::Registry),
+            "dns" => Some(Self::Dns),
             _ => None,
         }
     }
@@ -93,6 +100,32 @@ impl Default for RegistryDiscovery {
     }
 }
 
+/// Settings of the `dns` source.
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsDiscovery {
+    /// Appended to each service name to make the name looked up
+    /// (default `.default.svc.cluster.local`).
+    pub suffix: String,
+    /// The replicas' port with A/AAAA records (default 8080).
+    pub port: u16,
+    /// Look up SRV records at `<srv>.<service><suffix>` instead, like
+    /// `_http._tcp`; they carry the port (default: none, A/AAAA records).
+    pub srv: Option<String>,
+    /// Name servers as `ip:port` (default: none, those of `/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+impl Default for DnsDiscovery {
+    fn default() -> Self {
+        DnsDiscovery {
+            suffix: ".default.svc.cluster.local".to_string(),
+            port: 8080,
+            srv: None,
+            nameservers: Vec::new(),
+        }
+    }
+}
+
 /// Reads the `discovery:` section; every key has a default.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
@@ -110,12 +143,14 @@ pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery>
         problems,
         read_registry,
     );
+    let dns = table.section("dns", &DnsDiscovery::default(), problems, read_dns);
     table.finish(problems);
     Some(Discovery {
         source,
         refresh,
         file,
         registry,
+        dns,
     })
 }
 
@@ -147,6 +182,57 @@ fn read_registry(
         deregister_on_trip: t
             .get("deregister_on_trip", problems)
             .unwrap_or(base.deregister_on_trip),
+    }
+}
+
+fn read_dns(t: &mut Table, base: &DnsDiscovery, problems: &mut Problems) -> DnsDiscovery {
+    let port = match t.get::<u32>("port", problems) {
+        None => base.port,
+        Some(port) => u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| {
+                problems.add(
+                    &t.path_of("port"),
+                    format!("expected a port from 1 to 65535, got {port}"),
+                );
+                base.port
+            }),
+    };
+    let srv: Option<String> = t.get("srv", problems).or_else(|| base.srv.clone());
+    if srv.as_deref().is_some_and(|s| !s.starts_with('_')) {
+        problems.add(
+            &t.path_of("srv"),
+            "expected a service and protocol like \"_http._tcp\"",
+        );
+    }
+    let path = t.path_of("nameservers");
+    let nameservers = match t.list::<String>("nameservers", problems) {
+        None => base.nameservers.clone(),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| {
+                let parsed = text
+                    .parse::<SocketAddr>()
+                    .or_else(|_| text.parse().map(|ip| SocketAddr::new(ip, 53)));
+                if parsed.is_err() {
+                    problems.add(
+                        &format!("{path}[{index}]"),
+                        format!("expected an address like \"10.96.0.10\" or \"127.0.0.1:5353\", got \"{text}\""),
+                    );
+                }
+                parsed.ok()
+            })
+            .collect(),
+    };
+    DnsDiscovery {
+        suffix: t
+            .get("suffix", problems)
+            .unwrap_or_else(|| base.suffix.clone()),
+        port,
+        srv,
+        nameservers,
     }
 }
 
@@ -186,6 +272,28 @@ mod tests {
             vec![
                 "discovery.registry.url: expected an http:// URL like \"http://service-discovery:9000\", got \"https://reg\"",
                 "discovery.registry.deregister_on_trip: expected true or false, got \"yes\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_dns_source_reads_its_names_port_and_servers() {
+        let config = Config::from_yaml(
+            "discovery: { source: dns, dns: { suffix: .ns.svc, port: 9000, srv: _http._tcp, nameservers: [\"10.96.0.10\", \"127.0.0.1:5353\"] } }",
+            &|_| None,
+        )
+        .expect("valid");
+        let dns = &config.discovery.dns;
+        assert_eq!((dns.suffix.as_str(), dns.port), (".ns.svc", 9000));
+        assert_eq!(dns.srv.as_deref(), Some("_http._tcp"));
+        let servers: Vec<String> = dns.nameservers.iter().map(ToString::to_string).collect();
+        assert_eq!(servers, vec!["10.96.0.10:53", "127.0.0.1:5353"]);
+        assert_eq!(
+            errors("discovery: { dns: { port: 70000, srv: http, nameservers: [\"dns.local\"] } }"),
+            vec![
+                "discovery.dns.port: expected a port from 1 to 65535, got 70000",
+                "discovery.dns.srv: expected a service and protocol like \"_http._tcp\"",
+                "discovery.dns.nameservers[0]: expected an address like \"10.96.0.10\" or \"127.0.0.1:5353\", got \"dns.local\"",
             ]
         );
     }

@@ -2,6 +2,7 @@
 //! [`Snapshot`]; the [`Supervisor`] actor diffs it against the live set,
 //! starts a replica actor for each new endpoint and drains the ones that left.
 
+mod dns;
 mod file;
 mod registry;
 mod registry_feedback;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use log::{debug, info, warn};
 
+pub use dns::DnsSource;
 pub use file::FileSource;
 pub use registry::RegistrySource;
 pub use static_source::StaticSource;
@@ -96,6 +98,7 @@ pub fn source_for(config: &Config) -> Box<dyn DiscoverySource> {
             discovery.refresh,
         )),
         SourceKind::Registry => Box::new(RegistrySource::new(&discovery.registry)),
+        SourceKind::Dns => Box::new(DnsSource::new(&discovery.dns, &config.services)),
     }
 }
 

@@ -37,6 +37,11 @@ struct UpstreamState {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_at("127.0.0.1:0").await
+    }
+
+    /// An upstream bound to `addr` (any loopback address, port 0 for any).
+    pub async fn start_at(addr: &str) -> Upstream {
         let state = Arc::new(UpstreamState::default());
         state.status.store(200, Ordering::SeqCst);
         let shared = web::Data::from(Arc::clone(&state));
@@ -47,7 +52,7 @@ impl Upstream {
         })
         .workers(1)
         .disable_signals()
-        .bind("127.0.0.1:0")
+        .bind(addr)
         .expect("bind an upstream");
         let addr = server.addrs()[0];
         let server = server.run();
