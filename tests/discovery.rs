@@ -5,15 +5,21 @@
 mod support;
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint, Snapshot};
-use support::{get_json, sidecar, status_of, Upstream};
+use support::{first_service_replicas, sidecar, status_of, Upstream};
 
-fn endpoint(address: String, ready: bool) -> DiscoveredEndpoint {
-    DiscoveredEndpoint {
-        ready,
-        weight: 2,
-        zone: Some("eu-west-1a".to_string()),
-        ..DiscoveredEndpoint::new(address)
-    }
+/// A snapshot of service `api` with each `(address, ready)`, in zone
+/// `eu-west-1a` with weight 2.
+fn api(endpoints: [(String, bool); 2]) -> Snapshot {
+    let endpoints = endpoints
+        .into_iter()
+        .map(|(address, ready)| DiscoveredEndpoint {
+            ready,
+            weight: 2,
+            zone: Some("eu-west-1a".to_string()),
+            ..DiscoveredEndpoint::new(address)
+        })
+        .collect();
+    [("api".to_string(), endpoints)].into_iter().collect()
 }
 
 #[actix_web::test]
@@ -28,14 +34,7 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
     let apply = |snapshot: Snapshot| sidecar.supervisor().send(ApplySnapshot(snapshot));
 
-    let snapshot = [(
-        "api".to_string(),
-        vec![
-            endpoint(first.endpoint(), true),
-            endpoint(second.endpoint(), false),
-        ],
-    )];
-    apply(snapshot.into_iter().collect())
+    apply(api([(first.endpoint(), true), (second.endpoint(), false)]))
         .await
         .expect("supervisor alive");
     for _ in 0..6 {
@@ -46,9 +45,8 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
         (6, 0),
         "not ready: no traffic"
     );
-    let (_, services) = get_json(&format!("http://{}/services", sidecar.admin_addr())).await;
-    let replicas = &services["services"][0]["replicas"];
-    assert_eq!(replicas.as_array().map(Vec::len), Some(1), "{services}");
+    let replicas = first_service_replicas(&format!("http://{}", sidecar.admin_addr())).await;
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
     assert_eq!(replicas[0]["weight"], 2);
     assert_eq!(replicas[0]["zone"], "eu-west-1a");
 
@@ -62,14 +60,7 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
         "a snapshot without the service keeps its replicas"
     );
 
-    let snapshot = [(
-        "api".to_string(),
-        vec![
-            endpoint(first.endpoint(), false),
-            endpoint(second.endpoint(), true),
-        ],
-    )];
-    apply(snapshot.into_iter().collect())
+    apply(api([(first.endpoint(), false), (second.endpoint(), true)]))
         .await
         .expect("supervisor alive");
     for _ in 0..3 {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use support::{
-    closed_port, eventually, get_json, get_text, metric, sidecar_with, status_of, TempDir, Upstream,
+    closed_port, discovery_syncs, eventually, first_service_replicas, sidecar_with, status_of,
+    TempDir, Upstream,
 };
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
@@ -77,14 +78,6 @@ impl Drop for Dnsmasq {
     }
 }
 
-async fn replicas(admin: &str) -> Vec<serde_json::Value> {
-    let (_, services) = get_json(&format!("{admin}/services")).await;
-    services["services"][0]["replicas"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[actix_web::test]
 async fn replicas_follow_changing_a_records_within_their_ttl() {
     // Every replica on the same port, on its own loopback address.
@@ -110,7 +103,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
 
     dns.set_hosts("127.0.0.3 api.test\n");
     eventually("the removed replica leaves", || async {
-        replicas(&admin).await.len() == 1
+        first_service_replicas(&admin).await.len() == 1
     })
     .await;
     let first_hits = first.hits();
@@ -124,16 +117,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
     );
 
     let syncs = || async {
-        let metrics = get_text(&format!("{admin}/metrics")).await;
-        ["ok", "error"]
-            .iter()
-            .filter_map(|result| {
-                let series = format!(
-                    "outrigger_discovery_syncs_total{{result=\"{result}\",source=\"dns\"}}"
-                );
-                metric(&metrics, &series)
-            })
-            .sum::<f64>()
+        discovery_syncs(&admin, "dns", "ok").await + discovery_syncs(&admin, "dns", "error").await
     };
     let before = syncs().await;
     dns.set_hosts("");
@@ -146,7 +130,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
         Some(200),
         "a name with no records keeps the set"
     );
-    assert_eq!(replicas(&admin).await.len(), 1);
+    assert_eq!(first_service_replicas(&admin).await.len(), 1);
 }
 
 #[actix_web::test]
@@ -165,7 +149,7 @@ async fn srv_records_give_each_replica_its_port_and_weight() {
         Some(200)
     );
     assert_eq!(upstream.hits(), 1);
-    let replicas = replicas(&format!("http://{}", sidecar.admin_addr())).await;
+    let replicas = first_service_replicas(&format!("http://{}", sidecar.admin_addr())).await;
     assert_eq!(replicas.len(), 1);
     assert_eq!(replicas[0]["address"], upstream.endpoint());
     assert_eq!(replicas[0]["weight"], 5);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use outrigger::Sidecar;
 use support::{
-    client, config_with, eventually, get_json, get_text, metric, sidecar_with, status_of, TempDir,
-    Upstream,
+    assert_last_set_kept, client, config_with, discovery_syncs, eventually, get_json, get_text,
+    sidecar_with, status_of, TempDir, Upstream,
 };
 
 fn discovery(path: &Path) -> String {
@@ -30,12 +30,7 @@ fn swap_in(path: &Path, text: &str) {
 }
 
 async fn file_errors(admin: &str) -> f64 {
-    let metrics = get_text(&format!("{admin}/metrics")).await;
-    metric(
-        &metrics,
-        "outrigger_discovery_syncs_total{result=\"error\",source=\"file\"}",
-    )
-    .unwrap_or(0.0)
+    discovery_syncs(admin, "file", "error").await
 }
 
 #[actix_web::test]
@@ -71,17 +66,7 @@ async fn ready_waits_for_the_first_read_and_a_broken_file_keeps_the_last_set() {
         file_errors(&admin).await > errors_before
     })
     .await;
-    assert_eq!(status_of(&format!("{admin}/ready")).await, Some(200));
-    assert_eq!(
-        status_of(&url).await,
-        Some(200),
-        "the last good set is kept"
-    );
-    let metrics = get_text(&format!("{admin}/metrics")).await;
-    assert_eq!(
-        metric(&metrics, "outrigger_discovery_replicas{service=\"api\"}"),
-        Some(1.0)
-    );
+    assert_last_set_kept(&admin, &url, "api", 1).await;
     assert_eq!(upstream.hits(), 2);
 }
 

@@ -14,7 +14,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use outrigger::Sidecar;
 use serde_json::{json, Value};
 use support::{
-    config_with, eventually, get_json, get_text, metric, sidecar_with, status_of, Upstream,
+    assert_last_set_kept, config_with, discovery_syncs, eventually, first_service_replicas,
+    sidecar_with, status_of, Upstream,
 };
 
 /// A service registry speaking the seed gateway's protocol.
@@ -109,32 +110,35 @@ async fn list(state: web::Data<RegistryState>) -> HttpResponse {
     }
 }
 
-async fn increment(
-    state: web::Data<RegistryState>,
-    query: web::Query<HashMap<String, String>>,
-) -> HttpResponse {
-    let Some(id) = query.get("service_id") else {
-        return HttpResponse::BadRequest().finish();
-    };
-    *state
-        .increments
-        .lock()
-        .expect("lock")
-        .entry(id.clone())
-        .or_default() += 1;
-    HttpResponse::Ok().json(json!({"ok": true}))
+type IdQuery = web::Query<HashMap<String, String>>;
+
+async fn increment(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
+    with_id(&query, |id| {
+        let mut increments = state.increments.lock().expect("lock");
+        *increments.entry(id.to_string()).or_default() += 1;
+    })
 }
 
-async fn deregister(
-    state: web::Data<RegistryState>,
-    query: web::Query<HashMap<String, String>>,
-) -> HttpResponse {
-    let Some(id) = query.get("service_id") else {
-        return HttpResponse::BadRequest().finish();
-    };
-    state.replicas.lock().expect("lock").retain(|r| &r.0 != id);
-    state.deregistered.lock().expect("lock").push(id.clone());
-    HttpResponse::Ok().json(json!({"ok": true}))
+async fn deregister(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
+    with_id(&query, |id| {
+        state.replicas.lock().expect("lock").retain(|r| r.0 != id);
+        state
+            .deregistered
+            .lock()
+            .expect("lock")
+            .push(id.to_string());
+    })
+}
+
+/// Runs `record` with the `service_id` of the query: 200, or 400 without one.
+fn with_id(query: &IdQuery, record: impl FnOnce(&str)) -> HttpResponse {
+    match query.get("service_id") {
+        Some(id) => {
+            record(id);
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        None => HttpResponse::BadRequest().finish(),
+    }
 }
 
 fn discovery(registry: &Registry) -> String {
@@ -145,10 +149,7 @@ fn discovery(registry: &Registry) -> String {
 }
 
 async fn replica_count(admin: &str) -> usize {
-    let (_, services) = get_json(&format!("{admin}/services")).await;
-    services["services"][0]["replicas"]
-        .as_array()
-        .map_or(0, Vec::len)
+    first_service_replicas(admin).await.len()
 }
 
 #[actix_web::test]
@@ -239,22 +240,8 @@ async fn ready_waits_for_the_registry_and_an_outage_keeps_the_last_set() {
         .expect("sidecar starts");
     let admin = format!("http://{}", sidecar.admin_addr());
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
-    let errors = || async {
-        let metrics = get_text(&format!("{admin}/metrics")).await;
-        metric(
-            &metrics,
-            "outrigger_discovery_syncs_total{result=\"error\",source=\"registry\"}",
-        )
-        .unwrap_or(0.0)
-    };
-
     eventually("the registry has been read", || async {
-        let metrics = get_text(&format!("{admin}/metrics")).await;
-        metric(
-            &metrics,
-            "outrigger_discovery_syncs_total{result=\"ok\",source=\"registry\"}",
-        )
-        .is_some()
+        discovery_syncs(&admin, "registry", "ok").await > 0.0
     })
     .await;
     assert_eq!(
@@ -270,18 +257,8 @@ async fn ready_waits_for_the_registry_and_an_outage_keeps_the_last_set() {
 
     registry.handle.stop(true).await;
     eventually("failed reads are counted", || async {
-        errors().await >= 2.0
+        discovery_syncs(&admin, "registry", "error").await >= 2.0
     })
     .await;
-    assert_eq!(status_of(&format!("{admin}/ready")).await, Some(200));
-    assert_eq!(
-        status_of(&url).await,
-        Some(200),
-        "the last good set is kept"
-    );
-    let metrics = get_text(&format!("{admin}/metrics")).await;
-    assert_eq!(
-        metric(&metrics, "outrigger_discovery_replicas{service=\"api\"}"),
-        Some(1.0)
-    );
+    assert_last_set_kept(&admin, &url, "api", 1).await;
 }

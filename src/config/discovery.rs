@@ -238,14 +238,8 @@ fn read_dns(t: &mut Table, base: &DnsDiscovery, problems: &mut Problems) -> DnsD
 
 #[cfg(test)]
 mod tests {
+    use crate::config::tests::errors;
     use crate::config::Config;
-
-    fn errors(text: &str) -> Vec<String> {
-        match Config::from_yaml(text, &|_| None) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.iter().map(ToString::to_string).collect(),
-        }
-    }
 
     #[test]
     fn the_file_source_reads_its_path_and_services_need_no_endpoints() {

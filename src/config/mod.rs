@@ -557,7 +557,8 @@ mod tests {
         None
     }
 
-    fn errors(text: &str) -> Vec<String> {
+    /// The problems `text` has, as `outrigger check` prints them.
+    pub(super) fn errors(text: &str) -> Vec<String> {
         match Config::from_yaml(text, &no_env) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
