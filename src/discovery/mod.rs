@@ -80,9 +80,11 @@ pub trait DiscoverySource {
         refresh
     }
 
-    /// Called every [`FEEDBACK_TICK`] with the live replicas, for a source
-    /// that reports traffic or breaker trips back to where it reads from;
-    /// the future runs beside the supervisor. The default reports nothing.
+    /// Called every [`FEEDBACK_TICK`], and before each snapshot is applied
+    /// (so replicas about to leave are reported first), with the live
+    /// replicas, for a source that reports traffic or breaker trips back to
+    /// where it reads from; the future runs beside the supervisor. The
+    /// default reports nothing.
     fn feedback(&mut self, _table: &ServiceTable, _metrics: &Metrics) -> Option<FeedbackFuture> {
         None
     }
@@ -140,6 +142,7 @@ impl Supervisor {
             .map(move |result, supervisor, ctx| {
                 match result {
                     Ok(Some(snapshot)) => {
+                        supervisor.feedback();
                         supervisor.apply(&snapshot);
                         supervisor.count_sync(source, "ok");
                     }

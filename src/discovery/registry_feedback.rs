@@ -44,7 +44,11 @@ struct Outbox {
 pub struct Reporter {
     url: String,
     client: awc::Client,
-    ids: Rc<RefCell<Ids>>,
+    /// The ids of the last listing.
+    listed: Rc<RefCell<Ids>>,
+    /// The listed ids, plus those of replicas that left the listing but
+    /// still have counters, so their last requests are reported too.
+    known: Ids,
     deregister_on_trip: bool,
     outbox: Rc<RefCell<Outbox>>,
     /// Forwarded requests counted so far, by `(service, address)`.
@@ -55,17 +59,19 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter to the registry at `url`, naming replicas by `ids`.
+    /// A reporter to the registry at `url`, naming replicas by the ids of the
+    /// latest listing in `listed`.
     pub fn new(
         url: String,
         client: awc::Client,
-        ids: Rc<RefCell<Ids>>,
+        listed: Rc<RefCell<Ids>>,
         deregister_on_trip: bool,
     ) -> Self {
         Reporter {
             url,
             client,
-            ids,
+            listed,
+            known: Ids::new(),
             deregister_on_trip,
             outbox: Rc::new(RefCell::new(Outbox::default())),
             counted: HashMap::new(),
@@ -103,7 +109,14 @@ impl Reporter {
         for family in [&metrics.upstream_requests, &metrics.upstream_errors] {
             add_per_replica(family, &mut now);
         }
-        let ids = self.ids.borrow();
+        let listed = self.listed.borrow();
+        self.known
+            .retain(|replica, _| listed.contains_key(replica) || now.contains_key(replica));
+        self.known.extend(
+            listed
+                .iter()
+                .map(|(replica, id)| (replica.clone(), id.clone())),
+        );
         let mut outbox = self.outbox.borrow_mut();
         for (replica, &count) in &now {
             let before = self.counted.get(replica).copied().unwrap_or(0);
@@ -113,7 +126,7 @@ impl Reporter {
             } else {
                 count
             };
-            if let (Some(id), true) = (ids.get(replica), new > 0) {
+            if let (Some(id), true) = (self.known.get(replica), new > 0) {
                 *outbox.increments.entry(id.clone()).or_default() += new;
             }
         }
@@ -129,10 +142,9 @@ impl Reporter {
                 }
             }
         }
-        let ids = self.ids.borrow();
         let mut outbox = self.outbox.borrow_mut();
         for replica in open.difference(&self.open) {
-            match ids.get(replica) {
+            match self.known.get(replica) {
                 Some(id) => {
                     info!(
                         "registry: breaker of {}/{} opened; deregistering {id}",
