@@ -26,6 +26,8 @@ pub struct Discovery {
     pub registry: RegistryDiscovery,
     /// The `dns` source's settings.
     pub dns: DnsDiscovery,
+    /// The `kubernetes` source's settings.
+    pub kubernetes: KubernetesDiscovery,
 }
 
 /// The kinds of discovery source.
@@ -40,6 +42,8 @@ pub enum DiscoverySource {
     Registry,
     /// Endpoints come from DNS records (a Kubernetes headless Service).
     Dns,
+    /// Endpoints come from Kubernetes EndpointSlices, watched.
+    Kubernetes,
 }
 
 impl DiscoverySource {
@@ -50,18 +54,20 @@ impl DiscoverySource {
             Self::File => "file",
             Self::Registry => "registry",
             Self::Dns => "dns",
+            Self::Kubernetes => "kubernetes",
         }
     }
 }
 
 impl FromYaml for DiscoverySource {
-    const EXPECTED: &'static str = "one of static, file, registry, dns";
+    const EXPECTED: &'static str = "one of static, file, registry, dns, kubernetes";
     fn from_yaml(value: &Value) -> Option<Self> {
         match value.as_str()? {
             "static" => Some(Self::Static),
             "file" => Some(Self::File),
             "registry" => Some(Self::Registry),
             "dns" => Some(Self::Dns),
+            "kubernetes" => Some(Self::Kubernetes),
             _ => None,
         }
     }
@@ -126,6 +132,21 @@ impl Default for DnsDiscovery {
     }
 }
 
+/// Settings of the `kubernetes` source.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubernetesDiscovery {
+    /// The namespace whose EndpointSlices are watched (default `default`).
+    pub namespace: String,
+}
+
+impl Default for KubernetesDiscovery {
+    fn default() -> Self {
+        KubernetesDiscovery {
+            namespace: "default".to_string(),
+        }
+    }
+}
+
 /// Reads the `discovery:` section; every key has a default.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
@@ -144,6 +165,12 @@ pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery>
         read_registry,
     );
     let dns = table.section("dns", &DnsDiscovery::default(), problems, read_dns);
+    let kubernetes = table.section(
+        "kubernetes",
+        &KubernetesDiscovery::default(),
+        problems,
+        read_kubernetes,
+    );
     table.finish(problems);
     Some(Discovery {
         source,
@@ -151,6 +178,7 @@ pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery>
         file,
         registry,
         dns,
+        kubernetes,
     })
 }
 
@@ -236,6 +264,25 @@ fn read_dns(t: &mut Table, base: &DnsDiscovery, problems: &mut Problems) -> DnsD
     }
 }
 
+fn read_kubernetes(
+    t: &mut Table,
+    base: &KubernetesDiscovery,
+    problems: &mut Problems,
+) -> KubernetesDiscovery {
+    let namespace: String = t
+        .get("namespace", problems)
+        .unwrap_or_else(|| base.namespace.clone());
+    if !super::is_service_name(&namespace) {
+        problems.add(
+            &t.path_of("namespace"),
+            format!(
+                "expected a DNS label (lowercase letters, digits and '-'), got \"{namespace}\""
+            ),
+        );
+    }
+    KubernetesDiscovery { namespace }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::tests::errors;
@@ -289,6 +336,20 @@ mod tests {
                 "discovery.dns.srv: expected a service and protocol like \"_http._tcp\"",
                 "discovery.dns.nameservers[0]: expected an address like \"10.96.0.10\" or \"127.0.0.1:5353\", got \"dns.local\"",
             ]
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_source_reads_its_namespace() {
+        let config = Config::from_yaml(
+            "discovery: { source: kubernetes, kubernetes: { namespace: shop } }",
+            &|_| None,
+        )
+        .expect("valid");
+        assert_eq!(config.discovery.kubernetes.namespace, "shop");
+        assert_eq!(
+            errors("discovery: { kubernetes: { namespace: Shop_1 } }"),
+            vec!["discovery.kubernetes.namespace: expected a DNS label (lowercase letters, digits and '-'), got \"Shop_1\""]
         );
     }
 

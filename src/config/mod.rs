@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
-pub use discovery::{Discovery, DiscoverySource, DnsDiscovery, FileDiscovery, RegistryDiscovery};
+pub use discovery::{
+    Discovery, DiscoverySource, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery,
+};
 pub use reader::{format_duration, parse_duration, ConfigError};
 pub(crate) use reader::{FromYaml, Problems, Table};
 
@@ -658,7 +660,7 @@ defaults:
         assert_eq!(
             errors(text),
             vec![
-                "discovery.source: expected one of static, file, registry, dns, got \"consul\"",
+                "discovery.source: expected one of static, file, registry, dns, kubernetes, got \"consul\"",
                 "discovery.refresh: must be longer than 0s",
                 "defaults.circuit_breaker.failure_threshold: must be at least 1",
                 "defaults.circuit_breaker.max_cooldown: must not be shorter than cooldown",

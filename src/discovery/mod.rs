@@ -4,6 +4,7 @@
 
 mod dns;
 mod file;
+mod kubernetes;
 mod registry;
 mod registry_feedback;
 mod static_source;
@@ -19,6 +20,7 @@ use log::{debug, info, warn};
 
 pub use dns::DnsSource;
 pub use file::FileSource;
+pub use kubernetes::KubernetesSource;
 pub use registry::RegistrySource;
 pub use static_source::StaticSource;
 
@@ -101,6 +103,10 @@ pub fn source_for(config: &Config) -> Box<dyn DiscoverySource> {
         )),
         SourceKind::Registry => Box::new(RegistrySource::new(&discovery.registry)),
         SourceKind::Dns => Box::new(DnsSource::new(&discovery.dns, &config.services)),
+        SourceKind::Kubernetes => Box::new(KubernetesSource::new(
+            &discovery.kubernetes,
+            &config.services,
+        )),
     }
 }
 
@@ -136,7 +142,10 @@ impl Supervisor {
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
         let source = self.source.name();
-        self.source
+        // Spawned, not awaited in the mailbox: a watching source's fetch
+        // waits for the next change, and messages must not wait with it.
+        let fetch = self
+            .source
             .fetch()
             .into_actor(self)
             .map(move |result, supervisor, ctx| {
@@ -154,8 +163,8 @@ impl Supervisor {
                 }
                 let wait = supervisor.source.next_fetch(supervisor.refresh);
                 ctx.run_later(wait, |supervisor, ctx| supervisor.sync(ctx));
-            })
-            .wait(ctx);
+            });
+        ctx.spawn(fetch);
     }
 
     fn count_sync(&self, source: &str, result: &str) {
