@@ -5,7 +5,7 @@
 mod support;
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint, Snapshot};
-use support::{first_service_replicas, sidecar, status_of, Upstream};
+use support::{first_service_replicas, send_ok, sidecar, Upstream};
 
 /// A snapshot of service `api` with each `(address, ready)`, in zone
 /// `eu-west-1a` with weight 2.
@@ -37,9 +37,7 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
     apply(api([(first.endpoint(), true), (second.endpoint(), false)]))
         .await
         .expect("supervisor alive");
-    for _ in 0..6 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 6).await;
     assert_eq!(
         (first.hits(), second.hits()),
         (6, 0),
@@ -51,9 +49,7 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
     assert_eq!(replicas[0]["zone"], "eu-west-1a");
 
     apply(Snapshot::new()).await.expect("supervisor alive");
-    for _ in 0..3 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 3).await;
     assert_eq!(
         first.hits(),
         9,
@@ -63,9 +59,7 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
     apply(api([(first.endpoint(), false), (second.endpoint(), true)]))
         .await
         .expect("supervisor alive");
-    for _ in 0..3 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 3).await;
     assert_eq!(
         (first.hits(), second.hits()),
         (9, 3),

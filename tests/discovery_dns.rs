@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use support::{
-    closed_port, discovery_syncs, eventually, first_service_replicas, sidecar_with, status_of,
-    TempDir, Upstream,
+    closed_port, discovery_syncs, eventually, first_service_replicas, send_ok, sidecar_with,
+    status_of, TempDir, Upstream,
 };
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
@@ -88,9 +88,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
     let sidecar = sidecar_with(&dns.discovery(&format!("port: {port}")), "  - name: api").await;
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
     let admin = format!("http://{}", sidecar.admin_addr());
-    for _ in 0..3 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 3).await;
     assert_eq!(first.hits(), 3);
 
     // Refresh is a minute: only the 1 s TTL brings the new records in.
@@ -107,9 +105,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
     })
     .await;
     let first_hits = first.hits();
-    for _ in 0..3 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 3).await;
     assert_eq!(
         first.hits(),
         first_hits,

@@ -16,7 +16,8 @@ use actix_web::{App, HttpResponse, HttpServer};
 use outrigger::Sidecar;
 use serde_json::{json, Value};
 use support::{
-    config_with, eventually, first_service_replicas, get_json, status_of, TempDir, Upstream,
+    config_with, eventually, first_service_replicas, get_json, send_ok, status_of, TempDir,
+    Upstream,
 };
 use tokio::sync::mpsc;
 
@@ -204,13 +205,6 @@ fn terminating() -> Value {
     json!({"ready": false, "serving": true, "terminating": true})
 }
 
-/// Sends `count` requests; each must succeed.
-async fn send(url: &str, count: usize) {
-    for _ in 0..count {
-        assert_eq!(status_of(url).await, Some(200));
-    }
-}
-
 #[actix_web::test]
 async fn replicas_follow_endpoint_slice_events_and_a_relist_after_410() {
     // Every replica on one port (a slice has one), each on its own loopback address.
@@ -244,13 +238,13 @@ async fn replicas_follow_endpoint_slice_events_and_a_relist_after_410() {
         status_of(&format!("{admin}/ready")).await == Some(200)
     })
     .await;
-    send(&url, 6).await;
+    send_ok(&url, 6).await;
     assert_eq!((a.hits(), b.hits()), (6, 0), "not ready: no traffic");
 
     // MODIFIED: b turns ready.
     api.put("api-1", "api", &[(&a, ready()), (&b, ready())]);
     eventually("b gets traffic", || async {
-        send(&url, 1).await;
+        send_ok(&url, 1).await;
         b.hits() > 0
     })
     .await;
@@ -263,13 +257,13 @@ async fn replicas_follow_endpoint_slice_events_and_a_relist_after_410() {
     })
     .await;
     let a_hits = a.hits();
-    send(&url, 4).await;
+    send_ok(&url, 4).await;
     assert_eq!(a.hits(), a_hits, "a gets no traffic once not ready");
 
     // A change whose event is lost, then 410 Gone: the relist finds c.
     api.put_unseen_then_expire("api-2", "api", &[(&c, ready())]);
     eventually("c gets traffic after the relist", || async {
-        send(&url, 1).await;
+        send_ok(&url, 1).await;
         c.hits() > 0
     })
     .await;
@@ -284,11 +278,11 @@ async fn replicas_follow_endpoint_slice_events_and_a_relist_after_410() {
     api.delete("api-2");
     eventually("b gets traffic again", || async {
         let before = b.hits();
-        send(&url, 1).await;
+        send_ok(&url, 1).await;
         b.hits() > before
     })
     .await;
     let c_hits = c.hits();
-    send(&url, 4).await;
+    send_ok(&url, 4).await;
     assert_eq!(c.hits(), c_hits, "c's slice is gone");
 }

@@ -15,7 +15,7 @@ use outrigger::Sidecar;
 use serde_json::{json, Value};
 use support::{
     assert_last_set_kept, config_with, discovery_syncs, eventually, first_service_replicas,
-    sidecar_with, status_of, Upstream,
+    send_ok, sidecar_with, status_of, Upstream,
 };
 
 /// A service registry speaking the seed gateway's protocol.
@@ -162,9 +162,7 @@ async fn replicas_follow_the_registry_and_each_request_is_counted_back() {
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
     let admin = format!("http://{}", sidecar.admin_addr());
 
-    for _ in 0..10 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 10).await;
     assert_eq!(first.hits(), 10);
     eventually("the registry counts each request", || async {
         registry.increments("api-1") == 10
@@ -185,9 +183,7 @@ async fn replicas_follow_the_registry_and_each_request_is_counted_back() {
     })
     .await;
     let first_hits = first.hits();
-    for _ in 0..5 {
-        assert_eq!(status_of(&url).await, Some(200));
-    }
+    send_ok(&url, 5).await;
     assert_eq!(
         first.hits(),
         first_hits,

@@ -288,24 +288,24 @@ mod tests {
     use crate::config::tests::errors;
     use crate::config::Config;
 
+    fn valid(text: &str) -> Config {
+        Config::from_yaml(text, &|_| None).expect("valid")
+    }
+
     #[test]
     fn the_file_source_reads_its_path_and_services_need_no_endpoints() {
-        let config = Config::from_yaml(
+        let config = valid(
             "discovery: { source: file, file: { path: /tmp/e.yaml } }\nservices: [{name: api}]",
-            &|_| None,
-        )
-        .expect("valid");
+        );
         assert_eq!(config.discovery.file.path.to_str(), Some("/tmp/e.yaml"));
         assert!(config.service("api").expect("api").endpoints.is_empty());
     }
 
     #[test]
     fn the_registry_source_needs_a_plain_http_url() {
-        let config = Config::from_yaml(
+        let config = valid(
             "discovery: { source: registry, registry: { url: \"http://reg:9000/\", deregister_on_trip: false } }",
-            &|_| None,
-        )
-        .expect("valid");
+        );
         assert_eq!(config.discovery.registry.url, "http://reg:9000");
         assert!(!config.discovery.registry.deregister_on_trip);
         assert_eq!(
@@ -319,11 +319,9 @@ mod tests {
 
     #[test]
     fn the_dns_source_reads_its_names_port_and_servers() {
-        let config = Config::from_yaml(
+        let config = valid(
             "discovery: { source: dns, dns: { suffix: .ns.svc, port: 9000, srv: _http._tcp, nameservers: [\"10.96.0.10\", \"127.0.0.1:5353\"] } }",
-            &|_| None,
-        )
-        .expect("valid");
+        );
         let dns = &config.discovery.dns;
         assert_eq!((dns.suffix.as_str(), dns.port), (".ns.svc", 9000));
         assert_eq!(dns.srv.as_deref(), Some("_http._tcp"));
@@ -341,11 +339,7 @@ mod tests {
 
     #[test]
     fn the_kubernetes_source_reads_its_namespace() {
-        let config = Config::from_yaml(
-            "discovery: { source: kubernetes, kubernetes: { namespace: shop } }",
-            &|_| None,
-        )
-        .expect("valid");
+        let config = valid("discovery: { source: kubernetes, kubernetes: { namespace: shop } }");
         assert_eq!(config.discovery.kubernetes.namespace, "shop");
         assert_eq!(
             errors("discovery: { kubernetes: { namespace: Shop_1 } }"),

@@ -200,6 +200,13 @@ pub async fn status_of(url: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
+/// GETs `url` `count` times; each answer must be 200.
+pub async fn send_ok(url: &str, count: usize) {
+    for _ in 0..count {
+        assert_eq!(status_of(url).await, Some(200));
+    }
+}
+
 /// GETs `url` and returns status and JSON body.
 pub async fn get_json(url: &str) -> (u16, Value) {
     let mut response = client().get(url).send().await.expect("an answer");
