@@ -107,8 +107,11 @@ async fn services(state: web::Data<AdminState>) -> HttpResponse {
                 .replicas()
                 .iter()
                 .map(|e| {
+                    let placement = service.placement(&e.address);
                     json!({
                         "address": &*e.address,
+                        "weight": placement.as_ref().map(|p| p.weight),
+                        "zone": placement.and_then(|p| p.zone),
                         "load": e.status.in_flight(),
                         "ewma_ms": e.status.ewma_micros() / 1000.0,
                         "healthy": e.status.admits(),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{format_duration, Config, ConfigError};
+use crate::config::{format_duration, Config, ConfigError, DiscoverySource};
 use crate::inject::{inject, Options};
 use crate::Sidecar;
 
@@ -126,11 +126,20 @@ fn check(path: &Path) -> ExitCode {
                 "  listeners: outbound {}, admin {}",
                 config.listeners.outbound, config.listeners.admin
             );
+            let source = config.discovery.source;
+            println!(
+                "  discovery: {}, refresh {}",
+                source.as_str(),
+                format_duration(config.discovery.refresh)
+            );
             for service in &config.services {
+                let endpoints = match source {
+                    DiscoverySource::Static => format!("{} endpoints", service.endpoints.len()),
+                    other => format!("endpoints from {}", other.as_str()),
+                };
                 println!(
-                    "  service {}: {} endpoints, timeout {}, {:?}",
+                    "  service {}: {endpoints}, timeout {}, {:?}",
                     service.name,
-                    service.endpoints.len(),
                     format_duration(service.policy.timeout),
                     service.policy.load_balancer
                 );

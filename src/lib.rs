@@ -31,7 +31,7 @@ use log::info;
 use std::time::Duration;
 
 use crate::config::{Config, InboundConfig, JwtKeys};
-use crate::discovery::{StaticSource, Supervisor};
+use crate::discovery::{source_for, Supervisor};
 use crate::inbound::{Authenticator, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier};
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
@@ -59,10 +59,9 @@ impl Sidecar {
     pub async fn start(config: Config) -> io::Result<Sidecar> {
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(ServiceTable::new(&config.services, &metrics));
-        let source = Box::new(StaticSource::new(&config.services));
         let supervisor = Supervisor::new(
             Arc::clone(&table),
-            source,
+            source_for(&config),
             config.discovery.refresh,
             Arc::clone(&metrics),
         )

@@ -13,6 +13,15 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outbound::RetryBudget;
 use crate::replica::Endpoint;
 
+/// What discovery said about a replica besides its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The share of traffic the source asks for, relative to its siblings.
+    pub weight: u32,
+    /// The topology zone, when the source says.
+    pub zone: Option<String>,
+}
+
 /// One service: its policy and the replicas it has now.
 pub struct Service {
     /// The name apps call it by.
@@ -26,6 +35,7 @@ pub struct Service {
     /// This service's pre-resolved series.
     pub metrics: ServiceMetrics,
     replicas: ArcSwap<Vec<Arc<Endpoint>>>,
+    placements: ArcSwap<HashMap<Arc<str>, Placement>>,
     synced: AtomicBool,
     round_robin: AtomicUsize,
     in_flight: AtomicU32,
@@ -42,6 +52,7 @@ impl Service {
             retry_budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
             metrics: metrics.service(&config.name),
             replicas: ArcSwap::from_pointee(Vec::new()),
+            placements: ArcSwap::from_pointee(HashMap::new()),
             synced: AtomicBool::new(false),
             round_robin: AtomicUsize::new(0),
             in_flight: AtomicU32::new(0),
@@ -68,8 +79,19 @@ impl Service {
         self.replicas.load()
     }
 
-    /// Replaces the replica list (the supervisor's job) and marks the service synced.
-    pub fn set_replicas(&self, replicas: Vec<Arc<Endpoint>>) {
+    /// Where discovery placed the replica at `address`, while it is listed.
+    pub fn placement(&self, address: &str) -> Option<Placement> {
+        self.placements.load().get(address).cloned()
+    }
+
+    /// Replaces the replica list and their placements by address (the
+    /// supervisor's job) and marks the service synced.
+    pub fn set_replicas(
+        &self,
+        replicas: Vec<Arc<Endpoint>>,
+        placements: HashMap<Arc<str>, Placement>,
+    ) {
+        self.placements.store(Arc::new(placements));
         self.replicas.store(Arc::new(replicas));
         self.synced.store(true, Ordering::Release);
     }

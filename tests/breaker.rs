@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use outrigger::discovery::ApplySnapshot;
+use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint};
 use serde_json::Value;
 use support::{
     client, closed_port, eventually, get_json, get_text, metric, sidecar, status_of, Upstream,
@@ -205,9 +205,12 @@ async fn a_removed_replica_finishes_its_calls_and_gets_no_new_ones() {
     })
     .await;
 
-    let snapshot = [("api".to_string(), vec![staying.endpoint()])]
-        .into_iter()
-        .collect();
+    let snapshot = [(
+        "api".to_string(),
+        vec![DiscoveredEndpoint::new(staying.endpoint())],
+    )]
+    .into_iter()
+    .collect();
     sidecar
         .supervisor()
         .send(ApplySnapshot(snapshot))

@@ -154,13 +154,15 @@ impl Workload {
     fn pod(&mut self) -> (&mut ObjectMeta, &mut PodSpec) {
         match self {
             Workload::Pod(pod) => (&mut pod.metadata, pod.spec.as_mut().unwrap()),
-            Workload::Deployment(it) => template(&mut it.spec.template),
-            Workload::StatefulSet(it) => template(&mut it.spec.template),
-            Workload::DaemonSet(it) => template(&mut it.spec.template),
-            Workload::ReplicaSet(it) => template(it.spec.template.as_mut().unwrap()),
+            Workload::Deployment(it) => template(&mut it.spec.as_mut().unwrap().template),
+            Workload::StatefulSet(it) => template(&mut it.spec.as_mut().unwrap().template),
+            Workload::DaemonSet(it) => template(&mut it.spec.as_mut().unwrap().template),
+            Workload::ReplicaSet(it) => {
+                template(it.spec.as_mut().unwrap().template.as_mut().unwrap())
+            }
             Workload::Job(it) => template(&mut it.spec.as_mut().unwrap().template),
             Workload::CronJob(it) => {
-                let job = it.spec.job_template.spec.as_mut();
+                let job = it.spec.as_mut().unwrap().job_template.spec.as_mut();
                 template(&mut job.unwrap().template)
             }
         }
@@ -649,7 +651,13 @@ fn k8s_rbac_allows_only_reading_endpointslices_for_the_app_account() {
     );
     let subjects = binding.subjects.unwrap();
     let deployment: Deployment = strict(find("Deployment"));
-    let account = deployment.spec.template.spec.unwrap().service_account_name;
+    let account = deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .service_account_name;
     assert_eq!(subjects[0].kind, "ServiceAccount");
     assert_eq!(Some(subjects[0].name.clone()), account);
 }

@@ -2,6 +2,7 @@
 //! environment overrides. `Config::from_yaml` is the only way in, so every
 //! config the sidecar runs with has passed the same checks as `outrigger check`.
 
+mod discovery;
 mod env;
 mod inbound;
 mod reader;
@@ -13,12 +14,15 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
+pub use discovery::{
+    Discovery, DiscoverySource, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery,
+};
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConcurrency, InboundConfig,
     InboundListener, JwtConfig, JwtKeys, OnRedisError, RateLimitConfig, RedisConfig, RouteLimit,
 };
 pub use reader::{format_duration, parse_duration, ConfigError};
-use reader::{FromYaml, Problems, Table};
+pub(crate) use reader::{FromYaml, Problems, Table};
 
 /// Everything the sidecar needs to run.
 #[derive(Debug, Clone, Serialize)]
@@ -47,24 +51,6 @@ pub struct Listeners {
     pub admin: SocketAddr,
     /// Callers from outside the pod reach the app here (optional).
     pub inbound: Option<InboundListener>,
-}
-
-/// Which discovery source feeds the supervisor, and how often it is asked.
-#[derive(Debug, Clone, Serialize)]
-pub struct Discovery {
-    /// The source; only `static` (endpoints listed in the config) for now.
-    pub source: DiscoverySource,
-    /// How often a polling source is asked again (default 30s).
-    #[serde(serialize_with = "as_duration")]
-    pub refresh: Duration,
-}
-
-/// The kinds of discovery source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DiscoverySource {
-    /// Endpoints come from `services[].endpoints`.
-    Static,
 }
 
 /// How calls to one service are made: timeouts, balancing, breaker, retries.
@@ -317,11 +303,11 @@ fn read_config(
 ) -> Option<Config> {
     let mut top = Table::open(root, "", problems)?;
     let listeners = read_listeners(top.raw("listeners"), problems);
-    let discovery = read_discovery(top.raw("discovery"), problems);
+    let discovery = discovery::read(top.raw("discovery"), problems);
     let mut defaults = top.section("defaults", &Policy::default(), problems, read_policy_keys);
     let mut discovery = discovery?;
     env::apply(&mut defaults, &mut discovery, env, problems);
-    let services = read_services(top.raw("services"), &defaults, problems);
+    let services = read_services(top.raw("services"), &defaults, discovery.source, problems);
     let inbound = top.section("inbound", &None, problems, |t, _, problems| {
         Some(inbound::read_inbound(t, env, problems))
     });
@@ -397,26 +383,6 @@ fn read_bind(
             None
         }
     }
-}
-
-fn read_discovery(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
-    let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
-    let source = match table.get::<String>("source", problems).as_deref() {
-        None | Some("static") => DiscoverySource::Static,
-        Some(other) => {
-            problems.add(
-                "discovery.source",
-                format!("expected static (the only source this build has), got \"{other}\""),
-            );
-            DiscoverySource::Static
-        }
-    };
-    let refresh = table
-        .get("refresh", problems)
-        .unwrap_or(Duration::from_secs(30));
-    positive(refresh, "discovery.refresh", problems);
-    table.finish(problems);
-    Some(Discovery { source, refresh })
 }
 
 /// Reads the policy keys of `table` (shared by `defaults` and each service).
@@ -557,6 +523,7 @@ fn read_concurrency(
 fn read_services(
     value: Option<&Value>,
     defaults: &Policy,
+    source: DiscoverySource,
     problems: &mut Problems,
 ) -> Vec<ServiceConfig> {
     let items = match value {
@@ -570,7 +537,7 @@ fn read_services(
     let mut services: Vec<ServiceConfig> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let path = format!("services[{index}]");
-        let Some(service) = read_service(item, &path, defaults, problems) else {
+        let Some(service) = read_service(item, &path, defaults, source, problems) else {
             continue;
         };
         if services.iter().any(|s| s.name == service.name) {
@@ -588,6 +555,7 @@ fn read_service(
     value: &Value,
     path: &str,
     defaults: &Policy,
+    source: DiscoverySource,
     problems: &mut Problems,
 ) -> Option<ServiceConfig> {
     let mut t = Table::open(value, path, problems)?;
@@ -604,10 +572,18 @@ fn read_service(
         Some(_) => {}
     }
     let endpoints: Vec<String> = t.list("endpoints", problems).unwrap_or_default();
-    if endpoints.is_empty() {
+    if source == DiscoverySource::Static && endpoints.is_empty() {
         problems.add(
             &t.path_of("endpoints"),
             "required with discovery.source static: list host:port of each replica",
+        );
+    } else if source != DiscoverySource::Static && !endpoints.is_empty() {
+        problems.add(
+            &t.path_of("endpoints"),
+            format!(
+                "only read with discovery.source static; replicas come from {}",
+                source.as_str()
+            ),
         );
     }
     for (index, endpoint) in endpoints.iter().enumerate() {
@@ -645,7 +621,8 @@ fn is_service_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-fn is_host_port(endpoint: &str) -> bool {
+/// Whether `endpoint` looks like `host:port` with a port from 1 to 65535.
+pub(crate) fn is_host_port(endpoint: &str) -> bool {
     match endpoint.rsplit_once(':') {
         Some((host, port)) => {
             !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -674,7 +651,8 @@ mod tests {
         None
     }
 
-    fn errors(text: &str) -> Vec<String> {
+    /// The problems `text` has, as `outrigger check` prints them.
+    pub(super) fn errors(text: &str) -> Vec<String> {
         match Config::from_yaml(text, &no_env) {
             Ok(_) => Vec::new(),
             Err(errors) => errors.iter().map(ToString::to_string).collect(),
@@ -774,7 +752,7 @@ defaults:
         assert_eq!(
             errors(text),
             vec![
-                "discovery.source: expected static (the only source this build has), got \"consul\"",
+                "discovery.source: expected one of static, file, registry, dns, kubernetes, got \"consul\"",
                 "discovery.refresh: must be longer than 0s",
                 "defaults.circuit_breaker.failure_threshold: must be at least 1",
                 "defaults.circuit_breaker.max_cooldown: must not be shorter than cooldown",

@@ -2,6 +2,11 @@
 //! [`Snapshot`]; the [`Supervisor`] actor diffs it against the live set,
 //! starts a replica actor for each new endpoint and drains the ones that left.
 
+mod dns;
+mod file;
+mod kubernetes;
+mod registry;
+mod registry_feedback;
 mod static_source;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,27 +16,102 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{info, warn};
+use log::{debug, info, warn};
 
+pub use dns::DnsSource;
+pub use file::FileSource;
+pub use kubernetes::KubernetesSource;
+pub use registry::RegistrySource;
 pub use static_source::StaticSource;
 
+use crate::config::{Config, DiscoverySource as SourceKind};
 use crate::metrics::Metrics;
 use crate::replica::{Endpoint, Replica};
-use crate::service::{Service, ServiceTable};
+use crate::service::{Placement, Service, ServiceTable};
 
-/// Every service's endpoints (`host:port`) at one moment.
-pub type Snapshot = BTreeMap<String, Vec<String>>;
+/// One replica as a source lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredEndpoint {
+    /// `host:port`.
+    pub address: String,
+    /// The share of traffic the source asks for, relative to its siblings (default 1).
+    pub weight: u32,
+    /// The topology zone the source places it in, when it says.
+    pub zone: Option<String>,
+    /// Whether it may get traffic; a replica that is not ready is drained.
+    pub ready: bool,
+}
 
-/// The future a source returns: a snapshot, or why there is none.
-pub type SnapshotFuture = Pin<Box<dyn Future<Output = Result<Snapshot, String>>>>;
+impl DiscoveredEndpoint {
+    /// A ready endpoint at `address` with weight 1 and no zone.
+    pub fn new(address: impl Into<String>) -> Self {
+        DiscoveredEndpoint {
+            address: address.into(),
+            weight: 1,
+            zone: None,
+            ready: true,
+        }
+    }
+}
+
+/// Every service's endpoints at one moment. A service a source does not
+/// mention keeps its replicas; a service listed with no ready endpoint has none.
+pub type Snapshot = BTreeMap<String, Vec<DiscoveredEndpoint>>;
+
+/// What one fetch found: a snapshot, `None` when nothing changed since the
+/// last one (a watched file that was not touched), or why there is none.
+pub type FetchResult = Result<Option<Snapshot>, String>;
+
+/// The future a source returns.
+pub type SnapshotFuture = Pin<Box<dyn Future<Output = FetchResult>>>;
+
+/// A future a source runs beside the supervisor to report back to its origin.
+pub type FeedbackFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 /// A place replicas are listed: config, a file, a registry, DNS, Kubernetes.
 pub trait DiscoverySource {
     /// The `source` label of `discovery_syncs_total`.
     fn name(&self) -> &'static str;
+
     /// Fetches the current snapshot.
     fn fetch(&mut self) -> SnapshotFuture;
+
+    /// How long to wait after a fetch before the next one; `refresh` is the
+    /// configured interval, which is the default.
+    fn next_fetch(&self, refresh: Duration) -> Duration {
+        refresh
+    }
+
+    /// Called every [`FEEDBACK_TICK`], and before each snapshot is applied
+    /// (so replicas about to leave are reported first), with the live
+    /// replicas, for a source that reports traffic or breaker trips back to
+    /// where it reads from; the future runs beside the supervisor. The
+    /// default reports nothing.
+    fn feedback(&mut self, _table: &ServiceTable, _metrics: &Metrics) -> Option<FeedbackFuture> {
+        None
+    }
 }
+
+/// The source `config.discovery.source` names, set up from its section.
+pub fn source_for(config: &Config) -> Box<dyn DiscoverySource> {
+    let discovery = &config.discovery;
+    match discovery.source {
+        SourceKind::Static => Box::new(StaticSource::new(&config.services)),
+        SourceKind::File => Box::new(FileSource::new(
+            discovery.file.path.clone(),
+            discovery.refresh,
+        )),
+        SourceKind::Registry => Box::new(RegistrySource::new(&discovery.registry)),
+        SourceKind::Dns => Box::new(DnsSource::new(&discovery.dns, &config.services)),
+        SourceKind::Kubernetes => Box::new(KubernetesSource::new(
+            &discovery.kubernetes,
+            &config.services,
+        )),
+    }
+}
+
+/// How often a source is offered [`DiscoverySource::feedback`].
+pub const FEEDBACK_TICK: Duration = Duration::from_millis(250);
 
 /// Extra time a removed replica gets, beyond its service's timeout, to finish its calls.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -62,26 +142,48 @@ impl Supervisor {
 
     fn sync(&mut self, ctx: &mut Context<Self>) {
         let source = self.source.name();
-        self.source
+        // Spawned, not awaited in the mailbox: a watching source's fetch
+        // waits for the next change, and messages must not wait with it.
+        let fetch = self
+            .source
             .fetch()
             .into_actor(self)
-            .map(move |result, supervisor, _| match result {
-                Ok(snapshot) => {
-                    supervisor.apply(&snapshot);
-                    supervisor.metrics.discovery_syncs.with_label_values(&[source, "ok"]).inc();
+            .map(move |result, supervisor, ctx| {
+                match result {
+                    Ok(Some(snapshot)) => {
+                        supervisor.feedback();
+                        supervisor.apply(&snapshot);
+                        supervisor.count_sync(source, "ok");
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        warn!("discovery sync from {source} failed, keeping the last replica set: {reason}");
+                        supervisor.count_sync(source, "error");
+                    }
                 }
-                Err(reason) => {
-                    warn!("discovery sync from {source} failed, keeping the last replica set: {reason}");
-                    supervisor.metrics.discovery_syncs.with_label_values(&[source, "error"]).inc();
-                }
-            })
-            .wait(ctx);
+                let wait = supervisor.source.next_fetch(supervisor.refresh);
+                ctx.run_later(wait, |supervisor, ctx| supervisor.sync(ctx));
+            });
+        ctx.spawn(fetch);
+    }
+
+    fn count_sync(&self, source: &str, result: &str) {
+        self.metrics
+            .discovery_syncs
+            .with_label_values(&[source, result])
+            .inc();
+    }
+
+    fn feedback(&mut self) {
+        if let Some(report) = self.source.feedback(&self.table, &self.metrics) {
+            actix_rt::spawn(report);
+        }
     }
 
     fn apply(&mut self, snapshot: &Snapshot) {
         for service in self.table.iter() {
             match snapshot.get(&*service.name) {
-                Some(addresses) => self.apply_service(service, addresses),
+                Some(endpoints) => self.apply_service(service, endpoints),
                 None => warn!(
                     "discovery has no entry for service {}; keeping its {} replicas",
                     service.name,
@@ -91,16 +193,22 @@ impl Supervisor {
         }
     }
 
-    fn apply_service(&self, service: &Service, addresses: &[String]) {
+    fn apply_service(&self, service: &Service, endpoints: &[DiscoveredEndpoint]) {
         let current = service.replicas();
         let mut kept: HashMap<&str, &Arc<Endpoint>> =
             current.iter().map(|e| (&*e.address, e)).collect();
-        let mut next = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            if next.iter().any(|e: &Arc<Endpoint>| &*e.address == address) {
+        let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(endpoints.len());
+        let mut placements = HashMap::with_capacity(endpoints.len());
+        for discovered in endpoints {
+            let address = discovered.address.as_str();
+            if !discovered.ready {
+                debug!("service {}: {address} is not ready", service.name);
                 continue;
             }
-            let endpoint = match kept.remove(address.as_str()) {
+            if next.iter().any(|e| &*e.address == address) {
+                continue;
+            }
+            let endpoint = match kept.remove(address) {
                 Some(endpoint) => Arc::clone(endpoint),
                 None => Replica::spawn(
                     Arc::clone(&service.name),
@@ -110,6 +218,13 @@ impl Supervisor {
                     Arc::clone(&self.metrics),
                 ),
             };
+            placements.insert(
+                Arc::clone(&endpoint.address),
+                Placement {
+                    weight: discovered.weight,
+                    zone: discovered.zone.clone(),
+                },
+            );
             next.push(endpoint);
         }
         let changed = !kept.is_empty() || next.len() != current.len();
@@ -121,9 +236,15 @@ impl Supervisor {
             .with_label_values(&[&service.name])
             .set(next.len() as i64);
         if changed {
-            info!("service {}: {} replicas", service.name, next.len());
+            info!(
+                "service {}: {} replicas ({} listed, {} draining)",
+                service.name,
+                next.len(),
+                endpoints.len(),
+                kept.len()
+            );
         }
-        service.set_replicas(next);
+        service.set_replicas(next, placements);
     }
 }
 
@@ -132,7 +253,7 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sync(ctx);
-        ctx.run_interval(self.refresh, |supervisor, ctx| supervisor.sync(ctx));
+        ctx.run_interval(FEEDBACK_TICK, |supervisor, _| supervisor.feedback());
     }
 }
 

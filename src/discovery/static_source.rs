@@ -1,6 +1,6 @@
 //! The `static` source: the endpoints listed under `services[].endpoints`.
 
-use super::{DiscoverySource, Snapshot, SnapshotFuture};
+use super::{DiscoveredEndpoint, DiscoverySource, Snapshot, SnapshotFuture};
 use crate::config::ServiceConfig;
 
 /// Replicas as the config file lists them; never changes.
@@ -13,7 +13,10 @@ impl StaticSource {
     pub fn new(services: &[ServiceConfig]) -> Self {
         let snapshot = services
             .iter()
-            .map(|s| (s.name.clone(), s.endpoints.clone()))
+            .map(|s| {
+                let endpoints = s.endpoints.iter().map(DiscoveredEndpoint::new).collect();
+                (s.name.clone(), endpoints)
+            })
             .collect();
         StaticSource { snapshot }
     }
@@ -26,6 +29,6 @@ impl DiscoverySource for StaticSource {
 
     fn fetch(&mut self) -> SnapshotFuture {
         let snapshot = self.snapshot.clone();
-        Box::pin(async move { Ok(snapshot) })
+        Box::pin(async move { Ok(Some(snapshot)) })
     }
 }

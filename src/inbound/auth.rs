@@ -190,7 +190,11 @@ impl Authenticator {
         let mut verified = verifier.verify(token);
         if let (Err(JwtRejection::UnknownKid), Some(jwks)) = (&verified, &self.jwks) {
             // Keys may have rotated: fetch them (rate-limited) and try once more.
-            let _ = jwks.send(FetchNow).await;
+            let _ = jwks
+                .send(FetchNow {
+                    kid: Verifier::kid_of(token),
+                })
+                .await;
             verified = verifier.verify(token);
         }
         let claims = match verified {

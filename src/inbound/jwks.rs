@@ -25,6 +25,9 @@ pub struct JwksFetcher {
     client: awc::Client,
     /// When an unknown `kid` last caused a fetch.
     last_early_fetch: Option<Instant>,
+    /// Whether any fetch has installed keys yet; until one has, early
+    /// fetches are not rate-limited (a token may arrive before the first).
+    installed: bool,
 }
 
 impl JwksFetcher {
@@ -37,6 +40,7 @@ impl JwksFetcher {
             verifier,
             client,
             last_early_fetch: None,
+            installed: false,
         }
     }
 
@@ -57,7 +61,10 @@ impl JwksFetcher {
             .into_actor(self)
             .map(move |document, fetcher, _| {
                 match document.and_then(|document| fetcher.verifier.install_jwks(&document)) {
-                    Ok(count) => info!("JWKS from {url}: {count} keys"),
+                    Ok(count) => {
+                        fetcher.installed = true;
+                        info!("JWKS from {url}: {count} keys");
+                    }
                     Err(why) => warn!("JWKS from {url}: {why}; keeping the keys in use"),
                 }
             }),
@@ -74,23 +81,33 @@ impl Actor for JwksFetcher {
     }
 }
 
-/// A token named an unknown `kid`: fetch now unless a fetch was recent.
-/// Answers once the keys are as fresh as they will get.
+/// A token named an unknown `kid`: fetch now, unless the key has arrived
+/// meanwhile or an early fetch was recent. Answers once the keys are as
+/// fresh as they will get.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct FetchNow;
+pub struct FetchNow {
+    /// The `kid` that was not found.
+    pub kid: Option<String>,
+}
 
 impl Handler<FetchNow> for JwksFetcher {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: FetchNow, _: &mut Context<Self>) -> Self::Result {
-        if self
+    fn handle(&mut self, request: FetchNow, _: &mut Context<Self>) -> Self::Result {
+        let arrived = request
+            .kid
+            .as_deref()
+            .is_some_and(|kid| self.verifier.knows(kid));
+        let recent = self
             .last_early_fetch
-            .is_some_and(|at| at.elapsed() < MIN_REFETCH)
-        {
+            .is_some_and(|at| at.elapsed() < MIN_REFETCH);
+        if arrived || recent {
             return Box::pin(actix::fut::ready(()));
         }
-        self.last_early_fetch = Some(Instant::now());
+        if self.installed {
+            self.last_early_fetch = Some(Instant::now());
+        }
         self.fetch()
     }
 }

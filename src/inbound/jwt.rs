@@ -167,6 +167,16 @@ impl Verifier {
         Ok(count)
     }
 
+    /// Whether a key with this `kid` is in force.
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.load().by_kid.contains_key(kid)
+    }
+
+    /// The `kid` in a token's header, if it has one.
+    pub fn kid_of(token: &str) -> Option<String> {
+        decode_header(token).ok()?.kid
+    }
+
     /// Verifies `token` and returns its claims.
     pub fn verify(&self, token: &str) -> Result<TokenClaims, JwtRejection> {
         if token.len() > MAX_TOKEN_BYTES {

@@ -39,6 +39,11 @@ struct UpstreamState {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::start_at("127.0.0.1:0").await
+    }
+
+    /// An upstream bound to `addr` (any loopback address, port 0 for any).
+    pub async fn start_at(addr: &str) -> Upstream {
         let state = Arc::new(UpstreamState::default());
         state.status.store(200, Ordering::SeqCst);
         let shared = web::Data::from(Arc::clone(&state));
@@ -49,7 +54,7 @@ impl Upstream {
         })
         .workers(1)
         .disable_signals()
-        .bind("127.0.0.1:0")
+        .bind(addr)
         .expect("bind an upstream");
         let addr = server.addrs()[0];
         let server = server.run();
@@ -161,8 +166,13 @@ fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io
 /// A config for an in-process sidecar on ephemeral ports; `services` is the
 /// YAML of the `services:` list.
 pub fn config(services: &str) -> Config {
+    config_with("", services)
+}
+
+/// Like [`config`], with more top-level YAML (a `discovery:` block) first.
+pub fn config_with(top: &str, services: &str) -> Config {
     let text = format!(
-        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\nservices:\n{services}"
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{top}\nservices:\n{services}"
     );
     Config::from_yaml(&text, &|_| None)
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"))
@@ -170,7 +180,12 @@ pub fn config(services: &str) -> Config {
 
 /// Starts a sidecar in this process and waits until it is ready.
 pub async fn sidecar(services: &str) -> Sidecar {
-    let sidecar = Sidecar::start(config(services))
+    sidecar_with("", services).await
+}
+
+/// Like [`sidecar`], with more top-level YAML (a `discovery:` block).
+pub async fn sidecar_with(top: &str, services: &str) -> Sidecar {
+    let sidecar = Sidecar::start(config_with(top, services))
         .await
         .expect("sidecar starts");
     let ready = format!("http://{}/ready", sidecar.admin_addr());
@@ -198,6 +213,13 @@ pub async fn status_of(url: &str) -> Option<u16> {
         .map(|r| r.status().as_u16())
 }
 
+/// GETs `url` `count` times; each answer must be 200.
+pub async fn send_ok(url: &str, count: usize) {
+    for _ in 0..count {
+        assert_eq!(status_of(url).await, Some(200));
+    }
+}
+
 /// GETs `url` and returns status and JSON body.
 pub async fn get_json(url: &str) -> (u16, Value) {
     let mut response = client().get(url).send().await.expect("an answer");
@@ -211,6 +233,33 @@ pub async fn get_text(url: &str) -> String {
     let mut response = client().get(url).send().await.expect("an answer");
     let body = response.body().limit(16 << 20).await.expect("a body");
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `discovery_syncs_total{source,result}` as the sidecar at `admin` (a base URL) counts it.
+pub async fn discovery_syncs(admin: &str, source: &str, result: &str) -> f64 {
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    let series =
+        format!("outrigger_discovery_syncs_total{{result=\"{result}\",source=\"{source}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+/// The replicas `/services` lists for the first service.
+pub async fn first_service_replicas(admin: &str) -> Vec<Value> {
+    let (_, services) = get_json(&format!("{admin}/services")).await;
+    services["services"][0]["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// After a failed discovery read: still ready, `url` still answers, and
+/// `service` still has `replicas` replicas.
+pub async fn assert_last_set_kept(admin: &str, url: &str, service: &str, replicas: usize) {
+    assert_eq!(status_of(&format!("{admin}/ready")).await, Some(200));
+    assert_eq!(status_of(url).await, Some(200), "the last good set is kept");
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    let series = format!("outrigger_discovery_replicas{{service=\"{service}\"}}");
+    assert_eq!(metric(&metrics, &series), Some(replicas as f64));
 }
 
 /// Polls `check` every 20 ms until it holds; fails the test after 10 s.

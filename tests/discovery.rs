@@ -1,0 +1,68 @@
+//! The supervisor follows discovery snapshots: endpoints that are not ready
+//! get no traffic, a snapshot that forgets a service keeps its replicas, and
+//! what discovery says about each replica shows in `/services`.
+
+mod support;
+
+use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint, Snapshot};
+use support::{first_service_replicas, send_ok, sidecar, Upstream};
+
+/// A snapshot of service `api` with each `(address, ready)`, in zone
+/// `eu-west-1a` with weight 2.
+fn api(endpoints: [(String, bool); 2]) -> Snapshot {
+    let endpoints = endpoints
+        .into_iter()
+        .map(|(address, ready)| DiscoveredEndpoint {
+            ready,
+            weight: 2,
+            zone: Some("eu-west-1a".to_string()),
+            ..DiscoveredEndpoint::new(address)
+        })
+        .collect();
+    [("api".to_string(), endpoints)].into_iter().collect()
+}
+
+#[actix_web::test]
+async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_replicas() {
+    let first = Upstream::start().await;
+    let second = Upstream::start().await;
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        first.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let apply = |snapshot: Snapshot| sidecar.supervisor().send(ApplySnapshot(snapshot));
+
+    apply(api([(first.endpoint(), true), (second.endpoint(), false)]))
+        .await
+        .expect("supervisor alive");
+    send_ok(&url, 6).await;
+    assert_eq!(
+        (first.hits(), second.hits()),
+        (6, 0),
+        "not ready: no traffic"
+    );
+    let replicas = first_service_replicas(&format!("http://{}", sidecar.admin_addr())).await;
+    assert_eq!(replicas.len(), 1, "{replicas:?}");
+    assert_eq!(replicas[0]["weight"], 2);
+    assert_eq!(replicas[0]["zone"], "eu-west-1a");
+
+    apply(Snapshot::new()).await.expect("supervisor alive");
+    send_ok(&url, 3).await;
+    assert_eq!(
+        first.hits(),
+        9,
+        "a snapshot without the service keeps its replicas"
+    );
+
+    apply(api([(first.endpoint(), false), (second.endpoint(), true)]))
+        .await
+        .expect("supervisor alive");
+    send_ok(&url, 3).await;
+    assert_eq!(
+        (first.hits(), second.hits()),
+        (9, 3),
+        "traffic follows readiness"
+    );
+}

@@ -1,0 +1,152 @@
+//! The `dns` source against a real DNS server (dnsmasq on a loopback port):
+//! replicas follow changing A records within their TTL, and SRV records
+//! give each replica its port and weight.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use support::{
+    closed_port, discovery_syncs, eventually, first_service_replicas, send_ok, sidecar_with,
+    status_of, TempDir, Upstream,
+};
+
+/// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+    hosts: PathBuf,
+    _dir: TempDir,
+}
+
+impl Dnsmasq {
+    fn start(hosts: &str, extra: &[String]) -> Dnsmasq {
+        let dir = TempDir::new();
+        let path = dir.path.join("hosts");
+        std::fs::write(&path, hosts).expect("write hosts");
+        let port = closed_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local-ttl=1",
+                "--pid-file",
+                "--user=root",
+                "--log-facility=-",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", path.display()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (scripts/test.sh installs dnsmasq-base)");
+        Dnsmasq {
+            child,
+            port,
+            hosts: path,
+            _dir: dir,
+        }
+    }
+
+    /// Replaces the hosts file and tells dnsmasq to read it again.
+    fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).expect("write hosts");
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    fn discovery(&self, dns: &str) -> String {
+        format!(
+            "discovery: {{ source: dns, refresh: 1m, dns: {{ suffix: .test, nameservers: [\"127.0.0.1:{}\"], {dns} }} }}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[actix_web::test]
+async fn replicas_follow_changing_a_records_within_their_ttl() {
+    // Every replica on the same port, on its own loopback address.
+    let first = Upstream::start_at("127.0.0.2:0").await;
+    let port = first.addr.port();
+    let second = Upstream::start_at(&format!("127.0.0.3:{port}")).await;
+    let dns = Dnsmasq::start("127.0.0.2 api.test\n", &[]);
+    let sidecar = sidecar_with(&dns.discovery(&format!("port: {port}")), "  - name: api").await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let admin = format!("http://{}", sidecar.admin_addr());
+    send_ok(&url, 3).await;
+    assert_eq!(first.hits(), 3);
+
+    // Refresh is a minute: only the 1 s TTL brings the new records in.
+    dns.set_hosts("127.0.0.2 api.test\n127.0.0.3 api.test\n");
+    eventually("the new replica gets traffic", || async {
+        assert_eq!(status_of(&url).await, Some(200));
+        second.hits() > 0
+    })
+    .await;
+
+    dns.set_hosts("127.0.0.3 api.test\n");
+    eventually("the removed replica leaves", || async {
+        first_service_replicas(&admin).await.len() == 1
+    })
+    .await;
+    let first_hits = first.hits();
+    send_ok(&url, 3).await;
+    assert_eq!(
+        first.hits(),
+        first_hits,
+        "no new request to the removed replica"
+    );
+
+    let syncs = || async {
+        discovery_syncs(&admin, "dns", "ok").await + discovery_syncs(&admin, "dns", "error").await
+    };
+    let before = syncs().await;
+    dns.set_hosts("");
+    eventually("the name is read again", || async {
+        syncs().await >= before + 2.0
+    })
+    .await;
+    assert_eq!(
+        status_of(&url).await,
+        Some(200),
+        "a name with no records keeps the set"
+    );
+    assert_eq!(first_service_replicas(&admin).await.len(), 1);
+}
+
+#[actix_web::test]
+async fn srv_records_give_each_replica_its_port_and_weight() {
+    let upstream = Upstream::start_at("127.0.0.4:0").await;
+    let port = upstream.addr.port();
+    let dns = Dnsmasq::start(
+        "127.0.0.4 web-1.test\n",
+        &[format!(
+            "--srv-host=_http._tcp.web.test,web-1.test,{port},0,5"
+        )],
+    );
+    let sidecar = sidecar_with(&dns.discovery("srv: _http._tcp"), "  - name: web").await;
+    assert_eq!(
+        status_of(&format!("http://{}/web/x", sidecar.outbound_addr())).await,
+        Some(200)
+    );
+    assert_eq!(upstream.hits(), 1);
+    let replicas = first_service_replicas(&format!("http://{}", sidecar.admin_addr())).await;
+    assert_eq!(replicas.len(), 1);
+    assert_eq!(replicas[0]["address"], upstream.endpoint());
+    assert_eq!(replicas[0]["weight"], 5);
+}

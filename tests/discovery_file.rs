@@ -1,0 +1,141 @@
+//! The `file` source: replicas follow a watched YAML endpoints file, `/ready`
+//! waits for its first good read, a broken file keeps the last good set, and
+//! rewriting the file under load moves traffic without failing a request.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outrigger::Sidecar;
+use support::{
+    assert_last_set_kept, client, config_with, discovery_syncs, eventually, get_json, get_text,
+    sidecar_with, status_of, TempDir, Upstream,
+};
+
+fn discovery(path: &Path) -> String {
+    format!(
+        "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",
+        path.display()
+    )
+}
+
+/// Replaces the file the way a ConfigMap update does: a new file moved in place.
+fn swap_in(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+async fn file_errors(admin: &str) -> f64 {
+    discovery_syncs(admin, "file", "error").await
+}
+
+#[actix_web::test]
+async fn ready_waits_for_the_first_read_and_a_broken_file_keeps_the_last_set() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new();
+    let path = dir.path.join("endpoints.yaml");
+    let sidecar = Sidecar::start(config_with(&discovery(&path), "  - name: api"))
+        .await
+        .expect("sidecar starts");
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+
+    let (status, body) = get_json(&format!("{admin}/ready")).await;
+    assert_eq!(status, 503, "no read yet: {body}");
+    assert_eq!(body["waiting_for"][0], "api");
+    assert_eq!(status_of(&url).await, Some(503));
+    eventually("the missing file is counted as an error", || async {
+        file_errors(&admin).await >= 1.0
+    })
+    .await;
+
+    swap_in(&path, &format!("api: [\"{}\"]\n", upstream.endpoint()));
+    eventually("the sidecar is ready", || async {
+        status_of(&format!("{admin}/ready")).await == Some(200)
+    })
+    .await;
+    assert_eq!(status_of(&url).await, Some(200));
+
+    let errors_before = file_errors(&admin).await;
+    swap_in(&path, "api: [\"no port here\"]\n");
+    eventually("the broken file is counted as an error", || async {
+        file_errors(&admin).await > errors_before
+    })
+    .await;
+    assert_last_set_kept(&admin, &url, "api", 1).await;
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[actix_web::test]
+async fn rewriting_the_file_under_load_moves_traffic_and_fails_no_request() {
+    let leaving = Upstream::start().await;
+    let joining = Upstream::start().await;
+    leaving.delay(Duration::from_millis(30));
+    let dir = TempDir::new();
+    let path = dir.path.join("endpoints.yaml");
+    std::fs::write(&path, format!("api: [\"{}\"]\n", leaving.endpoint())).expect("write");
+    let sidecar = sidecar_with(&discovery(&path), "  - name: api").await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), Arc::clone(&stop));
+            actix_rt::spawn(async move {
+                let client = client();
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                    statuses.push(status.map_err(|err| err.to_string()));
+                }
+                statuses
+            })
+        })
+        .collect();
+    eventually("the first replica is under load", || async {
+        leaving.hits() >= 20
+    })
+    .await;
+
+    // Rewritten in place (truncate, then write), as an editor would.
+    std::fs::write(&path, format!("api:\n  - \"{}\"\n", joining.endpoint())).expect("rewrite");
+    let rewritten = Instant::now();
+    eventually("the new replica gets traffic", || async {
+        joining.hits() > 0
+    })
+    .await;
+    let took = rewritten.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    let admin = format!("http://{}", sidecar.admin_addr());
+    eventually("the removed replica drains and stops", || async {
+        !get_text(&format!("{admin}/metrics"))
+            .await
+            .contains(&leaving.endpoint())
+    })
+    .await;
+    let leaving_hits = leaving.hits();
+    let joining_hits = joining.hits();
+    eventually("more load reaches the new replica", || async {
+        joining.hits() >= joining_hits + 40
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = 0;
+    for task in load {
+        for status in task.await.expect("load task") {
+            assert_eq!(status, Ok(200), "every client request succeeds");
+            answered += 1;
+        }
+    }
+    assert_eq!(
+        leaving.hits(),
+        leaving_hits,
+        "the removed replica got no new request"
+    );
+    assert!(answered > 60, "{answered} requests");
+}
