@@ -4,6 +4,7 @@
 
 mod env;
 mod inbound;
+mod observability;
 mod reader;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConfig, InboundListener,
     JwtConfig, JwtKeys, RedisConfig,
 };
+pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub use reader::{format_duration, parse_duration, ConfigError};
 use reader::{FromYaml, Problems, Table};
 
@@ -36,6 +38,9 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// Shared Redis; without it, in-process stores are used.
     pub redis: Option<RedisConfig>,
+    /// Tracing and access log settings (`tracing`, `access_log`).
+    #[serde(flatten)]
+    pub observability: ObservabilityConfig,
 }
 
 /// The sidecar's listening sockets.
@@ -337,6 +342,7 @@ fn read_config(
             timeout: Duration::from_millis(50),
         }),
     };
+    let observability = observability::read_observability(&mut top, problems);
     top.finish(problems);
     let listeners = listeners?;
     let inbound = match (&listeners.inbound, inbound) {
@@ -359,6 +365,7 @@ fn read_config(
         services,
         inbound,
         redis,
+        observability,
     })
 }
 
