@@ -14,6 +14,7 @@ pub mod error;
 pub mod forward;
 pub mod inbound;
 pub mod inject;
+pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod replica;
