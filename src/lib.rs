@@ -5,6 +5,7 @@
 //! and the admin listener. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod outbound;
 pub mod replica;
 pub mod service;
 pub mod store;
+pub mod trace;
 
 use std::io;
 use std::net::SocketAddr;
@@ -100,6 +102,7 @@ impl Sidecar {
                 Arc::clone(&metrics),
                 connect_timeout,
                 shutdown_secs,
+                &config.observability,
             )?;
             inbound_addr = Some(first(addrs)?);
             proxies.push(server.handle());
