@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, unit and integration tests.
-# Installs what the tests need when it is missing (redis-server via apt-get,
-# kubernetes-validate via pip, rustfmt/clippy via rustup); Rust crates come
-# through cargo.
+# Installs what the tests need when it is missing (redis-server, openssl and
+# prometheus via apt-get, kubernetes-validate via pip, rustfmt/clippy via
+# rustup); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Tests start their own redis-server and make real keys with openssl.
+# Tests start their own redis-server, make real keys with openssl, and
+# check /metrics with promtool and a real Prometheus server (the Debian
+# `prometheus` package ships both).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  # RUNLEVEL=1 keeps the package from starting a system-wide Redis.
+  # RUNLEVEL=1 keeps the packages from starting a system-wide Redis or Prometheus.
   $SUDO env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
