@@ -2,7 +2,7 @@
 //! on the response, the request counter and latency histogram, and the
 //! access log line (target `outrigger::access`, at info, for the requests
 //! `access_log` selects) with request id, service, status and duration as
-//! structured fields.
+//! structured fields; and the request's span, when sampled and exported.
 
 use std::time::Instant;
 
@@ -12,6 +12,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use crate::config::AccessLog;
 use crate::forward::REQUEST_ID;
 use crate::metrics::{method_label, Metrics};
+use crate::otlp::{Exporter, Span};
 use crate::trace::Hop;
 
 /// The log target of access lines, so `LOG_LEVEL` can set them apart.
@@ -22,7 +23,7 @@ pub struct Answering<'a> {
     listener: &'static str,
     started: Instant,
     request_id: &'a HeaderValue,
-    sampled: bool,
+    hop: &'a Hop,
 }
 
 impl<'a> Answering<'a> {
@@ -32,24 +33,26 @@ impl<'a> Answering<'a> {
         listener: &'static str,
         started: Instant,
         request_id: &'a HeaderValue,
-        hop: &Hop,
+        hop: &'a Hop,
     ) -> Self {
         Answering {
             listener,
             started,
             request_id,
-            sampled: hop.context.sampled(),
+            hop,
         }
     }
 
     /// Records the answer: the request id on `response`, the
     /// `http_requests_total` and `http_request_duration_seconds` series of
     /// `service` (`unknown` when none matched, `app` inbound), and an access
-    /// line when `mode` selects it.
+    /// line when `mode` selects it; a sampled request's span goes to
+    /// `spans` when OTLP export is on.
     pub fn finish(
         &self,
         metrics: &Metrics,
         mode: AccessLog,
+        spans: Option<&Exporter>,
         req: &HttpRequest,
         service: &str,
         response: &mut HttpResponse,
@@ -73,17 +76,25 @@ impl<'a> Answering<'a> {
             .http_request_duration
             .with_label_values(&[listener, service])
             .observe(duration.as_secs_f64());
+        let sampled = self.hop.context.sampled();
+        let request_id = self.request_id.to_str().unwrap_or("-");
+        if let Some(spans) = spans.filter(|_| sampled) {
+            let (method, status) = (req.method().as_str(), status.as_u16());
+            spans.record(Span::new(
+                self.hop, listener, service, method, status, request_id, duration,
+            ));
+        }
         let selected = match mode {
             AccessLog::All => true,
             AccessLog::Off => false,
-            AccessLog::Errors => status.as_u16() >= 400 || self.sampled,
+            AccessLog::Errors => status.as_u16() >= 400 || sampled,
         };
         if !selected || !log::log_enabled!(target: TARGET, log::Level::Info) {
             return;
         }
         log::info!(
             target: TARGET,
-            request_id = self.request_id.to_str().unwrap_or("-"),
+            request_id = request_id,
             listener = listener,
             service = service,
             status = status.as_u16(),

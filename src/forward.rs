@@ -273,9 +273,9 @@ pub(crate) fn copy_request_headers(
     let sidecar_owned = |name: &HeaderName| {
         (plan.identity.is_some() && name.as_str().starts_with("x-outrigger-"))
             || (plan.strip_authorization && *name == header::AUTHORIZATION)
-            || plan
-                .trace
-                .is_some_and(|hop| *name == TRACEPARENT || (*name == TRACESTATE && !hop.continued))
+            || plan.trace.is_some_and(|hop| {
+                *name == TRACEPARENT || (*name == TRACESTATE && !hop.continued())
+            })
     };
     let mut forwarded_for: Option<String> = None;
     for (name, value) in headers.iter() {

@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod inject;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod replica;
 pub mod service;
@@ -77,10 +78,17 @@ impl Sidecar {
             .max()
             .unwrap_or_default();
         let shutdown_secs = longest.as_secs() + SHUTDOWN_GRACE_SECS;
+        let spans = config
+            .observability
+            .tracing
+            .otlp_endpoint
+            .clone()
+            .map(otlp::Exporter::start);
         let (outbound, outbound_addrs) = outbound::server(
             &config,
             Arc::clone(&table),
             Arc::clone(&metrics),
+            spans.clone(),
             shutdown_secs,
         )?;
         let first = |addrs: Vec<SocketAddr>| {
@@ -103,6 +111,7 @@ impl Sidecar {
                 connect_timeout,
                 shutdown_secs,
                 &config.observability,
+                spans,
             )?;
             inbound_addr = Some(first(addrs)?);
             proxies.push(server.handle());

@@ -74,13 +74,13 @@ impl TraceContext {
         hex_encode(&[self.flags], &mut out[53..55]);
         HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
+}
 
-    /// The trace id as 32 lowercase hex digits.
-    pub fn trace_id_hex(&self) -> String {
-        let mut out = [0u8; 32];
-        hex_encode(&self.trace_id, &mut out);
-        out.iter().map(|&b| char::from(b)).collect()
-    }
+/// `bytes` as lowercase hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_encode(bytes, &mut out);
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 /// Decides the trace context of each request at one listener.
@@ -97,9 +97,17 @@ pub struct Hop {
     pub context: TraceContext,
     /// `traceparent` as sent to the upstream.
     pub traceparent: HeaderValue,
-    /// False when a new trace was started (no or an invalid `traceparent`),
-    /// in which case the caller's `tracestate` is not passed on.
-    pub continued: bool,
+    /// The caller's span id; `None` when a new trace was started (no or an
+    /// invalid `traceparent`), in which case the caller's `tracestate` is
+    /// not passed on.
+    pub caller_parent: Option<[u8; 8]>,
+}
+
+impl Hop {
+    /// Whether this hop continues the caller's trace.
+    pub fn continued(&self) -> bool {
+        self.caller_parent.is_some()
+    }
 }
 
 impl Tracer {
@@ -110,13 +118,13 @@ impl Tracer {
         let caller = headers
             .get(&TRACEPARENT)
             .and_then(|v| TraceContext::parse(v.as_bytes()));
-        let (context, continued) = match caller {
+        let (context, caller_parent) = match caller {
             Some(caller) => (
                 TraceContext {
                     parent_id,
                     ..caller
                 },
-                true,
+                Some(caller.parent_id),
             ),
             None => {
                 let sampled = self.sample_rate > 0.0 && rng.random::<f64>() < self.sample_rate;
@@ -125,13 +133,13 @@ impl Tracer {
                     parent_id,
                     flags: if sampled { SAMPLED } else { 0 },
                 };
-                (context, false)
+                (context, None)
             }
         };
         Hop {
             traceparent: context.to_header(),
             context,
-            continued,
+            caller_parent,
         }
     }
 }
@@ -201,7 +209,7 @@ mod tests {
     fn the_spec_example_parses_and_formats_back() {
         let context = TraceContext::parse(EXAMPLE.as_bytes()).expect("valid");
         assert!(context.sampled());
-        assert_eq!(context.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&context.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(context.to_header(), EXAMPLE);
     }
 
@@ -233,7 +241,7 @@ mod tests {
         let tracer = Tracer { sample_rate: 0.0 };
         let hop = tracer.hop(&headers(EXAMPLE));
         let caller = TraceContext::parse(EXAMPLE.as_bytes()).expect("valid");
-        assert!(hop.continued);
+        assert_eq!(hop.caller_parent, Some(caller.parent_id));
         assert_eq!(hop.context.trace_id, caller.trace_id);
         assert_eq!(hop.context.flags, caller.flags);
         assert_ne!(hop.context.parent_id, caller.parent_id);
@@ -247,7 +255,7 @@ mod tests {
     fn without_a_valid_traceparent_a_trace_starts_sampled_per_rate() {
         for (rate, sampled) in [(0.0, false), (1.0, true)] {
             let hop = Tracer { sample_rate: rate }.hop(&headers("garbage"));
-            assert!(!hop.continued);
+            assert!(!hop.continued());
             assert_eq!(hop.context.sampled(), sampled);
             assert!(TraceContext::parse(hop.traceparent.as_bytes()).is_some());
         }

@@ -568,3 +568,120 @@ async fn random_paths_and_user_ids_do_not_grow_the_series() {
         Some(5001.0)
     );
 }
+
+/// An OTLP/HTTP collector on a loopback port that keeps every JSON body posted to it.
+struct Collector {
+    addr: SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        use actix_web::{web, App, HttpResponse, HttpServer};
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = web::Data::from(std::sync::Arc::clone(&bodies));
+        let server = HttpServer::new(move || {
+            App::new().app_data(kept.clone()).route(
+                "/v1/traces",
+                web::post().to(
+                    |body: web::Json<Value>, kept: web::Data<std::sync::Mutex<Vec<Value>>>| async move {
+                        kept.lock().expect("lock").push(body.into_inner());
+                        HttpResponse::Ok().json(serde_json::json!({}))
+                    },
+                ),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind the collector");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Collector {
+            addr,
+            bodies,
+            handle,
+        }
+    }
+
+    /// Every span received so far.
+    fn spans(&self) -> Vec<Value> {
+        let bodies = self.bodies.lock().expect("lock");
+        bodies
+            .iter()
+            .flat_map(|b| b["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|s| s["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+}
+
+#[actix_web::test]
+async fn sampled_requests_are_exported_as_otlp_spans() {
+    let collector = Collector::start();
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+tracing: {{ sample_rate: 0.0, otlp_endpoint: \"http://{}/v1/traces\" }}
+services: [{{ name: api, endpoints: [\"{}\"] }}]",
+        collector.addr,
+        upstream.endpoint()
+    );
+    let sidecar = sidecar_from(&yaml, &[]).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let unsampled = TRACEPARENT.replace("-01", "-00");
+    for (traceparent, id) in [
+        (TRACEPARENT, "req-otlp-1"),
+        (unsampled.as_str(), "req-otlp-unsampled"),
+    ] {
+        let mut response = client()
+            .get(&url)
+            .insert_header(("traceparent", traceparent))
+            .insert_header(("x-request-id", id))
+            .send()
+            .await
+            .expect("an answer");
+        let echo: Value = response.json().await.expect("echo");
+        if traceparent == TRACEPARENT {
+            let sent = header_seen(&echo, "traceparent").expect("traceparent");
+            let sent = TraceContext::parse(sent.as_bytes()).expect("valid");
+            eventually("the span reaches the collector", || async {
+                !collector.spans().is_empty()
+            })
+            .await;
+            let span = &collector.spans()[0];
+            assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(
+                span["parentSpanId"], "00f067aa0ba902b7",
+                "the caller's span"
+            );
+            assert_eq!(
+                span["spanId"],
+                outrigger::trace::hex(&sent.parent_id),
+                "the span the upstream sees as its parent"
+            );
+            assert_eq!(span["name"], "outbound api");
+            let attributes = span["attributes"].to_string();
+            assert!(attributes.contains("req-otlp-1"), "{attributes}");
+            assert!(attributes.contains("\"intValue\":\"200\""), "{attributes}");
+        }
+    }
+    // Spans leave in order, so once a later sampled one arrived, the
+    // unsampled request would have been exported before it.
+    client()
+        .get(&url)
+        .insert_header(("traceparent", TRACEPARENT))
+        .send()
+        .await
+        .expect("an answer");
+    eventually("the next sampled span arrives", || async {
+        collector.spans().len() >= 2
+    })
+    .await;
+    let spans = Value::from(collector.spans()).to_string();
+    assert!(!spans.contains("req-otlp-unsampled"), "{spans}");
+    collector.handle.stop(false).await;
+}

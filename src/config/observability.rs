@@ -1,5 +1,5 @@
-//! The observability keys: `tracing` (W3C trace context sampling) and
-//! `access_log` (which requests get an access log line).
+//! The observability keys: `tracing` (W3C trace context sampling, OTLP
+//! export) and `access_log` (which requests get an access log line).
 
 use serde::Serialize;
 use serde_norway::Value;
@@ -21,6 +21,9 @@ pub struct TracingConfig {
     /// Share of requests without a `traceparent` whose new trace is marked
     /// sampled, from 0 to 1 (default 0.01). A caller's sampled flag is kept.
     pub sample_rate: f64,
+    /// Where sampled spans are posted as OTLP/HTTP JSON, e.g.
+    /// `http://127.0.0.1:4318/v1/traces` (default none: no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Which requests get an access log line.
@@ -50,7 +53,10 @@ impl FromYaml for AccessLog {
 impl Default for ObservabilityConfig {
     fn default() -> Self {
         ObservabilityConfig {
-            tracing: TracingConfig { sample_rate: 0.01 },
+            tracing: TracingConfig {
+                sample_rate: 0.01,
+                otlp_endpoint: None,
+            },
             access_log: AccessLog::Errors,
         }
     }
@@ -77,13 +83,20 @@ fn read_tracing(t: &mut Table, base: &TracingConfig, problems: &mut Problems) ->
             format!("must be between 0 and 1, got {sample_rate}"),
         );
     }
-    if t.raw("otlp_endpoint").is_some() {
-        problems.add(
-            &t.path_of("otlp_endpoint"),
-            "OTLP export is not in this build yet: remove the key",
-        );
+    let otlp_endpoint: Option<String> = t.get("otlp_endpoint", problems);
+    if let Some(url) = &otlp_endpoint {
+        let valid = url.starts_with("http://") && url.parse::<actix_web::http::Uri>().is_ok();
+        if !valid {
+            problems.add(
+                &t.path_of("otlp_endpoint"),
+                format!("expected an http:// URL like \"http://127.0.0.1:4318/v1/traces\", got \"{url}\""),
+            );
+        }
     }
-    TracingConfig { sample_rate }
+    TracingConfig {
+        sample_rate,
+        otlp_endpoint: otlp_endpoint.or_else(|| base.otlp_endpoint.clone()),
+    }
 }
 
 #[cfg(test)]
@@ -113,8 +126,15 @@ mod tests {
             let config = parse(&format!("access_log: {text}")).expect("valid");
             assert_eq!(config.observability.access_log, mode);
         }
-        let config = parse("tracing: { sample_rate: 0.5 }").expect("valid");
+        let config = parse(
+            "tracing: { sample_rate: 0.5, otlp_endpoint: \"http://127.0.0.1:4318/v1/traces\" }",
+        )
+        .expect("valid");
         assert_eq!(config.observability.tracing.sample_rate, 0.5);
+        assert_eq!(
+            config.observability.tracing.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
     }
 
     #[test]
@@ -126,7 +146,7 @@ mod tests {
             .err(),
             Some(vec![
                 "tracing.sample_rate: must be between 0 and 1, got 2".to_string(),
-                "tracing.otlp_endpoint: OTLP export is not in this build yet: remove the key"
+                "tracing.otlp_endpoint: expected an http:// URL like \"http://127.0.0.1:4318/v1/traces\", got \"x\""
                     .to_string(),
                 "tracing.colour: unknown key".to_string(),
                 "access_log: expected true, false or errors, got \"sometimes\"".to_string(),

@@ -29,6 +29,7 @@ use crate::config::{AccessLog, InboundListener, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
 use crate::trace::{Hop, Tracer};
 
@@ -53,6 +54,7 @@ struct Worker {
     in_progress: IntGauge,
     tracer: Tracer,
     access_log: AccessLog,
+    spans: Option<Exporter>,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
@@ -63,6 +65,7 @@ pub fn server(
     connect_timeout: Duration,
     shutdown_secs: u64,
     observability: &ObservabilityConfig,
+    spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let (app, timeout) = (listener.app.clone(), listener.timeout);
     let tracer = Tracer {
@@ -81,6 +84,7 @@ pub fn server(
             metrics: Arc::clone(&metrics),
             tracer,
             access_log,
+            spans: spans.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
@@ -124,7 +128,14 @@ async fn handle(
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    answering.finish(&worker.metrics, worker.access_log, &req, APP, &mut response);
+    answering.finish(
+        &worker.metrics,
+        worker.access_log,
+        worker.spans.as_ref(),
+        &req,
+        APP,
+        &mut response,
+    );
     worker.in_progress.dec();
     response
 }

@@ -29,6 +29,7 @@ use crate::config::{format_duration, AccessLog, Config};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, Service, ServiceTable};
 use crate::trace::Tracer;
@@ -45,6 +46,7 @@ struct Worker {
     in_progress: IntGauge,
     tracer: Tracer,
     access_log: AccessLog,
+    spans: Option<Exporter>,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -52,6 +54,7 @@ pub fn server(
     config: &Config,
     table: Arc<ServiceTable>,
     metrics: Arc<Metrics>,
+    spans: Option<Exporter>,
     shutdown_secs: u64,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
@@ -71,6 +74,7 @@ pub fn server(
             metrics: Arc::clone(&metrics),
             tracer,
             access_log,
+            spans: spans.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
@@ -119,6 +123,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     answering.finish(
         &worker.metrics,
         worker.access_log,
+        worker.spans.as_ref(),
         &req,
         service_label,
         &mut response,
