@@ -1,7 +1,8 @@
 //! Observability: after a scripted scenario every counter has its value,
 //! the exposition passes `promtool`, a real Prometheus scrapes it and runs
 //! every dashboard query; trace context and request ids reach the upstream,
-//! the response and the JSON log; labels stay bounded under random traffic.
+//! the response and the JSON log; sampled spans reach an OTLP collector;
+//! admin `GET /` names the sidecar; labels stay bounded under random traffic.
 
 mod support;
 
@@ -188,6 +189,18 @@ async fn after_a_scripted_scenario_every_counter_has_its_value_and_promtool_pass
         "{buckets:?}"
     );
     promtool_check(&text);
+
+    let (status, about) = get_json(&scenario.admin("/")).await;
+    assert_eq!(status, 200);
+    assert_eq!(about["service"], "outrigger");
+    assert_eq!(about["version"], env!("CARGO_PKG_VERSION"));
+    assert!(about["uptime_seconds"].is_u64(), "{about}");
+    assert!(
+        about["links"]
+            .as_array()
+            .is_some_and(|l| l.contains(&"/metrics".into())),
+        "{about}"
+    );
 }
 
 /// `promtool check metrics` on `text`: exit 0 means no parse or lint problem.
