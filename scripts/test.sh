@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl and
-# dnsmasq via apt-get, kubernetes-validate via pip, rustfmt/clippy via
+# dnsmasq and prometheus via apt-get, kubernetes-validate via pip, rustfmt/clippy via
 # rustup); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -9,12 +9,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 # Real servers and tools the tests run: redis-server, openssl (real keys for
-# JWT tests), and dnsmasq (from dnsmasq-base, which has no system service)
-# for the DNS discovery tests.
+# JWT tests), dnsmasq (from dnsmasq-base, which has no system service) for
+# the DNS discovery tests, and promtool plus a Prometheus server (the Debian
+# `prometheus` package ships both) to check /metrics.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -4,16 +4,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::inbound::Gate;
+use crate::logging;
 use crate::metrics::Metrics;
 use crate::replica::{BreakerReport, Endpoint};
 use crate::service::ServiceTable;
@@ -22,6 +23,7 @@ struct AdminState {
     table: Arc<ServiceTable>,
     config: Config,
     gate: Option<Arc<Gate>>,
+    started: Instant,
 }
 
 /// Binds the admin listener; the server runs once awaited or spawned.
@@ -41,6 +43,7 @@ pub fn server(
         table,
         config: config.clone(),
         gate,
+        started: Instant::now(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -55,6 +58,8 @@ pub fn server(
             .route("/config", web::get().to(show_config))
             .route("/tokens/revoke", web::post().to(revoke_token))
             .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
+            .route("/log-level", web::get().to(log_level))
+            .route("/log-level", web::put().to(set_log_level))
     })
     .workers(1)
     .disable_signals()
@@ -63,8 +68,12 @@ pub fn server(
     Ok((server.run(), addrs))
 }
 
-async fn index() -> HttpResponse {
+async fn index(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
+        "service": "outrigger",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "links": ["/live", "/ready", "/metrics", "/services", "/circuit-breakers", "/config", "/log-level"],
         "endpoints": {
             "GET /live": "the process is up",
             "GET /ready": "200 once every service has had a discovery sync",
@@ -75,6 +84,8 @@ async fn index() -> HttpResponse {
             "GET /config": "the running configuration (secrets redacted)",
                         "GET /rate-limit/users/{id}": "a user's rate-limited attempts per endpoint in the window",
             "POST /tokens/revoke": "revoke a token: {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}",
+            "GET /log-level": "the log filters in force",
+            "PUT /log-level": "set the log filters (body: info, or outrigger=debug,actix_server=warn); from localhost only",
         }
     }))
 }
@@ -227,6 +238,30 @@ async fn rate_limit_usage(state: web::Data<AdminState>, id: web::Path<String>) -
                 .json(json!({"user": id.as_str(), "endpoints": endpoints, "total": total}))
         }
         Err(err) => HttpResponse::ServiceUnavailable().json(json!({ "error": err })),
+    }
+}
+
+async fn log_level() -> HttpResponse {
+    match logging::filters() {
+        Some(filters) => HttpResponse::Ok().json(json!({ "filters": filters })),
+        None => HttpResponse::NotFound().json(json!({"error": "logging is not managed here"})),
+    }
+}
+
+/// Replaces the log filters; only callers on this host may, as the admin
+/// port is reachable from the cluster.
+async fn set_log_level(req: HttpRequest, body: String) -> HttpResponse {
+    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
+        return HttpResponse::Forbidden()
+            .json(json!({"error": "the log level can only be changed from localhost"}));
+    }
+    let filters = body.trim();
+    match logging::set_filters(filters) {
+        Ok(()) => {
+            log::warn!("admin: log filters set to {filters}");
+            HttpResponse::Ok().json(json!({ "filters": filters }))
+        }
+        Err(message) => HttpResponse::BadRequest().json(json!({ "error": message })),
     }
 }
 

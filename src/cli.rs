@@ -195,13 +195,15 @@ fn report_errors(path: &Path, errors: &[ConfigError]) {
 }
 
 /// Logs go to stderr; `LOG_LEVEL` sets the level or per-module filters
-/// (`info`, `outrigger=debug,actix_server=warn`).
+/// (`info`, `outrigger=debug,actix_server=warn`), `LOG_FORMAT=json` makes
+/// each line a JSON object.
 fn init_logging() {
     let filters = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
-    env_logger::Builder::new()
-        .parse_filters(&filters)
-        .format_timestamp_millis()
-        .init();
+    let format = std::env::var("LOG_FORMAT").ok();
+    crate::logging::init(
+        &filters,
+        crate::logging::LogFormat::from_env(format.as_deref()),
+    );
 }
 
 async fn wait_for_stop_signal() -> std::io::Result<()> {

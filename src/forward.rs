@@ -1,5 +1,6 @@
 //! The HTTP call to a replica and the way its answer streams back: hop-by-hop
-//! headers dropped, `X-Forwarded-*` and `x-request-id` set, bodies streamed
+//! headers dropped, `X-Forwarded-*`, `x-request-id` and this hop's
+//! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use awc::{Client, ClientResponse, Connector};
 use futures_util::{Stream, StreamExt};
 
 use crate::replica::UpstreamError;
+use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
 
 /// The request-id header, accepted from the app or created here.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,8 +44,7 @@ pub fn client(connect_timeout: Duration) -> Client {
 pub fn request_id(req: &HttpRequest) -> HeaderValue {
     match req.headers().get(&REQUEST_ID) {
         Some(id) if !id.is_empty() => id.clone(),
-        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        _ => trace::new_request_id(),
     }
 }
 
@@ -71,6 +72,9 @@ pub struct HeaderPlan<'a> {
     pub identity: Option<&'a HeaderMap>,
     /// Drop `Authorization`.
     pub strip_authorization: bool,
+    /// This hop's trace context: its `traceparent` replaces the caller's,
+    /// and the caller's `tracestate` is dropped when the trace restarted.
+    pub trace: Option<&'a Hop>,
 }
 
 /// The answer head from a replica, with its body still to stream.
@@ -269,6 +273,9 @@ pub(crate) fn copy_request_headers(
     let sidecar_owned = |name: &HeaderName| {
         (plan.identity.is_some() && name.as_str().starts_with("x-outrigger-"))
             || (plan.strip_authorization && *name == header::AUTHORIZATION)
+            || plan.trace.is_some_and(|hop| {
+                *name == TRACEPARENT || (*name == TRACESTATE && !hop.continued())
+            })
     };
     let mut forwarded_for: Option<String> = None;
     for (name, value) in headers.iter() {
@@ -308,6 +315,9 @@ pub(crate) fn copy_request_headers(
     }
     if !out.contains_key(&REQUEST_ID) {
         out.insert(REQUEST_ID.clone(), request_id.clone());
+    }
+    if let Some(hop) = plan.trace {
+        out.insert(TRACEPARENT.clone(), hop.traceparent.clone());
     }
     for (name, value) in plan.identity.into_iter().flat_map(HeaderMap::iter) {
         out.insert(name.clone(), value.clone());
@@ -453,6 +463,43 @@ mod tests {
         assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
         assert_eq!(get("x-request-id").as_deref(), Some("id-1"));
         assert_eq!(get("host").as_deref(), Some("budgeting"));
+    }
+
+    #[test]
+    fn the_hop_traceparent_replaces_the_callers_and_b3_passes_untouched() {
+        let tracer = crate::trace::Tracer { sample_rate: 1.0 };
+        let traced = |traceparent: &str| {
+            let req = TestRequest::default()
+                .insert_header(("traceparent", traceparent))
+                .insert_header(("tracestate", "vendor=1"))
+                .insert_header(("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"))
+                .to_http_request();
+            let hop = tracer.hop(req.headers());
+            let mut out = HeaderMap::new();
+            let plan = HeaderPlan {
+                trace: Some(&hop),
+                ..HeaderPlan::default()
+            };
+            copy_request_headers(&req, &mut out, &plan, &HeaderValue::from_static("id"));
+            (hop, out)
+        };
+        let (hop, out) = traced("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(out.get_all("traceparent").count(), 1);
+        assert_eq!(out.get("traceparent"), Some(&hop.traceparent));
+        assert_eq!(
+            out.get("tracestate").map(|v| v.as_bytes()),
+            Some(&b"vendor=1"[..])
+        );
+        assert_eq!(
+            out.get("b3").map(|v| v.as_bytes()),
+            Some(&b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"[..])
+        );
+        let (hop, out) = traced("not-a-traceparent");
+        assert_eq!(out.get("traceparent"), Some(&hop.traceparent));
+        assert!(
+            !out.contains_key("tracestate"),
+            "a restarted trace has no state"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! and the admin listener. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod cli;
@@ -14,11 +15,14 @@ pub mod error;
 pub mod forward;
 pub mod inbound;
 pub mod inject;
+pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod replica;
 pub mod service;
 pub mod store;
+pub mod trace;
 
 use std::io;
 use std::net::SocketAddr;
@@ -73,10 +77,17 @@ impl Sidecar {
             .max()
             .unwrap_or_default();
         let shutdown_secs = longest.as_secs() + SHUTDOWN_GRACE_SECS;
+        let spans = config
+            .observability
+            .tracing
+            .otlp_endpoint
+            .clone()
+            .map(otlp::Exporter::start);
         let (outbound, outbound_addrs) = outbound::server(
             &config,
             Arc::clone(&table),
             Arc::clone(&metrics),
+            spans.clone(),
             shutdown_secs,
         )?;
         let first = |addrs: Vec<SocketAddr>| {
@@ -98,6 +109,8 @@ impl Sidecar {
                 Arc::clone(&metrics),
                 connect_timeout,
                 shutdown_secs,
+                &config.observability,
+                spans,
             )?;
             inbound_addr = Some(first(addrs)?);
             proxies.push(server.handle());

@@ -12,8 +12,8 @@ use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::{
-    client, eventually, get_text, key_pair, metric, sidecar_from, KeyPair, RedisServer, TempDir,
-    Upstream,
+    client, eventually, get_text, header_seen, key_pair, metric, sidecar_from, KeyPair,
+    RedisServer, TempDir, Upstream,
 };
 
 fn now() -> u64 {
@@ -59,14 +59,6 @@ async fn call(
     let mut response = request.send().await.expect("an answer");
     let body: Value = response.json().await.unwrap_or(Value::Null);
     (response.status().as_u16(), body)
-}
-
-fn header_seen(echo: &Value, name: &str) -> Option<String> {
-    echo["headers"]
-        .as_array()?
-        .iter()
-        .find(|h| h[0] == name)
-        .and_then(|h| h[1].as_str().map(str::to_string))
 }
 
 #[actix_web::test]

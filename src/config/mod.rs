@@ -5,6 +5,7 @@
 mod discovery;
 mod env;
 mod inbound;
+mod observability;
 mod reader;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConcurrency, InboundConfig,
     InboundListener, JwtConfig, JwtKeys, OnRedisError, RateLimitConfig, RedisConfig, RouteLimit,
 };
+pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub use reader::{format_duration, parse_duration, ConfigError};
 pub(crate) use reader::{FromYaml, Problems, Table};
 
@@ -40,6 +42,9 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// Shared Redis; without it, in-process stores are used.
     pub redis: Option<RedisConfig>,
+    /// Tracing and access log settings (`tracing`, `access_log`).
+    #[serde(flatten)]
+    pub observability: ObservabilityConfig,
 }
 
 /// The sidecar's listening sockets.
@@ -323,6 +328,7 @@ fn read_config(
             timeout: Duration::from_millis(50),
         }),
     };
+    let observability = observability::read_observability(&mut top, problems);
     top.finish(problems);
     let listeners = listeners?;
     let inbound = match (&listeners.inbound, inbound) {
@@ -345,6 +351,7 @@ fn read_config(
         services,
         inbound,
         redis,
+        observability,
     })
 }
 

@@ -28,11 +28,14 @@ pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
-use crate::config::InboundListener;
+use crate::access;
+use crate::config::{AccessLog, InboundListener, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
+use crate::trace::{Hop, Tracer};
 
 const LISTENER: &str = "inbound";
 /// The `service` label of inbound metrics.
@@ -57,6 +60,9 @@ struct Worker {
     timeout: Duration,
     metrics: Arc<Metrics>,
     in_progress: IntGauge,
+    tracer: Tracer,
+    access_log: AccessLog,
+    spans: Option<Exporter>,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
@@ -66,8 +72,14 @@ pub fn server(
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
     shutdown_secs: u64,
+    observability: &ObservabilityConfig,
+    spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let (app, timeout) = (listener.app.clone(), listener.timeout);
+    let tracer = Tracer {
+        sample_rate: observability.tracing.sample_rate,
+    };
+    let access_log = observability.access_log;
     let server = HttpServer::new(move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
@@ -78,6 +90,9 @@ pub fn server(
                 .http_requests_in_progress
                 .with_label_values(&[LISTENER]),
             metrics: Arc::clone(&metrics),
+            tracer,
+            access_log,
+            spans: spans.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
@@ -99,6 +114,8 @@ async fn handle(
     worker.in_progress.inc();
     let request_id = forward::request_id(&req);
     let id = request_id.to_str().unwrap_or("-");
+    let hop = worker.tracer.hop(req.headers());
+    let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = &worker.gate;
     let mut response = match gate.cors.preflight(req.method(), req.headers()) {
         Some(preflight) => preflight,
@@ -111,26 +128,20 @@ async fn handle(
                 );
                 refusal.response(Some(APP), id)
             }
-            Ok(identity) => admit(&worker, &req, payload, &identity, &request_id).await,
+            Ok(identity) => admit(&worker, &req, payload, &identity, &request_id, &hop).await,
         },
     };
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    let metrics = &worker.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[
-            LISTENER,
-            APP,
-            method_label(req.method()),
-            response.status().as_str(),
-        ])
-        .inc();
-    metrics
-        .http_request_duration
-        .with_label_values(&[LISTENER, APP])
-        .observe(started.elapsed().as_secs_f64());
+    answering.finish(
+        &worker.metrics,
+        worker.access_log,
+        worker.spans.as_ref(),
+        &req,
+        APP,
+        &mut response,
+    );
     worker.in_progress.dec();
     response
 }
@@ -143,6 +154,7 @@ async fn admit(
     payload: web::Payload,
     identity: &Identity,
     request_id: &actix_web::http::header::HeaderValue,
+    hop: &Hop,
 ) -> HttpResponse {
     let id = request_id.to_str().unwrap_or("-");
     let gate = &worker.gate;
@@ -169,9 +181,9 @@ async fn admit(
                 ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
             }
             Some(Ok(slot)) => {
-                forward_to_app(worker, req, payload, identity, request_id, slot).await
+                forward_to_app(worker, req, payload, identity, request_id, hop, slot).await
             }
-            None => forward_to_app(worker, req, payload, identity, request_id, ()).await,
+            None => forward_to_app(worker, req, payload, identity, request_id, hop, ()).await,
         },
     };
     if let Some(verdict) = verdict {
@@ -188,6 +200,7 @@ async fn forward_to_app<G: Unpin + 'static>(
     payload: web::Payload,
     identity: &Identity,
     request_id: &actix_web::http::header::HeaderValue,
+    hop: &Hop,
     slot: G,
 ) -> HttpResponse {
     let id = request_id.to_str().unwrap_or("-");
@@ -200,6 +213,7 @@ async fn forward_to_app<G: Unpin + 'static>(
             handshake: false,
             identity: Some(&identity_headers),
             strip_authorization: worker.gate.authenticator.strip_authorization,
+            trace: Some(hop),
         },
         timeout: worker.timeout,
     };

@@ -23,13 +23,16 @@ use rand::Rng;
 pub use retry::RetryBudget;
 pub use route::{resolve, Route};
 
+use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, Config};
+use crate::config::{format_duration, AccessLog, Config};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::Metrics;
+use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, Service, ServiceTable};
+use crate::trace::Tracer;
 
 const LISTENER: &str = "outbound";
 
@@ -41,6 +44,9 @@ struct Worker {
     table: Arc<ServiceTable>,
     metrics: Arc<Metrics>,
     in_progress: IntGauge,
+    tracer: Tracer,
+    access_log: AccessLog,
+    spans: Option<Exporter>,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -48,9 +54,14 @@ pub fn server(
     config: &Config,
     table: Arc<ServiceTable>,
     metrics: Arc<Metrics>,
+    spans: Option<Exporter>,
     shutdown_secs: u64,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
+    let tracer = Tracer {
+        sample_rate: config.observability.tracing.sample_rate,
+    };
+    let access_log = config.observability.access_log;
     let server = HttpServer::new(move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
@@ -61,6 +72,9 @@ pub fn server(
                 .http_requests_in_progress
                 .with_label_values(&[LISTENER]),
             metrics: Arc::clone(&metrics),
+            tracer,
+            access_log,
+            spans: spans.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
@@ -77,9 +91,11 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let started = Instant::now();
     worker.in_progress.inc();
     let request_id = forward::request_id(&req);
+    let hop = worker.tracer.hop(req.headers());
+    let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let route = resolve(&worker.table, req.uri().host(), host, req.uri().path());
-    let (service, response) = match route {
+    let (service, mut response) = match route {
         None => {
             debug!(
                 "request {}: no service for {}",
@@ -93,35 +109,25 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         }
         Some(route) => {
             let service = Arc::clone(route.service);
-            let (path, keep_host) = (route.path.to_string(), route.keep_host);
-            let response = call(
-                &worker,
-                &service,
-                &path,
-                keep_host,
-                &req,
-                payload,
-                &request_id,
-            )
-            .await;
+            let path = route.path.to_string();
+            let plan = HeaderPlan {
+                keep_host: route.keep_host,
+                trace: Some(&hop),
+                ..HeaderPlan::default()
+            };
+            let response = call(&worker, &service, &path, plan, &req, payload, &request_id).await;
             (Some(service), response)
         }
     };
     let service_label = service.as_deref().map_or("unknown", |s| &*s.name);
-    let metrics = &worker.metrics;
-    metrics
-        .http_requests
-        .with_label_values(&[
-            LISTENER,
-            service_label,
-            method_label(req.method()),
-            response.status().as_str(),
-        ])
-        .inc();
-    metrics
-        .http_request_duration
-        .with_label_values(&[LISTENER, service_label])
-        .observe(started.elapsed().as_secs_f64());
+    answering.finish(
+        &worker.metrics,
+        worker.access_log,
+        worker.spans.as_ref(),
+        &req,
+        service_label,
+        &mut response,
+    );
     worker.in_progress.dec();
     response
 }
@@ -132,7 +138,7 @@ async fn call(
     worker: &Worker,
     service: &Arc<Service>,
     path: &str,
-    keep_host: bool,
+    plan: HeaderPlan<'_>,
     req: &HttpRequest,
     payload: web::Payload,
     request_id: &HeaderValue,
@@ -149,10 +155,7 @@ async fn call(
         return ProxyError::ConcurrencyLimit(message).response(Some(name), id);
     };
     if forward::upgrade_requested(req.headers()).is_some() {
-        return tunnel(
-            worker, service, path, keep_host, req, payload, request_id, slot,
-        )
-        .await;
+        return tunnel(worker, service, path, plan, req, payload, request_id, slot).await;
     }
     let started = Instant::now();
     let deadline = started + policy.timeout;
@@ -196,10 +199,7 @@ async fn call(
         let upstream = Upstream {
             address: &endpoint.address,
             path,
-            headers: HeaderPlan {
-                keep_host,
-                ..HeaderPlan::default()
-            },
+            headers: plan,
             timeout: try_timeout,
         };
         let try_started = Instant::now();
@@ -292,7 +292,7 @@ async fn tunnel(
     worker: &Worker,
     service: &Arc<Service>,
     path: &str,
-    keep_host: bool,
+    plan: HeaderPlan<'_>,
     req: &HttpRequest,
     payload: web::Payload,
     request_id: &HeaderValue,
@@ -310,7 +310,7 @@ async fn tunnel(
     let tunnel = upgrade::Tunnel {
         address: &endpoint.address,
         path,
-        keep_host,
+        headers: plan,
         connect_timeout: worker.connect_timeout,
         answer_timeout: service.policy.per_try_timeout.min(service.policy.timeout),
     };

@@ -30,8 +30,9 @@ pub struct Tunnel<'a> {
     pub address: &'a str,
     /// Path to request, without the query.
     pub path: &'a str,
-    /// Pass the app's `Host` on.
-    pub keep_host: bool,
+    /// How the app's headers are passed on (`Host`, trace context); the
+    /// handshake headers are always kept.
+    pub headers: HeaderPlan<'a>,
     /// Bound on connecting.
     pub connect_timeout: Duration,
     /// Bound on the replica's answer to the handshake.
@@ -123,12 +124,11 @@ pub async fn open(
 fn request_head(tunnel: &Tunnel<'_>, req: &HttpRequest, request_id: &HeaderValue) -> Vec<u8> {
     let mut headers = HeaderMap::new();
     let plan = HeaderPlan {
-        keep_host: tunnel.keep_host,
         handshake: true,
-        ..HeaderPlan::default()
+        ..tunnel.headers
     };
     copy_request_headers(req, &mut headers, &plan, request_id);
-    if !tunnel.keep_host {
+    if !tunnel.headers.keep_host {
         if let Ok(host) = HeaderValue::from_str(tunnel.address) {
             headers.insert(header::HOST, host);
         }

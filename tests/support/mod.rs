@@ -262,6 +262,15 @@ pub async fn assert_last_set_kept(admin: &str, url: &str, service: &str, replica
     assert_eq!(metric(&metrics, &series), Some(replicas as f64));
 }
 
+/// The value of header `name` as an upstream echoed it (the first one).
+pub fn header_seen(echo: &Value, name: &str) -> Option<String> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str().map(str::to_string))
+}
+
 /// Polls `check` every 20 ms until it holds; fails the test after 10 s.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -325,6 +334,17 @@ impl SidecarProcess {
     /// Starts the binary with `services` (the YAML of the `services:` list)
     /// and waits until `/ready` answers 200.
     pub async fn start(services: &str) -> SidecarProcess {
+        SidecarProcess::start_with(services, "", &[("LOG_LEVEL", "warn")], None).await
+    }
+
+    /// Like [`SidecarProcess::start`], with `extra` top-level YAML, `env`
+    /// for the process, and its stderr written to `stderr` when given.
+    pub async fn start_with(
+        services: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> SidecarProcess {
         let outbound: SocketAddr = format!("127.0.0.1:{}", closed_port())
             .parse()
             .expect("addr");
@@ -334,15 +354,18 @@ impl SidecarProcess {
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
         let text = format!(
-            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\nservices:\n{services}"
+            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
         );
         std::fs::write(&config, text).expect("write config");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
+        command
             .args(["run", "--config"])
             .arg(&config)
-            .env("LOG_LEVEL", "warn")
-            .spawn()
-            .expect("start outrigger");
+            .envs(env.iter().copied());
+        if let Some(path) = stderr {
+            command.stderr(std::fs::File::create(path).expect("create the log file"));
+        }
+        let child = command.spawn().expect("start outrigger");
         let process = SidecarProcess {
             child,
             outbound,
