@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use crate::config::{Config, InboundConfig, JwtKeys};
 use crate::discovery::{source_for, Supervisor};
-use crate::inbound::{Authenticator, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier};
+use crate::inbound::{
+    Authenticator, Cache, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier,
+};
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
 use crate::store::{MemoryStore, RedisStore, Store};
@@ -228,13 +230,16 @@ fn inbound_gate(
     Ok(inbound::Gate {
         authenticator: Arc::new(authenticator),
         cors: Arc::new(Cors::new(&inbound.cors)),
-        limiter: inbound
-            .rate_limit
-            .clone()
-            .map(|limits| RateLimiter::new(limits, store, metrics.rate_limited.clone())),
+        limiter: inbound.rate_limit.clone().map(|limits| {
+            RateLimiter::new(limits, Arc::clone(&store), metrics.rate_limited.clone())
+        }),
         caps: inbound
             .concurrency
             .clone()
             .map(|caps| Arc::new(InFlightCaps::new(caps, metrics))),
+        cache: inbound
+            .cache
+            .clone()
+            .map(|cache| Arc::new(Cache::new(cache, Arc::clone(&store), metrics))),
     })
 }

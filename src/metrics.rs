@@ -55,6 +55,12 @@ pub struct Metrics {
     pub jwt_validations: IntCounterVec,
     /// Inbound requests refused by a rate limit, by scope.
     pub rate_limited: IntCounterVec,
+    /// GET answers served from the cache.
+    pub cache_hits: IntCounter,
+    /// Cacheable GETs the app had to answer.
+    pub cache_misses: IntCounter,
+    /// Cache lookups or stores that failed (the request went to the app).
+    pub cache_errors: IntCounter,
     /// Redis calls that failed, by operation.
     pub redis_errors: IntCounterVec,
     /// Redis pool connections by state (`idle`, `in_use`).
@@ -131,6 +137,14 @@ impl Metrics {
                 .register(Box::new(family.clone()))
                 .expect("unique histogram");
             family
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let counter = IntCounter::with_opts(Opts::new(name, help).namespace("outrigger"))
+                .expect("valid counter definition");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique counter");
+            counter
         };
         let replica = &["service", "replica"];
         Metrics {
@@ -226,6 +240,15 @@ impl Metrics {
                 &["scope"],
             ),
             redis_errors: counter("redis_errors_total", "Redis calls that failed.", &["op"]),
+            cache_hits: plain_counter("cache_hits_total", "GET answers served from the cache."),
+            cache_misses: plain_counter(
+                "cache_misses_total",
+                "Cacheable GETs the app had to answer.",
+            ),
+            cache_errors: plain_counter(
+                "cache_errors_total",
+                "Cache lookups or stores that failed; the request went to the app.",
+            ),
             redis_pool_connections: gauge(
                 "redis_pool_connections",
                 "Redis pool connections by state.",

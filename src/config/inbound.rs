@@ -37,6 +37,33 @@ pub struct InboundConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// In-flight caps; `None` when not configured.
     pub concurrency: Option<InboundConcurrency>,
+    /// GET response cache; `None` when not configured.
+    pub cache: Option<CacheConfig>,
+}
+
+/// The inbound GET response cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheConfig {
+    /// Time to live when no route sets one (default 60s; env `CACHE_DEFAULT_TTL`),
+    /// capped by the answer's own `max-age`.
+    #[serde(serialize_with = "as_duration")]
+    pub default_ttl: Duration,
+    /// Per-path-prefix time to live.
+    pub routes: Vec<CacheRoute>,
+    /// Path prefixes never cached.
+    pub bypass: Vec<String>,
+    /// Larger answers stream through uncached (default 1 MiB).
+    pub max_entry_bytes: u32,
+}
+
+/// A time to live for one route.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheRoute {
+    /// Path prefix.
+    pub path: String,
+    /// Its time to live.
+    #[serde(serialize_with = "as_duration")]
+    pub ttl: Duration,
 }
 
 /// Sliding-window request limits, keyed by user (or client IP when anonymous).
@@ -338,11 +365,15 @@ pub(super) fn read_inbound(
         let per_route = t.get("per_route", problems).unwrap_or(10);
         Some(InboundConcurrency { global, per_route })
     });
+    let cache = t.section("cache", &None, problems, |t, _, problems| {
+        Some(read_cache(t, env, problems))
+    });
     InboundConfig {
         auth,
         cors,
         rate_limit,
         concurrency,
+        cache,
     }
 }
 
@@ -674,6 +705,65 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
         on_redis_error: t
             .get("on_redis_error", problems)
             .unwrap_or(OnRedisError::Local),
+    }
+}
+
+fn read_cache(
+    t: &mut Table,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> CacheConfig {
+    let mut default_ttl = t
+        .get("default_ttl", problems)
+        .unwrap_or(Duration::from_secs(60));
+    if let Some(text) = env("CACHE_DEFAULT_TTL") {
+        match text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(Duration::from_secs)
+            .or_else(|| super::parse_duration(&text))
+        {
+            Some(ttl) => default_ttl = ttl,
+            None => problems.add(
+                "CACHE_DEFAULT_TTL",
+                format!("expected seconds or a duration, got \"{text}\""),
+            ),
+        }
+    }
+    let routes = match t.raw("routes") {
+        None => Vec::new(),
+        Some(Value::Sequence(items)) => {
+            let base = t.path_of("routes");
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    let path = format!("{base}[{index}]");
+                    let mut route = Table::open(item, &path, problems)?;
+                    let prefix: Option<String> = route.get("path", problems);
+                    let ttl: Option<Duration> = route.get("ttl", problems);
+                    if prefix.is_none() || ttl.is_none() {
+                        problems.add(&path, "each route needs path and ttl");
+                    }
+                    route.finish(problems);
+                    Some(CacheRoute {
+                        path: prefix?,
+                        ttl: ttl?,
+                    })
+                })
+                .collect()
+        }
+        Some(_) => {
+            problems.add(&t.path_of("routes"), "expected a list of {path, ttl}");
+            Vec::new()
+        }
+    };
+    CacheConfig {
+        default_ttl,
+        routes,
+        bypass: t.list("bypass", problems).unwrap_or_default(),
+        max_entry_bytes: t.get("max_entry_bytes", problems).unwrap_or(1 << 20),
     }
 }
 

@@ -19,8 +19,9 @@ pub use discovery::{
     Discovery, DiscoverySource, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery,
 };
 pub use inbound::{
-    AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CorsConfig, InboundConcurrency, InboundConfig,
-    InboundListener, JwtConfig, JwtKeys, OnRedisError, RateLimitConfig, RedisConfig, RouteLimit,
+    AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
+    InboundConcurrency, InboundConfig, InboundListener, JwtConfig, JwtKeys, OnRedisError,
+    RateLimitConfig, RedisConfig, RouteLimit,
 };
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub use reader::{format_duration, parse_duration, ConfigError};

@@ -5,6 +5,7 @@
 
 mod api_keys;
 mod auth;
+mod cache;
 mod concurrency;
 mod cors;
 mod jwks;
@@ -22,6 +23,7 @@ use log::{info, warn};
 use prometheus::IntGauge;
 
 pub use auth::{AuthMethod, Authenticator, Identity};
+pub use cache::{Cache, Fill, Lookup, X_CACHE};
 pub use concurrency::{Full, InFlightCaps, Slot};
 pub use cors::Cors;
 pub use jwks::{FetchNow, JwksFetcher};
@@ -51,6 +53,8 @@ pub struct Gate {
     pub limiter: Option<RateLimiter>,
     /// How many may be in flight, when configured.
     pub caps: Option<Arc<InFlightCaps>>,
+    /// The GET response cache, when configured.
+    pub cache: Option<Arc<Cache>>,
 }
 
 struct Worker {
@@ -146,8 +150,23 @@ async fn handle(
     response
 }
 
-/// Applies the rate limit and the in-flight caps, then forwards; every
-/// answer on a limited route carries the `X-RateLimit-*` headers.
+/// Who is calling and how this request is known: what every step after
+/// authentication needs.
+struct Caller<'a> {
+    identity: &'a Identity,
+    request_id: &'a actix_web::http::header::HeaderValue,
+    hop: &'a Hop,
+}
+
+impl Caller<'_> {
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+}
+
+/// Applies the rate limit, serves from the cache when it can, applies the
+/// in-flight caps, then forwards; every answer on a limited route carries
+/// the `X-RateLimit-*` headers.
 async fn admit(
     worker: &Worker,
     req: &HttpRequest,
@@ -156,7 +175,12 @@ async fn admit(
     request_id: &actix_web::http::header::HeaderValue,
     hop: &Hop,
 ) -> HttpResponse {
-    let id = request_id.to_str().unwrap_or("-");
+    let caller = Caller {
+        identity,
+        request_id,
+        hop,
+    };
+    let id = caller.id();
     let gate = &worker.gate;
     let verdict = match &gate.limiter {
         Some(limiter) => limiter.check(req, identity, id).await,
@@ -173,19 +197,43 @@ async fn admit(
             warn!("request {id}: 429: {message}");
             ProxyError::RateLimited(message, verdict.retry_after_secs()).response(Some(APP), id)
         }
-        _ => match gate.caps.as_ref().map(|caps| caps.enter(req.path())) {
-            Some(Err(full)) => {
-                let message =
-                    format!("too many requests in flight ({full:?} cap of inbound.concurrency)");
-                warn!("request {id}: 429: {message}");
-                ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
+        _ => {
+            let lookup = match &gate.cache {
+                Some(cache) => cache.lookup(req, identity, id).await,
+                None => None,
+            };
+            let (fill, bypassed) = match lookup {
+                Some(Lookup::Hit(hit)) => return finish_limited(hit, verdict),
+                Some(Lookup::Miss(fill)) => (Some(fill), false),
+                Some(Lookup::Bypass) => (None, true),
+                None => (None, false),
+            };
+            let mut response = match gate.caps.as_ref().map(|caps| caps.enter(req.path())) {
+                Some(Err(full)) => {
+                    let message = format!(
+                        "too many requests in flight ({full:?} cap of inbound.concurrency)"
+                    );
+                    warn!("request {id}: 429: {message}");
+                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
+                }
+                Some(Ok(slot)) => forward_to_app(worker, req, payload, &caller, slot, fill).await,
+                None => forward_to_app(worker, req, payload, &caller, (), fill).await,
+            };
+            if bypassed {
+                response.headers_mut().insert(
+                    X_CACHE.clone(),
+                    actix_web::http::header::HeaderValue::from_static("BYPASS"),
+                );
             }
-            Some(Ok(slot)) => {
-                forward_to_app(worker, req, payload, identity, request_id, hop, slot).await
-            }
-            None => forward_to_app(worker, req, payload, identity, request_id, hop, ()).await,
-        },
+            response
+        }
     };
+    response = finish_limited(response, verdict);
+    response
+}
+
+/// Adds the `X-RateLimit-*` headers of `verdict`, when there is one.
+fn finish_limited(mut response: HttpResponse, verdict: Option<Verdict>) -> HttpResponse {
     if let Some(verdict) = verdict {
         for (name, value) in verdict.headers() {
             response.headers_mut().insert(name, value);
@@ -198,13 +246,12 @@ async fn forward_to_app<G: Unpin + 'static>(
     worker: &Worker,
     req: &HttpRequest,
     payload: web::Payload,
-    identity: &Identity,
-    request_id: &actix_web::http::header::HeaderValue,
-    hop: &Hop,
+    caller: &Caller<'_>,
     slot: G,
+    fill: Option<Fill>,
 ) -> HttpResponse {
-    let id = request_id.to_str().unwrap_or("-");
-    let identity_headers = identity.headers();
+    let id = caller.id();
+    let identity_headers = caller.identity.headers();
     let upstream = Upstream {
         address: &worker.app,
         path: req.path(),
@@ -213,7 +260,7 @@ async fn forward_to_app<G: Unpin + 'static>(
             handshake: false,
             identity: Some(&identity_headers),
             strip_authorization: worker.gate.authenticator.strip_authorization,
-            trace: Some(hop),
+            trace: Some(caller.hop),
         },
         timeout: worker.timeout,
     };
@@ -221,13 +268,19 @@ async fn forward_to_app<G: Unpin + 'static>(
         Ok(body) => body,
         Err(message) => return ProxyError::BadRequest(message).response(Some(APP), id),
     };
-    match forward::send(&worker.client, upstream, req, &mut body, request_id).await {
+    match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
             if response.status().is_success() && worker.gate.authenticator.is_logout(req) {
-                revoke_at_logout(&worker.gate.authenticator, identity, id).await;
+                revoke_at_logout(&worker.gate.authenticator, caller.identity, id).await;
             }
-            forward::respond(response, slot)
+            match (fill, &worker.gate.cache) {
+                (Some(fill), Some(cache)) => {
+                    cache.complete(fill, response, slot, req.headers()).await
+                }
+                _ => forward::respond(response, slot),
+            }
         }
+
         Err(SendError::BadRequest(message)) => {
             ProxyError::BadRequest(message).response(Some(APP), id)
         }

@@ -22,6 +22,7 @@ pub struct MemoryStore {
     revoked: Mutex<HashMap<String, Instant>>,
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
     usage: Mutex<HashMap<String, UsageRecord>>,
+    values: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
@@ -172,6 +173,24 @@ impl Store for MemoryStore {
         ready(self.usage_at(key, Instant::now()))
     }
 
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        let now = Instant::now();
+        ready(lock(&self.values).map(|values| {
+            values
+                .get(key)
+                .filter(|(until, _)| *until > now)
+                .map(|(_, value)| value.clone())
+        }))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()> {
+        let now = Instant::now();
+        ready(lock(&self.values).map(|mut values| {
+            make_room(&mut values, now, |(until, _)| *until);
+            values.insert(key.to_string(), (now + ttl, value));
+        }))
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -193,6 +212,22 @@ mod tests {
         assert!(store.revoked_at("jti-1", t0 + secs(59)).expect("read"));
         assert!(!store.revoked_at("jti-1", t0 + secs(60)).expect("read"));
         assert!(!store.revoked_at("jti-2", t0).expect("read"));
+    }
+
+    #[actix_rt::test]
+    async fn values_expire_with_their_ttl() {
+        let store = MemoryStore::new();
+        store
+            .set("k", b"v".to_vec(), Duration::from_millis(30))
+            .await
+            .expect("set");
+        assert_eq!(store.get("k").await.expect("get"), Some(b"v".to_vec()));
+        assert_eq!(store.get("other").await.expect("get"), None);
+        let deadline = Instant::now() + secs(5);
+        while store.get("k").await.expect("get").is_some() {
+            assert!(Instant::now() < deadline, "the value never expired");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub trait Store: Send + Sync {
     ) -> StoreFuture<'a, ()>;
     /// The usage record `key`: attempts per endpoint.
     fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>>;
+    /// The value under `key`, if present and not expired.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// Stores `value` under `key` for `ttl`.
+    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()>;
     /// `memory` or `redis`, for logs.
     fn kind(&self) -> &'static str;
 }

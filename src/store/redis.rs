@@ -234,6 +234,23 @@ impl Store for RedisStore {
         }))
     }
 
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(self.call("cache_get", async move {
+            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            connection.get(key).await.map_err(redis_error)
+        }))
+    }
+
+    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()> {
+        Box::pin(self.call("cache_set", async move {
+            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            connection
+                .set_ex::<_, _, ()>(key, value, ttl_seconds(ttl))
+                .await
+                .map_err(redis_error)
+        }))
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
     }

@@ -35,6 +35,8 @@ struct UpstreamState {
     delay_ms: AtomicU64,
     /// `Retry-After` seconds sent with each answer; 0 for none.
     retry_after: AtomicU64,
+    /// Extra headers sent with each answer.
+    headers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Upstream {
@@ -85,6 +87,13 @@ impl Upstream {
     /// Answer every later request with `status`.
     pub fn answer_with(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Send `name: value` with every later answer.
+    pub fn answer_header(&self, name: &str, value: &str) {
+        if let Ok(mut headers) = self.state.headers.lock() {
+            headers.push((name.to_string(), value.to_string()));
+        }
     }
 
     /// Send `Retry-After: <seconds>` with every later answer.
@@ -140,6 +149,11 @@ async fn answer(
         let retry_after = state.retry_after.load(Ordering::SeqCst);
         if retry_after > 0 {
             response.insert_header(("retry-after", retry_after.to_string()));
+        }
+        if let Ok(headers) = state.headers.lock() {
+            for (name, value) in headers.iter() {
+                response.insert_header((name.as_str(), value.as_str()));
+            }
         }
         response.json(json!({
             "method": req.method().as_str(),

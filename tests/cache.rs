@@ -1,0 +1,192 @@
+//! The inbound GET cache: per user, only what the app lets be kept, with
+//! coalesced misses, TTLs, and a bypass (never a failure) while Redis is down.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::{client, eventually, get_text, metric, sidecar_from, RedisServer, Upstream};
+
+fn config(app: &Upstream, redis: Option<&RedisServer>) -> String {
+    let redis = redis.map_or_else(String::new, |r| {
+        format!("redis: {{ url: \"{}\", timeout: 200ms }}", r.url())
+    });
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+inbound:
+  auth:
+    jwt: {{ algorithms: [HS256] }}
+  cache:
+    default_ttl: 60s
+    routes: [{{ path: /short, ttl: 1s }}]
+    bypass: [/auth]
+{redis}",
+        app.endpoint()
+    )
+}
+
+const ENV: [(&str, &str); 1] = [("JWT_SECRET", "cache-secret")];
+
+fn bearer(user: &str) -> String {
+    let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"cache-secret"),
+    );
+    format!("Bearer {}", token.expect("signs"))
+}
+
+/// Sends a request as `user`; returns status and `X-Cache`.
+async fn send(
+    sidecar: &outrigger::Sidecar,
+    method: &str,
+    path: &str,
+    user: &str,
+) -> (u16, Option<String>) {
+    let addr = sidecar.inbound_addr().expect("inbound");
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let response = client()
+        .request(method, format!("http://{addr}{path}"))
+        .insert_header(("authorization", bearer(user)))
+        .send()
+        .await
+        .expect("an answer");
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), cache)
+}
+
+fn cache(state: &str) -> (u16, Option<String>) {
+    (200, Some(state.to_string()))
+}
+
+#[actix_web::test]
+async fn gets_are_cached_per_user_and_only_when_allowed() {
+    let app = Upstream::start().await;
+    let sidecar = sidecar_from(&config(&app, None), &ENV).await;
+    assert_eq!(
+        send(&sidecar, "GET", "/items?b=2&a=1", "ana").await,
+        cache("MISS")
+    );
+    assert_eq!(
+        send(&sidecar, "GET", "/items?a=1&b=2", "ana").await,
+        cache("HIT"),
+        "query order does not matter"
+    );
+    assert_eq!(app.hits(), 1);
+    assert_eq!(
+        send(&sidecar, "GET", "/items?a=1&b=2", "bob").await,
+        cache("MISS"),
+        "another user"
+    );
+    for tricky in ["ana\u{0}", "ana:*", "*", &"x".repeat(10 * 1024)] {
+        assert_eq!(
+            send(&sidecar, "GET", "/items?a=1&b=2", tricky).await,
+            cache("MISS"),
+            "no collision with ana"
+        );
+    }
+    assert_eq!(
+        send(&sidecar, "HEAD", "/items?a=1&b=2", "ana").await,
+        cache("HIT"),
+        "HEAD from the GET entry"
+    );
+
+    let before = app.hits();
+    for _ in 0..2 {
+        assert_eq!(
+            send(&sidecar, "POST", "/items", "ana").await,
+            (200, None),
+            "POST is never cached"
+        );
+    }
+    assert_eq!(
+        send(&sidecar, "GET", "/auth/me", "ana").await,
+        cache("BYPASS")
+    );
+    assert_eq!(
+        send(&sidecar, "GET", "/auth/me", "ana").await,
+        cache("BYPASS")
+    );
+    assert_eq!(app.hits(), before + 4);
+
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    assert_eq!(metric(&metrics, "outrigger_cache_hits_total"), Some(2.0));
+    assert_eq!(send(&sidecar, "GET", "/short", "ana").await, cache("MISS"));
+    assert_eq!(send(&sidecar, "GET", "/short", "ana").await, cache("HIT"));
+    eventually("the 1 s entry expires", || async {
+        send(&sidecar, "GET", "/short", "ana").await == cache("MISS")
+    })
+    .await;
+
+    app.answer_header("cache-control", "no-store");
+    assert_eq!(
+        send(&sidecar, "GET", "/private", "ana").await,
+        cache("MISS")
+    );
+    assert_eq!(
+        send(&sidecar, "GET", "/private", "ana").await,
+        cache("MISS"),
+        "no-store is never kept"
+    );
+}
+
+#[actix_web::test]
+async fn concurrent_misses_for_one_key_reach_the_app_once() {
+    let app = Upstream::start().await;
+    app.delay(Duration::from_millis(300));
+    let sidecar = sidecar_from(&config(&app, None), &ENV).await;
+    let requests = (0..20).map(|_| send(&sidecar, "GET", "/popular", "ana"));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
+    assert_eq!(app.hits(), 1, "the misses were coalesced");
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(_, cache)| cache.as_deref() == Some("MISS"))
+            .count(),
+        1
+    );
+}
+
+#[actix_web::test]
+async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
+    let mut redis = RedisServer::start().await;
+    let app = Upstream::start().await;
+    let sidecar = sidecar_from(&config(&app, Some(&redis)), &ENV).await;
+    assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
+    assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("HIT"));
+
+    redis.kill();
+    for _ in 0..3 {
+        assert_eq!(
+            send(&sidecar, "GET", "/items", "ana").await,
+            cache("BYPASS"),
+            "answered, uncached"
+        );
+    }
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    assert!(metric(&metrics, "outrigger_cache_errors_total").is_some_and(|n| n >= 3.0));
+    assert!(
+        metric(&metrics, "outrigger_redis_errors_total{op=\"cache_get\"}")
+            .is_some_and(|n| n >= 1.0)
+    );
+
+    redis.restart().await;
+    eventually("the cache works again", || async {
+        send(&sidecar, "GET", "/items", "ana").await == cache("HIT")
+    })
+    .await;
+}
