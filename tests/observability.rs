@@ -16,7 +16,7 @@ use rand::Rng;
 use serde_json::Value;
 use support::{
     client, closed_port, eventually, get_json, get_text, header_seen, metric, sidecar_from,
-    status_of, SidecarProcess, TempDir, Upstream,
+    status_of, RedisServer, SidecarProcess, TempDir, Upstream,
 };
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -28,6 +28,7 @@ struct Scenario {
     failing: Upstream,
     _slow: Upstream,
     _app: Upstream,
+    _redis: RedisServer,
     dead: String,
 }
 
@@ -42,6 +43,7 @@ impl Scenario {
         failing.answer_with(503);
         slow.delay(Duration::from_millis(800));
         let dead = format!("127.0.0.1:{}", closed_port());
+        let redis = RedisServer::start().await;
         let yaml = format!(
             "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" }}
@@ -50,7 +52,10 @@ impl Scenario {
 inbound:
   auth:
     jwt: {{ algorithms: [HS256] }}
-    exempt: [/open]
+    exempt: [/open, /cached, /limited]
+  rate_limit: {{ routes: [{{ path: /limited, limit: 1 }}] }}
+  cache: {{ default_ttl: 60s, bypass: [/open] }}
+redis: {{ url: \"{redis}\", timeout: 500ms }}
 services:
   - {{ name: api, endpoints: [\"{ok}\"] }}
   - name: flaky
@@ -65,6 +70,7 @@ services:
             ok = ok.endpoint(),
             failing = failing.endpoint(),
             slow = slow.endpoint(),
+            redis = redis.url(),
         );
         let sidecar = sidecar_from(&yaml, &[("JWT_SECRET", "s3cret")]).await;
         Scenario {
@@ -73,6 +79,7 @@ services:
             failing,
             _slow: slow,
             _app: app,
+            _redis: redis,
             dead,
         }
     }
@@ -125,6 +132,26 @@ services:
             .await
             .expect("an answer");
         assert_eq!(refused.status().as_u16(), 401);
+        for expected in ["MISS", "HIT"] {
+            let answer = client()
+                .get(format!("http://{inbound}/cached"))
+                .send()
+                .await
+                .expect("an answer");
+            let cache = answer
+                .headers()
+                .get("x-cache")
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(cache, Some(expected));
+        }
+        for expected in [200, 429] {
+            let answer = client()
+                .get(format!("http://{inbound}/limited"))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(answer.status().as_u16(), expected);
+        }
     }
 }
 
@@ -166,7 +193,11 @@ async fn after_a_scripted_scenario_every_counter_has_its_value_and_promtool_pass
         ("outrigger_retries_total{outcome=\"failure\",service=\"retried\"}".to_string(), 0.0),
         ("outrigger_retry_budget_exhausted_total{service=\"retried\"}".to_string(), 0.0),
         ("outrigger_concurrency_limit_reached_total{scope=\"service\",service=\"limited\"}".to_string(), 1.0),
-        ("outrigger_jwt_validations_total{result=\"malformed\"}".to_string(), 1.0),
+                ("outrigger_jwt_validations_total{result=\"malformed\"}".to_string(), 1.0),
+        ("outrigger_cache_hits_total".to_string(), 1.0),
+        ("outrigger_cache_misses_total".to_string(), 2.0),
+        ("outrigger_rate_limited_total{scope=\"route\"}".to_string(), 1.0),
+        ("outrigger_redis_errors_total{op=\"cache_get\"}".to_string(), 0.0),
         ("outrigger_http_requests_in_progress{listener=\"outbound\"}".to_string(), 0.0),
         ("outrigger_discovery_replicas{service=\"retried\"}".to_string(), 2.0),
         ("outrigger_http_request_duration_seconds_count{listener=\"outbound\",service=\"api\"}".to_string(), 3.0),

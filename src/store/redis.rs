@@ -75,6 +75,21 @@ impl RedisStore {
             success_threshold: 1,
             half_open_max_probes: 1,
         };
+        // Every operation's error series exists from the start, at 0, so a
+        // dashboard shows "no errors" rather than "no data".
+        for op in [
+            "is_revoked",
+            "revoke",
+            "rate_limit",
+            "usage",
+            "cache_get",
+            "cache_set",
+        ] {
+            errors.with_label_values(&[op]);
+        }
+        for state in ["idle", "in_use"] {
+            connections.with_label_values(&[state]);
+        }
         Ok(RedisStore {
             pool,
             timeout: config.timeout,
