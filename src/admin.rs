@@ -12,6 +12,8 @@ use actix_web_prom::PrometheusMetricsBuilder;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use tokio::sync::Notify;
+
 use crate::config::Config;
 use crate::inbound::Gate;
 use crate::logging;
@@ -24,6 +26,7 @@ struct AdminState {
     config: Config,
     gate: Option<Arc<Gate>>,
     started: Instant,
+    shutdown: Arc<Notify>,
 }
 
 /// Binds the admin listener; the server runs once awaited or spawned.
@@ -32,6 +35,7 @@ pub fn server(
     table: Arc<ServiceTable>,
     metrics: &Metrics,
     gate: Option<Arc<Gate>>,
+    shutdown: Arc<Notify>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
         .registry(metrics.registry.clone())
@@ -44,6 +48,7 @@ pub fn server(
         config: config.clone(),
         gate,
         started: Instant::now(),
+        shutdown,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -58,6 +63,7 @@ pub fn server(
             .route("/config", web::get().to(show_config))
             .route("/tokens/revoke", web::post().to(revoke_token))
             .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
+            .route("/shutdown", web::post().to(request_shutdown))
             .route("/log-level", web::get().to(log_level))
             .route("/log-level", web::put().to(set_log_level))
     })
@@ -263,6 +269,18 @@ async fn set_log_level(req: HttpRequest, body: String) -> HttpResponse {
         }
         Err(message) => HttpResponse::BadRequest().json(json!({ "error": message })),
     }
+}
+
+/// Asks the sidecar to stop as on SIGTERM; only callers on this host may
+/// (a Job's app, done with its work).
+async fn request_shutdown(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
+        return HttpResponse::Forbidden()
+            .json(json!({"error": "shutdown can only be asked from localhost"}));
+    }
+    log::warn!("admin: shutdown requested");
+    state.shutdown.notify_one();
+    HttpResponse::Accepted().json(json!({"stopping": true}))
 }
 
 async fn show_config(state: web::Data<AdminState>) -> HttpResponse {

@@ -105,8 +105,9 @@ fn run(path: &Path) -> ExitCode {
     };
     let outcome = actix_rt::System::new().block_on(async move {
         let sidecar = Sidecar::start(config).await?;
-        wait_for_stop_signal().await?;
-        sidecar.stop().await;
+        let mut signals = StopSignals::new()?;
+        tokio_select(signals.next(), sidecar.shutdown_requested()).await;
+        sidecar.stop(signals.next()).await;
         Ok::<(), std::io::Error>(())
     });
     match outcome {
@@ -206,13 +207,27 @@ fn init_logging() {
     );
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<()> {
-    use actix_rt::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio_select(terminate.recv(), interrupt.recv()).await;
-    log::info!("stop signal received");
-    Ok(())
+/// SIGTERM and SIGINT: the first asks for a graceful stop, a second for
+/// an immediate one.
+struct StopSignals {
+    terminate: actix_rt::signal::unix::Signal,
+    interrupt: actix_rt::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use actix_rt::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio_select(self.terminate.recv(), self.interrupt.recv()).await;
+        log::info!("stop signal received");
+    }
 }
 
 /// Waits for whichever of two futures finishes first.

@@ -32,7 +32,11 @@ use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use log::info;
 
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::future::Either;
+use tokio::sync::Notify;
 
 use crate::config::{Config, InboundConfig, JwtKeys};
 use crate::discovery::{source_for, Supervisor};
@@ -42,10 +46,6 @@ use crate::inbound::{
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
 use crate::store::{MemoryStore, RedisStore, Store};
-
-/// Extra seconds beyond the longest service timeout that shutdown waits for
-/// in-flight requests.
-const SHUTDOWN_GRACE_SECS: u64 = 5;
 
 /// A running sidecar.
 pub struct Sidecar {
@@ -58,6 +58,10 @@ pub struct Sidecar {
     proxies: Vec<ServerHandle>,
     admin: ServerHandle,
     servers: Vec<actix_rt::task::JoinHandle<io::Result<()>>>,
+    /// How long the listeners keep serving after a stop is asked for.
+    drain_delay: Duration,
+    /// Admin `POST /shutdown` asks for a stop here.
+    shutdown: Arc<Notify>,
 }
 
 impl Sidecar {
@@ -72,13 +76,9 @@ impl Sidecar {
             Arc::clone(&metrics),
         )
         .start();
-        let longest = config
-            .services
-            .iter()
-            .map(|s| s.policy.timeout)
-            .max()
-            .unwrap_or_default();
-        let shutdown_secs = longest.as_secs() + SHUTDOWN_GRACE_SECS;
+        let grace = config.lifecycle.shutdown_grace;
+        let shutdown_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let shutdown = Arc::new(Notify::new());
         let spans = config
             .observability
             .tracing
@@ -118,8 +118,13 @@ impl Sidecar {
             proxies.push(server.handle());
             servers.push(actix_rt::spawn(server));
         }
-        let (admin, admin_addrs) =
-            admin::server(&config, Arc::clone(&table), &metrics, admin_gate)?;
+        let (admin, admin_addrs) = admin::server(
+            &config,
+            Arc::clone(&table),
+            &metrics,
+            admin_gate,
+            Arc::clone(&shutdown),
+        )?;
         let admin_handle = admin.handle();
         servers.push(actix_rt::spawn(admin));
         let sidecar = Sidecar {
@@ -131,6 +136,8 @@ impl Sidecar {
             proxies,
             admin: admin_handle,
             servers,
+            drain_delay: config.lifecycle.drain_delay,
+            shutdown,
         };
         servers_started(&sidecar);
         info!("{} services", config.services.len());
@@ -157,13 +164,35 @@ impl Sidecar {
         &self.supervisor
     }
 
-    /// Stops gracefully: `/ready` turns 503, listeners stop accepting,
-    /// in-flight requests finish, then the servers end.
-    pub async fn stop(self) {
+    /// Resolves when admin `POST /shutdown` asks the sidecar to stop.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
+    }
+
+    /// Stops gracefully: `/ready` turns 503 at once while the listeners keep
+    /// serving for `drain_delay`; then they stop accepting and in-flight
+    /// requests get up to `shutdown_grace` to finish. When `hurry` resolves
+    /// first (a second signal), the listeners stop at once.
+    pub async fn stop(self, hurry: impl Future<Output = ()>) {
         self.table.begin_shutdown();
-        info!("shutting down: finishing in-flight requests");
-        for proxy in &self.proxies {
-            proxy.stop(true).await;
+        info!(
+            "stopping: /ready answers 503; serving {}ms more before closing the listeners",
+            self.drain_delay.as_millis()
+        );
+        let proxies = &self.proxies;
+        let graceful = async {
+            actix_rt::time::sleep(self.drain_delay).await;
+            info!("closing the listeners; finishing in-flight requests");
+            for proxy in proxies {
+                proxy.stop(true).await;
+            }
+        };
+        let (graceful, hurry) = (std::pin::pin!(graceful), std::pin::pin!(hurry));
+        if let Either::Right(_) = futures_util::future::select(graceful, hurry).await {
+            log::warn!("stopping now: in-flight requests are cut");
+            for proxy in proxies {
+                proxy.stop(false).await;
+            }
         }
         self.admin.stop(true).await;
         for server in self.servers {

@@ -114,15 +114,32 @@ async fn fifty_mib_up_and_down_stream_through_with_bounded_memory() {
     assert!(peak < MEMORY_BOUND, "sidecar peak RSS {} MiB", peak >> 20);
 }
 
+/// Waits up to `within` for the sidecar process to exit, and returns its code.
+async fn exit_code(sidecar: &mut SidecarProcess, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = sidecar.child.try_wait().expect("wait") {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not exit in {within:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[actix_web::test]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let upstream = Upstream::start().await;
     upstream.delay(Duration::from_millis(700));
-    let mut sidecar = SidecarProcess::start(&format!(
+    let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
-    ))
-    .await;
+    );
+    let extra = "lifecycle: { drain_delay: 0s, shutdown_grace: 10s }";
+    let mut sidecar =
+        SidecarProcess::start_with(&services, extra, &[("LOG_LEVEL", "warn")], None).await;
     let url = format!("http://{}/api/slow", sidecar.outbound);
     let request = actix_rt::spawn(async move {
         let mut response = client().get(url).send().await.expect("an answer");
@@ -140,16 +157,84 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let (status, body_len) = request.await.expect("request task");
     assert_eq!(status, 200, "the request in flight was answered");
     assert!(body_len > 0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
-        if let Some(status) = sidecar.child.try_wait().expect("wait") {
-            break status;
+    assert_eq!(
+        exit_code(&mut sidecar, Duration::from_secs(15)).await,
+        Some(0)
+    );
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
+    let upstream = Upstream::start().await;
+    upstream.delay(Duration::from_millis(300));
+    let services = format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    );
+    let extra = "lifecycle: { drain_delay: 1s, shutdown_grace: 10s }";
+    let mut sidecar =
+        SidecarProcess::start_with(&services, extra, &[("LOG_LEVEL", "warn")], None).await;
+    let url = format!("http://{}/api/x", sidecar.outbound);
+    let ready = format!("http://{}/ready", sidecar.admin);
+    // 200 requests per second, slow ones among them, until /ready says stop
+    // (as an endpoints controller would); SIGTERM comes after 500 ms.
+    let mut ticker = actix_rt::time::interval(Duration::from_millis(5));
+    let mut requests = Vec::new();
+    let started = Instant::now();
+    let mut terminated_at = None;
+    loop {
+        ticker.tick().await;
+        if terminated_at.is_none() && started.elapsed() >= Duration::from_millis(500) {
+            sidecar.terminate();
+            terminated_at = Some(Instant::now());
         }
-        assert!(
-            Instant::now() < deadline,
-            "the sidecar did not exit after SIGTERM"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(exit.code(), Some(0));
+        if let Some(at) = terminated_at {
+            if support::status_of(&ready).await == Some(503) {
+                assert!(
+                    at.elapsed() < Duration::from_millis(500),
+                    "/ready turned 503 at once"
+                );
+                break;
+            }
+        }
+        let url = url.clone();
+        requests.push(actix_rt::spawn(
+            async move { support::status_of(&url).await },
+        ));
+    }
+    let sent = requests.len();
+    let mut failed = 0;
+    for request in requests {
+        if request.await.ok().flatten() != Some(200) {
+            failed += 1;
+        }
+    }
+    assert!(sent >= 50, "only {sent} requests were sent");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    assert_eq!(
+        exit_code(&mut sidecar, Duration::from_secs(12)).await,
+        Some(0)
+    );
+}
+
+#[actix_web::test]
+async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
+    let upstream = Upstream::start().await;
+    let services = format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    );
+    let extra = "lifecycle: { drain_delay: 0s }";
+    let mut sidecar =
+        SidecarProcess::start_with(&services, extra, &[("LOG_LEVEL", "warn")], None).await;
+    let answer = client()
+        .post(format!("http://{}/shutdown", sidecar.admin))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(answer.status().as_u16(), 202);
+    assert_eq!(
+        exit_code(&mut sidecar, Duration::from_secs(10)).await,
+        Some(0)
+    );
 }

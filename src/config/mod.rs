@@ -43,9 +43,25 @@ pub struct Config {
     pub inbound: Option<InboundConfig>,
     /// Shared Redis; without it, in-process stores are used.
     pub redis: Option<RedisConfig>,
+    /// How the sidecar stops.
+    pub lifecycle: Lifecycle,
     /// Tracing and access log settings (`tracing`, `access_log`).
     #[serde(flatten)]
     pub observability: ObservabilityConfig,
+}
+
+/// How the sidecar stops on SIGTERM (or admin `POST /shutdown`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lifecycle {
+    /// After the signal, `/ready` answers 503 but the listeners keep
+    /// serving this long, so endpoint controllers and callers stop sending
+    /// first (default 5s; 0s stops at once).
+    #[serde(serialize_with = "as_duration")]
+    pub drain_delay: Duration,
+    /// Then the listeners stop accepting and in-flight requests get this
+    /// long to finish before they are cut (default 25s, below the pod's 30s).
+    #[serde(serialize_with = "as_duration")]
+    pub shutdown_grace: Duration,
 }
 
 /// The sidecar's listening sockets.
@@ -225,6 +241,15 @@ fn as_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::O
     serializer.serialize_str(&format_duration(*duration))
 }
 
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            drain_delay: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -330,6 +355,21 @@ fn read_config(
         }),
     };
     let observability = observability::read_observability(&mut top, problems);
+    let lifecycle = top.section(
+        "lifecycle",
+        &Lifecycle::default(),
+        problems,
+        |t, base, problems| {
+            let grace = t
+                .get("shutdown_grace", problems)
+                .unwrap_or(base.shutdown_grace);
+            positive(grace, &t.path_of("shutdown_grace"), problems);
+            Lifecycle {
+                drain_delay: t.get("drain_delay", problems).unwrap_or(base.drain_delay),
+                shutdown_grace: grace,
+            }
+        },
+    );
     top.finish(problems);
     let listeners = listeners?;
     let inbound = match (&listeners.inbound, inbound) {
@@ -352,6 +392,7 @@ fn read_config(
         services,
         inbound,
         redis,
+        lifecycle,
         observability,
     })
 }
