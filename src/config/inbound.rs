@@ -398,27 +398,7 @@ fn read_auth(
             config
         })
     });
-    let rules = match t.raw("rules") {
-        None => Vec::new(),
-        Some(Value::Sequence(items)) => {
-            let base = t.path_of("rules");
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(index, item)| {
-                    let path = format!("{base}[{index}]");
-                    let mut rule = Table::open(item, &path, problems)?;
-                    let parsed = read_rule(&mut rule, problems);
-                    rule.finish(problems);
-                    parsed
-                })
-                .collect()
-        }
-        Some(_) => {
-            problems.add(&t.path_of("rules"), "expected a list of rules");
-            Vec::new()
-        }
-    };
+    let rules = t.tables("rules", problems, read_rule);
     AuthConfig {
         jwt: jwt.flatten(),
         api_keys: api_keys.flatten(),
@@ -651,36 +631,19 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
         }
         Some(_) => problems.add(&t.path_of("roles"), "expected a mapping of role: limit"),
     }
-    let routes = match t.raw("routes") {
-        None => Vec::new(),
-        Some(Value::Sequence(items)) => {
-            let base = t.path_of("routes");
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(index, item)| {
-                    let path = format!("{base}[{index}]");
-                    let mut route = Table::open(item, &path, problems)?;
-                    let prefix: Option<String> = route.get("path", problems);
-                    let limit: Option<u32> = route.get("limit", problems);
-                    let own_window = route.get("window", problems).unwrap_or(window);
-                    if prefix.is_none() || limit.is_none() {
-                        problems.add(&path, "each route needs path and limit");
-                    }
-                    route.finish(problems);
-                    Some(RouteLimit {
-                        path: prefix?,
-                        limit: limit?,
-                        window: own_window,
-                    })
-                })
-                .collect()
+    let routes = t.tables("routes", problems, |route, problems| {
+        let prefix: Option<String> = route.get("path", problems);
+        let limit: Option<u32> = route.get("limit", problems);
+        let own_window = route.get("window", problems).unwrap_or(window);
+        if prefix.is_none() || limit.is_none() {
+            problems.add(route.path(), "each route needs path and limit");
         }
-        Some(_) => {
-            problems.add(&t.path_of("routes"), "expected a list of {path, limit}");
-            Vec::new()
-        }
-    };
+        Some(RouteLimit {
+            path: prefix?,
+            limit: limit?,
+            window: own_window,
+        })
+    });
     let trusted_proxies = t
         .list::<String>("trusted_proxies", problems)
         .unwrap_or_default()
@@ -731,34 +694,17 @@ fn read_cache(
             ),
         }
     }
-    let routes = match t.raw("routes") {
-        None => Vec::new(),
-        Some(Value::Sequence(items)) => {
-            let base = t.path_of("routes");
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(index, item)| {
-                    let path = format!("{base}[{index}]");
-                    let mut route = Table::open(item, &path, problems)?;
-                    let prefix: Option<String> = route.get("path", problems);
-                    let ttl: Option<Duration> = route.get("ttl", problems);
-                    if prefix.is_none() || ttl.is_none() {
-                        problems.add(&path, "each route needs path and ttl");
-                    }
-                    route.finish(problems);
-                    Some(CacheRoute {
-                        path: prefix?,
-                        ttl: ttl?,
-                    })
-                })
-                .collect()
+    let routes = t.tables("routes", problems, |route, problems| {
+        let prefix: Option<String> = route.get("path", problems);
+        let ttl: Option<Duration> = route.get("ttl", problems);
+        if prefix.is_none() || ttl.is_none() {
+            problems.add(route.path(), "each route needs path and ttl");
         }
-        Some(_) => {
-            problems.add(&t.path_of("routes"), "expected a list of {path, ttl}");
-            Vec::new()
-        }
-    };
+        Some(CacheRoute {
+            path: prefix?,
+            ttl: ttl?,
+        })
+    });
     CacheConfig {
         default_ttl,
         routes,

@@ -243,6 +243,39 @@ impl<'v> Table<'v> {
         Some(parsed)
     }
 
+    /// Reads `key` as a list of mappings, each with `read` (unknown keys in
+    /// each are reported); an item that yields `None` is left out.
+    pub fn tables<T>(
+        &mut self,
+        key: &str,
+        problems: &mut Problems,
+        mut read: impl FnMut(&mut Table, &mut Problems) -> Option<T>,
+    ) -> Vec<T> {
+        let Some(value) = self.raw(key) else {
+            return Vec::new();
+        };
+        let path = self.path_of(key);
+        let Some(items) = value.as_sequence() else {
+            problems.add(&path, format!("expected a list, got {}", show(value)));
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| {
+                let mut table = Table::open(item, &format!("{path}[{index}]"), problems)?;
+                let parsed = read(&mut table, problems);
+                table.finish(problems);
+                parsed
+            })
+            .collect()
+    }
+
+    /// The path of this table.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     /// Reports every key that no reader asked for.
     pub fn finish(self, problems: &mut Problems) {
         for (key, _, used) in &self.entries {
