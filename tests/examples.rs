@@ -8,7 +8,7 @@ use std::process::Command;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{client, sidecar_from, Upstream};
+use support::{client, sidecar_from, x_cache, Upstream};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
 const SECRET: &str = "examples-secret";
@@ -52,12 +52,7 @@ async fn get(url: &str, authorization: Option<&str>) -> (u16, Option<String>) {
         request = request.insert_header(("authorization", value));
     }
     let response = request.send().await.expect("an answer");
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (response.status().as_u16(), cache)
+    (response.status().as_u16(), x_cache(&response))
 }
 
 #[test]
