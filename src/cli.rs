@@ -1,5 +1,5 @@
 //! The `outrigger` command line: `run` the sidecar, `check` a config,
-//! `inject` the sidecar into Kubernetes YAML.
+//! `inject` the sidecar into Kubernetes YAML, `demo` it on this machine.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{format_duration, Config, ConfigError, DiscoverySource};
+use crate::demo::DemoOptions;
 use crate::inject::{inject, Options};
 use crate::Sidecar;
 
@@ -65,6 +66,21 @@ pub enum Command {
         #[arg(long)]
         proxy_env: bool,
     },
+    /// Start three local demo replicas (one flaky, one slow), a demo app and
+    /// the sidecar in front of them, and print the curl commands to try.
+    Demo {
+        /// The share of requests (0 to 1) the flaky replica answers with 503.
+        #[arg(long, default_value_t = 0.5, value_parser = parse_rate)]
+        failure_rate: f64,
+        /// Keep rate limits, revocations and the cache in this Redis
+        /// (`redis://host:port/db`) instead of in process.
+        #[arg(long)]
+        redis: Option<String>,
+        /// Run the tour against itself, print each step, and exit 0 only
+        /// when every step saw the expected answer.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 impl Cli {
@@ -90,12 +106,24 @@ impl Cli {
                     proxy_env,
                 },
             ),
+            Command::Demo {
+                failure_rate,
+                redis,
+                once,
+            } => {
+                init_logging("warn");
+                crate::demo::run(DemoOptions {
+                    failure_rate,
+                    redis,
+                    once,
+                })
+            }
         }
     }
 }
 
 fn run(path: &Path) -> ExitCode {
-    init_logging();
+    init_logging("info");
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
@@ -187,6 +215,14 @@ fn inject_file(path: &Path, options: &Options) -> ExitCode {
     }
 }
 
+/// A share from 0 to 1, for `--failure-rate`.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expected a number from 0 to 1, got {text:?}")),
+    }
+}
+
 fn report_errors(path: &Path, errors: &[ConfigError]) {
     let mut stderr = std::io::stderr().lock();
     let _ = writeln!(stderr, "{}: {} problem(s)", path.display(), errors.len());
@@ -196,10 +232,10 @@ fn report_errors(path: &Path, errors: &[ConfigError]) {
 }
 
 /// Logs go to stderr; `LOG_LEVEL` sets the level or per-module filters
-/// (`info`, `outrigger=debug,actix_server=warn`), `LOG_FORMAT=json` makes
-/// each line a JSON object.
-fn init_logging() {
-    let filters = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".to_string());
+/// (`info`, `outrigger=debug,actix_server=warn`; `default` when unset),
+/// `LOG_FORMAT=json` makes each line a JSON object.
+fn init_logging(default: &str) {
+    let filters = std::env::var("LOG_LEVEL").unwrap_or_else(|_| default.to_string());
     let format = std::env::var("LOG_FORMAT").ok();
     crate::logging::init(
         &filters,
@@ -209,13 +245,13 @@ fn init_logging() {
 
 /// SIGTERM and SIGINT: the first asks for a graceful stop, a second for
 /// an immediate one.
-struct StopSignals {
+pub(crate) struct StopSignals {
     terminate: actix_rt::signal::unix::Signal,
     interrupt: actix_rt::signal::unix::Signal,
 }
 
 impl StopSignals {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         use actix_rt::signal::unix::{signal, SignalKind};
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
@@ -224,7 +260,7 @@ impl StopSignals {
     }
 
     /// Resolves at the next SIGTERM or SIGINT.
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio_select(self.terminate.recv(), self.interrupt.recv()).await;
         log::info!("stop signal received");
     }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod discovery;
 pub mod error;
 pub mod forward;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{client, eventually, get_text, metric, sidecar_from, RedisServer, Upstream};
+use support::{client, eventually, get_text, metric, sidecar_from, x_cache, RedisServer, Upstream};
 
 fn config(app: &Upstream, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {
@@ -57,12 +57,7 @@ async fn send(
         .send()
         .await
         .expect("an answer");
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (response.status().as_u16(), cache)
+    (response.status().as_u16(), x_cache(&response))
 }
 
 fn cache(state: &str) -> (u16, Option<String>) {

@@ -285,6 +285,15 @@ pub fn header_seen(echo: &Value, name: &str) -> Option<String> {
         .and_then(|h| h[1].as_str().map(str::to_string))
 }
 
+/// The `X-Cache` header of an answer, when it has one.
+pub fn x_cache<S>(response: &awc::ClientResponse<S>) -> Option<String> {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// Polls `check` every 20 ms until it holds; fails the test after 10 s.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where

@@ -1,0 +1,122 @@
+//! The ready-made configs in `sidecar-config/examples/`: each passes
+//! `outrigger check`, and each shows its headline behaviour when run with
+//! its listeners on ephemeral ports and its endpoints on test upstreams.
+
+mod support;
+
+use std::process::Command;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::{client, sidecar_from, x_cache, Upstream};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
+const SECRET: &str = "examples-secret";
+const ENV: [(&str, &str); 1] = [("JWT_SECRET", SECRET)];
+
+/// An example's text with its documented ports swapped for test ones: the
+/// listeners on 127.0.0.1:0, the app and the first endpoint on `app`, the
+/// second endpoint on `second`. A file without listeners gets them first.
+fn runnable(name: &str, app: &Upstream, second: Option<&Upstream>) -> String {
+    let text = std::fs::read_to_string(format!("{EXAMPLES}/{name}")).expect("the example");
+    let mut text = text
+        .replace("127.0.0.1:15001", "127.0.0.1:0")
+        .replace("0.0.0.0:15006", "127.0.0.1:0")
+        .replace("0.0.0.0:15090", "127.0.0.1:0")
+        .replace("127.0.0.1:8080", &app.endpoint())
+        .replace("127.0.0.1:18081", &app.endpoint());
+    if let Some(second) = second {
+        text = text.replace("127.0.0.1:18082", &second.endpoint());
+    }
+    if !text.contains("listeners:") {
+        text = format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{text}"
+        );
+    }
+    text
+}
+
+fn token(claims: serde_json::Value) -> String {
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    );
+    format!("Bearer {}", token.expect("signs"))
+}
+
+/// Sends a GET, with an `Authorization` value when given; status and `X-Cache`.
+async fn get(url: &str, authorization: Option<&str>) -> (u16, Option<String>) {
+    let mut request = client().get(url);
+    if let Some(value) = authorization {
+        request = request.insert_header(("authorization", value));
+    }
+    let response = request.send().await.expect("an answer");
+    (response.status().as_u16(), x_cache(&response))
+}
+
+#[test]
+fn every_example_passes_check() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(EXAMPLES).expect("the examples folder") {
+        let path = entry.expect("an entry").path();
+        let output = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .env("JWT_SECRET", SECRET)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} examples");
+}
+
+#[actix_web::test]
+async fn minimal_routes_to_its_replicas() {
+    let (first, second) = (Upstream::start().await, Upstream::start().await);
+    let sidecar = sidecar_from(&runnable("minimal.yaml", &first, Some(&second)), &[]).await;
+    let url = format!("http://{}/budgeting/x", sidecar.outbound_addr());
+    assert_eq!(get(&url, None).await.0, 200);
+    assert_eq!(first.hits() + second.hits(), 1);
+}
+
+#[actix_web::test]
+async fn api_gateway_checks_tokens_and_caches_gets() {
+    let app = Upstream::start().await;
+    let sidecar = sidecar_from(&runnable("api-gateway.yaml", &app, None), &ENV).await;
+    let base = format!("http://{}", sidecar.inbound_addr().expect("inbound"));
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = |exp: u64| json!({"sub": "ana", "iss": "mimascota.auth", "aud": "mimascota.front", "exp": exp});
+    let valid = token(claims(now + 600));
+    let me = format!("{base}/api/v1/auth/me");
+    assert_eq!(
+        get(&me, Some(&valid)).await,
+        (200, Some("MISS".to_string()))
+    );
+    assert_eq!(get(&me, Some(&valid)).await, (200, Some("HIT".to_string())));
+    let expired = token(claims(now - 120));
+    assert_eq!(get(&me, Some(&expired)).await.0, 401, "past the 30s leeway");
+    assert_eq!(get(&me, None).await.0, 401);
+}
+
+#[actix_web::test]
+async fn per_user_limits_refuse_the_sixth_login_in_a_minute() {
+    let app = Upstream::start().await;
+    let sidecar = sidecar_from(&runnable("per-user-limits.yaml", &app, None), &ENV).await;
+    let login = format!(
+        "http://{}/api/v1/auth/login",
+        sidecar.inbound_addr().expect("inbound")
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&login, None).await.0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+}
