@@ -109,13 +109,20 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         }
         Some(route) => {
             let service = Arc::clone(route.service);
-            let path = route.path.to_string();
+            let path = route.path;
             let plan = HeaderPlan {
                 keep_host: route.keep_host,
                 trace: Some(&hop),
                 ..HeaderPlan::default()
             };
-            let response = call(&worker, &service, &path, plan, &req, payload, &request_id).await;
+            let outgoing = Outgoing {
+                service: &service,
+                path,
+                plan,
+                req: &req,
+                request_id: &request_id,
+            };
+            let response = call(&worker, outgoing, payload).await;
             (Some(service), response)
         }
     };
@@ -132,17 +139,27 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     response
 }
 
+/// An outbound request as routed: what every try at a replica needs.
+#[derive(Clone, Copy)]
+struct Outgoing<'a> {
+    service: &'a Arc<Service>,
+    /// The path to request from the replica.
+    path: &'a str,
+    plan: HeaderPlan<'a>,
+    req: &'a HttpRequest,
+    request_id: &'a HeaderValue,
+}
+
 /// One outbound request: a concurrency slot, then tries at replicas until
 /// an answer is final, the retry policy or budget says stop, or time runs out.
-async fn call(
-    worker: &Worker,
-    service: &Arc<Service>,
-    path: &str,
-    plan: HeaderPlan<'_>,
-    req: &HttpRequest,
-    payload: web::Payload,
-    request_id: &HeaderValue,
-) -> HttpResponse {
+async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) -> HttpResponse {
+    let Outgoing {
+        service,
+        path,
+        plan,
+        req,
+        request_id,
+    } = outgoing;
     let id = id_str(request_id);
     let name = &*service.name;
     let policy = &service.policy;
@@ -155,7 +172,7 @@ async fn call(
         return ProxyError::ConcurrencyLimit(message).response(Some(name), id);
     };
     if forward::upgrade_requested(req.headers()).is_some() {
-        return tunnel(worker, service, path, plan, req, payload, request_id, slot).await;
+        return tunnel(worker, outgoing, payload, slot).await;
     }
     let started = Instant::now();
     let deadline = started + policy.timeout;
@@ -287,17 +304,19 @@ async fn pick(
 }
 
 /// A protocol upgrade (WebSocket): one try, then bytes relayed both ways.
-#[allow(clippy::too_many_arguments)]
 async fn tunnel(
     worker: &Worker,
-    service: &Arc<Service>,
-    path: &str,
-    plan: HeaderPlan<'_>,
-    req: &HttpRequest,
+    outgoing: Outgoing<'_>,
     payload: web::Payload,
-    request_id: &HeaderValue,
     slot: InFlight,
 ) -> HttpResponse {
+    let Outgoing {
+        service,
+        path,
+        plan,
+        req,
+        request_id,
+    } = outgoing;
     let (id, name) = (id_str(request_id), &*service.name);
     let mut lease = match pick(worker, service, Vec::new()).await {
         Ok(lease) => lease,
