@@ -61,6 +61,7 @@ services:
   - name: flaky
     endpoints: [\"{failing}\"]
     retry: {{ attempts: 1 }}
+    max_ejection_percent: 100
     circuit_breaker: {{ failure_threshold: 2, cooldown: 1m }}
   - {{ name: retried, endpoints: [\"{failing}\", \"{ok}\"], load_balancer: round_robin }}
   - {{ name: limited, endpoints: [\"{slow}\"], concurrency: {{ max_in_flight: 1 }} }}

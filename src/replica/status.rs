@@ -36,7 +36,7 @@ pub struct ReplicaStatus {
     rejections: AtomicU64,
     /// When the replica's slow-start ramp began (`now_millis`), 0 when none.
     ramp_from: AtomicU64,
-    /// When an open breaker last admitted a forced probe (`now_millis`).
+    /// When an open breaker last admitted a forced probe (`now_millis`; 0: never).
     last_forced_probe: AtomicU64,
     /// Requests in flight; also the `replica_load` series.
     in_flight: IntGauge,
@@ -106,7 +106,7 @@ impl ReplicaStatus {
         let interval = interval.as_millis() as u64;
         self.last_forced_probe
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                (now.saturating_sub(last) >= interval).then_some(now)
+                (last == 0 || now.saturating_sub(last) >= interval).then_some(now)
             })
             .ok()?;
         self.in_flight.inc();
@@ -239,6 +239,13 @@ pub(crate) mod tests {
             Some(Admission::Probe)
         );
         assert_eq!(status.try_admit_forced(5_999, second), None);
+        let young = super::tests::status();
+        young.publish_state(BreakerState::Open, 0);
+        assert_eq!(
+            young.try_admit_forced(10, second),
+            Some(Admission::Probe),
+            "the first probe need not wait for the process to be a second old"
+        );
         assert_eq!(
             status.try_admit_forced(6_000, second),
             Some(Admission::Probe)
