@@ -113,6 +113,7 @@ async fn with_every_replica_down_the_answer_is_a_fast_503() {
     let sidecar = sidecar(&format!(
         "  - name: api
     endpoints: [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]
+    max_ejection_percent: 100
     circuit_breaker: {{ failure_threshold: 2, cooldown: 1m }}",
         closed_port(),
         closed_port()
@@ -275,6 +276,36 @@ async fn an_admin_reset_closes_open_breakers() {
     assert_eq!(body["reset"][0], key);
     eventually("the breaker closes", || async {
         breaker_state(&admin, &key).await == "closed"
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn past_the_ejection_cap_a_recovered_service_is_probed_back_before_its_cooldown() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    a.answer_with(500);
+    b.answer_with(500);
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\", \"{}\"]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 1, cooldown: 5m, success_threshold: 1 }}",
+        a.endpoint(),
+        b.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let admin = format!("http://{}", sidecar.admin_addr());
+    while breaker_state(&admin, &format!("api/{}", a.endpoint())).await != "open"
+        || breaker_state(&admin, &format!("api/{}", b.endpoint())).await != "open"
+    {
+        assert_eq!(status_of(&url).await, Some(500));
+    }
+    // Both breakers are open for 5 minutes; the replicas recover now.
+    a.answer_with(200);
+    b.answer_with(200);
+    eventually("a forced probe brings the service back", || async {
+        status_of(&url).await == Some(200)
     })
     .await;
 }

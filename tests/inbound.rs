@@ -499,3 +499,86 @@ async fn exempt_paths_cors_and_the_app_timeout() {
     let (status, body) = call(&sidecar, "GET", "/health", &[]).await;
     assert_eq!(status, 504, "{body}");
 }
+
+#[actix_web::test]
+async fn scope_rules_and_strip_authorization_apply() {
+    let app = Upstream::start().await;
+    let inbound = "  auth:
+    jwt: { algorithms: [HS256] }
+    strip_authorization: true
+    rules: [{ path: /reports, scopes: [reports:read] }]";
+    let sidecar = sidecar_from(&config(&app, inbound, ""), &[("JWT_SECRET", "s")]).await;
+    let key = EncodingKey::from_secret(b"s");
+    let with_scope = |scope: &str| {
+        let mut claims = claims();
+        claims["scope"] = json!(scope);
+        format!("Bearer {}", sign(Algorithm::HS256, &key, &claims, None))
+    };
+    let (status, echo) = call(
+        &sidecar,
+        "GET",
+        "/reports/q1",
+        &[("authorization", &with_scope("reports:read other"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        header_seen(&echo, "authorization"),
+        None,
+        "the token is not passed to the app"
+    );
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-scopes").as_deref(),
+        Some("reports:read other")
+    );
+    let (status, body) = call(
+        &sidecar,
+        "GET",
+        "/reports/q1",
+        &[("authorization", &with_scope("other"))],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "/reports needs the scope reports:read");
+}
+
+#[actix_web::test]
+async fn a_revocation_check_redis_cannot_answer_refuses_unless_allowed() {
+    let mut redis = RedisServer::start().await;
+    let app = Upstream::start().await;
+    let extra = format!("redis: {{ url: \"{}\", timeout: 200ms }}", redis.url());
+    let auth = |on_error: &str| {
+        format!("  auth:\n    jwt: {{ algorithms: [HS256] }}\n    revocation: true\n    revocation_on_error: {on_error}")
+    };
+    let env = [("JWT_SECRET", "s")];
+    let strict = sidecar_from(&config(&app, &auth("deny"), &extra), &env).await;
+    let lenient = sidecar_from(&config(&app, &auth("allow"), &extra), &env).await;
+    let token = format!(
+        "Bearer {}",
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(b"s"),
+            &claims(),
+            None
+        )
+    );
+    let bearer = [("authorization", token.as_str())];
+    assert_eq!(call(&strict, "GET", "/orders", &bearer).await.0, 200);
+    redis.kill();
+    let (status, body) = call(&strict, "GET", "/orders", &bearer).await;
+    assert_eq!(
+        status, 503,
+        "a revoked token must never pass because Redis is down: {body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("revocation store")),
+        "{body}"
+    );
+    assert_eq!(
+        call(&lenient, "GET", "/orders", &bearer).await.0,
+        200,
+        "revocation_on_error: allow"
+    );
+}

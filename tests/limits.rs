@@ -211,3 +211,29 @@ async fn in_flight_caps_refuse_the_excess_per_route() {
         200
     );
 }
+
+#[actix_web::test]
+async fn without_redis_the_limit_denies_or_allows_as_configured() {
+    let mut redis = RedisServer::start().await;
+    let app = Upstream::start().await;
+    let limits = |on_error: &str| {
+        format!("  rate_limit:\n    routes: [{{ path: /reports, limit: 5 }}]\n    on_redis_error: {on_error}")
+    };
+    let deny = sidecar_from(&config(&app, &limits("deny"), Some(&redis)), &KEYS).await;
+    let allow = sidecar_from(&config(&app, &limits("allow"), Some(&redis)), &KEYS).await;
+    redis.kill();
+    let refused = send(&deny, "GET", "/reports", Some("k-ana")).await;
+    assert_eq!(
+        refused.status, 429,
+        "on_redis_error: deny: {}",
+        refused.body
+    );
+    for _ in 0..7 {
+        let answer = send(&allow, "GET", "/reports", Some("k-ana")).await;
+        assert_eq!(
+            (answer.status, answer.remaining),
+            (200, None),
+            "on_redis_error: allow: no limit at all"
+        );
+    }
+}
