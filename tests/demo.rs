@@ -1,14 +1,29 @@
 //! `outrigger demo`: the real binary runs its tour against itself and every
-//! step sees the expected answer; interactively it prints the curl commands
-//! and a SIGINT stops it with exit 0.
+//! step sees the expected answer, with in-process stores or a real Redis;
+//! interactively it prints the curl commands and a SIGINT stops it with exit 0.
+
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-#[test]
-fn the_tour_passes_every_step() {
+use deadpool_redis::redis;
+use support::RedisServer;
+
+const TOUR: [&str; 6] = [
+    "routed call: ok",
+    "breaker opens on the flaky replica: ok",
+    "cached GET shows X-Cache: ok",
+    "rate limit answers 429: ok",
+    "JWT call with the minted token: ok",
+    "JWT call without a token gets 401: ok",
+];
+
+/// Runs `outrigger demo --once` with `args` and asserts every step passed.
+fn tour_passes(args: &[&str]) {
     let output = Command::new(env!("CARGO_BIN_EXE_outrigger"))
         .args(["demo", "--once"])
+        .args(args)
         .output()
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -18,15 +33,31 @@ fn the_tour_passes_every_step() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    for step in [
-        "routed call: ok",
-        "breaker opens on the flaky replica: ok",
-        "cached GET shows X-Cache: ok",
-        "rate limit answers 429: ok",
-        "JWT call with the minted token: ok",
-        "JWT call without a token gets 401: ok",
-    ] {
+    for step in TOUR {
         assert!(stdout.contains(step), "no {step:?} in\n{stdout}");
+    }
+}
+
+#[test]
+fn the_tour_passes_every_step() {
+    tour_passes(&[]);
+}
+
+#[actix_web::test]
+async fn with_redis_the_tour_passes_and_its_entries_land_in_redis() {
+    let redis = RedisServer::start().await;
+    tour_passes(&["--redis", &redis.url()]);
+    let client = redis::Client::open(redis.url()).expect("a Redis URL");
+    let mut connection = client.get_connection().expect("connect to Redis");
+    for (feature, what) in [
+        ("cache", "the cached GET"),
+        ("ratelimit", "the /limited window"),
+    ] {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("outrigger:{feature}:*"))
+            .query(&mut connection)
+            .expect("KEYS");
+        assert!(!keys.is_empty(), "no outrigger:{feature}:* key for {what}");
     }
 }
 
