@@ -506,15 +506,19 @@ fn read_jwt(
         .get("jwks_refresh", problems)
         .unwrap_or(Duration::from_secs(600));
     positive(jwks_refresh, &t.path_of("jwks_refresh"), problems);
+    // Read before giving up on missing keys, so these are never "unknown".
+    let issuer = one_or_many(t, "issuer", problems);
+    let audience = one_or_many(t, "audience", problems);
+    let roles_claim = t
+        .get("roles_claim", problems)
+        .unwrap_or_else(|| "roles".to_string());
     Some(JwtConfig {
         algorithms,
         keys: keys?,
-        issuer: one_or_many(t, "issuer", problems),
-        audience: one_or_many(t, "audience", problems),
+        issuer,
+        audience,
         leeway,
-        roles_claim: t
-            .get("roles_claim", problems)
-            .unwrap_or_else(|| "roles".to_string()),
+        roles_claim,
         jwks_refresh,
     })
 }
@@ -728,8 +732,9 @@ pub(super) fn read_redis(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> Option<RedisConfig> {
-    let url = env("REDIS_URL").or_else(|| t.get("url", problems));
-    let url = match url {
+    // The file's url is read even when REDIS_URL replaces it, so it is never "unknown".
+    let url = t.get::<String>("url", problems);
+    let url = match env("REDIS_URL").or(url) {
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url),
         Some(url) => {
             problems.add(
@@ -750,9 +755,10 @@ pub(super) fn read_redis(
         .get("timeout", problems)
         .unwrap_or(Duration::from_millis(50));
     positive(timeout, &t.path_of("timeout"), problems);
+    let pool_size = t.get("pool_size", problems).unwrap_or(16);
     Some(RedisConfig {
         url: url?,
-        pool_size: t.get("pool_size", problems).unwrap_or(16),
+        pool_size,
         timeout,
     })
 }
@@ -846,6 +852,29 @@ redis: { url: \"http://nope\" }";
                 "inbound.auth.rules[0].path: required: the path prefix the rule covers",
                 "redis.url: expected redis://host:port/db, got \"http://nope\"",
             ]
+        );
+    }
+
+    #[test]
+    fn keys_after_a_failed_one_are_still_known() {
+        let text = format!(
+            "{LISTENER}inbound:\n  auth:\n    jwt: {{ issuer: me, audience: you, roles_claim: groups }}
+redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
+        );
+        assert_eq!(
+            load(&text, &[("REDIS_URL", "redis://env:6379/0")]).unwrap_err(),
+            vec!["inbound.auth.jwt.secret_env: the environment variable JWT_SECRET holding the HMAC secret is not set"],
+            "no unknown-key errors for issuer, audience, roles_claim or redis.url"
+        );
+        let config = load(
+            &text,
+            &[("REDIS_URL", "redis://env:6379/0"), ("JWT_SECRET", "s")],
+        )
+        .expect("valid");
+        let redis = config.redis.expect("redis");
+        assert_eq!(
+            (redis.url.as_str(), redis.pool_size),
+            ("redis://env:6379/0", 4)
         );
     }
 
