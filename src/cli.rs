@@ -223,11 +223,18 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// Prints a count, then one line per error as `FILE:LINE:COLUMN: path: problem`
+/// (`FILE: path: problem` when the text does not place it), the form
+/// editors jump from.
 fn report_errors(path: &Path, errors: &[ConfigError]) {
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{}: {} problem(s)", path.display(), errors.len());
+    let file = path.display();
+    let _ = writeln!(stderr, "{file}: {} problem(s)", errors.len());
     for error in errors {
-        let _ = writeln!(stderr, "  {error}");
+        let _ = match error.position {
+            Some(at) => writeln!(stderr, "{file}:{at}: {error}"),
+            None => writeln!(stderr, "{file}: {error}"),
+        };
     }
 }
 

@@ -16,7 +16,7 @@ const FIFTY_MIB: u64 = 50 * 1024 * 1024;
 const MEMORY_BOUND: u64 = 40 * 1024 * 1024;
 
 #[test]
-fn check_reports_every_mistake_by_key_path_and_exits_1() {
+fn check_reports_every_mistake_at_its_line_and_column_by_key_path_and_exits_1() {
     let dir = TempDir::new();
     let file = dir.path.join("bad.yaml");
     std::fs::write(
@@ -40,14 +40,55 @@ services:
         .expect("run check");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for expected in [
-        "defaults.circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\"",
-        "services[0].load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\"",
-        "services[1].retries: unknown key",
-    ] {
-        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
-    }
-    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+    let file = file.display();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{file}: 3 problem(s)"),
+            format!("{file}:2:22: defaults.circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\""),
+            format!("{file}:6:5: services[0].load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\""),
+            format!("{file}:9:5: services[1].retries: unknown key"),
+        ]
+    );
+}
+
+#[test]
+fn check_places_yaml_syntax_errors_and_leaves_environment_ones_unplaced() {
+    let dir = TempDir::new();
+    let broken = dir.path.join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "services:\n  - name: api\n    endpoints: [\"a:1\"\n",
+    )
+    .expect("write");
+    let unset = dir.path.join("unset.yaml");
+    std::fs::write(
+        &unset,
+        "listeners:\n  inbound: { app: \"http://127.0.0.1:8080\" }\ninbound:\n  auth:\n    jwt: {}\n",
+    )
+    .expect("write");
+    let check = |path: &std::path::Path| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .args(["check", "--config"])
+            .arg(path)
+            .env_remove("JWT_SECRET")
+            .output()
+            .expect("run check");
+        assert_eq!(output.status.code(), Some(1));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = check(&broken);
+    let place = format!("{}:4:1: (file): not valid YAML", broken.display());
+    assert!(stderr.contains(&place), "no {place:?} in:\n{stderr}");
+    let stderr = check(&unset);
+    let place = format!(
+        "{}:5:5: inbound.auth.jwt.secret_env: the environment variable JWT_SECRET",
+        unset.display()
+    );
+    assert!(
+        stderr.contains(&place),
+        "a missing key is placed at its section: no {place:?} in:\n{stderr}"
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 mod discovery;
 mod env;
 mod inbound;
+mod keys;
+mod locate;
 mod observability;
 mod reader;
 
@@ -23,8 +25,9 @@ pub use inbound::{
     InboundConcurrency, InboundConfig, InboundListener, JwtConfig, JwtKeys, OnRedisError,
     RateLimitConfig, RedisConfig, RouteLimit,
 };
+pub use keys::accepted as accepted_keys;
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
-pub use reader::{format_duration, parse_duration, ConfigError};
+pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position};
 pub(crate) use reader::{FromYaml, Problems, Table};
 
 /// Everything the sidecar needs to run.
@@ -297,12 +300,14 @@ impl Config {
             vec![ConfigError {
                 path: path.display().to_string(),
                 message: format!("cannot read the config file: {err}"),
+                position: None,
             }]
         })?;
         Config::from_yaml(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parses and validates config text; `env` looks up override variables.
+    /// Each error carries its position in `text` where the text shows one.
     pub fn from_yaml(
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
@@ -311,13 +316,21 @@ impl Config {
             vec![ConfigError {
                 path: "(file)".to_string(),
                 message: format!("not valid YAML: {err}"),
+                position: err.location().map(|at| Position {
+                    line: at.line(),
+                    column: at.column(),
+                }),
             }]
         })?;
         let mut problems = Problems::default();
         let config = read_config(&root, env, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
-            _ => Err(problems.into_vec()),
+            _ => {
+                let mut errors = problems.into_vec();
+                locate::Locator::new(text).place(&mut errors);
+                Err(errors)
+            }
         }
     }
 

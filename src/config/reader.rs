@@ -3,20 +3,42 @@
 //! Serde stops at the first error; `outrigger check` must report all of them,
 //! so sections are read key by key: each value is converted on its own, a bad
 //! value becomes a [`ConfigError`] naming its path, and reading goes on.
+//! [`Table::raw`] is the one place a key becomes known: what it was asked
+//! for is what [`Table::finish`] accepts, and what [`KeyLog`] lists.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
 use serde_norway::Value;
 
 /// One problem in a config file, located by its key path
-/// (`services[1].circuit_breaker.cooldown`).
+/// (`services[1].circuit_breaker.cooldown`) and, where the text shows it,
+/// by line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// Dotted key path, or the environment variable that caused it.
     pub path: String,
     /// What is wrong, in words a user can act on.
     pub message: String,
+    /// Where in the file the key (or the nearest enclosing one) is written;
+    /// `None` for problems that come from outside the file.
+    pub position: Option<Position>,
+}
+
+/// A place in a config file, both numbers counted from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The line.
+    pub line: usize,
+    /// The column, in characters.
+    pub column: usize,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -25,29 +47,91 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Collects [`ConfigError`]s while a config is read.
+/// Collects [`ConfigError`]s while a config is read and, when asked to,
+/// the key paths each table accepted.
 #[derive(Debug, Default)]
-pub struct Problems(Vec<ConfigError>);
+pub struct Problems {
+    errors: Vec<ConfigError>,
+    keys: Option<KeyLog>,
+}
+
+/// The key paths the reader accepted while reading one config, with list
+/// indices written `[]` (`services[].circuit_breaker.window`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct KeyLog {
+    /// Every key some table asked for, whether the file had it or not.
+    pub keys: BTreeSet<String>,
+    /// The paths that were read as mappings (`defaults.retry`, `services[]`).
+    pub sections: BTreeSet<String>,
+}
 
 impl Problems {
+    /// Problems that also log every key path the tables accept.
+    pub fn recording_keys() -> Self {
+        Problems {
+            errors: Vec::new(),
+            keys: Some(KeyLog::default()),
+        }
+    }
+
     /// Records a problem at `path`.
     pub fn add(&mut self, path: &str, message: impl Into<String>) {
         let path = if path.is_empty() { "(file)" } else { path };
-        self.0.push(ConfigError {
+        self.errors.push(ConfigError {
             path: path.to_string(),
             message: message.into(),
+            position: None,
         });
     }
 
     /// The problems found, in the order they were found.
     pub fn into_vec(self) -> Vec<ConfigError> {
-        self.0
+        self.errors
+    }
+
+    /// The key paths logged, when this was made with [`Problems::recording_keys`].
+    pub fn into_key_log(self) -> Option<KeyLog> {
+        self.keys
     }
 
     /// True when nothing was wrong.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.errors.is_empty()
     }
+
+    fn log_table(&mut self, path: &str, asked: Vec<String>) {
+        let Some(log) = &mut self.keys else {
+            return;
+        };
+        let section = generic_path(path);
+        for key in asked {
+            log.keys.insert(child_path(&section, &key));
+        }
+        if !section.is_empty() {
+            log.sections.insert(section);
+        }
+    }
+}
+
+/// `services[2].retry` -> `services[].retry`: a path with its list indices dropped.
+fn generic_path(path: &str) -> String {
+    let mut generic = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                generic.push('[');
+            }
+            ']' => {
+                in_index = false;
+                generic.push(']');
+            }
+            _ if in_index => {}
+            c => generic.push(c),
+        }
+    }
+    generic
 }
 
 /// A value that can be read from one YAML scalar or list.
@@ -143,11 +227,14 @@ pub fn child_path(parent: &str, key: &str) -> String {
     }
 }
 
-/// One YAML mapping being read; remembers which keys were used so that
-/// [`Table::finish`] can report the unknown ones.
+/// One YAML mapping being read; remembers which keys were asked for so
+/// that [`Table::finish`] can report the unknown ones (and, when the
+/// problems record keys, list the accepted ones).
 pub struct Table<'v> {
     path: String,
     entries: Vec<(&'v str, &'v Value, bool)>,
+    /// Every key asked for, present or not; only kept while recording keys.
+    asked: Option<Vec<String>>,
 }
 
 impl<'v> Table<'v> {
@@ -174,6 +261,7 @@ impl<'v> Table<'v> {
         Some(Table {
             path: path.to_string(),
             entries,
+            asked: problems.keys.is_some().then(Vec::new),
         })
     }
 
@@ -182,8 +270,14 @@ impl<'v> Table<'v> {
         child_path(&self.path, key)
     }
 
-    /// The raw value under `key`, marking it used.
+    /// The raw value under `key`, marking it used: every reader goes
+    /// through here, so a key asked for is a key accepted.
     pub fn raw(&mut self, key: &str) -> Option<&'v Value> {
+        if let Some(asked) = &mut self.asked {
+            if !asked.iter().any(|k| k == key) {
+                asked.push(key.to_string());
+            }
+        }
         let entry = self.entries.iter_mut().find(|(k, _, _)| *k == key)?;
         entry.2 = true;
         Some(entry.1)
@@ -276,12 +370,16 @@ impl<'v> Table<'v> {
         &self.path
     }
 
-    /// Reports every key that no reader asked for.
+    /// Reports every key that no reader asked for (and logs the asked ones
+    /// when the problems record keys).
     pub fn finish(self, problems: &mut Problems) {
         for (key, _, used) in &self.entries {
             if !used {
                 problems.add(&child_path(&self.path, key), "unknown key");
             }
+        }
+        if let Some(asked) = self.asked {
+            problems.log_table(&self.path, asked);
         }
     }
 }
@@ -330,5 +428,25 @@ mod tests {
                 "root.c: unknown key".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn recording_logs_the_keys_asked_for_present_or_not_without_indices() {
+        let value: Value = serde_norway::from_str("items: [{a: 1}, {b: 2}]").expect("yaml");
+        let mut problems = Problems::recording_keys();
+        let mut top = Table::open(&value, "", &mut problems).expect("mapping");
+        let _ = top.tables("items", &mut problems, |item, problems| {
+            item.get::<u32>("a", problems)
+        });
+        let _ = top.get::<u32>("absent", &mut problems);
+        top.finish(&mut problems);
+        let errors: Vec<String> = problems.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors, vec!["items[1].b: unknown key".to_string()]);
+        let log = problems.into_key_log().expect("recording");
+        assert_eq!(
+            log.keys.into_iter().collect::<Vec<_>>(),
+            ["absent", "items", "items[].a"]
+        );
+        assert_eq!(log.sections.into_iter().collect::<Vec<_>>(), ["items[]"]);
     }
 }
