@@ -1,6 +1,7 @@
 //! The ready-made configs in `sidecar-config/examples/`: each passes
 //! `outrigger check`, and each shows its headline behaviour when run with
-//! its listeners on ephemeral ports and its endpoints on test upstreams.
+//! its listeners on ephemeral ports and its endpoints on test upstreams
+//! (or, for the registry example, a test registry listing them).
 
 mod support;
 
@@ -8,7 +9,8 @@ use std::process::Command;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{client, sidecar_from, x_cache, Upstream};
+use support::registry::Registry;
+use support::{client, eventually, get_json, sidecar_from, status_of, x_cache, Upstream};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
 const SECRET: &str = "examples-secret";
@@ -75,7 +77,7 @@ fn every_example_passes_check() {
         );
         checked += 1;
     }
-    assert!(checked >= 3, "only {checked} examples");
+    assert!(checked >= 4, "only {checked} examples");
 }
 
 #[actix_web::test]
@@ -119,4 +121,77 @@ async fn per_user_limits_refuse_the_sixth_login_in_a_minute() {
         statuses.push(get(&login, None).await.0);
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+}
+
+#[actix_web::test]
+async fn dual_port_gateway_guards_both_sides() {
+    let (app, good, bad) = (
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    );
+    bad.answer_with(500);
+    let registry = Registry::start().await;
+    registry.register("catalog-good", "catalog", &good);
+    registry.register("catalog-bad", "catalog", &bad);
+    registry.register("orders-1", "orders", &good);
+    let text = runnable("dual-port-gateway.yaml", &app, None)
+        .replace("http://service-discovery:9000", &registry.url);
+    let sidecar = sidecar_from(&text, &ENV).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+
+    // Internal side: no token needed; replicas come from the registry.
+    let call = format!("http://{}/catalog/items", sidecar.outbound_addr());
+    let breaker = format!("catalog/{}", bad.endpoint());
+    let breaker_state = || async {
+        let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
+        breakers["circuit_breakers"][&breaker]["state"].clone()
+    };
+    eventually("the bad replica has failed twice", || async {
+        status_of(&call).await.expect("an answer");
+        bad.hits() == 2
+    })
+    .await;
+    assert_eq!(breaker_state().await, "closed", "2 failures in 10.5 s");
+    eventually("the bad replica has failed a third time", || async {
+        status_of(&call).await.expect("an answer");
+        bad.hits() == 3
+    })
+    .await;
+    assert_eq!(breaker_state().await, "open", "the 3rd failure opens it");
+    eventually("the registry is told to deregister it", || async {
+        registry.deregistered() == vec!["catalog-bad".to_string()]
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(status_of(&call).await, Some(200));
+    }
+    assert_eq!(bad.hits(), 3, "an open breaker sends nothing for 30 s");
+
+    // External side: a real HS256 token, cached GETs, revoked on logout.
+    let base = format!("http://{}", sidecar.inbound_addr().expect("inbound"));
+    let now = jsonwebtoken::get_current_timestamp();
+    let valid = token(json!({"sub": "ana", "jti": "t-1", "exp": now + 600}));
+    let profile = format!("{base}/profile");
+    assert_eq!(get(&profile, None).await.0, 401, "no token");
+    assert_eq!(
+        get(&profile, Some(&valid)).await,
+        (200, Some("MISS".to_string()))
+    );
+    assert_eq!(
+        get(&profile, Some(&valid)).await,
+        (200, Some("HIT".to_string()))
+    );
+    let logout = client()
+        .post(format!("{base}/auth/logout"))
+        .insert_header(("authorization", valid.as_str()))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(logout.status().as_u16(), 200);
+    assert_eq!(
+        get(&profile, Some(&valid)).await.0,
+        401,
+        "revoked on logout"
+    );
 }

@@ -3,6 +3,8 @@
 //! deadline instead of sleeping.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod registry;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};

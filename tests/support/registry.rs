@@ -1,0 +1,152 @@
+//! A service registry for tests, speaking the registry protocol the
+//! `registry` discovery source reads: `GET /services`, `PUT /increment`,
+//! `DELETE /deregister`, each recorded so tests can see what was asked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+use super::Upstream;
+
+/// A service registry speaking the seed gateway's protocol.
+pub struct Registry {
+    /// Its base URL, for `discovery.registry.url`.
+    pub url: String,
+    state: Arc<RegistryState>,
+    handle: ServerHandle,
+}
+
+#[derive(Default)]
+struct RegistryState {
+    /// `(id, service, address, healthy)` of each registered replica.
+    replicas: Mutex<Vec<(String, String, String, bool)>>,
+    /// Answer `/services` in the seed's shape instead of ours.
+    seed_shape: AtomicBool,
+    increments: Mutex<HashMap<String, u64>>,
+    deregistered: Mutex<Vec<String>>,
+}
+
+impl Registry {
+    /// Starts it on a free loopback port, with no replica registered.
+    pub async fn start() -> Registry {
+        let state = Arc::new(RegistryState::default());
+        let shared = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .route("/services", web::get().to(list))
+                .route("/increment", web::put().to(increment))
+                .route("/deregister", web::delete().to(deregister))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind the registry");
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Registry { url, state, handle }
+    }
+
+    /// Lists `upstream` as replica `id` of `service`, healthy.
+    pub fn register(&self, id: &str, service: &str, upstream: &Upstream) {
+        let entry = (
+            id.to_string(),
+            service.to_string(),
+            upstream.endpoint(),
+            true,
+        );
+        self.state.replicas.lock().expect("lock").push(entry);
+    }
+
+    /// Stops listing replica `id`.
+    pub fn remove(&self, id: &str) {
+        self.state
+            .replicas
+            .lock()
+            .expect("lock")
+            .retain(|r| r.0 != id);
+    }
+
+    /// How many `PUT /increment` calls named replica `id`.
+    pub fn increments(&self, id: &str) -> u64 {
+        let increments = self.state.increments.lock().expect("lock");
+        increments.get(id).copied().unwrap_or(0)
+    }
+
+    /// The replica ids `DELETE /deregister` named, in order.
+    pub fn deregistered(&self) -> Vec<String> {
+        self.state.deregistered.lock().expect("lock").clone()
+    }
+
+    /// Stops answering (an outage).
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+
+    /// Answer `/services` in the seed's shape (keyed by service, then id).
+    pub fn answer_in_seed_shape(&self) {
+        self.state.seed_shape.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn list(state: web::Data<RegistryState>) -> HttpResponse {
+    let replicas = state.replicas.lock().expect("lock").clone();
+    let increments = state.increments.lock().expect("lock").clone();
+    let count = |id: &str| increments.get(id).copied().unwrap_or(0);
+    if state.seed_shape.load(Ordering::SeqCst) {
+        let mut services = serde_json::Map::new();
+        for (id, service, address, healthy) in replicas {
+            let entry = json!({"URL": format!("http://{address}"), "RequestCount": count(&id), "Healthy": healthy});
+            let by_id = services.entry(service).or_insert_with(|| json!({}));
+            by_id[id] = entry;
+        }
+        HttpResponse::Ok().json(Value::Object(services))
+    } else {
+        let services: Vec<Value> = replicas
+            .into_iter()
+            .map(|(id, service, address, healthy)| {
+                let (host, port) = address.rsplit_once(':').expect("host:port");
+                json!({"id": id, "name": service, "host": host, "port": port.parse::<u16>().expect("port"),
+                       "request_count": count(&id), "healthy": healthy})
+            })
+            .collect();
+        HttpResponse::Ok().json(json!({ "services": services }))
+    }
+}
+
+type IdQuery = web::Query<HashMap<String, String>>;
+
+async fn increment(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
+    with_id(&query, |id| {
+        let mut increments = state.increments.lock().expect("lock");
+        *increments.entry(id.to_string()).or_default() += 1;
+    })
+}
+
+async fn deregister(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
+    with_id(&query, |id| {
+        state.replicas.lock().expect("lock").retain(|r| r.0 != id);
+        state
+            .deregistered
+            .lock()
+            .expect("lock")
+            .push(id.to_string());
+    })
+}
+
+/// Runs `record` with the `service_id` of the query: 200, or 400 without one.
+fn with_id(query: &IdQuery, record: impl FnOnce(&str)) -> HttpResponse {
+    match query.get("service_id") {
+        Some(id) => {
+            record(id);
+            HttpResponse::Ok().json(json!({"ok": true}))
+        }
+        None => HttpResponse::BadRequest().finish(),
+    }
+}
