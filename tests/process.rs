@@ -15,12 +15,30 @@ const FIFTY_MIB: u64 = 50 * 1024 * 1024;
 /// Far below 50 MiB: a sidecar that buffered a body would blow through it.
 const MEMORY_BOUND: u64 = 40 * 1024 * 1024;
 
+/// Writes `text` to `name` in `dir`, runs `outrigger check` on it with
+/// `env` (and no `JWT_SECRET` unless given), asserts exit 1, and returns
+/// the file's path and stderr.
+fn failing_check(dir: &TempDir, name: &str, text: &str, env: &[(&str, &str)]) -> (String, String) {
+    let file = dir.path.join(name);
+    std::fs::write(&file, text).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .env_remove("JWT_SECRET")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run check");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (file.display().to_string(), stderr)
+}
+
 #[test]
 fn check_reports_every_mistake_at_its_line_and_column_by_key_path_and_exits_1() {
     let dir = TempDir::new();
-    let file = dir.path.join("bad.yaml");
-    std::fs::write(
-        &file,
+    let (file, stderr) = failing_check(
+        &dir,
+        "bad.yaml",
         "defaults:
   circuit_breaker: { cooldown: thirty }
 services:
@@ -31,16 +49,8 @@ services:
     endpoints: [\"127.0.0.1:9001\"]
     retries: 3
 ",
-    )
-    .expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .expect("run check");
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let file = file.display();
+        &[],
+    );
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),
         [
@@ -53,42 +63,28 @@ services:
 }
 
 #[test]
-fn check_places_yaml_syntax_errors_and_leaves_environment_ones_unplaced() {
+fn check_places_syntax_errors_and_missing_keys_but_not_environment_problems() {
     let dir = TempDir::new();
-    let broken = dir.path.join("broken.yaml");
-    std::fs::write(
-        &broken,
+    let (file, stderr) = failing_check(
+        &dir,
+        "broken.yaml",
         "services:\n  - name: api\n    endpoints: [\"a:1\"\n",
-    )
-    .expect("write");
-    let unset = dir.path.join("unset.yaml");
-    std::fs::write(
-        &unset,
-        "listeners:\n  inbound: { app: \"http://127.0.0.1:8080\" }\ninbound:\n  auth:\n    jwt: {}\n",
-    )
-    .expect("write");
-    let check = |path: &std::path::Path| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
-            .args(["check", "--config"])
-            .arg(path)
-            .env_remove("JWT_SECRET")
-            .output()
-            .expect("run check");
-        assert_eq!(output.status.code(), Some(1));
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
-    let stderr = check(&broken);
-    let place = format!("{}:4:1: (file): not valid YAML", broken.display());
+        &[],
+    );
+    let place = format!("{file}:4:1: (file): not valid YAML");
     assert!(stderr.contains(&place), "no {place:?} in:\n{stderr}");
-    let stderr = check(&unset);
-    let place = format!(
-        "{}:5:5: inbound.auth.jwt.secret_env: the environment variable JWT_SECRET",
-        unset.display()
-    );
-    assert!(
-        stderr.contains(&place),
-        "a missing key is placed at its section: no {place:?} in:\n{stderr}"
-    );
+
+    let inbound = "listeners:\n  inbound: { app: \"http://127.0.0.1:8080\" }\ninbound:\n  auth:\n    jwt: {}\n  cache: {}\n";
+    let (file, stderr) = failing_check(&dir, "env.yaml", inbound, &[("CACHE_DEFAULT_TTL", "soon")]);
+    for line in [
+        format!("{file}:5:5: inbound.auth.jwt.secret_env: the environment variable JWT_SECRET"),
+        format!("{file}: CACHE_DEFAULT_TTL: expected seconds or a duration, got \"soon\""),
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&line)),
+            "no line starting {line:?} in:\n{stderr}"
+        );
+    }
 }
 
 #[test]
