@@ -24,6 +24,7 @@ pub mod replica;
 pub mod service;
 pub mod store;
 pub mod trace;
+pub mod watch;
 
 use std::io;
 use std::net::SocketAddr;
