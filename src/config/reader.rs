@@ -11,7 +11,7 @@ use serde_norway::Value;
 
 /// One problem in a config file, located by its key path
 /// (`services[1].circuit_breaker.cooldown`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     /// Dotted key path, or the environment variable that caused it.
     pub path: String,
