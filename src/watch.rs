@@ -64,7 +64,10 @@ impl FileWatch {
                 let changed = stamp != self.read;
                 let settled = changed && self.pending == Some(stamp);
                 self.pending = (changed && !settled).then_some(stamp);
-                settled || self.refresh.is_some_and(|every| last_read.elapsed() >= every)
+                settled
+                    || self
+                        .refresh
+                        .is_some_and(|every| last_read.elapsed() >= every)
             }
         };
         if due {

@@ -242,6 +242,39 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (response.status().as_u16(), json)
 }
 
+/// POSTs to `url` with no body and returns status and JSON body.
+pub async fn post_json(url: &str) -> (u16, Value) {
+    let mut response = client().post(url).send().await.expect("an answer");
+    let body = response.body().limit(16 << 20).await.expect("a body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (response.status().as_u16(), json)
+}
+
+/// Replaces a file the way a ConfigMap update does: a new file moved in place.
+pub fn swap_in(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+/// Starts a sidecar in this process from the config file at `path` (no
+/// environment overrides), reloadable, and waits until it is ready.
+pub async fn sidecar_from_file(path: &std::path::Path) -> Sidecar {
+    let file = outrigger::reload::ConfigFile::with_env(path, Arc::new(|_: &str| None));
+    let config = file
+        .load()
+        .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
+    let sidecar = Sidecar::start_from(config, file)
+        .await
+        .expect("sidecar starts");
+    let ready = format!("http://{}/ready", sidecar.admin_addr());
+    eventually("the sidecar is ready", || async {
+        status_of(&ready).await == Some(200)
+    })
+    .await;
+    sidecar
+}
+
 /// GETs `url` and returns the body as text.
 pub async fn get_text(url: &str) -> String {
     let mut response = client().get(url).send().await.expect("an answer");
@@ -292,6 +325,44 @@ pub fn x_cache<S>(response: &awc::ClientResponse<S>) -> Option<String> {
         .get("x-cache")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// Clients sending GETs to one URL back to back, until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<actix_rt::task::JoinHandle<Vec<Result<u16, String>>>>,
+}
+
+impl Load {
+    /// Starts `clients` clients on `url`.
+    pub fn start(url: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), Arc::clone(&stop));
+                actix_rt::spawn(async move {
+                    let client = client();
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                        statuses.push(status.map_err(|err| err.to_string()));
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients and returns each answer's status, or the error.
+    pub async fn stop(self) -> Vec<Result<u16, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for task in self.tasks {
+            answers.extend(task.await.expect("load task"));
+        }
+        answers
+    }
 }
 
 /// Polls `check` every 20 ms until it holds; fails the test after 10 s.
@@ -350,6 +421,8 @@ pub struct SidecarProcess {
     pub child: std::process::Child,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The config file it runs from.
+    pub config: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -376,10 +449,8 @@ impl SidecarProcess {
             .expect("addr");
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
-        let text = format!(
-            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
-        );
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, process_config(outbound, admin, services, extra))
+            .expect("write config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
         command
             .args(["run", "--config"])
@@ -393,6 +464,7 @@ impl SidecarProcess {
             child,
             outbound,
             admin,
+            config,
             _dir: dir,
         };
         let ready = format!("http://{admin}/ready");
@@ -415,14 +487,31 @@ impl SidecarProcess {
             .expect("VmHWM")
     }
 
+    /// Rewrites its config file (same listeners) with `services` and `extra`.
+    pub fn rewrite_config(&self, services: &str, extra: &str) {
+        let text = process_config(self.outbound, self.admin, services, extra);
+        swap_in(&self.config, &text);
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
     }
+}
+
+fn process_config(outbound: SocketAddr, admin: SocketAddr, services: &str, extra: &str) -> String {
+    format!(
+        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
+    )
 }
 
 impl Drop for SidecarProcess {

@@ -1,0 +1,263 @@
+//! Config hot reload: a rewritten config file moves a service to new
+//! endpoints and changes an inbound rate limit under load without failing a
+//! request; an invalid edit changes nothing and is reported by key path;
+//! SIGHUP reloads the real binary; a key that needs a restart is reported
+//! and kept while the rest applies.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    client, eventually, get_json, get_text, metric, post_json, sidecar_from_file, status_of,
+    swap_in, Load, SidecarProcess, TempDir, Upstream,
+};
+
+/// A config on ephemeral ports with `api` at `endpoints`, the inbound
+/// listener in front of `app` with a limit of `limit` per minute on
+/// `/limited`, and `extra` top-level YAML.
+fn config(app: &Upstream, endpoints: &[&Upstream], limit: u32, extra: &str) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|u| format!("\"{}\"", u.endpoint()))
+        .collect();
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+inbound:
+  rate_limit: {{ window: 1m, routes: [{{ path: /limited, limit: {limit} }}] }}
+services:
+  - {{ name: api, endpoints: [{}] }}
+{extra}",
+        app.endpoint(),
+        endpoints.join(", ")
+    )
+}
+
+/// `config_reloads_total{result}` as the sidecar at `admin` counts it.
+async fn reloads(admin: &str, result: &str) -> f64 {
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    let series = format!("outrigger_config_reloads_total{{result=\"{result}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+/// Status and `X-RateLimit-Limit` of a GET to `url`.
+async fn limited(url: &str) -> (u16, Option<String>) {
+    let response = client().get(url).send().await.expect("an answer");
+    let limit = response
+        .headers()
+        .get("x-ratelimit-limit")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), limit)
+}
+
+#[actix_web::test]
+async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_request() {
+    let (app, leaving, joining) = (
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    );
+    leaving.delay(Duration::from_millis(30));
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let watch = "reload: { interval: 100ms }";
+    std::fs::write(&path, config(&app, &[&leaving], 1000, watch)).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let inbound = format!(
+        "http://{}/limited",
+        sidecar.inbound_addr().expect("inbound")
+    );
+    for _ in 0..3 {
+        assert_eq!(limited(&inbound).await, (200, Some("1000".to_string())));
+    }
+
+    let load = Load::start(&url, 4);
+    eventually("the first replica is under load", || async {
+        leaving.hits() >= 20
+    })
+    .await;
+    swap_in(&path, &config(&app, &[&joining], 2, watch));
+    eventually("the new replica gets traffic", || async {
+        joining.hits() > 0
+    })
+    .await;
+    let (status, limit) = limited(&inbound).await;
+    assert_eq!(
+        (status, limit.as_deref()),
+        (429, Some("2")),
+        "3 requests in the window are over the new limit of 2"
+    );
+    eventually("the removed replica drains and stops", || async {
+        !get_text(&format!("{admin}/metrics"))
+            .await
+            .contains(&leaving.endpoint())
+    })
+    .await;
+    let (leaving_hits, joining_hits) = (leaving.hits(), joining.hits());
+    eventually("more load reaches the new replica", || async {
+        joining.hits() >= joining_hits + 200
+    })
+    .await;
+    let answers = load.stop().await;
+    assert!(answers.len() > 250, "{} requests", answers.len());
+    for status in &answers {
+        assert_eq!(status, &Ok(200), "every request under load succeeds");
+    }
+    assert_eq!(leaving.hits(), leaving_hits, "the removed replica got none");
+
+    assert_eq!(reloads(&admin, "ok").await, 1.0);
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["services"][0]["endpoints"],
+        serde_json::json!([joining.endpoint()])
+    );
+    assert_eq!(running["inbound"]["rate_limit"]["routes"][0]["limit"], 2);
+}
+
+#[actix_web::test]
+async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
+    let (app, replica) = (Upstream::start().await, Upstream::start().await);
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let manual = "reload: { watch: false }";
+    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+
+    let broken = config(&app, &[&replica], 1000, manual)
+        .replace(&replica.endpoint(), "nowhere")
+        .replace("window: 1m", "window: soon");
+    swap_in(&path, &broken);
+    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    assert_eq!(status, 422, "{report}");
+    assert_eq!(report["result"], "invalid");
+    let errors: Vec<String> = report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap_or("?").to_string();
+            format!("{}: {}", text("path"), text("message"))
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            "services[0].endpoints[0]: expected host:port like \"10.0.0.7:8080\", got \"nowhere\"",
+            "inbound.rate_limit.window: expected a duration like \"30s\", got \"soon\"",
+        ]
+    );
+    assert_eq!(reloads(&admin, "invalid").await, 1.0);
+    assert_eq!(reloads(&admin, "ok").await, 0.0);
+
+    let hits = replica.hits();
+    assert_eq!(status_of(&url).await, Some(200), "still routed as before");
+    assert_eq!(replica.hits(), hits + 1);
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["services"][0]["endpoints"],
+        serde_json::json!([replica.endpoint()])
+    );
+}
+
+#[actix_web::test]
+async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies() {
+    let (app, replica) = (Upstream::start().await, Upstream::start().await);
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let manual = "reload: { watch: false }";
+    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let echoed_path = |echo: Value| echo["path"].as_str().map(str::to_string);
+    assert_eq!(echoed_path(get_json(&url).await.1).as_deref(), Some("/x"));
+
+    let edited = config(&app, &[&replica], 1000, manual)
+        .replace(
+            "admin: { bind: \"127.0.0.1:0\" }",
+            "admin: { bind: \"127.0.0.1:1\" }",
+        )
+        .replace("name: api,", "name: api, strip_prefix: false,");
+    swap_in(&path, &edited);
+    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["result"], "restart_needed");
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["listeners.admin.bind"])
+    );
+    assert_eq!(report["services"]["changed"], serde_json::json!(["api"]));
+    assert_eq!(reloads(&admin, "restart_needed").await, 1.0);
+
+    assert_eq!(
+        echoed_path(get_json(&url).await.1).as_deref(),
+        Some("/api/x"),
+        "strip_prefix: false is in force"
+    );
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["listeners"]["admin"], "127.0.0.1:0",
+        "the bind stays"
+    );
+    assert_eq!(running["services"][0]["strip_prefix"], false);
+}
+
+#[actix_web::test]
+async fn sighup_reloads_the_running_binary() {
+    let (first, second) = (Upstream::start().await, Upstream::start().await);
+    let services = |replica: &Upstream| {
+        format!(
+            "  - {{ name: api, endpoints: [\"{}\"] }}",
+            replica.endpoint()
+        )
+    };
+    let extra = "reload: { watch: false }";
+    let sidecar =
+        SidecarProcess::start_with(&services(&first), extra, &[("LOG_LEVEL", "warn")], None).await;
+    let url = format!("http://{}/api/x", sidecar.outbound);
+    let admin = format!("http://{}", sidecar.admin);
+    assert_eq!(status_of(&url).await, Some(200));
+    assert_eq!(first.hits(), 1);
+
+    sidecar.rewrite_config(&services(&second), extra);
+    sidecar.signal("HUP");
+    eventually("the reload is counted", || async {
+        reloads(&admin, "ok").await == 1.0
+    })
+    .await;
+    assert_eq!(status_of(&url).await, Some(200));
+    assert_eq!(
+        (first.hits(), second.hits()),
+        (1, 1),
+        "the new endpoint serves"
+    );
+    assert_eq!(
+        status_of(&format!("{admin}/live")).await,
+        Some(200),
+        "SIGHUP does not stop the sidecar"
+    );
+}
+
+#[actix_web::test]
+async fn reload_is_refused_without_a_config_file() {
+    let replica = Upstream::start().await;
+    let sidecar = support::sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        replica.endpoint()
+    ))
+    .await;
+    let (status, body) = post_json(&format!("http://{}/reload", sidecar.admin_addr())).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("config file")));
+}
