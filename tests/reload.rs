@@ -212,6 +212,43 @@ async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies(
 }
 
 #[actix_web::test]
+async fn new_breaker_thresholds_apply_to_a_replica_that_stays_and_keep_its_state() {
+    let (app, replica) = (Upstream::start().await, Upstream::start().await);
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let manual = "reload: { watch: false }\ndefaults: { retry: { attempts: 1 } }";
+    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    for _ in 0..3 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+
+    let strict = "reload: { watch: false }
+defaults: { retry: { attempts: 1 }, circuit_breaker: { failure_threshold: 1 } }";
+    swap_in(&path, &config(&app, &[&replica], 1000, strict));
+    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    assert_eq!(
+        (status, &report["services"]["changed"]),
+        (200, &serde_json::json!(["api"]))
+    );
+    replica.answer_with(503);
+    assert_eq!(status_of(&url).await, Some(503));
+    let key = format!("api/{}", replica.endpoint());
+    eventually("one failure opens the breaker", || async {
+        let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
+        breakers["circuit_breakers"][&key]["state"] == "open"
+    })
+    .await;
+    let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
+    assert_eq!(
+        breakers["circuit_breakers"][&key]["total_calls"], 4,
+        "the same replica actor counts on"
+    );
+}
+
+#[actix_web::test]
 async fn sighup_reloads_the_running_binary() {
     let (first, second) = (Upstream::start().await, Upstream::start().await);
     let services = |replica: &Upstream| {
