@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    client, eventually, get_json, get_text, metric, post_json, sidecar_from_file, status_of,
-    swap_in, Load, SidecarProcess, TempDir, Upstream,
+    client, eventually, get_json, get_text, listeners_with_inbound, metric, post_json,
+    sidecar_from_file, status_of, swap_in, Load, SidecarProcess, TempDir, Upstream,
 };
 
 /// A config on ephemeral ports with `api` at `endpoints`, the inbound
@@ -23,16 +23,13 @@ fn config(app: &Upstream, endpoints: &[&Upstream], limit: u32, extra: &str) -> S
         .map(|u| format!("\"{}\"", u.endpoint()))
         .collect();
     format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   rate_limit: {{ window: 1m, routes: [{{ path: /limited, limit: {limit} }}] }}
 services:
   - {{ name: api, endpoints: [{}] }}
 {extra}",
-        app.endpoint(),
+        listeners_with_inbound(app),
         endpoints.join(", ")
     )
 }
@@ -121,22 +118,72 @@ async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_
     assert_eq!(running["inbound"]["rate_limit"]["routes"][0]["limit"], 2);
 }
 
+/// A sidecar started in this process from a config file that is not
+/// watched (reloads are asked for with `POST /reload`): `api` at one
+/// replica, the inbound listener in front of an app.
+struct Manual {
+    app: Upstream,
+    replica: Upstream,
+    path: std::path::PathBuf,
+    /// Kept running while the test lasts.
+    _sidecar: outrigger::Sidecar,
+    admin: String,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Manual {
+    async fn start(extra: &str) -> Manual {
+        let (app, replica) = (Upstream::start().await, Upstream::start().await);
+        let dir = TempDir::new();
+        let path = dir.path.join("sidecar.yaml");
+        let text = config(
+            &app,
+            &[&replica],
+            1000,
+            &format!("reload: {{ watch: false }}\n{extra}"),
+        );
+        std::fs::write(&path, text).expect("write");
+        let sidecar = sidecar_from_file(&path).await;
+        let admin = format!("http://{}", sidecar.admin_addr());
+        let url = format!("http://{}/api/x", sidecar.outbound_addr());
+        Manual {
+            app,
+            replica,
+            path,
+            _sidecar: sidecar,
+            admin,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// The config it started with, but for `extra`.
+    fn config(&self, extra: &str) -> String {
+        config(
+            &self.app,
+            &[&self.replica],
+            1000,
+            &format!("reload: {{ watch: false }}\n{extra}"),
+        )
+    }
+
+    /// Writes `text` to the config file and asks for a reload.
+    async fn reload(&self, text: &str) -> (u16, Value) {
+        swap_in(&self.path, text);
+        post_json(&format!("{}/reload", self.admin)).await
+    }
+}
+
 #[actix_web::test]
 async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
-    let (app, replica) = (Upstream::start().await, Upstream::start().await);
-    let dir = TempDir::new();
-    let path = dir.path.join("sidecar.yaml");
-    let manual = "reload: { watch: false }";
-    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
-    let sidecar = sidecar_from_file(&path).await;
-    let admin = format!("http://{}", sidecar.admin_addr());
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
-
-    let broken = config(&app, &[&replica], 1000, manual)
+    let sidecar = Manual::start("").await;
+    let (admin, replica) = (&sidecar.admin, &sidecar.replica);
+    let broken = sidecar
+        .config("")
         .replace(&replica.endpoint(), "nowhere")
         .replace("window: 1m", "window: soon");
-    swap_in(&path, &broken);
-    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    let (status, report) = sidecar.reload(&broken).await;
     assert_eq!(status, 422, "{report}");
     assert_eq!(report["result"], "invalid");
     let errors: Vec<String> = report["errors"]
@@ -155,11 +202,15 @@ async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
             "inbound.rate_limit.window: expected a duration like \"30s\", got \"soon\"",
         ]
     );
-    assert_eq!(reloads(&admin, "invalid").await, 1.0);
-    assert_eq!(reloads(&admin, "ok").await, 0.0);
+    assert_eq!(reloads(admin, "invalid").await, 1.0);
+    assert_eq!(reloads(admin, "ok").await, 0.0);
 
     let hits = replica.hits();
-    assert_eq!(status_of(&url).await, Some(200), "still routed as before");
+    assert_eq!(
+        status_of(&sidecar.url).await,
+        Some(200),
+        "still routed as before"
+    );
     assert_eq!(replica.hits(), hits + 1);
     let (_, running) = get_json(&format!("{admin}/config")).await;
     assert_eq!(
@@ -170,25 +221,19 @@ async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
 
 #[actix_web::test]
 async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies() {
-    let (app, replica) = (Upstream::start().await, Upstream::start().await);
-    let dir = TempDir::new();
-    let path = dir.path.join("sidecar.yaml");
-    let manual = "reload: { watch: false }";
-    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
-    let sidecar = sidecar_from_file(&path).await;
-    let admin = format!("http://{}", sidecar.admin_addr());
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let sidecar = Manual::start("").await;
+    let (admin, url) = (&sidecar.admin, &sidecar.url);
     let echoed_path = |echo: Value| echo["path"].as_str().map(str::to_string);
-    assert_eq!(echoed_path(get_json(&url).await.1).as_deref(), Some("/x"));
+    assert_eq!(echoed_path(get_json(url).await.1).as_deref(), Some("/x"));
 
-    let edited = config(&app, &[&replica], 1000, manual)
+    let edited = sidecar
+        .config("")
         .replace(
             "admin: { bind: \"127.0.0.1:0\" }",
             "admin: { bind: \"127.0.0.1:1\" }",
         )
         .replace("name: api,", "name: api, strip_prefix: false,");
-    swap_in(&path, &edited);
-    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    let (status, report) = sidecar.reload(&edited).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["result"], "restart_needed");
     assert_eq!(
@@ -196,10 +241,10 @@ async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies(
         serde_json::json!(["listeners.admin.bind"])
     );
     assert_eq!(report["services"]["changed"], serde_json::json!(["api"]));
-    assert_eq!(reloads(&admin, "restart_needed").await, 1.0);
+    assert_eq!(reloads(admin, "restart_needed").await, 1.0);
 
     assert_eq!(
-        echoed_path(get_json(&url).await.1).as_deref(),
+        echoed_path(get_json(url).await.1).as_deref(),
         Some("/api/x"),
         "strip_prefix: false is in force"
     );
@@ -213,29 +258,22 @@ async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies(
 
 #[actix_web::test]
 async fn new_breaker_thresholds_apply_to_a_replica_that_stays_and_keep_its_state() {
-    let (app, replica) = (Upstream::start().await, Upstream::start().await);
-    let dir = TempDir::new();
-    let path = dir.path.join("sidecar.yaml");
-    let manual = "reload: { watch: false }\ndefaults: { retry: { attempts: 1 } }";
-    std::fs::write(&path, config(&app, &[&replica], 1000, manual)).expect("write");
-    let sidecar = sidecar_from_file(&path).await;
-    let admin = format!("http://{}", sidecar.admin_addr());
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let sidecar = Manual::start("defaults: { retry: { attempts: 1 } }").await;
+    let (admin, url) = (&sidecar.admin, &sidecar.url);
     for _ in 0..3 {
-        assert_eq!(status_of(&url).await, Some(200));
+        assert_eq!(status_of(url).await, Some(200));
     }
 
-    let strict = "reload: { watch: false }
-defaults: { retry: { attempts: 1 }, circuit_breaker: { failure_threshold: 1 } }";
-    swap_in(&path, &config(&app, &[&replica], 1000, strict));
-    let (status, report) = post_json(&format!("{admin}/reload")).await;
+    let strict = sidecar
+        .config("defaults: { retry: { attempts: 1 }, circuit_breaker: { failure_threshold: 1 } }");
+    let (status, report) = sidecar.reload(&strict).await;
     assert_eq!(
         (status, &report["services"]["changed"]),
         (200, &serde_json::json!(["api"]))
     );
-    replica.answer_with(503);
-    assert_eq!(status_of(&url).await, Some(503));
-    let key = format!("api/{}", replica.endpoint());
+    sidecar.replica.answer_with(503);
+    assert_eq!(status_of(url).await, Some(503));
+    let key = format!("api/{}", sidecar.replica.endpoint());
     eventually("one failure opens the breaker", || async {
         let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
         breakers["circuit_breakers"][&key]["state"] == "open"

@@ -192,6 +192,18 @@ pub fn config_with(top: &str, services: &str) -> Config {
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"))
 }
 
+/// The `listeners:` block of an in-process sidecar on ephemeral ports with
+/// the inbound listener in front of `app`.
+pub fn listeners_with_inbound(app: &Upstream) -> String {
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}",
+        app.endpoint()
+    )
+}
+
 /// Starts a sidecar in this process and waits until it is ready.
 pub async fn sidecar(services: &str) -> Sidecar {
     sidecar_with("", services).await
@@ -199,9 +211,12 @@ pub async fn sidecar(services: &str) -> Sidecar {
 
 /// Like [`sidecar`], with more top-level YAML (a `discovery:` block).
 pub async fn sidecar_with(top: &str, services: &str) -> Sidecar {
-    let sidecar = Sidecar::start(config_with(top, services))
-        .await
-        .expect("sidecar starts");
+    ready(Sidecar::start(config_with(top, services)).await).await
+}
+
+/// The sidecar that started, once `/ready` answers 200.
+async fn ready(started: std::io::Result<Sidecar>) -> Sidecar {
+    let sidecar = started.expect("sidecar starts");
     let ready = format!("http://{}/ready", sidecar.admin_addr());
     eventually("the sidecar is ready", || async {
         status_of(&ready).await == Some(200)
@@ -264,15 +279,7 @@ pub async fn sidecar_from_file(path: &std::path::Path) -> Sidecar {
     let config = file
         .load()
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
-    let sidecar = Sidecar::start_from(config, file)
-        .await
-        .expect("sidecar starts");
-    let ready = format!("http://{}/ready", sidecar.admin_addr());
-    eventually("the sidecar is ready", || async {
-        status_of(&ready).await == Some(200)
-    })
-    .await;
-    sidecar
+    ready(Sidecar::start_from(config, file).await).await
 }
 
 /// GETs `url` and returns the body as text.
@@ -555,13 +562,7 @@ pub async fn sidecar_from(yaml: &str, env: &[(&str, &str)]) -> Sidecar {
     };
     let config = Config::from_yaml(yaml, &lookup)
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
-    let sidecar = Sidecar::start(config).await.expect("sidecar starts");
-    let ready = format!("http://{}/ready", sidecar.admin_addr());
-    eventually("the sidecar is ready", || async {
-        status_of(&ready).await == Some(200)
-    })
-    .await;
-    sidecar
+    ready(Sidecar::start(config).await).await
 }
 
 /// A key pair made by openssl for one algorithm family.
