@@ -105,7 +105,7 @@ async fn handle(
     let id = request_id.to_str().unwrap_or("-");
     let hop = worker.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
-    let gate = arc_swap::Guard::into_inner(worker.gates.load());
+    let gate = worker.gates.load();
     let mut response = match gate.cors.preflight(req.method(), req.headers()) {
         Some(preflight) => preflight,
         None => match gate.authenticator.authenticate(&req).await {

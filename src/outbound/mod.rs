@@ -116,7 +116,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 trace: Some(&hop),
                 ..HeaderPlan::default()
             };
-            let settings = arc_swap::Guard::into_inner(service.settings());
+            // Held for the whole request: a guard, not a reference count to bump.
+            let settings = service.settings();
             let outgoing = Outgoing {
                 service: &service,
                 settings: &settings,
