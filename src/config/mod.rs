@@ -860,6 +860,22 @@ defaults:
     }
 
     #[test]
+    fn reload_watches_every_second_by_default_and_needs_a_positive_interval() {
+        let config = Config::from_yaml("services: []", &no_env).expect("valid");
+        assert_eq!(config.reload, ReloadConfig::default());
+        assert!(config.reload.watch);
+        assert_eq!(config.reload.interval, Duration::from_secs(1));
+        assert_eq!(
+            errors("reload: { watch: sometimes, interval: 0s, every: 1s }"),
+            vec![
+                "reload.interval: must be longer than 0s",
+                "reload.watch: expected true or false, got \"sometimes\"",
+                "reload.every: unknown key",
+            ]
+        );
+    }
+
+    #[test]
     fn broken_yaml_and_wrong_shapes_are_reported() {
         assert_eq!(errors("services: [").len(), 1);
         assert_eq!(
