@@ -12,30 +12,49 @@ use actix_web_prom::PrometheusMetricsBuilder;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use actix::Addr;
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::inbound::Gate;
 use crate::logging;
 use crate::metrics::Metrics;
+use crate::reload::{Reload, ReloadResult, Reloader, Trigger};
 use crate::replica::{BreakerReport, Endpoint};
-use crate::service::ServiceTable;
+use crate::service::LiveServices;
+
+/// What the admin API reads and acts on.
+pub struct Shared {
+    /// The service table in force.
+    pub table: Arc<LiveServices>,
+    /// The config in force (a reload replaces it).
+    pub config: Arc<ArcSwap<Config>>,
+    /// The inbound gate in force, when the inbound listener runs.
+    pub gates: Option<Arc<ArcSwap<Gate>>>,
+    /// The config reloader, when the sidecar runs from a file.
+    pub reloader: Option<Addr<Reloader>>,
+    /// `POST /shutdown` asks for a stop here.
+    pub shutdown: Arc<Notify>,
+}
 
 struct AdminState {
-    table: Arc<ServiceTable>,
-    config: Config,
-    gate: Option<Arc<Gate>>,
+    shared: Shared,
     started: Instant,
-    shutdown: Arc<Notify>,
+}
+
+impl std::ops::Deref for AdminState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// Binds the admin listener; the server runs once awaited or spawned.
 pub fn server(
     config: &Config,
-    table: Arc<ServiceTable>,
+    shared: Shared,
     metrics: &Metrics,
-    gate: Option<Arc<Gate>>,
-    shutdown: Arc<Notify>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
         .registry(metrics.registry.clone())
@@ -44,11 +63,8 @@ pub fn server(
         .build()
         .map_err(|err| io::Error::other(format!("cannot set up /metrics: {err}")))?;
     let state = web::Data::new(AdminState {
-        table,
-        config: config.clone(),
-        gate,
+        shared,
         started: Instant::now(),
-        shutdown,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -64,6 +80,7 @@ pub fn server(
             .route("/tokens/revoke", web::post().to(revoke_token))
             .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
             .route("/shutdown", web::post().to(request_shutdown))
+            .route("/reload", web::post().to(reload))
             .route("/log-level", web::get().to(log_level))
             .route("/log-level", web::put().to(set_log_level))
     })
@@ -88,7 +105,8 @@ async fn index(state: web::Data<AdminState>) -> HttpResponse {
             "GET /circuit-breakers": "every replica's breaker figures",
             "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
             "GET /config": "the running configuration (secrets redacted)",
-                        "GET /rate-limit/users/{id}": "a user's rate-limited attempts per endpoint in the window",
+            "POST /reload": "re-read and apply the config file, answering what changed or why it was rejected; from localhost only",
+            "GET /rate-limit/users/{id}": "a user's rate-limited attempts per endpoint in the window",
             "POST /tokens/revoke": "revoke a token: {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}",
             "GET /log-level": "the log filters in force",
             "PUT /log-level": "set the log filters (body: info, or outrigger=debug,actix_server=warn); from localhost only",
@@ -101,8 +119,8 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
-    let pending: Vec<&str> = state
-        .table
+    let table = state.table.load();
+    let pending: Vec<&str> = table
         .iter()
         .filter(|s| !s.synced())
         .map(|s| &*s.name)
@@ -116,10 +134,11 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
 }
 
 async fn services(state: web::Data<AdminState>) -> HttpResponse {
-    let services: Vec<Value> = state
-        .table
+    let table = state.table.load();
+    let services: Vec<Value> = table
         .iter()
         .map(|service| {
+            let settings = service.settings();
             let replicas: Vec<Value> = service
                 .replicas()
                 .iter()
@@ -138,8 +157,8 @@ async fn services(state: web::Data<AdminState>) -> HttpResponse {
                 .collect();
             json!({
                 "name": &*service.name,
-                "strip_prefix": service.strip_prefix,
-                "load_balancer": service.policy.load_balancer,
+                "strip_prefix": settings.strip_prefix,
+                "load_balancer": settings.policy.load_balancer,
                 "synced": service.synced(),
                 "replicas": replicas,
             })
@@ -150,8 +169,10 @@ async fn services(state: web::Data<AdminState>) -> HttpResponse {
 
 async fn circuit_breakers(state: web::Data<AdminState>) -> HttpResponse {
     let mut breakers = serde_json::Map::new();
-    for service in state.table.iter() {
-        for endpoint in service.replicas().iter() {
+    let table = arc_swap::Guard::into_inner(state.table.load());
+    for service in table.iter() {
+        let replicas = service.replicas().clone();
+        for endpoint in replicas.iter() {
             if let Some(report) = endpoint.inspect().await {
                 breakers.insert(replica_key(endpoint), breaker_json(&report));
             }
@@ -169,14 +190,15 @@ async fn reset_breakers(
     state: web::Data<AdminState>,
     query: web::Query<ResetQuery>,
 ) -> HttpResponse {
+    let table = state.table.load();
     if let Some(name) = &query.service {
-        if state.table.get(name).is_none() {
+        if table.get(name).is_none() {
             return HttpResponse::NotFound()
                 .json(json!({"error": format!("no service named {name}")}));
         }
     }
     let mut reset = Vec::new();
-    for service in state.table.iter() {
+    for service in table.iter() {
         if query
             .service
             .as_deref()
@@ -204,7 +226,8 @@ async fn revoke_token(
     state: web::Data<AdminState>,
     body: web::Json<RevokeRequest>,
 ) -> HttpResponse {
-    let Some(authenticator) = state.gate.as_ref().map(|gate| &gate.authenticator) else {
+    let gate = state.gates.as_ref().map(|gates| gates.load_full());
+    let Some(authenticator) = gate.as_ref().map(|gate| &gate.authenticator) else {
         return HttpResponse::NotFound()
             .json(json!({"error": "the inbound listener is not configured"}));
     };
@@ -229,7 +252,8 @@ async fn revoke_token(
 }
 
 async fn rate_limit_usage(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
-    let Some(limiter) = state.gate.as_ref().and_then(|gate| gate.limiter.as_ref()) else {
+    let gate = state.gates.as_ref().map(|gates| gates.load_full());
+    let Some(limiter) = gate.as_ref().and_then(|gate| gate.limiter.as_ref()) else {
         return HttpResponse::NotFound()
             .json(json!({"error": "inbound.rate_limit is not configured"}));
     };
@@ -284,7 +308,30 @@ async fn request_shutdown(req: HttpRequest, state: web::Data<AdminState>) -> Htt
 }
 
 async fn show_config(state: web::Data<AdminState>) -> HttpResponse {
-    HttpResponse::Ok().json(&state.config)
+    HttpResponse::Ok().json(&**state.config.load())
+}
+
+/// Reloads the config file as on SIGHUP and answers what it did: 200 when
+/// the new config is in force (`restart_needed` lists keys that are not),
+/// 422 with every error by key path when it was rejected. Only callers on
+/// this host may.
+async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
+    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
+        return HttpResponse::Forbidden()
+            .json(json!({"error": "a reload can only be asked from localhost"}));
+    }
+    let Some(reloader) = &state.reloader else {
+        return HttpResponse::Conflict()
+            .json(json!({"error": "this sidecar was not started from a config file"}));
+    };
+    match reloader.send(Reload(Trigger::Admin)).await {
+        Ok(report) if report.result == ReloadResult::Invalid => {
+            HttpResponse::UnprocessableEntity().json(report)
+        }
+        Ok(report) => HttpResponse::Ok().json(report),
+        Err(err) => HttpResponse::ServiceUnavailable()
+            .json(json!({"error": format!("the reloader is gone: {err}")})),
+    }
 }
 
 fn replica_key(endpoint: &Endpoint) -> String {

@@ -5,11 +5,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use actix_rt::signal::unix::SignalKind;
 use clap::{Parser, Subcommand};
 
 use crate::config::{format_duration, Config, ConfigError, DiscoverySource};
 use crate::demo::DemoOptions;
 use crate::inject::{inject, Options};
+use crate::reload::{ConfigFile, Trigger};
 use crate::Sidecar;
 
 /// A per-pod service-mesh sidecar for plain HTTP services.
@@ -124,7 +126,8 @@ impl Cli {
 
 fn run(path: &Path) -> ExitCode {
     init_logging("info");
-    let config = match Config::load(path) {
+    let file = ConfigFile::new(path);
+    let config = match file.load() {
         Ok(config) => config,
         Err(errors) => {
             report_errors(path, &errors);
@@ -132,9 +135,20 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     let outcome = actix_rt::System::new().block_on(async move {
-        let sidecar = Sidecar::start(config).await?;
+        let sidecar = Sidecar::start_from(config, file).await?;
+        let mut hangups = actix_rt::signal::unix::signal(SignalKind::hangup())?;
         let mut signals = StopSignals::new()?;
-        tokio_select(signals.next(), sidecar.shutdown_requested()).await;
+        let reloading = async {
+            while hangups.recv().await.is_some() {
+                log::info!("SIGHUP received: reloading the config");
+                sidecar.reload(Trigger::Signal).await;
+            }
+        };
+        tokio_select(
+            tokio_select(signals.next(), sidecar.shutdown_requested()),
+            reloading,
+        )
+        .await;
         sidecar.stop(signals.next()).await;
         Ok::<(), std::io::Error>(())
     });
@@ -259,7 +273,7 @@ pub(crate) struct StopSignals {
 
 impl StopSignals {
     pub(crate) fn new() -> std::io::Result<Self> {
-        use actix_rt::signal::unix::{signal, SignalKind};
+        use actix_rt::signal::unix::signal;
         Ok(StopSignals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,

@@ -2,7 +2,8 @@
 //!
 //! [`Sidecar::start`] is the whole sidecar: the supervisor actor that keeps
 //! replica actors in step with discovery, the outbound listener apps call,
-//! and the admin listener. `main` and the integration tests both use it.
+//! the inbound and admin listeners, and (started from a file) the reloader
+//! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -20,41 +21,41 @@ pub mod logging;
 pub mod metrics;
 pub mod otlp;
 pub mod outbound;
+pub mod reload;
 pub mod replica;
 pub mod service;
 pub mod store;
 pub mod trace;
+pub mod watch;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
-use log::info;
-
-use std::future::Future;
-use std::time::Duration;
-
+use arc_swap::ArcSwap;
 use futures_util::future::Either;
+use log::info;
 use tokio::sync::Notify;
 
-use crate::config::{Config, InboundConfig, JwtKeys};
+use crate::config::Config;
 use crate::discovery::{source_for, Supervisor};
-use crate::inbound::{
-    Authenticator, Cache, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier,
-};
+use crate::inbound::Gate;
 use crate::metrics::Metrics;
-use crate::service::ServiceTable;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::reload::{ConfigFile, InboundSide, Reload, ReloadReport, Reloader, Trigger};
+use crate::service::{LiveServices, ServiceTable};
 
 /// A running sidecar.
 pub struct Sidecar {
     outbound_addr: SocketAddr,
     inbound_addr: Option<SocketAddr>,
     admin_addr: SocketAddr,
-    table: Arc<ServiceTable>,
+    table: Arc<LiveServices>,
     supervisor: Addr<Supervisor>,
+    reloader: Option<Addr<Reloader>>,
     /// The proxy listeners (outbound, then inbound when configured).
     proxies: Vec<ServerHandle>,
     admin: ServerHandle,
@@ -66,10 +67,25 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the supervisor and both listeners on the current actix system.
+    /// Starts the supervisor and the listeners on the current actix system,
+    /// with `config` for good (no reload).
     pub async fn start(config: Config) -> io::Result<Sidecar> {
+        Sidecar::launch(config, None).await
+    }
+
+    /// Like [`Sidecar::start`], with `config` read from `file`: the file is
+    /// watched (unless `reload.watch` is off) and reloaded on SIGHUP
+    /// ([`Sidecar::reload`]) and admin `POST /reload`.
+    pub async fn start_from(config: Config, file: ConfigFile) -> io::Result<Sidecar> {
+        Sidecar::launch(config, Some(file)).await
+    }
+
+    async fn launch(config: Config, file: Option<ConfigFile>) -> io::Result<Sidecar> {
         let metrics = Arc::new(Metrics::new());
-        let table = Arc::new(ServiceTable::new(&config.services, &metrics));
+        let table = Arc::new(LiveServices::new(ServiceTable::new(
+            &config.services,
+            &metrics,
+        )));
         let supervisor = Supervisor::new(
             Arc::clone(&table),
             source_for(&config),
@@ -101,16 +117,17 @@ impl Sidecar {
         };
         let mut proxies = vec![outbound.handle()];
         let mut servers = vec![actix_rt::spawn(outbound)];
-        let (mut inbound_addr, mut admin_gate) = (None, None);
+        let (mut inbound_addr, mut inbound_side) = (None, None);
         if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
-            let gate = Arc::new(inbound_gate(&config, inbound, &metrics)?);
-            admin_gate = Some(Arc::clone(&gate));
-            let connect_timeout = config.defaults.connect_timeout;
+            let store = inbound::store(config.redis.as_ref(), &metrics)?;
+            let gate = Gate::build(listener, inbound, &store, &metrics, None)
+                .map_err(|err| io::Error::other(err.to_string()))?;
+            let gates = Arc::new(ArcSwap::from_pointee(gate));
             let (server, addrs) = inbound::server(
                 listener,
-                gate,
+                Arc::clone(&gates),
                 Arc::clone(&metrics),
-                connect_timeout,
+                config.defaults.connect_timeout,
                 shutdown_secs,
                 &config.observability,
                 spans,
@@ -118,13 +135,31 @@ impl Sidecar {
             inbound_addr = Some(first(addrs)?);
             proxies.push(server.handle());
             servers.push(actix_rt::spawn(server));
+            inbound_side = Some(InboundSide { gates, store });
         }
+        let admin_gates = inbound_side.as_ref().map(|side| Arc::clone(&side.gates));
+        let running = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let reloader = file.map(|file| {
+            Reloader::new(
+                file,
+                Arc::clone(&running),
+                Arc::clone(&table),
+                supervisor.clone(),
+                inbound_side,
+                Arc::clone(&metrics),
+            )
+            .start()
+        });
         let (admin, admin_addrs) = admin::server(
             &config,
-            Arc::clone(&table),
+            admin::Shared {
+                table: Arc::clone(&table),
+                config: running,
+                gates: admin_gates,
+                reloader: reloader.clone(),
+                shutdown: Arc::clone(&shutdown),
+            },
             &metrics,
-            admin_gate,
-            Arc::clone(&shutdown),
         )?;
         let admin_handle = admin.handle();
         servers.push(actix_rt::spawn(admin));
@@ -134,6 +169,7 @@ impl Sidecar {
             admin_addr: first(admin_addrs)?,
             table,
             supervisor,
+            reloader,
             proxies,
             admin: admin_handle,
             servers,
@@ -143,6 +179,12 @@ impl Sidecar {
         servers_started(&sidecar);
         info!("{} services", config.services.len());
         Ok(sidecar)
+    }
+
+    /// Reloads the config file as on SIGHUP; `None` when the sidecar was
+    /// not started from a file.
+    pub async fn reload(&self, trigger: Trigger) -> Option<ReloadReport> {
+        self.reloader.as_ref()?.send(Reload(trigger)).await.ok()
     }
 
     /// Where apps send outbound calls.
@@ -211,65 +253,4 @@ fn servers_started(sidecar: &Sidecar) {
         "outrigger listening: outbound {}, inbound {inbound}, admin {}",
         sidecar.outbound_addr, sidecar.admin_addr
     );
-}
-
-/// The inbound side's authenticator and CORS policy, with the revocation
-/// store (Redis when configured) and a JWKS fetcher when keys come from a URL.
-fn inbound_gate(
-    config: &Config,
-    inbound: &InboundConfig,
-    metrics: &Metrics,
-) -> io::Result<inbound::Gate> {
-    let auth = &inbound.auth;
-    let store: Arc<dyn Store> = match &config.redis {
-        Some(redis) => Arc::new(
-            RedisStore::new(
-                redis,
-                metrics.redis_errors.clone(),
-                metrics.redis_pool_connections.clone(),
-            )
-            .map_err(|err| io::Error::other(err.0))?,
-        ),
-        None => Arc::new(MemoryStore::new()),
-    };
-    info!("inbound store: {}", store.kind());
-    let verifier = match &auth.jwt {
-        Some(jwt) => Some(Arc::new(
-            Verifier::new(jwt.clone()).map_err(io::Error::other)?,
-        )),
-        None => None,
-    };
-    let jwks = match (&verifier, auth.jwt.as_ref().map(|jwt| &jwt.keys)) {
-        (Some(verifier), Some(JwtKeys::JwksUrl(url))) => {
-            let refresh = auth
-                .jwt
-                .as_ref()
-                .map_or(Duration::from_secs(600), |jwt| jwt.jwks_refresh);
-            Some(JwksFetcher::new(url.clone(), refresh, Arc::clone(verifier)).start())
-        }
-        _ => None,
-    };
-    let authenticator = Authenticator::new(
-        auth,
-        verifier,
-        jwks,
-        Some(Arc::clone(&store)),
-        metrics.jwt_validations.clone(),
-    )
-    .map_err(io::Error::other)?;
-    Ok(inbound::Gate {
-        authenticator: Arc::new(authenticator),
-        cors: Arc::new(Cors::new(&inbound.cors)),
-        limiter: inbound.rate_limit.clone().map(|limits| {
-            RateLimiter::new(limits, Arc::clone(&store), metrics.rate_limited.clone())
-        }),
-        caps: inbound
-            .concurrency
-            .clone()
-            .map(|caps| Arc::new(InFlightCaps::new(caps, metrics))),
-        cache: inbound
-            .cache
-            .clone()
-            .map(|cache| Arc::new(Cache::new(cache, Arc::clone(&store), metrics))),
-    })
 }

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
     pub discovery_replicas: IntGaugeVec,
+    /// Config reloads by result (`ok`, `invalid`, `restart_needed`).
+    pub config_reloads: IntCounterVec,
 }
 
 /// The per-service series, resolved once at start.
@@ -263,6 +265,11 @@ impl Metrics {
                 "discovery_replicas",
                 "Replicas known per service.",
                 &["service"],
+            ),
+            config_reloads: counter(
+                "config_reloads_total",
+                "Config reloads by result: ok, invalid (rejected), restart_needed (applied but for keys that need a restart).",
+                &["result"],
             ),
             registry,
         }

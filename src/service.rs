@@ -1,6 +1,7 @@
 //! The services apps may call and their current replicas: the table every
-//! worker routes with. The supervisor swaps each service's replica list;
-//! readers load it lock-free.
+//! worker routes with. The supervisor swaps each service's replica list, a
+//! config reload each service's settings and the whole table; readers load
+//! all three lock-free.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -22,18 +23,34 @@ pub struct Placement {
     pub zone: Option<String>,
 }
 
-/// One service: its policy and the replicas it has now.
+/// What a config reload may change about a service in place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Drop `/<name>` from the path before forwarding.
+    pub strip_prefix: bool,
+    /// Timeouts, balancing, breaker, retries, concurrency.
+    pub policy: Policy,
+}
+
+impl Settings {
+    /// The settings `config` asks for.
+    pub fn of(config: &ServiceConfig) -> Self {
+        Settings {
+            strip_prefix: config.strip_prefix,
+            policy: config.policy.clone(),
+        }
+    }
+}
+
+/// One service: its settings and the replicas it has now.
 pub struct Service {
     /// The name apps call it by.
     pub name: Arc<str>,
-    /// Drop `/<name>` from the path before forwarding.
-    pub strip_prefix: bool,
-    /// Timeouts, balancing, breaker.
-    pub policy: Policy,
     /// The retry budget every worker draws from.
     pub retry_budget: RetryBudget,
     /// This service's pre-resolved series.
     pub metrics: ServiceMetrics,
+    settings: ArcSwap<Settings>,
     replicas: ArcSwap<Vec<Arc<Endpoint>>>,
     placements: ArcSwap<HashMap<Arc<str>, Placement>>,
     synced: AtomicBool,
@@ -47,8 +64,7 @@ impl Service {
         let retry = &config.policy.retry;
         Service {
             name: Arc::from(config.name.as_str()),
-            strip_prefix: config.strip_prefix,
-            policy: config.policy.clone(),
+            settings: ArcSwap::from_pointee(Settings::of(config)),
             retry_budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
             metrics: metrics.service(&config.name),
             replicas: ArcSwap::from_pointee(Vec::new()),
@@ -59,10 +75,24 @@ impl Service {
         }
     }
 
+    /// The settings in force (a snapshot; cheap to take). A request takes
+    /// them once and keeps them to its end.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// Puts new settings in force for the requests that start from now on;
+    /// the retry budget keeps its counts under the new limits.
+    pub fn set_settings(&self, settings: Settings) {
+        let retry = &settings.policy.retry;
+        self.retry_budget
+            .set_limits(retry.budget_percent, retry.budget_min_per_second);
+        self.settings.store(Arc::new(settings));
+    }
+
     /// Takes one of the service's `concurrency.max_in_flight` slots, shared by
     /// every worker; `None` when all are taken. The slot frees on drop.
-    pub fn try_enter(self: &Arc<Self>) -> Option<InFlight> {
-        let limit = self.policy.concurrency.max_in_flight;
+    pub fn try_enter(self: &Arc<Self>, limit: u32) -> Option<InFlight> {
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
@@ -119,28 +149,60 @@ impl Drop for InFlight {
     }
 }
 
-/// Every configured service, by name.
+/// Every configured service, by name: one version of the table.
 pub struct ServiceTable {
     services: HashMap<Arc<str>, Arc<Service>>,
     ordered: Vec<Arc<Service>>,
-    shutting_down: AtomicBool,
 }
 
 impl ServiceTable {
     /// The table for the configured services, none of them synced yet.
     pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Self {
-        let ordered: Vec<Arc<Service>> = configs
-            .iter()
-            .map(|c| Arc::new(Service::new(c, metrics)))
-            .collect();
+        ServiceTable::from_services(
+            configs
+                .iter()
+                .map(|c| Arc::new(Service::new(c, metrics)))
+                .collect(),
+        )
+    }
+
+    fn from_services(ordered: Vec<Arc<Service>>) -> Self {
         let services = ordered
             .iter()
             .map(|s| (Arc::clone(&s.name), Arc::clone(s)))
             .collect();
-        ServiceTable {
-            services,
-            ordered,
-            shutting_down: AtomicBool::new(false),
+        ServiceTable { services, ordered }
+    }
+
+    /// The table for `configs` after a reload: a service that stays is the
+    /// same [`Service`] (its replicas, breakers and in-flight count go on),
+    /// a new one starts unsynced. Nothing is applied yet: the [`Revision`]
+    /// says what the supervisor must change.
+    pub fn revise(&self, configs: &[ServiceConfig], metrics: &Metrics) -> Revision {
+        let mut retuned = Vec::new();
+        let ordered: Vec<Arc<Service>> = configs
+            .iter()
+            .map(|config| match self.get(&config.name) {
+                Some(service) => {
+                    let settings = Settings::of(config);
+                    if **service.settings() != settings {
+                        retuned.push((Arc::clone(service), settings));
+                    }
+                    Arc::clone(service)
+                }
+                None => Arc::new(Service::new(config, metrics)),
+            })
+            .collect();
+        let table = ServiceTable::from_services(ordered);
+        let removed = self
+            .iter()
+            .filter(|s| table.get(&s.name).is_none())
+            .map(Arc::clone)
+            .collect();
+        Revision {
+            table,
+            retuned,
+            removed,
         }
     }
 
@@ -154,9 +216,51 @@ impl ServiceTable {
         self.ordered.iter()
     }
 
+    /// Whether every service has had its first discovery sync.
+    pub fn synced(&self) -> bool {
+        self.ordered.iter().all(|s| s.synced())
+    }
+}
+
+/// What a reload changes in the table, for the supervisor to apply.
+pub struct Revision {
+    /// The table to put in force.
+    pub table: ServiceTable,
+    /// Services that stay with new settings.
+    pub retuned: Vec<(Arc<Service>, Settings)>,
+    /// Services that are gone: their replicas are to be drained.
+    pub removed: Vec<Arc<Service>>,
+}
+
+/// The table in force, which a reload replaces whole, and whether the
+/// sidecar is stopping. Workers load the table once per request.
+pub struct LiveServices {
+    table: ArcSwap<ServiceTable>,
+    shutting_down: AtomicBool,
+}
+
+impl LiveServices {
+    /// Puts `table` in force.
+    pub fn new(table: ServiceTable) -> Self {
+        LiveServices {
+            table: ArcSwap::from_pointee(table),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The table now (a snapshot; cheap to take).
+    pub fn load(&self) -> arc_swap::Guard<Arc<ServiceTable>> {
+        self.table.load()
+    }
+
+    /// Replaces the table (the supervisor's job, on a reload).
+    pub fn store(&self, table: Arc<ServiceTable>) {
+        self.table.store(table);
+    }
+
     /// Ready to serve: every service synced once, and not shutting down.
     pub fn ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Acquire) && self.ordered.iter().all(|s| s.synced())
+        !self.shutting_down.load(Ordering::Acquire) && self.load().synced()
     }
 
     /// Turns `/ready` off for good: the sidecar is stopping.

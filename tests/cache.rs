@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
-use support::{client, eventually, get_text, metric, sidecar_from, x_cache, RedisServer, Upstream};
+use support::{
+    client, eventually, get_text, listeners_with_inbound, metric, sidecar_from, x_cache,
+    RedisServer, Upstream,
+};
 
 fn config(app: &Upstream, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {
         format!("redis: {{ url: \"{}\", timeout: 200ms }}", r.url())
     });
     format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   auth:
     jwt: {{ algorithms: [HS256] }}
@@ -26,7 +26,7 @@ inbound:
     routes: [{{ path: /short, ttl: 1s }}]
     bypass: [/auth]
 {redis}",
-        app.endpoint()
+        listeners_with_inbound(app)
     )
 }
 

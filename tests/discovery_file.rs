@@ -5,14 +5,12 @@
 mod support;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outrigger::Sidecar;
 use support::{
-    assert_last_set_kept, client, config_with, discovery_syncs, eventually, get_json, get_text,
-    sidecar_with, status_of, TempDir, Upstream,
+    assert_last_set_kept, config_with, discovery_syncs, eventually, get_json, get_text,
+    sidecar_with, status_of, swap_in, Load, TempDir, Upstream,
 };
 
 fn discovery(path: &Path) -> String {
@@ -20,13 +18,6 @@ fn discovery(path: &Path) -> String {
         "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",
         path.display()
     )
-}
-
-/// Replaces the file the way a ConfigMap update does: a new file moved in place.
-fn swap_in(path: &Path, text: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).expect("write");
-    std::fs::rename(&next, path).expect("rename");
 }
 
 async fn file_errors(admin: &str) -> f64 {
@@ -81,21 +72,7 @@ async fn rewriting_the_file_under_load_moves_traffic_and_fails_no_request() {
     let sidecar = sidecar_with(&discovery(&path), "  - name: api").await;
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (url, stop) = (url.clone(), Arc::clone(&stop));
-            actix_rt::spawn(async move {
-                let client = client();
-                let mut statuses = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let status = client.get(&url).send().await.map(|r| r.status().as_u16());
-                    statuses.push(status.map_err(|err| err.to_string()));
-                }
-                statuses
-            })
-        })
-        .collect();
+    let load = Load::start(&url, 4);
     eventually("the first replica is under load", || async {
         leaving.hits() >= 20
     })
@@ -124,18 +101,14 @@ async fn rewriting_the_file_under_load_moves_traffic_and_fails_no_request() {
         joining.hits() >= joining_hits + 40
     })
     .await;
-    stop.store(true, Ordering::SeqCst);
-    let mut answered = 0;
-    for task in load {
-        for status in task.await.expect("load task") {
-            assert_eq!(status, Ok(200), "every client request succeeds");
-            answered += 1;
-        }
+    let answers = load.stop().await;
+    for status in &answers {
+        assert_eq!(status, &Ok(200), "every client request succeeds");
     }
     assert_eq!(
         leaving.hits(),
         leaving_hits,
         "the removed replica got no new request"
     );
-    assert!(answered > 60, "{answered} requests");
+    assert!(answers.len() > 60, "{} requests", answers.len());
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{
-    client, eventually, get_json, get_text, metric, sidecar_from, RedisServer, Upstream,
+    client, eventually, get_json, get_text, listeners_with_inbound, metric, sidecar_from,
+    RedisServer, Upstream,
 };
 
 fn config(app: &Upstream, limits: &str, redis: Option<&RedisServer>) -> String {
@@ -16,17 +17,14 @@ fn config(app: &Upstream, limits: &str, redis: Option<&RedisServer>) -> String {
         format!("redis: {{ url: \"{}\", timeout: 200ms }}", r.url())
     });
     format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   auth:
     api_keys: {{ header: x-api-key }}
     exempt: [/auth/login, /public]
 {limits}
 {redis}",
-        app.endpoint()
+        listeners_with_inbound(app)
     )
 }
 

@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 pub use pick::{ewma_score, least_load, p2c, round_robin};
 
-use crate::config::LoadBalancer;
+use crate::config::{LoadBalancer, Policy};
 use crate::replica::{lease, lease_forced, now_millis, BreakerState, Endpoint, Lease};
 use crate::service::Service;
 
@@ -57,11 +57,12 @@ impl Balancer {
     fn choose(
         &mut self,
         service: &Service,
+        policy: &Policy,
         replicas: &[Arc<Endpoint>],
         skipped: impl Fn(&Arc<Endpoint>) -> bool,
     ) -> Option<usize> {
         let open = |e: &Arc<Endpoint>| e.status.admits() && !skipped(e);
-        match service.policy.load_balancer {
+        match policy.load_balancer {
             LoadBalancer::LeastLoad => least_load(replicas, &mut self.rng, |e| {
                 open(e).then(|| e.status.in_flight())
             }),
@@ -78,6 +79,7 @@ impl Balancer {
     fn pick_from(
         &mut self,
         service: &Service,
+        policy: &Policy,
         replicas: &[Arc<Endpoint>],
         avoid: &[Arc<Endpoint>],
     ) -> Option<Lease> {
@@ -91,11 +93,11 @@ impl Balancer {
                     .chain(passed_over.iter().copied())
                     .any(|s| Arc::ptr_eq(s, e))
             };
-            let Some(index) = self.choose(service, replicas, skipped) else {
+            let Some(index) = self.choose(service, policy, replicas, skipped) else {
                 break;
             };
             let replica = &replicas[index];
-            let share = replica.status.share(now, service.policy.slow_start);
+            let share = replica.status.share(now, policy.slow_start);
             if share < 1.0 && self.rng.random::<f64>() >= share {
                 ramping.get_or_insert(replica);
             } else if let Some(lease) = lease(replica) {
@@ -110,12 +112,12 @@ impl Balancer {
     /// Past `max_ejection_percent` open breakers, lets one of them take a
     /// probe (each at most once per second) so the service is not blacked
     /// out by its own protection.
-    fn force_probe(&mut self, service: &Service, replicas: &[Arc<Endpoint>]) -> Option<Lease> {
+    fn force_probe(&mut self, policy: &Policy, replicas: &[Arc<Endpoint>]) -> Option<Lease> {
         let open = replicas
             .iter()
             .filter(|e| e.status.state() == BreakerState::Open)
             .count();
-        if open * 100 <= replicas.len() * service.policy.max_ejection_percent as usize {
+        if open * 100 <= replicas.len() * policy.max_ejection_percent as usize {
             return None;
         }
         let start = self.rng.random_range(0..replicas.len());
@@ -145,14 +147,16 @@ impl Handler<Pick> for Balancer {
         if replicas.is_empty() {
             return MessageResult(Err(PickError::NoReplicas));
         }
+        let settings = service.settings();
+        let policy = &settings.policy;
         let picked = self
-            .pick_from(service, &replicas, &pick.avoid)
+            .pick_from(service, policy, &replicas, &pick.avoid)
             .or_else(|| {
                 (!pick.avoid.is_empty())
-                    .then(|| self.pick_from(service, &replicas, &[]))
+                    .then(|| self.pick_from(service, policy, &replicas, &[]))
                     .flatten()
             })
-            .or_else(|| self.force_probe(service, &replicas));
+            .or_else(|| self.force_probe(policy, &replicas));
         match picked {
             Some(lease) => MessageResult(Ok(lease)),
             None => {

@@ -13,7 +13,7 @@ use super::reader::{FromYaml, Problems, Table};
 use super::{as_duration, positive};
 
 /// Which discovery source feeds the supervisor, and how often it is asked.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Discovery {
     /// The source (default `static`).
     pub source: DiscoverySource,
@@ -74,7 +74,7 @@ impl FromYaml for DiscoverySource {
 }
 
 /// Settings of the `file` source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileDiscovery {
     /// The endpoints file (default `/etc/outrigger/endpoints.yaml`).
     pub path: PathBuf,
@@ -89,7 +89,7 @@ impl Default for FileDiscovery {
 }
 
 /// Settings of the `registry` source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegistryDiscovery {
     /// The registry's base URL, `http://` only (default `http://service-discovery:9000`).
     pub url: String,
@@ -107,7 +107,7 @@ impl Default for RegistryDiscovery {
 }
 
 /// Settings of the `dns` source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DnsDiscovery {
     /// Appended to each service name to make the name looked up
     /// (default `.default.svc.cluster.local`).
@@ -133,7 +133,7 @@ impl Default for DnsDiscovery {
 }
 
 /// Settings of the `kubernetes` source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KubernetesDiscovery {
     /// The namespace whose EndpointSlices are watched (default `default`).
     pub namespace: String,

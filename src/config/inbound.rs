@@ -15,7 +15,7 @@ use super::reader::{FromYaml, Problems, Table};
 use super::{as_duration, positive};
 
 /// The inbound listener: where callers from outside the pod arrive.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundListener {
     /// Where callers connect (default `0.0.0.0:15006`).
     pub bind: SocketAddr,
@@ -27,7 +27,7 @@ pub struct InboundListener {
 }
 
 /// Who may call the app, how often, how many at once, and how browsers may.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct InboundConfig {
     /// Authentication and authorisation.
     pub auth: AuthConfig,
@@ -42,7 +42,7 @@ pub struct InboundConfig {
 }
 
 /// The inbound GET response cache.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheConfig {
     /// Time to live when no route sets one (default 60s; env `CACHE_DEFAULT_TTL`),
     /// capped by the answer's own `max-age`.
@@ -57,7 +57,7 @@ pub struct CacheConfig {
 }
 
 /// A time to live for one route.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CacheRoute {
     /// Path prefix.
     pub path: String,
@@ -67,7 +67,7 @@ pub struct CacheRoute {
 }
 
 /// Sliding-window request limits, keyed by user (or client IP when anonymous).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RateLimitConfig {
     /// The window limits count over (default 1m).
     #[serde(serialize_with = "as_duration")]
@@ -86,7 +86,7 @@ pub struct RateLimitConfig {
 }
 
 /// A limit for one route.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteLimit {
     /// Path prefix.
     pub path: String,
@@ -122,7 +122,7 @@ impl FromYaml for OnRedisError {
 }
 
 /// In-flight caps on the inbound side.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct InboundConcurrency {
     /// Requests in flight to the app at once (default 100).
     pub global: u32,
@@ -131,7 +131,7 @@ pub struct InboundConcurrency {
 }
 
 /// Authentication and authorisation of inbound callers.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AuthConfig {
     /// Bearer JWTs; `None` when not configured.
     pub jwt: Option<JwtConfig>,
@@ -153,7 +153,7 @@ pub struct AuthConfig {
 }
 
 /// How bearer tokens are verified.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JwtConfig {
     /// The accepted algorithms; a token's own `alg` never widens them.
     #[serde(serialize_with = "algorithm_names")]
@@ -175,7 +175,7 @@ pub struct JwtConfig {
 }
 
 /// Where JWT verification keys come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JwtKeys {
     /// An HMAC secret (from `secret_env` or `secret_file`); never shown.
@@ -187,7 +187,7 @@ pub enum JwtKeys {
 }
 
 /// API keys: which header carries them and whose they are.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKeysConfig {
     /// The header callers send the key in (default `x-api-key`).
     pub header: String,
@@ -196,7 +196,7 @@ pub struct ApiKeysConfig {
 }
 
 /// One API key and the identity it stands for.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKey {
     /// The identity (`x-outrigger-user`).
     pub name: String,
@@ -208,7 +208,7 @@ pub struct ApiKey {
 }
 
 /// A role or scope requirement for requests matching a path prefix.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AccessRule {
     /// Path prefix the rule covers.
     pub path: String,
@@ -221,7 +221,7 @@ pub struct AccessRule {
 }
 
 /// Which browser origins may call the app.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CorsConfig {
     /// Allowed origins, exact (`https://app.example.com`) or `*` (env `CORS_ORIGINS`, comma-separated).
     pub origins: Vec<String>,
@@ -231,7 +231,7 @@ pub struct CorsConfig {
 }
 
 /// Shared Redis for revocations (and later caches and limits).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RedisConfig {
     /// `redis://host:port/db` (env `REDIS_URL`); a password in it is never shown.
     #[serde(serialize_with = "redacted_url")]

@@ -22,6 +22,7 @@ inbound:
   cache: { routes: [{}] }
 redis: {}
 lifecycle: {}
+reload: {}
 tracing: {}
 ";
 

@@ -31,7 +31,7 @@ pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position}
 pub(crate) use reader::{FromYaml, Problems, Table};
 
 /// Everything the sidecar needs to run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
     /// Where the sidecar listens.
     pub listeners: Listeners,
@@ -48,13 +48,15 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// How the sidecar stops.
     pub lifecycle: Lifecycle,
+    /// Whether the config file is watched and re-applied when it changes.
+    pub reload: ReloadConfig,
     /// Tracing and access log settings (`tracing`, `access_log`).
     #[serde(flatten)]
     pub observability: ObservabilityConfig,
 }
 
 /// How the sidecar stops on SIGTERM (or admin `POST /shutdown`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Lifecycle {
     /// After the signal, `/ready` answers 503 but the listeners keep
     /// serving this long, so endpoint controllers and callers stop sending
@@ -67,8 +69,20 @@ pub struct Lifecycle {
     pub shutdown_grace: Duration,
 }
 
+/// Watching the config file: a change (a ConfigMap update, an edit) is
+/// validated and applied to the running sidecar, as on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadConfig {
+    /// Watch the file (default true); SIGHUP and admin `POST /reload` work either way.
+    pub watch: bool,
+    /// How often the file's metadata is checked (default 1s); a change is
+    /// applied once it has held still for one interval.
+    #[serde(serialize_with = "as_duration")]
+    pub interval: Duration,
+}
+
 /// The sidecar's listening sockets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listeners {
     /// Apps send outbound calls here (default `127.0.0.1:15001`).
     pub outbound: SocketAddr,
@@ -227,7 +241,7 @@ pub struct ConcurrencyConfig {
 }
 
 /// One service apps may call, and its replicas.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceConfig {
     /// The name apps use: `/<name>/...`, `Host: <name>` or `http://<name>/...`.
     pub name: String,
@@ -249,6 +263,15 @@ impl Default for Lifecycle {
         Lifecycle {
             drain_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration::from_secs(1),
         }
     }
 }
@@ -296,6 +319,14 @@ impl Default for Policy {
 impl Config {
     /// Reads and validates a config file, with environment overrides from the process.
     pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+        Config::load_with(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates a config file; `env` looks up override variables.
+    pub fn load_with(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path).map_err(|err| {
             vec![ConfigError {
                 path: path.display().to_string(),
@@ -303,7 +334,7 @@ impl Config {
                 position: None,
             }]
         })?;
-        Config::from_yaml(&text, &|name| std::env::var(name).ok())
+        Config::from_yaml(&text, env)
     }
 
     /// Parses and validates config text; `env` looks up override variables.
@@ -383,6 +414,19 @@ fn read_config(
             }
         },
     );
+    let reload = top.section(
+        "reload",
+        &ReloadConfig::default(),
+        problems,
+        |t, base, problems| {
+            let interval = t.get("interval", problems).unwrap_or(base.interval);
+            positive(interval, &t.path_of("interval"), problems);
+            ReloadConfig {
+                watch: t.get("watch", problems).unwrap_or(base.watch),
+                interval,
+            }
+        },
+    );
     top.finish(problems);
     let listeners = listeners?;
     let inbound = match (&listeners.inbound, inbound) {
@@ -406,6 +450,7 @@ fn read_config(
         inbound,
         redis,
         lifecycle,
+        reload,
         observability,
     })
 }
@@ -823,6 +868,22 @@ defaults:
                 "defaults.retry.budget_percent: must be between 0 and 100",
                 "defaults.concurrency.max_in_flight: must be at least 1",
                 "defaults.timeout: must be longer than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn reload_watches_every_second_by_default_and_needs_a_positive_interval() {
+        let config = Config::from_yaml("services: []", &no_env).expect("valid");
+        assert_eq!(config.reload, ReloadConfig::default());
+        assert!(config.reload.watch);
+        assert_eq!(config.reload.interval, Duration::from_secs(1));
+        assert_eq!(
+            errors("reload: { watch: sometimes, interval: 0s, every: 1s }"),
+            vec![
+                "reload.interval: must be longer than 0s",
+                "reload.watch: expected true or false, got \"sometimes\"",
+                "reload.every: unknown key",
             ]
         );
     }

@@ -15,7 +15,7 @@ use serde_norway::Value;
 /// One problem in a config file, located by its key path
 /// (`services[1].circuit_breaker.cooldown`) and, where the text shows it,
 /// by line and column.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConfigError {
     /// Dotted key path, or the environment variable that caused it.
     pub path: String,
@@ -27,7 +27,7 @@ pub struct ConfigError {
 }
 
 /// A place in a config file, both numbers counted from 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Position {
     /// The line.
     pub line: usize,

@@ -1,11 +1,9 @@
 //! The `file` source: a YAML endpoints file, watched for changes, so that a
 //! Kubernetes ConfigMap update moves traffic without a restart.
 //!
-//! The file is watched by polling its metadata every [`WATCH_POLL`] (a
-//! `stat`, no read): inotify-style watches miss the symlink swap a ConfigMap
-//! update makes, a stat does not. A change is read once the file has stayed
-//! the same for one poll (debounced), and the file is read again every
-//! `refresh` whatever happens.
+//! The file is watched with [`FileWatch`] every [`WATCH_POLL`]: a change
+//! is read once it has held still for one poll, and the file is read again
+//! every `refresh` whatever happens.
 //!
 //! ```yaml
 //! budgeting:
@@ -13,78 +11,38 @@
 //!   - { address: "10.0.0.8:8080", weight: 2, zone: eu-west-1a, ready: false }
 //! ```
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use serde_norway::Value;
 
 use super::{DiscoveredEndpoint, DiscoverySource, FetchResult, Snapshot, SnapshotFuture};
 use crate::config::{is_host_port, Problems, Table};
+use crate::watch::FileWatch;
 
 /// How often the file's metadata is checked.
 pub const WATCH_POLL: Duration = Duration::from_millis(200);
 
-/// What identifies one version of the file: a ConfigMap swap changes the
-/// inode, an edit in place the time or length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
 /// Replicas listed in a YAML file, re-read when it changes.
 pub struct FileSource {
-    path: PathBuf,
-    refresh: Duration,
-    /// The stamp of the version last read (`None`: the file was missing).
-    read: Option<Stamp>,
-    /// A new stamp seen on the last poll and not read yet.
-    pending: Option<Option<Stamp>>,
-    last_read: Option<Instant>,
+    watch: FileWatch,
 }
 
 impl FileSource {
     /// A source reading `path` when it changes, and at least every `refresh`.
     pub fn new(path: PathBuf, refresh: Duration) -> Self {
         FileSource {
-            path,
-            refresh,
-            read: None,
-            pending: None,
-            last_read: None,
+            watch: FileWatch::new(path, Some(refresh)),
         }
     }
 
-    fn stamp(&self) -> Option<Stamp> {
-        let meta = std::fs::metadata(&self.path).ok()?;
-        Some(Stamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            inode: meta.ino(),
-        })
-    }
-
-    /// Decides whether to read now: on the first fetch, every `refresh`, and
-    /// once a change has held still for one poll.
-    fn due(&mut self) -> Option<Option<Stamp>> {
-        let stamp = self.stamp();
-        let Some(last_read) = self.last_read else {
-            return Some(stamp);
-        };
-        let changed = stamp != self.read;
-        let settled = changed && self.pending == Some(stamp);
-        self.pending = (changed && !settled).then_some(stamp);
-        (settled || last_read.elapsed() >= self.refresh).then_some(stamp)
-    }
-
     fn read(&self) -> FetchResult {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|err| format!("cannot read {}: {err}", self.path.display()))?;
+        let path = self.watch.path();
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
         parse(&text)
             .map(Some)
-            .map_err(|problems| format!("{}: {problems}", self.path.display()))
+            .map_err(|problems| format!("{}: {problems}", path.display()))
     }
 }
 
@@ -94,14 +52,10 @@ impl DiscoverySource for FileSource {
     }
 
     fn fetch(&mut self) -> SnapshotFuture {
-        let result = match self.due() {
-            Some(stamp) => {
-                self.read = stamp;
-                self.pending = None;
-                self.last_read = Some(Instant::now());
-                self.read()
-            }
-            None => Ok(None),
+        let result = if self.watch.due() {
+            self.read()
+        } else {
+            Ok(None)
         };
         Box::pin(std::future::ready(result))
     }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
@@ -103,7 +104,19 @@ async fn watch_slices(namespace: String, services: Vec<String>, publish: watch::
     let mut events = std::pin::pin!(events.default_backoff());
     let mut slices: BTreeMap<String, EndpointSlice> = BTreeMap::new();
     let mut relisting: Option<BTreeMap<String, EndpointSlice>> = None;
-    while let Some(event) = events.next().await {
+    loop {
+        // A config reload that changes the service list replaces the
+        // source: its receiver goes, and this watch with it.
+        let next = std::pin::pin!(events.next());
+        let closed = std::pin::pin!(publish.closed());
+        let event = match futures_util::future::select(next, closed).await {
+            Either::Left((Some(event), _)) => event,
+            Either::Left((None, _)) => break,
+            Either::Right(_) => {
+                info!("kubernetes: the EndpointSlice watch with {selector} is no longer read; stopping it");
+                break;
+            }
+        };
         let changed = match event {
             Ok(Event::Init) => {
                 relisting = Some(BTreeMap::new());

@@ -1,6 +1,8 @@
 //! Where replicas come from. A [`DiscoverySource`] returns a whole
 //! [`Snapshot`]; the [`Supervisor`] actor diffs it against the live set,
 //! starts a replica actor for each new endpoint and drains the ones that left.
+//! A config reload hands it a revised table ([`Reconfigure`]): it alone
+//! starts, retunes and stops replicas.
 
 mod dns;
 mod file;
@@ -27,7 +29,7 @@ pub use static_source::StaticSource;
 use crate::config::{Config, DiscoverySource as SourceKind};
 use crate::metrics::Metrics;
 use crate::replica::{Endpoint, Replica};
-use crate::service::{Placement, Service, ServiceTable};
+use crate::service::{LiveServices, Placement, Revision, Service, ServiceTable};
 
 /// One replica as a source lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,25 +120,31 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Keeps each service's replica actors in step with discovery.
 pub struct Supervisor {
-    table: Arc<ServiceTable>,
+    live: Arc<LiveServices>,
     source: Box<dyn DiscoverySource>,
     refresh: Duration,
     metrics: Arc<Metrics>,
+    /// The fetch in progress and the wait for the next one, cancelled
+    /// when a reload replaces the source.
+    fetching: Option<SpawnHandle>,
+    waiting: Option<SpawnHandle>,
 }
 
 impl Supervisor {
-    /// A supervisor for `table`, fed by `source` every `refresh`.
+    /// A supervisor for the table in `live`, fed by `source` every `refresh`.
     pub fn new(
-        table: Arc<ServiceTable>,
+        live: Arc<LiveServices>,
         source: Box<dyn DiscoverySource>,
         refresh: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Supervisor {
-            table,
+            live,
             source,
             refresh,
             metrics,
+            fetching: None,
+            waiting: None,
         }
     }
 
@@ -162,9 +170,11 @@ impl Supervisor {
                     }
                 }
                 let wait = supervisor.source.next_fetch(supervisor.refresh);
-                ctx.run_later(wait, |supervisor, ctx| supervisor.sync(ctx));
+                supervisor.fetching = None;
+                supervisor.waiting =
+                    Some(ctx.run_later(wait, |supervisor, ctx| supervisor.sync(ctx)));
             });
-        ctx.spawn(fetch);
+        self.fetching = Some(ctx.spawn(fetch));
     }
 
     fn count_sync(&self, source: &str, result: &str) {
@@ -175,13 +185,18 @@ impl Supervisor {
     }
 
     fn feedback(&mut self) {
-        if let Some(report) = self.source.feedback(&self.table, &self.metrics) {
+        let table = self.live.load();
+        if let Some(report) = self.source.feedback(&table, &self.metrics) {
             actix_rt::spawn(report);
         }
     }
 
-    fn apply(&mut self, snapshot: &Snapshot) {
-        for service in self.table.iter() {
+    fn apply(&self, snapshot: &Snapshot) {
+        self.apply_to(&self.live.load(), snapshot);
+    }
+
+    fn apply_to(&self, table: &ServiceTable, snapshot: &Snapshot) {
+        for service in table.iter() {
             match snapshot.get(&*service.name) {
                 Some(endpoints) => self.apply_service(service, endpoints),
                 None => warn!(
@@ -195,6 +210,7 @@ impl Supervisor {
 
     fn apply_service(&self, service: &Service, endpoints: &[DiscoveredEndpoint]) {
         let current = service.replicas();
+        let settings = service.settings();
         let mut kept: HashMap<&str, &Arc<Endpoint>> =
             current.iter().map(|e| (&*e.address, e)).collect();
         let mut next: Vec<Arc<Endpoint>> = Vec::with_capacity(endpoints.len());
@@ -213,7 +229,7 @@ impl Supervisor {
                 None => Replica::spawn(
                     Arc::clone(&service.name),
                     address,
-                    &service.policy,
+                    &settings.policy,
                     service.synced(),
                     Arc::clone(&self.metrics),
                 ),
@@ -229,7 +245,7 @@ impl Supervisor {
         }
         let changed = !kept.is_empty() || next.len() != current.len();
         for gone in kept.values() {
-            gone.drain(service.policy.timeout + DRAIN_GRACE);
+            gone.drain(settings.policy.timeout + DRAIN_GRACE);
         }
         self.metrics
             .discovery_replicas
@@ -245,6 +261,26 @@ impl Supervisor {
             );
         }
         service.set_replicas(next, placements);
+    }
+
+    /// A service a reload removed: its replicas drain as if discovery had
+    /// dropped them, and its replica count series goes.
+    fn retire(&self, service: &Service) {
+        let replicas = service.replicas();
+        let deadline = service.settings().policy.timeout + DRAIN_GRACE;
+        for endpoint in replicas.iter() {
+            endpoint.drain(deadline);
+        }
+        info!(
+            "service {} removed from the config: draining its {} replicas",
+            service.name,
+            replicas.len()
+        );
+        service.set_replicas(Vec::new(), HashMap::new());
+        let _ = self
+            .metrics
+            .discovery_replicas
+            .remove_label_values(&[&service.name]);
     }
 }
 
@@ -267,5 +303,58 @@ impl Handler<ApplySnapshot> for Supervisor {
 
     fn handle(&mut self, ApplySnapshot(snapshot): ApplySnapshot, _: &mut Context<Self>) {
         self.apply(&snapshot);
+    }
+}
+
+/// A config reload's changes to the services, put in force by the
+/// supervisor. Services that stay keep their replica actors (and breaker
+/// state); retuned ones get their new settings, and each of their replicas
+/// the new breaker thresholds; removed ones drain.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure {
+    /// The revised table and what changed in it.
+    pub revision: Revision,
+    /// The `static` source's new snapshot, applied before the table is put
+    /// in force, so an added service is never seen without its replicas.
+    pub snapshot: Option<Snapshot>,
+    /// When the service list changed: the config to build the source
+    /// anew from (a source may list only the services it was built for);
+    /// the sync loop restarts on it at once.
+    pub new_source: Option<Config>,
+}
+
+impl Handler<Reconfigure> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, change: Reconfigure, ctx: &mut Context<Self>) {
+        let Revision {
+            table,
+            retuned,
+            removed,
+        } = change.revision;
+        for (service, settings) in retuned {
+            for endpoint in service.replicas().iter() {
+                endpoint.retune(&settings.policy);
+            }
+            service.set_settings(settings);
+        }
+        if let Some(snapshot) = &change.snapshot {
+            self.apply_to(&table, snapshot);
+        }
+        self.live.store(Arc::new(table));
+        for service in &removed {
+            self.retire(service);
+        }
+        if let Some(config) = change.new_source {
+            for handle in [self.fetching.take(), self.waiting.take()]
+                .into_iter()
+                .flatten()
+            {
+                ctx.cancel_future(handle);
+            }
+            self.source = source_for(&config);
+            self.sync(ctx);
+        }
     }
 }

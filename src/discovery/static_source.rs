@@ -20,6 +20,11 @@ impl StaticSource {
             .collect();
         StaticSource { snapshot }
     }
+
+    /// The endpoints it lists.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
 }
 
 impl DiscoverySource for StaticSource {

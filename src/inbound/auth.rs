@@ -13,7 +13,7 @@ use actix_web::HttpRequest;
 use prometheus::IntCounterVec;
 
 use super::api_keys::ApiKeys;
-use super::jwks::{FetchNow, JwksFetcher};
+use super::jwks::{FetchNow, JwksFetcher, StopRefreshing};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
 use crate::config::{AccessRule, AuthConfig};
 use crate::error::ProxyError;
@@ -130,6 +130,14 @@ impl Authenticator {
             strip_authorization: config.strip_authorization,
             validations,
         })
+    }
+
+    /// Stops the JWKS refresh, once a config reload replaced this
+    /// authenticator; requests still holding it verify with the keys it has.
+    pub fn stop_key_refresh(&self) {
+        if let Some(jwks) = &self.jwks {
+            jwks.do_send(StopRefreshing);
+        }
     }
 
     /// Who is calling, or why they may not.

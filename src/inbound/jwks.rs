@@ -111,3 +111,21 @@ impl Handler<FetchNow> for JwksFetcher {
         self.fetch()
     }
 }
+
+/// The authenticator this fetcher serves was replaced by a config reload:
+/// stop fetching.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopRefreshing;
+
+impl Handler<StopRefreshing> for JwksFetcher {
+    type Result = ();
+
+    fn handle(&mut self, _: StopRefreshing, ctx: &mut Context<Self>) {
+        info!(
+            "JWKS from {}: refresh stopped (the auth config was replaced)",
+            self.url
+        );
+        ctx.stop();
+    }
+}

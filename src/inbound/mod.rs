@@ -8,6 +8,7 @@ mod auth;
 mod cache;
 mod concurrency;
 mod cors;
+mod gate;
 mod jwks;
 mod jwt;
 mod rate_limit;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use arc_swap::ArcSwap;
 use log::{info, warn};
 use prometheus::IntGauge;
 
@@ -26,6 +28,7 @@ pub use auth::{AuthMethod, Authenticator, Identity};
 pub use cache::{Cache, Fill, Lookup, X_CACHE};
 pub use concurrency::{Full, InFlightCaps, Slot};
 pub use cors::Cors;
+pub use gate::{store, Gate};
 pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
@@ -43,25 +46,10 @@ const LISTENER: &str = "inbound";
 /// The `service` label of inbound metrics.
 const APP: &str = "app";
 
-/// What every inbound worker shares.
-pub struct Gate {
-    /// Who may call.
-    pub authenticator: Arc<Authenticator>,
-    /// Which browser origins may call.
-    pub cors: Arc<Cors>,
-    /// How often each caller may call, when configured.
-    pub limiter: Option<RateLimiter>,
-    /// How many may be in flight, when configured.
-    pub caps: Option<Arc<InFlightCaps>>,
-    /// The GET response cache, when configured.
-    pub cache: Option<Arc<Cache>>,
-}
-
 struct Worker {
     client: awc::Client,
-    gate: Arc<Gate>,
-    app: String,
-    timeout: Duration,
+    /// The gate in force; each request loads it once.
+    gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
     in_progress: IntGauge,
     tracer: Tracer,
@@ -72,14 +60,13 @@ struct Worker {
 /// Binds the inbound listener; the server runs once awaited or spawned.
 pub fn server(
     listener: &InboundListener,
-    gate: Arc<Gate>,
+    gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
     shutdown_secs: u64,
     observability: &ObservabilityConfig,
     spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
-    let (app, timeout) = (listener.app.clone(), listener.timeout);
     let tracer = Tracer {
         sample_rate: observability.tracing.sample_rate,
     };
@@ -87,9 +74,7 @@ pub fn server(
     let server = HttpServer::new(move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
-            gate: Arc::clone(&gate),
-            app: app.clone(),
-            timeout,
+            gates: Arc::clone(&gates),
             in_progress: metrics
                 .http_requests_in_progress
                 .with_label_values(&[LISTENER]),
@@ -120,7 +105,7 @@ async fn handle(
     let id = request_id.to_str().unwrap_or("-");
     let hop = worker.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
-    let gate = &worker.gate;
+    let gate = worker.gates.load();
     let mut response = match gate.cors.preflight(req.method(), req.headers()) {
         Some(preflight) => preflight,
         None => match gate.authenticator.authenticate(&req).await {
@@ -132,7 +117,14 @@ async fn handle(
                 );
                 refusal.response(Some(APP), id)
             }
-            Ok(identity) => admit(&worker, &req, payload, &identity, &request_id, &hop).await,
+            Ok(identity) => {
+                let caller = Caller {
+                    identity: &identity,
+                    request_id: &request_id,
+                    hop: &hop,
+                };
+                admit(&worker, &gate, &req, payload, &caller).await
+            }
         },
     };
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
@@ -169,19 +161,12 @@ impl Caller<'_> {
 /// the `X-RateLimit-*` headers.
 async fn admit(
     worker: &Worker,
+    gate: &Gate,
     req: &HttpRequest,
     payload: web::Payload,
-    identity: &Identity,
-    request_id: &actix_web::http::header::HeaderValue,
-    hop: &Hop,
+    caller: &Caller<'_>,
 ) -> HttpResponse {
-    let caller = Caller {
-        identity,
-        request_id,
-        hop,
-    };
-    let id = caller.id();
-    let gate = &worker.gate;
+    let (id, identity) = (caller.id(), caller.identity);
     let verdict = match &gate.limiter {
         Some(limiter) => limiter.check(req, identity, id).await,
         None => None,
@@ -216,8 +201,10 @@ async fn admit(
                     warn!("request {id}: 429: {message}");
                     ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
                 }
-                Some(Ok(slot)) => forward_to_app(worker, req, payload, &caller, slot, fill).await,
-                None => forward_to_app(worker, req, payload, &caller, (), fill).await,
+                Some(Ok(slot)) => {
+                    forward_to_app(worker, gate, req, payload, caller, slot, fill).await
+                }
+                None => forward_to_app(worker, gate, req, payload, caller, (), fill).await,
             };
             if bypassed {
                 response.headers_mut().insert(
@@ -244,6 +231,7 @@ fn finish_limited(mut response: HttpResponse, verdict: Option<Verdict>) -> HttpR
 
 async fn forward_to_app<G: Unpin + 'static>(
     worker: &Worker,
+    gate: &Gate,
     req: &HttpRequest,
     payload: web::Payload,
     caller: &Caller<'_>,
@@ -253,16 +241,16 @@ async fn forward_to_app<G: Unpin + 'static>(
     let id = caller.id();
     let identity_headers = caller.identity.headers();
     let upstream = Upstream {
-        address: &worker.app,
+        address: &gate.app,
         path: req.path(),
         headers: HeaderPlan {
             keep_host: true,
             handshake: false,
             identity: Some(&identity_headers),
-            strip_authorization: worker.gate.authenticator.strip_authorization,
+            strip_authorization: gate.authenticator.strip_authorization,
             trace: Some(caller.hop),
         },
-        timeout: worker.timeout,
+        timeout: gate.timeout,
     };
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
@@ -270,10 +258,10 @@ async fn forward_to_app<G: Unpin + 'static>(
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
-            if response.status().is_success() && worker.gate.authenticator.is_logout(req) {
-                revoke_at_logout(&worker.gate.authenticator, caller.identity, id).await;
+            if response.status().is_success() && gate.authenticator.is_logout(req) {
+                revoke_at_logout(&gate.authenticator, caller.identity, id).await;
             }
-            match (fill, &worker.gate.cache) {
+            match (fill, &gate.cache) {
                 (Some(fill), Some(cache)) => {
                     cache.complete(fill, response, slot, req.headers()).await
                 }
@@ -285,11 +273,11 @@ async fn forward_to_app<G: Unpin + 'static>(
             ProxyError::BadRequest(message).response(Some(APP), id)
         }
         Err(SendError::Upstream(kind, detail)) => {
-            let app = &worker.app;
+            let app = &gate.app;
             let error = match kind {
                 UpstreamError::Timeout => ProxyError::Timeout(format!(
                     "the app at {app} did not answer within {}ms",
-                    worker.timeout.as_millis()
+                    gate.timeout.as_millis()
                 )),
                 UpstreamError::Connect => ProxyError::UpstreamConnect(format!(
                     "cannot connect to the app at {app}: {detail}"

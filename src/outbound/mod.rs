@@ -25,13 +25,13 @@ pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, AccessLog, Config};
+use crate::config::{format_duration, AccessLog, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
-use crate::service::{InFlight, Service, ServiceTable};
+use crate::service::{InFlight, LiveServices, Service, Settings};
 use crate::trace::Tracer;
 
 const LISTENER: &str = "outbound";
@@ -41,7 +41,7 @@ struct Worker {
     client: awc::Client,
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
-    table: Arc<ServiceTable>,
+    table: Arc<LiveServices>,
     metrics: Arc<Metrics>,
     in_progress: IntGauge,
     tracer: Tracer,
@@ -52,7 +52,7 @@ struct Worker {
 /// Binds the outbound listener; the server runs once awaited or spawned.
 pub fn server(
     config: &Config,
-    table: Arc<ServiceTable>,
+    table: Arc<LiveServices>,
     metrics: Arc<Metrics>,
     spans: Option<Exporter>,
     shutdown_secs: u64,
@@ -94,7 +94,10 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let hop = worker.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
-    let route = resolve(&worker.table, req.uri().host(), host, req.uri().path());
+    let table = worker.table.load();
+    let route = resolve(&table, req.uri().host(), host, req.uri().path())
+        .map(|route| (Arc::clone(route.service), route.path, route.keep_host));
+    drop(table);
     let (service, mut response) = match route {
         None => {
             debug!(
@@ -107,16 +110,17 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 ProxyError::UnknownService.response(None, id_str(&request_id)),
             )
         }
-        Some(route) => {
-            let service = Arc::clone(route.service);
-            let path = route.path;
+        Some((service, path, keep_host)) => {
             let plan = HeaderPlan {
-                keep_host: route.keep_host,
+                keep_host,
                 trace: Some(&hop),
                 ..HeaderPlan::default()
             };
+            // Held for the whole request: a guard, not a reference count to bump.
+            let settings = service.settings();
             let outgoing = Outgoing {
                 service: &service,
+                settings: &settings,
                 path,
                 plan,
                 req: &req,
@@ -143,6 +147,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
 #[derive(Clone, Copy)]
 struct Outgoing<'a> {
     service: &'a Arc<Service>,
+    /// The service's settings when the request arrived, kept to its end.
+    settings: &'a Settings,
     /// The path to request from the replica.
     path: &'a str,
     plan: HeaderPlan<'a>,
@@ -155,6 +161,7 @@ struct Outgoing<'a> {
 async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) -> HttpResponse {
     let Outgoing {
         service,
+        settings,
         path,
         plan,
         req,
@@ -162,8 +169,8 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     } = outgoing;
     let id = id_str(request_id);
     let name = &*service.name;
-    let policy = &service.policy;
-    let Some(slot) = service.try_enter() else {
+    let policy = &settings.policy;
+    let Some(slot) = service.try_enter(policy.concurrency.max_in_flight) else {
         service.metrics.limit_reached.inc();
         let limit = policy.concurrency.max_in_flight;
         let message =
@@ -251,7 +258,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && body.replayable()
             && retry::answer_is_retried(answer, retry);
         if !again {
-            log_if_slow(service, &attempt.endpoint, started, id);
+            log_if_slow(name, policy, &attempt.endpoint, started, id);
             return attempt.into_response(slot, name, id);
         }
         if !service.retry_budget.try_retry() {
@@ -312,12 +319,14 @@ async fn tunnel(
 ) -> HttpResponse {
     let Outgoing {
         service,
+        settings,
         path,
         plan,
         req,
         request_id,
     } = outgoing;
     let (id, name) = (id_str(request_id), &*service.name);
+    let policy = &settings.policy;
     let mut lease = match pick(worker, service, Vec::new()).await {
         Ok(lease) => lease,
         Err(error) => {
@@ -331,7 +340,7 @@ async fn tunnel(
         path,
         headers: plan,
         connect_timeout: worker.connect_timeout,
-        answer_timeout: service.policy.per_try_timeout.min(service.policy.timeout),
+        answer_timeout: policy.per_try_timeout.min(policy.timeout),
     };
     match upgrade::open(tunnel, req, request_id).await {
         Ok(handshake) => {
@@ -345,7 +354,7 @@ async fn tunnel(
         }
         Err((kind, detail)) => {
             lease.report(Answer::Error(kind));
-            let bound = ("per_try_timeout", service.policy.per_try_timeout);
+            let bound = ("per_try_timeout", policy.per_try_timeout);
             Try {
                 result: Err(SendError::Upstream(kind, detail)),
                 lease,
@@ -406,15 +415,14 @@ impl Try {
     }
 }
 
-fn log_if_slow(service: &Service, endpoint: &Endpoint, started: Instant, id: &str) {
+fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: &str) {
     let took = started.elapsed();
-    if took > service.policy.slow_request_threshold {
+    if took > policy.slow_request_threshold {
         warn!(
-            "request {id}: slow: {}/{} answered after {}ms (slow_request_threshold {}ms)",
-            service.name,
+            "request {id}: slow: {name}/{} answered after {}ms (slow_request_threshold {}ms)",
             endpoint.address,
             took.as_millis(),
-            service.policy.slow_request_threshold.as_millis()
+            policy.slow_request_threshold.as_millis()
         );
     }
 }

@@ -2,6 +2,7 @@
 //! answers are retried, how long to wait before the next try, and the retry
 //! budget that keeps retries from multiplying the load during an outage.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -63,8 +64,8 @@ const WINDOW_SECS: usize = 10;
 /// service can still retry. Shared by every worker.
 #[derive(Debug)]
 pub struct RetryBudget {
-    percent: u32,
-    min_per_second: u32,
+    percent: AtomicU32,
+    min_per_second: AtomicU32,
     started: Instant,
     window: Mutex<Window>,
 }
@@ -100,11 +101,17 @@ impl RetryBudget {
     /// A budget of `percent` of requests plus `min_per_second` retries per second.
     pub fn new(percent: u32, min_per_second: u32) -> Self {
         RetryBudget {
-            percent,
-            min_per_second,
+            percent: AtomicU32::new(percent),
+            min_per_second: AtomicU32::new(min_per_second),
             started: Instant::now(),
             window: Mutex::new(Window::default()),
         }
+    }
+
+    /// New limits (a config reload); the counts in the window stay.
+    pub fn set_limits(&self, percent: u32, min_per_second: u32) {
+        self.percent.store(percent, Ordering::Relaxed);
+        self.min_per_second.store(min_per_second, Ordering::Relaxed);
     }
 
     /// Counts one request (not a retry).
@@ -133,8 +140,10 @@ impl RetryBudget {
             return false;
         };
         let (requests, retries) = window.totals(second);
-        let allowed = requests * u64::from(self.percent) / 100
-            + u64::from(self.min_per_second) * WINDOW_SECS as u64;
+        let percent = self.percent.load(Ordering::Relaxed);
+        let min_per_second = self.min_per_second.load(Ordering::Relaxed);
+        let allowed =
+            requests * u64::from(percent) / 100 + u64::from(min_per_second) * WINDOW_SECS as u64;
         if retries >= allowed {
             return false;
         }

@@ -8,23 +8,23 @@ use std::sync::Arc;
 use crate::service::{Service, ServiceTable};
 
 /// Where a request goes.
-pub struct Route<'a> {
+pub struct Route<'t, 'p> {
     /// The service.
-    pub service: &'a Arc<Service>,
+    pub service: &'t Arc<Service>,
     /// The path to request from the replica (the query is kept apart).
-    pub path: &'a str,
+    pub path: &'p str,
     /// Whether the `Host` header names the service and should be passed on;
     /// otherwise the replica's address is sent as `Host`.
     pub keep_host: bool,
 }
 
 /// Resolves a request; `None` when it names no configured service.
-pub fn resolve<'a>(
-    table: &'a ServiceTable,
+pub fn resolve<'t, 'p>(
+    table: &'t ServiceTable,
     authority_host: Option<&str>,
     host_header: Option<&str>,
-    path: &'a str,
-) -> Option<Route<'a>> {
+    path: &'p str,
+) -> Option<Route<'t, 'p>> {
     if let Some(host) = authority_host {
         let service = service_for_host(table, host)?;
         return Some(Route {
@@ -44,7 +44,7 @@ pub fn resolve<'a>(
     let name = after_slash.split('/').next()?;
     let service = table.get(name)?;
     let rest = &after_slash[name.len()..];
-    let path = match (service.strip_prefix, rest.is_empty()) {
+    let path = match (service.settings().strip_prefix, rest.is_empty()) {
         (false, _) => path,
         (true, true) => "/",
         (true, false) => rest,

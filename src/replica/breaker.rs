@@ -113,6 +113,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// New thresholds (a config reload). The state is kept: an open breaker
+    /// stays open until its current cooldown ends (the new cooldown applies
+    /// from the next opening), failures already in the window count
+    /// against the new `failure_threshold` from the next failure on, and
+    /// the new `window` bounds them from then too.
+    pub fn set_config(&mut self, config: BreakerConfig) {
+        self.config = config;
+    }
+
     /// The current state.
     pub fn state(&self) -> BreakerState {
         self.state
@@ -466,6 +475,51 @@ mod tests {
                 from: Open,
                 to: Closed
             })
+        );
+    }
+
+    #[test]
+    fn new_thresholds_apply_from_the_next_call_and_the_state_is_kept() {
+        let now = Instant::now();
+        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        for i in 0..2 {
+            assert_eq!(
+                breaker.record(CallResult::Failure, false, now + secs(i)),
+                None
+            );
+        }
+        let threshold = |failure_threshold| BreakerConfig {
+            failure_threshold,
+            ..config()
+        };
+        breaker.set_config(threshold(5));
+        assert_eq!(
+            breaker.record(CallResult::Failure, false, now + secs(2)),
+            None
+        );
+        assert_eq!(breaker.failure_count(), 3, "the window is kept");
+        breaker.set_config(threshold(4));
+        let opened = breaker.record(CallResult::Failure, false, now + secs(3));
+        assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
+        let until = breaker.open_until();
+        breaker.set_config(BreakerConfig {
+            cooldown: secs(1),
+            ..config()
+        });
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "an open breaker stays open"
+        );
+        assert_eq!(
+            breaker.open_until(),
+            until,
+            "until its current cooldown ends"
+        );
+        assert_eq!(
+            breaker.cooldown(),
+            secs(1),
+            "the next opening uses the new one"
         );
     }
 

@@ -19,7 +19,7 @@ pub use breaker::{BreakerState, BreakerStats, CallResult, CircuitBreaker, Transi
 pub use load::Ewma;
 pub use status::{now_millis, Admission, ReplicaStatus};
 
-use crate::config::Policy;
+use crate::config::{BreakerConfig, Policy};
 use crate::metrics::{Metrics, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.
@@ -51,6 +51,16 @@ impl Endpoint {
     /// Closes the replica's breaker (admin reset).
     pub fn reset_breaker(&self) {
         self.actor.do_send(ResetBreaker);
+    }
+
+    /// Gives the replica actor `policy`'s breaker thresholds and slow start
+    /// (a config reload); see [`CircuitBreaker::set_config`] for what
+    /// happens to the current state.
+    pub fn retune(&self, policy: &Policy) {
+        self.actor.do_send(Retune {
+            breaker: policy.circuit_breaker.clone(),
+            slow_start: policy.slow_start,
+        });
     }
 
     /// Stops picking it up: the actor stops once its in-flight calls finish,
@@ -394,6 +404,27 @@ impl Handler<ResetBreaker> for Replica {
         if let Some(transition) = self.breaker.reset(Instant::now()) {
             self.apply(transition, ctx);
         }
+    }
+}
+
+/// New breaker thresholds and slow start from a config reload.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retune {
+    /// The breaker's new config; its state is kept.
+    pub breaker: BreakerConfig,
+    /// The new slow-start span, for the next ramp.
+    pub slow_start: Duration,
+}
+
+impl Handler<Retune> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, retune: Retune, _: &mut Context<Self>) {
+        self.half_open_probes = retune.breaker.half_open_max_probes;
+        self.slow_start = retune.slow_start;
+        self.breaker.set_config(retune.breaker);
+        info!("replica {}: new breaker thresholds in force", self.name());
     }
 }
 

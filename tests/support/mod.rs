@@ -194,6 +194,18 @@ pub fn config_with(top: &str, services: &str) -> Config {
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"))
 }
 
+/// The `listeners:` block of an in-process sidecar on ephemeral ports with
+/// the inbound listener in front of `app`.
+pub fn listeners_with_inbound(app: &Upstream) -> String {
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}",
+        app.endpoint()
+    )
+}
+
 /// Starts a sidecar in this process and waits until it is ready.
 pub async fn sidecar(services: &str) -> Sidecar {
     sidecar_with("", services).await
@@ -201,9 +213,12 @@ pub async fn sidecar(services: &str) -> Sidecar {
 
 /// Like [`sidecar`], with more top-level YAML (a `discovery:` block).
 pub async fn sidecar_with(top: &str, services: &str) -> Sidecar {
-    let sidecar = Sidecar::start(config_with(top, services))
-        .await
-        .expect("sidecar starts");
+    ready(Sidecar::start(config_with(top, services)).await).await
+}
+
+/// The sidecar that started, once `/ready` answers 200.
+async fn ready(started: std::io::Result<Sidecar>) -> Sidecar {
+    let sidecar = started.expect("sidecar starts");
     let ready = format!("http://{}/ready", sidecar.admin_addr());
     eventually("the sidecar is ready", || async {
         status_of(&ready).await == Some(200)
@@ -242,6 +257,31 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     let body = response.body().limit(16 << 20).await.expect("a body");
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (response.status().as_u16(), json)
+}
+
+/// POSTs to `url` with no body and returns status and JSON body.
+pub async fn post_json(url: &str) -> (u16, Value) {
+    let mut response = client().post(url).send().await.expect("an answer");
+    let body = response.body().limit(16 << 20).await.expect("a body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (response.status().as_u16(), json)
+}
+
+/// Replaces a file the way a ConfigMap update does: a new file moved in place.
+pub fn swap_in(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+/// Starts a sidecar in this process from the config file at `path` (no
+/// environment overrides), reloadable, and waits until it is ready.
+pub async fn sidecar_from_file(path: &std::path::Path) -> Sidecar {
+    let file = outrigger::reload::ConfigFile::with_env(path, Arc::new(|_: &str| None));
+    let config = file
+        .load()
+        .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
+    ready(Sidecar::start_from(config, file).await).await
 }
 
 /// GETs `url` and returns the body as text.
@@ -294,6 +334,44 @@ pub fn x_cache<S>(response: &awc::ClientResponse<S>) -> Option<String> {
         .get("x-cache")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// Clients sending GETs to one URL back to back, until stopped.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<actix_rt::task::JoinHandle<Vec<Result<u16, String>>>>,
+}
+
+impl Load {
+    /// Starts `clients` clients on `url`.
+    pub fn start(url: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let (url, stop) = (url.to_string(), Arc::clone(&stop));
+                actix_rt::spawn(async move {
+                    let client = client();
+                    let mut statuses = Vec::new();
+                    while !stop.load(Ordering::SeqCst) {
+                        let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                        statuses.push(status.map_err(|err| err.to_string()));
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops the clients and returns each answer's status, or the error.
+    pub async fn stop(self) -> Vec<Result<u16, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for task in self.tasks {
+            answers.extend(task.await.expect("load task"));
+        }
+        answers
+    }
 }
 
 /// Polls `check` every 20 ms until it holds; fails the test after 10 s.
@@ -352,6 +430,8 @@ pub struct SidecarProcess {
     pub child: std::process::Child,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The config file it runs from.
+    pub config: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -378,10 +458,8 @@ impl SidecarProcess {
             .expect("addr");
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
-        let text = format!(
-            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
-        );
-        std::fs::write(&config, text).expect("write config");
+        std::fs::write(&config, process_config(outbound, admin, services, extra))
+            .expect("write config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
         command
             .args(["run", "--config"])
@@ -395,6 +473,7 @@ impl SidecarProcess {
             child,
             outbound,
             admin,
+            config,
             _dir: dir,
         };
         let ready = format!("http://{admin}/ready");
@@ -417,14 +496,31 @@ impl SidecarProcess {
             .expect("VmHWM")
     }
 
+    /// Rewrites its config file (same listeners) with `services` and `extra`.
+    pub fn rewrite_config(&self, services: &str, extra: &str) {
+        let text = process_config(self.outbound, self.admin, services, extra);
+        swap_in(&self.config, &text);
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal named `name` (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
     }
+}
+
+fn process_config(outbound: SocketAddr, admin: SocketAddr, services: &str, extra: &str) -> String {
+    format!(
+        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
+    )
 }
 
 impl Drop for SidecarProcess {
@@ -468,13 +564,7 @@ pub async fn sidecar_from(yaml: &str, env: &[(&str, &str)]) -> Sidecar {
     };
     let config = Config::from_yaml(yaml, &lookup)
         .unwrap_or_else(|errors| panic!("bad test config: {errors:?}"));
-    let sidecar = Sidecar::start(config).await.expect("sidecar starts");
-    let ready = format!("http://{}/ready", sidecar.admin_addr());
-    eventually("the sidecar is ready", || async {
-        status_of(&ready).await == Some(200)
-    })
-    .await;
-    sidecar
+    ready(Sidecar::start(config).await).await
 }
 
 /// A key pair made by openssl for one algorithm family.

@@ -1,0 +1,187 @@
+//! The inbound side's shared parts: who may call, CORS, rate limits,
+//! in-flight caps, the GET cache and the app they lead to. A config reload
+//! builds a new [`Gate`], reusing each part whose config did not change (so
+//! its counters and background work go on), and swaps it in whole; each
+//! request works with the gate it started with.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use log::info;
+
+use super::jwks::StopRefreshing;
+use super::{Authenticator, Cache, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier};
+use crate::config::{ConfigError, InboundConfig, InboundListener, JwtKeys, RedisConfig};
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, RedisStore, Store};
+
+/// What every inbound worker shares, as one config version built it.
+pub struct Gate {
+    /// Who may call.
+    pub authenticator: Arc<Authenticator>,
+    /// Which browser origins may call.
+    pub cors: Arc<Cors>,
+    /// How often each caller may call, when configured.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// How many may be in flight, when configured.
+    pub caps: Option<Arc<InFlightCaps>>,
+    /// The GET response cache, when configured.
+    pub cache: Option<Arc<Cache>>,
+    /// `host:port` of the app.
+    pub app: String,
+    /// Bound on the app's answer head.
+    pub timeout: Duration,
+    /// The config the parts were built from.
+    config: InboundConfig,
+}
+
+/// The store rate limits, revocations and the cache keep their state in:
+/// Redis when configured, else in process. Built once: a reload keeps it.
+pub fn store(redis: Option<&RedisConfig>, metrics: &Metrics) -> io::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = match redis {
+        Some(redis) => Arc::new(
+            RedisStore::new(
+                redis,
+                metrics.redis_errors.clone(),
+                metrics.redis_pool_connections.clone(),
+            )
+            .map_err(|err| io::Error::other(err.0))?,
+        ),
+        None => Arc::new(MemoryStore::new()),
+    };
+    info!("inbound store: {}", store.kind());
+    Ok(store)
+}
+
+impl Gate {
+    /// The gate for `inbound` in front of `listener`'s app. Each part whose
+    /// config is the same as in `previous` is that gate's part.
+    pub fn build(
+        listener: &InboundListener,
+        inbound: &InboundConfig,
+        store: &Arc<dyn Store>,
+        metrics: &Metrics,
+        previous: Option<&Gate>,
+    ) -> Result<Gate, ConfigError> {
+        let old = previous.map(|gate| &gate.config);
+        let authenticator = match same_part(old, inbound, |c| &c.auth, previous) {
+            Some(gate) => Arc::clone(&gate.authenticator),
+            None => Arc::new(authenticator(inbound, store, metrics)?),
+        };
+        let cors = match same_part(old, inbound, |c| &c.cors, previous) {
+            Some(gate) => Arc::clone(&gate.cors),
+            None => Arc::new(Cors::new(&inbound.cors)),
+        };
+        let limiter = match same_part(old, inbound, |c| &c.rate_limit, previous) {
+            Some(gate) => gate.limiter.clone(),
+            None => inbound.rate_limit.clone().map(|limits| {
+                Arc::new(RateLimiter::new(
+                    limits,
+                    Arc::clone(store),
+                    metrics.rate_limited.clone(),
+                ))
+            }),
+        };
+        let caps = match same_part(old, inbound, |c| &c.concurrency, previous) {
+            Some(gate) => gate.caps.clone(),
+            None => inbound
+                .concurrency
+                .clone()
+                .map(|caps| Arc::new(InFlightCaps::new(caps, metrics))),
+        };
+        let cache = match same_part(old, inbound, |c| &c.cache, previous) {
+            Some(gate) => gate.cache.clone(),
+            None => inbound
+                .cache
+                .clone()
+                .map(|cache| Arc::new(Cache::new(cache, Arc::clone(store), metrics))),
+        };
+        Ok(Gate {
+            authenticator,
+            cors,
+            limiter,
+            caps,
+            cache,
+            app: listener.app.clone(),
+            timeout: listener.timeout,
+            config: inbound.clone(),
+        })
+    }
+
+    /// The `inbound` sections `next` changes, for the reload log line.
+    pub fn changed_sections(&self, next: &InboundConfig) -> Vec<&'static str> {
+        let old = &self.config;
+        [
+            ("inbound.auth", old.auth != next.auth),
+            ("inbound.cors", old.cors != next.cors),
+            ("inbound.rate_limit", old.rate_limit != next.rate_limit),
+            ("inbound.concurrency", old.concurrency != next.concurrency),
+            ("inbound.cache", old.cache != next.cache),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// Stops the background work of the parts `next` no longer uses.
+    pub fn retire_replaced(&self, next: &Gate) {
+        if !Arc::ptr_eq(&self.authenticator, &next.authenticator) {
+            self.authenticator.stop_key_refresh();
+        }
+    }
+}
+
+/// `previous`, when its config's part picked by `part` equals `inbound`'s.
+fn same_part<'g, T: PartialEq>(
+    old: Option<&InboundConfig>,
+    inbound: &InboundConfig,
+    part: impl Fn(&InboundConfig) -> &T,
+    previous: Option<&'g Gate>,
+) -> Option<&'g Gate> {
+    previous.filter(|_| old.is_some_and(|old| part(old) == part(inbound)))
+}
+
+/// The authenticator for `inbound.auth`, with a JWKS fetcher when the keys
+/// come from a URL, and the revocation store.
+fn authenticator(
+    inbound: &InboundConfig,
+    store: &Arc<dyn Store>,
+    metrics: &Metrics,
+) -> Result<Authenticator, ConfigError> {
+    let auth = &inbound.auth;
+    let problem = |path: &str, message: String| ConfigError {
+        path: path.to_string(),
+        message,
+        position: None,
+    };
+    let verifier = match &auth.jwt {
+        Some(jwt) => Some(Arc::new(
+            Verifier::new(jwt.clone()).map_err(|err| problem("inbound.auth.jwt", err))?,
+        )),
+        None => None,
+    };
+    let jwks = match (&verifier, &auth.jwt) {
+        (Some(verifier), Some(jwt)) => match &jwt.keys {
+            JwtKeys::JwksUrl(url) => {
+                Some(JwksFetcher::new(url.clone(), jwt.jwks_refresh, Arc::clone(verifier)).start())
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    Authenticator::new(
+        auth,
+        verifier,
+        jwks.clone(),
+        Some(Arc::clone(store)),
+        metrics.jwt_validations.clone(),
+    )
+    .map_err(|err| {
+        if let Some(jwks) = jwks {
+            jwks.do_send(StopRefreshing);
+        }
+        problem("inbound.auth", err)
+    })
+}

@@ -1,0 +1,338 @@
+//! Config hot reload: a rewritten config file moves a service to new
+//! endpoints and changes an inbound rate limit under load without failing a
+//! request; an invalid edit changes nothing and is reported by key path;
+//! SIGHUP reloads the real binary; a key that needs a restart is reported
+//! and kept while the rest applies.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{
+    client, eventually, get_json, get_text, listeners_with_inbound, metric, post_json,
+    sidecar_from_file, status_of, swap_in, Load, SidecarProcess, TempDir, Upstream,
+};
+
+/// A config on ephemeral ports with `api` at `endpoints`, the inbound
+/// listener in front of `app` with a limit of `limit` per minute on
+/// `/limited`, and `extra` top-level YAML.
+fn config(app: &Upstream, endpoints: &[&Upstream], limit: u32, extra: &str) -> String {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|u| format!("\"{}\"", u.endpoint()))
+        .collect();
+    format!(
+        "{}
+inbound:
+  rate_limit: {{ window: 1m, routes: [{{ path: /limited, limit: {limit} }}] }}
+services:
+  - {{ name: api, endpoints: [{}] }}
+{extra}",
+        listeners_with_inbound(app),
+        endpoints.join(", ")
+    )
+}
+
+/// `config_reloads_total{result}` as the sidecar at `admin` counts it.
+async fn reloads(admin: &str, result: &str) -> f64 {
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    let series = format!("outrigger_config_reloads_total{{result=\"{result}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+/// Status and `X-RateLimit-Limit` of a GET to `url`.
+async fn limited(url: &str) -> (u16, Option<String>) {
+    let response = client().get(url).send().await.expect("an answer");
+    let limit = response
+        .headers()
+        .get("x-ratelimit-limit")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), limit)
+}
+
+#[actix_web::test]
+async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_request() {
+    let (app, leaving, joining) = (
+        Upstream::start().await,
+        Upstream::start().await,
+        Upstream::start().await,
+    );
+    leaving.delay(Duration::from_millis(30));
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let watch = "reload: { interval: 100ms }";
+    std::fs::write(&path, config(&app, &[&leaving], 1000, watch)).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let inbound = format!(
+        "http://{}/limited",
+        sidecar.inbound_addr().expect("inbound")
+    );
+    for _ in 0..3 {
+        assert_eq!(limited(&inbound).await, (200, Some("1000".to_string())));
+    }
+
+    let load = Load::start(&url, 4);
+    eventually("the first replica is under load", || async {
+        leaving.hits() >= 20
+    })
+    .await;
+    swap_in(&path, &config(&app, &[&joining], 2, watch));
+    eventually("the new replica gets traffic", || async {
+        joining.hits() > 0
+    })
+    .await;
+    let (status, limit) = limited(&inbound).await;
+    assert_eq!(
+        (status, limit.as_deref()),
+        (429, Some("2")),
+        "3 requests in the window are over the new limit of 2"
+    );
+    eventually("the removed replica drains and stops", || async {
+        !get_text(&format!("{admin}/metrics"))
+            .await
+            .contains(&leaving.endpoint())
+    })
+    .await;
+    let (leaving_hits, joining_hits) = (leaving.hits(), joining.hits());
+    eventually("more load reaches the new replica", || async {
+        joining.hits() >= joining_hits + 200
+    })
+    .await;
+    let answers = load.stop().await;
+    assert!(answers.len() > 250, "{} requests", answers.len());
+    for status in &answers {
+        assert_eq!(status, &Ok(200), "every request under load succeeds");
+    }
+    assert_eq!(leaving.hits(), leaving_hits, "the removed replica got none");
+
+    assert_eq!(reloads(&admin, "ok").await, 1.0);
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["services"][0]["endpoints"],
+        serde_json::json!([joining.endpoint()])
+    );
+    assert_eq!(running["inbound"]["rate_limit"]["routes"][0]["limit"], 2);
+}
+
+/// A sidecar started in this process from a config file that is not
+/// watched (reloads are asked for with `POST /reload`): `api` at one
+/// replica, the inbound listener in front of an app.
+struct Manual {
+    app: Upstream,
+    replica: Upstream,
+    path: std::path::PathBuf,
+    /// Kept running while the test lasts.
+    _sidecar: outrigger::Sidecar,
+    admin: String,
+    url: String,
+    _dir: TempDir,
+}
+
+impl Manual {
+    async fn start(extra: &str) -> Manual {
+        let (app, replica) = (Upstream::start().await, Upstream::start().await);
+        let dir = TempDir::new();
+        let path = dir.path.join("sidecar.yaml");
+        let text = config(
+            &app,
+            &[&replica],
+            1000,
+            &format!("reload: {{ watch: false }}\n{extra}"),
+        );
+        std::fs::write(&path, text).expect("write");
+        let sidecar = sidecar_from_file(&path).await;
+        let admin = format!("http://{}", sidecar.admin_addr());
+        let url = format!("http://{}/api/x", sidecar.outbound_addr());
+        Manual {
+            app,
+            replica,
+            path,
+            _sidecar: sidecar,
+            admin,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// The config it started with, but for `extra`.
+    fn config(&self, extra: &str) -> String {
+        config(
+            &self.app,
+            &[&self.replica],
+            1000,
+            &format!("reload: {{ watch: false }}\n{extra}"),
+        )
+    }
+
+    /// Writes `text` to the config file and asks for a reload.
+    async fn reload(&self, text: &str) -> (u16, Value) {
+        swap_in(&self.path, text);
+        post_json(&format!("{}/reload", self.admin)).await
+    }
+}
+
+#[actix_web::test]
+async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
+    let sidecar = Manual::start("").await;
+    let (admin, replica) = (&sidecar.admin, &sidecar.replica);
+    let broken = sidecar
+        .config("")
+        .replace(&replica.endpoint(), "nowhere")
+        .replace("window: 1m", "window: soon");
+    let (status, report) = sidecar.reload(&broken).await;
+    assert_eq!(status, 422, "{report}");
+    assert_eq!(report["result"], "invalid");
+    let errors: Vec<String> = report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap_or("?").to_string();
+            format!("{}: {}", text("path"), text("message"))
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            "services[0].endpoints[0]: expected host:port like \"10.0.0.7:8080\", got \"nowhere\"",
+            "inbound.rate_limit.window: expected a duration like \"30s\", got \"soon\"",
+        ]
+    );
+    assert_eq!(reloads(admin, "invalid").await, 1.0);
+    assert_eq!(reloads(admin, "ok").await, 0.0);
+
+    let hits = replica.hits();
+    assert_eq!(
+        status_of(&sidecar.url).await,
+        Some(200),
+        "still routed as before"
+    );
+    assert_eq!(replica.hits(), hits + 1);
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["services"][0]["endpoints"],
+        serde_json::json!([replica.endpoint()])
+    );
+}
+
+#[actix_web::test]
+async fn a_key_that_needs_a_restart_is_reported_and_kept_while_the_rest_applies() {
+    let sidecar = Manual::start("").await;
+    let (admin, url) = (&sidecar.admin, &sidecar.url);
+    let echoed_path = |echo: Value| echo["path"].as_str().map(str::to_string);
+    assert_eq!(echoed_path(get_json(url).await.1).as_deref(), Some("/x"));
+
+    let edited = sidecar
+        .config("")
+        .replace(
+            "admin: { bind: \"127.0.0.1:0\" }",
+            "admin: { bind: \"127.0.0.1:1\" }",
+        )
+        .replace("name: api,", "name: api, strip_prefix: false,");
+    let (status, report) = sidecar.reload(&edited).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["result"], "restart_needed");
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["listeners.admin.bind"])
+    );
+    assert_eq!(report["services"]["changed"], serde_json::json!(["api"]));
+    assert_eq!(reloads(admin, "restart_needed").await, 1.0);
+
+    assert_eq!(
+        echoed_path(get_json(url).await.1).as_deref(),
+        Some("/api/x"),
+        "strip_prefix: false is in force"
+    );
+    let (_, running) = get_json(&format!("{admin}/config")).await;
+    assert_eq!(
+        running["listeners"]["admin"], "127.0.0.1:0",
+        "the bind stays"
+    );
+    assert_eq!(running["services"][0]["strip_prefix"], false);
+}
+
+#[actix_web::test]
+async fn new_breaker_thresholds_apply_to_a_replica_that_stays_and_keep_its_state() {
+    let sidecar = Manual::start("defaults: { retry: { attempts: 1 } }").await;
+    let (admin, url) = (&sidecar.admin, &sidecar.url);
+    for _ in 0..3 {
+        assert_eq!(status_of(url).await, Some(200));
+    }
+
+    let strict = sidecar
+        .config("defaults: { retry: { attempts: 1 }, circuit_breaker: { failure_threshold: 1 } }");
+    let (status, report) = sidecar.reload(&strict).await;
+    assert_eq!(
+        (status, &report["services"]["changed"]),
+        (200, &serde_json::json!(["api"]))
+    );
+    sidecar.replica.answer_with(503);
+    assert_eq!(status_of(url).await, Some(503));
+    let key = format!("api/{}", sidecar.replica.endpoint());
+    eventually("one failure opens the breaker", || async {
+        let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
+        breakers["circuit_breakers"][&key]["state"] == "open"
+    })
+    .await;
+    let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
+    assert_eq!(
+        breakers["circuit_breakers"][&key]["total_calls"], 4,
+        "the same replica actor counts on"
+    );
+}
+
+#[actix_web::test]
+async fn sighup_reloads_the_running_binary() {
+    let (first, second) = (Upstream::start().await, Upstream::start().await);
+    let services = |replica: &Upstream| {
+        format!(
+            "  - {{ name: api, endpoints: [\"{}\"] }}",
+            replica.endpoint()
+        )
+    };
+    let extra = "reload: { watch: false }";
+    let sidecar =
+        SidecarProcess::start_with(&services(&first), extra, &[("LOG_LEVEL", "warn")], None).await;
+    let url = format!("http://{}/api/x", sidecar.outbound);
+    let admin = format!("http://{}", sidecar.admin);
+    assert_eq!(status_of(&url).await, Some(200));
+    assert_eq!(first.hits(), 1);
+
+    sidecar.rewrite_config(&services(&second), extra);
+    sidecar.signal("HUP");
+    eventually("the reload is counted", || async {
+        reloads(&admin, "ok").await == 1.0
+    })
+    .await;
+    assert_eq!(status_of(&url).await, Some(200));
+    assert_eq!(
+        (first.hits(), second.hits()),
+        (1, 1),
+        "the new endpoint serves"
+    );
+    assert_eq!(
+        status_of(&format!("{admin}/live")).await,
+        Some(200),
+        "SIGHUP does not stop the sidecar"
+    );
+}
+
+#[actix_web::test]
+async fn reload_is_refused_without_a_config_file() {
+    let replica = Upstream::start().await;
+    let sidecar = support::sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        replica.endpoint()
+    ))
+    .await;
+    let (status, body) = post_json(&format!("http://{}/reload", sidecar.admin_addr())).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("config file")));
+}
