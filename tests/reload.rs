@@ -103,7 +103,8 @@ async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_
     })
     .await;
     let answers = load.stop().await;
-    assert!(answers.len() > 250, "{} requests", answers.len());
+    // At least 20 before the swap and 200 after it reached a replica.
+    assert!(answers.len() >= 220, "{} requests", answers.len());
     for status in &answers {
         assert_eq!(status, &Ok(200), "every request under load succeeds");
     }
