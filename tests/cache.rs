@@ -164,13 +164,19 @@ async fn concurrent_misses_for_one_key_reach_the_app_once() {
     );
 }
 
-#[actix_web::test]
-async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
-    let mut redis = RedisServer::start().await;
+/// A sidecar caching in a fresh Redis, with ana's `GET /items` stored.
+async fn cached_through_redis() -> (RedisServer, Upstream, outrigger::Sidecar) {
+    let redis = RedisServer::start().await;
     let app = Upstream::start().await;
     let sidecar = sidecar_from(&config(&app, Some(&redis)), &ENV).await;
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("HIT"));
+    (redis, app, sidecar)
+}
+
+#[actix_web::test]
+async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
+    let (mut redis, _app, sidecar) = cached_through_redis().await;
 
     redis.kill();
     for _ in 0..3 {
@@ -196,11 +202,7 @@ async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
 
 #[actix_web::test]
 async fn a_paused_redis_delays_a_request_by_its_timeout_at_most_and_the_cache_resumes() {
-    let redis = RedisServer::start().await;
-    let app = Upstream::start().await;
-    let sidecar = sidecar_from(&config(&app, Some(&redis)), &ENV).await;
-    assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
-    assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("HIT"));
+    let (redis, _app, sidecar) = cached_through_redis().await;
 
     // Its connections stay open but nothing answers on them.
     redis.pause();
