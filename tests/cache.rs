@@ -1,9 +1,10 @@
 //! The inbound GET cache: per user, only what the app lets be kept, with
-//! coalesced misses, TTLs, and a bypass (never a failure) while Redis is down.
+//! coalesced misses, TTLs, and a bypass (never a failure) while Redis is
+//! down or paused, costing a request no more than `redis.timeout`.
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -12,9 +13,16 @@ use support::{
     RedisServer, Upstream,
 };
 
+/// The sidecar's `redis.timeout`.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
+
 fn config(app: &Upstream, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {
-        format!("redis: {{ url: \"{}\", timeout: 200ms }}", r.url())
+        format!(
+            "redis: {{ url: \"{}\", timeout: {}ms }}",
+            r.url(),
+            REDIS_TIMEOUT.as_millis()
+        )
     });
     format!(
         "{}
@@ -156,13 +164,19 @@ async fn concurrent_misses_for_one_key_reach_the_app_once() {
     );
 }
 
-#[actix_web::test]
-async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
-    let mut redis = RedisServer::start().await;
+/// A sidecar caching in a fresh Redis, with ana's `GET /items` stored.
+async fn cached_through_redis() -> (RedisServer, Upstream, outrigger::Sidecar) {
+    let redis = RedisServer::start().await;
     let app = Upstream::start().await;
     let sidecar = sidecar_from(&config(&app, Some(&redis)), &ENV).await;
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("HIT"));
+    (redis, app, sidecar)
+}
+
+#[actix_web::test]
+async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
+    let (mut redis, _app, sidecar) = cached_through_redis().await;
 
     redis.kill();
     for _ in 0..3 {
@@ -180,6 +194,33 @@ async fn a_dead_redis_means_bypass_and_the_cache_comes_back_with_it() {
     );
 
     redis.restart().await;
+    eventually("the cache works again", || async {
+        send(&sidecar, "GET", "/items", "ana").await == cache("HIT")
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_paused_redis_delays_a_request_by_its_timeout_at_most_and_the_cache_resumes() {
+    let (redis, _app, sidecar) = cached_through_redis().await;
+
+    // Its connections stay open but nothing answers on them.
+    redis.pause();
+    for _ in 0..4 {
+        let started = Instant::now();
+        assert_eq!(
+            send(&sidecar, "GET", "/items", "ana").await,
+            cache("BYPASS"),
+            "answered, uncached"
+        );
+        let took = started.elapsed();
+        assert!(
+            took < REDIS_TIMEOUT * 5,
+            "a paused Redis held the request for {took:?} (redis.timeout {REDIS_TIMEOUT:?})"
+        );
+    }
+
+    redis.resume();
     eventually("the cache works again", || async {
         send(&sidecar, "GET", "/items", "ana").await == cache("HIT")
     })

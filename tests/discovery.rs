@@ -1,6 +1,7 @@
 //! The supervisor follows discovery snapshots: endpoints that are not ready
-//! get no traffic, a snapshot that forgets a service keeps its replicas, and
-//! what discovery says about each replica shows in `/services`.
+//! get no traffic, a snapshot that forgets a service keeps its replicas,
+//! what discovery says about each replica shows in `/services`, and a
+//! replica joining a serving set starts slowly.
 
 mod support;
 
@@ -64,5 +65,53 @@ async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_repl
         (first.hits(), second.hits()),
         (9, 3),
         "traffic follows readiness"
+    );
+}
+
+/// Requests sent right after a replica joins.
+const AFTER_JOINING: usize = 200;
+
+/// Of [`AFTER_JOINING`] requests to `api` sent right after a second
+/// replica joins the one serving it, how many the newcomer got.
+async fn hits_on_a_joining_replica(slow_start: &str) -> usize {
+    let (serving, joining) = (Upstream::start().await, Upstream::start().await);
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"], slow_start: {slow_start} }}",
+        serving.endpoint()
+    ))
+    .await;
+    let both = [serving.endpoint(), joining.endpoint()]
+        .into_iter()
+        .map(DiscoveredEndpoint::new)
+        .collect();
+    sidecar
+        .supervisor()
+        .send(ApplySnapshot(
+            [("api".to_string(), both)].into_iter().collect(),
+        ))
+        .await
+        .expect("supervisor alive");
+    send_ok(
+        &format!("http://{}/api/x", sidecar.outbound_addr()),
+        AFTER_JOINING,
+    )
+    .await;
+    joining.hits()
+}
+
+#[actix_web::test]
+async fn a_replica_joining_a_serving_set_starts_with_a_small_share() {
+    // Its share ramps from 10% over 10 s, so it gets about 5% of the
+    // requests of the first second (10 of 200); were they spread over 5 s
+    // it would still expect only 13%. They take well under a second.
+    let ramping = hits_on_a_joining_replica("10s").await;
+    assert!(
+        ramping < AFTER_JOINING * 20 / 100,
+        "the ramping replica got {ramping} of {AFTER_JOINING} requests"
+    );
+    let even = hits_on_a_joining_replica("0s").await;
+    assert!(
+        (AFTER_JOINING * 30 / 100..AFTER_JOINING * 70 / 100).contains(&even),
+        "without slow start the newcomer got {even} of {AFTER_JOINING} requests"
     );
 }

@@ -1,8 +1,10 @@
 //! Observability: after a scripted scenario every counter has its value,
 //! the exposition passes `promtool`, a real Prometheus scrapes it and runs
 //! every dashboard query; trace context and request ids reach the upstream,
-//! the response and the JSON log; sampled spans reach an OTLP collector;
-//! admin `GET /` names the sidecar; labels stay bounded under random traffic.
+//! the response and the JSON log; a request slower than its threshold is
+//! logged at warn with its id, a fast one is not; sampled spans reach an
+//! OTLP collector; admin `GET /` names the sidecar; labels stay bounded
+//! under random traffic.
 
 mod support;
 
@@ -465,6 +467,15 @@ async fn trace_context_and_request_ids_cross_both_listeners() {
     }
 }
 
+/// Every line of a JSON log so far, each parsed (a line that is not JSON fails the test).
+fn json_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .expect("read the log")
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
 #[actix_web::test]
 async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
     let upstream = Upstream::start().await;
@@ -495,15 +506,7 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
             assert_eq!(header_seen(&echo, "x-request-id").as_deref(), Some(id));
         }
     };
-    let lines = || -> Vec<Value> {
-        std::fs::read_to_string(&log_path)
-            .expect("read the log")
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-            })
-            .collect()
-    };
+    let lines = || json_lines(&log_path);
     call("req-json-1").await;
     eventually("the access line is logged", || async {
         lines().iter().any(|l| l["request_id"] == "req-json-1")
@@ -562,6 +565,63 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
         .any(|l| l["message"] == "admin: log filters set to warn"));
     drop(process);
     assert!(lines().len() >= 4, "every line parsed as JSON");
+}
+
+#[actix_web::test]
+async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
+    let upstream = Upstream::start().await;
+    let dir = TempDir::new();
+    let log_path = dir.path.join("sidecar.log");
+    let process = SidecarProcess::start_with(
+        &format!(
+            "  - {{ name: api, endpoints: [\"{}\"], slow_request_threshold: 300ms }}",
+            upstream.endpoint()
+        ),
+        "",
+        &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "warn")],
+        Some(&log_path),
+    )
+    .await;
+    let call = |id: &'static str| {
+        let url = format!("http://{}/api/x", process.outbound);
+        async move {
+            let response = client()
+                .get(url)
+                .insert_header(("x-request-id", id))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(response.status(), 200, "{id}");
+        }
+    };
+    call("req-fast").await;
+    upstream.delay(Duration::from_millis(600));
+    call("req-slow").await;
+    eventually("the slow request is logged", || async {
+        json_lines(&log_path)
+            .iter()
+            .any(|l| l["request_id"] == "req-slow")
+    })
+    .await;
+    let lines = json_lines(&log_path);
+    let slow = lines
+        .iter()
+        .find(|l| l["request_id"] == "req-slow")
+        .expect("the line");
+    assert_eq!(slow["level"], "WARN", "{slow}");
+    let message = slow["message"].as_str().unwrap_or_default();
+    let took = message
+        .strip_prefix(&format!(
+            "request req-slow: slow: api/{} answered after ",
+            upstream.endpoint()
+        ))
+        .and_then(|rest| rest.strip_suffix("ms (slow_request_threshold 300ms)"))
+        .and_then(|ms| ms.parse::<u64>().ok());
+    assert!(took.is_some_and(|ms| ms >= 600), "{message}");
+    assert!(
+        !lines.iter().any(|l| l["request_id"] == "req-fast"),
+        "a request under the threshold logs nothing at warn: {lines:?}"
+    );
 }
 
 #[actix_web::test]

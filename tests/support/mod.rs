@@ -509,11 +509,7 @@ impl SidecarProcess {
 
     /// Sends the signal named `name` (`TERM`, `HUP`).
     pub fn signal(&self, name: &str) {
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        signal(&self.child, name);
     }
 }
 
@@ -528,6 +524,15 @@ impl Drop for SidecarProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends the signal `name` (`TERM`, `STOP`...) to a child process.
+fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 /// A scratch directory removed when dropped.
@@ -634,6 +639,17 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the server (SIGSTOP): its connections stay open and nothing
+    /// on them is answered, like a Redis stalled by a fork or a full disk.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
     }
 
     /// Starts a fresh server on the same port.
