@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod inbound;
 pub mod inject;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;
@@ -68,6 +69,7 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts the supervisor and both listeners on the current actix system.
     pub async fn start(config: Config) -> io::Result<Sidecar> {
+        listener::raise_open_files_limit(client_connections(&config));
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(ServiceTable::new(&config.services, &metrics));
         let supervisor = Supervisor::new(
@@ -201,6 +203,19 @@ impl Sidecar {
         }
         info!("shut down");
     }
+}
+
+/// How many client connections the proxy listeners may hold at once:
+/// `max_connections` per worker, one worker per CPU.
+fn client_connections(config: &Config) -> u64 {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let outbound = u64::from(config.listeners.outbound.limits.max_connections);
+    let inbound = config
+        .listeners
+        .inbound
+        .as_ref()
+        .map_or(0, |inbound| u64::from(inbound.limits.max_connections));
+    workers * (outbound + inbound)
 }
 
 fn servers_started(sidecar: &Sidecar) {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{info, warn};
 use prometheus::IntGauge;
 
@@ -31,9 +31,10 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::access;
-use crate::config::{AccessLog, InboundListener, ObservabilityConfig};
+use crate::config::{AccessLog, InboundListener, ListenerLimits, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::listener::{self, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
@@ -67,6 +68,7 @@ struct Worker {
     tracer: Tracer,
     access_log: AccessLog,
     spans: Option<Exporter>,
+    limits: ListenerLimits,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
@@ -84,29 +86,34 @@ pub fn server(
         sample_rate: observability.tracing.sample_rate,
     };
     let access_log = observability.access_log;
-    let server = HttpServer::new(move || {
-        let worker = Worker {
-            client: forward::client(connect_timeout),
-            gate: Arc::clone(&gate),
-            app: app.clone(),
-            timeout,
-            in_progress: metrics
-                .http_requests_in_progress
-                .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
-            tracer,
-            access_log,
-            spans: spans.clone(),
-        };
-        App::new()
-            .app_data(web::Data::new(worker))
-            .default_service(web::to(handle))
-    })
-    .disable_signals()
-    .shutdown_timeout(shutdown_secs)
-    .bind(listener.bind)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    let limits = listener.limits;
+    let heads_refused = metrics.http_heads_refused.clone();
+    listener::serve(
+        LISTENER,
+        listener.bind,
+        &limits,
+        shutdown_secs,
+        &heads_refused,
+        move || {
+            let worker = Worker {
+                client: forward::client(connect_timeout),
+                gate: Arc::clone(&gate),
+                app: app.clone(),
+                timeout,
+                in_progress: metrics
+                    .http_requests_in_progress
+                    .with_label_values(&[LISTENER]),
+                metrics: Arc::clone(&metrics),
+                tracer,
+                access_log,
+                spans: spans.clone(),
+                limits,
+            };
+            App::new()
+                .app_data(web::Data::new(worker))
+                .default_service(web::to(handle))
+        },
+    )
 }
 
 async fn handle(
@@ -121,9 +128,18 @@ async fn handle(
     let hop = worker.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = &worker.gate;
-    let mut response = match gate.cors.preflight(req.method(), req.headers()) {
-        Some(preflight) => preflight,
-        None => match gate.authenticator.authenticate(&req).await {
+    let checked = listener::check_head(&req, &worker.limits);
+    let mut response = match (checked, gate.cors.preflight(req.method(), req.headers())) {
+        (Err(refused), _) => {
+            warn!(
+                "request {id}: {}: {}",
+                refused.status().as_u16(),
+                refused.message()
+            );
+            refused.closing_response(Some(APP), id)
+        }
+        (Ok(()), Some(preflight)) => preflight,
+        (Ok(()), None) => match gate.authenticator.authenticate(&req).await {
             Err(refusal) => {
                 warn!(
                     "request {id}: {}: {}",
@@ -264,9 +280,10 @@ async fn forward_to_app<G: Unpin + 'static>(
         },
         timeout: worker.timeout,
     };
+    let payload = LimitedPayload::new(payload, worker.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
-        Err(message) => return ProxyError::BadRequest(message).response(Some(APP), id),
+        Err(message) => return ProxyError::BadRequest(message).closing_response(Some(APP), id),
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
@@ -282,7 +299,15 @@ async fn forward_to_app<G: Unpin + 'static>(
         }
 
         Err(SendError::BadRequest(message)) => {
-            ProxyError::BadRequest(message).response(Some(APP), id)
+            warn!("request {id}: 400: {message}");
+            ProxyError::BadRequest(message).closing_response(Some(APP), id)
+        }
+        Err(SendError::BodyTooLarge(limit)) => {
+            let error = ProxyError::BodyTooLarge(format!(
+                "the request body crossed max_body_bytes {limit} while streaming to the app; the app's request was aborted"
+            ));
+            warn!("request {id}: 413: {}", error.message());
+            error.closing_response(Some(APP), id)
         }
         Err(SendError::Upstream(kind, detail)) => {
             let app = &worker.app;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
 use prometheus::IntGauge;
 use rand::Rng;
@@ -25,9 +25,10 @@ pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, AccessLog, Config};
+use crate::config::{format_duration, AccessLog, Config, ListenerLimits};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::listener::{self, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
@@ -47,6 +48,7 @@ struct Worker {
     tracer: Tracer,
     access_log: AccessLog,
     spans: Option<Exporter>,
+    limits: ListenerLimits,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -62,29 +64,35 @@ pub fn server(
         sample_rate: config.observability.tracing.sample_rate,
     };
     let access_log = config.observability.access_log;
-    let server = HttpServer::new(move || {
-        let worker = Worker {
-            client: forward::client(connect_timeout),
-            connect_timeout,
-            balancer: Balancer::new().start(),
-            table: Arc::clone(&table),
-            in_progress: metrics
-                .http_requests_in_progress
-                .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
-            tracer,
-            access_log,
-            spans: spans.clone(),
-        };
-        App::new()
-            .app_data(web::Data::new(worker))
-            .default_service(web::to(proxy))
-    })
-    .disable_signals()
-    .shutdown_timeout(shutdown_secs)
-    .bind(config.listeners.outbound)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    let outbound = &config.listeners.outbound;
+    let limits = outbound.limits;
+    let heads_refused = metrics.http_heads_refused.clone();
+    listener::serve(
+        LISTENER,
+        outbound.bind,
+        &limits,
+        shutdown_secs,
+        &heads_refused,
+        move || {
+            let worker = Worker {
+                client: forward::client(connect_timeout),
+                connect_timeout,
+                balancer: Balancer::new().start(),
+                table: Arc::clone(&table),
+                in_progress: metrics
+                    .http_requests_in_progress
+                    .with_label_values(&[LISTENER]),
+                metrics: Arc::clone(&metrics),
+                tracer,
+                access_log,
+                spans: spans.clone(),
+                limits,
+            };
+            App::new()
+                .app_data(web::Data::new(worker))
+                .default_service(web::to(proxy))
+        },
+    )
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
@@ -94,9 +102,19 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let hop = worker.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
-    let route = resolve(&worker.table, req.uri().host(), host, req.uri().path());
+    let route = listener::check_head(&req, &worker.limits)
+        .map(|()| resolve(&worker.table, req.uri().host(), host, req.uri().path()));
     let (service, mut response) = match route {
-        None => {
+        Err(refused) => {
+            warn!(
+                "request {}: {}: {}",
+                id_str(&request_id),
+                refused.status().as_u16(),
+                refused.message()
+            );
+            (None, refused.closing_response(None, id_str(&request_id)))
+        }
+        Ok(None) => {
             debug!(
                 "request {}: no service for {}",
                 id_str(&request_id),
@@ -107,7 +125,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 ProxyError::UnknownService.response(None, id_str(&request_id)),
             )
         }
-        Some(route) => {
+        Ok(Some(route)) => {
             let service = Arc::clone(route.service);
             let path = route.path;
             let plan = HeaderPlan {
@@ -179,11 +197,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let retry = &policy.retry;
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
+    let payload = LimitedPayload::new(payload, worker.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
         Err(message) => {
             warn!("request {id}: 400: {message}");
-            return ProxyError::BadRequest(message).response(Some(name), id);
+            return ProxyError::BadRequest(message).closing_response(Some(name), id);
         }
     };
     service.retry_budget.record_request();
@@ -224,7 +243,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
-            Err(SendError::BadRequest(_)) => Answer::Cancelled,
+            Err(SendError::BadRequest(_) | SendError::BodyTooLarge(_)) => Answer::Cancelled,
         };
         lease.report(answer);
         if result.is_ok() {
@@ -379,7 +398,17 @@ impl Try {
         let replica = format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
             Ok(response) => return forward::respond(response, (self.lease, slot)),
-            Err(SendError::BadRequest(message)) => ProxyError::BadRequest(message),
+            Err(SendError::BadRequest(message)) => {
+                warn!("request {id}: 400: {message}");
+                return ProxyError::BadRequest(message).closing_response(Some(name), id);
+            }
+            Err(SendError::BodyTooLarge(limit)) => {
+                let error = ProxyError::BodyTooLarge(format!(
+                    "the request body crossed max_body_bytes {limit} while streaming to {replica}; the upstream request was aborted"
+                ));
+                warn!("request {id}: 413: {}", error.message());
+                return error.closing_response(Some(name), id);
+            }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
             }
