@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use tokio::sync::Notify;
@@ -119,7 +120,10 @@ fn allowed(
         .as_bytes()
         .strip_prefix(b"Bearer ")
         .unwrap_or_default();
-    bool::from(presented.ct_eq(token.as_bytes()))
+    // Digests first, so the comparison does not reveal the token's length.
+    let presented: [u8; 32] = Sha256::digest(presented).into();
+    let expected: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    bool::from(presented.ct_eq(&expected))
 }
 
 async fn index(state: web::Data<AdminState>) -> HttpResponse {
