@@ -768,17 +768,7 @@ fn trim_newline(mut secret: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
-        let env = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        Config::from_yaml(text, &env)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
-    }
+    use crate::config::tests::load;
 
     const LISTENER: &str = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }\n";
 

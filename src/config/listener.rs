@@ -120,17 +120,7 @@ pub(super) fn read_bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
-        let env = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        Config::from_yaml(text, &env)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
-    }
+    use crate::config::tests::load;
 
     #[test]
     fn each_proxy_listener_reads_its_own_limits() {

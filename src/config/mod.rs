@@ -723,6 +723,18 @@ mod tests {
         None
     }
 
+    /// Reads `text` with `vars` as the environment; the problems as
+    /// `outrigger check` prints them.
+    pub(super) fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        Config::from_yaml(text, &env)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
     /// The problems `text` has, as `outrigger check` prints them.
     pub(super) fn errors(text: &str) -> Vec<String> {
         match Config::from_yaml(text, &no_env) {

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{info, warn};
-use prometheus::IntGauge;
 
 pub use auth::{AuthMethod, Authenticator, Identity};
 pub use cache::{Cache, Fill, Lookup, X_CACHE};
@@ -31,14 +30,14 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::access;
-use crate::config::{AccessLog, InboundListener, ListenerLimits, ObservabilityConfig};
+use crate::config::{InboundListener, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::listener::{self, LimitedPayload};
+use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
-use crate::trace::{Hop, Tracer};
+use crate::trace::Hop;
 
 const LISTENER: &str = "inbound";
 /// The `service` label of inbound metrics.
@@ -63,12 +62,7 @@ struct Worker {
     gate: Arc<Gate>,
     app: String,
     timeout: Duration,
-    metrics: Arc<Metrics>,
-    in_progress: IntGauge,
-    tracer: Tracer,
-    access_log: AccessLog,
-    spans: Option<Exporter>,
-    limits: ListenerLimits,
+    front: Front,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
@@ -82,38 +76,19 @@ pub fn server(
     spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let (app, timeout) = (listener.app.clone(), listener.timeout);
-    let tracer = Tracer {
-        sample_rate: observability.tracing.sample_rate,
-    };
-    let access_log = observability.access_log;
-    let limits = listener.limits;
-    let heads_refused = metrics.http_heads_refused.clone();
-    listener::serve(
-        LISTENER,
-        listener.bind,
-        &limits,
-        shutdown_secs,
-        &heads_refused,
-        move || {
-            let worker = Worker {
-                client: forward::client(connect_timeout),
-                gate: Arc::clone(&gate),
-                app: app.clone(),
-                timeout,
-                in_progress: metrics
-                    .http_requests_in_progress
-                    .with_label_values(&[LISTENER]),
-                metrics: Arc::clone(&metrics),
-                tracer,
-                access_log,
-                spans: spans.clone(),
-                limits,
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(handle))
-        },
-    )
+    let front = Front::new(LISTENER, listener.limits, metrics, observability, spans);
+    listener::serve(&front.clone(), listener.bind, shutdown_secs, move || {
+        let worker = Worker {
+            client: forward::client(connect_timeout),
+            gate: Arc::clone(&gate),
+            app: app.clone(),
+            timeout,
+            front: front.clone(),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(handle))
+    })
 }
 
 async fn handle(
@@ -122,13 +97,13 @@ async fn handle(
     worker: web::Data<Worker>,
 ) -> HttpResponse {
     let started = Instant::now();
-    worker.in_progress.inc();
+    worker.front.arrived();
     let request_id = forward::request_id(&req);
     let id = request_id.to_str().unwrap_or("-");
-    let hop = worker.tracer.hop(req.headers());
+    let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = &worker.gate;
-    let checked = listener::check_head(&req, &worker.limits);
+    let checked = listener::check_head(&req, &worker.front.limits);
     let mut response = match (checked, gate.cors.preflight(req.method(), req.headers())) {
         (Err(refused), _) => {
             warn!(
@@ -154,15 +129,7 @@ async fn handle(
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    answering.finish(
-        &worker.metrics,
-        worker.access_log,
-        worker.spans.as_ref(),
-        &req,
-        APP,
-        &mut response,
-    );
-    worker.in_progress.dec();
+    worker.front.answered(&answering, &req, APP, &mut response);
     response
 }
 
@@ -280,7 +247,7 @@ async fn forward_to_app<G: Unpin + 'static>(
         },
         timeout: worker.timeout,
     };
-    let payload = LimitedPayload::new(payload, worker.limits.max_body_bytes);
+    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
         Err(message) => return ProxyError::BadRequest(message).closing_response(Some(APP), id),

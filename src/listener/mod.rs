@@ -6,6 +6,7 @@
 
 mod body;
 mod framing;
+mod front;
 mod head;
 mod stream;
 
@@ -23,12 +24,11 @@ use actix_service::{
 };
 use actix_web::dev::{AppConfig, Server};
 use log::{info, warn};
-use prometheus::IntCounterVec;
 
 pub use body::{BodyError, LimitedPayload};
+pub use front::Front;
 pub use head::check_head;
 
-use crate::config::ListenerLimits;
 use stream::ClientStream;
 
 /// Connections the kernel queues before they are accepted.
@@ -38,16 +38,15 @@ const BACKLOG: u32 = 1024;
 /// bytes before the socket is dropped.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Binds the listener `name` at `bind` and applies `limits` to every client
-/// connection, whose bytes pass the bare-LF check before the parser
-/// (refusals counted in `heads_refused`); `factory` builds each worker's app. The server runs once awaited or
-/// spawned; it stops on its handle (signals are the caller's).
+/// Binds the listener of `front` at `bind` and applies its limits to every
+/// client connection, whose bytes pass the bare-LF check before the parser
+/// (refusals counted in `http_heads_refused_total`); `factory` builds each
+/// worker's app. The server runs once awaited or spawned; it stops on its
+/// handle (signals are the caller's).
 pub fn serve<F, I, S, B>(
-    name: &'static str,
+    front: &Front,
     bind: SocketAddr,
-    limits: &ListenerLimits,
     shutdown_secs: u64,
-    heads_refused: &IntCounterVec,
     factory: F,
 ) -> io::Result<(Server, Vec<SocketAddr>)>
 where
@@ -61,13 +60,17 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
+    let (name, limits) = (front.listener, &front.limits);
     let builder = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(shutdown_secs)
         .max_concurrent_connections(limits.max_connections as usize);
     let stopping = builder.graceful_shutdown_signal();
     let (header_timeout, keep_alive) = (limits.client_header_timeout, limits.keep_alive);
-    let refused = heads_refused.with_label_values(&[name, "bare_lf"]);
+    let refused = front
+        .metrics()
+        .http_heads_refused
+        .with_label_values(&[name, "bare_lf"]);
     let socket = listen(bind)?;
     let addrs = vec![socket.local_addr()?];
     let builder = builder.listen(name, socket, move || {

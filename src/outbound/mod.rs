@@ -17,7 +17,6 @@ use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
-use prometheus::IntGauge;
 use rand::Rng;
 
 pub use retry::RetryBudget;
@@ -25,15 +24,14 @@ pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, AccessLog, Config, ListenerLimits};
+use crate::config::{format_duration, Config};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::listener::{self, LimitedPayload};
+use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, Service, ServiceTable};
-use crate::trace::Tracer;
 
 const LISTENER: &str = "outbound";
 
@@ -43,12 +41,7 @@ struct Worker {
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<ServiceTable>,
-    metrics: Arc<Metrics>,
-    in_progress: IntGauge,
-    tracer: Tracer,
-    access_log: AccessLog,
-    spans: Option<Exporter>,
-    limits: ListenerLimits,
+    front: Front,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -60,49 +53,36 @@ pub fn server(
     shutdown_secs: u64,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
-    let tracer = Tracer {
-        sample_rate: config.observability.tracing.sample_rate,
-    };
-    let access_log = config.observability.access_log;
     let outbound = &config.listeners.outbound;
-    let limits = outbound.limits;
-    let heads_refused = metrics.http_heads_refused.clone();
-    listener::serve(
+    let front = Front::new(
         LISTENER,
-        outbound.bind,
-        &limits,
-        shutdown_secs,
-        &heads_refused,
-        move || {
-            let worker = Worker {
-                client: forward::client(connect_timeout),
-                connect_timeout,
-                balancer: Balancer::new().start(),
-                table: Arc::clone(&table),
-                in_progress: metrics
-                    .http_requests_in_progress
-                    .with_label_values(&[LISTENER]),
-                metrics: Arc::clone(&metrics),
-                tracer,
-                access_log,
-                spans: spans.clone(),
-                limits,
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(proxy))
-        },
-    )
+        outbound.limits,
+        metrics,
+        &config.observability,
+        spans,
+    );
+    listener::serve(&front.clone(), outbound.bind, shutdown_secs, move || {
+        let worker = Worker {
+            client: forward::client(connect_timeout),
+            connect_timeout,
+            balancer: Balancer::new().start(),
+            table: Arc::clone(&table),
+            front: front.clone(),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(proxy))
+    })
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    worker.in_progress.inc();
+    worker.front.arrived();
     let request_id = forward::request_id(&req);
-    let hop = worker.tracer.hop(req.headers());
+    let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
-    let route = listener::check_head(&req, &worker.limits)
+    let route = listener::check_head(&req, &worker.front.limits)
         .map(|()| resolve(&worker.table, req.uri().host(), host, req.uri().path()));
     let (service, mut response) = match route {
         Err(refused) => {
@@ -145,15 +125,9 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         }
     };
     let service_label = service.as_deref().map_or("unknown", |s| &*s.name);
-    answering.finish(
-        &worker.metrics,
-        worker.access_log,
-        worker.spans.as_ref(),
-        &req,
-        service_label,
-        &mut response,
-    );
-    worker.in_progress.dec();
+    worker
+        .front
+        .answered(&answering, &req, service_label, &mut response);
     response
 }
 
@@ -197,7 +171,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let retry = &policy.retry;
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
-    let payload = LimitedPayload::new(payload, worker.limits.max_body_bytes);
+    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
         Err(message) => {
