@@ -146,6 +146,14 @@ const SMUGGLING: &[(&str, &[u8])] = &[
         b"POST /api/a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     ),
     (
+        "Transfer_Encoding, which underscore-folding servers read as Transfer-Encoding",
+        b"POST /api/a HTTP/1.1\r\nHost: api\r\nTransfer_Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "Content--Length",
+        b"POST /api/a HTTP/1.1\r\nHost: api\r\nContent--Length: 5\r\n\r\nhello",
+    ),
+    (
         "a space before the colon",
         b"POST /api/a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
     ),

@@ -1,8 +1,9 @@
 //! The strict checks every request head passes before it is routed, on top
 //! of what the HTTP parser already refuses (see SECURITY.md, "HTTP parsing"):
-//! the head's size, header values that are not UTF-8, a `Content-Length`
-//! over the body limit, and an absolute-form target whose authority is not
-//! the `Host`. One pass over the parsed headers; nothing is allocated
+//! the head's size, header values that are not UTF-8, header names that
+//! spell a framing header with other separators, a `Content-Length` over
+//! the body limit, and an absolute-form target whose authority is not the
+//! `Host`. One pass over the parsed headers; nothing is allocated
 //! unless the target is in absolute form.
 
 use actix_web::http::header::{CONTENT_LENGTH, HOST};
@@ -20,17 +21,21 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// Refuses a request head that breaks `limits` or could be read two ways:
 /// 431 when the request line and headers exceed `max_header_bytes`, 413
 /// when `Content-Length` exceeds `max_body_bytes`, 400 for a header value
-/// that is not valid UTF-8 and for an absolute-form target
+/// that is not valid UTF-8, for a framing-header lookalike
+/// (`Transfer_Encoding`) and for an absolute-form target
 /// (`GET http://a/ HTTP/1.1`) whose authority differs from `Host`.
 pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
     let uri = req.uri();
     let mut size = req.method().as_str().len() + target_len(uri) + REQUEST_LINE_OVERHEAD;
-    let mut not_utf8 = None;
+    let (mut not_utf8, mut lookalike) = (None, None);
     for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + HEADER_LINE_OVERHEAD;
         let bytes = value.as_bytes();
         if not_utf8.is_none() && !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
             not_utf8 = Some(name);
+        }
+        if lookalike.is_none() && is_framing_lookalike(name.as_str()) {
+            lookalike = Some(name);
         }
     }
     if size > limits.max_header_bytes as usize {
@@ -42,6 +47,11 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
     if let Some(name) = not_utf8 {
         return Err(ProxyError::BadRequest(format!(
             "the value of header {name} is not valid UTF-8"
+        )));
+    }
+    if let Some(name) = lookalike {
+        return Err(ProxyError::BadRequest(format!(
+            "header {name} has the letters of Content-Length or Transfer-Encoding; servers that fold '_' or repeated '-' would frame the body by it"
         )));
     }
     if let (Some(limit), Some(length)) = (limits.max_body_bytes, content_length(req)) {
@@ -61,6 +71,22 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
         }
     }
     Ok(())
+}
+
+/// Whether `name` (lowercase, as parsed) spells `content-length` or
+/// `transfer-encoding` with other separators (`transfer_encoding`,
+/// `content--length`) without being it.
+fn is_framing_lookalike(name: &str) -> bool {
+    const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+    let letters = |text: &'static str| text.bytes().filter(u8::is_ascii_alphanumeric);
+    FRAMING.iter().any(|framing| {
+        name != *framing
+            && name.len() >= framing.len()
+            && name
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .eq(letters(framing))
+    })
 }
 
 /// The length of the request target as it was on the request line.
@@ -170,6 +196,30 @@ mod tests {
             status(TestRequest::get().insert_header(("x-path", overlong))),
             400
         );
+    }
+
+    #[test]
+    fn framing_header_lookalikes_are_400() {
+        for name in [
+            "transfer_encoding",
+            "transfer---encoding",
+            "content_length",
+            "-content-length",
+        ] {
+            assert_eq!(
+                status(TestRequest::get().insert_header((name, "chunked"))),
+                400,
+                "{name}"
+            );
+        }
+        for name in [
+            "content-length-x",
+            "x-content-length",
+            "transfer-encodings",
+            "content-type",
+        ] {
+            assert!(!is_framing_lookalike(name), "{name}");
+        }
     }
 
     #[test]
