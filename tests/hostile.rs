@@ -536,3 +536,44 @@ async fn past_max_connections_new_clients_wait_until_a_slot_frees() {
         "served once slots freed"
     );
 }
+
+#[actix_rt::test]
+async fn a_slow_later_head_on_a_kept_alive_connection_is_cut_off_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_before(&upstream, ", client_header_timeout: 1s, keep_alive: 30s").await;
+    let mut stream = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    assert_eq!(
+        served_on(&mut stream, Duration::from_secs(5)).await,
+        Some(200)
+    );
+    // The parser times only a connection's first head; the next one is ours.
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /api/a HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+        .await
+        .expect("write");
+    let mut buffer = [0u8; 1024];
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                if stream.write_all(b"a").await.is_err() {
+                    break Some(started.elapsed());
+                }
+            }
+        }
+    };
+    let closed = closed.expect("closed by the sidecar");
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+        "cut at the header timeout: {closed:?}"
+    );
+    assert_eq!(upstream.hits(), 1, "the slow head was not forwarded");
+}

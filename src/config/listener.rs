@@ -28,9 +28,9 @@ pub struct ListenerLimits {
     /// Request body, in bytes; a larger body is answered 413 (default: no
     /// limit). Counted as the body streams, never buffered.
     pub max_body_bytes: Option<u64>,
-    /// Time a client has to send a complete request head once connected
-    /// (or after its previous request), else the connection is closed
-    /// (default 10s).
+    /// Time a client has to send a complete request head, from connecting
+    /// (the first head) or from the head's first byte (later heads on a
+    /// kept-alive connection), else the connection is closed (default 10s).
     #[serde(serialize_with = "as_duration")]
     pub client_header_timeout: Duration,
     /// How long an idle keep-alive connection is kept between requests

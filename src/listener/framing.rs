@@ -70,6 +70,8 @@ pub struct Framing {
     line_len: usize,
     /// The last byte seen was a CR.
     after_cr: bool,
+    /// Request heads that have ended on this connection.
+    heads_done: u64,
 }
 
 /// What [`Framing::scan`] found.
@@ -90,11 +92,20 @@ impl Default for Framing {
             line: [0; LINE_KEPT],
             line_len: 0,
             after_cr: false,
+            heads_done: 0,
         }
     }
 }
 
 impl Framing {
+    /// Whether part of a request head after the connection's first has
+    /// arrived and the rest has not (the parser times only the first head).
+    pub fn later_head_under_way(&self) -> bool {
+        self.state == State::Head
+            && self.heads_done > 0
+            && (self.head.started || self.line_len > 0 || self.after_cr)
+    }
+
     /// Scans the next bytes the client sent, in order; poisons a bare LF
     /// in a head (see the module doc) and stops scanning after it.
     pub fn scan(&mut self, bytes: &mut [u8]) -> Verdict {
@@ -180,6 +191,7 @@ impl Framing {
             }
             let head = std::mem::take(&mut self.head);
             self.state = body_after(&head);
+            self.heads_done += 1;
             return true;
         }
         self.head.started = true;
@@ -328,6 +340,22 @@ mod tests {
         let bad_at = big_chunk.len() + "GET /b HTTP/1.1".len();
         big_chunk.extend_from_slice(b"GET /b HTTP/1.1\nHost: a\r\n\r\n");
         bare_lf_at(&big_chunk, bad_at);
+    }
+
+    #[test]
+    fn a_later_head_is_under_way_from_its_first_byte_to_its_end() {
+        let mut framing = Framing::default();
+        framing.scan(&mut b"GET /a HTTP/1.1\r\nHost: a".to_vec());
+        assert!(
+            !framing.later_head_under_way(),
+            "the first head is the parser's"
+        );
+        framing.scan(&mut b"\r\n\r\n".to_vec());
+        assert!(!framing.later_head_under_way(), "idle between requests");
+        framing.scan(&mut b"G".to_vec());
+        assert!(framing.later_head_under_way());
+        framing.scan(&mut b"ET /b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec());
+        assert!(!framing.later_head_under_way());
     }
 
     #[test]

@@ -80,7 +80,7 @@ where
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone());
+            let io = ClientStream::new(io, name, peer, refused.clone(), header_timeout);
             std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
         });
         let http = HttpService::build()
@@ -114,13 +114,13 @@ fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// Raises this process's soft limit on open files to its hard limit, so
 /// thousands of client connections do not run out of descriptors; logs
 /// the limit in force and warns when `connections` (what the listeners
-/// may hold at once) exceed it. Returns the soft limit in force.
-pub fn raise_open_files_limit(connections: u64) -> Option<u64> {
+/// may hold at once) exceed it.
+pub fn raise_open_files_limit(connections: u64) {
     let limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit,
         Err(err) => {
             warn!("cannot read or raise the open-files limit (RLIMIT_NOFILE): {err}");
-            return None;
+            return;
         }
     };
     info!("open-files limit (RLIMIT_NOFILE): {limit}; the listeners may hold {connections} client connections");
@@ -129,5 +129,4 @@ pub fn raise_open_files_limit(connections: u64) -> Option<u64> {
             "the listeners may hold {connections} client connections (max_connections x workers) but only {limit} files may be open: lower max_connections or raise the hard limit (ulimit -Hn)"
         );
     }
-    Some(limit)
 }
