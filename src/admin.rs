@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use actix_web::dev::Server;
+use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_prom::PrometheusMetricsBuilder;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use actix::Addr;
 use arc_swap::ArcSwap;
@@ -70,25 +73,75 @@ pub fn server(
         App::new()
             .wrap(prometheus.clone())
             .app_data(state.clone())
-            .route("/", web::get().to(index))
-            .route("/live", web::get().to(live))
-            .route("/ready", web::get().to(ready))
-            .route("/services", web::get().to(services))
-            .route("/circuit-breakers", web::get().to(circuit_breakers))
-            .route("/circuit-breakers/reset", web::post().to(reset_breakers))
-            .route("/config", web::get().to(show_config))
-            .route("/tokens/revoke", web::post().to(revoke_token))
-            .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
-            .route("/shutdown", web::post().to(request_shutdown))
-            .route("/reload", web::post().to(reload))
-            .route("/log-level", web::get().to(log_level))
-            .route("/log-level", web::put().to(set_log_level))
+            .configure(routes)
     })
     .workers(1)
     .disable_signals()
     .bind(config.listeners.admin)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))
+}
+
+/// Every admin route; the endpoints that change state pass [`refuse_change`].
+fn routes(app: &mut web::ServiceConfig) {
+    app.route("/", web::get().to(index))
+        .route("/live", web::get().to(live))
+        .route("/ready", web::get().to(ready))
+        .route("/services", web::get().to(services))
+        .route("/circuit-breakers", web::get().to(circuit_breakers))
+        .route("/circuit-breakers/reset", web::post().to(reset_breakers))
+        .route("/config", web::get().to(show_config))
+        .route("/tokens/revoke", web::post().to(revoke_token))
+        .route("/rate-limit/users/{id}", web::get().to(rate_limit_usage))
+        .route("/shutdown", web::post().to(request_shutdown))
+        .route("/reload", web::post().to(reload))
+        .route("/log-level", web::get().to(log_level))
+        .route("/log-level", web::put().to(set_log_level));
+}
+
+/// The 403 for a request to an endpoint that changes state (`what`), unless
+/// it comes from this host or carries `Authorization: Bearer <token>`
+/// matching `OUTRIGGER_ADMIN_TOKEN` (compared in constant time). The admin port is reachable from the cluster for
+/// scrapes and probes: nothing there may stop, reset or revoke.
+fn refuse_change(req: &HttpRequest, state: &AdminState, what: &str) -> Option<HttpResponse> {
+    let config = state.config.load();
+    let token = config.listeners.admin_token.as_deref();
+    let authorization = req.headers().get(header::AUTHORIZATION);
+    if allowed(req.peer_addr(), authorization, token) {
+        return None;
+    }
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "an unknown peer".to_string(), |p| p.ip().to_string());
+    log::warn!("admin: refused to {what} for {peer}: not from localhost and no valid admin token");
+    let how = if token.is_some() {
+        "from localhost or with the admin token (Authorization: Bearer ...)"
+    } else {
+        "from localhost (set OUTRIGGER_ADMIN_TOKEN to allow remote callers with a token)"
+    };
+    Some(HttpResponse::Forbidden().json(json!({ "error": format!("{what}: only {how}") })))
+}
+
+/// Whether a caller at `peer` with `authorization` may change state.
+fn allowed(
+    peer: Option<SocketAddr>,
+    authorization: Option<&header::HeaderValue>,
+    token: Option<&str>,
+) -> bool {
+    if peer.is_some_and(|peer| peer.ip().is_loopback()) {
+        return true;
+    }
+    let (Some(token), Some(authorization)) = (token, authorization) else {
+        return false;
+    };
+    let presented = authorization
+        .as_bytes()
+        .strip_prefix(b"Bearer ")
+        .unwrap_or_default();
+    // Digests first, so the comparison does not reveal the token's length.
+    let presented: [u8; 32] = Sha256::digest(presented).into();
+    let expected: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    bool::from(presented.ct_eq(&expected))
 }
 
 async fn index(state: web::Data<AdminState>) -> HttpResponse {
@@ -105,11 +158,13 @@ async fn index(state: web::Data<AdminState>) -> HttpResponse {
             "GET /circuit-breakers": "every replica's breaker figures",
             "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
             "GET /config": "the running configuration (secrets redacted)",
-            "POST /reload": "re-read and apply the config file, answering what changed or why it was rejected; from localhost only",
+            "POST /reload": "re-read and apply the config file, answering what changed or why it was rejected",
             "GET /rate-limit/users/{id}": "a user's rate-limited attempts per endpoint in the window",
             "POST /tokens/revoke": "revoke a token: {\"token\": ...} or {\"jti\": ..., \"ttl_seconds\": ...}",
             "GET /log-level": "the log filters in force",
-            "PUT /log-level": "set the log filters (body: info, or outrigger=debug,actix_server=warn); from localhost only",
+            "PUT /log-level": "set the log filters (body: info, or outrigger=debug,actix_server=warn)",
+            "POST /shutdown": "stop as on SIGTERM",
+            "note": "POST and PUT endpoints answer only callers on this host, or with Authorization: Bearer <OUTRIGGER_ADMIN_TOKEN>",
         }
     }))
 }
@@ -187,9 +242,13 @@ struct ResetQuery {
 }
 
 async fn reset_breakers(
+    req: HttpRequest,
     state: web::Data<AdminState>,
     query: web::Query<ResetQuery>,
 ) -> HttpResponse {
+    if let Some(refusal) = refuse_change(&req, &state, "resetting circuit breakers") {
+        return refusal;
+    }
     let table = state.table.load();
     if let Some(name) = &query.service {
         if table.get(name).is_none() {
@@ -223,9 +282,13 @@ struct RevokeRequest {
 }
 
 async fn revoke_token(
+    req: HttpRequest,
     state: web::Data<AdminState>,
     body: web::Json<RevokeRequest>,
 ) -> HttpResponse {
+    if let Some(refusal) = refuse_change(&req, &state, "revoking tokens") {
+        return refusal;
+    }
     let gate = state.gates.as_ref().map(|gates| gates.load_full());
     let Some(authenticator) = gate.as_ref().map(|gate| &gate.authenticator) else {
         return HttpResponse::NotFound()
@@ -278,12 +341,14 @@ async fn log_level() -> HttpResponse {
     }
 }
 
-/// Replaces the log filters; only callers on this host may, as the admin
-/// port is reachable from the cluster.
-async fn set_log_level(req: HttpRequest, body: String) -> HttpResponse {
-    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
-        return HttpResponse::Forbidden()
-            .json(json!({"error": "the log level can only be changed from localhost"}));
+/// Replaces the log filters.
+async fn set_log_level(
+    req: HttpRequest,
+    state: web::Data<AdminState>,
+    body: String,
+) -> HttpResponse {
+    if let Some(refusal) = refuse_change(&req, &state, "changing the log level") {
+        return refusal;
     }
     let filters = body.trim();
     match logging::set_filters(filters) {
@@ -295,12 +360,10 @@ async fn set_log_level(req: HttpRequest, body: String) -> HttpResponse {
     }
 }
 
-/// Asks the sidecar to stop as on SIGTERM; only callers on this host may
-/// (a Job's app, done with its work).
+/// Asks the sidecar to stop as on SIGTERM (a Job's app, done with its work).
 async fn request_shutdown(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
-        return HttpResponse::Forbidden()
-            .json(json!({"error": "shutdown can only be asked from localhost"}));
+    if let Some(refusal) = refuse_change(&req, &state, "shutting down") {
+        return refusal;
     }
     log::warn!("admin: shutdown requested");
     state.shutdown.notify_one();
@@ -316,9 +379,8 @@ async fn show_config(state: web::Data<AdminState>) -> HttpResponse {
 /// 422 with every error by key path when it was rejected. Only callers on
 /// this host may.
 async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse {
-    if !req.peer_addr().is_some_and(|peer| peer.ip().is_loopback()) {
-        return HttpResponse::Forbidden()
-            .json(json!({"error": "a reload can only be asked from localhost"}));
+    if let Some(refusal) = refuse_change(&req, &state, "reloading the config") {
+        return refusal;
     }
     let Some(reloader) = &state.reloader else {
         return HttpResponse::Conflict()
@@ -394,7 +456,108 @@ fn rfc3339(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::ServiceTable;
+    use actix_web::test::{self, TestRequest};
     use std::time::Duration;
+
+    async fn answer(token: Option<&str>, req: TestRequest) -> (u16, Value) {
+        let env = |name: &str| {
+            (name == "OUTRIGGER_ADMIN_TOKEN")
+                .then(|| token.map(str::to_string))
+                .flatten()
+        };
+        let config = Config::from_yaml("", &env).expect("valid");
+        let metrics = Metrics::new();
+        let table = ServiceTable::new(&config.services, &metrics);
+        let state = web::Data::new(AdminState {
+            shared: Shared {
+                table: Arc::new(LiveServices::new(table)),
+                config: Arc::new(ArcSwap::from_pointee(config)),
+                gates: None,
+                reloader: None,
+                shutdown: Arc::new(Notify::new()),
+            },
+            started: Instant::now(),
+        });
+        let app = test::init_service(App::new().app_data(state).configure(routes)).await;
+        let response = test::call_service(&app, req.to_request()).await;
+        let status = response.status().as_u16();
+        let body = test::read_body(response).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    const CHANGES: [(&str, &str); 5] = [
+        ("POST", "/circuit-breakers/reset"),
+        ("POST", "/tokens/revoke"),
+        ("POST", "/shutdown"),
+        ("POST", "/reload"),
+        ("PUT", "/log-level"),
+    ];
+
+    fn request(method: &str, path: &str, peer: &str) -> TestRequest {
+        let req = match method {
+            "PUT" => TestRequest::put(),
+            _ => TestRequest::post(),
+        };
+        req.uri(path)
+            .peer_addr(peer.parse().expect("peer"))
+            .insert_header(("content-type", "application/json"))
+            .set_payload("{}")
+    }
+
+    #[actix_rt::test]
+    async fn every_endpoint_that_changes_state_refuses_callers_off_this_host() {
+        for (method, path) in CHANGES {
+            let (status, body) = answer(None, request(method, path, "10.1.2.3:40000")).await;
+            assert_eq!(status, 403, "{method} {path}: {body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("only from localhost")),
+                "{body}"
+            );
+            let (status, _) = answer(None, request(method, path, "127.0.0.1:40000")).await;
+            assert_ne!(status, 403, "{method} {path} from localhost");
+        }
+        let (status, _) = answer(
+            None,
+            TestRequest::get()
+                .uri("/circuit-breakers")
+                .peer_addr("10.1.2.3:4".parse().expect("peer")),
+        )
+        .await;
+        assert_eq!(status, 200, "reading stays open to the cluster");
+    }
+
+    #[actix_rt::test]
+    async fn the_admin_token_lets_a_remote_caller_change_state() {
+        let remote = |authorization: Option<&str>| {
+            let req = request("POST", "/circuit-breakers/reset", "10.1.2.3:40000");
+            match authorization {
+                Some(value) => req.insert_header(("authorization", value)),
+                None => req,
+            }
+        };
+        let token = Some("s3cret-admin");
+        assert_eq!(
+            answer(token, remote(Some("Bearer s3cret-admin"))).await.0,
+            200
+        );
+        for wrong in [
+            None,
+            Some("Bearer s3cret"),
+            Some("Bearer s3cret-admin2"),
+            Some("s3cret-admin"),
+            Some("Basic s3cret-admin"),
+        ] {
+            assert_eq!(answer(token, remote(wrong)).await.0, 403, "{wrong:?}");
+        }
+        assert_eq!(
+            answer(None, remote(Some("Bearer "))).await.0,
+            403,
+            "no token configured: an empty bearer is no key"
+        );
+    }
 
     #[test]
     fn times_are_rfc3339_utc() {

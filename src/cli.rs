@@ -167,7 +167,7 @@ fn check(path: &Path) -> ExitCode {
             println!("{}: ok", path.display());
             println!(
                 "  listeners: outbound {}, admin {}",
-                config.listeners.outbound, config.listeners.admin
+                config.listeners.outbound.bind, config.listeners.admin
             );
             let source = config.discovery.source;
             println!(

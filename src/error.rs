@@ -17,8 +17,13 @@ pub enum ProxyError {
     Forbidden(String),
     /// Credentials cannot be checked right now (503).
     AuthUnavailable(String),
-    /// The request could not be turned into an upstream request (400).
+    /// The request could not be turned into an upstream request, or its
+    /// head could be read two ways (400).
     BadRequest(String),
+    /// The request body is over the listener's `max_body_bytes` (413).
+    BodyTooLarge(String),
+    /// The request line and headers are over the listener's `max_header_bytes` (431).
+    HeadersTooLarge(String),
     /// The service has replicas but every breaker refuses traffic, or it has none (503).
     NoHealthyReplica(String),
     /// The replica could not be connected to (502).
@@ -51,6 +56,8 @@ impl ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
@@ -68,6 +75,8 @@ impl ProxyError {
             Self::Forbidden(_) => "forbidden",
             Self::AuthUnavailable(_) => "auth_unavailable",
             Self::BadRequest(_) => "bad_request",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
             Self::UpstreamReset(_) => "upstream_reset",
@@ -86,6 +95,8 @@ impl ProxyError {
             | Self::Forbidden(m)
             | Self::AuthUnavailable(m)
             | Self::BadRequest(m)
+            | Self::BodyTooLarge(m)
+            | Self::HeadersTooLarge(m)
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
             | Self::UpstreamReset(m)
@@ -116,6 +127,17 @@ impl ProxyError {
         }
         response.json(body)
     }
+
+    /// Like [`ProxyError::response`], and the connection is closed after it:
+    /// for a request whose head or body cannot be trusted, so nothing the
+    /// client sent after it is read as another request.
+    pub fn closing_response(&self, service: Option<&str>, request_id: &str) -> HttpResponse {
+        let mut response = self.response(service, request_id);
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        response
+    }
 }
 
 #[cfg(test)]
@@ -135,6 +157,12 @@ mod tests {
                 "auth_unavailable",
             ),
             (ProxyError::BadRequest("x".into()), 400, "bad_request"),
+            (ProxyError::BodyTooLarge("x".into()), 413, "body_too_large"),
+            (
+                ProxyError::HeadersTooLarge("x".into()),
+                431,
+                "headers_too_large",
+            ),
             (
                 ProxyError::NoHealthyReplica("x".into()),
                 503,

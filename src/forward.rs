@@ -11,12 +11,13 @@ use actix_web::body::{BodyStream, SizedStream};
 use actix_web::error::ParseError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
-use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use awc::error::{PayloadError, SendRequestError};
 use awc::{Client, ClientResponse, Connector};
 use futures_util::{Stream, StreamExt};
 
+use crate::listener::{BodyError, LimitedPayload};
 use crate::replica::UpstreamError;
 use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
 
@@ -88,7 +89,7 @@ pub enum RequestBody {
     /// The whole body, kept so a retry can send it again.
     Replayable(Bytes),
     /// The body as it arrives; `None` once a try has taken it.
-    Streaming(Option<Payload>, BodyLength),
+    Streaming(Option<LimitedPayload>, BodyLength),
 }
 
 impl RequestBody {
@@ -97,7 +98,7 @@ impl RequestBody {
     /// otherwise left to stream.
     pub async fn read(
         req: &HttpRequest,
-        mut payload: Payload,
+        mut payload: LimitedPayload,
         replay_limit: Option<u32>,
     ) -> Result<RequestBody, String> {
         let length = body_length(req);
@@ -154,14 +155,26 @@ pub async fn send(
 
 /// Why a call got no answer.
 pub enum SendError {
-    /// The request could not be formed (a path the URI grammar rejects).
+    /// The request could not be formed (a path the URI grammar rejects),
+    /// or the client's body broke off.
     BadRequest(String),
+    /// The client's body crossed `max_body_bytes` (the limit) as it streamed.
+    BodyTooLarge(u64),
     /// The replica did not answer.
     Upstream(UpstreamError, String),
 }
 
 impl From<SendRequestError> for SendError {
     fn from(err: SendRequestError) -> Self {
+        if let SendRequestError::Body(body) = &err {
+            match body.downcast_ref::<BodyError>() {
+                Some(BodyError::TooLarge(limit)) => return SendError::BodyTooLarge(*limit),
+                Some(client @ BodyError::Client(_)) => {
+                    return SendError::BadRequest(client.to_string())
+                }
+                None => {}
+            }
+        }
         let kind = match &err {
             SendRequestError::Connect(_) => UpstreamError::Connect,
             SendRequestError::Timeout => UpstreamError::Timeout,

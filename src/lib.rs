@@ -17,6 +17,7 @@ pub mod error;
 pub mod forward;
 pub mod inbound;
 pub mod inject;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;
@@ -81,6 +82,7 @@ impl Sidecar {
     }
 
     async fn launch(config: Config, file: Option<ConfigFile>) -> io::Result<Sidecar> {
+        listener::raise_open_files_limit(client_connections(&config));
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,
@@ -243,6 +245,19 @@ impl Sidecar {
         }
         info!("shut down");
     }
+}
+
+/// How many client connections the proxy listeners may hold at once:
+/// `max_connections` per worker, one worker per CPU.
+fn client_connections(config: &Config) -> u64 {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let outbound = u64::from(config.listeners.outbound.limits.max_connections);
+    let inbound = config
+        .listeners
+        .inbound
+        .as_ref()
+        .map_or(0, |inbound| u64::from(inbound.limits.max_connections));
+    workers * (outbound + inbound)
 }
 
 fn servers_started(sidecar: &Sidecar) {

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub jwt_validations: IntCounterVec,
     /// Inbound requests refused by a rate limit, by scope.
     pub rate_limited: IntCounterVec,
+    /// Request heads refused before they were parsed, by listener and
+    /// reason (`bare_lf`: a head line ended in LF without CR).
+    pub http_heads_refused: IntCounterVec,
     /// GET answers served from the cache.
     pub cache_hits: IntCounter,
     /// Cacheable GETs the app had to answer.
@@ -240,6 +243,11 @@ impl Metrics {
                 "rate_limited_total",
                 "Inbound requests refused by a rate limit.",
                 &["scope"],
+            ),
+            http_heads_refused: counter(
+                "http_heads_refused_total",
+                "Request heads refused before they were parsed (400, connection closed).",
+                &["listener", "reason"],
             ),
             redis_errors: counter("redis_errors_total", "Redis calls that failed.", &["op"]),
             cache_hits: plain_counter("cache_hits_total", "GET answers served from the cache."),

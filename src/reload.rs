@@ -391,6 +391,10 @@ impl Handler<Reload> for Reloader {
     }
 }
 
+/// The listeners' client limits are fixed when their servers are built.
+const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, keep_alive, max_connections)";
+const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, keep_alive, max_connections)";
+
 /// `next` with every key that needs a restart set back to its running
 /// value, and the names of those keys that differed.
 fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
@@ -401,11 +405,19 @@ fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
         }
         changed
     };
+    let (running_outbound, next_outbound) =
+        (&running.listeners.outbound, &mut next.listeners.outbound);
     if keep(
         "listeners.outbound.bind",
-        running.listeners.outbound != next.listeners.outbound,
+        running_outbound.bind != next_outbound.bind,
     ) {
-        next.listeners.outbound = running.listeners.outbound;
+        next_outbound.bind = running_outbound.bind;
+    }
+    if keep(
+        OUTBOUND_LIMITS,
+        running_outbound.limits != next_outbound.limits,
+    ) {
+        next_outbound.limits = running_outbound.limits;
     }
     if keep(
         "listeners.admin.bind",
@@ -420,6 +432,12 @@ fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
                 running_inbound.bind != next_inbound.bind,
             ) {
                 next_inbound.bind = running_inbound.bind;
+            }
+            if keep(
+                INBOUND_LIMITS,
+                running_inbound.limits != next_inbound.limits,
+            ) {
+                next_inbound.limits = running_inbound.limits;
             }
         }
         (None, None) => {}

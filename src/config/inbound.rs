@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
 use super::reader::{FromYaml, Problems, Table};
-use super::{as_duration, positive};
+use super::{as_duration, positive, ListenerLimits};
 
 /// The inbound listener: where callers from outside the pod arrive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,6 +24,9 @@ pub struct InboundListener {
     /// Bound on the app's answer head; past it the caller gets 504 (default 30s).
     #[serde(serialize_with = "as_duration")]
     pub timeout: Duration,
+    /// Per-client bounds (`max_header_bytes`, `max_body_bytes`, ...).
+    #[serde(flatten)]
+    pub limits: ListenerLimits,
 }
 
 /// Who may call the app, how often, how many at once, and how browsers may.
@@ -264,7 +267,7 @@ fn algorithm_names<S: Serializer>(
     names.serialize(serializer)
 }
 
-fn redacted<T, S: Serializer>(_: &T, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn redacted<T, S: Serializer>(_: &T, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("<redacted>")
 }
 
@@ -284,19 +287,7 @@ pub(super) fn read_listener(
     _: &Option<InboundListener>,
     problems: &mut Problems,
 ) -> Option<InboundListener> {
-    let bind: String = t
-        .get("bind", problems)
-        .unwrap_or_else(|| "0.0.0.0:15006".to_string());
-    let bind = match bind.parse() {
-        Ok(bind) => Some(bind),
-        Err(_) => {
-            problems.add(
-                &t.path_of("bind"),
-                format!("expected an address like \"0.0.0.0:15006\", got \"{bind}\""),
-            );
-            None
-        }
-    };
+    let bind = super::listener::read_bind(t, "0.0.0.0:15006", problems);
     let app = match t.get::<String>("app", problems) {
         None => {
             problems.add(
@@ -325,10 +316,12 @@ pub(super) fn read_listener(
         .get("timeout", problems)
         .unwrap_or(Duration::from_secs(30));
     positive(timeout, &t.path_of("timeout"), problems);
+    let limits = super::listener::read_limits(t, problems);
     Some(InboundListener {
         bind: bind?,
         app: app?,
         timeout,
+        limits,
     })
 }
 
@@ -781,17 +774,7 @@ fn trim_newline(mut secret: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
-
-    fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
-        let env = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        Config::from_yaml(text, &env)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
-    }
+    use crate::config::tests::load;
 
     const LISTENER: &str = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }\n";
 

@@ -6,6 +6,7 @@ mod discovery;
 mod env;
 mod inbound;
 mod keys;
+mod listener;
 mod locate;
 mod observability;
 mod reader;
@@ -26,6 +27,7 @@ pub use inbound::{
     RateLimitConfig, RedisConfig, RouteLimit,
 };
 pub use keys::accepted as accepted_keys;
+pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position};
 pub(crate) use reader::{FromYaml, Problems, Table};
@@ -84,12 +86,30 @@ pub struct ReloadConfig {
 /// The sidecar's listening sockets.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Listeners {
-    /// Apps send outbound calls here (default `127.0.0.1:15001`).
-    pub outbound: SocketAddr,
+    /// Apps send outbound calls here.
+    pub outbound: OutboundListener,
     /// Probes, metrics and the admin API (default `0.0.0.0:15090`).
     pub admin: SocketAddr,
+    /// A token that lets callers off this host use the admin endpoints that
+    /// change state (`Authorization: Bearer <token>`), from the
+    /// `OUTRIGGER_ADMIN_TOKEN` environment variable; never shown.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "inbound::redacted"
+    )]
+    pub admin_token: Option<String>,
     /// Callers from outside the pod reach the app here (optional).
     pub inbound: Option<InboundListener>,
+}
+
+/// The outbound listener: where apps on this host send their calls.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboundListener {
+    /// Where apps connect (default `127.0.0.1:15001`).
+    pub bind: SocketAddr,
+    /// Per-client bounds (`max_header_bytes`, `max_body_bytes`, ...).
+    #[serde(flatten)]
+    pub limits: ListenerLimits,
 }
 
 /// How calls to one service are made: timeouts, balancing, breaker, retries.
@@ -377,7 +397,10 @@ fn read_config(
     problems: &mut Problems,
 ) -> Option<Config> {
     let mut top = Table::open(root, "", problems)?;
-    let listeners = read_listeners(top.raw("listeners"), problems);
+    let listeners = read_listeners(top.raw("listeners"), problems).map(|mut listeners| {
+        listeners.admin_token = env("OUTRIGGER_ADMIN_TOKEN").filter(|token| !token.is_empty());
+        listeners
+    });
     let discovery = discovery::read(top.raw("discovery"), problems);
     let mut defaults = top.section("defaults", &Policy::default(), problems, read_policy_keys);
     let mut discovery = discovery?;
@@ -457,39 +480,39 @@ fn read_config(
 
 fn read_listeners(value: Option<&Value>, problems: &mut Problems) -> Option<Listeners> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "listeners", problems)?;
-    let outbound = read_bind(&mut table, "outbound", "127.0.0.1:15001", problems);
-    let admin = read_bind(&mut table, "admin", "0.0.0.0:15090", problems);
+    let outbound = read_section(&mut table, "outbound", problems, |t, problems| {
+        let bind = listener::read_bind(t, "127.0.0.1:15001", problems);
+        let limits = listener::read_limits(t, problems);
+        Some(OutboundListener {
+            bind: bind?,
+            limits,
+        })
+    });
+    let admin = read_section(&mut table, "admin", problems, |t, problems| {
+        listener::read_bind(t, "0.0.0.0:15090", problems)
+    });
     let inbound = table.section("inbound", &None, problems, inbound::read_listener);
     table.finish(problems);
     Some(Listeners {
         outbound: outbound?,
         admin: admin?,
+        admin_token: None,
         inbound,
     })
 }
 
-fn read_bind(
+/// Reads the mapping under `key` (absent is empty) with `read`.
+fn read_section<T>(
     parent: &mut Table,
     key: &str,
-    default: &str,
     problems: &mut Problems,
-) -> Option<SocketAddr> {
+    read: impl FnOnce(&mut Table, &mut Problems) -> Option<T>,
+) -> Option<T> {
     let path = parent.path_of(key);
     let mut table = Table::open(parent.raw(key).unwrap_or(&Value::Null), &path, problems)?;
-    let bind: String = table
-        .get("bind", problems)
-        .unwrap_or_else(|| default.to_string());
+    let section = read(&mut table, problems);
     table.finish(problems);
-    match bind.parse() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            problems.add(
-                &format!("{path}.bind"),
-                format!("expected an address like \"127.0.0.1:15001\", got \"{bind}\""),
-            );
-            None
-        }
-    }
+    section
 }
 
 /// Reads the policy keys of `table` (shared by `defaults` and each service).
@@ -758,6 +781,18 @@ mod tests {
         None
     }
 
+    /// Reads `text` with `vars` as the environment; the problems as
+    /// `outrigger check` prints them.
+    pub(super) fn load(text: &str, vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        Config::from_yaml(text, &env)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
     /// The problems `text` has, as `outrigger check` prints them.
     pub(super) fn errors(text: &str) -> Vec<String> {
         match Config::from_yaml(text, &no_env) {
@@ -773,7 +808,11 @@ mod tests {
             &no_env,
         )
         .expect("valid");
-        assert_eq!(config.listeners.outbound.to_string(), "127.0.0.1:15001");
+        assert_eq!(
+            config.listeners.outbound.bind.to_string(),
+            "127.0.0.1:15001"
+        );
+        assert_eq!(config.listeners.outbound.limits, ListenerLimits::default());
         assert_eq!(config.listeners.admin.to_string(), "0.0.0.0:15090");
         assert_eq!(config.discovery.refresh, Duration::from_secs(30));
         let api = config.service("api").expect("api");

@@ -149,6 +149,13 @@ impl FromYaml for u32 {
     }
 }
 
+impl FromYaml for u64 {
+    const EXPECTED: &'static str = "a whole number";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        value.as_u64()
+    }
+}
+
 impl FromYaml for f64 {
     const EXPECTED: &'static str = "a number";
     fn from_yaml(value: &Value) -> Option<Self> {

@@ -19,10 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use log::{info, warn};
-use prometheus::IntGauge;
 
 pub use auth::{AuthMethod, Authenticator, Identity};
 pub use cache::{Cache, Fill, Lookup, X_CACHE};
@@ -34,13 +33,14 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::access;
-use crate::config::{AccessLog, InboundListener, ObservabilityConfig};
+use crate::config::{InboundListener, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
-use crate::trace::{Hop, Tracer};
+use crate::trace::Hop;
 
 const LISTENER: &str = "inbound";
 /// The `service` label of inbound metrics.
@@ -50,11 +50,7 @@ struct Worker {
     client: awc::Client,
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
-    metrics: Arc<Metrics>,
-    in_progress: IntGauge,
-    tracer: Tracer,
-    access_log: AccessLog,
-    spans: Option<Exporter>,
+    front: Front,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
@@ -67,31 +63,17 @@ pub fn server(
     observability: &ObservabilityConfig,
     spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
-    let tracer = Tracer {
-        sample_rate: observability.tracing.sample_rate,
-    };
-    let access_log = observability.access_log;
-    let server = HttpServer::new(move || {
+    let front = Front::new(LISTENER, listener.limits, metrics, observability, spans);
+    listener::serve(&front.clone(), listener.bind, shutdown_secs, move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
             gates: Arc::clone(&gates),
-            in_progress: metrics
-                .http_requests_in_progress
-                .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
-            tracer,
-            access_log,
-            spans: spans.clone(),
+            front: front.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
             .default_service(web::to(handle))
     })
-    .disable_signals()
-    .shutdown_timeout(shutdown_secs)
-    .bind(listener.bind)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
 }
 
 async fn handle(
@@ -100,15 +82,24 @@ async fn handle(
     worker: web::Data<Worker>,
 ) -> HttpResponse {
     let started = Instant::now();
-    worker.in_progress.inc();
+    worker.front.arrived();
     let request_id = forward::request_id(&req);
     let id = request_id.to_str().unwrap_or("-");
-    let hop = worker.tracer.hop(req.headers());
+    let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = worker.gates.load();
-    let mut response = match gate.cors.preflight(req.method(), req.headers()) {
-        Some(preflight) => preflight,
-        None => match gate.authenticator.authenticate(&req).await {
+    let checked = listener::check_head(&req, &worker.front.limits);
+    let mut response = match (checked, gate.cors.preflight(req.method(), req.headers())) {
+        (Err(refused), _) => {
+            warn!(
+                "request {id}: {}: {}",
+                refused.status().as_u16(),
+                refused.message()
+            );
+            refused.closing_response(Some(APP), id)
+        }
+        (Ok(()), Some(preflight)) => preflight,
+        (Ok(()), None) => match gate.authenticator.authenticate(&req).await {
             Err(refusal) => {
                 warn!(
                     "request {id}: {}: {}",
@@ -130,15 +121,7 @@ async fn handle(
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    answering.finish(
-        &worker.metrics,
-        worker.access_log,
-        worker.spans.as_ref(),
-        &req,
-        APP,
-        &mut response,
-    );
-    worker.in_progress.dec();
+    worker.front.answered(&answering, &req, APP, &mut response);
     response
 }
 
@@ -252,9 +235,10 @@ async fn forward_to_app<G: Unpin + 'static>(
         },
         timeout: gate.timeout,
     };
+    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
-        Err(message) => return ProxyError::BadRequest(message).response(Some(APP), id),
+        Err(message) => return ProxyError::BadRequest(message).closing_response(Some(APP), id),
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
@@ -270,7 +254,15 @@ async fn forward_to_app<G: Unpin + 'static>(
         }
 
         Err(SendError::BadRequest(message)) => {
-            ProxyError::BadRequest(message).response(Some(APP), id)
+            warn!("request {id}: 400: {message}");
+            ProxyError::BadRequest(message).closing_response(Some(APP), id)
+        }
+        Err(SendError::BodyTooLarge(limit)) => {
+            let error = ProxyError::BodyTooLarge(format!(
+                "the request body crossed max_body_bytes {limit} while streaming to the app; the app's request was aborted"
+            ));
+            warn!("request {id}: 413: {}", error.message());
+            error.closing_response(Some(APP), id)
         }
         Err(SendError::Upstream(kind, detail)) => {
             let app = &gate.app;

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
-use prometheus::IntGauge;
 use rand::Rng;
 
 pub use retry::RetryBudget;
@@ -25,14 +24,14 @@ pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, AccessLog, Config, Policy};
+use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::Metrics;
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, LiveServices, Service, Settings};
-use crate::trace::Tracer;
 
 const LISTENER: &str = "outbound";
 
@@ -42,11 +41,7 @@ struct Worker {
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<LiveServices>,
-    metrics: Arc<Metrics>,
-    in_progress: IntGauge,
-    tracer: Tracer,
-    access_log: AccessLog,
-    spans: Option<Exporter>,
+    front: Front,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -58,48 +53,52 @@ pub fn server(
     shutdown_secs: u64,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
-    let tracer = Tracer {
-        sample_rate: config.observability.tracing.sample_rate,
-    };
-    let access_log = config.observability.access_log;
-    let server = HttpServer::new(move || {
+    let outbound = &config.listeners.outbound;
+    let front = Front::new(
+        LISTENER,
+        outbound.limits,
+        metrics,
+        &config.observability,
+        spans,
+    );
+    listener::serve(&front.clone(), outbound.bind, shutdown_secs, move || {
         let worker = Worker {
             client: forward::client(connect_timeout),
             connect_timeout,
             balancer: Balancer::new().start(),
             table: Arc::clone(&table),
-            in_progress: metrics
-                .http_requests_in_progress
-                .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
-            tracer,
-            access_log,
-            spans: spans.clone(),
+            front: front.clone(),
         };
         App::new()
             .app_data(web::Data::new(worker))
             .default_service(web::to(proxy))
     })
-    .disable_signals()
-    .shutdown_timeout(shutdown_secs)
-    .bind(config.listeners.outbound)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    worker.in_progress.inc();
+    worker.front.arrived();
     let request_id = forward::request_id(&req);
-    let hop = worker.tracer.hop(req.headers());
+    let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
-    let route = resolve(&table, req.uri().host(), host, req.uri().path())
-        .map(|route| (Arc::clone(route.service), route.path, route.keep_host));
+    let route = listener::check_head(&req, &worker.front.limits).map(|()| {
+        resolve(&table, req.uri().host(), host, req.uri().path())
+            .map(|route| (Arc::clone(route.service), route.path, route.keep_host))
+    });
     drop(table);
     let (service, mut response) = match route {
-        None => {
+        Err(refused) => {
+            warn!(
+                "request {}: {}: {}",
+                id_str(&request_id),
+                refused.status().as_u16(),
+                refused.message()
+            );
+            (None, refused.closing_response(None, id_str(&request_id)))
+        }
+        Ok(None) => {
             debug!(
                 "request {}: no service for {}",
                 id_str(&request_id),
@@ -110,7 +109,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 ProxyError::UnknownService.response(None, id_str(&request_id)),
             )
         }
-        Some((service, path, keep_host)) => {
+        Ok(Some((service, path, keep_host))) => {
             let plan = HeaderPlan {
                 keep_host,
                 trace: Some(&hop),
@@ -131,15 +130,9 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         }
     };
     let service_label = service.as_deref().map_or("unknown", |s| &*s.name);
-    answering.finish(
-        &worker.metrics,
-        worker.access_log,
-        worker.spans.as_ref(),
-        &req,
-        service_label,
-        &mut response,
-    );
-    worker.in_progress.dec();
+    worker
+        .front
+        .answered(&answering, &req, service_label, &mut response);
     response
 }
 
@@ -186,11 +179,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let retry = &policy.retry;
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
+    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
         Err(message) => {
             warn!("request {id}: 400: {message}");
-            return ProxyError::BadRequest(message).response(Some(name), id);
+            return ProxyError::BadRequest(message).closing_response(Some(name), id);
         }
     };
     service.retry_budget.record_request();
@@ -231,7 +225,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
-            Err(SendError::BadRequest(_)) => Answer::Cancelled,
+            Err(SendError::BadRequest(_) | SendError::BodyTooLarge(_)) => Answer::Cancelled,
         };
         lease.report(answer);
         if result.is_ok() {
@@ -388,7 +382,17 @@ impl Try {
         let replica = format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
             Ok(response) => return forward::respond(response, (self.lease, slot)),
-            Err(SendError::BadRequest(message)) => ProxyError::BadRequest(message),
+            Err(SendError::BadRequest(message)) => {
+                warn!("request {id}: 400: {message}");
+                return ProxyError::BadRequest(message).closing_response(Some(name), id);
+            }
+            Err(SendError::BodyTooLarge(limit)) => {
+                let error = ProxyError::BodyTooLarge(format!(
+                    "the request body crossed max_body_bytes {limit} while streaming to {replica}; the upstream request was aborted"
+                ));
+                warn!("request {id}: 413: {}", error.message());
+                return error.closing_response(Some(name), id);
+            }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
             }

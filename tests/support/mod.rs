@@ -32,6 +32,8 @@ pub struct Upstream {
 #[derive(Default)]
 struct UpstreamState {
     hits: AtomicUsize,
+    /// TCP connections accepted so far.
+    connections: AtomicUsize,
     in_flight: AtomicUsize,
     status: AtomicU16,
     delay_ms: AtomicU64,
@@ -51,10 +53,14 @@ impl Upstream {
         let state = Arc::new(UpstreamState::default());
         state.status.store(200, Ordering::SeqCst);
         let shared = web::Data::from(Arc::clone(&state));
+        let counted = Arc::clone(&state);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
                 .default_service(web::to(answer))
+        })
+        .on_connect(move |_, _| {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
         })
         .workers(1)
         .disable_signals()
@@ -79,6 +85,11 @@ impl Upstream {
     /// Requests received so far.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Requests being answered now.

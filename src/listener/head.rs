@@ -1,0 +1,245 @@
+//! The strict checks every request head passes before it is routed, on top
+//! of what the HTTP parser already refuses (see SECURITY.md, "HTTP parsing"):
+//! the head's size, header values that are not UTF-8, header names that
+//! spell a framing header with other separators, a `Content-Length` over
+//! the body limit, and an absolute-form target whose authority is not the
+//! `Host`. One pass over the parsed headers; nothing is allocated
+//! unless the target is in absolute form.
+
+use actix_web::http::header::{CONTENT_LENGTH, HOST};
+use actix_web::http::uri::{Authority, Uri};
+use actix_web::HttpRequest;
+
+use crate::config::ListenerLimits;
+use crate::error::ProxyError;
+
+/// `": "` between name and value and the line's CRLF.
+const HEADER_LINE_OVERHEAD: usize = 4;
+/// `" HTTP/1.1\r\n"` after the target, and the space before it.
+const REQUEST_LINE_OVERHEAD: usize = 12;
+
+/// Refuses a request head that breaks `limits` or could be read two ways:
+/// 431 when the request line and headers exceed `max_header_bytes`, 413
+/// when `Content-Length` exceeds `max_body_bytes`, 400 for a header value
+/// that is not valid UTF-8, for a framing-header lookalike
+/// (`Transfer_Encoding`) and for an absolute-form target
+/// (`GET http://a/ HTTP/1.1`) whose authority differs from `Host`.
+pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    let mut size = req.method().as_str().len() + target_len(uri) + REQUEST_LINE_OVERHEAD;
+    let (mut not_utf8, mut lookalike) = (None, None);
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + HEADER_LINE_OVERHEAD;
+        let bytes = value.as_bytes();
+        if not_utf8.is_none() && !bytes.is_ascii() && std::str::from_utf8(bytes).is_err() {
+            not_utf8 = Some(name);
+        }
+        if lookalike.is_none() && is_framing_lookalike(name.as_str()) {
+            lookalike = Some(name);
+        }
+    }
+    if size > limits.max_header_bytes as usize {
+        return Err(ProxyError::HeadersTooLarge(format!(
+            "the request line and headers take about {size} bytes, over max_header_bytes {}",
+            limits.max_header_bytes
+        )));
+    }
+    if let Some(name) = not_utf8 {
+        return Err(ProxyError::BadRequest(format!(
+            "the value of header {name} is not valid UTF-8"
+        )));
+    }
+    if let Some(name) = lookalike {
+        return Err(ProxyError::BadRequest(format!(
+            "header {name} has the letters of Content-Length or Transfer-Encoding; servers that fold '_' or repeated '-' would frame the body by it"
+        )));
+    }
+    if let (Some(limit), Some(length)) = (limits.max_body_bytes, content_length(req)) {
+        if length > limit {
+            return Err(ProxyError::BodyTooLarge(format!(
+                "the request body of {length} bytes (Content-Length) is over max_body_bytes {limit}"
+            )));
+        }
+    }
+    if let Some(authority) = uri.authority() {
+        let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+        if !host.is_some_and(|host| same_authority(uri, authority, host)) {
+            return Err(ProxyError::BadRequest(format!(
+                "the request target names {authority} but the Host header is {}",
+                host.unwrap_or("missing or unreadable")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` (lowercase, as parsed) spells `content-length` or
+/// `transfer-encoding` with other separators (`transfer_encoding`,
+/// `content--length`) without being it.
+fn is_framing_lookalike(name: &str) -> bool {
+    const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
+    let letters = |text: &'static str| text.bytes().filter(u8::is_ascii_alphanumeric);
+    FRAMING.iter().any(|framing| {
+        name != *framing
+            && name.len() >= framing.len()
+            && name
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .eq(letters(framing))
+    })
+}
+
+/// The length of the request target as it was on the request line.
+fn target_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + "://".len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
+}
+
+fn content_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `host` (a Host header) names the same host and port as the
+/// target's `authority`, the scheme's default port standing in for none.
+fn same_authority(uri: &Uri, authority: &Authority, host: &str) -> bool {
+    let Ok(host) = host.parse::<Authority>() else {
+        return false;
+    };
+    let default_port = match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => 443,
+        _ => 80,
+    };
+    !host.as_str().contains('@')
+        && host.host().eq_ignore_ascii_case(authority.host())
+        && host.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use actix_web::test::TestRequest;
+
+    fn limits() -> ListenerLimits {
+        ListenerLimits {
+            max_header_bytes: 2048,
+            max_body_bytes: Some(100),
+            ..ListenerLimits::default()
+        }
+    }
+
+    fn status(req: TestRequest) -> u16 {
+        match check_head(&req.to_http_request(), &limits()) {
+            Ok(()) => 200,
+            Err(error) => error.status().as_u16(),
+        }
+    }
+
+    #[test]
+    fn an_ordinary_request_passes() {
+        let req = TestRequest::get()
+            .uri("/api/v1/items?page=2")
+            .insert_header(("host", "budgeting"))
+            .insert_header(("x-name", "Zoë"))
+            .insert_header(("content-length", "100"));
+        assert_eq!(status(req), 200);
+    }
+
+    #[test]
+    fn a_head_over_max_header_bytes_is_431() {
+        let just_under = "a".repeat(2048 - 200);
+        assert_eq!(
+            status(TestRequest::get().insert_header(("x-big", just_under.as_str()))),
+            200
+        );
+        let over = "a".repeat(2048);
+        assert_eq!(
+            status(TestRequest::get().insert_header(("x-big", over.as_str()))),
+            431
+        );
+        let many = (0..100).fold(TestRequest::get(), |req, i| {
+            req.append_header(("x-many", format!("value-{i:04}-padding")))
+        });
+        assert_eq!(status(many), 431, "many small headers add up");
+        let long_target = format!("/{}", "p".repeat(2048));
+        assert_eq!(status(TestRequest::get().uri(&long_target)), 431);
+    }
+
+    #[test]
+    fn a_content_length_over_max_body_bytes_is_413() {
+        let req = TestRequest::post().insert_header(("content-length", "101"));
+        assert_eq!(status(req), 413);
+        let unlimited = ListenerLimits::default();
+        let req = TestRequest::post()
+            .insert_header(("content-length", "99999999999"))
+            .to_http_request();
+        assert_eq!(check_head(&req, &unlimited), Ok(()));
+    }
+
+    #[test]
+    fn header_values_that_are_not_utf8_are_400() {
+        let bad = HeaderValue::from_bytes(b"caf\xe9").expect("obs-text is a valid value");
+        assert_eq!(
+            status(TestRequest::get().insert_header(("x-name", bad))),
+            400
+        );
+        let overlong = HeaderValue::from_bytes(b"\xc0\xaf").expect("value");
+        assert_eq!(
+            status(TestRequest::get().insert_header(("x-path", overlong))),
+            400
+        );
+    }
+
+    #[test]
+    fn framing_header_lookalikes_are_400() {
+        for name in [
+            "transfer_encoding",
+            "transfer---encoding",
+            "content_length",
+            "-content-length",
+        ] {
+            assert_eq!(
+                status(TestRequest::get().insert_header((name, "chunked"))),
+                400,
+                "{name}"
+            );
+        }
+        for name in [
+            "content-length-x",
+            "x-content-length",
+            "transfer-encodings",
+            "content-type",
+        ] {
+            assert!(!is_framing_lookalike(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_must_name_the_host() {
+        let absolute = |target: &str, host: Option<&str>| {
+            let req = TestRequest::get().uri(target);
+            status(match host {
+                Some(host) => req.insert_header(("host", host)),
+                None => req,
+            })
+        };
+        assert_eq!(absolute("http://budgeting/a", Some("budgeting")), 200);
+        assert_eq!(absolute("http://Budgeting:80/a", Some("budgeting")), 200);
+        assert_eq!(
+            absolute("http://budgeting:8080/a", Some("budgeting:8080")),
+            200
+        );
+        assert_eq!(absolute("http://budgeting/a", Some("admin")), 400);
+        assert_eq!(absolute("http://budgeting/a", Some("budgeting:8080")), 400);
+        assert_eq!(absolute("http://budgeting/a", Some("x@budgeting")), 400);
+        assert_eq!(absolute("http://budgeting/a", None), 400);
+    }
+}

@@ -1,0 +1,132 @@
+//! What the two proxy listeners (outbound, inbound) share about serving
+//! HTTP to clients they do not trust: one server builder that applies
+//! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
+//! worker), the strict checks of each request head, the request body limit,
+//! and the open-files limit raised at start.
+
+mod body;
+mod framing;
+mod front;
+mod head;
+mod stream;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_http::body::MessageBody;
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, Protocol, Request, Response};
+use actix_rt::net::TcpStream;
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::{AppConfig, Server};
+use log::{info, warn};
+
+pub use body::{BodyError, LimitedPayload};
+pub use front::Front;
+pub use head::check_head;
+
+use stream::ClientStream;
+
+/// Connections the kernel queues before they are accepted.
+const BACKLOG: u32 = 1024;
+
+/// How long a client whose connection is closing gets to take the last
+/// bytes before the socket is dropped.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binds the listener of `front` at `bind` and applies its limits to every
+/// client connection, whose bytes pass the bare-LF check before the parser
+/// (refusals counted in `http_heads_refused_total`); `factory` builds each
+/// worker's app. The server runs once awaited or spawned; it stops on its
+/// handle (signals are the caller's).
+pub fn serve<F, I, S, B>(
+    front: &Front,
+    bind: SocketAddr,
+    shutdown_secs: u64,
+    factory: F,
+) -> io::Result<(Server, Vec<SocketAddr>)>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let (name, limits) = (front.listener, &front.limits);
+    let builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(shutdown_secs)
+        .max_concurrent_connections(limits.max_connections as usize);
+    let stopping = builder.graceful_shutdown_signal();
+    let (header_timeout, keep_alive) = (limits.client_header_timeout, limits.keep_alive);
+    let refused = front
+        .metrics()
+        .http_heads_refused
+        .with_label_values(&[name, "bare_lf"]);
+    let socket = listen(bind)?;
+    let addrs = vec![socket.local_addr()?];
+    let builder = builder.listen(name, socket, move || {
+        let (stopping, refused) = (stopping.clone(), refused.clone());
+        let app = factory()
+            .into_factory()
+            .map_err(|err| err.into().error_response());
+        let accept = fn_service(move |io: TcpStream| {
+            let peer = io.peer_addr().ok();
+            let io = ClientStream::new(io, name, peer, refused.clone(), header_timeout);
+            std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
+        });
+        let http = HttpService::build()
+            .graceful_shutdown_signal(move || {
+                let stopping = stopping.clone();
+                async move { stopping.notified().await }
+            })
+            .keep_alive(keep_alive)
+            .client_request_timeout(header_timeout)
+            .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+            // The app config only feeds `connection_info()` fallbacks, which
+            // the proxies do not use: they route on the request's own target.
+            .finish(map_config(app, |_| AppConfig::default()));
+        accept.and_then(http)
+    })?;
+    Ok((builder.run(), addrs))
+}
+
+/// A listening socket at `bind` (address reuse on, as servers do, so a
+/// restart does not wait for old connections' TIME_WAIT).
+fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = match bind {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(bind)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so
+/// thousands of client connections do not run out of descriptors; logs
+/// the limit in force and warns when `connections` (what the listeners
+/// may hold at once) exceed it.
+pub fn raise_open_files_limit(connections: u64) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(err) => {
+            warn!("cannot read or raise the open-files limit (RLIMIT_NOFILE): {err}");
+            return;
+        }
+    };
+    info!("open-files limit (RLIMIT_NOFILE): {limit}; the listeners may hold {connections} client connections");
+    if connections > limit {
+        warn!(
+            "the listeners may hold {connections} client connections (max_connections x workers) but only {limit} files may be open: lower max_connections or raise the hard limit (ulimit -Hn)"
+        );
+    }
+}

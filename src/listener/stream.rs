@@ -1,0 +1,149 @@
+//! A client connection whose incoming bytes pass [`Framing`] before the
+//! HTTP parser reads them, and whose later request heads get the same
+//! `client_header_timeout` the parser gives the first one (it times only
+//! that: a client could otherwise trickle every later head forever).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_rt::net::TcpStream;
+use log::warn;
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::framing::{Framing, Verdict};
+
+/// One client's TCP connection, scanned as it is read.
+pub struct ClientStream {
+    io: TcpStream,
+    framing: Framing,
+    listener: &'static str,
+    peer: Option<SocketAddr>,
+    refused: IntCounter,
+    header_timeout: Duration,
+    /// The deadline of the later head under way; made on first use, then reset.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timing: bool,
+}
+
+impl ClientStream {
+    /// Wraps a connection accepted by `listener` from `peer`; `refused`
+    /// counts the heads poisoned on it; each later head must arrive within
+    /// `header_timeout` of its first byte.
+    pub fn new(
+        io: TcpStream,
+        listener: &'static str,
+        peer: Option<SocketAddr>,
+        refused: IntCounter,
+        header_timeout: Duration,
+    ) -> ClientStream {
+        ClientStream {
+            io,
+            framing: Framing::default(),
+            listener,
+            peer,
+            refused,
+            header_timeout,
+            deadline: None,
+            timing: false,
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.peer
+            .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
+    }
+
+    /// Starts or stops the later-head deadline as the scan says; an error
+    /// once it has passed.
+    fn time_later_head(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let under_way = self.framing.later_head_under_way();
+        if under_way && !self.timing {
+            let at = Instant::now() + self.header_timeout;
+            match &mut self.deadline {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        self.timing = under_way;
+        let expired = self.timing
+            && self
+                .deadline
+                .as_mut()
+                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if !expired {
+            return Ok(());
+        }
+        warn!(
+            "{} listener: {} did not finish a request head within client_header_timeout {}ms; connection closed",
+            self.listener,
+            self.peer(),
+            self.header_timeout.as_millis()
+        );
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request head not finished within client_header_timeout",
+        ))
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            if let Verdict::BareLf(_) = this.framing.scan(&mut buf.filled_mut()[before..]) {
+                this.refused.inc();
+                warn!(
+                    "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
+                    this.listener,
+                    this.peer()
+                );
+            }
+        }
+        if let Err(err) = this.time_later_head(cx) {
+            return Poll::Ready(Err(err));
+        }
+        read
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
