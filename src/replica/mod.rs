@@ -80,7 +80,7 @@ pub enum UpstreamError {
     Timeout,
     /// The connection closed or reset before a response head arrived.
     Reset,
-    /// The connection broke or the answer was not valid HTTP.
+    /// The answer was not valid HTTP, or its body broke off.
     Protocol,
 }
 
@@ -143,6 +143,16 @@ impl Lease {
     /// The replica this call goes to.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
+    }
+
+    /// Reports that the answer's body broke off after its head was
+    /// reported: the call counts as a failure (`protocol`) after all.
+    pub fn report_broken_body(&self) {
+        self.endpoint.actor.do_send(Outcome {
+            answer: Answer::Error(UpstreamError::Protocol),
+            latency: self.started.elapsed(),
+            probe: false,
+        });
     }
 
     /// Sends the outcome to the replica actor; later reports are ignored.
