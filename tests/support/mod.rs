@@ -3,6 +3,8 @@
 //! deadline instead of sleeping.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod faults;
+
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -324,6 +326,22 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// The sum of every series of metric `name` whose labels include all of
+/// `labels` (`[("kind", "timeout")]`), in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let labelled = series.is_empty() || series.starts_with('{');
+            let matches = labels
+                .iter()
+                .all(|(key, value)| series.contains(&format!("{key}=\"{value}\"")));
+            (labelled && matches).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Sends raw bytes as one HTTP/1.1 exchange (the request should say
 /// `Connection: close`) and returns the whole answer as text.
 pub fn raw_exchange(addr: SocketAddr, request: &str) -> String {
@@ -405,14 +423,24 @@ impl SidecarProcess {
 
     /// Peak resident memory of the process so far, in bytes (VmHWM).
     pub fn peak_rss(&self) -> u64 {
+        self.memory("VmHWM")
+    }
+
+    /// Resident memory of the process now, in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        self.memory("VmRSS")
+    }
+
+    /// A size field of `/proc/<pid>/status`, in bytes.
+    fn memory(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("proc status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .expect("VmHWM")
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
     }
 
     /// Sends SIGTERM.
@@ -542,6 +570,24 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
     }
 
     /// Starts a fresh server on the same port.
