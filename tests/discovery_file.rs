@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use outrigger::Sidecar;
 use support::{
     assert_last_set_kept, client, config_with, discovery_syncs, eventually, get_json, get_text,
-    sidecar_with, status_of, TempDir, Upstream,
+    sidecar_with, status_of, swap_in, TempDir, Upstream,
 };
 
 fn discovery(path: &Path) -> String {
@@ -20,13 +20,6 @@ fn discovery(path: &Path) -> String {
         "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",
         path.display()
     )
-}
-
-/// Replaces the file the way a ConfigMap update does: a new file moved in place.
-fn swap_in(path: &Path, text: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).expect("write");
-    std::fs::rename(&next, path).expect("rename");
 }
 
 async fn file_errors(admin: &str) -> f64 {

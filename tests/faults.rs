@@ -9,13 +9,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::faults::{answer_body_start, load, load_while, Fault, FaultServer, Tally, ANSWER};
 use support::{
-    client, eventually, get_text, metric, metric_sum, sidecar_from, sidecar_with, RedisServer,
-    SidecarProcess, TempDir, Upstream,
+    client, endpoints, eventually, get_text, metric, metric_sum, sidecar_from, sidecar_with,
+    swap_in, RedisServer, SidecarProcess, TempDir, Upstream,
 };
 
 /// Concurrent clients of each load phase.
@@ -32,10 +31,11 @@ const RSS_SLACK: u64 = 2 * 1024 * 1024;
 /// faulty one, with no retries and a breaker that never opens, so each of
 /// its answers shows the fault's own status; `healthy` never sees it.
 fn services(a: &Upstream, b: &Upstream, faulty: &str) -> String {
-    let (a, b) = (a.endpoint(), b.endpoint());
+    let a_and_b = endpoints(&[a, b]);
+    let a = a.endpoint();
     format!(
         "  - name: api
-    endpoints: [\"{a}\", \"{b}\", \"{faulty}\"]
+    endpoints: [{a_and_b}, \"{faulty}\"]
     timeout: 3s
     per_try_timeout: 300ms
     retry: {{ base_delay: 1ms, max_delay: 5ms }}
@@ -411,13 +411,6 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
     );
 }
 
-/// Replaces the endpoints file as a ConfigMap update does (write, rename).
-fn swap_in(path: &Path, text: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).expect("write");
-    std::fs::rename(&next, path).expect("rename");
-}
-
 #[actix_web::test]
 async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let (a, b, c) = (
@@ -427,13 +420,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     );
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");
-    let listing = |upstreams: &[&Upstream]| {
-        let list: Vec<String> = upstreams
-            .iter()
-            .map(|u| format!("\"{}\"", u.endpoint()))
-            .collect();
-        format!("api: [{}]\n", list.join(", "))
-    };
+    let listing = |upstreams: &[&Upstream]| format!("api: [{}]\n", endpoints(upstreams));
     std::fs::write(&path, listing(&[&a, &b])).expect("write");
     let discovery = format!(
         "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",

@@ -179,6 +179,22 @@ fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io
     }))
 }
 
+/// The upstreams as a YAML flow list's items: `"127.0.0.1:1", "127.0.0.1:2"`.
+pub fn endpoints(upstreams: &[&Upstream]) -> String {
+    let list: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.endpoint()))
+        .collect();
+    list.join(", ")
+}
+
+/// Replaces a file the way a ConfigMap update does: a new file moved in place.
+pub fn swap_in(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
 /// A config for an in-process sidecar on ephemeral ports; `services` is the
 /// YAML of the `services:` list.
 pub fn config(services: &str) -> Config {
