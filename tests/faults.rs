@@ -57,7 +57,8 @@ struct Outcome {
     during: Tally,
     /// The load on `healthy` meanwhile.
     healthy: Tally,
-    /// `lone`'s answers meanwhile: status and `x-outrigger` reason.
+    /// `lone`'s answers meanwhile: status and `x-outrigger` reason, or 0
+    /// and `no answer` or `cut`.
     lone: Vec<(u16, String)>,
     /// `/metrics` once the replica was healthy again.
     metrics: String,
@@ -90,7 +91,7 @@ async fn survive(fault: Option<Fault>) -> Outcome {
     let lone = async {
         let mut answers = Vec::new();
         for _ in 0..3 {
-            let Ok(response) = client().get(format!("{base}/lone/x")).send().await else {
+            let Ok(mut response) = client().get(format!("{base}/lone/x")).send().await else {
                 answers.push((0, "no answer".to_string()));
                 continue;
             };
@@ -100,7 +101,11 @@ async fn survive(fault: Option<Fault>) -> Outcome {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            answers.push((response.status().as_u16(), reason));
+            let answer = match response.body().await {
+                Ok(_) => (response.status().as_u16(), reason),
+                Err(_) => (0, "cut".to_string()),
+            };
+            answers.push(answer);
         }
         answers
     };
@@ -289,6 +294,11 @@ async fn a_replica_that_resets_in_the_middle_of_its_body() {
     // flight), and one, the failed probe, before it opens again from
     // half-open. Were cut answers counted as the 200s their heads said,
     // the breaker would never open and a third of all requests would be cut.
+    assert!(
+        outcome.lone.iter().all(|(status, _)| *status == 0),
+        "never a short body taken as whole: {:?}",
+        outcome.lone
+    );
     let broken = during.cut + during.unanswered;
     assert_eq!(during.failed(), broken, "{during:?}");
     assert!(broken >= 1, "{during:?}");
