@@ -98,10 +98,18 @@ struct Plan {
     clients: usize,
 }
 
-/// The request kinds, sent in turn by every client.
-const KINDS: [&str; 4] = [
+/// The request kinds, sent in turn by every client: one in ten is for the
+/// rate-limited route, so most of its answers are 429s without those
+/// drowning the rest.
+const KINDS: [&str; 10] = [
     "outbound_get",
+    "inbound_cached",
     "outbound_post",
+    "outbound_get",
+    "inbound_cached",
+    "outbound_post",
+    "outbound_get",
+    "inbound_cached",
     "inbound_cached",
     "inbound_limited",
 ];

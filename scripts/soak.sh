@@ -84,9 +84,9 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
 started redis $!
 
 replica_ports=()
-start_replica() { # index port
-  "$soak_bin" replica --port "$2" >>"$out/replica-$1.log" 2>&1 &
-  started "replica-$1" $!
+start_replica() { # index port; detached, so killing it is not reported as a job
+  ( "$soak_bin" replica --port "$2" >>"$out/replica-$1.log" 2>&1 &
+    started "replica-$1" $! )
 }
 for i in 0 1 2; do
   replica_ports[$i]=$(free_port)
@@ -137,10 +137,14 @@ log "soaking for ${duration}s; output in $out"
 load_pid=$!
 started load "$load_pid"
 
-# One fault every FAULT_EVERY seconds, in turn; each ends before the next.
+# A fault every FAULT_EVERY seconds from the start of the load, in turn;
+# each ends before the next begins.
 inject_faults() {
-  local n=0
-  while sleep "$FAULT_EVERY"; do
+  local n=0 start
+  start=$(date +%s)
+  while :; do
+    local wait=$(( start + (n + 1) * FAULT_EVERY - $(date +%s) ))
+    [ "$wait" -le 0 ] || sleep "$wait"
     case $((n % 3)) in
       0) echo "$(date -u +%T) kill replica 0, restart it 5 s later" >>"$out/faults.log"
          kill -KILL "$(cat "$out/pids/replica-0")" 2>/dev/null || true
