@@ -52,7 +52,7 @@ fn services(a: &Upstream, b: &Upstream, faulty: &str) -> String {
 }
 
 /// What one fault did, for the assertions of its test.
-struct Outcome {
+struct FaultReport {
     /// The load on `api` while the fault lasted.
     during: Tally,
     /// The load on `healthy` meanwhile.
@@ -66,11 +66,11 @@ struct Outcome {
 
 /// Runs the whole story for one fault (`None`: the replica is killed and
 /// nothing listens on its port) and checks what every fault shares.
-async fn survive(fault: Option<Fault>) -> Outcome {
+async fn survive(fault: Option<Fault>) -> FaultReport {
     let (a, b) = (Upstream::start().await, Upstream::start().await);
     let third = Upstream::start().await;
-    let port = third.endpoint();
-    let sidecar = SidecarProcess::start(&services(&a, &b, &port)).await;
+    let faulty_addr = third.endpoint();
+    let sidecar = SidecarProcess::start(&services(&a, &b, &faulty_addr)).await;
     let base = format!("http://{}", sidecar.outbound);
     let get = |path: &'static str| {
         let base = base.clone();
@@ -85,7 +85,7 @@ async fn survive(fault: Option<Fault>) -> Outcome {
     // The fault: the third replica dies; a faulty server takes its port.
     third.stop().await;
     let faulty = match fault {
-        Some(fault) => Some(FaultServer::start_at(&port, fault).await),
+        Some(fault) => Some(FaultServer::start_at(&faulty_addr, fault).await),
         None => None,
     };
     let lone = async {
@@ -127,7 +127,7 @@ async fn survive(fault: Option<Fault>) -> Outcome {
     }
 
     // The replica comes back healthy on its port and gets traffic again.
-    let back = Upstream::start_at(&port).await;
+    let back = Upstream::start_at(&faulty_addr).await;
     let url = format!("{base}/api/x");
     eventually("the restored replica serves again", || async {
         support::status_of(&url).await == Some(200) && back.hits() >= 3
@@ -160,7 +160,7 @@ async fn survive(fault: Option<Fault>) -> Outcome {
         ended >> 10,
         resting >> 10
     );
-    Outcome {
+    FaultReport {
         during,
         healthy,
         lone,
@@ -208,14 +208,14 @@ fn transitions(metrics: &str, from: &str, to: &str) -> f64 {
 }
 
 /// Every `lone` answer was `status` with `reason`.
-fn assert_lone(outcome: &Outcome, status: u16, reason: &str) {
+fn assert_lone(outcome: &FaultReport, status: u16, reason: &str) {
     let expected = vec![(status, reason.to_string()); 3];
     assert_eq!(outcome.lone, expected);
 }
 
 /// Retries hid the fault from `api`'s callers, and its breaker opened and
 /// closed again.
-fn assert_hidden_by_retries(outcome: &Outcome, kind: &str) {
+fn assert_hidden_by_retries(outcome: &FaultReport, kind: &str) {
     let metrics = &outcome.metrics;
     assert_eq!(outcome.during.failed(), 0, "{:?}", outcome.during);
     assert!(errors(metrics, "api", kind) >= 3.0, "{metrics}");
