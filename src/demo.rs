@@ -61,8 +61,10 @@ pub fn run(options: DemoOptions) -> ExitCode {
         let passed = if options.once {
             tour(&demo).await
         } else {
+            // Listen before printing: whoever reads the guide may signal at once.
+            let mut signals = crate::cli::StopSignals::new()?;
             print_guide(&demo);
-            crate::cli::StopSignals::new()?.next().await;
+            signals.next().await;
             true
         };
         demo.stop().await;

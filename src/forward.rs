@@ -188,10 +188,19 @@ impl From<SendRequestError> for SendError {
     }
 }
 
-/// Streams the replica's answer back; `guard` (the call's lease and
-/// concurrency slot) lives until the body ends, so the call counts as in
-/// flight while it streams.
-pub fn respond<G: Unpin + 'static>(upstream: UpstreamResponse, guard: G) -> HttpResponse {
+/// What an answer holds while its body streams (the call's lease, a
+/// concurrency slot), so the call counts as in flight until the body ends;
+/// told when the body breaks off.
+pub trait StreamGuard: Unpin + 'static {
+    /// The body broke off after the head was passed on (the caller sees the
+    /// answer cut). Nothing by default.
+    fn broke(&mut self, _error: &PayloadError) {}
+}
+
+impl StreamGuard for () {}
+
+/// Streams the replica's answer back; `guard` lives until the body ends.
+pub fn respond<G: StreamGuard>(upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let mut response = HttpResponse::build(upstream.status());
     let headers = upstream.headers();
     for (name, value) in headers.iter() {
@@ -205,7 +214,7 @@ pub fn respond<G: Unpin + 'static>(upstream: UpstreamResponse, guard: G) -> Http
         .and_then(|v| v.parse::<u64>().ok());
     let body = GuardedBody {
         body: upstream,
-        _guard: guard,
+        guard,
     };
     match length {
         Some(length) => response.body(SizedStream::new(length, body)),
@@ -213,21 +222,27 @@ pub fn respond<G: Unpin + 'static>(upstream: UpstreamResponse, guard: G) -> Http
     }
 }
 
-/// A response body stream that holds its guard until it ends.
+/// A response body stream that holds its guard until it ends, and tells
+/// it when the body breaks.
 struct GuardedBody<S, G> {
     body: S,
-    _guard: G,
+    guard: G,
 }
 
 impl<S, G> Stream for GuardedBody<S, G>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
-    G: Unpin,
+    G: StreamGuard,
 {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.get_mut().body).poll_next(cx)
+        let this = self.get_mut();
+        let item = Pin::new(&mut this.body).poll_next(cx);
+        if let Poll::Ready(Some(Err(error))) = &item {
+            this.guard.broke(error);
+        }
+        item
     }
 }
 

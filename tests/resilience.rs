@@ -7,15 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{client, get_text, metric, sidecar, status_of, Upstream};
-
-fn endpoints(upstreams: &[&Upstream]) -> String {
-    let list: Vec<String> = upstreams
-        .iter()
-        .map(|u| format!("\"{}\"", u.endpoint()))
-        .collect();
-    list.join(", ")
-}
+use support::{client, endpoints, get_text, metric, sidecar, status_of, Upstream};
 
 #[actix_web::test]
 async fn a_replica_answering_503_is_invisible_to_the_app() {

@@ -165,7 +165,7 @@ impl Cache {
     }
 
     /// Answers a miss with the app's `response`, storing it when it may be kept.
-    pub async fn complete<G: Unpin + 'static>(
+    pub async fn complete<G: crate::forward::StreamGuard>(
         &self,
         fill: Fill,
         response: UpstreamResponse,

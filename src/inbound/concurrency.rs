@@ -101,6 +101,9 @@ impl InFlightCaps {
     }
 }
 
+/// The app's body breaking off is the app's to report.
+impl crate::forward::StreamGuard for Slot {}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Ok(mut routes) = self.caps.per_route.lock() {

@@ -212,7 +212,7 @@ fn finish_limited(mut response: HttpResponse, verdict: Option<Verdict>) -> HttpR
     response
 }
 
-async fn forward_to_app<G: Unpin + 'static>(
+async fn forward_to_app<G: forward::StreamGuard>(
     worker: &Worker,
     gate: &Gate,
     req: &HttpRequest,

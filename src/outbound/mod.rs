@@ -16,6 +16,7 @@ use actix::prelude::*;
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
+use awc::error::PayloadError;
 use log::{debug, info, warn};
 use rand::Rng;
 
@@ -196,7 +197,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Ok(lease) => lease,
             Err(error) => {
                 if let Some(previous) = previous {
-                    return previous.into_response(slot, name, id);
+                    return previous.into_response(slot, name, request_id);
                 }
                 warn!("request {id}: 503: {}", error.message());
                 return error.response(Some(name), id);
@@ -253,12 +254,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && retry::answer_is_retried(answer, retry);
         if !again {
             log_if_slow(name, policy, &attempt.endpoint, started, id);
-            return attempt.into_response(slot, name, id);
+            return attempt.into_response(slot, name, request_id);
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
-            return attempt.into_response(slot, name, id);
+            return attempt.into_response(slot, name, request_id);
         }
         let spread = rand::rng().random_range(-1.0..=1.0);
         let delay = attempt
@@ -266,7 +267,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             .unwrap_or_else(|| retry::backoff(tries, retry, spread));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
-            return attempt.into_response(slot, name, id);
+            return attempt.into_response(slot, name, request_id);
         }
         info!(
             "request {id}: retrying {name} in {}ms after {answer:?} from {}",
@@ -355,7 +356,7 @@ async fn tunnel(
                 endpoint,
                 bound,
             }
-            .into_response(slot, name, id)
+            .into_response(slot, name, request_id)
         }
     }
 }
@@ -378,10 +379,18 @@ impl Try {
     }
 
     /// The app's answer: the replica's response streamed back, or our error.
-    fn into_response(self, slot: InFlight, name: &str, id: &str) -> HttpResponse {
+    fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
+        let id = id_str(request_id);
         let replica = format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
-            Ok(response) => return forward::respond(response, (self.lease, slot)),
+            Ok(response) => {
+                let streaming = Streaming {
+                    lease: self.lease,
+                    _slot: slot,
+                    request_id: request_id.clone(),
+                };
+                return forward::respond(response, streaming);
+            }
             Err(SendError::BadRequest(message)) => {
                 warn!("request {id}: 400: {message}");
                 return ProxyError::BadRequest(message).closing_response(Some(name), id);
@@ -416,6 +425,27 @@ impl Try {
             error.message()
         );
         error.response(Some(name), id)
+    }
+}
+
+/// What an outbound answer holds while its body streams: the lease on the
+/// replica and the service's concurrency slot.
+struct Streaming {
+    lease: Lease,
+    _slot: InFlight,
+    request_id: HeaderValue,
+}
+
+impl forward::StreamGuard for Streaming {
+    fn broke(&mut self, error: &PayloadError) {
+        let endpoint = self.lease.endpoint();
+        warn!(
+            "request {}: {}/{}: the answer broke off mid-body: {error}",
+            id_str(&self.request_id),
+            endpoint.service,
+            endpoint.address
+        );
+        self.lease.report_broken_body();
     }
 }
 

@@ -26,13 +26,15 @@ pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
         )
 }
 
-/// Whether `answer` is one of the conditions `config` retries.
+/// Whether `answer` is one of the conditions `config` retries. An answer
+/// that is not valid HTTP counts as the 502 the caller would get for it.
 pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
     let condition = match answer {
         Answer::Status(status) => RetryOn::Status(status),
         Answer::Error(UpstreamError::Connect | UpstreamError::Reset) => RetryOn::ConnectError,
         Answer::Error(UpstreamError::Timeout) => RetryOn::Timeout,
-        Answer::Error(UpstreamError::Protocol) | Answer::Cancelled => return false,
+        Answer::Error(UpstreamError::Protocol) => RetryOn::Status(502),
+        Answer::Cancelled => return false,
     };
     config.on.contains(&condition)
 }
@@ -247,13 +249,21 @@ mod tests {
             Answer::Error(UpstreamError::Timeout),
             &config
         ));
+        assert!(
+            answer_is_retried(Answer::Error(UpstreamError::Protocol), &config),
+            "invalid HTTP is retried as the 502 it becomes"
+        );
         assert!(!answer_is_retried(Answer::Status(500), &config));
         assert!(!answer_is_retried(Answer::Status(200), &config));
+        assert!(!answer_is_retried(Answer::Cancelled, &config));
+        let without_502 = RetryConfig {
+            on: vec![RetryOn::ConnectError, RetryOn::Timeout],
+            ..config
+        };
         assert!(!answer_is_retried(
             Answer::Error(UpstreamError::Protocol),
-            &config
+            &without_502
         ));
-        assert!(!answer_is_retried(Answer::Cancelled, &config));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub enum UpstreamError {
     Timeout,
     /// The connection closed or reset before a response head arrived.
     Reset,
-    /// The connection broke or the answer was not valid HTTP.
+    /// The answer was not valid HTTP, or its body broke off.
     Protocol,
 }
 
@@ -153,6 +153,16 @@ impl Lease {
     /// The replica this call goes to.
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
+    }
+
+    /// Reports that the answer's body broke off after its head was
+    /// reported: the call counts as a failure (`protocol`) after all, and
+    /// a half-open probe as a failed one.
+    pub fn report_broken_body(&self) {
+        self.endpoint.actor.do_send(BodyBroke {
+            latency: self.started.elapsed(),
+            probe: self.admission == Admission::Probe,
+        });
     }
 
     /// Sends the outcome to the replica actor; later reports are ignored.
@@ -281,6 +291,18 @@ impl Replica {
         }
     }
 
+    /// Counts one answer and feeds it to the latency average and the
+    /// breaker; returns the transition it causes, to [`Replica::apply`].
+    fn record(&mut self, answer: Answer, latency: Duration, probe: bool) -> Option<Transition> {
+        self.count_answer(answer);
+        let result = answer.call_result();
+        if result != CallResult::Cancelled {
+            self.ewma.observe(answer.latency_sample(latency));
+            self.endpoint.status.publish_ewma(self.ewma.micros());
+        }
+        self.breaker.record(result, probe, Instant::now())
+    }
+
     fn apply(&mut self, transition: Transition, ctx: &mut Context<Self>) {
         let Transition { from, to } = transition;
         let permits = if to == BreakerState::HalfOpen {
@@ -375,18 +397,33 @@ impl Handler<Outcome> for Replica {
     type Result = ();
 
     fn handle(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        self.count_answer(outcome.answer);
-        let result = outcome.answer.call_result();
-        if result != CallResult::Cancelled {
-            self.ewma
-                .observe(outcome.answer.latency_sample(outcome.latency));
-            self.endpoint.status.publish_ewma(self.ewma.micros());
-        }
-        let transition = self.breaker.record(result, outcome.probe, Instant::now());
+        let transition = self.record(outcome.answer, outcome.latency, outcome.probe);
         if outcome.probe {
             self.endpoint.status.return_probe_permit();
         }
         if let Some(transition) = transition {
+            self.apply(transition, ctx);
+        }
+    }
+}
+
+/// A call whose answer head was reported lost the rest of its body; sent
+/// by the handler's [`Lease`]. The probe permit was returned with the head.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BodyBroke {
+    /// Time until the body broke.
+    pub latency: Duration,
+    /// Whether the call was a half-open probe.
+    pub probe: bool,
+}
+
+impl Handler<BodyBroke> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, broke: BodyBroke, ctx: &mut Context<Self>) {
+        let answer = Answer::Error(UpstreamError::Protocol);
+        if let Some(transition) = self.record(answer, broke.latency, broke.probe) {
             self.apply(transition, ctx);
         }
     }

@@ -3,6 +3,7 @@
 //! deadline instead of sleeping.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod faults;
 pub mod registry;
 
 use std::future::Future;
@@ -190,6 +191,22 @@ fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io
     }))
 }
 
+/// The upstreams as a YAML flow list's items: `"127.0.0.1:1", "127.0.0.1:2"`.
+pub fn endpoints(upstreams: &[&Upstream]) -> String {
+    let list: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.endpoint()))
+        .collect();
+    list.join(", ")
+}
+
+/// Replaces a file the way a ConfigMap update does: a new file moved in place.
+pub fn swap_in(path: &std::path::Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
 /// A config for an in-process sidecar on ephemeral ports; `services` is the
 /// YAML of the `services:` list.
 pub fn config(services: &str) -> Config {
@@ -276,13 +293,6 @@ pub async fn post_json(url: &str) -> (u16, Value) {
     let body = response.body().limit(16 << 20).await.expect("a body");
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (response.status().as_u16(), json)
-}
-
-/// Replaces a file the way a ConfigMap update does: a new file moved in place.
-pub fn swap_in(path: &std::path::Path, text: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).expect("write");
-    std::fs::rename(&next, path).expect("rename");
 }
 
 /// Starts a sidecar in this process from the config file at `path` (no
@@ -415,6 +425,22 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// The sum of every series of metric `name` whose labels include all of
+/// `labels` (`[("kind", "timeout")]`), in a Prometheus text exposition.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let labelled = series.is_empty() || series.starts_with('{');
+            let matches = labels
+                .iter()
+                .all(|(key, value)| series.contains(&format!("{key}=\"{value}\"")));
+            (labelled && matches).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Sends raw bytes as one HTTP/1.1 exchange (the request should say
 /// `Connection: close`) and returns the whole answer as text.
 pub fn raw_exchange(addr: SocketAddr, request: &str) -> String {
@@ -497,14 +523,24 @@ impl SidecarProcess {
 
     /// Peak resident memory of the process so far, in bytes (VmHWM).
     pub fn peak_rss(&self) -> u64 {
+        self.memory("VmHWM")
+    }
+
+    /// Resident memory of the process now, in bytes (VmRSS).
+    pub fn rss(&self) -> u64 {
+        self.memory("VmRSS")
+    }
+
+    /// A size field of `/proc/<pid>/status`, in bytes.
+    fn memory(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("proc status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kb| kb * 1024)
-            .expect("VmHWM")
+            .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
     }
 
     /// Rewrites its config file (same listeners) with `services` and `extra`.
