@@ -105,14 +105,12 @@ impl Sidecar {
         if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
             let gate = Arc::new(inbound_gate(&config, inbound, &metrics)?);
             admin_gate = Some(Arc::clone(&gate));
-            let connect_timeout = config.defaults.connect_timeout;
             let (server, addrs) = inbound::server(
+                &config,
                 listener,
                 gate,
                 Arc::clone(&metrics),
-                connect_timeout,
                 shutdown_secs,
-                &config.observability,
                 spans,
             )?;
             inbound_addr = Some(first(addrs)?);
@@ -141,7 +139,11 @@ impl Sidecar {
             shutdown,
         };
         servers_started(&sidecar);
-        info!("{} services", config.services.len());
+        info!(
+            "{} services; {} workers per proxy listener",
+            config.services.len(),
+            config.workers
+        );
         Ok(sidecar)
     }
 

@@ -31,10 +31,10 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::access;
-use crate::config::{AccessLog, InboundListener, ObservabilityConfig};
+use crate::config::{AccessLog, Config, InboundListener};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
 use crate::trace::{Hop, Tracer};
@@ -62,7 +62,8 @@ struct Worker {
     gate: Arc<Gate>,
     app: String,
     timeout: Duration,
-    metrics: Arc<Metrics>,
+    /// The series of the requests answered here (service `app`).
+    requests: RequestSeries,
     in_progress: IntGauge,
     tracer: Tracer,
     access_log: AccessLog,
@@ -71,15 +72,16 @@ struct Worker {
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
 pub fn server(
+    config: &Config,
     listener: &InboundListener,
     gate: Arc<Gate>,
     metrics: Arc<Metrics>,
-    connect_timeout: Duration,
     shutdown_secs: u64,
-    observability: &ObservabilityConfig,
     spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let (app, timeout) = (listener.app.clone(), listener.timeout);
+    let connect_timeout = config.defaults.connect_timeout;
+    let observability = &config.observability;
     let tracer = Tracer {
         sample_rate: observability.tracing.sample_rate,
     };
@@ -93,7 +95,7 @@ pub fn server(
             in_progress: metrics
                 .http_requests_in_progress
                 .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
+            requests: metrics.requests(LISTENER, APP),
             tracer,
             access_log,
             spans: spans.clone(),
@@ -102,6 +104,7 @@ pub fn server(
             .app_data(web::Data::new(worker))
             .default_service(web::to(handle))
     })
+    .workers(config.workers as usize)
     .disable_signals()
     .shutdown_timeout(shutdown_secs)
     .bind(listener.bind)?;
@@ -139,11 +142,10 @@ async fn handle(
         Cors::decorate(origin.clone(), &mut response);
     }
     answering.finish(
-        &worker.metrics,
+        &worker.requests,
         worker.access_log,
         worker.spans.as_ref(),
         &req,
-        APP,
         &mut response,
     );
     worker.in_progress.dec();

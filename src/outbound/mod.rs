@@ -28,7 +28,7 @@ use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, AccessLog, Config};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, Service, ServiceTable};
@@ -42,7 +42,8 @@ struct Worker {
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<ServiceTable>,
-    metrics: Arc<Metrics>,
+    /// The series of requests that named no configured service.
+    unknown: RequestSeries,
     in_progress: IntGauge,
     tracer: Tracer,
     access_log: AccessLog,
@@ -71,7 +72,7 @@ pub fn server(
             in_progress: metrics
                 .http_requests_in_progress
                 .with_label_values(&[LISTENER]),
-            metrics: Arc::clone(&metrics),
+            unknown: metrics.requests(LISTENER, "unknown"),
             tracer,
             access_log,
             spans: spans.clone(),
@@ -80,6 +81,7 @@ pub fn server(
             .app_data(web::Data::new(worker))
             .default_service(web::to(proxy))
     })
+    .workers(config.workers as usize)
     .disable_signals()
     .shutdown_timeout(shutdown_secs)
     .bind(config.listeners.outbound)?;
@@ -126,13 +128,14 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
             (Some(service), response)
         }
     };
-    let service_label = service.as_deref().map_or("unknown", |s| &*s.name);
+    let series = service
+        .as_deref()
+        .map_or(&worker.unknown, |s| &*s.metrics.requests);
     answering.finish(
-        &worker.metrics,
+        series,
         worker.access_log,
         worker.spans.as_ref(),
         &req,
-        service_label,
         &mut response,
     );
     worker.in_progress.dec();
@@ -376,25 +379,30 @@ impl Try {
 
     /// The app's answer: the replica's response streamed back, or our error.
     fn into_response(self, slot: InFlight, name: &str, id: &str) -> HttpResponse {
-        let replica = format!("{name}/{}", self.endpoint.address);
+        // Formatted only for an error: most answers are streamed back as they are.
+        let replica = || format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
             Ok(response) => return forward::respond(response, (self.lease, slot)),
             Err(SendError::BadRequest(message)) => ProxyError::BadRequest(message),
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
-                ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
+                ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
             }
             Err(SendError::Upstream(UpstreamError::Timeout, _)) => {
                 let (key, limit) = self.bound;
                 ProxyError::Timeout(format!(
-                    "no answer from {replica} within {key} {}",
+                    "no answer from {} within {key} {}",
+                    replica(),
                     format_duration(limit)
                 ))
             }
-            Err(SendError::Upstream(UpstreamError::Reset, detail)) => ProxyError::UpstreamReset(
-                format!("{replica} closed the connection before answering: {detail}"),
-            ),
+            Err(SendError::Upstream(UpstreamError::Reset, detail)) => {
+                ProxyError::UpstreamReset(format!(
+                    "{} closed the connection before answering: {detail}",
+                    replica()
+                ))
+            }
             Err(SendError::Upstream(UpstreamError::Protocol, detail)) => {
-                ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
+                ProxyError::UpstreamProtocol(format!("{} broke the exchange: {detail}", replica()))
             }
         };
         warn!(
