@@ -11,7 +11,7 @@ use actix_web::{HttpRequest, HttpResponse};
 
 use crate::config::AccessLog;
 use crate::forward::REQUEST_ID;
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::RequestSeries;
 use crate::otlp::{Exporter, Span};
 use crate::trace::Hop;
 
@@ -45,37 +45,24 @@ impl<'a> Answering<'a> {
 
     /// Records the answer: the request id on `response`, the
     /// `http_requests_total` and `http_request_duration_seconds` series of
-    /// `service` (`unknown` when none matched, `app` inbound), and an access
-    /// line when `mode` selects it; a sampled request's span goes to
-    /// `spans` when OTLP export is on.
+    /// `series` (its service is `unknown` when none matched, `app`
+    /// inbound), and an access line when `mode` selects it; a sampled
+    /// request's span goes to `spans` when OTLP export is on.
     pub fn finish(
         &self,
-        metrics: &Metrics,
+        series: &RequestSeries,
         mode: AccessLog,
         spans: Option<&Exporter>,
         req: &HttpRequest,
-        service: &str,
         response: &mut HttpResponse,
     ) {
         response
             .headers_mut()
             .insert(REQUEST_ID.clone(), self.request_id.clone());
         let status = response.status();
-        let listener = self.listener;
-        metrics
-            .http_requests
-            .with_label_values(&[
-                listener,
-                service,
-                method_label(req.method()),
-                status.as_str(),
-            ])
-            .inc();
+        let (listener, service) = (self.listener, series.service());
         let duration = self.started.elapsed();
-        metrics
-            .http_request_duration
-            .with_label_values(&[listener, service])
-            .observe(duration.as_secs_f64());
+        series.record(req.method(), status, duration);
         let sampled = self.hop.context.sampled();
         let request_id = self.request_id.to_str().unwrap_or("-");
         if let Some(spans) = spans.filter(|_| sampled) {

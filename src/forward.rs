@@ -3,6 +3,7 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
+use std::fmt::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,12 +24,18 @@ use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
 
 /// The request-id header, accepted from the app or created here.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The scheme the caller used, as seen by the replica.
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// How long an idle pooled connection to a replica is kept.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
 /// One worker's HTTP client: pooled keep-alive connections, no default
-/// headers, no decompression, no client-wide timeout (each call sets its own).
+/// headers, no decompression, no redirects followed (a replica's 3xx goes
+/// back to the caller as it is), no client-wide timeout (each call sets its
+/// own). The pool has no connection cap of its own (`limit(0)`): each
+/// service's `concurrency.max_in_flight` already bounds the calls in
+/// flight, and a cap here would be one semaphore for every service.
 pub fn client(connect_timeout: Duration) -> Client {
     let connector = Connector::new()
         .limit(0)
@@ -37,6 +44,7 @@ pub fn client(connect_timeout: Duration) -> Client {
     Client::builder()
         .connector(connector)
         .no_default_headers()
+        .disable_redirects()
         .disable_timeout()
         .finish()
 }
@@ -203,8 +211,9 @@ impl StreamGuard for () {}
 pub fn respond<G: StreamGuard>(upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let mut response = HttpResponse::build(upstream.status());
     let headers = upstream.headers();
+    let hop_by_hop = HopByHop::of(headers);
     for (name, value) in headers.iter() {
-        if name != header::CONTENT_LENGTH && !is_hop_by_hop(name, headers) {
+        if name != header::CONTENT_LENGTH && !hop_by_hop.contains(name) {
             response.append_header((name.clone(), value.clone()));
         }
     }
@@ -287,14 +296,19 @@ fn upstream_uri(address: &str, path: &str, query: Option<&str>) -> Result<Uri, S
 }
 
 /// Copies the caller's headers for the replica as `plan` says: hop-by-hop
-/// ones dropped, `X-Forwarded-*` and `x-request-id` set.
-pub(crate) fn copy_request_headers(
+/// ones dropped, `X-Forwarded-*` and `x-request-id` set. Names and values
+/// are shared with the request, not copied; the one new allocation is the
+/// `X-Forwarded-For` list.
+pub fn copy_request_headers(
     req: &HttpRequest,
     out: &mut HeaderMap,
     plan: &HeaderPlan<'_>,
     request_id: &HeaderValue,
 ) {
     let headers = req.headers();
+    let hop_by_hop = HopByHop::of(headers);
+    // The caller's headers and the few the sidecar adds, without regrowing.
+    out.reserve(headers.len() + 4);
     let handshake_header = |name: &HeaderName| {
         plan.handshake && (*name == header::CONNECTION || *name == header::UPGRADE)
     };
@@ -317,7 +331,7 @@ pub(crate) fn copy_request_headers(
             }
             continue;
         }
-        let skip = (is_hop_by_hop(name, headers) && !handshake_header(name))
+        let skip = (hop_by_hop.contains(name) && !handshake_header(name))
             || *name == header::CONTENT_LENGTH
             || (*name == header::HOST && !plan.keep_host)
             || sidecar_owned(name);
@@ -326,20 +340,18 @@ pub(crate) fn copy_request_headers(
         }
     }
     if let Some(peer) = req.peer_addr() {
-        let peer = peer.ip().to_string();
-        let list = match forwarded_for {
-            Some(list) => format!("{list}, {peer}"),
-            None => peer,
-        };
-        if let Ok(value) = HeaderValue::from_str(&list) {
+        let mut list = forwarded_for.unwrap_or_else(|| String::with_capacity(16));
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(list, "{}", peer.ip());
+        if let Ok(value) = HeaderValue::try_from(list) {
             out.insert(header::X_FORWARDED_FOR, value);
         }
     }
-    if !out.contains_key("x-forwarded-proto") {
-        out.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+    if !out.contains_key(&X_FORWARDED_PROTO) {
+        out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !out.contains_key(&REQUEST_ID) {
         out.insert(REQUEST_ID.clone(), request_id.clone());
@@ -361,22 +373,45 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<&HeaderValue> {
 
 /// Headers that describe one connection, not the message: never forwarded.
 pub(crate) fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "proxy-connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    ) || named_in_connection(name, headers)
+    HopByHop::of(headers).contains(name)
+}
+
+/// The hop-by-hop headers of one message: the standard ones and those its
+/// `Connection` names, looked up once for all of the message's headers.
+struct HopByHop<'a> {
+    connection: &'a [HeaderValue],
+}
+
+impl<'a> HopByHop<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        HopByHop {
+            connection: headers.get_all(header::CONNECTION).as_slice(),
+        }
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "proxy-connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+        ) || named_in(self.connection, name)
+    }
 }
 
 fn named_in_connection(name: &HeaderName, headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).any(|value| {
+    named_in(headers.get_all(header::CONNECTION).as_slice(), name)
+}
+
+/// Whether one of the `Connection` values lists `name`.
+fn named_in(connection: &[HeaderValue], name: &HeaderName) -> bool {
+    connection.iter().any(|value| {
         value
             .to_str()
             .map(|tokens| {

@@ -126,12 +126,11 @@ impl Sidecar {
                 .map_err(|err| io::Error::other(err.to_string()))?;
             let gates = Arc::new(ArcSwap::from_pointee(gate));
             let (server, addrs) = inbound::server(
+                &config,
                 listener,
                 Arc::clone(&gates),
                 Arc::clone(&metrics),
-                config.defaults.connect_timeout,
                 shutdown_secs,
-                &config.observability,
                 spans,
             )?;
             inbound_addr = Some(first(addrs)?);
@@ -179,7 +178,11 @@ impl Sidecar {
             shutdown,
         };
         servers_started(&sidecar);
-        info!("{} services", config.services.len());
+        info!(
+            "{} services; {} workers per proxy listener",
+            config.services.len(),
+            config.workers
+        );
         Ok(sidecar)
     }
 
@@ -248,9 +251,9 @@ impl Sidecar {
 }
 
 /// How many client connections the proxy listeners may hold at once:
-/// `max_connections` per worker, one worker per CPU.
+/// `max_connections` per worker, `workers` workers each.
 fn client_connections(config: &Config) -> u64 {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let workers = u64::from(config.workers);
     let outbound = u64::from(config.listeners.outbound.limits.max_connections);
     let inbound = config
         .listeners

@@ -3,8 +3,13 @@
 //! (their series are deleted when the replica goes), methods are normalised,
 //! and no raw path or user id ever becomes a label.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::http::{Method, StatusCode};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Histogram buckets suited to a sidecar: 50µs to 10s.
@@ -76,9 +81,72 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
 }
 
+/// The methods whose `http_requests_total` series are kept once first used.
+const COMMON_METHODS: [Method; 6] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::HEAD,
+];
+/// The statuses whose `http_requests_total` series are kept once first used.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504,
+];
+
+/// `http_requests_total` and `http_request_duration_seconds` of one
+/// listener and service. The duration series, and the counter of each
+/// common method and status, are resolved the first time they are used and
+/// kept (so a series appears only once it counts something); any other
+/// pair is looked up in the family each time.
+pub struct RequestSeries {
+    listener: &'static str,
+    service: Arc<str>,
+    family: IntCounterVec,
+    durations: HistogramVec,
+    duration: OnceLock<Histogram>,
+    common: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RequestSeries {
+    /// The `service` label.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Counts one answer and the time it took.
+    pub fn record(&self, method: &Method, status: StatusCode, duration: Duration) {
+        self.duration
+            .get_or_init(|| {
+                self.durations
+                    .with_label_values(&[self.listener, &*self.service])
+            })
+            .observe(duration.as_secs_f64());
+        let method_index = COMMON_METHODS.iter().position(|m| m == method);
+        let status_index = COMMON_STATUSES.iter().position(|&s| s == status.as_u16());
+        let labels = || {
+            [
+                self.listener,
+                &*self.service,
+                method_label(method),
+                status.as_str(),
+            ]
+        };
+        match (method_index, status_index) {
+            (Some(m), Some(s)) => self.common[m * COMMON_STATUSES.len() + s]
+                .get_or_init(|| self.family.with_label_values(&labels()))
+                .inc(),
+            _ => self.family.with_label_values(&labels()).inc(),
+        }
+    }
+}
+
 /// The per-service series, resolved once at start.
 #[derive(Clone)]
 pub struct ServiceMetrics {
+    /// `http_requests_total` and `http_request_duration_seconds` at the outbound listener.
+    pub requests: Arc<RequestSeries>,
     /// `upstream_request_duration_seconds`.
     pub upstream_latency: prometheus::Histogram,
     /// `retries_total{outcome="success"}`.
@@ -283,9 +351,24 @@ impl Metrics {
         }
     }
 
+    /// The request series of `service` at `listener` (`outbound`, `inbound`).
+    pub fn requests(&self, listener: &'static str, service: &str) -> RequestSeries {
+        RequestSeries {
+            listener,
+            service: Arc::from(service),
+            family: self.http_requests.clone(),
+            durations: self.http_request_duration.clone(),
+            duration: OnceLock::new(),
+            common: (0..COMMON_METHODS.len() * COMMON_STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
+    }
+
     /// Resolves the series of one service's outbound side.
     pub fn service(&self, service: &str) -> ServiceMetrics {
         ServiceMetrics {
+            requests: Arc::new(self.requests("outbound", service)),
             upstream_latency: self.upstream_request_duration.with_label_values(&[service]),
             retries_succeeded: self.retries.with_label_values(&[service, "success"]),
             retries_failed: self.retries.with_label_values(&[service, "failure"]),
@@ -357,8 +440,7 @@ impl Default for Metrics {
 }
 
 /// A method as a label value: the standard ones by name, anything else `OTHER`.
-pub fn method_label(method: &actix_web::http::Method) -> &'static str {
-    use actix_web::http::Method;
+pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -376,7 +458,6 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::Method;
 
     #[test]
     fn a_replica_that_leaves_takes_its_series_with_it() {
@@ -401,6 +482,34 @@ mod tests {
             .expect("encodes");
         assert!(!text.contains("127.0.0.1:1"), "{text}");
         assert!(text.contains("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn request_series_count_common_and_unusual_answers_under_their_labels() {
+        let metrics = Metrics::new();
+        let series = metrics.requests("outbound", "api");
+        let text = || {
+            prometheus::TextEncoder::new()
+                .encode_to_string(&metrics.registry.gather())
+                .expect("encodes")
+        };
+        assert!(!text().contains("service=\"api\""), "no series before use");
+        let took = Duration::from_millis(2);
+        series.record(&Method::GET, StatusCode::OK, took);
+        series.record(&Method::GET, StatusCode::OK, took);
+        let teapot = StatusCode::from_u16(418).expect("status");
+        series.record(&Method::OPTIONS, teapot, took);
+        let count = |method: &str, status: &str| {
+            metrics
+                .http_requests
+                .with_label_values(&["outbound", "api", method, status])
+                .get()
+        };
+        assert_eq!((count("GET", "200"), count("OPTIONS", "418")), (2, 1));
+        let duration = metrics
+            .http_request_duration
+            .with_label_values(&["outbound", "api"]);
+        assert_eq!(duration.get_sample_count(), 3);
     }
 
     #[test]

@@ -447,6 +447,9 @@ fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
             next.inbound.clone_from(&running.inbound);
         }
     }
+    if keep("workers", running.workers != next.workers) {
+        next.workers = running.workers;
+    }
     if keep("redis", running.redis != next.redis) {
         next.redis.clone_from(&running.redis);
     }

@@ -661,6 +661,15 @@ async fn random_paths_and_user_ids_do_not_grow_the_series() {
     };
     random_call(0).await;
     random_call(1).await;
+    // Outcomes reach the replica's series within a batch interval of the answer.
+    let first = format!(
+        "outrigger_upstream_requests_total{{replica=\"{}\",service=\"api\",status=\"200\"}}",
+        upstream.endpoint()
+    );
+    eventually("the first call is counted at its replica", || async {
+        metric(&get_text(&format!("http://{admin}/metrics")).await, &first) == Some(1.0)
+    })
+    .await;
     let before = series().await;
     for batch in 0..100u32 {
         let calls = (0..100).map(|i| random_call(batch * 100 + i));

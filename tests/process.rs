@@ -1,5 +1,5 @@
 //! The `outrigger` binary as users run it: `check`, streaming large bodies
-//! with bounded memory, and a graceful SIGTERM.
+//! with bounded memory, its worker threads, and a graceful SIGTERM.
 
 mod support;
 
@@ -149,6 +149,38 @@ async fn fifty_mib_up_and_down_stream_through_with_bounded_memory() {
     let peak = sidecar.peak_rss();
     eprintln!("sidecar peak RSS: {} KiB", peak >> 10);
     assert!(peak < MEMORY_BOUND, "sidecar peak RSS {} MiB", peak >> 20);
+}
+
+/// Threads of `sidecar` that are actix arbiters (`actix-rt|system:0|arbiter:N`,
+/// cut to 15 characters): its listeners' workers.
+fn worker_threads(sidecar: &SidecarProcess) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", sidecar.child.id())).expect("tasks");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("actix-rt|system"))
+        .count()
+}
+
+#[actix_web::test]
+async fn workers_sets_the_outbound_threads_and_the_variable_overrides_it() {
+    let upstream = Upstream::start().await;
+    let services = format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    );
+    let env = [("LOG_LEVEL", "warn")];
+    let three = SidecarProcess::start_with(&services, "workers: 3", &env, None).await;
+    assert_eq!(
+        worker_threads(&three),
+        3 + 1,
+        "3 outbound and the admin one"
+    );
+    let url = format!("http://{}/api/x", three.outbound);
+    let status = client().get(url).send().await.expect("answer").status();
+    assert_eq!(status.as_u16(), 200);
+    let env = [("LOG_LEVEL", "warn"), ("OUTRIGGER_WORKERS", "1")];
+    let one = SidecarProcess::start_with(&services, "workers: 3", &env, None).await;
+    assert_eq!(worker_threads(&one), 1 + 1);
 }
 
 /// Waits up to `within` for the sidecar process to exit, and returns its code.

@@ -188,3 +188,26 @@ async fn host_headers_and_proxy_requests_name_the_service() {
         upstream.endpoint()
     );
 }
+
+#[actix_web::test]
+async fn a_redirect_from_a_replica_goes_back_to_the_app_unfollowed() {
+    let upstream = Upstream::start().await;
+    upstream.answer_with(302);
+    upstream.answer_header("location", "/elsewhere");
+    let sidecar = sidecar(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    // A client that does not follow redirects either, to see what the sidecar sent.
+    let app = awc::Client::builder().disable_redirects().finish();
+    let response = app
+        .get(format!("http://{}/api/old", sidecar.outbound_addr()))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 302);
+    let location = response.headers().get("location").map(|v| v.as_bytes());
+    assert_eq!(location, Some(&b"/elsewhere"[..]));
+    assert_eq!(upstream.hits(), 1, "the sidecar did not follow it");
+}

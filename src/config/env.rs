@@ -1,6 +1,6 @@
 //! Environment overrides for the common knobs, as the gateways users come
 //! from named them. They apply to `defaults` (and so to every service that
-//! does not set the key itself) and to `discovery`.
+//! does not set the key itself), to `discovery` and to the worker count.
 
 use std::time::Duration;
 
@@ -32,6 +32,11 @@ pub fn apply(
     if let Some(d) = seconds(env, "SERVICE_REFRESH_INTERVAL", problems) {
         discovery.refresh = d;
     }
+}
+
+/// `OUTRIGGER_WORKERS`: the listeners' worker count, over the file's `workers`.
+pub fn workers(env: &dyn Fn(&str) -> Option<String>, problems: &mut Problems) -> Option<u32> {
+    count(env, "OUTRIGGER_WORKERS", problems)
 }
 
 fn count(env: &dyn Fn(&str) -> Option<String>, name: &str, problems: &mut Problems) -> Option<u32> {

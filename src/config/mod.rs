@@ -52,6 +52,10 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     /// Whether the config file is watched and re-applied when it changes.
     pub reload: ReloadConfig,
+    /// Worker threads of the outbound listener, and as many again for the
+    /// inbound one (default: the CPUs this process may use, cgroup quota
+    /// included; env `OUTRIGGER_WORKERS`). The admin listener has one.
+    pub workers: u32,
     /// Tracing and access log settings (`tracing`, `access_log`).
     #[serde(flatten)]
     pub observability: ObservabilityConfig,
@@ -422,6 +426,13 @@ fn read_config(
         }),
     };
     let observability = observability::read_observability(&mut top, problems);
+    let workers = top.get("workers", problems);
+    if let Some(count) = workers {
+        at_least_one(count, "workers", problems);
+    }
+    let workers = env::workers(env, problems)
+        .or(workers)
+        .unwrap_or_else(default_workers);
     let lifecycle = top.section(
         "lifecycle",
         &Lifecycle::default(),
@@ -474,8 +485,15 @@ fn read_config(
         redis,
         lifecycle,
         reload,
+        workers,
         observability,
     })
+}
+
+/// One worker per CPU this process may use: `available_parallelism` counts
+/// the affinity mask and a cgroup CPU quota, so a pod limited to 1 CPU gets 1.
+fn default_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 fn read_listeners(value: Option<&Value>, problems: &mut Problems) -> Option<Listeners> {
@@ -818,6 +836,35 @@ mod tests {
         let api = config.service("api").expect("api");
         assert!(api.strip_prefix);
         assert_eq!(api.policy, Policy::default());
+    }
+
+    #[test]
+    fn workers_default_to_the_cpus_and_the_file_or_env_sets_them() {
+        let file = "services: [{name: api, endpoints: [\"127.0.0.1:9000\"]}]";
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let config = Config::from_yaml(file, &no_env).expect("valid");
+        assert_eq!(config.workers, cpus);
+        let set = format!("workers: 3\n{file}");
+        assert_eq!(Config::from_yaml(&set, &no_env).expect("valid").workers, 3);
+        let env = |name: &str| (name == "OUTRIGGER_WORKERS").then(|| "1".to_string());
+        let config = Config::from_yaml(&set, &env).expect("valid");
+        assert_eq!(config.workers, 1, "the variable wins over the file");
+        assert_eq!(
+            errors(&format!("workers: 0\n{file}")),
+            vec!["workers: must be at least 1"]
+        );
+        assert_eq!(
+            errors(&format!("workers: many\n{file}")),
+            vec!["workers: expected a whole number, got \"many\""]
+        );
+        let bad = |name: &str| (name == "OUTRIGGER_WORKERS").then(|| "0".to_string());
+        let Err(problems) = Config::from_yaml(file, &bad) else {
+            panic!("OUTRIGGER_WORKERS=0 was accepted");
+        };
+        assert_eq!(
+            problems[0].to_string(),
+            "OUTRIGGER_WORKERS: expected a whole number of at least 1, got \"0\""
+        );
     }
 
     #[test]

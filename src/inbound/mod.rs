@@ -16,7 +16,7 @@ mod rate_limit;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpResponse};
@@ -33,11 +33,11 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::access;
-use crate::config::{InboundListener, ObservabilityConfig};
+use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::listener::{self, Front, LimitedPayload};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
 use crate::trace::Hop;
@@ -51,29 +51,45 @@ struct Worker {
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
     front: Front,
+    /// The series of the requests answered here (service `app`).
+    requests: RequestSeries,
 }
 
 /// Binds the inbound listener; the server runs once awaited or spawned.
 pub fn server(
+    config: &Config,
     listener: &InboundListener,
     gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
-    connect_timeout: Duration,
     shutdown_secs: u64,
-    observability: &ObservabilityConfig,
     spans: Option<Exporter>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
-    let front = Front::new(LISTENER, listener.limits, metrics, observability, spans);
-    listener::serve(&front.clone(), listener.bind, shutdown_secs, move || {
-        let worker = Worker {
-            client: forward::client(connect_timeout),
-            gates: Arc::clone(&gates),
-            front: front.clone(),
-        };
-        App::new()
-            .app_data(web::Data::new(worker))
-            .default_service(web::to(handle))
-    })
+    let connect_timeout = config.defaults.connect_timeout;
+    let front = Front::new(
+        LISTENER,
+        listener.limits,
+        Arc::clone(&metrics),
+        &config.observability,
+        spans,
+    );
+    let workers = config.workers as usize;
+    listener::serve(
+        &front.clone(),
+        listener.bind,
+        workers,
+        shutdown_secs,
+        move || {
+            let worker = Worker {
+                client: forward::client(connect_timeout),
+                gates: Arc::clone(&gates),
+                front: front.clone(),
+                requests: metrics.requests(LISTENER, APP),
+            };
+            App::new()
+                .app_data(web::Data::new(worker))
+                .default_service(web::to(handle))
+        },
+    )
 }
 
 async fn handle(
@@ -121,7 +137,9 @@ async fn handle(
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    worker.front.answered(&answering, &req, APP, &mut response);
+    worker
+        .front
+        .answered(&answering, &req, &worker.requests, &mut response);
     response
 }
 

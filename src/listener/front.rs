@@ -9,7 +9,7 @@ use prometheus::IntGauge;
 
 use crate::access::Answering;
 use crate::config::{AccessLog, ListenerLimits, ObservabilityConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::trace::Tracer;
 
@@ -63,23 +63,16 @@ impl Front {
         self.in_progress.inc();
     }
 
-    /// Records the answer to `req` for `service` (counters, access line,
+    /// Records the answer to `req` in `series` (counters, access line,
     /// span) and ends its time in progress.
     pub fn answered(
         &self,
         answering: &Answering,
         req: &HttpRequest,
-        service: &str,
+        series: &RequestSeries,
         response: &mut HttpResponse,
     ) {
-        answering.finish(
-            &self.metrics,
-            self.access_log,
-            self.spans.as_ref(),
-            req,
-            service,
-            response,
-        );
+        answering.finish(series, self.access_log, self.spans.as_ref(), req, response);
         self.in_progress.dec();
     }
 }

@@ -41,11 +41,12 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Binds the listener of `front` at `bind` and applies its limits to every
 /// client connection, whose bytes pass the bare-LF check before the parser
 /// (refusals counted in `http_heads_refused_total`); `factory` builds each
-/// worker's app. The server runs once awaited or spawned; it stops on its
+/// worker's app, run on `workers` threads. The server runs once awaited or spawned; it stops on its
 /// handle (signals are the caller's).
 pub fn serve<F, I, S, B>(
     front: &Front,
     bind: SocketAddr,
+    workers: usize,
     shutdown_secs: u64,
     factory: F,
 ) -> io::Result<(Server, Vec<SocketAddr>)>
@@ -62,6 +63,7 @@ where
 {
     let (name, limits) = (front.listener, &front.limits);
     let builder = actix_server::Server::build()
+        .workers(workers)
         .disable_signals()
         .shutdown_timeout(shutdown_secs)
         .max_concurrent_connections(limits.max_connections as usize);

@@ -29,7 +29,7 @@ use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::listener::{self, Front, LimitedPayload};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, LiveServices, Service, Settings};
@@ -43,6 +43,8 @@ struct Worker {
     balancer: Addr<Balancer>,
     table: Arc<LiveServices>,
     front: Front,
+    /// The series of requests that named no configured service.
+    unknown: RequestSeries,
 }
 
 /// Binds the outbound listener; the server runs once awaited or spawned.
@@ -62,18 +64,26 @@ pub fn server(
         &config.observability,
         spans,
     );
-    listener::serve(&front.clone(), outbound.bind, shutdown_secs, move || {
-        let worker = Worker {
-            client: forward::client(connect_timeout),
-            connect_timeout,
-            balancer: Balancer::new().start(),
-            table: Arc::clone(&table),
-            front: front.clone(),
-        };
-        App::new()
-            .app_data(web::Data::new(worker))
-            .default_service(web::to(proxy))
-    })
+    let workers = config.workers as usize;
+    listener::serve(
+        &front.clone(),
+        outbound.bind,
+        workers,
+        shutdown_secs,
+        move || {
+            let worker = Worker {
+                client: forward::client(connect_timeout),
+                connect_timeout,
+                balancer: Balancer::new().start(),
+                table: Arc::clone(&table),
+                unknown: front.metrics().requests(LISTENER, "unknown"),
+                front: front.clone(),
+            };
+            App::new()
+                .app_data(web::Data::new(worker))
+                .default_service(web::to(proxy))
+        },
+    )
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
@@ -130,10 +140,12 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
             (Some(service), response)
         }
     };
-    let service_label = service.as_deref().map_or("unknown", |s| &*s.name);
+    let series = service
+        .as_deref()
+        .map_or(&worker.unknown, |s| &*s.metrics.requests);
     worker
         .front
-        .answered(&answering, &req, service_label, &mut response);
+        .answered(&answering, &req, series, &mut response);
     response
 }
 
@@ -381,7 +393,8 @@ impl Try {
     /// The app's answer: the replica's response streamed back, or our error.
     fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
         let id = id_str(request_id);
-        let replica = format!("{name}/{}", self.endpoint.address);
+        // Formatted only for an error: most answers are streamed back as they are.
+        let replica = || format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
             Ok(response) => {
                 let streaming = Streaming {
@@ -397,26 +410,31 @@ impl Try {
             }
             Err(SendError::BodyTooLarge(limit)) => {
                 let error = ProxyError::BodyTooLarge(format!(
-                    "the request body crossed max_body_bytes {limit} while streaming to {replica}; the upstream request was aborted"
+                    "the request body crossed max_body_bytes {limit} while streaming to {}; the upstream request was aborted",
+                    replica()
                 ));
                 warn!("request {id}: 413: {}", error.message());
                 return error.closing_response(Some(name), id);
             }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
-                ProxyError::UpstreamConnect(format!("cannot connect to {replica}: {detail}"))
+                ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
             }
             Err(SendError::Upstream(UpstreamError::Timeout, _)) => {
                 let (key, limit) = self.bound;
                 ProxyError::Timeout(format!(
-                    "no answer from {replica} within {key} {}",
+                    "no answer from {} within {key} {}",
+                    replica(),
                     format_duration(limit)
                 ))
             }
-            Err(SendError::Upstream(UpstreamError::Reset, detail)) => ProxyError::UpstreamReset(
-                format!("{replica} closed the connection before answering: {detail}"),
-            ),
+            Err(SendError::Upstream(UpstreamError::Reset, detail)) => {
+                ProxyError::UpstreamReset(format!(
+                    "{} closed the connection before answering: {detail}",
+                    replica()
+                ))
+            }
             Err(SendError::Upstream(UpstreamError::Protocol, detail)) => {
-                ProxyError::UpstreamProtocol(format!("{replica} broke the exchange: {detail}"))
+                ProxyError::UpstreamProtocol(format!("{} broke the exchange: {detail}", replica()))
             }
         };
         warn!(

@@ -5,6 +5,7 @@
 //! Handlers never wait on this actor: they read the endpoint's published
 //! status and report each outcome with `do_send`.
 
+mod batch;
 mod breaker;
 mod load;
 mod status;
@@ -14,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{info, warn};
+use prometheus::IntCounter;
 
+pub use batch::OUTCOME_BATCH;
 pub use breaker::{BreakerState, BreakerStats, CallResult, CircuitBreaker, Transition};
 pub use load::Ewma;
 pub use status::{now_millis, Admission, ReplicaStatus};
@@ -158,24 +161,31 @@ impl Lease {
     /// Reports that the answer's body broke off after its head was
     /// reported: the call counts as a failure (`protocol`) after all, and
     /// a half-open probe as a failed one.
+    /// It travels in the same batch as the head's outcome, after it.
     pub fn report_broken_body(&self) {
-        self.endpoint.actor.do_send(BodyBroke {
+        let outcome = Outcome {
+            answer: Answer::Error(UpstreamError::Protocol),
             latency: self.started.elapsed(),
             probe: self.admission == Admission::Probe,
-        });
+            after_head: true,
+        };
+        batch::send(&self.endpoint, outcome);
     }
 
-    /// Sends the outcome to the replica actor; later reports are ignored.
+    /// Sends the outcome to the replica actor (batched with the worker's
+    /// other outcomes, see [`OUTCOME_BATCH`]); later reports are ignored.
     pub fn report(&mut self, answer: Answer) {
         if self.reported {
             return;
         }
         self.reported = true;
-        self.endpoint.actor.do_send(Outcome {
+        let outcome = Outcome {
             answer,
             latency: self.started.elapsed(),
             probe: self.admission == Admission::Probe,
-        });
+            after_head: false,
+        };
+        batch::send(&self.endpoint, outcome);
     }
 }
 
@@ -209,10 +219,11 @@ pub struct Replica {
     ewma: Ewma,
     metrics: Arc<Metrics>,
     series: ReplicaMetrics,
-    /// Status labels recorded in `upstream_requests_total`, deleted on stop.
-    statuses_seen: Vec<u16>,
-    /// Kind labels recorded in `upstream_errors_total`, deleted on stop.
-    errors_seen: Vec<UpstreamError>,
+    /// The `upstream_requests_total` series of each status answered so far
+    /// (resolved once each; deleted on stop).
+    statuses_seen: Vec<(u16, IntCounter)>,
+    /// The `upstream_errors_total` series of each kind of error so far.
+    errors_seen: Vec<(UpstreamError, IntCounter)>,
     draining: Option<Instant>,
 }
 
@@ -265,22 +276,18 @@ impl Replica {
         let replica = &*self.endpoint.address;
         match answer {
             Answer::Status(status) => {
-                if !self.statuses_seen.contains(&status) {
-                    self.statuses_seen.push(status);
-                }
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[service, replica, &status.to_string()])
-                    .inc();
+                let family = &self.metrics.upstream_requests;
+                series_of(&mut self.statuses_seen, status, || {
+                    family.with_label_values(&[service, replica, &status.to_string()])
+                })
+                .inc();
             }
             Answer::Error(kind) => {
-                if !self.errors_seen.contains(&kind) {
-                    self.errors_seen.push(kind);
-                }
-                self.metrics
-                    .upstream_errors
-                    .with_label_values(&[service, replica, kind.as_str()])
-                    .inc();
+                let family = &self.metrics.upstream_errors;
+                series_of(&mut self.errors_seen, kind, || {
+                    family.with_label_values(&[service, replica, kind.as_str()])
+                })
+                .inc();
             }
             Answer::Cancelled => {}
         }
@@ -362,6 +369,22 @@ impl Replica {
     }
 }
 
+/// The series kept for `key` in `seen`, resolved with `resolve` the first time.
+fn series_of<K: PartialEq>(
+    seen: &mut Vec<(K, IntCounter)>,
+    key: K,
+    resolve: impl FnOnce() -> IntCounter,
+) -> &IntCounter {
+    let index = match seen.iter().position(|(k, _)| *k == key) {
+        Some(index) => index,
+        None => {
+            seen.push((key, resolve()));
+            seen.len() - 1
+        }
+    };
+    &seen[index].1
+}
+
 impl Actor for Replica {
     type Context = Context<Self>;
 
@@ -370,20 +393,28 @@ impl Actor for Replica {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        let errors: Vec<&str> = self.errors_seen.iter().map(|kind| kind.as_str()).collect();
+        let statuses: Vec<u16> = self
+            .statuses_seen
+            .iter()
+            .map(|(status, _)| *status)
+            .collect();
+        let errors: Vec<&str> = self
+            .errors_seen
+            .iter()
+            .map(|(kind, _)| kind.as_str())
+            .collect();
         self.metrics.forget_replica(
             &self.endpoint.service,
             &self.endpoint.address,
-            &self.statuses_seen,
+            &statuses,
             &errors,
         );
         info!("replica {} removed", self.name());
     }
 }
 
-/// How one call went; sent by the handler's [`Lease`].
-#[derive(Message)]
-#[rtype(result = "()")]
+/// How one call went; reported by the handler's [`Lease`].
+#[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     /// The answer, or why there was none.
     pub answer: Answer,
@@ -391,40 +422,30 @@ pub struct Outcome {
     pub latency: Duration,
     /// Whether the call was a half-open probe.
     pub probe: bool,
+    /// The answer's body broke off after its head was reported (in an
+    /// earlier outcome, which returned the probe permit): the call counts
+    /// as a failure after all.
+    pub after_head: bool,
 }
 
-impl Handler<Outcome> for Replica {
-    type Result = ();
-
-    fn handle(&mut self, outcome: Outcome, ctx: &mut Context<Self>) {
-        let transition = self.record(outcome.answer, outcome.latency, outcome.probe);
-        if outcome.probe {
-            self.endpoint.status.return_probe_permit();
-        }
-        if let Some(transition) = transition {
-            self.apply(transition, ctx);
-        }
-    }
-}
-
-/// A call whose answer head was reported lost the rest of its body; sent
-/// by the handler's [`Lease`]. The probe permit was returned with the head.
+/// The outcomes of calls to one replica that a worker finished within one
+/// [`OUTCOME_BATCH`], in the order they finished.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct BodyBroke {
-    /// Time until the body broke.
-    pub latency: Duration,
-    /// Whether the call was a half-open probe.
-    pub probe: bool,
-}
+pub struct Outcomes(pub Vec<Outcome>);
 
-impl Handler<BodyBroke> for Replica {
+impl Handler<Outcomes> for Replica {
     type Result = ();
 
-    fn handle(&mut self, broke: BodyBroke, ctx: &mut Context<Self>) {
-        let answer = Answer::Error(UpstreamError::Protocol);
-        if let Some(transition) = self.record(answer, broke.latency, broke.probe) {
-            self.apply(transition, ctx);
+    fn handle(&mut self, outcomes: Outcomes, ctx: &mut Context<Self>) {
+        for outcome in outcomes.0 {
+            let transition = self.record(outcome.answer, outcome.latency, outcome.probe);
+            if outcome.probe && !outcome.after_head {
+                self.endpoint.status.return_probe_permit();
+            }
+            if let Some(transition) = transition {
+                self.apply(transition, ctx);
+            }
         }
     }
 }

@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""Measures what a sidecar proxy costs (entry point: bench/run.sh).
+
+Three one-thread replicas serve "ok\\n". In each round every proxy is started
+in turn (the same order every round, so rounds interleave: A B C A B C),
+timed from process start to its first ready answer, left idle for its
+resting memory, then driven closed-loop by wrk at each connection count and
+at a fixed rate by oha, with its CPU time read from /proc around each run.
+Every figure is also divided by the same figure of Envoy --concurrency 1
+and of the direct path measured in the same round: on a shared machine the
+absolute numbers drift between rounds, those ratios much less. Medians
+over rounds go to a markdown table (stdout and summary.md) and CSV.
+
+Python 3 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+BENCH = Path(__file__).resolve().parent.parent
+TOP = BENCH.parent
+TICKS = os.sysconf("SC_CLK_TCK")
+UPSTREAM_PORTS = [19081, 19082, 19083]
+LISTEN = 19090
+ADMIN = 19091
+PREFIX = "/echo/"
+REFERENCE = "envoy-c1"
+
+
+def note(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+class Process:
+    """A process started in a session of its own, stopped by its group id."""
+
+    running: list["Process"] = []
+
+    def __init__(self, argv: list[str], log: Path, cwd: Optional[Path] = None):
+        self.log = log
+        self.started = time.monotonic()
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                          cwd=cwd)
+        Process.running.append(self)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def pids(self) -> list[int]:
+        """Every live process of the session (nginx's workers included)."""
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                fields = stat_fields(int(entry))
+                if fields and fields[0] != "Z" and int(fields[3]) == self.popen.pid:
+                    out.append(int(entry))
+        return out
+
+    def cpu_seconds(self) -> float:
+        ticks = 0
+        for pid in self.pids():
+            fields = stat_fields(pid)
+            if fields:
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / TICKS
+
+    def memory_kib(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) summed over the session, in KiB."""
+        rss = peak = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            rss += field_kib(status, "VmRSS")
+            peak += field_kib(status, "VmHWM")
+        return rss, peak
+
+    def stop(self) -> None:
+        if self in Process.running:
+            Process.running.remove(self)
+        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self.pids():
+                self.popen.poll()
+                time.sleep(0.02)
+            if not self.pids():
+                break
+        self.popen.poll()
+
+
+def stat_fields(pid: int) -> Optional[list[str]]:
+    """/proc/PID/stat from field 3 (state) on, or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def field_kib(status: str, key: str) -> int:
+    match = re.search(rf"^{key}:\s+(\d+)", status, re.M)
+    return int(match.group(1)) if match else 0
+
+
+def get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+def first_ok(url: str, proc: Process, within: float) -> float:
+    """Seconds from the process's start to the first 200 from url."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"exited with {proc.popen.returncode}; see {proc.log}")
+        try:
+            if get(url, timeout=0.5)[0] == 200:
+                return time.monotonic() - proc.started
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError(f"no 200 from {url} within {within:.0f} s; see {proc.log}")
+
+
+# ---------------------------------------------------------------- proxies
+
+def upstream_list() -> str:
+    return ", ".join(f'"127.0.0.1:{port}"' for port in UPSTREAM_PORTS)
+
+
+def outrigger_config(workers: int) -> str:
+    # Every default feature stays on: metrics, error access log, trace
+    # context, breakers, least-load, retries (on 5xx and errors), 3 s timeout.
+    return f"""workers: {workers}
+listeners:
+  outbound: {{ bind: "127.0.0.1:{LISTEN}" }}
+  admin: {{ bind: "127.0.0.1:{ADMIN}" }}
+lifecycle: {{ drain_delay: 0s }}
+defaults:
+  timeout: 3s
+  load_balancer: least_load
+  retry: {{ attempts: 3, on: [connect_error, timeout, 500, 502, 503, 504] }}
+services:
+  - name: echo
+    endpoints: [{upstream_list()}]
+"""
+
+
+def envoy_config(_workers: int) -> str:
+    hosts = "\n".join(
+        f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"
+        for port in UPSTREAM_PORTS)
+    return f"""static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {LISTEN} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "{PREFIX}" }}
+                route:
+                  cluster: echo
+                  prefix_rewrite: "/"
+                  timeout: 3s
+                  retry_policy: {{ retry_on: 5xx, num_retries: 2 }}
+  clusters:
+  - name: echo
+    type: STATIC
+    connect_timeout: 0.5s
+    lb_policy: LEAST_REQUEST
+    outlier_detection: {{ consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }}
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+{hosts}
+"""
+
+
+def nginx_config(workers: int, run: Path) -> str:
+    servers = "\n".join(f"        server 127.0.0.1:{port} max_fails=5 fail_timeout=30s;"
+                        for port in UPSTREAM_PORTS)
+    temp = "\n".join(f"    {kind}_temp_path {run}/{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""worker_processes {workers};
+pid {run}/nginx.pid;
+error_log {run}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+{temp}
+    # Keep the bench's connections open, as the other proxies do.
+    keepalive_requests 10000000;
+    upstream echo {{
+        least_conn;
+{servers}
+        keepalive 128;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{LISTEN};
+        location {PREFIX} {{
+            proxy_pass http://echo/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 500ms;
+            proxy_read_timeout 3s;
+            proxy_next_upstream error timeout http_500 http_502 http_503 http_504;
+            proxy_next_upstream_tries 3;
+            proxy_next_upstream_timeout 3s;
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Proxy:
+    name: str
+    workers: int
+    # (run dir, config path) -> argv; None for the direct path.
+    argv: Optional[Callable[[Path, Path], list[str]]]
+    config: Optional[Callable[[Path], str]] = None
+    # Where readiness is asked; default: the proxied path.
+    ready_url: Optional[str] = None
+    # The config file's extension (Envoy reads a .yaml as YAML, else JSON).
+    ext: str = "conf"
+
+
+def proxies(args) -> dict[str, Proxy]:
+    w = args.workers
+    envoy = args.envoy_bin
+    return {
+        "direct": Proxy("direct", 0, None),
+        "outrigger": Proxy(
+            "outrigger", w, lambda run, cfg: [str(args.outrigger_bin), "run", "--config", str(cfg)],
+            lambda run: outrigger_config(w), f"http://127.0.0.1:{ADMIN}/ready", "yaml"),
+        "envoy-c1": Proxy(
+            "envoy-c1", 1, lambda run, cfg: [envoy, "-c", str(cfg), "--concurrency", "1",
+                                             "--disable-hot-restart", "--log-level", "error"],
+            lambda run: envoy_config(1), ext="yaml"),
+        "envoy-c2": Proxy(
+            "envoy-c2", 2, lambda run, cfg: [envoy, "-c", str(cfg), "--concurrency", "2",
+                                             "--disable-hot-restart", "--log-level", "error"],
+            lambda run: envoy_config(2), ext="yaml"),
+        "nginx": Proxy(
+            "nginx", w, lambda run, cfg: ["nginx", "-p", str(run), "-c", str(cfg),
+                                          "-e", str(run / "error.log"), "-g", "daemon off;"],
+            lambda run: nginx_config(w, run)),
+    }
+
+
+# ---------------------------------------------------------------- load
+
+LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+
+
+def run_wrk(url: str, connections: int, seconds: float) -> dict:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", out)
+    if not total:
+        raise RuntimeError(f"wrk printed no totals:\n{out}")
+    requests = int(total.group(1))
+    wall = float(total.group(2)) * UNIT_US[total.group(3)] / 1e6
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    latency = {p: float(v) * UNIT_US[u] for p, v, u in LATENCY.findall(out)}
+    return {
+        "requests": requests, "rps": requests / wall,
+        "p50_us": latency.get("50"), "p99_us": latency.get("99"), "p999_us": None,
+        "errors": (int(bad.group(1)) if bad else 0)
+                  + (sum(int(g) for g in errors.groups()) if errors else 0),
+    }
+
+
+def run_oha(oha: str, url: str, rate: int, seconds: float) -> dict:
+    argv = [oha, "-z", f"{seconds:g}s", "-q", str(rate), "-c", "16", "--latency-correction",
+            "--no-tui", "--output-format", "json", "--worker-threads", "1", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    data = json.loads(out[out.index("{"):])
+    codes = data.get("statusCodeDistribution", {})
+    requests = sum(codes.values())
+    ok = sum(n for code, n in codes.items() if code.startswith("2"))
+    pct = data.get("latencyPercentiles", {})
+    us = lambda key: None if pct.get(key) is None else pct[key] * 1e6
+    return {
+        "requests": requests, "rps": requests / (data["summary"].get("total") or seconds),
+        "p50_us": us("p50"), "p99_us": us("p99"), "p999_us": us("p99.9"),
+        "errors": requests - ok + sum(data.get("errorDistribution", {}).values()),
+    }
+
+
+# ---------------------------------------------------------------- one pass
+
+def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
+    rows = []
+    base = {"round": round_no, "proxy": proxy.name, "workers": proxy.workers}
+    proc = None
+    startup_ms = rss_rest = None
+    if proxy.argv is None:
+        url = f"http://127.0.0.1:{UPSTREAM_PORTS[0]}/"
+    else:
+        run = results / "run" / f"{proxy.name}-{round_no}"
+        run.mkdir(parents=True, exist_ok=True)
+        config = run / f"{proxy.name}.{proxy.ext}"
+        config.write_text(proxy.config(run) if proxy.config else "")
+        url = f"http://127.0.0.1:{LISTEN}{PREFIX}"
+        proc = Process(proxy.argv(run, config), run / "log", cwd=run)
+        startup_ms = 1000 * first_ok(proxy.ready_url or url, proc, 20)
+        if proxy.ready_url:
+            first_ok(url, proc, 5)
+        time.sleep(1)
+        rss_rest = proc.memory_kib()[0]
+    try:
+        status, body = get(url)
+        if status != 200 or body != b"ok\n":
+            raise RuntimeError(f"GET {url}: {status} {body!r}")
+        run_wrk(url, 16, args.warmup)
+        runs = [(f"c{c}", lambda c=c: run_wrk(url, c, args.duration)) for c in args.connections]
+        if args.rate and args.oha_bin:
+            runs.append((f"rate{args.rate}", lambda: run_oha(args.oha_bin, url, args.rate, args.duration)))
+        for label, load in runs:
+            cpu0 = proc.cpu_seconds() if proc else 0.0
+            figures = load()
+            cpu = proc.cpu_seconds() - cpu0 if proc else None
+            rss, peak = proc.memory_kib() if proc else (None, None)
+            row = dict(base, load=label, **figures,
+                       cpu_us_per_req=None if cpu is None else 1e6 * cpu / max(figures["requests"], 1),
+                       startup_ms=startup_ms, rss_rest_kib=rss_rest, rss_peak_kib=peak)
+            rows.append(row)
+            note(f"r{round_no} {proxy.name:<10} {label:<9} {row['rps']:>9,.0f} req/s  "
+                 f"p50 {fmt(row['p50_us'])} µs  p99 {fmt(row['p99_us'])} µs  "
+                 f"cpu {fmt(row['cpu_us_per_req'], 1)} µs/req  errors {row['errors']}")
+            if proc and not proc.alive():
+                raise RuntimeError(f"{proxy.name} exited during {label}")
+    finally:
+        if proc:
+            proc.stop()
+    return rows
+
+
+# ---------------------------------------------------------------- summary
+
+def fmt(value, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def same_round_ratio(rows, name, load, key, base) -> Optional[float]:
+    ratios = []
+    for row in rows:
+        if row["proxy"] != name or row["load"] != load or row.get(key) is None:
+            continue
+        ref = next((r for r in rows if r["proxy"] == base and r["load"] == load
+                    and r["round"] == row["round"]), None)
+        if ref and ref.get(key):
+            ratios.append(row[key] / ref[key])
+    return statistics.median(ratios) if ratios else None
+
+
+def summarize(rows: list[dict], names: list[str]) -> list[dict]:
+    out = []
+    loads = list(dict.fromkeys(r["load"] for r in rows))
+    for name in names:
+        for load in loads:
+            mine = [r for r in rows if r["proxy"] == name and r["load"] == load]
+            if not mine:
+                continue
+            med = lambda key: statistics.median([r[key] for r in mine if r.get(key) is not None] or [0]) \
+                if any(r.get(key) is not None for r in mine) else None
+            added = [r["p50_us"] - d["p50_us"] for r in mine for d in rows
+                     if d["proxy"] == "direct" and d["load"] == load and d["round"] == r["round"]
+                     and r["p50_us"] is not None and d["p50_us"] is not None]
+            entry = {"proxy": name, "load": load, "rounds": len(mine), "workers": mine[0]["workers"]}
+            for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "errors",
+                        "startup_ms", "rss_rest_kib", "rss_peak_kib"):
+                entry[key] = med(key)
+            entry["added_p50_us"] = statistics.median(added) if added and name != "direct" else None
+            for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req",
+                        "rss_rest_kib", "rss_peak_kib", "startup_ms"):
+                entry[f"{key}_vs_envoy"] = same_round_ratio(rows, name, load, key, REFERENCE)
+                entry[f"{key}_vs_direct"] = same_round_ratio(rows, name, load, key, "direct")
+            out.append(entry)
+    return out
+
+
+def markdown(args, summary: list[dict], started: str) -> str:
+    by = {(s["proxy"], s["load"]): s for s in summary}
+    names = list(dict.fromkeys(s["proxy"] for s in summary))
+    ratio = lambda s, key: "" if not s or s.get(key) is None else f" ({s[key]:.2f}x)"
+    cpu = open("/proc/cpuinfo").read()
+    model = re.search(r"model name\s*:\s*(.*)", cpu)
+    lines = [f"## bench/run.sh, {started}, {model.group(1) if model else '?'}, {os.cpu_count()} CPUs",
+             "",
+             f"{args.rounds} round(s), proxies interleaved; {args.duration:g} s per run; medians over "
+             f"rounds. In brackets: the same figure divided by {REFERENCE}'s in the same round "
+             "(req/s: higher is better; everything else: lower is better).", "",
+             "| proxy | workers | " + " | ".join(f"c{c} req/s" for c in args.connections)
+             + " | c1 p50 added µs | c64 p99 µs | CPU µs/req c64 |"
+             + (f" {args.rate}/s p50 / p99 / p99.9 µs | CPU µs/req at {args.rate}/s |" if args.oha_bin and args.rate else "")
+             + " RSS rest / peak MiB | start to ready ms |",
+             ]
+    columns = lines[-1].count("|") - 1
+    lines.append("|" + "---|" * columns)
+    top = f"c{args.connections[-1]}"
+    rate = f"rate{args.rate}"
+    for name in names:
+        cells = [name, str(by.get((name, top), {}).get("workers") or "–")]
+        for c in args.connections:
+            s = by.get((name, f"c{c}"))
+            cells.append(fmt(s and s["rps"]) + ratio(s, "rps_vs_envoy"))
+        c1 = by.get((name, "c1"))
+        cells.append(fmt(c1 and c1["added_p50_us"]))
+        s = by.get((name, top))
+        cells.append(fmt(s and s["p99_us"]) + ratio(s, "p99_us_vs_envoy"))
+        cells.append(fmt(s and s["cpu_us_per_req"], 1) + ratio(s, "cpu_us_per_req_vs_envoy"))
+        if args.oha_bin and args.rate:
+            r = by.get((name, rate))
+            cells.append(" / ".join(fmt(r and r[k]) for k in ("p50_us", "p99_us", "p999_us"))
+                         + ratio(r, "p99_us_vs_envoy"))
+            cells.append(fmt(r and r["cpu_us_per_req"], 1) + ratio(r, "cpu_us_per_req_vs_envoy"))
+        rest, peak = (s or {}).get("rss_rest_kib"), (s or {}).get("rss_peak_kib")
+        cells.append("–" if rest is None else f"{rest / 1024:.1f} / {max(peak or 0, rest) / 1024:.1f}")
+        cells.append(fmt(s and s["startup_ms"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    errors = [f"{s['proxy']} {s['load']}: {s['errors']:.0f} errors (median per round)"
+              for s in summary if s.get("errors")]
+    if errors:
+        lines += ["", "Errors: " + "; ".join(errors)]
+    busy = os.getloadavg()[0]
+    lines += ["", f"Load average at the end: {busy:.1f} (over {os.cpu_count()} CPUs: other work "
+                  "running alongside makes every figure noisier)." if busy > 0.5 * (os.cpu_count() or 1)
+              else ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# ---------------------------------------------------------------- main
+
+def parse(argv: list[str]):
+    ap = argparse.ArgumentParser(prog="bench/run.sh", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
+    ap.add_argument("--warmup", type=float, default=2, help="warm-up seconds after each start (default 2)")
+    ap.add_argument("--connections", default="1,16,64", help="closed-loop connection counts (default 1,16,64)")
+    ap.add_argument("--rate", type=int, default=5000, help="fixed-rate req/s with oha; 0: none (default 5000)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="workers of outrigger and nginx (default 1; Envoy runs as c1 and c2)")
+    ap.add_argument("--proxies", default="direct,outrigger,envoy-c1,envoy-c2,nginx",
+                    help="which to run, in this order (default: all five)")
+    ap.add_argument("--quick", action="store_true", help="1 round of 2 s runs, 1 s warm-up")
+    ap.add_argument("--out", default=str(BENCH / "results"), help="results directory (default bench/results)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
+    args.connections = [int(c) for c in args.connections.split(",")]
+    tools = BENCH / ".tools"
+    args.outrigger_bin = Path(os.environ.get("OUTRIGGER_BIN") or TOP / "target" / "release" / "outrigger")
+    args.envoy_bin = os.environ.get("ENVOY_BIN") or str(tools / "envoy" / "envoy" / "_bin" / "envoy")
+    oha = tools / "bin" / "oha"
+    args.oha_bin = str(oha) if oha.exists() else next(
+        (str(Path(d) / "oha") for d in os.environ.get("PATH", "").split(":") if (Path(d) / "oha").exists()), None)
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    known = proxies(args)
+    names = [n.strip() for n in args.proxies.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown proxies {unknown}; known: {', '.join(known)}")
+    if args.rate and not args.oha_bin:
+        note("no oha: fixed-rate runs skipped")
+    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results = Path(args.out) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    results.mkdir(parents=True)
+
+    def on_signal(signum, _):
+        for proc in list(Process.running):
+            proc.stop()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    binary = BENCH / "upstream" / "target" / "release" / "outrigger-bench-upstream"
+    upstreams = []
+    rows: list[dict] = []
+    failures = []
+    try:
+        (results / "run").mkdir()
+        for port in UPSTREAM_PORTS:
+            upstreams.append(Process([str(binary), str(port)], results / "run" / f"upstream-{port}.log"))
+            first_ok(f"http://127.0.0.1:{port}/__count", upstreams[-1], 10)
+        for round_no in range(1, args.rounds + 1):
+            for name in names:
+                try:
+                    rows += bench_one(args, known[name], round_no, results)
+                except Exception as err:  # the other proxies still run
+                    failures.append(f"round {round_no} {name}: {err}")
+                    note(failures[-1])
+        split = [json.loads(get(f"http://127.0.0.1:{p}/__count")[1])["requests"] for p in UPSTREAM_PORTS]
+    finally:
+        for proc in list(Process.running):
+            proc.stop()
+    if not rows:
+        print("\n".join(failures), file=sys.stderr)
+        return 1
+    summary = summarize(rows, names)
+    write_csv(results / "raw.csv", rows)
+    write_csv(results / "summary.csv", summary)
+    text = markdown(args, summary, started)
+    text += f"\nRequests per replica over the whole pass: {' / '.join(map(str, split))}.\n"
+    if failures:
+        text += "\nFailed: " + "; ".join(failures) + "\n"
+    (results / "summary.md").write_text(text)
+    print(text)
+    note(f"CSV and summary in {results}")
+    return 2 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
