@@ -399,96 +399,103 @@ const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes,
 /// value, and the names of those keys that differed.
 fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
     let mut restart = Vec::new();
-    let mut keep = |key: &'static str, changed: bool| {
-        if changed {
-            restart.push(key);
-        }
-        changed
-    };
-    let (running_outbound, next_outbound) =
-        (&running.listeners.outbound, &mut next.listeners.outbound);
-    if keep(
+    let (was, now) = (&running.listeners, &mut next.listeners);
+    hold(
+        &mut restart,
         "listeners.outbound.bind",
-        running_outbound.bind != next_outbound.bind,
-    ) {
-        next_outbound.bind = running_outbound.bind;
-    }
-    if keep(
+        &was.outbound.bind,
+        &mut now.outbound.bind,
+    );
+    hold(
+        &mut restart,
         OUTBOUND_LIMITS,
-        running_outbound.limits != next_outbound.limits,
-    ) {
-        next_outbound.limits = running_outbound.limits;
-    }
-    if keep(
+        &was.outbound.limits,
+        &mut now.outbound.limits,
+    );
+    hold(
+        &mut restart,
         "listeners.admin.bind",
-        running.listeners.admin != next.listeners.admin,
-    ) {
-        next.listeners.admin = running.listeners.admin;
-    }
-    match (&running.listeners.inbound, &mut next.listeners.inbound) {
-        (Some(running_inbound), Some(next_inbound)) => {
-            if keep(
+        &was.admin,
+        &mut now.admin,
+    );
+    match (&was.inbound, &mut now.inbound) {
+        (Some(was_inbound), Some(now_inbound)) => {
+            hold(
+                &mut restart,
                 "listeners.inbound.bind",
-                running_inbound.bind != next_inbound.bind,
-            ) {
-                next_inbound.bind = running_inbound.bind;
-            }
-            if keep(
+                &was_inbound.bind,
+                &mut now_inbound.bind,
+            );
+            hold(
+                &mut restart,
                 INBOUND_LIMITS,
-                running_inbound.limits != next_inbound.limits,
-            ) {
-                next_inbound.limits = running_inbound.limits;
-            }
+                &was_inbound.limits,
+                &mut now_inbound.limits,
+            );
         }
         (None, None) => {}
-        (_, next_inbound) => {
-            keep("listeners.inbound", true);
-            next_inbound.clone_from(&running.listeners.inbound);
+        (_, now_inbound) => {
+            restart.push("listeners.inbound");
+            now_inbound.clone_from(&was.inbound);
             next.inbound.clone_from(&running.inbound);
         }
     }
-    if keep("workers", running.workers != next.workers) {
-        next.workers = running.workers;
-    }
-    if keep("redis", running.redis != next.redis) {
-        next.redis.clone_from(&running.redis);
-    }
-    if keep(
-        "discovery.source",
-        running.discovery.source != next.discovery.source,
-    ) || keep("discovery", running.discovery != next.discovery)
-    {
-        next.discovery.clone_from(&running.discovery);
-    }
+    hold(&mut restart, "workers", &running.workers, &mut next.workers);
+    hold(&mut restart, "redis", &running.redis, &mut next.redis);
+    let discovery = if running.discovery.source == next.discovery.source {
+        "discovery"
+    } else {
+        "discovery.source"
+    };
+    hold(
+        &mut restart,
+        discovery,
+        &running.discovery,
+        &mut next.discovery,
+    );
     let connect_timeout = running.defaults.connect_timeout;
-    if keep(
+    if hold(
+        &mut restart,
         "defaults.connect_timeout",
-        connect_timeout != next.defaults.connect_timeout,
+        &connect_timeout,
+        &mut next.defaults.connect_timeout,
     ) {
-        next.defaults.connect_timeout = connect_timeout;
         for service in &mut next.services {
             service.policy.connect_timeout = connect_timeout;
         }
     }
-    if keep(
-        "tracing",
-        running.observability.tracing != next.observability.tracing,
-    ) {
-        next.observability.tracing = running.observability.tracing.clone();
-    }
-    if keep(
+    let (was, now) = (&running.observability, &mut next.observability);
+    hold(&mut restart, "tracing", &was.tracing, &mut now.tracing);
+    hold(
+        &mut restart,
         "access_log",
-        running.observability.access_log != next.observability.access_log,
-    ) {
-        next.observability.access_log = running.observability.access_log;
-    }
-    if keep("lifecycle", running.lifecycle != next.lifecycle) {
-        next.lifecycle.clone_from(&running.lifecycle);
-    }
-    if keep("reload", running.reload != next.reload) {
-        next.reload.clone_from(&running.reload);
-    }
+        &was.access_log,
+        &mut now.access_log,
+    );
+    hold(
+        &mut restart,
+        "lifecycle",
+        &running.lifecycle,
+        &mut next.lifecycle,
+    );
+    hold(&mut restart, "reload", &running.reload, &mut next.reload);
     (next, restart)
+}
+
+/// Sets `next` back to `running` when they differ, naming `key` among the
+/// changes that need a restart; says whether it did.
+fn hold<T: PartialEq + Clone>(
+    restart: &mut Vec<&'static str>,
+    key: &'static str,
+    running: &T,
+    next: &mut T,
+) -> bool {
+    let changed = running != next;
+    if changed {
+        restart.push(key);
+        next.clone_from(running);
+    }
+    changed
 }
 
 /// Which services `next` adds, removes or changes compared with `running`.
