@@ -158,7 +158,11 @@ async fn dual_port_gateway_guards_both_sides() {
         bad.hits() == 3
     })
     .await;
-    assert_eq!(breaker_state().await, "open", "the 3rd failure opens it");
+    // Outcomes reach the replica's actor in per-worker batches, up to ~1 ms late.
+    eventually("the 3rd failure opens it", || async {
+        breaker_state().await == "open"
+    })
+    .await;
     eventually("the registry is told to deregister it", || async {
         registry.deregistered() == vec!["catalog-bad".to_string()]
     })
