@@ -42,4 +42,13 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "cargo test"
-cargo test --all-targets
+results=$(mktemp)
+set +e
+cargo test --all-targets 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary, e.g. "282 passed, 0 failed".
+grep -E '^test result:' "$results" |
+  awk '{passed += $4; failed += $6} END {printf "%d passed, %d failed\n", passed, failed}'
+rm -f "$results"
+exit "$status"
