@@ -34,7 +34,7 @@ inbound:
     routes: [{{ path: /short, ttl: 1s }}]
     bypass: [/auth]
 {redis}",
-        listeners_with_inbound(app)
+        listeners_with_inbound(app.endpoint())
     )
 }
 

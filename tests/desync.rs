@@ -14,7 +14,7 @@ use std::time::Duration;
 use http_desync_guardian::request_analyzer::HttpRequestData;
 use http_desync_guardian::RequestSafetyTier;
 use serde_norway::Value;
-use support::sidecar_from;
+use support::{listeners_with_inbound, sidecar_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An upstream that keeps the raw head of every request it receives and
@@ -203,14 +203,8 @@ fn send(addr: SocketAddr, raw: &[u8]) -> Option<u16> {
 async fn no_vector_reaches_the_app_ambiguously() {
     let app = RawUpstream::start();
     let yaml = format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
-inbound:
-  auth: {{ exempt: [\"/*\"] }}
-",
-        app.addr
+        "{}\ninbound:\n  auth: {{ exempt: [\"/*\"] }}\n",
+        listeners_with_inbound(app.addr)
     );
     let sidecar = sidecar_from(&yaml, &[]).await;
     let inbound = sidecar.inbound_addr().expect("inbound");

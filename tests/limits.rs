@@ -24,7 +24,7 @@ inbound:
     exempt: [/auth/login, /public]
 {limits}
 {redis}",
-        listeners_with_inbound(app)
+        listeners_with_inbound(app.endpoint())
     )
 }
 

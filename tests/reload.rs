@@ -29,7 +29,7 @@ inbound:
 services:
   - {{ name: api, endpoints: [{}] }}
 {extra}",
-        listeners_with_inbound(app),
+        listeners_with_inbound(app.endpoint()),
         endpoints.join(", ")
     )
 }

@@ -4,7 +4,10 @@
 
 mod support;
 
-use support::{client, closed_port, get_text, sidecar_from, SidecarProcess, TempDir, Upstream};
+use support::{
+    client, closed_port, get_text, listeners_with_inbound, sidecar_from, SidecarProcess, TempDir,
+    Upstream,
+};
 
 const JWT_SECRET: &str = "jwt-secret-0f9a8b7c";
 const API_KEY: &str = "api-key-5e4d3c2b";
@@ -21,17 +24,14 @@ fn assert_no_secret(text: &str, where_: &str) {
 async fn get_config_redacts_every_secret() {
     let app = Upstream::start().await;
     let yaml = format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   auth:
     jwt: {{ algorithms: [HS256] }}
     api_keys: {{ header: x-api-key }}
 redis: {{ url: \"redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0\" }}
 ",
-        app.endpoint(),
+        listeners_with_inbound(app.endpoint()),
         closed_port()
     );
     let keys = format!("ci:{API_KEY}:deploy");

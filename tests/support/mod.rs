@@ -223,14 +223,13 @@ pub fn config_with(top: &str, services: &str) -> Config {
 }
 
 /// The `listeners:` block of an in-process sidecar on ephemeral ports with
-/// the inbound listener in front of `app`.
-pub fn listeners_with_inbound(app: &Upstream) -> String {
+/// the inbound listener in front of the app at `app` (`host:port`).
+pub fn listeners_with_inbound(app: impl std::fmt::Display) -> String {
     format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" }}
   admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}",
-        app.endpoint()
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{app}\" }}"
     )
 }
 
