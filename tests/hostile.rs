@@ -215,6 +215,14 @@ const SMUGGLING: &[(&str, &[u8])] = &[
     ),
     ("HTTP/1.1 without a Host", b"GET /api/a HTTP/1.1\r\n\r\n"),
     (
+        "a GET with a chunked body",
+        b"GET /api/a HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "a HEAD with a Content-Length body",
+        b"HEAD /api/a HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello",
+    ),
+    (
         "a space in a header name",
         b"GET /api/a HTTP/1.1\r\nHost: api\r\nX Smuggled: 1\r\n\r\n",
     ),

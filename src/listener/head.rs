@@ -2,12 +2,13 @@
 //! of what the HTTP parser already refuses (see SECURITY.md, "HTTP parsing"):
 //! the head's size, header values that are not UTF-8, header names that
 //! spell a framing header with other separators, a `Content-Length` over
-//! the body limit, and an absolute-form target whose authority is not the
-//! `Host`. One pass over the parsed headers; nothing is allocated
+//! the body limit, a `GET` or `HEAD` that declares a body, and an
+//! absolute-form target whose authority is not the `Host`. One pass over the parsed headers; nothing is allocated
 //! unless the target is in absolute form.
 
-use actix_web::http::header::{CONTENT_LENGTH, HOST};
+use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use actix_web::http::uri::{Authority, Uri};
+use actix_web::http::Method;
 use actix_web::HttpRequest;
 
 use crate::config::ListenerLimits;
@@ -22,7 +23,10 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// 431 when the request line and headers exceed `max_header_bytes`, 413
 /// when `Content-Length` exceeds `max_body_bytes`, 400 for a header value
 /// that is not valid UTF-8, for a framing-header lookalike
-/// (`Transfer_Encoding`) and for an absolute-form target
+/// (`Transfer_Encoding`), for a `GET` or `HEAD` that declares a body
+/// (`Transfer-Encoding`, or a `Content-Length` other than 0: such a body has
+/// no meaning, and servers disagree on whether to read it) and for an
+/// absolute-form target
 /// (`GET http://a/ HTTP/1.1`) whose authority differs from `Host`.
 pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
     let uri = req.uri();
@@ -54,7 +58,16 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
             "header {name} has the letters of Content-Length or Transfer-Encoding; servers that fold '_' or repeated '-' would frame the body by it"
         )));
     }
-    if let (Some(limit), Some(length)) = (limits.max_body_bytes, content_length(req)) {
+    let length = content_length(req);
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        if let Some(framing) = declared_body(req, length) {
+            return Err(ProxyError::BadRequest(format!(
+                "a {} request has no body, but this one declares one with {framing}",
+                req.method()
+            )));
+        }
+    }
+    if let (Some(limit), Some(length)) = (limits.max_body_bytes, length) {
         if length > limit {
             return Err(ProxyError::BodyTooLarge(format!(
                 "the request body of {length} bytes (Content-Length) is over max_body_bytes {limit}"
@@ -87,6 +100,19 @@ fn is_framing_lookalike(name: &str) -> bool {
                 .filter(u8::is_ascii_alphanumeric)
                 .eq(letters(framing))
     })
+}
+
+/// The header by which `req` declares a body, if it does: any
+/// `Transfer-Encoding`, or a `Content-Length` (`length`, as parsed) other
+/// than 0.
+fn declared_body(req: &HttpRequest, length: Option<u64>) -> Option<&'static str> {
+    if req.headers().contains_key(TRANSFER_ENCODING) {
+        Some("Transfer-Encoding")
+    } else if length.is_some_and(|length| length > 0) {
+        Some("Content-Length")
+    } else {
+        None
+    }
 }
 
 /// The length of the request target as it was on the request line.
@@ -145,12 +171,32 @@ mod tests {
 
     #[test]
     fn an_ordinary_request_passes() {
-        let req = TestRequest::get()
+        let req = TestRequest::post()
             .uri("/api/v1/items?page=2")
             .insert_header(("host", "budgeting"))
             .insert_header(("x-name", "Zoë"))
             .insert_header(("content-length", "100"));
         assert_eq!(status(req), 200);
+    }
+
+    #[test]
+    fn a_get_or_head_that_declares_a_body_is_400() {
+        for method in [Method::GET, Method::HEAD] {
+            let with = |name: &'static str, value: &'static str| {
+                TestRequest::default()
+                    .method(method.clone())
+                    .insert_header((name, value))
+            };
+            assert_eq!(status(with("transfer-encoding", "chunked")), 400);
+            assert_eq!(status(with("content-length", "5")), 400);
+            assert_eq!(
+                status(with("content-length", "0")),
+                200,
+                "{method} with an empty body"
+            );
+        }
+        let delete = TestRequest::delete().insert_header(("content-length", "5"));
+        assert_eq!(status(delete), 200, "other methods may carry a body");
     }
 
     #[test]

@@ -35,6 +35,8 @@ struct UpstreamState {
     hits: AtomicUsize,
     /// TCP connections accepted so far.
     connections: AtomicUsize,
+    /// TCP connections open now.
+    open: AtomicUsize,
     in_flight: AtomicUsize,
     status: AtomicU16,
     delay_ms: AtomicU64,
@@ -60,8 +62,10 @@ impl Upstream {
                 .app_data(shared.clone())
                 .default_service(web::to(answer))
         })
-        .on_connect(move |_, _| {
+        .on_connect(move |_, extensions| {
             counted.connections.fetch_add(1, Ordering::SeqCst);
+            counted.open.fetch_add(1, Ordering::SeqCst);
+            extensions.insert(OpenConnection(Arc::clone(&counted)));
         })
         .workers(1)
         .disable_signals()
@@ -122,8 +126,24 @@ impl Upstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Stops the server and waits until every connection it accepted is
+    /// closed, so no pooled connection to it can still be answered.
     pub async fn stop(&self) {
         self.handle.stop(false).await;
+        eventually("the stopped upstream closed its connections", || async {
+            self.state.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+}
+
+/// Kept with each connection an [`Upstream`] accepts; counts it closed
+/// when the server drops the connection.
+struct OpenConnection(Arc<UpstreamState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
