@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{get_json, sidecar_from, Upstream};
+use support::{eventually, get_json, sidecar_from, SidecarProcess, Upstream};
 
 /// A sidecar whose outbound listener routes `/api/...` and whose inbound
 /// listener forwards to the same upstream; `limits` is YAML added to both
@@ -473,15 +473,15 @@ async fn slow_header_senders_are_cut_off_while_others_are_served() {
     assert_eq!(upstream.hits(), 1, "no slow head was forwarded");
 }
 
-/// Connects `count` clients that send nothing.
+/// Connects `count` clients that send nothing, 100 at a time.
 async fn idle_clients(addr: SocketAddr, count: usize) -> Vec<tokio::net::TcpStream> {
     let mut idle = Vec::with_capacity(count);
-    for _ in 0..count {
-        idle.push(
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .expect("connect an idle client"),
-        );
+    while idle.len() < count {
+        let batch = (count - idle.len()).min(100);
+        let connects = (0..batch).map(|_| tokio::net::TcpStream::connect(addr));
+        for stream in futures_util::future::join_all(connects).await {
+            idle.push(stream.expect("connect an idle client"));
+        }
     }
     idle
 }
@@ -520,6 +520,41 @@ async fn two_thousand_idle_connections_are_held_and_a_new_client_is_served() {
         );
     }
     assert_eq!(upstream.hits(), 4);
+}
+
+/// The real binary, so that its descriptors and the test's own are
+/// counted apart: each side holds 10,000.
+#[actix_rt::test]
+async fn ten_thousand_idle_connections_are_held_by_the_binary() {
+    rlimit::increase_nofile_limit(u64::MAX).expect("raise the test's open-files limit");
+    let upstream = Upstream::start().await;
+    let sidecar = SidecarProcess::start(&format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    ))
+    .await;
+    let started = Instant::now();
+    let mut idle = idle_clients(sidecar.outbound, 10_000).await;
+    let connecting = started.elapsed();
+    assert!(
+        connecting < Duration::from_secs(8),
+        "connecting took {connecting:?}, near client_header_timeout (10 s)"
+    );
+    // Its own descriptors (listeners, pollers, log) are about 30 more; the
+    // admin check's connection may or may not still be open.
+    eventually("the sidecar holds the idle connections", || async {
+        sidecar.open_files() >= 10_000
+    })
+    .await;
+    let url = format!("http://{}/api/a", sidecar.outbound);
+    assert_eq!(support::status_of(&url).await, Some(200));
+    // Served on one of them too (the newest: `client_header_timeout`
+    // closes idle ones 10 s after they connected).
+    assert_eq!(
+        served_on(&mut idle[9_999], Duration::from_secs(5)).await,
+        Some(200)
+    );
+    assert_eq!(upstream.hits(), 2);
 }
 
 #[actix_rt::test]

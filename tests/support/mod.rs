@@ -562,6 +562,13 @@ impl SidecarProcess {
             .unwrap_or_else(|| panic!("no {field} in /proc/<pid>/status"))
     }
 
+    /// Descriptors the process has open now (entries of `/proc/<pid>/fd`).
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    }
+
     /// Rewrites its config file (same listeners) with `services` and `extra`.
     pub fn rewrite_config(&self, services: &str, extra: &str) {
         let text = process_config(self.outbound, self.admin, services, extra);
