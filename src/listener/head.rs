@@ -3,8 +3,9 @@
 //! the head's size, header values that are not UTF-8, header names that
 //! spell a framing header with other separators, a `Content-Length` over
 //! the body limit, a `GET` or `HEAD` that declares a body, and an
-//! absolute-form target whose authority is not the `Host`. One pass over the parsed headers; nothing is allocated
-//! unless the target is in absolute form.
+//! absolute-form target whose authority is not the `Host`. One pass over
+//! the parsed headers; nothing is allocated unless the target is in
+//! absolute form.
 
 use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use actix_web::http::uri::{Authority, Uri};
