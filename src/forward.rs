@@ -8,46 +8,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_http::error::PayloadError;
+use actix_http::RequestHead;
 use actix_web::body::{BodyStream, SizedStream};
-use actix_web::error::ParseError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
-use awc::error::{PayloadError, SendRequestError};
-use awc::{Client, ClientResponse, Connector};
 use futures_util::{Stream, StreamExt};
 
 use crate::listener::{BodyError, LimitedPayload};
 use crate::replica::UpstreamError;
 use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
+pub use crate::upstream::UpstreamResponse;
+use crate::upstream::{CallError, Client, OutgoingBody};
 
 /// The request-id header, accepted from the app or created here.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The scheme the caller used, as seen by the replica.
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// How long an idle pooled connection to a replica is kept.
-const POOL_IDLE: Duration = Duration::from_secs(30);
-
-/// One worker's HTTP client: pooled keep-alive connections, no default
-/// headers, no decompression, no redirects followed (a replica's 3xx goes
-/// back to the caller as it is), no client-wide timeout (each call sets its
-/// own). The pool has no connection cap of its own (`limit(0)`): each
-/// service's `concurrency.max_in_flight` already bounds the calls in
-/// flight, and a cap here would be one semaphore for every service.
-pub fn client(connect_timeout: Duration) -> Client {
-    let connector = Connector::new()
-        .limit(0)
-        .timeout(connect_timeout)
-        .conn_keep_alive(POOL_IDLE);
-    Client::builder()
-        .connector(connector)
-        .no_default_headers()
-        .disable_redirects()
-        .disable_timeout()
-        .finish()
-}
 
 /// The request id of `req`, or a new UUID v4 when it has none.
 pub fn request_id(req: &HttpRequest) -> HeaderValue {
@@ -86,9 +65,6 @@ pub struct HeaderPlan<'a> {
     pub trace: Option<&'a Hop>,
 }
 
-/// The answer head from a replica, with its body still to stream.
-pub type UpstreamResponse = ClientResponse;
-
 /// A request body: none, small enough to keep and send again, or streamed
 /// once from the app to the first replica tried.
 pub enum RequestBody {
@@ -103,7 +79,9 @@ pub enum RequestBody {
 impl RequestBody {
     /// Reads the body of `req`: kept in memory when it has a Content-Length
     /// of at most `replay_limit` bytes (when retries are possible at all),
-    /// otherwise left to stream.
+    /// otherwise left to stream. A declared empty body (`Content-Length: 0`)
+    /// is always kept: there is nothing to stream, and it is sent again as
+    /// freely as no body.
     pub async fn read(
         req: &HttpRequest,
         mut payload: LimitedPayload,
@@ -112,6 +90,7 @@ impl RequestBody {
         let length = body_length(req);
         let replayable = match (length, replay_limit) {
             (BodyLength::None, _) => return Ok(RequestBody::Empty),
+            (BodyLength::Sized(0), _) => return Ok(RequestBody::Replayable(Bytes::new())),
             (BodyLength::Sized(n), Some(limit)) => n <= u64::from(limit),
             _ => false,
         };
@@ -140,25 +119,33 @@ pub async fn send(
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> Result<UpstreamResponse, SendError> {
-    let uri = upstream_uri(upstream.address, upstream.path, req.uri().query())?;
-    let mut request = client
-        .request(req.method().clone(), uri)
-        .timeout(upstream.timeout);
-    copy_request_headers(req, request.headers_mut(), &upstream.headers, request_id);
-    let sent = match body {
-        RequestBody::Empty => request.send(),
-        RequestBody::Replayable(bytes) => request.send_body(bytes.clone()),
+    let mut head = RequestHead::default();
+    head.method = req.method().clone();
+    head.uri = upstream_uri(upstream.path, req.uri().query())?;
+    copy_request_headers(req, &mut head.headers, &upstream.headers, request_id);
+    if !upstream.headers.keep_host {
+        let host = HeaderValue::from_str(upstream.address).map_err(|_| {
+            SendError::BadRequest(format!("{} is not a valid Host", upstream.address))
+        })?;
+        head.headers.insert(header::HOST, host);
+    }
+    let outgoing = match body {
+        RequestBody::Empty => OutgoingBody::Empty,
+        RequestBody::Replayable(bytes) => OutgoingBody::Full(bytes.clone()),
         RequestBody::Streaming(payload, length) => {
             let payload = payload.take().ok_or_else(|| {
                 SendError::BadRequest("the request body was already sent".to_string())
             })?;
             match length {
-                BodyLength::Sized(n) => request.send_body(SizedStream::new(*n, payload)),
-                _ => request.send_stream(payload),
+                BodyLength::Sized(n) => OutgoingBody::Stream(payload, Some(*n)),
+                _ => OutgoingBody::Stream(payload, None),
             }
         }
     };
-    sent.await.map_err(SendError::from)
+    client
+        .send(upstream.address, head, outgoing, upstream.timeout)
+        .await
+        .map_err(SendError::from)
 }
 
 /// Why a call got no answer.
@@ -172,25 +159,17 @@ pub enum SendError {
     Upstream(UpstreamError, String),
 }
 
-impl From<SendRequestError> for SendError {
-    fn from(err: SendRequestError) -> Self {
-        if let SendRequestError::Body(body) = &err {
-            match body.downcast_ref::<BodyError>() {
-                Some(BodyError::TooLarge(limit)) => return SendError::BodyTooLarge(*limit),
-                Some(client @ BodyError::Client(_)) => {
-                    return SendError::BadRequest(client.to_string())
-                }
-                None => {}
-            }
-        }
+impl From<CallError> for SendError {
+    fn from(err: CallError) -> Self {
         let kind = match &err {
-            SendRequestError::Connect(_) => UpstreamError::Connect,
-            SendRequestError::Timeout => UpstreamError::Timeout,
-            SendRequestError::Send(_)
-            | SendRequestError::Response(ParseError::Io(_) | ParseError::Incomplete) => {
-                UpstreamError::Reset
+            CallError::Body(BodyError::TooLarge(limit)) => return SendError::BodyTooLarge(*limit),
+            CallError::Body(client @ BodyError::Client(_)) => {
+                return SendError::BadRequest(client.to_string())
             }
-            _ => UpstreamError::Protocol,
+            CallError::Connect(_) => UpstreamError::Connect,
+            CallError::Timeout => UpstreamError::Timeout,
+            CallError::Closed(_) => UpstreamError::Reset,
+            CallError::Protocol(_) => UpstreamError::Protocol,
         };
         SendError::Upstream(kind, err.to_string())
     }
@@ -281,18 +260,18 @@ fn body_length(req: &HttpRequest) -> BodyLength {
     BodyLength::None
 }
 
-fn upstream_uri(address: &str, path: &str, query: Option<&str>) -> Result<Uri, SendError> {
-    let mut uri =
-        String::with_capacity(8 + address.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-    uri.push_str("http://");
-    uri.push_str(address);
-    uri.push_str(path);
-    if let Some(query) = query {
-        uri.push('?');
-        uri.push_str(query);
-    }
-    Uri::try_from(uri)
-        .map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
+fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, SendError> {
+    let uri = match query {
+        Some(query) => {
+            let mut uri = String::with_capacity(path.len() + query.len() + 1);
+            uri.push_str(path);
+            uri.push('?');
+            uri.push_str(query);
+            Uri::try_from(uri)
+        }
+        None => Uri::try_from(path),
+    };
+    uri.map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
 }
 
 /// Copies the caller's headers for the replica as `plan` says: hop-by-hop
@@ -333,6 +312,8 @@ pub fn copy_request_headers(
         }
         let skip = (hop_by_hop.contains(name) && !handshake_header(name))
             || *name == header::CONTENT_LENGTH
+            // The listener already answered the caller's expectation.
+            || *name == header::EXPECT
             || (*name == header::HOST && !plan.keep_host)
             || sidecar_owned(name);
         if !skip {
@@ -585,9 +566,9 @@ mod tests {
 
     #[test]
     fn the_upstream_uri_keeps_path_and_query() {
-        let Ok(uri) = upstream_uri("127.0.0.1:8080", "/a/b", Some("x=1&y=%20")) else {
+        let Ok(uri) = upstream_uri("/a/b", Some("x=1&y=%20")) else {
             panic!("a valid URI was refused");
         };
-        assert_eq!(uri.to_string(), "http://127.0.0.1:8080/a/b?x=1&y=%20");
+        assert_eq!(uri.to_string(), "/a/b?x=1&y=%20");
     }
 }

@@ -27,6 +27,7 @@ pub mod replica;
 pub mod service;
 pub mod store;
 pub mod trace;
+pub mod upstream;
 pub mod watch;
 
 use std::future::Future;

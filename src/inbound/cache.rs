@@ -182,11 +182,7 @@ impl Cache {
         };
         let mut response = response;
         let status = response.status();
-        let body = match response
-            .body()
-            .limit(self.config.max_entry_bytes as usize)
-            .await
-        {
+        let body = match response.body(self.config.max_entry_bytes as usize).await {
             Ok(body) => body,
             Err(err) => {
                 debug!("cache: reading the body to store failed: {err}");

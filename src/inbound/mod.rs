@@ -47,7 +47,7 @@ const LISTENER: &str = "inbound";
 const APP: &str = "app";
 
 struct Worker {
-    client: awc::Client,
+    client: crate::upstream::Client,
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
     front: Front,
@@ -80,7 +80,7 @@ pub fn server(
         shutdown_secs,
         move || {
             let worker = Worker {
-                client: forward::client(connect_timeout),
+                client: crate::upstream::Client::new(connect_timeout),
                 gates: Arc::clone(&gates),
                 front: front.clone(),
                 requests: metrics.requests(LISTENER, APP),

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_http::error::PayloadError;
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
-use awc::error::PayloadError;
 use log::{debug, info, warn};
 use rand::Rng;
 
@@ -38,7 +38,7 @@ const LISTENER: &str = "outbound";
 
 /// What one worker needs to proxy: its client and balancer, and the shared table.
 struct Worker {
-    client: awc::Client,
+    client: crate::upstream::Client,
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<LiveServices>,
@@ -72,7 +72,7 @@ pub fn server(
         shutdown_secs,
         move || {
             let worker = Worker {
-                client: forward::client(connect_timeout),
+                client: crate::upstream::Client::new(connect_timeout),
                 connect_timeout,
                 balancer: Balancer::new().start(),
                 table: Arc::clone(&table),

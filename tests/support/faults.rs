@@ -39,6 +39,10 @@ pub enum Fault {
     Reset { after: usize },
     /// Sends these bytes as the answer, then closes the connection.
     Raw(&'static [u8]),
+    /// Answers the first request on each connection with [`ANSWER`] and
+    /// keeps the connection open; on reading the next request, closes it
+    /// unanswered (a keep-alive timeout that races a pooled request).
+    OneAnswerPerConnection,
 }
 
 impl std::fmt::Debug for Fault {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for Fault {
             Fault::Trickle(gap) => write!(f, "a byte every {gap:?}"),
             Fault::Reset { after } => write!(f, "reset after {after} bytes"),
             Fault::Raw(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
+            Fault::OneAnswerPerConnection => write!(f, "one answer per connection"),
         }
     }
 }
@@ -152,6 +157,7 @@ impl Drop for OpenGuard {
 }
 
 async fn serve(mut stream: TcpStream, fault: Fault, requests: &AtomicUsize) {
+    let mut answered = false;
     while read_request(&mut stream).await {
         requests.fetch_add(1, Ordering::SeqCst);
         match fault {
@@ -180,6 +186,13 @@ async fn serve(mut stream: TcpStream, fault: Fault, requests: &AtomicUsize) {
                 let _ = stream.write_all(bytes).await;
                 let _ = stream.shutdown().await;
                 return;
+            }
+            Fault::OneAnswerPerConnection if answered => return,
+            Fault::OneAnswerPerConnection => {
+                answered = true;
+                if stream.write_all(ANSWER).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -1,0 +1,295 @@
+//! The HTTP/1 client that calls replicas (and, inbound, the app): one per
+//! worker, keep-alive connections pooled per replica address, request and
+//! response bodies streamed through actix-http's client codec.
+//!
+//! It is the request path's own rather than awc's because of what awc
+//! costs per request: a new codec whose configuration starts a date task
+//! and timer on the worker (a wake-up of the event loop each time), two
+//! fresh 8 KiB buffers, and a hashed pool lookup behind a semaphore. Here
+//! the worker's connections share one codec configuration and keep their
+//! buffers in the pool. awc stays for the sidecar's own calls (registry,
+//! JWKS, OTLP), which are few.
+
+mod pool;
+mod response;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::error::ParseError;
+use actix_http::h1::{ClientCodec, Message};
+use actix_http::{KeepAlive, Method, RequestHead, RequestHeadType, ResponseHead};
+use actix_http::{ServiceConfig, ServiceConfigBuilder, StatusCode};
+use actix_web::web::Bytes;
+use futures_util::StreamExt;
+use log::debug;
+use tokio::net::TcpStream;
+
+use crate::listener::{BodyError, LimitedPayload};
+use pool::{Connection, Pool, IDLE_TIMEOUT};
+pub use response::UpstreamResponse;
+
+/// One worker's client. Cheap to clone; not `Send` (it lives on its worker).
+#[derive(Clone)]
+pub struct Client {
+    shared: Rc<Shared>,
+    connect_timeout: Duration,
+}
+
+/// What a worker's calls share: the codec configuration and the pool.
+struct Shared {
+    config: ServiceConfig,
+    pool: RefCell<Pool>,
+}
+
+/// A request body as the client sends it.
+pub enum OutgoingBody {
+    /// No body.
+    Empty,
+    /// The whole body, sent with its `Content-Length`.
+    Full(Bytes),
+    /// The body as it arrives from the caller: `Some(n)` bytes sent with a
+    /// `Content-Length` of `n`, `None` sent chunked.
+    Stream(LimitedPayload, Option<u64>),
+}
+
+impl OutgoingBody {
+    fn size(&self) -> BodySize {
+        match self {
+            OutgoingBody::Empty => BodySize::None,
+            OutgoingBody::Full(bytes) => BodySize::Sized(bytes.len() as u64),
+            OutgoingBody::Stream(_, Some(length)) => BodySize::Sized(*length),
+            OutgoingBody::Stream(_, None) => BodySize::Stream,
+        }
+    }
+}
+
+/// Why a call got no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection could be made within the connect timeout.
+    Connect(io::Error),
+    /// No answer head within the call's timeout.
+    Timeout,
+    /// The connection failed or closed before the answer head.
+    Closed(io::Error),
+    /// The answer was not valid HTTP/1.
+    Protocol(ParseError),
+    /// The caller's body broke off or crossed its limit.
+    Body(BodyError),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Connect(err) => write!(f, "connecting failed: {err}"),
+            CallError::Timeout => f.write_str("no answer within the timeout"),
+            CallError::Closed(err) => write!(f, "the connection closed before an answer: {err}"),
+            CallError::Protocol(err) => write!(f, "the answer is not valid HTTP/1: {err}"),
+            CallError::Body(err) => err.fmt(f),
+        }
+    }
+}
+
+impl Client {
+    /// A client for the current worker; connections are made within
+    /// `connect_timeout`. Must be called on the worker's runtime: it starts
+    /// the task that closes the pool's stale connections.
+    pub fn new(connect_timeout: Duration) -> Client {
+        let config = ServiceConfigBuilder::new()
+            .keep_alive(KeepAlive::Timeout(IDLE_TIMEOUT))
+            .build();
+        let shared = Rc::new(Shared {
+            config,
+            pool: RefCell::new(Pool::default()),
+        });
+        actix_rt::spawn(sweep_idle(Rc::downgrade(&shared)));
+        Client {
+            shared,
+            connect_timeout,
+        }
+    }
+
+    /// Sends `head` with `body` to `address` (`host:port`) over a pooled
+    /// connection or a new one, and waits up to `timeout` for the answer
+    /// head (connecting included). A pooled connection that turns out to
+    /// have been closed by the replica is replaced by a new one when the
+    /// request can safely be sent again.
+    pub async fn send(
+        &self,
+        address: &str,
+        head: RequestHead,
+        body: OutgoingBody,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, CallError> {
+        actix_rt::time::timeout(timeout, self.call(address, Rc::new(head), body))
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+
+    async fn call(
+        &self,
+        address: &str,
+        head: Rc<RequestHead>,
+        mut body: OutgoingBody,
+    ) -> Result<UpstreamResponse, CallError> {
+        let pooled = self.shared.pool.borrow_mut().take(address);
+        if let Some(mut connection) = pooled {
+            match exchange(&mut connection.framed, &head, &mut body).await {
+                Ok(answer) => return Ok(self.answer(answer, connection)),
+                Err(CallError::Closed(err)) if resendable(&head.method, &body) => {
+                    debug!("a pooled connection to {address} was closed ({err}); using a new one");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let mut connection = self.connect(address).await?;
+        let answer = exchange(&mut connection.framed, &head, &mut body).await?;
+        Ok(self.answer(answer, connection))
+    }
+
+    async fn connect(&self, address: &str) -> Result<Connection, CallError> {
+        let connecting = async {
+            // Discovery gives IP literals: no resolver call for those.
+            let socket = match address.parse::<SocketAddr>() {
+                Ok(literal) => TcpStream::connect(literal).await?,
+                Err(_) => TcpStream::connect(address).await?,
+            };
+            socket.set_nodelay(true)?;
+            Ok(socket)
+        };
+        let socket = actix_rt::time::timeout(self.connect_timeout, connecting)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "not connected within connect_timeout",
+                ))
+            })
+            .map_err(CallError::Connect)?;
+        let codec = ClientCodec::new(self.shared.config.clone());
+        Ok(Connection::new(
+            Framed::new(socket, codec),
+            Rc::from(address),
+        ))
+    }
+
+    /// The answer with `connection` either back in the pool (no body) or
+    /// carrying the body.
+    fn answer(&self, head: ResponseHead, connection: Connection) -> UpstreamResponse {
+        let codec = connection.framed.codec_ref();
+        if codec.message_type() == actix_http::h1::MessageType::None {
+            if codec.keep_alive() && connection.framed.is_read_buf_empty() {
+                self.shared.pool.borrow_mut().put(connection);
+            }
+            UpstreamResponse::without_body(head)
+        } else {
+            UpstreamResponse::streaming(head, connection, Rc::clone(&self.shared))
+        }
+    }
+}
+
+/// Whether a request that met a closed pooled connection may be sent again
+/// on a new one: its body is still at hand, and sending it twice is
+/// harmless should the replica have seen the first.
+fn resendable(method: &Method, body: &OutgoingBody) -> bool {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    idempotent && !matches!(body, OutgoingBody::Stream(..))
+}
+
+/// Writes the request and reads the answer head; informational answers
+/// (1xx) before it are passed over.
+async fn exchange(
+    framed: &mut Framed<TcpStream, ClientCodec>,
+    head: &Rc<RequestHead>,
+    body: &mut OutgoingBody,
+) -> Result<ResponseHead, CallError> {
+    let size = body.size();
+    let mut framed = Pin::new(framed);
+    framed
+        .as_mut()
+        .write(Message::Item((
+            RequestHeadType::Rc(Rc::clone(head), None),
+            size,
+        )))
+        .map_err(CallError::Closed)?;
+    match body {
+        OutgoingBody::Empty => {}
+        OutgoingBody::Full(bytes) => {
+            let chunk = Message::Chunk(Some(bytes.clone()));
+            framed.as_mut().write(chunk).map_err(CallError::Closed)?;
+            framed
+                .as_mut()
+                .write(Message::Chunk(None))
+                .map_err(CallError::Closed)?;
+        }
+        OutgoingBody::Stream(payload, _) => stream_body(framed.as_mut(), payload).await?,
+    }
+    poll_fn(|cx| framed.as_mut().flush(cx))
+        .await
+        .map_err(CallError::Closed)?;
+    loop {
+        match poll_fn(|cx| framed.as_mut().next_item(cx)).await {
+            Some(Ok(answer))
+                if answer.status.is_informational()
+                    && answer.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Some(Ok(answer)) => return Ok(answer),
+            Some(Err(ParseError::Io(err))) => return Err(CallError::Closed(err)),
+            Some(Err(err)) => return Err(CallError::Protocol(err)),
+            None => {
+                return Err(CallError::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed by the replica",
+                )))
+            }
+        }
+    }
+}
+
+/// Streams the caller's body to the replica, flushing whenever the write
+/// buffer fills, so no more than a buffer's worth is held.
+async fn stream_body(
+    mut framed: Pin<&mut Framed<TcpStream, ClientCodec>>,
+    payload: &mut LimitedPayload,
+) -> Result<(), CallError> {
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(CallError::Body)?;
+        framed
+            .as_mut()
+            .write(Message::Chunk(Some(chunk)))
+            .map_err(CallError::Closed)?;
+        if framed.is_write_buf_full() {
+            poll_fn(|cx| framed.as_mut().flush(cx))
+                .await
+                .map_err(CallError::Closed)?;
+        }
+    }
+    framed
+        .as_mut()
+        .write(Message::Chunk(None))
+        .map_err(CallError::Closed)
+}
+
+/// Every half idle timeout, closes the pool's stale connections; ends with
+/// the worker's client.
+async fn sweep_idle(shared: Weak<Shared>) {
+    let mut ticks = actix_rt::time::interval(IDLE_TIMEOUT / 2);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.pool.borrow_mut().sweep();
+    }
+}

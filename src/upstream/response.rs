@@ -1,0 +1,146 @@
+//! A replica's answer: its head, and its body as a stream read straight
+//! off the connection. Once the body has been read to its end the
+//! connection goes back to the worker's pool; a body dropped early or cut
+//! closes it.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_codec::Framed;
+use actix_http::error::PayloadError;
+use actix_http::h1::ClientPayloadCodec;
+use actix_http::header::HeaderMap;
+use actix_http::{ResponseHead, StatusCode};
+use actix_web::web::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use tokio::net::TcpStream;
+
+use super::pool::Connection;
+use super::Shared;
+
+/// The answer head from a replica, with its body still to stream.
+pub struct UpstreamResponse {
+    head: ResponseHead,
+    /// The body still on the connection; `None` when there is none or its
+    /// end was read.
+    body: Option<Reading>,
+}
+
+struct Reading {
+    framed: Framed<TcpStream, ClientPayloadCodec>,
+    address: Rc<str>,
+    /// Where the connection goes back to once the body ends.
+    shared: Rc<Shared>,
+    /// The body runs until the replica closes (HTTP/1.0 without a length),
+    /// so the end of the stream is its end, not a cut.
+    ends_at_close: bool,
+}
+
+impl UpstreamResponse {
+    /// An answer whose body is already over (none, or a `HEAD`'s).
+    pub(super) fn without_body(head: ResponseHead) -> UpstreamResponse {
+        UpstreamResponse { head, body: None }
+    }
+
+    /// An answer whose body is read from `connection` as it is streamed.
+    pub(super) fn streaming(
+        head: ResponseHead,
+        connection: Connection,
+        shared: Rc<Shared>,
+    ) -> UpstreamResponse {
+        let ends_at_close = head.version == actix_http::Version::HTTP_10
+            && !head
+                .headers
+                .contains_key(actix_http::header::CONTENT_LENGTH);
+        let Connection {
+            framed, address, ..
+        } = connection;
+        UpstreamResponse {
+            head,
+            body: Some(Reading {
+                framed: framed.into_map_codec(|codec| codec.into_payload_codec()),
+                address,
+                shared,
+                ends_at_close,
+            }),
+        }
+    }
+
+    /// The replica's status.
+    pub fn status(&self) -> StatusCode {
+        self.head.status
+    }
+
+    /// The replica's headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.head.headers
+    }
+
+    /// The whole body, read into memory; [`PayloadError::Overflow`] once it
+    /// crosses `limit` bytes.
+    pub async fn body(&mut self, limit: usize) -> Result<Bytes, PayloadError> {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = self.next().await {
+            let chunk = chunk?;
+            if body.len() + chunk.len() > limit {
+                return Err(PayloadError::Overflow);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+}
+
+impl Stream for UpstreamResponse {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(reading) = &mut this.body else {
+            return Poll::Ready(None);
+        };
+        let item = match Pin::new(&mut reading.framed).next_item(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        match item {
+            Some(Ok(Some(chunk))) => Poll::Ready(Some(Ok(chunk))),
+            Some(Ok(None)) => {
+                if let Some(done) = this.body.take() {
+                    done.release();
+                }
+                Poll::Ready(None)
+            }
+            Some(Err(err)) => {
+                this.body = None;
+                Poll::Ready(Some(Err(err)))
+            }
+            None => {
+                let ends_at_close = reading.ends_at_close;
+                this.body = None;
+                if ends_at_close {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(PayloadError::Incomplete(None))))
+                }
+            }
+        }
+    }
+}
+
+impl Reading {
+    /// The body was read to its end: the connection goes back to the pool
+    /// when the replica keeps it alive and sent nothing past the body.
+    fn release(self) {
+        if self.framed.codec_ref().keep_alive() && self.framed.is_read_buf_empty() {
+            let framed = self
+                .framed
+                .into_map_codec(|codec| codec.into_message_codec());
+            self.shared
+                .pool
+                .borrow_mut()
+                .put(Connection::new(framed, self.address));
+        }
+    }
+}

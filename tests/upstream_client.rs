@@ -1,0 +1,167 @@
+//! The request path's HTTP/1 client against real replicas: keep-alive
+//! connections are pooled and reused; a pooled connection the replica
+//! closed as the request went out is replaced without the caller seeing
+//! it (when sending twice is harmless); informational answers are passed
+//! over; a body that runs until an HTTP/1.0 replica closes arrives whole,
+//! while one cut short of its length is a cut; and a caller's
+//! `Expect: 100-continue` is met by the sidecar, not forwarded.
+
+mod support;
+
+use support::faults::{answer_body_start, Fault, FaultServer, ANSWER};
+use support::{
+    client, eventually, get_text, header_seen, metric_sum, raw_exchange, sidecar_with, Upstream,
+};
+
+/// One worker, so every call of a test meets the same pool.
+const ONE_WORKER: &str = "workers: 1";
+
+/// A service `api` on `endpoint`, with retries off so that only the client
+/// itself can hide a failure.
+fn api(endpoint: &str) -> String {
+    format!("  - {{ name: api, endpoints: [\"{endpoint}\"], retry: {{ attempts: 1 }} }}")
+}
+
+fn upstream_errors(metrics: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "outrigger_upstream_errors_total",
+        &[("service", "api")],
+    )
+}
+
+#[actix_web::test]
+async fn calls_in_sequence_reuse_one_pooled_connection() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&upstream.endpoint())).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let client = client();
+    for _ in 0..20 {
+        let response = client.get(&url).send().await.expect("an answer");
+        assert_eq!(response.status(), 200);
+    }
+    let mut upload = client
+        .post(&url)
+        .send_body("a body")
+        .await
+        .expect("an answer");
+    assert_eq!(upload.status(), 200);
+    let echo: serde_json::Value = upload.json().await.expect("the echo");
+    assert_eq!(echo["body_bytes"], 6);
+    assert_eq!(upstream.hits(), 21);
+    assert_eq!(upstream.connections(), 1, "one connection for every call");
+}
+
+#[actix_web::test]
+async fn a_pooled_connection_closed_by_the_replica_is_replaced_unseen() {
+    let replica = FaultServer::start(Fault::OneAnswerPerConnection).await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let client = client();
+    for call in 0..5 {
+        let mut response = client.get(&url).send().await.expect("an answer");
+        assert_eq!(
+            response.status(),
+            200,
+            "call {call}: {:?}",
+            response.body().await
+        );
+        let body = response.body().await.expect("a whole body");
+        assert_eq!(&body[..], &ANSWER[answer_body_start()..]);
+    }
+    // Each call after the first met the pooled connection closing, and was
+    // sent again on a new one: 2 requests read per connection but the first.
+    assert_eq!(replica.requests(), 9);
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    assert_eq!(upstream_errors(&metrics), 0.0, "{metrics}");
+    // A POST is not sent twice: the replica may have acted on the first.
+    let response = client
+        .post(&url)
+        .send_body("once")
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-outrigger")
+            .and_then(|v| v.to_str().ok()),
+        Some("upstream_reset")
+    );
+}
+
+#[actix_web::test]
+async fn informational_answers_before_the_final_one_are_passed_over() {
+    let replica = FaultServer::start(Fault::Raw(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    ))
+    .await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let mut response = client().get(&url).send().await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    assert_eq!(&response.body().await.expect("a body")[..], b"ok");
+}
+
+#[actix_web::test]
+async fn an_http_1_0_body_without_a_length_runs_to_the_close() {
+    let replica = FaultServer::start(Fault::Raw(
+        b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the replica closes",
+    ))
+    .await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let mut response = client().get(&url).send().await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let body = response.body().await.expect("a whole body");
+    assert_eq!(&body[..], b"until the replica closes");
+}
+
+#[actix_web::test]
+async fn a_body_closed_short_of_its_length_is_a_cut() {
+    let replica = FaultServer::start(Fault::Raw(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b",
+    ))
+    .await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    // The caller sees the answer cut, or (when the cut came before the
+    // head left) its connection closed: never 10 of 100 bytes as a whole.
+    let taken_whole = match client().get(&url).send().await {
+        Ok(mut response) => response.body().await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!taken_whole, "10 of 100 bytes taken as a whole body");
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    eventually(
+        "the cut is counted as the replica's protocol error",
+        || async {
+            let metrics = get_text(&metrics).await;
+            metric_sum(
+                &metrics,
+                "outrigger_upstream_errors_total",
+                &[("service", "api"), ("kind", "protocol")],
+            ) == 1.0
+        },
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_with(ONE_WORKER, &api(&upstream.endpoint())).await;
+    let answer = raw_exchange(
+        sidecar.outbound_addr(),
+        "POST /api/upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
+         Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+    );
+    let last = answer
+        .rfind("HTTP/1.1 ")
+        .map_or("", |start| &answer[start..]);
+    assert!(last.starts_with("HTTP/1.1 200"), "{answer}");
+    let echo = support::raw_json(last);
+    assert_eq!(echo["body_bytes"], 5, "{answer}");
+    assert_eq!(header_seen(&echo, "expect"), None, "{answer}");
+}
