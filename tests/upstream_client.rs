@@ -4,7 +4,8 @@
 //! it (when sending twice is harmless); informational answers are passed
 //! over; a body that runs until an HTTP/1.0 replica closes arrives whole,
 //! while one cut short of its length is a cut; and a caller's
-//! `Expect: 100-continue` is met by the sidecar, not forwarded.
+//! `Expect: 100-continue` is met by the sidecar, not forwarded. A replica
+//! named by host name is resolved when connecting.
 
 mod support;
 
@@ -164,4 +165,16 @@ async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
     let echo = support::raw_json(last);
     assert_eq!(echo["body_bytes"], 5, "{answer}");
     assert_eq!(header_seen(&echo, "expect"), None, "{answer}");
+}
+
+#[actix_web::test]
+async fn a_replica_named_by_host_name_is_resolved_and_called() {
+    let upstream = Upstream::start().await;
+    let named = format!("localhost:{}", upstream.addr.port());
+    let sidecar = sidecar_with(ONE_WORKER, &api(&named)).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let mut response = client().get(&url).send().await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.expect("the echo");
+    assert_eq!(header_seen(&echo, "host").as_deref(), Some(named.as_str()));
 }
