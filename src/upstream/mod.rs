@@ -6,8 +6,8 @@
 //! costs per request: a new codec whose configuration starts a date task
 //! and timer on the worker (a wake-up of the event loop each time), two
 //! fresh 8 KiB buffers, and a hashed pool lookup behind a semaphore. Here
-//! the worker's connections share one codec configuration and keep their
-//! buffers in the pool. awc stays for the sidecar's own calls (registry,
+//! the worker's connections share one codec configuration, and a pooled
+//! connection keeps its codec. awc stays for the sidecar's own calls (registry,
 //! JWKS, OTLP), which are few.
 
 mod pool;
@@ -37,8 +37,7 @@ use crate::listener::{BodyError, LimitedPayload};
 use pool::{Connection, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
 
-/// One worker's client. Cheap to clone; not `Send` (it lives on its worker).
-#[derive(Clone)]
+/// One worker's client; not `Send` (it lives on its worker).
 pub struct Client {
     shared: Rc<Shared>,
     connect_timeout: Duration,

@@ -1,8 +1,11 @@
 //! One worker's idle keep-alive connections, by replica address. The most
 //! recently used connection is taken first, so a burst's extra connections
-//! go unused and age out. A connection is handed out only when it is still
-//! open and has nothing unread; that check costs no system call unless the
-//! socket has signalled something since its last read.
+//! go unused and age out. An idle connection keeps only its socket and
+//! codec, not its buffers (the read buffer alone grows to 32 KiB, and a
+//! burst's connections would hold theirs until they age out). A connection
+//! is handed out only when it is still open and has nothing unread; that
+//! check costs no system call unless the socket has signalled something
+//! since its last read.
 
 use std::collections::HashMap;
 use std::io;
@@ -10,7 +13,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use actix_codec::Framed;
+use actix_codec::{Framed, FramedParts};
 use actix_http::h1::ClientCodec;
 use tokio::net::TcpStream;
 
@@ -19,7 +22,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per replica; one released past this is closed.
 const MAX_IDLE_PER_REPLICA: usize = 256;
 
-/// A keep-alive connection to one replica, with its read and write buffers.
+/// A keep-alive connection to one replica.
 pub struct Connection {
     /// The socket, framed by the HTTP/1 client codec.
     pub framed: Framed<TcpStream, ClientCodec>,
@@ -30,7 +33,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A fresh connection to `address`.
+    /// `framed`, a connection to `address`, idle from now.
     pub fn new(framed: Framed<TcpStream, ClientCodec>, address: Rc<str>) -> Connection {
         Connection {
             framed,
@@ -83,9 +86,14 @@ impl Pool {
         None
     }
 
-    /// Keeps `connection` for the next request to its replica.
-    pub fn put(&mut self, mut connection: Connection) {
-        connection.idle_since = Instant::now();
+    /// Keeps `connection`, without its buffers, for the next request to its
+    /// replica. Its read buffer must hold nothing unread.
+    pub fn put(&mut self, connection: Connection) {
+        let parts = connection.framed.into_parts();
+        let connection = Connection::new(
+            Framed::from_parts(FramedParts::new(parts.io, parts.codec)),
+            connection.address,
+        );
         let idle = match self.idle.get_mut(&*connection.address) {
             Some(idle) => idle,
             None => self.idle.entry(Rc::clone(&connection.address)).or_default(),
@@ -103,5 +111,80 @@ impl Pool {
             idle.retain_mut(|connection| connection.usable(now));
             !idle.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::ServiceConfig;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A pooled connection to a listener of its own, and the listener's end.
+    async fn connected() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let socket = TcpStream::connect(&address).await.expect("connect");
+        let (peer, _) = listener.accept().await.expect("accept");
+        let codec = ClientCodec::new(ServiceConfig::default());
+        let connection = Connection::new(Framed::new(socket, codec), Rc::from(address));
+        (connection, peer)
+    }
+
+    /// Whether `pool` still hands out a connection to `address`, within a
+    /// deadline for the socket's news to reach the event loop.
+    async fn handed_out_within(pool: &mut Pool, address: &str, expected: bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let taken = pool.take(address);
+            let found = taken.is_some();
+            if let Some(connection) = taken {
+                pool.put(connection);
+            }
+            if found == expected || Instant::now() > deadline {
+                return found;
+            }
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn the_most_recently_released_connection_is_taken_first() {
+        let (first, _first_peer) = connected().await;
+        let (mut second, _second_peer) = connected().await;
+        second.address = Rc::clone(&first.address);
+        let second_port = second.framed.io_ref().local_addr().expect("port");
+        let address = first.address.to_string();
+        let mut pool = Pool::default();
+        pool.put(first);
+        pool.put(second);
+        let taken = pool.take(&address).expect("a connection");
+        assert_eq!(taken.framed.io_ref().local_addr().ok(), Some(second_port));
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_the_replica_closed_is_not_handed_out() {
+        let (connection, peer) = connected().await;
+        let address = connection.address.to_string();
+        let mut pool = Pool::default();
+        pool.put(connection);
+        assert!(handed_out_within(&mut pool, &address, true).await);
+        drop(peer);
+        assert!(!handed_out_within(&mut pool, &address, false).await);
+        pool.sweep();
+        assert!(pool.idle.is_empty(), "the replica is forgotten");
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_with_bytes_no_request_asked_for_is_not_handed_out() {
+        let (connection, mut peer) = connected().await;
+        let address = connection.address.to_string();
+        let mut pool = Pool::default();
+        pool.put(connection);
+        peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .expect("write");
+        assert!(!handed_out_within(&mut pool, &address, false).await);
     }
 }
