@@ -13,6 +13,13 @@ use super::{key, Store, StoreError, StoreFuture, WindowCount};
 /// the oldest make room.
 const CAPACITY: usize = 100_000;
 
+/// A window's log keeps its spare room up to this many times its length (and
+/// at least [`LOG_SLACK_MIN`] entries): a burst's room is given back once the
+/// burst leaves the window, instead of staying with the process for good.
+const LOG_SLACK: usize = 4;
+/// The least spare room a log keeps.
+const LOG_SLACK_MIN: usize = 1024;
+
 /// When a usage record expires, and its attempts per endpoint.
 type UsageRecord = (Instant, HashMap<String, u64>);
 
@@ -90,6 +97,9 @@ impl MemoryStore {
             .is_some_and(|first| now.duration_since(*first) >= window)
         {
             log.pop_front();
+        }
+        if log.capacity() > LOG_SLACK_MIN.max(log.len() * LOG_SLACK) {
+            log.shrink_to(LOG_SLACK_MIN.max(log.len() * 2));
         }
         let allowed = (log.len() as u64) < u64::from(limit);
         if allowed {
@@ -247,6 +257,31 @@ mod tests {
         );
         let later = store.hit_at("k", 3, secs(60), t0 + secs(61)).expect("hit");
         assert!(later.allowed, "the first hit has left the window");
+    }
+
+    #[test]
+    fn a_burst_gives_its_room_back_once_it_leaves_the_window() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        for _ in 0..100_000 {
+            store.hit_at("k", u32::MAX, secs(60), t0).expect("hit");
+        }
+        let room = |store: &MemoryStore| {
+            lock(&store.windows)
+                .expect("lock")
+                .get("k")
+                .map_or(0, VecDeque::capacity)
+        };
+        assert!(room(&store) >= 100_000);
+        let after = store
+            .hit_at("k", u32::MAX, secs(60), t0 + secs(61))
+            .expect("hit");
+        assert_eq!(after.count, 1);
+        assert!(
+            room(&store) <= LOG_SLACK_MIN,
+            "{} entries of room kept",
+            room(&store)
+        );
     }
 
     #[test]
