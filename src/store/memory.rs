@@ -13,12 +13,21 @@ use super::{key, Store, StoreError, StoreFuture, WindowCount};
 /// the oldest make room.
 const CAPACITY: usize = 100_000;
 
-/// A window's log keeps its spare room up to this many times its length (and
-/// at least [`LOG_SLACK_MIN`] entries): a burst's room is given back once the
-/// burst leaves the window, instead of staying with the process for good.
-const LOG_SLACK: usize = 4;
-/// The least spare room a log keeps.
-const LOG_SLACK_MIN: usize = 1024;
+/// A window's log coalesces its hits into buckets this fraction of the
+/// window wide, so a key's memory is bounded whatever its limit (a high
+/// limit counted in process while Redis is down held every admitted hit).
+const BUCKETS_PER_WINDOW: u32 = 64;
+
+/// The admitted hits of one key still within its window, oldest first.
+#[derive(Debug, Default)]
+struct HitLog {
+    /// Each bucket's first and last hit and how many it holds. A bucket
+    /// leaves the window with its last hit: never early, at most a
+    /// bucket's width late.
+    buckets: VecDeque<(Instant, Instant, u32)>,
+    /// The hits in all buckets.
+    total: u64,
+}
 
 /// When a usage record expires, and its attempts per endpoint.
 type UsageRecord = (Instant, HashMap<String, u64>);
@@ -27,7 +36,7 @@ type UsageRecord = (Instant, HashMap<String, u64>);
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     revoked: Mutex<HashMap<String, Instant>>,
-    windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    windows: Mutex<HashMap<String, HitLog>>,
     usage: Mutex<HashMap<String, UsageRecord>>,
     values: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
 }
@@ -79,7 +88,8 @@ impl MemoryStore {
             .is_some_and(|until| *until > now))
     }
 
-    /// Sliding log: the admitted requests' times within the window.
+    /// Sliding log of the admitted requests within the window, in buckets
+    /// (see [`HitLog`]).
     fn hit_at(
         &self,
         key: &str,
@@ -89,28 +99,36 @@ impl MemoryStore {
     ) -> Result<WindowCount, StoreError> {
         let mut windows = lock(&self.windows)?;
         make_room(&mut windows, now, |log| {
-            log.back().map_or(now, |last| *last + window)
+            log.buckets
+                .back()
+                .map_or(now, |(_, last, _)| *last + window)
         });
         let log = windows.entry(key.to_string()).or_default();
-        while log
-            .front()
-            .is_some_and(|first| now.duration_since(*first) >= window)
-        {
-            log.pop_front();
+        while let Some(&(_, last, hits)) = log.buckets.front() {
+            if now.duration_since(last) < window {
+                break;
+            }
+            log.buckets.pop_front();
+            log.total -= u64::from(hits);
         }
-        if log.capacity() > LOG_SLACK_MIN.max(log.len() * LOG_SLACK) {
-            log.shrink_to(LOG_SLACK_MIN.max(log.len() * 2));
-        }
-        let allowed = (log.len() as u64) < u64::from(limit);
+        let allowed = log.total < u64::from(limit);
         if allowed {
-            log.push_back(now);
+            let width = window / BUCKETS_PER_WINDOW;
+            match log.buckets.back_mut() {
+                Some((first, last, hits)) if now.duration_since(*first) < width => {
+                    *last = now;
+                    *hits += 1;
+                }
+                _ => log.buckets.push_back((now, now, 1)),
+            }
+            log.total += 1;
         }
-        let reset_after = log.front().map_or(window, |first| {
-            (*first + window).saturating_duration_since(now)
+        let reset_after = log.buckets.front().map_or(window, |(_, last, _)| {
+            (*last + window).saturating_duration_since(now)
         });
         Ok(WindowCount {
             allowed,
-            count: log.len() as u32,
+            count: u32::try_from(log.total).unwrap_or(u32::MAX),
             reset_after,
         })
     }
@@ -260,27 +278,35 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_gives_its_room_back_once_it_leaves_the_window() {
+    fn a_high_limit_keeps_a_bounded_log_and_never_admits_past_it() {
         let store = MemoryStore::new();
         let t0 = Instant::now();
-        for _ in 0..100_000 {
-            store.hit_at("k", u32::MAX, secs(60), t0).expect("hit");
+        let window = secs(60);
+        // 100,000 hits spread over the window: a hit every 0.6 ms.
+        for n in 0..100_000u64 {
+            let at = t0 + Duration::from_micros(n * 600);
+            let count = store.hit_at("k", 100_000, window, at).expect("hit");
+            assert!(count.allowed, "hit {n}");
         }
-        let room = |store: &MemoryStore| {
-            lock(&store.windows)
-                .expect("lock")
-                .get("k")
-                .map_or(0, VecDeque::capacity)
-        };
-        assert!(room(&store) >= 100_000);
-        let after = store
-            .hit_at("k", u32::MAX, secs(60), t0 + secs(61))
-            .expect("hit");
-        assert_eq!(after.count, 1);
+        let buckets = lock(&store.windows).expect("lock")["k"].buckets.len();
+        assert!(buckets <= 65, "{buckets} buckets for one key");
+        let full = store.hit_at(
+            "k",
+            100_000,
+            window,
+            t0 + secs(60) - Duration::from_millis(1),
+        );
         assert!(
-            room(&store) <= LOG_SLACK_MIN,
-            "{} entries of room kept",
-            room(&store)
+            !full.expect("hit").allowed,
+            "the limit holds within the window"
+        );
+        let later = store
+            .hit_at("k", 100_000, window, t0 + secs(121))
+            .expect("hit");
+        assert_eq!(
+            (later.allowed, later.count),
+            (true, 1),
+            "every old hit left"
         );
     }
 
