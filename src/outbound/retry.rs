@@ -14,16 +14,7 @@ use crate::replica::{Answer, UpstreamError};
 /// Whether `method` may be retried under `config` (idempotent methods always;
 /// the others only when the service opts in with `non_idempotent: true`).
 pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
-    config.non_idempotent
-        || matches!(
-            *method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        )
+    config.non_idempotent || crate::upstream::idempotent(method)
 }
 
 /// Whether `answer` is one of the conditions `config` retries. An answer

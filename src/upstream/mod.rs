@@ -184,11 +184,8 @@ impl Client {
     /// The answer with `connection` either back in the pool (no body) or
     /// carrying the body.
     fn answer(&self, head: ResponseHead, connection: Connection) -> UpstreamResponse {
-        let codec = connection.framed.codec_ref();
-        if codec.message_type() == actix_http::h1::MessageType::None {
-            if codec.keep_alive() && connection.framed.is_read_buf_empty() {
-                self.shared.pool.borrow_mut().put(connection);
-            }
+        if connection.framed.codec_ref().message_type() == actix_http::h1::MessageType::None {
+            self.shared.pool.borrow_mut().put(connection);
             UpstreamResponse::without_body(head)
         } else {
             UpstreamResponse::streaming(head, connection, Rc::clone(&self.shared))
@@ -196,15 +193,21 @@ impl Client {
     }
 }
 
+/// Whether sending a request with `method` twice has the effect of sending
+/// it once (RFC 9110 9.2.2): such a request may be sent again after a
+/// failure that may have reached the replica.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Whether a request that met a closed pooled connection may be sent again
 /// on a new one: its body is still at hand, and sending it twice is
 /// harmless should the replica have seen the first.
 fn resendable(method: &Method, body: &OutgoingBody) -> bool {
-    let idempotent = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    idempotent && !matches!(body, OutgoingBody::Stream(..))
+    idempotent(method) && !matches!(body, OutgoingBody::Stream(..))
 }
 
 /// Writes the request and reads the answer head; informational answers

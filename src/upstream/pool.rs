@@ -87,8 +87,12 @@ impl Pool {
     }
 
     /// Keeps `connection`, without its buffers, for the next request to its
-    /// replica. Its read buffer must hold nothing unread.
+    /// replica, when the replica keeps it alive and sent nothing past its
+    /// answer; closes it otherwise.
     pub fn put(&mut self, connection: Connection) {
+        if !connection.framed.codec_ref().keep_alive() || !connection.framed.is_read_buf_empty() {
+            return;
+        }
         let parts = connection.framed.into_parts();
         let connection = Connection::new(
             Framed::from_parts(FramedParts::new(parts.io, parts.codec)),
@@ -117,19 +121,32 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_http::ServiceConfig;
+    use actix_http::body::BodySize;
+    use actix_http::h1::Message;
+    use actix_http::{RequestHead, RequestHeadType, ServiceConfig};
+    use std::pin::Pin;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    /// A pooled connection to a listener of its own, and the listener's end.
+    /// A keep-alive connection to a listener of its own that has carried a
+    /// request, and the listener's end.
     async fn connected() -> (Connection, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let socket = TcpStream::connect(&address).await.expect("connect");
         let (peer, _) = listener.accept().await.expect("accept");
-        let codec = ClientCodec::new(ServiceConfig::default());
-        let connection = Connection::new(Framed::new(socket, codec), Rc::from(address));
-        (connection, peer)
+        let config = actix_http::ServiceConfigBuilder::new()
+            .keep_alive(actix_http::KeepAlive::Timeout(IDLE_TIMEOUT))
+            .build();
+        let mut framed = Framed::new(socket, ClientCodec::new(config));
+        let request = (
+            RequestHeadType::Owned(RequestHead::default()),
+            BodySize::None,
+        );
+        Pin::new(&mut framed)
+            .write(Message::Item(request))
+            .expect("encode a request");
+        (Connection::new(framed, Rc::from(address)), peer)
     }
 
     /// Whether `pool` still hands out a connection to `address`, within a
@@ -174,6 +191,46 @@ mod tests {
         assert!(!handed_out_within(&mut pool, &address, false).await);
         pool.sweep();
         assert!(pool.idle.is_empty(), "the replica is forgotten");
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_idle_past_the_idle_timeout_is_not_handed_out() {
+        let (mut connection, _peer) = connected().await;
+        let now = Instant::now();
+        assert!(connection.usable(now));
+        assert!(!connection.usable(now + IDLE_TIMEOUT + Duration::from_secs(1)));
+    }
+
+    #[actix_rt::test]
+    async fn a_replica_keeps_at_most_its_cap_of_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address: Rc<str> = Rc::from(listener.local_addr().expect("address").to_string());
+        let mut pool = Pool::default();
+        let mut peers = Vec::new();
+        for _ in 0..=MAX_IDLE_PER_REPLICA {
+            let (mut connection, peer) = connected().await;
+            connection.address = Rc::clone(&address);
+            pool.put(connection);
+            peers.push(peer);
+        }
+        assert_eq!(pool.idle[&address].len(), MAX_IDLE_PER_REPLICA);
+    }
+
+    #[actix_rt::test]
+    async fn a_connection_the_replica_will_close_is_not_kept() {
+        let (connection, _peer) = connected().await;
+        let address = connection.address.to_string();
+        let socket = connection.framed.into_parts().io;
+        let fresh = Connection::new(
+            Framed::new(socket, ClientCodec::new(ServiceConfig::default())),
+            Rc::from(address.as_str()),
+        );
+        let mut pool = Pool::default();
+        pool.put(fresh);
+        assert!(
+            pool.take(&address).is_none(),
+            "a connection without keep-alive was kept"
+        );
     }
 
     #[actix_rt::test]

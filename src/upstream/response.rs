@@ -131,16 +131,14 @@ impl Stream for UpstreamResponse {
 
 impl Reading {
     /// The body was read to its end: the connection goes back to the pool
-    /// when the replica keeps it alive and sent nothing past the body.
+    /// (which keeps it only if it may carry another request).
     fn release(self) {
-        if self.framed.codec_ref().keep_alive() && self.framed.is_read_buf_empty() {
-            let framed = self
-                .framed
-                .into_map_codec(|codec| codec.into_message_codec());
-            self.shared
-                .pool
-                .borrow_mut()
-                .put(Connection::new(framed, self.address));
-        }
+        let framed = self
+            .framed
+            .into_map_codec(|codec| codec.into_message_codec());
+        self.shared
+            .pool
+            .borrow_mut()
+            .put(Connection::new(framed, self.address));
     }
 }
