@@ -9,6 +9,7 @@
 
 mod support;
 
+use outrigger::Sidecar;
 use support::faults::{answer_body_start, Fault, FaultServer, ANSWER};
 use support::{
     client, eventually, get_text, header_seen, metric_sum, raw_exchange, sidecar_with, Upstream,
@@ -17,10 +18,15 @@ use support::{
 /// One worker, so every call of a test meets the same pool.
 const ONE_WORKER: &str = "workers: 1";
 
-/// A service `api` on `endpoint`, with retries off so that only the client
-/// itself can hide a failure.
-fn api(endpoint: &str) -> String {
-    format!("  - {{ name: api, endpoints: [\"{endpoint}\"], retry: {{ attempts: 1 }} }}")
+/// A one-worker sidecar whose service `api` is on `endpoint`, with retries
+/// off so that only the client itself can hide a failure; and the URL of a
+/// call to it.
+async fn calling_api(endpoint: &str) -> (Sidecar, String) {
+    let service =
+        format!("  - {{ name: api, endpoints: [\"{endpoint}\"], retry: {{ attempts: 1 }} }}");
+    let sidecar = sidecar_with(ONE_WORKER, &service).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    (sidecar, url)
 }
 
 fn upstream_errors(metrics: &str) -> f64 {
@@ -34,8 +40,7 @@ fn upstream_errors(metrics: &str) -> f64 {
 #[actix_web::test]
 async fn calls_in_sequence_reuse_one_pooled_connection() {
     let upstream = Upstream::start().await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&upstream.endpoint())).await;
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let (_sidecar, url) = calling_api(&upstream.endpoint()).await;
     let client = client();
     for _ in 0..20 {
         let response = client.get(&url).send().await.expect("an answer");
@@ -56,8 +61,7 @@ async fn calls_in_sequence_reuse_one_pooled_connection() {
 #[actix_web::test]
 async fn a_pooled_connection_closed_by_the_replica_is_replaced_unseen() {
     let replica = FaultServer::start(Fault::OneAnswerPerConnection).await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let (sidecar, url) = calling_api(&replica.endpoint()).await;
     let client = client();
     for call in 0..5 {
         let mut response = client.get(&url).send().await.expect("an answer");
@@ -91,32 +95,30 @@ async fn a_pooled_connection_closed_by_the_replica_is_replaced_unseen() {
     );
 }
 
+/// The status and whole body the app gets through the sidecar from a
+/// replica that answers with `raw` and closes.
+async fn relayed(raw: &'static [u8]) -> (u16, Vec<u8>) {
+    let replica = FaultServer::start(Fault::Raw(raw)).await;
+    let (_sidecar, url) = calling_api(&replica.endpoint()).await;
+    let mut response = client().get(&url).send().await.expect("an answer");
+    let body = response.body().await.expect("a whole body");
+    (response.status().as_u16(), body.to_vec())
+}
+
 #[actix_web::test]
 async fn informational_answers_before_the_final_one_are_passed_over() {
-    let replica = FaultServer::start(Fault::Raw(
+    let answer = relayed(
         b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n\
           HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-    ))
-    .await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
-    let mut response = client().get(&url).send().await.expect("an answer");
-    assert_eq!(response.status(), 200);
-    assert_eq!(&response.body().await.expect("a body")[..], b"ok");
+    );
+    assert_eq!(answer.await, (200, b"ok".to_vec()));
 }
 
 #[actix_web::test]
 async fn an_http_1_0_body_without_a_length_runs_to_the_close() {
-    let replica = FaultServer::start(Fault::Raw(
-        b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the replica closes",
-    ))
-    .await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
-    let mut response = client().get(&url).send().await.expect("an answer");
-    assert_eq!(response.status(), 200);
-    let body = response.body().await.expect("a whole body");
-    assert_eq!(&body[..], b"until the replica closes");
+    let answer =
+        relayed(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the replica closes");
+    assert_eq!(answer.await, (200, b"until the replica closes".to_vec()));
 }
 
 #[actix_web::test]
@@ -125,7 +127,7 @@ async fn a_body_closed_short_of_its_length_is_a_cut() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b",
     ))
     .await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&replica.endpoint())).await;
+    let (sidecar, _) = calling_api(&replica.endpoint()).await;
     // The caller sees the answer cut (its head declares 100 bytes, fewer
     // arrive before the close), or, when the cut came before the head left,
     // its connection closed: never 10 of 100 bytes framed as a whole body.
@@ -171,7 +173,7 @@ async fn a_body_closed_short_of_its_length_is_a_cut() {
 #[actix_web::test]
 async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
     let upstream = Upstream::start().await;
-    let sidecar = sidecar_with(ONE_WORKER, &api(&upstream.endpoint())).await;
+    let (sidecar, _) = calling_api(&upstream.endpoint()).await;
     let answer = raw_exchange(
         sidecar.outbound_addr(),
         "POST /api/upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\
@@ -190,8 +192,7 @@ async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
 async fn a_replica_named_by_host_name_is_resolved_and_called() {
     let upstream = Upstream::start().await;
     let named = format!("localhost:{}", upstream.addr.port());
-    let sidecar = sidecar_with(ONE_WORKER, &api(&named)).await;
-    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let (_sidecar, url) = calling_api(&named).await;
     let mut response = client().get(&url).send().await.expect("an answer");
     assert_eq!(response.status(), 200);
     let echo: serde_json::Value = response.json().await.expect("the echo");
