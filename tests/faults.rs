@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use support::faults::{answer_body_start, load, load_while, Fault, FaultServer, Tally, ANSWER};
 use support::{
-    client, endpoints, eventually, get_text, metric, metric_sum, sidecar_from, sidecar_with,
-    swap_in, RedisServer, SidecarProcess, TempDir, Upstream,
+    client, endpoints, eventually, get_text, metric, metric_sum, raw_cut_short, raw_exchange,
+    raw_header, sidecar_from, sidecar_with, swap_in, RedisServer, SidecarProcess, TempDir,
+    Upstream,
 };
 
 /// Concurrent clients of each load phase.
@@ -88,23 +89,14 @@ async fn survive(fault: Option<Fault>) -> FaultReport {
         Some(fault) => Some(FaultServer::start_at(&faulty_addr, fault).await),
         None => None,
     };
-    let lone = async {
+    let outbound = sidecar.outbound;
+    let lone = async move {
         let mut answers = Vec::new();
         for _ in 0..3 {
-            let Ok(mut response) = client().get(format!("{base}/lone/x")).send().await else {
-                answers.push((0, "no answer".to_string()));
-                continue;
-            };
-            let reason = response
-                .headers()
-                .get("x-outrigger")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            let answer = match response.body().await {
-                Ok(_) => (response.status().as_u16(), reason),
-                Err(_) => (0, "cut".to_string()),
-            };
+            // Off this thread, which serves the faulty replica.
+            let answer = actix_rt::task::spawn_blocking(move || lone_answer(outbound))
+                .await
+                .expect("the exchange");
             answers.push(answer);
         }
         answers
@@ -205,6 +197,29 @@ fn transitions(metrics: &str, from: &str, to: &str) -> f64 {
         "outrigger_circuit_breaker_transitions_total",
         &[("from", from), ("to", to)],
     )
+}
+
+/// One raw call to `lone`: status and `x-outrigger` reason, or 0 and `no
+/// answer` or `cut`. Raw bytes, because a client that ends a body at the
+/// close cannot tell a cut answer from a whole one.
+fn lone_answer(outbound: std::net::SocketAddr) -> (u16, String) {
+    let answer = raw_exchange(
+        outbound,
+        "GET /lone/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let Some((head, _)) = answer.split_once("\r\n\r\n") else {
+        return (0, "no answer".to_string());
+    };
+    if raw_cut_short(&answer) {
+        return (0, "cut".to_string());
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let reason = raw_header(head, "x-outrigger").unwrap_or("");
+    (status, reason.to_string())
 }
 
 /// Every `lone` answer was `status` with `reason`.
