@@ -380,7 +380,26 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
     return rows
 
 
+def replica_counts() -> list[int]:
+    """How many requests each replica has served since it started."""
+    return [json.loads(get(f"http://127.0.0.1:{p}/__count")[1])["requests"] for p in UPSTREAM_PORTS]
+
+
 # ---------------------------------------------------------------- summary
+
+def spread(split: dict[str, list[int]], known: dict[str, Proxy]) -> str:
+    """Each proxy's share of its requests per replica: how evenly it balanced."""
+    parts = []
+    for name, served in split.items():
+        total = sum(served)
+        if known[name].argv is None or total == 0:  # the direct path calls one replica
+            continue
+        shares = " / ".join(f"{100 * n / total:.0f}%" for n in served)
+        parts.append(f"{name} {shares}")
+    if not parts:
+        return ""
+    return f"\nShare of each proxy's requests per replica: {'; '.join(parts)}.\n"
+
 
 def fmt(value, digits: int = 0) -> str:
     if value is None:
@@ -535,6 +554,7 @@ def main(argv: list[str]) -> int:
     binary = BENCH / "upstream" / "target" / "release" / "outrigger-bench-upstream"
     upstreams = []
     rows: list[dict] = []
+    split: dict[str, list[int]] = {}
     failures = []
     try:
         (results / "run").mkdir()
@@ -543,12 +563,15 @@ def main(argv: list[str]) -> int:
             first_ok(f"http://127.0.0.1:{port}/__count", upstreams[-1], 10)
         for round_no in range(1, args.rounds + 1):
             for name in names:
+                before = replica_counts()
                 try:
                     rows += bench_one(args, known[name], round_no, results)
                 except Exception as err:  # the other proxies still run
                     failures.append(f"round {round_no} {name}: {err}")
                     note(failures[-1])
-        split = [json.loads(get(f"http://127.0.0.1:{p}/__count")[1])["requests"] for p in UPSTREAM_PORTS]
+                served = split.setdefault(name, [0] * len(UPSTREAM_PORTS))
+                for i, (b, a) in enumerate(zip(before, replica_counts())):
+                    served[i] += a - b
     finally:
         for proc in list(Process.running):
             proc.stop()
@@ -559,7 +582,7 @@ def main(argv: list[str]) -> int:
     write_csv(results / "raw.csv", rows)
     write_csv(results / "summary.csv", summary)
     text = markdown(args, summary, started)
-    text += f"\nRequests per replica over the whole pass: {' / '.join(map(str, split))}.\n"
+    text += spread(split, known)
     if failures:
         text += "\nFailed: " + "; ".join(failures) + "\n"
     (results / "summary.md").write_text(text)
