@@ -151,7 +151,8 @@ impl Drop for InFlight {
 
 /// Every configured service, by name: one version of the table.
 pub struct ServiceTable {
-    services: HashMap<Arc<str>, Arc<Service>>,
+    /// Looked up on every request: hashed with foldhash, not SipHash.
+    services: foldhash::HashMap<Arc<str>, Arc<Service>>,
     ordered: Vec<Arc<Service>>,
 }
 

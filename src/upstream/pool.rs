@@ -7,7 +7,6 @@
 //! check costs no system call unless the socket has signalled something
 //! since its last read.
 
-use std::collections::HashMap;
 use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix_codec::{Framed, FramedParts};
 use actix_http::h1::ClientCodec;
+use foldhash::HashMap;
 use tokio::net::TcpStream;
 
 /// How long an idle connection is kept.
