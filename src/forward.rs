@@ -3,7 +3,6 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
-use std::fmt::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
 
-use crate::listener::{BodyError, LimitedPayload};
+use crate::listener::{BodyError, LimitedPayload, PeerIp};
 use crate::replica::UpstreamError;
 use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
 pub use crate::upstream::UpstreamResponse;
@@ -320,16 +319,21 @@ pub fn copy_request_headers(
             out.append(name.clone(), value.clone());
         }
     }
-    if let Some(peer) = req.peer_addr() {
-        let mut list = forwarded_for.unwrap_or_else(|| String::with_capacity(16));
-        if !list.is_empty() {
-            list.push_str(", ");
+    // The caller's list, if it sent one, with the caller's own IP after it.
+    let forwarded_for = match (forwarded_for, PeerIp::of(req)) {
+        (None, peer) => peer.map(|PeerIp(ip)| ip),
+        (Some(mut list), peer) => {
+            if let Some(ip) = peer.as_ref().and_then(|PeerIp(ip)| ip.to_str().ok()) {
+                if !list.is_empty() {
+                    list.push_str(", ");
+                }
+                list.push_str(ip);
+            }
+            HeaderValue::try_from(list).ok()
         }
-        // Writing to a String cannot fail.
-        let _ = write!(list, "{}", peer.ip());
-        if let Ok(value) = HeaderValue::try_from(list) {
-            out.insert(header::X_FORWARDED_FOR, value);
-        }
+    };
+    if let Some(value) = forwarded_for {
+        out.insert(header::X_FORWARDED_FOR, value);
     }
     if !out.contains_key(&X_FORWARDED_PROTO) {
         out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -507,6 +511,16 @@ mod tests {
         assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
         assert_eq!(get("x-request-id").as_deref(), Some("id-1"));
         assert_eq!(get("host").as_deref(), Some("budgeting"));
+    }
+
+    #[test]
+    fn the_callers_forwarded_for_passes_when_its_address_is_unknown() {
+        let req = TestRequest::default()
+            .insert_header(("x-forwarded-for", "192.0.2.1"))
+            .to_http_request();
+        let out = forwarded(req, false);
+        let value = out.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        assert_eq!(value, Some("192.0.2.1"));
     }
 
     #[test]

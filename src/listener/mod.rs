@@ -12,7 +12,7 @@ mod stream;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use actix_http::body::MessageBody;
@@ -22,7 +22,9 @@ use actix_rt::net::TcpStream;
 use actix_service::{
     fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt,
 };
-use actix_web::dev::{AppConfig, Server};
+use actix_web::dev::{AppConfig, Extensions, Server};
+use actix_web::http::header::HeaderValue;
+use actix_web::HttpRequest;
 use log::{info, warn};
 
 pub use body::{BodyError, LimitedPayload};
@@ -93,12 +95,39 @@ where
             .keep_alive(keep_alive)
             .client_request_timeout(header_timeout)
             .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+            .on_connect_ext(|io: &ClientStream, data: &mut Extensions| {
+                if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
+                    data.insert(ip);
+                }
+            })
             // The app config only feeds `connection_info()` fallbacks, which
             // the proxies do not use: they route on the request's own target.
             .finish(map_config(app, |_| AppConfig::default()));
         accept.and_then(http)
     })?;
     Ok((builder.run(), addrs))
+}
+
+/// The client's IP address as `X-Forwarded-For` names it. The listeners
+/// format it once per connection and keep it in the connection's data, so
+/// a request on a kept-alive connection does not format it again.
+#[derive(Debug, Clone)]
+pub struct PeerIp(pub HeaderValue);
+
+impl PeerIp {
+    /// `ip` as a header value.
+    pub fn new(ip: IpAddr) -> Option<PeerIp> {
+        HeaderValue::try_from(ip.to_string()).ok().map(PeerIp)
+    }
+
+    /// The client IP of `req`: its connection's, or formatted now for a
+    /// request that did not come through a listener.
+    pub fn of(req: &HttpRequest) -> Option<PeerIp> {
+        match req.conn_data::<PeerIp>() {
+            Some(ip) => Some(ip.clone()),
+            None => req.peer_addr().and_then(|peer| PeerIp::new(peer.ip())),
+        }
+    }
 }
 
 /// A listening socket at `bind` (address reuse on, as servers do, so a

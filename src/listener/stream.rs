@@ -54,6 +54,11 @@ impl ClientStream {
         }
     }
 
+    /// The address of the client at the other end, when it was known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     fn peer(&self) -> String {
         self.peer
             .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
