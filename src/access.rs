@@ -64,11 +64,18 @@ impl<'a> Answering<'a> {
         let duration = self.started.elapsed();
         series.record(req.method(), status, duration);
         let sampled = self.hop.context.sampled();
-        let request_id = self.request_id.to_str().unwrap_or("-");
+        // Read as text only for a span or a line: checking costs per request.
+        let request_id = || self.request_id.to_str().unwrap_or("-");
         if let Some(spans) = spans.filter(|_| sampled) {
             let (method, status) = (req.method().as_str(), status.as_u16());
             spans.record(Span::new(
-                self.hop, listener, service, method, status, request_id, duration,
+                self.hop,
+                listener,
+                service,
+                method,
+                status,
+                request_id(),
+                duration,
             ));
         }
         let selected = match mode {
@@ -81,7 +88,7 @@ impl<'a> Answering<'a> {
         }
         log::info!(
             target: TARGET,
-            request_id = request_id,
+            request_id = request_id(),
             listener = listener,
             service = service,
             status = status.as_u16(),

@@ -7,6 +7,7 @@ mod retry;
 mod route;
 mod upgrade;
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,21 +104,24 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         Err(refused) => {
             warn!(
                 "request {}: {}: {}",
-                id_str(&request_id),
+                Id(&request_id).as_str(),
                 refused.status().as_u16(),
                 refused.message()
             );
-            (None, refused.closing_response(None, id_str(&request_id)))
+            (
+                None,
+                refused.closing_response(None, Id(&request_id).as_str()),
+            )
         }
         Ok(None) => {
             debug!(
                 "request {}: no service for {}",
-                id_str(&request_id),
+                Id(&request_id).as_str(),
                 req.uri()
             );
             (
                 None,
-                ProxyError::UnknownService.response(None, id_str(&request_id)),
+                ProxyError::UnknownService.response(None, Id(&request_id).as_str()),
             )
         }
         Ok(Some((service, path, keep_host))) => {
@@ -173,7 +177,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         req,
         request_id,
     } = outgoing;
-    let id = id_str(request_id);
+    let id = Id(request_id);
     let name = &*service.name;
     let policy = &settings.policy;
     let Some(slot) = service.try_enter(policy.concurrency.max_in_flight) else {
@@ -182,7 +186,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let message =
             format!("{name} already has {limit} requests in flight (concurrency.max_in_flight)");
         warn!("request {id}: 429: {message}");
-        return ProxyError::ConcurrencyLimit(message).response(Some(name), id);
+        return ProxyError::ConcurrencyLimit(message).response(Some(name), id.as_str());
     };
     if forward::upgrade_requested(req.headers()).is_some() {
         return tunnel(worker, outgoing, payload, slot).await;
@@ -197,7 +201,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         Ok(body) => body,
         Err(message) => {
             warn!("request {id}: 400: {message}");
-            return ProxyError::BadRequest(message).closing_response(Some(name), id);
+            return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
         }
     };
     service.retry_budget.record_request();
@@ -212,7 +216,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
                     return previous.into_response(slot, name, request_id);
                 }
                 warn!("request {id}: 503: {}", error.message());
-                return error.response(Some(name), id);
+                return error.response(Some(name), id.as_str());
             }
         };
         // The previous try's answer is dropped only now that another replica was found.
@@ -332,13 +336,13 @@ async fn tunnel(
         req,
         request_id,
     } = outgoing;
-    let (id, name) = (id_str(request_id), &*service.name);
+    let (id, name) = (Id(request_id), &*service.name);
     let policy = &settings.policy;
     let mut lease = match pick(worker, service, Vec::new()).await {
         Ok(lease) => lease,
         Err(error) => {
             warn!("request {id}: 503: {}", error.message());
-            return error.response(Some(name), id);
+            return error.response(Some(name), id.as_str());
         }
     };
     let endpoint = Arc::clone(lease.endpoint());
@@ -392,7 +396,7 @@ impl Try {
 
     /// The app's answer: the replica's response streamed back, or our error.
     fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
-        let id = id_str(request_id);
+        let id = Id(request_id);
         // Formatted only for an error: most answers are streamed back as they are.
         let replica = || format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
@@ -406,7 +410,7 @@ impl Try {
             }
             Err(SendError::BadRequest(message)) => {
                 warn!("request {id}: 400: {message}");
-                return ProxyError::BadRequest(message).closing_response(Some(name), id);
+                return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
             }
             Err(SendError::BodyTooLarge(limit)) => {
                 let error = ProxyError::BodyTooLarge(format!(
@@ -414,7 +418,7 @@ impl Try {
                     replica()
                 ));
                 warn!("request {id}: 413: {}", error.message());
-                return error.closing_response(Some(name), id);
+                return error.closing_response(Some(name), id.as_str());
             }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
@@ -442,7 +446,7 @@ impl Try {
             error.status().as_u16(),
             error.message()
         );
-        error.response(Some(name), id)
+        error.response(Some(name), id.as_str())
     }
 }
 
@@ -459,7 +463,7 @@ impl forward::StreamGuard for Streaming {
         let endpoint = self.lease.endpoint();
         warn!(
             "request {}: {}/{}: the answer broke off mid-body: {error}",
-            id_str(&self.request_id),
+            Id(&self.request_id),
             endpoint.service,
             endpoint.address
         );
@@ -467,7 +471,7 @@ impl forward::StreamGuard for Streaming {
     }
 }
 
-fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: &str) {
+fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: Id<'_>) {
     let took = started.elapsed();
     if took > policy.slow_request_threshold {
         warn!(
@@ -479,6 +483,19 @@ fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instan
     }
 }
 
-fn id_str(request_id: &HeaderValue) -> &str {
-    request_id.to_str().unwrap_or("-")
+/// A request id in log lines and error bodies: read as text only when one
+/// is written (checking its bytes costs on every request otherwise).
+#[derive(Clone, Copy)]
+struct Id<'a>(&'a HeaderValue);
+
+impl Id<'_> {
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+}
+
+impl fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
