@@ -147,7 +147,7 @@ impl Framing {
         let mut at = 0;
         while at < bytes.len() {
             let rest = &bytes[at..];
-            let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
                 self.keep(rest);
                 self.after_cr = rest.last() == Some(&b'\r');
                 return Ok(bytes.len());
