@@ -10,7 +10,7 @@ use actix_web::http::header::HeaderValue;
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::config::AccessLog;
-use crate::forward::REQUEST_ID;
+use crate::forward::{IdText, REQUEST_ID};
 use crate::metrics::RequestSeries;
 use crate::otlp::{Exporter, Span};
 use crate::trace::Hop;
@@ -64,8 +64,7 @@ impl<'a> Answering<'a> {
         let duration = self.started.elapsed();
         series.record(req.method(), status, duration);
         let sampled = self.hop.context.sampled();
-        // Read as text only for a span or a line: checking costs per request.
-        let request_id = || self.request_id.to_str().unwrap_or("-");
+        let request_id = IdText(self.request_id);
         if let Some(spans) = spans.filter(|_| sampled) {
             let (method, status) = (req.method().as_str(), status.as_u16());
             spans.record(Span::new(
@@ -74,7 +73,7 @@ impl<'a> Answering<'a> {
                 service,
                 method,
                 status,
-                request_id(),
+                request_id.as_str(),
                 duration,
             ));
         }
@@ -88,7 +87,7 @@ impl<'a> Answering<'a> {
         }
         log::info!(
             target: TARGET,
-            request_id = request_id(),
+            request_id = request_id.as_str(),
             listener = listener,
             service = service,
             status = status.as_u16(),

@@ -3,6 +3,7 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -32,6 +33,24 @@ pub fn request_id(req: &HttpRequest) -> HeaderValue {
     match req.headers().get(&REQUEST_ID) {
         Some(id) if !id.is_empty() => id.clone(),
         _ => trace::new_request_id(),
+    }
+}
+
+/// A request id as log lines and error bodies show it: read as text only
+/// when one is written (checking its bytes on every request costs).
+#[derive(Clone, Copy)]
+pub struct IdText<'a>(pub &'a HeaderValue);
+
+impl IdText<'_> {
+    /// The id, or `-` when it is not visible ASCII.
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or("-")
+    }
+}
+
+impl fmt::Display for IdText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

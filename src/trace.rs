@@ -1,11 +1,11 @@
 //! W3C trace context for one hop: parse the caller's `traceparent`, keep its
 //! trace id and sampled flag with a new parent (span) id for this hop, or
 //! start a trace sampled per `tracing.sample_rate`; and fresh request ids.
-//! Pure and allocation-light: ids come from the thread-local fast RNG.
+//! Pure and allocation-light: ids come from a per-thread fast generator.
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
 
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

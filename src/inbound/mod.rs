@@ -35,7 +35,7 @@ pub use rate_limit::{RateLimiter, Verdict};
 use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
 use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
@@ -100,7 +100,7 @@ async fn handle(
     let started = Instant::now();
     worker.front.arrived();
     let request_id = forward::request_id(&req);
-    let id = request_id.to_str().unwrap_or("-");
+    let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = worker.gates.load();
@@ -112,7 +112,7 @@ async fn handle(
                 refused.status().as_u16(),
                 refused.message()
             );
-            refused.closing_response(Some(APP), id)
+            refused.closing_response(Some(APP), id.as_str())
         }
         (Ok(()), Some(preflight)) => preflight,
         (Ok(()), None) => match gate.authenticator.authenticate(&req).await {
@@ -122,7 +122,7 @@ async fn handle(
                     refusal.status().as_u16(),
                     refusal.message()
                 );
-                refusal.response(Some(APP), id)
+                refusal.response(Some(APP), id.as_str())
             }
             Ok(identity) => {
                 let caller = Caller {
@@ -152,8 +152,8 @@ struct Caller<'a> {
 }
 
 impl Caller<'_> {
-    fn id(&self) -> &str {
-        self.request_id.to_str().unwrap_or("-")
+    fn id(&self) -> IdText<'_> {
+        IdText(self.request_id)
     }
 }
 
@@ -169,7 +169,7 @@ async fn admit(
 ) -> HttpResponse {
     let (id, identity) = (caller.id(), caller.identity);
     let verdict = match &gate.limiter {
-        Some(limiter) => limiter.check(req, identity, id).await,
+        Some(limiter) => limiter.check(req, identity, id.as_str()).await,
         None => None,
     };
     let mut response = match &verdict {
@@ -181,11 +181,12 @@ async fn admit(
                 verdict.scope
             );
             warn!("request {id}: 429: {message}");
-            ProxyError::RateLimited(message, verdict.retry_after_secs()).response(Some(APP), id)
+            ProxyError::RateLimited(message, verdict.retry_after_secs())
+                .response(Some(APP), id.as_str())
         }
         _ => {
             let lookup = match &gate.cache {
-                Some(cache) => cache.lookup(req, identity, id).await,
+                Some(cache) => cache.lookup(req, identity, id.as_str()).await,
                 None => None,
             };
             let (fill, bypassed) = match lookup {
@@ -200,7 +201,7 @@ async fn admit(
                         "too many requests in flight ({full:?} cap of inbound.concurrency)"
                     );
                     warn!("request {id}: 429: {message}");
-                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id)
+                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id.as_str())
                 }
                 Some(Ok(slot)) => {
                     forward_to_app(worker, gate, req, payload, caller, slot, fill).await
@@ -256,12 +257,14 @@ async fn forward_to_app<G: forward::StreamGuard>(
     let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
-        Err(message) => return ProxyError::BadRequest(message).closing_response(Some(APP), id),
+        Err(message) => {
+            return ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str())
+        }
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
             if response.status().is_success() && gate.authenticator.is_logout(req) {
-                revoke_at_logout(&gate.authenticator, caller.identity, id).await;
+                revoke_at_logout(&gate.authenticator, caller.identity, id.as_str()).await;
             }
             match (fill, &gate.cache) {
                 (Some(fill), Some(cache)) => {
@@ -273,14 +276,14 @@ async fn forward_to_app<G: forward::StreamGuard>(
 
         Err(SendError::BadRequest(message)) => {
             warn!("request {id}: 400: {message}");
-            ProxyError::BadRequest(message).closing_response(Some(APP), id)
+            ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str())
         }
         Err(SendError::BodyTooLarge(limit)) => {
             let error = ProxyError::BodyTooLarge(format!(
                 "the request body crossed max_body_bytes {limit} while streaming to the app; the app's request was aborted"
             ));
             warn!("request {id}: 413: {}", error.message());
-            error.closing_response(Some(APP), id)
+            error.closing_response(Some(APP), id.as_str())
         }
         Err(SendError::Upstream(kind, detail)) => {
             let app = &gate.app;
@@ -304,7 +307,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
                 error.status().as_u16(),
                 error.message()
             );
-            error.response(Some(APP), id)
+            error.response(Some(APP), id.as_str())
         }
     }
 }

@@ -7,7 +7,6 @@ mod retry;
 mod route;
 mod upgrade;
 
-use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
-use crate::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
 use crate::listener::{self, Front, LimitedPayload};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
@@ -91,6 +90,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let started = Instant::now();
     worker.front.arrived();
     let request_id = forward::request_id(&req);
+    let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
@@ -103,26 +103,15 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let (service, mut response) = match route {
         Err(refused) => {
             warn!(
-                "request {}: {}: {}",
-                Id(&request_id).as_str(),
+                "request {id}: {}: {}",
                 refused.status().as_u16(),
                 refused.message()
             );
-            (
-                None,
-                refused.closing_response(None, Id(&request_id).as_str()),
-            )
+            (None, refused.closing_response(None, id.as_str()))
         }
         Ok(None) => {
-            debug!(
-                "request {}: no service for {}",
-                Id(&request_id).as_str(),
-                req.uri()
-            );
-            (
-                None,
-                ProxyError::UnknownService.response(None, Id(&request_id).as_str()),
-            )
+            debug!("request {id}: no service for {}", req.uri());
+            (None, ProxyError::UnknownService.response(None, id.as_str()))
         }
         Ok(Some((service, path, keep_host))) => {
             let plan = HeaderPlan {
@@ -177,7 +166,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         req,
         request_id,
     } = outgoing;
-    let id = Id(request_id);
+    let id = IdText(request_id);
     let name = &*service.name;
     let policy = &settings.policy;
     let Some(slot) = service.try_enter(policy.concurrency.max_in_flight) else {
@@ -336,7 +325,7 @@ async fn tunnel(
         req,
         request_id,
     } = outgoing;
-    let (id, name) = (Id(request_id), &*service.name);
+    let (id, name) = (IdText(request_id), &*service.name);
     let policy = &settings.policy;
     let mut lease = match pick(worker, service, Vec::new()).await {
         Ok(lease) => lease,
@@ -396,7 +385,7 @@ impl Try {
 
     /// The app's answer: the replica's response streamed back, or our error.
     fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
-        let id = Id(request_id);
+        let id = IdText(request_id);
         // Formatted only for an error: most answers are streamed back as they are.
         let replica = || format!("{name}/{}", self.endpoint.address);
         let error = match self.result {
@@ -463,7 +452,7 @@ impl forward::StreamGuard for Streaming {
         let endpoint = self.lease.endpoint();
         warn!(
             "request {}: {}/{}: the answer broke off mid-body: {error}",
-            Id(&self.request_id),
+            IdText(&self.request_id),
             endpoint.service,
             endpoint.address
         );
@@ -471,7 +460,7 @@ impl forward::StreamGuard for Streaming {
     }
 }
 
-fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: Id<'_>) {
+fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: IdText<'_>) {
     let took = started.elapsed();
     if took > policy.slow_request_threshold {
         warn!(
@@ -480,22 +469,5 @@ fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instan
             took.as_millis(),
             policy.slow_request_threshold.as_millis()
         );
-    }
-}
-
-/// A request id in log lines and error bodies: read as text only when one
-/// is written (checking its bytes costs on every request otherwise).
-#[derive(Clone, Copy)]
-struct Id<'a>(&'a HeaderValue);
-
-impl Id<'_> {
-    fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
-    }
-}
-
-impl fmt::Display for Id<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
