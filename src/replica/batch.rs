@@ -1,41 +1,61 @@
-//! Outcomes on their way from a worker to the replica actors. A worker
-//! keeps the outcomes of the calls it finishes for [`OUTCOME_BATCH`], then
-//! sends each replica the ones that are its in one message: the replica
+//! Outcomes on their way from a worker to the replica actors. The replica
 //! actors live on another thread, and waking that thread once per call cost
-//! a system call and a context switch per request. In-flight counts do not
-//! wait for this (they are atomics, updated when a call starts and ends);
-//! only the breaker and the latency average see a call up to about
-//! [`OUTCOME_BATCH`] later.
+//! a system call and a context switch per request. So a worker holds the
+//! successes of the calls it finishes for up to [`OUTCOME_BATCH`], then
+//! sends each replica the outcomes that are its in one message. A failure
+//! or a half-open probe's outcome sends everything pending at once, in the
+//! order the calls finished: a breaker learns of a failure as soon as the
+//! worker does, and never sees it ahead of the successes before it.
+//! In-flight counts do not wait for this (they are atomics, updated when a
+//! call starts and ends); only the latency average and a closed breaker's
+//! record of successes see a call up to [`OUTCOME_BATCH`] later.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Endpoint, Outcome, Outcomes};
+use super::{CallResult, Endpoint, Outcome, Outcomes};
 
-/// How long a worker holds finished calls' outcomes before sending them.
-pub const OUTCOME_BATCH: Duration = Duration::from_millis(1);
+/// How long a worker may hold finished calls' successes before sending them.
+pub const OUTCOME_BATCH: Duration = Duration::from_millis(10);
 
-thread_local! {
-    /// This worker's outcomes not sent yet, in the order the calls finished.
-    static PENDING: RefCell<Vec<(Arc<Endpoint>, Outcome)>> = const { RefCell::new(Vec::new()) };
+/// A worker's outcomes not sent yet.
+struct Pending {
+    /// In the order the calls finished.
+    outcomes: Vec<(Arc<Endpoint>, Outcome)>,
+    /// Whether a flush is already due within [`OUTCOME_BATCH`].
+    flush_due: bool,
 }
 
-/// Queues `outcome` for `endpoint`'s actor. On a thread without an actix
-/// arbiter (nothing would run the flush), it is sent at once.
+thread_local! {
+    /// This worker's outcomes not sent yet.
+    static PENDING: RefCell<Pending> = const {
+        RefCell::new(Pending { outcomes: Vec::new(), flush_due: false })
+    };
+}
+
+/// Queues `outcome` for `endpoint`'s actor, or sends the batch now if the
+/// breaker must hear of it at once. On a thread without an actix arbiter
+/// (nothing would run a later flush), it is sent at once.
 pub(super) fn send(endpoint: &Arc<Endpoint>, outcome: Outcome) {
     if actix_rt::Arbiter::try_current().is_none() {
         endpoint.actor.do_send(Outcomes(vec![outcome]));
         return;
     }
-    let first = PENDING.with(|pending| {
+    let urgent = outcome.probe || outcome.answer.call_result() == CallResult::Failure;
+    let arm = PENDING.with(|pending| {
         let mut pending = pending.borrow_mut();
-        pending.push((Arc::clone(endpoint), outcome));
-        pending.len() == 1
+        pending.outcomes.push((Arc::clone(endpoint), outcome));
+        let arm = !urgent && !pending.flush_due;
+        pending.flush_due |= arm;
+        arm
     });
-    if first {
+    if urgent {
+        flush();
+    } else if arm {
         actix_rt::spawn(async {
             actix_rt::time::sleep(OUTCOME_BATCH).await;
+            PENDING.with(|pending| pending.borrow_mut().flush_due = false);
             flush();
         });
     }
@@ -43,7 +63,7 @@ pub(super) fn send(endpoint: &Arc<Endpoint>, outcome: Outcome) {
 
 /// Sends every pending outcome, one message per replica.
 fn flush() {
-    let pending = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    let pending = PENDING.with(|pending| std::mem::take(&mut pending.borrow_mut().outcomes));
     let mut by_replica: Vec<(Arc<Endpoint>, Vec<Outcome>)> = Vec::new();
     for (endpoint, outcome) in pending {
         match by_replica
@@ -99,5 +119,40 @@ mod tests {
             actix_rt::time::sleep(OUTCOME_BATCH).await;
         }
         assert_eq!((a.status.in_flight(), b.status.in_flight()), (0, 0));
+    }
+
+    fn pending() -> usize {
+        PENDING.with(|pending| pending.borrow().outcomes.len())
+    }
+
+    #[actix_web::test]
+    async fn successes_wait_for_the_batch_and_a_failure_sends_it_at_once() {
+        let metrics = Arc::new(Metrics::new());
+        let endpoint = Replica::spawn(
+            Arc::from("api"),
+            "127.0.0.1:1",
+            &Policy::default(),
+            false,
+            metrics,
+        );
+        let report = |answer| {
+            lease(&endpoint)
+                .expect("a closed breaker admits")
+                .report(answer);
+        };
+        report(Answer::Status(200));
+        report(Answer::Status(404));
+        assert_eq!(pending(), 2, "successes are held for the batch");
+        report(Answer::Status(502));
+        assert_eq!(
+            pending(),
+            0,
+            "a failure flushes the successes before it and itself"
+        );
+        let report = endpoint.inspect().await.expect("the replica answers");
+        assert_eq!(
+            (report.stats.total_calls, report.stats.total_failures),
+            (3, 1)
+        );
     }
 }

@@ -161,7 +161,7 @@ impl Lease {
     /// Reports that the answer's body broke off after its head was
     /// reported: the call counts as a failure (`protocol`) after all, and
     /// a half-open probe as a failed one.
-    /// It travels in the same batch as the head's outcome, after it.
+    /// It reaches the actor after the head's outcome (a failure sends the batch at once).
     pub fn report_broken_body(&self) {
         let outcome = Outcome {
             answer: Answer::Error(UpstreamError::Protocol),
