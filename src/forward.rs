@@ -205,27 +205,42 @@ pub trait StreamGuard: Unpin + 'static {
 impl StreamGuard for () {}
 
 /// Streams the replica's answer back; `guard` lives until the body ends.
-pub fn respond<G: StreamGuard>(upstream: UpstreamResponse, guard: G) -> HttpResponse {
-    let mut response = HttpResponse::build(upstream.status());
-    let headers = upstream.headers();
-    let hop_by_hop = HopByHop::of(headers);
-    for (name, value) in headers.iter() {
-        if name != header::CONTENT_LENGTH && !hop_by_hop.contains(name) {
-            response.append_header((name.clone(), value.clone()));
-        }
-    }
+/// The replica's headers move into the answer as they are, less the
+/// hop-by-hop ones and `Content-Length` (the body's framing sets it).
+pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> HttpResponse {
+    let status = upstream.status();
+    let mut headers = upstream.take_headers();
     let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .remove(header::CONTENT_LENGTH)
+        .next()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    strip_hop_by_hop(&mut headers);
     let body = GuardedBody {
         body: upstream,
         guard,
     };
-    match length {
-        Some(length) => response.body(SizedStream::new(length, body)),
-        None => response.body(BodyStream::new(body)),
+    let mut response = match length {
+        Some(length) => {
+            HttpResponse::with_body(status, SizedStream::new(length, body)).map_into_boxed_body()
+        }
+        None => HttpResponse::with_body(status, BodyStream::new(body)).map_into_boxed_body(),
+    };
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Removes the hop-by-hop headers of a message (most have none: the check
+/// costs no allocation).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop_by_hop = HopByHop::of(headers);
+    if !headers.keys().any(|name| hop_by_hop.contains(name)) {
+        return;
     }
+    let connection: Vec<HeaderValue> = headers.get_all(header::CONNECTION).cloned().collect();
+    let hop_by_hop = HopByHop {
+        connection: &connection,
+    };
+    headers.retain(|name, _| !hop_by_hop.contains(name));
 }
 
 /// A response body stream that holds its guard until it ends, and tells
@@ -465,6 +480,38 @@ mod tests {
             assert!(!out.contains_key(gone), "{gone} was forwarded");
         }
         assert_eq!(out.get("x-kept").and_then(|v| v.to_str().ok()), Some("yes"));
+    }
+
+    #[test]
+    fn an_answers_hop_by_hop_headers_are_stripped_and_the_rest_kept_in_place() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+            .collect();
+        left.sort();
+        let expected = [
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+        assert_eq!(left, expected);
     }
 
     #[test]

@@ -77,6 +77,12 @@ impl UpstreamResponse {
         &self.head.headers
     }
 
+    /// Takes the replica's headers out of the answer, to pass them on
+    /// without copying; [`UpstreamResponse::headers`] is empty after.
+    pub fn take_headers(&mut self) -> HeaderMap {
+        std::mem::take(&mut self.head.headers)
+    }
+
     /// The whole body, read into memory; [`PayloadError::Overflow`] once it
     /// crosses `limit` bytes.
     pub async fn body(&mut self, limit: usize) -> Result<Bytes, PayloadError> {
