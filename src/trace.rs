@@ -120,7 +120,7 @@ impl Tracer {
     }
 
     fn hop_with(&self, rng: &mut SmallRng, headers: &HeaderMap) -> Hop {
-        let parent_id = nonzero(|| rng.random::<[u8; 8]>());
+        let parent_id = nonzero(|| rng.random::<u64>().to_le_bytes());
         let caller = headers
             .get(&TRACEPARENT)
             .and_then(|v| TraceContext::parse(v.as_bytes()));
@@ -135,7 +135,7 @@ impl Tracer {
             None => {
                 let sampled = self.sample_rate > 0.0 && rng.random::<f64>() < self.sample_rate;
                 let context = TraceContext {
-                    trace_id: nonzero(|| rng.random::<[u8; 16]>()),
+                    trace_id: nonzero(|| rng.random::<u128>().to_le_bytes()),
                     parent_id,
                     flags: if sampled { SAMPLED } else { 0 },
                 };
@@ -164,7 +164,7 @@ fn with_id_source<T>(draw: impl FnOnce(&mut SmallRng) -> T) -> T {
 
 /// A new request id: a UUID v4 from this thread's id source.
 pub fn new_request_id() -> HeaderValue {
-    let bytes: [u8; 16] = with_id_source(|rng| rng.random());
+    let bytes = with_id_source(|rng| rng.random::<u128>().to_le_bytes());
     let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid.hyphenated().encode_lower(&mut text);

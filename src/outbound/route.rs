@@ -59,6 +59,11 @@ pub fn resolve<'t, 'p>(
 /// The service a host name stands for: `<service>`, `<service>.<ns>`,
 /// `<service>.<ns>.svc` or `<service>.<ns>.svc.cluster.local`.
 fn service_for_host<'a>(table: &'a ServiceTable, host: &str) -> Option<&'a Arc<Service>> {
+    // Those forms have 1, 2, 3 or 5 labels: an IPv4 literal (4) is none of them.
+    let dots = host.bytes().filter(|&b| b == b'.').count();
+    if !matches!(dots, 0 | 1 | 2 | 4) {
+        return None;
+    }
     let mut labels = host.split('.');
     let name = labels.next()?;
     let namespace = labels.next();
