@@ -145,7 +145,8 @@ pub async fn send(
         let host = HeaderValue::from_str(upstream.address).map_err(|_| {
             SendError::BadRequest(format!("{} is not a valid Host", upstream.address))
         })?;
-        head.headers.insert(header::HOST, host);
+        // The caller's Host was not copied.
+        head.headers.append(header::HOST, host);
     }
     let outgoing = match body {
         RequestBody::Empty => OutgoingBody::Empty,
@@ -307,10 +308,10 @@ fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, SendError> {
     uri.map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
 }
 
-/// Copies the caller's headers for the replica as `plan` says: hop-by-hop
-/// ones dropped, `X-Forwarded-*` and `x-request-id` set. Names and values
-/// are shared with the request, not copied; the one new allocation is the
-/// `X-Forwarded-For` list.
+/// Copies the caller's headers into `out` (empty) for the replica as `plan`
+/// says: hop-by-hop ones dropped, `X-Forwarded-*` and `x-request-id` set.
+/// Names and values are shared with the request, not copied; the one new
+/// allocation is the `X-Forwarded-For` list.
 pub fn copy_request_headers(
     req: &HttpRequest,
     out: &mut HeaderMap,
@@ -332,6 +333,7 @@ pub fn copy_request_headers(
             })
     };
     let mut forwarded_for: Option<String> = None;
+    let (mut has_proto, mut has_id) = (false, false);
     for (name, value) in headers.iter() {
         if *name == header::X_FORWARDED_FOR {
             if let Ok(value) = value.to_str() {
@@ -350,9 +352,12 @@ pub fn copy_request_headers(
             || (*name == header::HOST && !plan.keep_host)
             || sidecar_owned(name);
         if !skip {
+            has_proto |= *name == X_FORWARDED_PROTO;
+            has_id |= *name == REQUEST_ID;
             out.append(name.clone(), value.clone());
         }
     }
+    // What follows was skipped above or checked for: appending is enough.
     // The caller's list, if it sent one, with the caller's own IP after it.
     let forwarded_for = match (forwarded_for, PeerIp::of(req)) {
         (None, peer) => peer.map(|PeerIp(ip)| ip),
@@ -367,16 +372,16 @@ pub fn copy_request_headers(
         }
     };
     if let Some(value) = forwarded_for {
-        out.insert(header::X_FORWARDED_FOR, value);
+        out.append(header::X_FORWARDED_FOR, value);
     }
-    if !out.contains_key(&X_FORWARDED_PROTO) {
-        out.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !has_proto {
+        out.append(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if !out.contains_key(&REQUEST_ID) {
-        out.insert(REQUEST_ID.clone(), request_id.clone());
+    if !has_id {
+        out.append(REQUEST_ID.clone(), request_id.clone());
     }
     if let Some(hop) = plan.trace {
-        out.insert(TRACEPARENT.clone(), hop.traceparent.clone());
+        out.append(TRACEPARENT.clone(), hop.traceparent.clone());
     }
     for (name, value) in plan.identity.into_iter().flat_map(HeaderMap::iter) {
         out.insert(name.clone(), value.clone());
