@@ -83,7 +83,6 @@ impl Balancer {
         replicas: &[Arc<Endpoint>],
         avoid: &[Arc<Endpoint>],
     ) -> Option<Lease> {
-        let now = now_millis();
         let mut passed_over: Vec<&Arc<Endpoint>> = Vec::new();
         let mut ramping = None;
         for _ in 0..replicas.len() {
@@ -97,7 +96,7 @@ impl Balancer {
                 break;
             };
             let replica = &replicas[index];
-            let share = replica.status.share(now, policy.slow_start);
+            let share = replica.status.share(now_millis, policy.slow_start);
             if share < 1.0 && self.rng.random::<f64>() >= share {
                 ramping.get_or_insert(replica);
             } else if let Some(lease) = lease(replica) {

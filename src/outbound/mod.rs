@@ -211,7 +211,8 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         // The previous try's answer is dropped only now that another replica was found.
         drop(previous.take());
         let endpoint = Arc::clone(lease.endpoint());
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let try_started = Instant::now();
+        let remaining = deadline.saturating_duration_since(try_started);
         let (try_timeout, bound) = if policy.per_try_timeout < remaining {
             (
                 policy.per_try_timeout,
@@ -226,7 +227,6 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             headers: plan,
             timeout: try_timeout,
         };
-        let try_started = Instant::now();
         let result = forward::send(&worker.client, upstream, req, &mut body, request_id).await;
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
@@ -234,11 +234,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Err(SendError::BadRequest(_) | SendError::BodyTooLarge(_)) => Answer::Cancelled,
         };
         lease.report(answer);
+        let answered = Instant::now();
         if result.is_ok() {
             service
                 .metrics
                 .upstream_latency
-                .observe(try_started.elapsed().as_secs_f64());
+                .observe((answered - try_started).as_secs_f64());
         }
         if !tried.is_empty() {
             match answer.call_result() {
@@ -258,7 +259,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && body.replayable()
             && retry::answer_is_retried(answer, retry);
         if !again {
-            log_if_slow(name, policy, &attempt.endpoint, started, id);
+            log_if_slow(name, policy, &attempt.endpoint, answered - started, id);
             return attempt.into_response(slot, name, request_id);
         }
         if !service.retry_budget.try_retry() {
@@ -460,8 +461,7 @@ impl forward::StreamGuard for Streaming {
     }
 }
 
-fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, started: Instant, id: IdText<'_>) {
-    let took = started.elapsed();
+fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {
     if took > policy.slow_request_threshold {
         warn!(
             "request {id}: slow: {name}/{} answered after {}ms (slow_request_threshold {}ms)",

@@ -118,15 +118,16 @@ impl ReplicaStatus {
         self.ramp_from.store(now, Ordering::Relaxed);
     }
 
-    /// The share of its normal traffic the replica should get at `now`:
-    /// ramping from 10% to 100% over `slow_start` after the ramp began.
-    pub fn share(&self, now: u64, slow_start: Duration) -> f64 {
+    /// The share of its normal traffic the replica should get at `now`
+    /// (in [`now_millis`], read only while a ramp is under way): ramping
+    /// from 10% to 100% over `slow_start` after the ramp began.
+    pub fn share(&self, now: impl FnOnce() -> u64, slow_start: Duration) -> f64 {
         let from = self.ramp_from.load(Ordering::Relaxed);
         let span = slow_start.as_millis() as u64;
         if from == 0 || span == 0 {
             return 1.0;
         }
-        let elapsed = now.saturating_sub(from);
+        let elapsed = now().saturating_sub(from);
         if elapsed >= span {
             return 1.0;
         }
@@ -257,12 +258,16 @@ pub(crate) mod tests {
     fn the_slow_start_share_ramps_from_a_tenth_to_all() {
         let status = status();
         let ramp = Duration::from_secs(10);
-        assert_eq!(status.share(1_000, ramp), 1.0, "no ramp started");
+        assert_eq!(status.share(|| 1_000, ramp), 1.0, "no ramp started");
         status.start_ramp(1_000);
-        assert_eq!(status.share(1_000, ramp), 0.1);
-        assert_eq!(status.share(6_000, ramp), 0.5);
-        assert_eq!(status.share(11_000, ramp), 1.0);
-        assert_eq!(status.share(2_000, Duration::ZERO), 1.0, "slow start off");
+        assert_eq!(status.share(|| 1_000, ramp), 0.1);
+        assert_eq!(status.share(|| 6_000, ramp), 0.5);
+        assert_eq!(status.share(|| 11_000, ramp), 1.0);
+        assert_eq!(
+            status.share(|| 2_000, Duration::ZERO),
+            1.0,
+            "slow start off"
+        );
     }
 
     #[test]
