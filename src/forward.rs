@@ -230,18 +230,18 @@ pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> Http
     response
 }
 
-/// Removes the hop-by-hop headers of a message (most have none: the check
-/// costs no allocation).
+/// Removes the hop-by-hop headers of a message (most have none, and then
+/// nothing is allocated).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let hop_by_hop = HopByHop::of(headers);
-    if !headers.keys().any(|name| hop_by_hop.contains(name)) {
-        return;
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| hop_by_hop.contains(name))
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
     }
-    let connection: Vec<HeaderValue> = headers.get_all(header::CONNECTION).cloned().collect();
-    let hop_by_hop = HopByHop {
-        connection: &connection,
-    };
-    headers.retain(|name, _| !hop_by_hop.contains(name));
 }
 
 /// A response body stream that holds its guard until it ends, and tells
@@ -582,6 +582,20 @@ mod tests {
         assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
         assert_eq!(get("x-request-id").as_deref(), Some("id-1"));
         assert_eq!(get("host").as_deref(), Some("budgeting"));
+    }
+
+    #[test]
+    fn the_callers_own_proto_and_request_id_pass_once_and_are_not_added_again() {
+        let req = TestRequest::default()
+            .insert_header(("x-forwarded-proto", "https"))
+            .insert_header(("x-request-id", "from-caller"))
+            .to_http_request();
+        let out = forwarded(req, false);
+        let all = |name: &str| -> Vec<&str> {
+            out.get_all(name).filter_map(|v| v.to_str().ok()).collect()
+        };
+        assert_eq!(all("x-forwarded-proto"), vec!["https"]);
+        assert_eq!(all("x-request-id"), vec!["from-caller"]);
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod tests {
     use super::*;
     use crate::config::Policy;
     use crate::metrics::Metrics;
-    use crate::replica::{lease, Answer, Replica};
+    use crate::replica::{lease, Answer, BreakerState, Replica};
 
     #[actix_web::test]
     async fn every_outcome_reaches_its_replica_and_the_breaker_counts_it() {
@@ -154,5 +154,21 @@ mod tests {
             (report.stats.total_calls, report.stats.total_failures),
             (3, 1)
         );
+    }
+
+    #[actix_web::test]
+    async fn a_half_open_probes_success_is_sent_at_once() {
+        let endpoint = Replica::spawn(
+            Arc::from("api"),
+            "127.0.0.1:1",
+            &Policy::default(),
+            false,
+            Arc::new(Metrics::new()),
+        );
+        endpoint.status.publish_state(BreakerState::HalfOpen, 1);
+        lease(&endpoint)
+            .expect("a half-open breaker admits its probe")
+            .report(Answer::Status(200));
+        assert_eq!(pending(), 0, "the probe's outcome waits for no batch");
     }
 }
