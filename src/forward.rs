@@ -4,6 +4,7 @@
 //! in both directions and never buffered whole.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -15,7 +16,8 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Uri;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::{Stream, StreamExt};
+use futures_util::future::{ready, Either};
+use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::listener::{BodyError, LimitedPayload, PeerIp};
 use crate::replica::UpstreamError;
@@ -129,14 +131,33 @@ impl RequestBody {
     }
 }
 
-/// Sends `req` with `body` to the replica.
-pub async fn send(
-    client: &Client,
-    upstream: Upstream<'_>,
+/// Sends `req` with `body` to the replica. The request head is made at
+/// once; the future returned is only the client's call (see
+/// [`Client::send`] for why it is not an `async fn`).
+pub fn send<'a>(
+    client: &'a Client,
+    upstream: Upstream<'a>,
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
-) -> Result<UpstreamResponse, SendError> {
+) -> impl Future<Output = Result<UpstreamResponse, SendError>> + 'a {
+    match outgoing_request(&upstream, req, body, request_id) {
+        Ok((head, outgoing)) => Either::Left(
+            client
+                .send(upstream.address, head, outgoing, upstream.timeout)
+                .map(|answer| answer.map_err(SendError::from)),
+        ),
+        Err(error) => Either::Right(ready(Err(error))),
+    }
+}
+
+/// The head and body to send the replica for `req`.
+fn outgoing_request(
+    upstream: &Upstream<'_>,
+    req: &HttpRequest,
+    body: &mut RequestBody,
+    request_id: &HeaderValue,
+) -> Result<(RequestHead, OutgoingBody), SendError> {
     let mut head = RequestHead::default();
     head.method = req.method().clone();
     head.uri = upstream_uri(upstream.path, req.uri().query())?;
@@ -161,10 +182,7 @@ pub async fn send(
             }
         }
     };
-    client
-        .send(upstream.address, head, outgoing, upstream.timeout)
-        .await
-        .map_err(SendError::from)
+    Ok((head, outgoing))
 }
 
 /// Why a call got no answer.

@@ -178,7 +178,8 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         return ProxyError::ConcurrencyLimit(message).response(Some(name), id.as_str());
     };
     if forward::upgrade_requested(req.headers()).is_some() {
-        return tunnel(worker, outgoing, payload, slot).await;
+        // Boxed: the rare upgrade's state would otherwise widen every call's future.
+        return Box::pin(tunnel(worker, outgoing, payload, slot)).await;
     }
     let started = Instant::now();
     let deadline = started + policy.timeout;

@@ -15,7 +15,7 @@ mod response;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -29,7 +29,7 @@ use actix_http::h1::{ClientCodec, Message};
 use actix_http::{KeepAlive, Method, RequestHead, RequestHeadType, ResponseHead};
 use actix_http::{ServiceConfig, ServiceConfigBuilder, StatusCode};
 use actix_web::web::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use log::debug;
 use tokio::net::TcpStream;
 
@@ -122,16 +122,19 @@ impl Client {
     /// head (connecting included). A pooled connection that turns out to
     /// have been closed by the replica is replaced by a new one when the
     /// request can safely be sent again.
-    pub async fn send(
-        &self,
-        address: &str,
+    ///
+    /// Not an `async fn`: the call's future is made at once, so the one
+    /// returned holds it and the timer and no second copy of the arguments
+    /// (every byte of a request's futures is moved as they nest).
+    pub fn send<'a>(
+        &'a self,
+        address: &'a str,
         head: RequestHead,
         body: OutgoingBody,
         timeout: Duration,
-    ) -> Result<UpstreamResponse, CallError> {
+    ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
         actix_rt::time::timeout(timeout, self.call(address, Rc::new(head), body))
-            .await
-            .unwrap_or(Err(CallError::Timeout))
+            .map(|answer| answer.unwrap_or(Err(CallError::Timeout)))
     }
 
     async fn call(
