@@ -401,8 +401,9 @@ pub fn copy_request_headers(
     if let Some(hop) = plan.trace {
         out.append(TRACEPARENT.clone(), hop.traceparent.clone());
     }
+    // The caller's `x-outrigger-*` headers were dropped above.
     for (name, value) in plan.identity.into_iter().flat_map(HeaderMap::iter) {
-        out.insert(name.clone(), value.clone());
+        out.append(name.clone(), value.clone());
     }
 }
 
