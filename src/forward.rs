@@ -567,6 +567,14 @@ mod tests {
         );
     }
 
+    /// Every value of `name` in `headers`, in order.
+    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        headers
+            .get_all(name)
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
     #[test]
     fn repeated_headers_keep_every_value() {
         let req = TestRequest::default()
@@ -574,11 +582,7 @@ mod tests {
             .append_header(("x-multi", "b"))
             .to_http_request();
         let out = forwarded(req, false);
-        let values: Vec<&str> = out
-            .get_all("x-multi")
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        assert_eq!(values, vec!["a", "b"]);
+        assert_eq!(values(&out, "x-multi"), vec!["a", "b"]);
     }
 
     #[test]
@@ -610,11 +614,8 @@ mod tests {
             .insert_header(("x-request-id", "from-caller"))
             .to_http_request();
         let out = forwarded(req, false);
-        let all = |name: &str| -> Vec<&str> {
-            out.get_all(name).filter_map(|v| v.to_str().ok()).collect()
-        };
-        assert_eq!(all("x-forwarded-proto"), vec!["https"]);
-        assert_eq!(all("x-request-id"), vec!["from-caller"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), vec!["https"]);
+        assert_eq!(values(&out, "x-request-id"), vec!["from-caller"]);
     }
 
     #[test]
