@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use outrigger::cli::Cli;
 
+mod allocator;
+
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 fn main() -> ExitCode {
     Cli::parse().execute()
