@@ -111,7 +111,7 @@ impl UpstreamError {
 
 impl Answer {
     /// The latency sample this answer feeds the average: failures and 429s
-    /// count as at least [`FAILURE_PENALTY`].
+    /// count as at least 250 ms (`FAILURE_PENALTY`).
     pub fn latency_sample(self, latency: Duration) -> Duration {
         match self {
             Answer::Status(status) if status >= 500 || status == 429 => {
