@@ -315,7 +315,10 @@ def run_wrk(url: str, connections: int, seconds: float) -> dict:
 
 
 def run_oha(oha: str, url: str, rate: int, seconds: float) -> dict:
+    # Requests still in flight when the time is up are waited for, not
+    # cancelled: oha would count each cancelled one as an error.
     argv = [oha, "-z", f"{seconds:g}s", "-q", str(rate), "-c", "16", "--latency-correction",
+            "--wait-ongoing-requests-after-deadline",
             "--no-tui", "--output-format", "json", "--worker-threads", "1", url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     data = json.loads(out[out.index("{"):])
@@ -523,7 +526,8 @@ def parse(argv: list[str]):
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
     args.connections = [int(c) for c in args.connections.split(",")]
     tools = BENCH / ".tools"
-    args.outrigger_bin = Path(os.environ.get("OUTRIGGER_BIN") or TOP / "target" / "release" / "outrigger")
+    # Absolute: each proxy starts in its own run directory.
+    args.outrigger_bin = Path(os.environ.get("OUTRIGGER_BIN") or TOP / "target" / "release" / "outrigger").resolve()
     args.envoy_bin = os.environ.get("ENVOY_BIN") or str(tools / "envoy" / "envoy" / "_bin" / "envoy")
     oha = tools / "bin" / "oha"
     args.oha_bin = str(oha) if oha.exists() else next(
