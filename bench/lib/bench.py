@@ -75,13 +75,15 @@ class Process:
                     out.append(int(entry))
         return out
 
-    def cpu_seconds(self) -> float:
-        ticks = 0
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) CPU seconds summed over the session."""
+        user = system = 0
         for pid in self.pids():
             fields = stat_fields(pid)
             if fields:
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / TICKS
+                user += int(fields[11])  # utime
+                system += int(fields[12])  # stime
+        return user / TICKS, system / TICKS
 
     def memory_kib(self) -> tuple[int, int]:
         """(VmRSS, VmHWM) summed over the session, in KiB."""
@@ -364,12 +366,17 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
         if args.rate and args.oha_bin:
             runs.append((f"rate{args.rate}", lambda: run_oha(args.oha_bin, url, args.rate, args.duration)))
         for label, load in runs:
-            cpu0 = proc.cpu_seconds() if proc else 0.0
+            before = proc.cpu_seconds() if proc else None
             figures = load()
-            cpu = proc.cpu_seconds() - cpu0 if proc else None
+            after = proc.cpu_seconds() if proc else None
             rss, peak = proc.memory_kib() if proc else (None, None)
+            user = system = None
+            if proc:
+                requests = max(figures["requests"], 1)
+                user, system = (1e6 * (a - b) / requests for a, b in zip(after, before))
             row = dict(base, load=label, **figures,
-                       cpu_us_per_req=None if cpu is None else 1e6 * cpu / max(figures["requests"], 1),
+                       cpu_us_per_req=None if proc is None else user + system,
+                       user_us_per_req=user, sys_us_per_req=system,
                        startup_ms=startup_ms, rss_rest_kib=rss_rest, rss_peak_kib=peak)
             rows.append(row)
             note(f"r{round_no} {proxy.name:<10} {label:<9} {row['rps']:>9,.0f} req/s  "
@@ -436,8 +443,8 @@ def summarize(rows: list[dict], names: list[str]) -> list[dict]:
                      if d["proxy"] == "direct" and d["load"] == load and d["round"] == r["round"]
                      and r["p50_us"] is not None and d["p50_us"] is not None]
             entry = {"proxy": name, "load": load, "rounds": len(mine), "workers": mine[0]["workers"]}
-            for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "errors",
-                        "startup_ms", "rss_rest_kib", "rss_peak_kib"):
+            for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "user_us_per_req",
+                        "sys_us_per_req", "errors", "startup_ms", "rss_rest_kib", "rss_peak_kib"):
                 entry[key] = med(key)
             entry["added_p50_us"] = statistics.median(added) if added and name != "direct" else None
             for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req",
@@ -487,6 +494,12 @@ def markdown(args, summary: list[dict], started: str) -> str:
         cells.append("–" if rest is None else f"{rest / 1024:.1f} / {max(peak or 0, rest) / 1024:.1f}")
         cells.append(fmt(s and s["startup_ms"]))
         lines.append("| " + " | ".join(cells) + " |")
+    if args.oha_bin and args.rate:
+        split = [f"{name} {fmt(r['user_us_per_req'], 1)} + {fmt(r['sys_us_per_req'], 1)}"
+                 for name in names if (r := by.get((name, rate))) and r.get("user_us_per_req") is not None]
+        if split:
+            lines += ["", f"CPU µs per request at {args.rate}/s, user + system (from /proc, "
+                          "counted in clock ticks): " + "; ".join(split) + "."]
     errors = [f"{s['proxy']} {s['load']}: {s['errors']:.0f} errors (median per round)"
               for s in summary if s.get("errors")]
     if errors:
