@@ -78,20 +78,25 @@ mod tests {
     }
 
     #[test]
-    fn every_block_meets_its_layouts_alignment() {
+    fn every_block_meets_its_layouts_alignment_and_a_zeroed_one_is_zero() {
         for layout in layouts() {
             // SAFETY: the layouts have non-zero sizes; each block is read
             // within its size and freed once, with its own layout.
             unsafe {
-                for block in [Mimalloc.alloc(layout), Mimalloc.alloc_zeroed(layout)] {
+                for zeroed in [false, true] {
+                    let block = if zeroed {
+                        Mimalloc.alloc_zeroed(layout)
+                    } else {
+                        Mimalloc.alloc(layout)
+                    };
                     assert!(!block.is_null(), "{layout:?}");
                     assert_eq!(block as usize % layout.align(), 0, "{layout:?}");
+                    if zeroed {
+                        let bytes = std::slice::from_raw_parts(block, layout.size());
+                        assert!(bytes.iter().all(|&b| b == 0), "{layout:?} not zeroed");
+                    }
                     Mimalloc.dealloc(block, layout);
                 }
-                let zeroed = Mimalloc.alloc_zeroed(layout);
-                let bytes = std::slice::from_raw_parts(zeroed, layout.size());
-                assert!(bytes.iter().all(|&b| b == 0), "{layout:?} not zeroed");
-                Mimalloc.dealloc(zeroed, layout);
             }
         }
     }
