@@ -1,36 +1,36 @@
-//! The README's configuration reference lists exactly the keys the config
-//! reader accepts: every accepted key has a row, every row is accepted.
-//! The accepted keys come from the reader itself (`accepted_keys`), so a
-//! key added to the code without a row, or a row for a key that is gone,
-//! fails here with the rows to add or remove.
+//! The configuration reference, docs/reference/config.md, lists exactly
+//! the keys the config reader accepts: every accepted key has a row, every
+//! row is accepted. The accepted keys come from the reader itself
+//! (`accepted_keys`), so a key added to the code without a row, or a row for
+//! a key that is gone, fails here with the rows to add or remove.
 
 use std::collections::BTreeSet;
 
-const README: &str = include_str!("../README.md");
-const SECTION: &str = "## Configuration reference";
+/// The whole file is the reference: every `| key | ... |` table in it counts.
+const REFERENCE: &str = include_str!("../docs/reference/config.md");
+const PATH: &str = "docs/reference/config.md";
+const TITLE: &str = "# Configuration reference";
 /// A row that stands for every `defaults` key under `services[]`.
 const POLICY_ROW: &str = "services[].<policy key>";
 
-/// A documented key and the README line of its row.
+/// A documented key and the line of its row in the reference.
 struct Row {
     key: String,
     line: usize,
 }
 
-/// The first-column keys of every `| key | ... |` table in the section, and
-/// a problem for each row whose first column is not one backticked key.
+/// The first-column keys of every `| key | ... |` table in the reference,
+/// and a problem for each row whose first column is not one backticked key.
 fn documented_rows() -> (Vec<Row>, Vec<String>) {
-    let start = README
-        .lines()
-        .position(|line| line.trim_end() == SECTION)
-        .unwrap_or_else(|| panic!("README.md has no {SECTION:?} heading"));
+    assert_eq!(
+        REFERENCE.lines().next().map(str::trim_end),
+        Some(TITLE),
+        "{PATH} must open with {TITLE:?}"
+    );
     let mut rows = Vec::new();
     let mut malformed = Vec::new();
     let mut in_table = false;
-    for (index, line) in README.lines().enumerate().skip(start + 1) {
-        if line.starts_with("## ") {
-            break;
-        }
+    for (index, line) in REFERENCE.lines().enumerate() {
         let Some(cells) = line.trim().strip_prefix('|') else {
             in_table = false;
             continue;
@@ -53,7 +53,7 @@ fn documented_rows() -> (Vec<Row>, Vec<String>) {
                 line: index + 1,
             }),
             None => malformed.push(format!(
-                "README.md:{}: the first column must be one `key`, got {first:?}",
+                "{PATH}:{}: the first column must be one `key`, got {first:?}",
                 index + 1
             )),
         }
@@ -70,7 +70,7 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
     let (rows, mut problems) = documented_rows();
     assert!(
         rows.len() > 50,
-        "only {} rows found under {SECTION:?}",
+        "only {} rows found in {PATH}",
         rows.len()
     );
 
@@ -78,7 +78,7 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
     for row in &rows {
         if !documented.insert(row.key.as_str()) {
             problems.push(format!(
-                "README.md:{}: `{}` has a second row: remove one",
+                "{PATH}:{}: `{}` has a second row: remove one",
                 row.line, row.key
             ));
         }
@@ -99,7 +99,7 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
         .collect();
     if !to_add.is_empty() {
         problems.push(format!(
-            "add a row under {SECTION:?} for each key the config reader accepts:\n{}",
+            "add a row to {PATH} for each key the config reader accepts:\n{}",
             to_add
                 .iter()
                 .map(|key| format!("  | `{key}` | unit | default | meaning |"))
@@ -121,13 +121,13 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
         });
         problems.push(match unopened {
             Some(parent) => format!(
-                "README.md:{}: `{}` is under `{parent}`, a key the reader accepts but src/config/keys.rs \
+                "{PATH}:{}: `{}` is under `{parent}`, a key the reader accepts but src/config/keys.rs \
                  does not open as a section: if it is one, add it to EVERY_SECTION there so its \
                  keys are listed; if not, remove the row",
                 row.line, row.key
             ),
             None => format!(
-                "README.md:{}: remove the row for `{}`: the config reader does not accept it",
+                "{PATH}:{}: remove the row for `{}`: the config reader does not accept it",
                 row.line, row.key
             ),
         });
@@ -135,7 +135,7 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
 
     assert!(
         problems.is_empty(),
-        "README.md's configuration reference and the config reader disagree:\n{}",
+        "{PATH} and the config reader disagree:\n{}",
         problems.join("\n")
     );
 }

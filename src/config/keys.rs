@@ -1,5 +1,6 @@
 //! Every key path the config reader accepts, as the reader itself reports
-//! it: the README's configuration reference is tested against this list.
+//! it: the configuration reference, docs/reference/config.md, is tested
+//! against this list (tests/config_reference.rs).
 
 use serde_norway::Value;
 
