@@ -68,11 +68,7 @@ fn the_configuration_reference_lists_exactly_the_accepted_keys() {
         accepted.sections.contains(key) || accepted.sections.contains(&format!("{key}[]"))
     };
     let (rows, mut problems) = documented_rows();
-    assert!(
-        rows.len() > 50,
-        "only {} rows found in {PATH}",
-        rows.len()
-    );
+    assert!(rows.len() > 50, "only {} rows found in {PATH}", rows.len());
 
     let mut documented = BTreeSet::new();
     for row in &rows {
