@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, lints, unit and integration tests.
+# Runs every check CI runs: formatting, lints, docs, the dependency policy
+# (deny.toml), unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl and
 # dnsmasq and prometheus via apt-get, kubernetes-validate via pip, rustfmt/clippy via
-# rustup); Rust crates come through cargo.
+# rustup, cargo-deny via cargo install); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,6 +31,10 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     'kubernetes-validate==1.37.0'
 fi
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  log "installing cargo-deny (a few minutes, once)"
+  cargo install --locked --quiet cargo-deny
+fi
 for component in rustfmt clippy; do
   if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
     log "installing ${component}"
@@ -41,6 +46,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+log "cargo deny (bans, licenses, sources; advisories need a network CI lacks)"
+cargo deny --log-level error check bans licenses sources
 log "cargo test"
 results=$(mktemp)
 set +e
