@@ -46,6 +46,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::discovery::{source_for, Supervisor};
 use crate::inbound::Gate;
+use crate::listener::Stopping;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigFile, InboundSide, Reload, ReloadReport, Reloader, Trigger};
 use crate::service::{LiveServices, ServiceTable};
@@ -58,12 +59,15 @@ pub struct Sidecar {
     table: Arc<LiveServices>,
     supervisor: Addr<Supervisor>,
     reloader: Option<Addr<Reloader>>,
-    /// The proxy listeners (outbound, then inbound when configured).
-    proxies: Vec<ServerHandle>,
+    /// The proxy listeners by name (outbound, then inbound when configured).
+    proxies: Vec<(&'static str, ServerHandle)>,
     admin: ServerHandle,
     servers: Vec<actix_rt::task::JoinHandle<io::Result<()>>>,
     /// How long the listeners keep serving after a stop is asked for.
     drain_delay: Duration,
+    /// How far the stop has got, as the proxy listeners see it.
+    stopping: Arc<Stopping>,
+    metrics: Arc<Metrics>,
     /// Admin `POST /shutdown` asks for a stop here.
     shutdown: Arc<Notify>,
 }
@@ -96,8 +100,7 @@ impl Sidecar {
             Arc::clone(&metrics),
         )
         .start();
-        let grace = config.lifecycle.shutdown_grace;
-        let shutdown_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let stopping = Arc::new(Stopping::new(config.lifecycle.shutdown_grace));
         let shutdown = Arc::new(Notify::new());
         let spans = config
             .observability
@@ -110,7 +113,7 @@ impl Sidecar {
             Arc::clone(&table),
             Arc::clone(&metrics),
             spans.clone(),
-            shutdown_secs,
+            Arc::clone(&stopping),
         )?;
         let first = |addrs: Vec<SocketAddr>| {
             addrs
@@ -118,7 +121,7 @@ impl Sidecar {
                 .next()
                 .ok_or_else(|| io::Error::other("bound no address"))
         };
-        let mut proxies = vec![outbound.handle()];
+        let mut proxies = vec![(outbound::LISTENER, outbound.handle())];
         let mut servers = vec![actix_rt::spawn(outbound)];
         let (mut inbound_addr, mut inbound_side) = (None, None);
         if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
@@ -131,11 +134,11 @@ impl Sidecar {
                 listener,
                 Arc::clone(&gates),
                 Arc::clone(&metrics),
-                shutdown_secs,
                 spans,
+                Arc::clone(&stopping),
             )?;
             inbound_addr = Some(first(addrs)?);
-            proxies.push(server.handle());
+            proxies.push((inbound::LISTENER, server.handle()));
             servers.push(actix_rt::spawn(server));
             inbound_side = Some(InboundSide { gates, store });
         }
@@ -176,6 +179,8 @@ impl Sidecar {
             admin: admin_handle,
             servers,
             drain_delay: config.lifecycle.drain_delay,
+            stopping,
+            metrics,
             shutdown,
         };
         servers_started(&sidecar);
@@ -219,37 +224,78 @@ impl Sidecar {
     }
 
     /// Stops gracefully: `/ready` turns 503 at once while the listeners keep
-    /// serving for `drain_delay`; then they stop accepting and in-flight
-    /// requests get up to `shutdown_grace` to finish. When `hurry` resolves
-    /// first (a second signal), the listeners stop at once.
+    /// serving for `drain_delay`, each answer closing its connection so
+    /// keep-alive clients reconnect elsewhere; then they stop accepting and
+    /// in-flight requests get up to `shutdown_grace` to finish, and those
+    /// still unanswered then are cut (logged and counted). When `hurry`
+    /// resolves first (a second signal), the listeners stop at once.
     pub async fn stop(self, hurry: impl Future<Output = ()>) {
         self.table.begin_shutdown();
+        self.stopping.drain();
         info!(
-            "stopping: /ready answers 503; serving {}ms more before closing the listeners",
+            "stopping: /ready answers 503 and answers close their connections; serving {}ms more before closing the listeners",
             self.drain_delay.as_millis()
         );
         let proxies = &self.proxies;
+        let stop_all = |graceful: bool| {
+            futures_util::future::join_all(
+                proxies.iter().map(move |(_, proxy)| proxy.stop(graceful)),
+            )
+        };
         let graceful = async {
             actix_rt::time::sleep(self.drain_delay).await;
             info!("closing the listeners; finishing in-flight requests");
-            for proxy in proxies {
-                proxy.stop(true).await;
-            }
+            self.stopping.close();
+            stop_all(true).await;
         };
         let (graceful, hurry) = (std::pin::pin!(graceful), std::pin::pin!(hurry));
         if let Either::Right(_) = futures_util::future::select(graceful, hurry).await {
             log::warn!("stopping now: in-flight requests are cut");
-            for proxy in proxies {
-                proxy.stop(false).await;
-            }
+            self.stopping.hurry();
+            stop_all(false).await;
         }
+        self.requests_dropped().await;
         self.admin.stop(true).await;
         for server in self.servers {
             let _ = server.await;
         }
-        info!("shut down");
+        let cut: u64 = self
+            .proxies
+            .iter()
+            .map(|(name, _)| self.metrics.requests_cut.with_label_values(&[name]).get())
+            .sum();
+        if cut > 0 {
+            log::warn!(
+                "shut down; {cut} requests were cut unanswered (outrigger_requests_cut_total)"
+            );
+        } else {
+            info!("shut down");
+        }
+    }
+
+    /// Waits, at most [`SETTLE_BOUND`], until no request is in progress at
+    /// the proxy listeners: a worker drops the requests it cuts on its own
+    /// thread after its listener reports stopped, and their log lines must
+    /// be written before the process exits.
+    async fn requests_dropped(&self) {
+        let deadline = std::time::Instant::now() + SETTLE_BOUND;
+        let in_progress = || {
+            self.proxies.iter().any(|(name, _)| {
+                self.metrics
+                    .http_requests_in_progress
+                    .with_label_values(&[name])
+                    .get()
+                    > 0
+            })
+        };
+        while in_progress() && std::time::Instant::now() < deadline {
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
+
+/// How long a stop waits for the workers to drop the requests they cut.
+const SETTLE_BOUND: Duration = Duration::from_secs(1);
 
 /// How many client connections the proxy listeners may hold at once:
 /// `max_connections` per worker, `workers` workers each.

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub http_request_duration: HistogramVec,
     /// Requests being handled now, by listener.
     pub http_requests_in_progress: IntGaugeVec,
+    /// Requests a stopping listener dropped before answering, by listener.
+    pub requests_cut: IntCounterVec,
     /// Answers received from replicas, by service, replica and status.
     pub upstream_requests: IntCounterVec,
     /// Replica latency to the response head, by service.
@@ -234,6 +236,11 @@ impl Metrics {
             http_requests_in_progress: gauge(
                 "http_requests_in_progress",
                 "Requests being handled now.",
+                &["listener"],
+            ),
+            requests_cut: counter(
+                "requests_cut_total",
+                "Requests a stopping listener dropped unanswered (shutdown_grace ran out, or a second stop signal).",
                 &["listener"],
             ),
             upstream_requests: counter(

@@ -1,5 +1,6 @@
 //! The `outrigger` binary as users run it: `check`, streaming large bodies
-//! with bounded memory, its worker threads, and a graceful SIGTERM.
+//! with bounded memory, its worker threads, a graceful SIGTERM that loses
+//! no keep-alive request, and the requests cut when the grace runs out.
 
 mod support;
 
@@ -9,6 +10,7 @@ use actix_web::body::SizedStream;
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use support::keep_alive::{Endpoint, KeepAliveLoad};
 use support::{client, eventually, SidecarProcess, TempDir, Upstream};
 
 const FIFTY_MIB: u64 = 50 * 1024 * 1024;
@@ -305,5 +307,157 @@ async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
     assert_eq!(
         exit_code(&mut sidecar, Duration::from_secs(10)).await,
         Some(0)
+    );
+}
+
+/// 25 keep-alive clients at each proxy listener, 1,000 requests a second
+/// in all, through SIGTERM: during `drain_delay` every answer closes its
+/// connection, so each client reconnects elsewhere (the app directly,
+/// standing in for another pod, once `/ready` says 503) before the
+/// listeners close. No request written is left unanswered, and no client's
+/// connection is closed under it by the listeners' close.
+#[actix_web::test]
+async fn sigterm_under_keep_alive_load_loses_no_request_at_either_listener() {
+    const CLIENTS: usize = 25;
+    let app = Upstream::start().await;
+    let services = format!("  - {{ name: api, endpoints: [\"{}\"] }}", app.endpoint());
+    let extra = "lifecycle: { drain_delay: 1s, shutdown_grace: 5s }
+inbound: { auth: { api_keys: { header: x-api-key } } }";
+    let env = [
+        ("LOG_LEVEL", "warn"),
+        ("OUTRIGGER_API_KEYS", "ana:k-ana:user"),
+    ];
+    let mut sidecar =
+        SidecarProcess::start_with_inbound(&services, &app.endpoint(), extra, &env, None).await;
+    let inbound = sidecar.inbound.clone().expect("an inbound listener").addr;
+    let get =
+        |path: &str, headers: &str| format!("GET {path} HTTP/1.1\r\nhost: pod\r\n{headers}\r\n");
+    let elsewhere = Endpoint {
+        addr: app.addr,
+        request: get("/x", ""),
+    };
+    let loads = [
+        (
+            "outbound",
+            Endpoint {
+                addr: sidecar.outbound,
+                request: get("/api/x", ""),
+            },
+        ),
+        (
+            "inbound",
+            Endpoint {
+                addr: inbound,
+                request: get("/x", "x-api-key: k-ana\r\n"),
+            },
+        ),
+    ]
+    .map(|(name, endpoint)| {
+        let every = Duration::from_millis(50);
+        let load = KeepAliveLoad::start(endpoint, elsewhere.clone(), CLIENTS, every);
+        (name, load)
+    });
+    eventually("the clients are under way", || async { app.hits() >= 300 }).await;
+
+    sidecar.terminate();
+    let ready = format!("http://{}/ready", sidecar.admin);
+    eventually("/ready says 503", || async {
+        support::status_of(&ready).await == Some(503)
+    })
+    .await;
+    for (_, load) in &loads {
+        load.take_out_first();
+    }
+    assert_eq!(
+        exit_code(&mut sidecar, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    for (name, load) in loads {
+        let tally = load.stop().await;
+        eprintln!("{name}: {tally:?}");
+        assert!(
+            tally.answered >= 100 && tally.answered_elsewhere >= 100,
+            "{name}: {tally:?}"
+        );
+        assert!(tally.lost.is_empty(), "{name}: requests lost: {tally:?}");
+        assert_eq!(
+            (tally.closed_idle, tally.refused),
+            (0, 0),
+            "{name}: connections the listener's close cut under clients still using them: {tally:?}"
+        );
+        assert!(
+            tally.closing >= CLIENTS,
+            "{name}: every client left on an answer that said Connection: close: {tally:?}"
+        );
+    }
+}
+
+/// Requests still at the app when `shutdown_grace` runs out are cut: each
+/// is logged with its request id and counted, at both listeners.
+#[actix_web::test]
+async fn requests_cut_when_the_grace_runs_out_are_logged_by_id_and_counted() {
+    let app = Upstream::start().await;
+    app.delay(Duration::from_secs(20));
+    let services = format!(
+        "  - {{ name: api, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",
+        app.endpoint()
+    );
+    let extra = "lifecycle: { drain_delay: 0s, shutdown_grace: 1s }
+inbound: { auth: { api_keys: { header: x-api-key } } }";
+    let env = [
+        ("LOG_LEVEL", "warn"),
+        ("OUTRIGGER_API_KEYS", "ana:k-ana:user"),
+    ];
+    let dir = TempDir::new();
+    let log = dir.path.join("stderr.log");
+    let mut sidecar =
+        SidecarProcess::start_with_inbound(&services, &app.endpoint(), extra, &env, Some(&log))
+            .await;
+    let inbound = sidecar.inbound.clone().expect("an inbound listener").addr;
+    let calls = [
+        (
+            format!("http://{}/api/slow", sidecar.outbound),
+            "cut-outbound-7",
+        ),
+        (format!("http://{inbound}/slow"), "cut-inbound-7"),
+    ]
+    .map(|(url, id)| {
+        actix_rt::spawn(async move {
+            client()
+                .get(url)
+                .insert_header(("x-request-id", id))
+                .insert_header(("x-api-key", "k-ana"))
+                .send()
+                .await
+                .map(|answer| answer.status().as_u16())
+                .map_err(|err| err.to_string())
+        })
+    });
+    eventually("both requests reach the app", || async {
+        app.in_flight() == 2
+    })
+    .await;
+    sidecar.terminate();
+    assert_eq!(
+        exit_code(&mut sidecar, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    for call in calls {
+        let answer = call.await.expect("request task");
+        assert!(answer.is_err(), "a cut request gets no answer: {answer:?}");
+    }
+    let stderr = std::fs::read_to_string(&log).expect("the log");
+    for (id, listener) in [("cut-outbound-7", "outbound"), ("cut-inbound-7", "inbound")] {
+        assert!(
+            stderr.lines().any(
+                |line| line.contains(&format!("request {id}: cut unanswered"))
+                    && line.contains(&format!("the {listener} listener"))
+            ),
+            "no cut line for {id} in:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("2 requests were cut unanswered (outrigger_requests_cut_total)"),
+        "no count of the cuts in:\n{stderr}"
     );
 }

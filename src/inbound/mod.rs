@@ -36,13 +36,14 @@ use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, Front, LimitedPayload};
+use crate::listener::{self, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
 use crate::trace::Hop;
 
-const LISTENER: &str = "inbound";
+/// The `listener` label of this listener's metrics and log lines.
+pub const LISTENER: &str = "inbound";
 /// The `service` label of inbound metrics.
 const APP: &str = "app";
 
@@ -61,8 +62,8 @@ pub fn server(
     listener: &InboundListener,
     gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
-    shutdown_secs: u64,
     spans: Option<Exporter>,
+    stopping: Arc<Stopping>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
     let front = Front::new(
@@ -71,25 +72,20 @@ pub fn server(
         Arc::clone(&metrics),
         &config.observability,
         spans,
+        stopping,
     );
     let workers = config.workers as usize;
-    listener::serve(
-        &front.clone(),
-        listener.bind,
-        workers,
-        shutdown_secs,
-        move || {
-            let worker = Worker {
-                client: crate::upstream::Client::new(connect_timeout),
-                gates: Arc::clone(&gates),
-                front: front.clone(),
-                requests: metrics.requests(LISTENER, APP),
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(handle))
-        },
-    )
+    listener::serve(&front.clone(), listener.bind, workers, move || {
+        let worker = Worker {
+            client: crate::upstream::Client::new(connect_timeout),
+            gates: Arc::clone(&gates),
+            front: front.clone(),
+            requests: metrics.requests(LISTENER, APP),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(handle))
+    })
 }
 
 async fn handle(
@@ -98,8 +94,8 @@ async fn handle(
     worker: web::Data<Worker>,
 ) -> HttpResponse {
     let started = Instant::now();
-    worker.front.arrived();
     let request_id = forward::request_id(&req);
+    let progress = worker.front.arrived(&request_id);
     let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
@@ -139,7 +135,7 @@ async fn handle(
     }
     worker
         .front
-        .answered(&answering, &req, &worker.requests, &mut response);
+        .answered(progress, &answering, &req, &worker.requests, &mut response);
     response
 }
 

@@ -2,12 +2,13 @@
 //! HTTP to clients they do not trust: one server builder that applies
 //! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
 //! worker), the strict checks of each request head, the request body limit,
-//! and the open-files limit raised at start.
+//! how the listeners drain and stop, and the open-files limit raised at start.
 
 mod body;
 mod framing;
 mod front;
 mod head;
+mod stopping;
 mod stream;
 
 use std::fmt;
@@ -28,8 +29,9 @@ use actix_web::HttpRequest;
 use log::{info, warn};
 
 pub use body::{BodyError, LimitedPayload};
-pub use front::Front;
+pub use front::{Front, InProgress};
 pub use head::check_head;
+pub use stopping::Stopping;
 
 use stream::ClientStream;
 
@@ -43,13 +45,13 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Binds the listener of `front` at `bind` and applies its limits to every
 /// client connection, whose bytes pass the bare-LF check before the parser
 /// (refusals counted in `http_heads_refused_total`); `factory` builds each
-/// worker's app, run on `workers` threads. The server runs once awaited or spawned; it stops on its
-/// handle (signals are the caller's).
+/// worker's app, run on `workers` threads. The server runs once awaited or
+/// spawned; it stops on its handle (signals are the caller's), giving
+/// in-flight requests the shutdown grace of `front`'s stop.
 pub fn serve<F, I, S, B>(
     front: &Front,
     bind: SocketAddr,
     workers: usize,
-    shutdown_secs: u64,
     factory: F,
 ) -> io::Result<(Server, Vec<SocketAddr>)>
 where
@@ -64,6 +66,9 @@ where
     B: MessageBody + 'static,
 {
     let (name, limits) = (front.listener, &front.limits);
+    // Whole seconds, rounded up: never before the grace the stop counts cuts from.
+    let grace = front.stopping().grace();
+    let shutdown_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
     let builder = actix_server::Server::build()
         .workers(workers)
         .disable_signals()

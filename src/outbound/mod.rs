@@ -28,13 +28,14 @@ use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, Front, LimitedPayload};
+use crate::listener::{self, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, LiveServices, Service, Settings};
 
-const LISTENER: &str = "outbound";
+/// The `listener` label of this listener's metrics and log lines.
+pub const LISTENER: &str = "outbound";
 
 /// What one worker needs to proxy: its client and balancer, and the shared table.
 struct Worker {
@@ -53,7 +54,7 @@ pub fn server(
     table: Arc<LiveServices>,
     metrics: Arc<Metrics>,
     spans: Option<Exporter>,
-    shutdown_secs: u64,
+    stopping: Arc<Stopping>,
 ) -> io::Result<(Server, Vec<SocketAddr>)> {
     let connect_timeout = config.defaults.connect_timeout;
     let outbound = &config.listeners.outbound;
@@ -63,33 +64,28 @@ pub fn server(
         metrics,
         &config.observability,
         spans,
+        stopping,
     );
     let workers = config.workers as usize;
-    listener::serve(
-        &front.clone(),
-        outbound.bind,
-        workers,
-        shutdown_secs,
-        move || {
-            let worker = Worker {
-                client: crate::upstream::Client::new(connect_timeout),
-                connect_timeout,
-                balancer: Balancer::new().start(),
-                table: Arc::clone(&table),
-                unknown: front.metrics().requests(LISTENER, "unknown"),
-                front: front.clone(),
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(proxy))
-        },
-    )
+    listener::serve(&front.clone(), outbound.bind, workers, move || {
+        let worker = Worker {
+            client: crate::upstream::Client::new(connect_timeout),
+            connect_timeout,
+            balancer: Balancer::new().start(),
+            table: Arc::clone(&table),
+            unknown: front.metrics().requests(LISTENER, "unknown"),
+            front: front.clone(),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(proxy))
+    })
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    worker.front.arrived();
     let request_id = forward::request_id(&req);
+    let progress = worker.front.arrived(&request_id);
     let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
@@ -138,7 +134,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         .map_or(&worker.unknown, |s| &*s.metrics.requests);
     worker
         .front
-        .answered(&answering, &req, series, &mut response);
+        .answered(progress, &answering, &req, series, &mut response);
     response
 }
 

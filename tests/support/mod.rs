@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own part of the harness
 
 pub mod faults;
+pub mod keep_alive;
 pub mod registry;
 
 use std::future::Future;
@@ -506,9 +507,20 @@ pub struct SidecarProcess {
     pub child: std::process::Child,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The inbound listener, when it was started with one.
+    pub inbound: Option<InboundListener>,
     /// The config file it runs from.
     pub config: std::path::PathBuf,
     _dir: TempDir,
+}
+
+/// The inbound listener of a [`SidecarProcess`]: where it listens and the
+/// app it fronts.
+#[derive(Clone)]
+pub struct InboundListener {
+    pub addr: SocketAddr,
+    /// `host:port` of the app.
+    pub app: String,
 }
 
 impl SidecarProcess {
@@ -526,16 +538,38 @@ impl SidecarProcess {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
-        let outbound: SocketAddr = format!("127.0.0.1:{}", closed_port())
-            .parse()
-            .expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", closed_port())
-            .parse()
-            .expect("addr");
+        SidecarProcess::launch(services, extra, env, stderr, None).await
+    }
+
+    /// Like [`SidecarProcess::start_with`], with the inbound listener in
+    /// front of the app at `app` (`host:port`); `extra` holds the
+    /// `inbound:` section.
+    pub async fn start_with_inbound(
+        services: &str,
+        app: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> SidecarProcess {
+        let inbound = InboundListener {
+            addr: loopback_port(),
+            app: app.to_string(),
+        };
+        SidecarProcess::launch(services, extra, env, stderr, Some(inbound)).await
+    }
+
+    async fn launch(
+        services: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+        inbound: Option<InboundListener>,
+    ) -> SidecarProcess {
+        let (outbound, admin) = (loopback_port(), loopback_port());
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
-        std::fs::write(&config, process_config(outbound, admin, services, extra))
-            .expect("write config");
+        let text = process_config(outbound, admin, inbound.as_ref(), services, extra);
+        std::fs::write(&config, text).expect("write config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
         command
             .args(["run", "--config"])
@@ -549,6 +583,7 @@ impl SidecarProcess {
             child,
             outbound,
             admin,
+            inbound,
             config,
             _dir: dir,
         };
@@ -591,7 +626,13 @@ impl SidecarProcess {
 
     /// Rewrites its config file (same listeners) with `services` and `extra`.
     pub fn rewrite_config(&self, services: &str, extra: &str) {
-        let text = process_config(self.outbound, self.admin, services, extra);
+        let text = process_config(
+            self.outbound,
+            self.admin,
+            self.inbound.as_ref(),
+            services,
+            extra,
+        );
         swap_in(&self.config, &text);
     }
 
@@ -606,10 +647,27 @@ impl SidecarProcess {
     }
 }
 
-fn process_config(outbound: SocketAddr, admin: SocketAddr, services: &str, extra: &str) -> String {
+fn process_config(
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    inbound: Option<&InboundListener>,
+    services: &str,
+    extra: &str,
+) -> String {
+    let inbound = inbound.map_or_else(String::new, |inbound| {
+        format!(
+            ", inbound: {{ bind: \"{}\", app: \"http://{}\" }}",
+            inbound.addr, inbound.app
+        )
+    });
     format!(
-        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
+        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
     )
+}
+
+/// A loopback address nothing listens on (see [`closed_port`]).
+fn loopback_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], closed_port()))
 }
 
 impl Drop for SidecarProcess {
