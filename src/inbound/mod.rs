@@ -14,7 +14,6 @@ mod jwt;
 mod rate_limit;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,15 +54,16 @@ struct Worker {
     requests: RequestSeries,
 }
 
-/// Binds the inbound listener; the server runs once awaited or spawned.
+/// The inbound listener's server on `socket`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
     listener: &InboundListener,
+    socket: std::net::TcpListener,
     gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
     shutdown_secs: u64,
     spans: Option<Exporter>,
-) -> io::Result<(Server, Vec<SocketAddr>)> {
+) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
     let front = Front::new(
         LISTENER,
@@ -73,23 +73,17 @@ pub fn server(
         spans,
     );
     let workers = config.workers as usize;
-    listener::serve(
-        &front.clone(),
-        listener.bind,
-        workers,
-        shutdown_secs,
-        move || {
-            let worker = Worker {
-                client: crate::upstream::Client::new(connect_timeout),
-                gates: Arc::clone(&gates),
-                front: front.clone(),
-                requests: metrics.requests(LISTENER, APP),
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(handle))
-        },
-    )
+    listener::serve(&front.clone(), socket, workers, shutdown_secs, move || {
+        let worker = Worker {
+            client: crate::upstream::Client::new(connect_timeout),
+            gates: Arc::clone(&gates),
+            front: front.clone(),
+            requests: metrics.requests(LISTENER, APP),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(handle))
+    })
 }
 
 async fn handle(

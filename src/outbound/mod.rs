@@ -8,7 +8,6 @@ mod route;
 mod upgrade;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,14 +46,15 @@ struct Worker {
     unknown: RequestSeries,
 }
 
-/// Binds the outbound listener; the server runs once awaited or spawned.
+/// The outbound listener's server on `socket`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
+    socket: std::net::TcpListener,
     table: Arc<LiveServices>,
     metrics: Arc<Metrics>,
     spans: Option<Exporter>,
     shutdown_secs: u64,
-) -> io::Result<(Server, Vec<SocketAddr>)> {
+) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
     let outbound = &config.listeners.outbound;
     let front = Front::new(
@@ -65,25 +65,19 @@ pub fn server(
         spans,
     );
     let workers = config.workers as usize;
-    listener::serve(
-        &front.clone(),
-        outbound.bind,
-        workers,
-        shutdown_secs,
-        move || {
-            let worker = Worker {
-                client: crate::upstream::Client::new(connect_timeout),
-                connect_timeout,
-                balancer: Balancer::new().start(),
-                table: Arc::clone(&table),
-                unknown: front.metrics().requests(LISTENER, "unknown"),
-                front: front.clone(),
-            };
-            App::new()
-                .app_data(web::Data::new(worker))
-                .default_service(web::to(proxy))
-        },
-    )
+    listener::serve(&front.clone(), socket, workers, shutdown_secs, move || {
+        let worker = Worker {
+            client: crate::upstream::Client::new(connect_timeout),
+            connect_timeout,
+            balancer: Balancer::new().start(),
+            table: Arc::clone(&table),
+            unknown: front.metrics().requests(LISTENER, "unknown"),
+            front: front.clone(),
+        };
+        App::new()
+            .app_data(web::Data::new(worker))
+            .default_service(web::to(proxy))
+    })
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
