@@ -91,7 +91,12 @@ async fn gets_are_cached_per_user_and_only_when_allowed() {
         cache("MISS"),
         "another user"
     );
-    for tricky in ["ana\u{0}", "ana:*", "*", &"x".repeat(10 * 1024)] {
+    assert_eq!(
+        send(&sidecar, "GET", "/items?a=1&b=2", "ana\u{0}").await,
+        (401, None),
+        "a subject with a control character is refused"
+    );
+    for tricky in ["ana:*", "*", &"x".repeat(10 * 1024)] {
         assert_eq!(
             send(&sidecar, "GET", "/items?a=1&b=2", tricky).await,
             cache("MISS"),
