@@ -2,8 +2,9 @@
 # Runs every check CI runs: formatting, lints, docs, the dependency policy
 # (deny.toml), unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl and
-# dnsmasq and prometheus via apt-get, kubernetes-validate via pip, rustfmt/clippy via
-# rustup, cargo-deny via cargo install); Rust crates come through cargo.
+# dnsmasq and prometheus via apt-get, kubernetes-validate, pyjwt and
+# cryptography via pip, rustfmt/clippy via rustup, cargo-deny via cargo
+# install); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -30,6 +31,13 @@ if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   log "installing kubernetes-validate"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     'kubernetes-validate==1.37.0'
+fi
+# PyJWT signs the tokens the inbound tests send (made outside Rust, with
+# cryptography for RS256 and ES256).
+if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  log "installing pyjwt and cryptography"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    'pyjwt==2.15.1' 'cryptography==48.0.0'
 fi
 if ! command -v cargo-deny >/dev/null 2>&1; then
   log "installing cargo-deny (a few minutes, once)"

@@ -53,12 +53,12 @@ impl std::ops::Deref for AdminState {
     }
 }
 
-/// Binds the admin listener; the server runs once awaited or spawned.
+/// The admin listener's server on `socket`; it runs once awaited or spawned.
 pub fn server(
-    config: &Config,
+    socket: std::net::TcpListener,
     shared: Shared,
     metrics: &Metrics,
-) -> io::Result<(Server, Vec<SocketAddr>)> {
+) -> io::Result<Server> {
     let prometheus = PrometheusMetricsBuilder::new("outrigger_admin")
         .registry(metrics.registry.clone())
         .endpoint("/metrics")
@@ -77,9 +77,8 @@ pub fn server(
     })
     .workers(1)
     .disable_signals()
-    .bind(config.listeners.admin)?;
-    let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    .listen(socket)?;
+    Ok(server.run())
 }
 
 /// Every admin route; the endpoints that change state pass [`refuse_change`].

@@ -135,9 +135,13 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     let outcome = actix_rt::System::new().block_on(async move {
-        let sidecar = Sidecar::start_from(config, file).await?;
-        let mut hangups = actix_rt::signal::unix::signal(SignalKind::hangup())?;
-        let mut signals = StopSignals::new()?;
+        let sidecar = Sidecar::start_from(config, file)
+            .await
+            .map_err(|err| format!("outrigger cannot start: {err}"))?;
+        let signal_error = |err: std::io::Error| format!("outrigger stopped: {err}");
+        let mut hangups =
+            actix_rt::signal::unix::signal(SignalKind::hangup()).map_err(signal_error)?;
+        let mut signals = StopSignals::new().map_err(signal_error)?;
         let reloading = async {
             while hangups.recv().await.is_some() {
                 log::info!("SIGHUP received: reloading the config");
@@ -150,12 +154,12 @@ fn run(path: &Path) -> ExitCode {
         )
         .await;
         sidecar.stop(signals.next()).await;
-        Ok::<(), std::io::Error>(())
+        Ok::<(), String>(())
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            log::error!("outrigger stopped: {err}");
+        Err(why) => {
+            log::error!("{why}");
             ExitCode::FAILURE
         }
     }

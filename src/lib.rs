@@ -87,19 +87,27 @@ impl Sidecar {
     }
 
     async fn launch(config: Config, file: Option<ConfigFile>) -> io::Result<Sidecar> {
+        // Every port is bound, and every fallible part built, before an
+        // actor starts: an actor started but never polled panics when the
+        // runtime that failed to start is dropped, burying the real error.
+        let outbound_socket = listener::listen("outbound", config.listeners.outbound.bind)?;
+        let inbound_listener = config
+            .listeners
+            .inbound
+            .as_ref()
+            .zip(config.inbound.as_ref());
+        let inbound_socket = inbound_listener
+            .map(|(listener, _)| listener::listen("inbound", listener.bind))
+            .transpose()?;
+        let admin_socket = listener::listen("admin", config.listeners.admin)?;
+        let (outbound_addr, admin_addr) =
+            (outbound_socket.local_addr()?, admin_socket.local_addr()?);
         listener::raise_open_files_limit(client_connections(&config));
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,
             &metrics,
         )));
-        let supervisor = Supervisor::new(
-            Arc::clone(&table),
-            source_for(&config),
-            config.discovery.refresh,
-            Arc::clone(&metrics),
-        )
-        .start();
         let stopping = Arc::new(Stopping::new(config.lifecycle.shutdown_grace));
         let shutdown = Arc::new(Notify::new());
         let spans = config
@@ -108,40 +116,43 @@ impl Sidecar {
             .otlp_endpoint
             .clone()
             .map(otlp::Exporter::start);
-        let (outbound, outbound_addrs) = outbound::server(
+        let outbound = outbound::server(
             &config,
+            outbound_socket,
             Arc::clone(&table),
             Arc::clone(&metrics),
             spans.clone(),
             Arc::clone(&stopping),
         )?;
-        let first = |addrs: Vec<SocketAddr>| {
-            addrs
-                .into_iter()
-                .next()
-                .ok_or_else(|| io::Error::other("bound no address"))
-        };
         let mut proxies = vec![(outbound::LISTENER, outbound.handle())];
         let mut servers = vec![actix_rt::spawn(outbound)];
         let (mut inbound_addr, mut inbound_side) = (None, None);
-        if let (Some(listener), Some(inbound)) = (&config.listeners.inbound, &config.inbound) {
+        if let (Some((listener, inbound)), Some(socket)) = (inbound_listener, inbound_socket) {
             let store = inbound::store(config.redis.as_ref(), &metrics)?;
             let gate = Gate::build(listener, inbound, &store, &metrics, None)
                 .map_err(|err| io::Error::other(err.to_string()))?;
             let gates = Arc::new(ArcSwap::from_pointee(gate));
-            let (server, addrs) = inbound::server(
+            inbound_addr = Some(socket.local_addr()?);
+            let server = inbound::server(
                 &config,
                 listener,
+                socket,
                 Arc::clone(&gates),
                 Arc::clone(&metrics),
                 spans,
                 Arc::clone(&stopping),
             )?;
-            inbound_addr = Some(first(addrs)?);
             proxies.push((inbound::LISTENER, server.handle()));
             servers.push(actix_rt::spawn(server));
             inbound_side = Some(InboundSide { gates, store });
         }
+        let supervisor = Supervisor::new(
+            Arc::clone(&table),
+            source_for(&config),
+            config.discovery.refresh,
+            Arc::clone(&metrics),
+        )
+        .start();
         let admin_gates = inbound_side.as_ref().map(|side| Arc::clone(&side.gates));
         let running = Arc::new(ArcSwap::from_pointee(config.clone()));
         let reloader = file.map(|file| {
@@ -155,8 +166,8 @@ impl Sidecar {
             )
             .start()
         });
-        let (admin, admin_addrs) = admin::server(
-            &config,
+        let admin = admin::server(
+            admin_socket,
             admin::Shared {
                 table: Arc::clone(&table),
                 config: running,
@@ -169,9 +180,9 @@ impl Sidecar {
         let admin_handle = admin.handle();
         servers.push(actix_rt::spawn(admin));
         let sidecar = Sidecar {
-            outbound_addr: first(outbound_addrs)?,
+            outbound_addr,
             inbound_addr,
-            admin_addr: first(admin_addrs)?,
+            admin_addr,
             table,
             supervisor,
             reloader,

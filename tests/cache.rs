@@ -73,6 +73,36 @@ fn cache(state: &str) -> (u16, Option<String>) {
 }
 
 #[actix_web::test]
+async fn an_api_key_and_a_token_of_the_same_name_do_not_share_answers() {
+    let app = Upstream::start().await;
+    let yaml = format!(
+        "{}
+inbound:
+  auth:
+    jwt: {{ algorithms: [HS256] }}
+    api_keys: {{ header: x-api-key }}
+  cache: {{ default_ttl: 60s }}",
+        listeners_with_inbound(app.endpoint())
+    );
+    let env = [ENV[0], ("OUTRIGGER_API_KEYS", "ana:k-ana")];
+    let sidecar = sidecar_from(&yaml, &env).await;
+    assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
+    let addr = sidecar.inbound_addr().expect("inbound");
+    let response = client()
+        .get(format!("http://{addr}/items"))
+        .insert_header(("x-api-key", "k-ana"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(
+        (response.status().as_u16(), x_cache(&response)),
+        cache("MISS"),
+        "the API key named ana is not the token whose subject is ana"
+    );
+    assert_eq!(app.hits(), 2);
+}
+
+#[actix_web::test]
 async fn gets_are_cached_per_user_and_only_when_allowed() {
     let app = Upstream::start().await;
     let sidecar = sidecar_from(&config(&app, None), &ENV).await;
@@ -91,7 +121,12 @@ async fn gets_are_cached_per_user_and_only_when_allowed() {
         cache("MISS"),
         "another user"
     );
-    for tricky in ["ana\u{0}", "ana:*", "*", &"x".repeat(10 * 1024)] {
+    assert_eq!(
+        send(&sidecar, "GET", "/items?a=1&b=2", "ana\u{0}").await,
+        (401, None),
+        "a subject with a control character is refused"
+    );
+    for tricky in ["ana:*", "*", &"x".repeat(10 * 1024)] {
         assert_eq!(
             send(&sidecar, "GET", "/items?a=1&b=2", tricky).await,
             cache("MISS"),

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use outrigger::config::{Config, JwtConfig, JwtKeys};
-use outrigger::inbound::Verifier;
+use outrigger::inbound::{usable_name, Verifier};
 use outrigger::inject::{inject, Options};
 use outrigger::metrics::Metrics;
 use outrigger::outbound::resolve;
@@ -489,6 +489,10 @@ proptest! {
             Ok(accepted) => {
                 prop_assert!(alg != Algorithm::HS512, "an unpinned algorithm passed");
                 prop_assert!(accepted.expires_at > 0, "accepted without exp: {claims:?}");
+                prop_assert!(
+                    usable_name(&accepted.subject),
+                    "accepted without a usable subject: {claims:?}"
+                );
             }
             Err(rejection) => prop_assert!(!rejection.label().is_empty()),
         }

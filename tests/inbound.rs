@@ -219,6 +219,235 @@ async fn bad_tokens_are_refused_each_with_its_reason() {
     }
 }
 
+/// Signs each of `claims` with PyJWT, in one python3 run: `alg` with `key`
+/// (an HMAC secret or a private PEM). JWS-level signing, so PyJWT's own
+/// claim checks do not stop the malformed claims these tests need.
+fn pyjwt(alg: &str, key: &[u8], claims: &[Value]) -> Vec<String> {
+    use std::io::Write;
+    const SIGN: &str = "import json, sys, jwt
+job = json.load(sys.stdin)
+for claims in job['claims']:
+    print(jwt.PyJWS().encode(json.dumps(claims).encode(), job['key'], algorithm=job['alg']))";
+    let job = json!({"alg": alg, "key": String::from_utf8_lossy(key), "claims": claims});
+    let mut python = std::process::Command::new("python3")
+        .args(["-W", "ignore", "-c", SIGN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    python
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(job.to_string().as_bytes())
+        .expect("write the job");
+    let output = python.wait_with_output().expect("python3 output");
+    assert!(
+        output.status.success(),
+        "PyJWT signs (pip install pyjwt cryptography)"
+    );
+    let tokens: Vec<String> = String::from_utf8(output.stdout)
+        .expect("tokens")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(tokens.len(), claims.len(), "a token for each set of claims");
+    tokens
+}
+
+/// `claims()` with `edits` applied: a null value removes the claim.
+fn claims_with(edits: &[(&str, Value)]) -> Value {
+    let mut claims = claims();
+    for (name, value) in edits {
+        match value {
+            Value::Null => {
+                claims.as_object_mut().expect("object").remove(*name);
+            }
+            value => claims[*name] = value.clone(),
+        }
+    }
+    claims
+}
+
+#[actix_web::test]
+async fn a_configured_issuer_and_audience_are_required_of_pyjwt_tokens() {
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let (rsa, ec) = (key_pair(&dir, "rsa"), key_pair(&dir, "ec"));
+    let families = [
+        (
+            "HS256",
+            "secret_env: JWT_SECRET".to_string(),
+            b"s3cret".to_vec(),
+        ),
+        (
+            "RS256",
+            format!("public_key_file: \"{}\"", rsa.public_path.display()),
+            rsa.private_pem.clone(),
+        ),
+        (
+            "ES256",
+            format!("public_key_file: \"{}\"", ec.public_path.display()),
+            ec.private_pem.clone(),
+        ),
+    ];
+    let cases = [
+        ("bad_issuer", claims_with(&[("iss", Value::Null)])),
+        ("bad_issuer", claims_with(&[("iss", json!(["issuer"]))])),
+        (
+            "bad_issuer",
+            claims_with(&[("iss", json!(["issuer", "x"]))]),
+        ),
+        ("bad_issuer", claims_with(&[("iss", json!(7))])),
+        ("bad_issuer", claims_with(&[("iss", json!(""))])),
+        ("bad_audience", claims_with(&[("aud", Value::Null)])),
+        ("bad_audience", claims_with(&[("aud", json!(7))])),
+        ("bad_audience", claims_with(&[("aud", json!([]))])),
+    ];
+    for (alg, key_config, key) in &families {
+        let inbound = format!(
+            "  auth: {{ jwt: {{ algorithms: [{alg}], {key_config}, issuer: issuer, audience: front }} }}"
+        );
+        let sidecar = sidecar_from(&config(&app, &inbound, ""), &[("JWT_SECRET", "s3cret")]).await;
+        let mut all: Vec<Value> = cases.iter().map(|(_, claims)| claims.clone()).collect();
+        all.push(claims());
+        let tokens = pyjwt(alg, key, &all);
+        for ((reason, claims), token) in cases.iter().zip(&tokens) {
+            let token = format!("Bearer {token}");
+            let (status, body) =
+                call(&sidecar, "GET", "/orders", &[("authorization", &token)]).await;
+            assert_eq!(status, 401, "{alg} {claims}: {body}");
+            assert_eq!(
+                body["error"].as_str(),
+                Some(format!("token refused: {reason}").as_str()),
+                "{alg} {claims}"
+            );
+        }
+        let token = format!("Bearer {}", tokens[cases.len()]);
+        let (status, body) = call(&sidecar, "GET", "/orders", &[("authorization", &token)]).await;
+        assert_eq!(status, 200, "{alg}: the complete token passes: {body}");
+    }
+    assert_eq!(
+        app.hits(),
+        families.len(),
+        "no refused token reached the app"
+    );
+}
+
+#[actix_web::test]
+async fn tokens_without_a_usable_subject_or_with_unusable_roles_are_refused_not_pooled() {
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let rsa = key_pair(&dir, "rsa");
+    let inbound = format!(
+        "  auth: {{ jwt: {{ algorithms: [RS256], public_key_file: \"{}\" }} }}
+  cache: {{ default_ttl: 60s }}
+  rate_limit: {{ window: 1m, default: 2 }}",
+        rsa.public_path.display()
+    );
+    let sidecar = sidecar_from(&config(&app, &inbound, ""), &[]).await;
+    let get = |token: &str| {
+        let token = format!("Bearer {token}");
+        let sidecar = &sidecar;
+        async move {
+            let addr = sidecar.inbound_addr().expect("inbound listener");
+            let mut response = client()
+                .get(format!("http://{addr}/profile"))
+                .insert_header(("authorization", token))
+                .send()
+                .await
+                .expect("an answer");
+            let cache = support::x_cache(&response);
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (response.status().as_u16(), cache, body)
+        }
+    };
+    let unusable = [
+        ("bad_subject", claims_with(&[("sub", json!(""))])),
+        ("bad_subject", claims_with(&[("sub", json!(42))])),
+        // The verifying library cannot read a list where it expects a string.
+        ("malformed", claims_with(&[("sub", json!(["ana"]))])),
+        ("bad_subject", claims_with(&[("sub", json!("ana\u{1}"))])),
+        (
+            "bad_subject",
+            claims_with(&[("sub", json!("ana\nx-outrigger-roles: admin"))]),
+        ),
+        ("bad_subject", claims_with(&[("sub", json!("ana\u{85}"))])),
+        ("bad_subject", claims_with(&[("sub", json!(" ana"))])),
+        (
+            "bad_roles",
+            claims_with(&[("roles", json!(["buyer\u{7f}"]))]),
+        ),
+        (
+            "bad_roles",
+            claims_with(&[("roles", json!(["buyer,admin"]))]),
+        ),
+        ("bad_roles", claims_with(&[("roles", json!([7]))])),
+        (
+            "bad_roles",
+            claims_with(&[("roles", json!({"admin": true}))]),
+        ),
+        ("bad_scopes", claims_with(&[("scp", json!(["read write"]))])),
+        (
+            "bad_scopes",
+            claims_with(&[("scope", json!("read \u{1}write"))]),
+        ),
+    ];
+    let subjectless = ["alice", "bob", "bob"];
+    let mut all: Vec<Value> = subjectless
+        .iter()
+        .map(|name| claims_with(&[("sub", Value::Null), ("name", json!(name))]))
+        .collect();
+    all.extend(unusable.iter().map(|(_, claims)| claims.clone()));
+    all.push(claims_with(&[("sub", json!("ana"))]));
+    all.push(claims_with(&[("sub", json!("bea"))]));
+    let tokens = pyjwt("RS256", &rsa.private_pem, &all);
+    let (subjectless_tokens, rest) = tokens.split_at(subjectless.len());
+    let (unusable_tokens, usable_tokens) = rest.split_at(unusable.len());
+    // Two callers whose tokens name no subject: before, both were "" and
+    // the second was served the first's cached answer, then shared its
+    // rate-limit bucket.
+    for (name, token) in subjectless.iter().zip(subjectless_tokens) {
+        let (status, cache, body) = get(token).await;
+        assert_eq!(
+            (status, cache.as_deref(), body["error"].as_str()),
+            (401, None, Some("token refused: bad_subject")),
+            "{name}: {body}"
+        );
+    }
+    for ((reason, claims), token) in unusable.iter().zip(unusable_tokens) {
+        let (status, _, body) = get(token).await;
+        assert_eq!(status, 401, "{claims}: {body}");
+        assert_eq!(
+            body["error"].as_str(),
+            Some(format!("token refused: {reason}").as_str()),
+            "{claims}"
+        );
+    }
+    assert_eq!(app.hits(), 0, "no refused token reached the app");
+    let (status, cache, body) = get(&usable_tokens[0]).await;
+    assert_eq!((status, cache.as_deref()), (200, Some("MISS")), "{body}");
+    assert_eq!(
+        header_seen(&body, "x-outrigger-user").as_deref(),
+        Some("ana")
+    );
+    let (status, cache, _) = get(&usable_tokens[1]).await;
+    assert_eq!(
+        (status, cache.as_deref()),
+        (200, Some("MISS")),
+        "bea is not served ana's answer"
+    );
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    for (reason, count) in [
+        ("bad_subject", 9.0),
+        ("bad_roles", 4.0),
+        ("bad_scopes", 2.0),
+    ] {
+        let series = format!("outrigger_jwt_validations_total{{result=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &series), Some(count), "{series}");
+    }
+}
+
 /// A JWKS server whose document the test can change or break.
 struct Jwks {
     document: Arc<Mutex<(u16, String)>>,

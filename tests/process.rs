@@ -1,6 +1,7 @@
-//! The `outrigger` binary as users run it: `check`, streaming large bodies
-//! with bounded memory, its worker threads, a graceful SIGTERM that loses
-//! no keep-alive request, and the requests cut when the grace runs out.
+//! The `outrigger` binary as users run it: `check`, a start on a taken
+//! port, streaming large bodies with bounded memory, its worker threads,
+//! a graceful SIGTERM that loses no keep-alive request, and the requests
+//! cut when the grace runs out.
 
 mod support;
 
@@ -110,6 +111,58 @@ fn check_accepts_the_shipped_config_and_summarises_it() {
         stdout.contains("service budgeting: 2 endpoints"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_taken_port_stops_the_start_with_one_line_naming_the_listener_and_exit_1() {
+    let dir = TempDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let port = taken.local_addr().expect("its address").port();
+    for listener in ["outbound", "inbound", "admin"] {
+        let bind = |name: &str| {
+            let port = if name == listener { port } else { 0 };
+            format!("{name}: {{ bind: \"127.0.0.1:{port}\", app: \"http://127.0.0.1:1\" }}")
+        };
+        let config = dir.path.join(format!("{listener}.yaml"));
+        let text = format!(
+            "listeners: {{ {}, {}, {} }}\nservices: []\n",
+            bind("outbound").replace(", app: \"http://127.0.0.1:1\"", ""),
+            bind("inbound"),
+            bind("admin").replace(", app: \"http://127.0.0.1:1\"", ""),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_BACKTRACE", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run outrigger");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{listener}: outrigger kept running on a taken port");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("its output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{listener}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{listener}: {stderr}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        let expected = format!(
+            "outrigger cannot start: cannot listen on 127.0.0.1:{port} ({listener} listener): "
+        );
+        assert!(
+            lines.len() == 1 && lines[0].contains(&expected),
+            "{listener}: one line naming the listener, the address and the cause: {stderr}"
+        );
+        assert!(lines[0].contains("in use"), "{listener}: {stderr}");
+    }
 }
 
 #[actix_web::test]

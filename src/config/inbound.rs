@@ -13,6 +13,7 @@ use serde_norway::Value;
 
 use super::reader::{FromYaml, Problems, Table};
 use super::{as_duration, positive, ListenerLimits};
+use crate::inbound::usable_name;
 
 /// The inbound listener: where callers from outside the pod arrive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -536,7 +537,10 @@ fn read_api_keys(
                 Some(key) => keys.push(key),
                 None => problems.add(
                     source,
-                    format!("entry {index} is not name:key or name:key:role1|role2"),
+                    format!(
+                        "entry {index} is not name:key or name:key:role1|role2 \
+                         (names and roles may not hold control characters)"
+                    ),
                 ),
             }
         }
@@ -559,14 +563,15 @@ fn read_api_keys(
     ApiKeysConfig { header, keys }
 }
 
-/// `name:key` or `name:key:role1|role2`.
+/// `name:key` or `name:key:role1|role2`; the name and each role must be a
+/// [`usable_name`], since they are the caller's identity.
 fn parse_api_key(entry: &str) -> Option<ApiKey> {
     let mut parts = entry.splitn(3, ':');
     let (name, key) = (parts.next()?.trim(), parts.next()?.trim());
-    if name.is_empty() || key.is_empty() {
+    if !usable_name(name) || key.is_empty() {
         return None;
     }
-    let roles = parts
+    let roles: Vec<String> = parts
         .next()
         .map(|roles| {
             roles
@@ -577,6 +582,9 @@ fn parse_api_key(entry: &str) -> Option<ApiKey> {
                 .collect()
         })
         .unwrap_or_default();
+    if !roles.iter().all(|role| usable_name(role)) {
+        return None;
+    }
     Some(ApiKey {
         name: name.to_string(),
         roles,
@@ -858,6 +866,18 @@ redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
         assert_eq!(
             (redis.url.as_str(), redis.pool_size),
             ("redis://env:6379/0", 4)
+        );
+    }
+
+    #[test]
+    fn api_key_names_and_roles_with_control_characters_are_refused() {
+        let text = format!("{LISTENER}inbound: {{ auth: {{ api_keys: {{}} }} }}");
+        assert_eq!(
+            load(&text, &[("OUTRIGGER_API_KEYS", "ok:k0, c\u{1}i:k1, bot:k2:ro\u{7f}le")]).unwrap_err(),
+            vec![
+                "OUTRIGGER_API_KEYS: entry 1 is not name:key or name:key:role1|role2 (names and roles may not hold control characters)",
+                "OUTRIGGER_API_KEYS: entry 2 is not name:key or name:key:role1|role2 (names and roles may not hold control characters)",
+            ]
         );
     }
 

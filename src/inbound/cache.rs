@@ -122,8 +122,9 @@ impl Cache {
         let key = key(
             "cache",
             &format!(
-                "{path}?{}\0{}",
+                "{path}?{}\0{}:{}",
                 sorted_query(req.query_string()),
+                identity.method.as_str(),
                 identity.user
             ),
         );

@@ -1,6 +1,10 @@
 //! Bearer token verification. Algorithms are pinned by config: a token's
 //! `alg` header must be one of them and of its key's family, so it can
 //! never choose how it is checked (no `none`, no HMAC with a public key).
+//! A configured `issuer` or `audience` is required of every token, and a
+//! token must name a usable subject ([`usable_name`]): the caller's
+//! identity keys the cache and the rate limits, so two tokens without one
+//! must never pass as the same caller.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::auth::usable_name;
 use crate::config::{JwtConfig, JwtKeys};
 
 /// Tokens longer than this are refused before any parsing.
@@ -29,10 +34,16 @@ pub enum JwtRejection {
     Expired,
     /// `nbf` is in the future.
     NotYetValid,
-    /// `iss` is not accepted.
+    /// `iss` is not one string among `issuer`, when that is configured.
     BadIssuer,
-    /// `aud` is not accepted.
+    /// `aud` names none of `audience`, or is missing, when that is configured.
     BadAudience,
+    /// `sub` is missing or not a usable name.
+    BadSubject,
+    /// The roles claim is not a usable name or a list of them (without commas).
+    BadRoles,
+    /// `scope` or `scp` is not a space-separated string or a list of usable names.
+    BadScopes,
     /// No key has the token's `kid`.
     UnknownKid,
     /// The token was revoked.
@@ -50,13 +61,17 @@ impl JwtRejection {
             Self::NotYetValid => "not_yet_valid",
             Self::BadIssuer => "bad_issuer",
             Self::BadAudience => "bad_audience",
+            Self::BadSubject => "bad_subject",
+            Self::BadRoles => "bad_roles",
+            Self::BadScopes => "bad_scopes",
             Self::UnknownKid => "unknown_kid",
             Self::Revoked => "revoked",
         }
     }
 }
 
-/// What a valid token says about its bearer.
+/// What a valid token says about its bearer; every name in it is usable
+/// ([`usable_name`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenClaims {
     /// `sub`.
@@ -202,15 +217,17 @@ impl Verifier {
             |err| match err.kind() {
                 ErrorKind::ExpiredSignature => JwtRejection::Expired,
                 ErrorKind::ImmatureSignature => JwtRejection::NotYetValid,
-                ErrorKind::InvalidIssuer => JwtRejection::BadIssuer,
                 ErrorKind::InvalidAudience => JwtRejection::BadAudience,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                    JwtRejection::BadAudience
+                }
                 ErrorKind::InvalidSignature
                 | ErrorKind::InvalidAlgorithm
                 | ErrorKind::InvalidKeyFormat => JwtRejection::BadSignature,
                 _ => JwtRejection::Malformed,
             },
         )?;
-        Ok(claims(&data.claims, &self.config.roles_claim))
+        claims(&data.claims, &self.config)
     }
 }
 
@@ -263,46 +280,58 @@ fn validation(config: &JwtConfig, algorithms: &[Algorithm]) -> Validation {
     validation.leeway = config.leeway.as_secs();
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
-    if config.issuer.is_empty() {
-        validation.iss = None;
-    } else {
-        validation.set_issuer(&config.issuer);
-    }
+    // `iss` is checked by `claims`: the library takes a list of issuers too.
+    validation.iss = None;
     if config.audience.is_empty() {
+        validation.set_required_spec_claims(&["exp"]);
         validation.validate_aud = false;
     } else {
+        validation.set_required_spec_claims(&["exp", "aud"]);
         validation.set_audience(&config.audience);
     }
     validation
 }
 
-fn claims(claims: &Map<String, Value>, roles_claim: &str) -> TokenClaims {
-    let strings = |value: Option<&Value>| -> Vec<String> {
-        match value {
-            Some(Value::String(one)) => vec![one.clone()],
-            Some(Value::Array(many)) => many
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+/// The claims of a token whose signature and times verified: its issuer
+/// checked (one string, among `issuer`), its subject, roles and scopes read
+/// and each found usable, or why not.
+fn claims(claims: &Map<String, Value>, config: &JwtConfig) -> Result<TokenClaims, JwtRejection> {
+    let issuer = claims.get("iss").and_then(Value::as_str);
+    if !config.issuer.is_empty()
+        && !issuer.is_some_and(|iss| config.issuer.iter().any(|i| i == iss))
+    {
+        return Err(JwtRejection::BadIssuer);
+    }
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|sub| usable_name(sub))
+        .ok_or(JwtRejection::BadSubject)?;
+    let roles_claim = config.roles_claim.as_str();
     let roles = match claims.get(roles_claim) {
-        Some(value) => strings(Some(value)),
-        None if roles_claim == "roles" => strings(claims.get("role")),
-        None => Vec::new(),
+        None if roles_claim == "roles" => claims.get("role"),
+        roles => roles,
     };
-    let scopes = match claims.get("scope") {
-        Some(Value::String(scope)) => scope.split_whitespace().map(str::to_string).collect(),
-        _ => strings(claims.get("scp")),
-    };
-    TokenClaims {
-        subject: claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+    // Roles reach the app joined by commas.
+    let roles = roles
+        .map_or(Some(Vec::new()), |roles| {
+            names(roles, |role| usable_name(role) && !role.contains(','))
+        })
+        .ok_or(JwtRejection::BadRoles)?;
+    let scopes = match claims.get("scope").or_else(|| claims.get("scp")) {
+        None => Some(Vec::new()),
+        Some(Value::String(list)) => list
+            .split_whitespace()
+            .map(|scope| usable_name(scope).then(|| scope.to_string()))
+            .collect(),
+        // Scopes reach the app joined by spaces.
+        Some(list) => names(list, |scope| {
+            usable_name(scope) && !scope.contains(char::is_whitespace)
+        }),
+    }
+    .ok_or(JwtRejection::BadScopes)?;
+    Ok(TokenClaims {
+        subject: subject.to_string(),
         roles,
         scopes,
         jti: claims
@@ -310,6 +339,21 @@ fn claims(claims: &Map<String, Value>, roles_claim: &str) -> TokenClaims {
             .and_then(Value::as_str)
             .map(str::to_string),
         expires_at: claims.get("exp").and_then(Value::as_u64).unwrap_or(0),
+    })
+}
+
+/// The names in a claim that is one string or a list of strings, when
+/// each is `usable`; `None` when one is not, or the claim is anything else.
+fn names(claim: &Value, usable: impl Fn(&str) -> bool) -> Option<Vec<String>> {
+    let name = |item: &Value| {
+        item.as_str()
+            .filter(|name| usable(name))
+            .map(str::to_string)
+    };
+    match claim {
+        Value::String(_) => name(claim).map(|one| vec![one]),
+        Value::Array(items) => items.iter().map(name).collect(),
+        _ => None,
     }
 }
 
@@ -373,6 +417,27 @@ mod tests {
             Err(JwtRejection::NotYetValid)
         );
         assert_eq!(with("iss", json!("other")), Err(JwtRejection::BadIssuer));
+        assert_eq!(
+            with("iss", json!(["issuer"])),
+            Err(JwtRejection::BadIssuer),
+            "iss is one string"
+        );
+        assert_eq!(with("sub", json!("")), Err(JwtRejection::BadSubject));
+        assert_eq!(with("role", json!("a,b")), Err(JwtRejection::BadRoles));
+        assert_eq!(with("scope", json!(["a b"])), Err(JwtRejection::BadScopes));
+        for (claim, why) in [
+            ("iss", JwtRejection::BadIssuer),
+            ("aud", JwtRejection::BadAudience),
+            ("sub", JwtRejection::BadSubject),
+        ] {
+            let mut without = valid();
+            without.as_object_mut().expect("object").remove(claim);
+            assert_eq!(
+                verifier.verify(&token(without)),
+                Err(why),
+                "{claim} is required"
+            );
+        }
         assert_eq!(
             with("aud", json!(["elsewhere"])),
             Err(JwtRejection::BadAudience)

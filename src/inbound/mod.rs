@@ -14,7 +14,6 @@ mod jwt;
 mod rate_limit;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +22,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use log::{info, warn};
 
-pub use auth::{AuthMethod, Authenticator, Identity};
+pub use auth::{usable_name, AuthMethod, Authenticator, Identity};
 pub use cache::{Cache, Fill, Lookup, X_CACHE};
 pub use concurrency::{Full, InFlightCaps, Slot};
 pub use cors::Cors;
@@ -56,15 +55,16 @@ struct Worker {
     requests: RequestSeries,
 }
 
-/// Binds the inbound listener; the server runs once awaited or spawned.
+/// The inbound listener's server on `socket`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
     listener: &InboundListener,
+    socket: std::net::TcpListener,
     gates: Arc<ArcSwap<Gate>>,
     metrics: Arc<Metrics>,
     spans: Option<Exporter>,
     stopping: Arc<Stopping>,
-) -> io::Result<(Server, Vec<SocketAddr>)> {
+) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
     let front = Front::new(
         LISTENER,
@@ -75,7 +75,7 @@ pub fn server(
         stopping,
     );
     let workers = config.workers as usize;
-    listener::serve(&front.clone(), listener.bind, workers, move || {
+    listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
             client: crate::upstream::Client::new(connect_timeout),
             gates: Arc::clone(&gates),

@@ -42,18 +42,18 @@ const BACKLOG: u32 = 1024;
 /// bytes before the socket is dropped.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Binds the listener of `front` at `bind` and applies its limits to every
-/// client connection, whose bytes pass the bare-LF check before the parser
+/// Serves the listener of `front` on `socket` (from [`listen`]) and applies
+/// its limits to every client connection, whose bytes pass the bare-LF check before the parser
 /// (refusals counted in `http_heads_refused_total`); `factory` builds each
 /// worker's app, run on `workers` threads. The server runs once awaited or
 /// spawned; it stops on its handle (signals are the caller's), giving
 /// in-flight requests the shutdown grace of `front`'s stop.
 pub fn serve<F, I, S, B>(
     front: &Front,
-    bind: SocketAddr,
+    socket: std::net::TcpListener,
     workers: usize,
     factory: F,
-) -> io::Result<(Server, Vec<SocketAddr>)>
+) -> io::Result<Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request>,
@@ -80,8 +80,6 @@ where
         .metrics()
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
-    let socket = listen(bind)?;
-    let addrs = vec![socket.local_addr()?];
     let builder = builder.listen(name, socket, move || {
         let (stopping, refused) = (stopping.clone(), refused.clone());
         let app = factory()
@@ -110,7 +108,7 @@ where
             .finish(map_config(app, |_| AppConfig::default()));
         accept.and_then(http)
     })?;
-    Ok((builder.run(), addrs))
+    Ok(builder.run())
 }
 
 /// The client's IP address as `X-Forwarded-For` names it. The listeners
@@ -135,16 +133,27 @@ impl PeerIp {
     }
 }
 
-/// A listening socket at `bind` (address reuse on, as servers do, so a
-/// restart does not wait for old connections' TIME_WAIT).
-fn listen(bind: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// A listening socket at `bind` for the listener `name` (address reuse on,
+/// as servers do, so a restart does not wait for old connections'
+/// TIME_WAIT). A failure names the listener and the address, e.g.
+/// `cannot listen on 0.0.0.0:15001 (outbound listener): Address already in use`.
+pub fn listen(name: &str, bind: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = match bind {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(bind)?;
-    socket.listen(BACKLOG)?.into_std()
+    socket
+        .and_then(|socket| {
+            socket.set_reuseaddr(true)?;
+            socket.bind(bind)?;
+            socket.listen(BACKLOG)?.into_std()
+        })
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot listen on {bind} ({name} listener): {err}"),
+            )
+        })
 }
 
 /// Raises this process's soft limit on open files to its hard limit, so

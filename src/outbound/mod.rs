@@ -8,7 +8,6 @@ mod route;
 mod upgrade;
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,14 +47,15 @@ struct Worker {
     unknown: RequestSeries,
 }
 
-/// Binds the outbound listener; the server runs once awaited or spawned.
+/// The outbound listener's server on `socket`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
+    socket: std::net::TcpListener,
     table: Arc<LiveServices>,
     metrics: Arc<Metrics>,
     spans: Option<Exporter>,
     stopping: Arc<Stopping>,
-) -> io::Result<(Server, Vec<SocketAddr>)> {
+) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
     let outbound = &config.listeners.outbound;
     let front = Front::new(
@@ -67,7 +67,7 @@ pub fn server(
         stopping,
     );
     let workers = config.workers as usize;
-    listener::serve(&front.clone(), outbound.bind, workers, move || {
+    listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
             client: crate::upstream::Client::new(connect_timeout),
             connect_timeout,
