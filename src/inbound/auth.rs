@@ -140,9 +140,13 @@ impl Authenticator {
         }
     }
 
-    /// Who is calling, or why they may not.
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, ProxyError> {
-        let path = req.path();
+    /// Who is calling `path` (the request's, as [`crate::listener::normal_path`]
+    /// made it), or why they may not.
+    pub async fn authenticate(
+        &self,
+        req: &HttpRequest,
+        path: &str,
+    ) -> Result<Identity, ProxyError> {
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
@@ -169,9 +173,10 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// Whether `req` is a logout whose token should be revoked once the app agrees.
-    pub fn is_logout(&self, req: &HttpRequest) -> bool {
-        *req.method() == Method::POST && self.logout.as_deref() == Some(req.path())
+    /// Whether `req`, for `path`, is a logout whose token should be revoked
+    /// once the app agrees.
+    pub fn is_logout(&self, req: &HttpRequest, path: &str) -> bool {
+        *req.method() == Method::POST && self.logout.as_deref() == Some(path)
     }
 
     /// Revokes a token for the rest of its life; `None` when revocation is off.

@@ -1,13 +1,15 @@
 //! What the two proxy listeners (outbound, inbound) share about serving
 //! HTTP to clients they do not trust: one server builder that applies
 //! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
-//! worker), the strict checks of each request head, the request body limit,
-//! and the open-files limit raised at start.
+//! worker), the strict checks of each request head, the one rule for
+//! request paths, the request body limit, and the open-files limit raised
+//! at start.
 
 mod body;
 mod framing;
 mod front;
 mod head;
+mod path;
 mod stream;
 
 use std::fmt;
@@ -30,6 +32,7 @@ use log::{info, warn};
 pub use body::{BodyError, LimitedPayload};
 pub use front::Front;
 pub use head::check_head;
+pub use path::normal_path;
 
 use stream::ClientStream;
 

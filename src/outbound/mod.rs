@@ -95,8 +95,11 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
-    let route = listener::check_head(&req, &worker.front.limits).map(|()| {
-        resolve(&table, req.uri().host(), host, req.uri().path())
+    // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
+    let path = listener::check_head(&req, &worker.front.limits)
+        .and_then(|()| listener::normal_path(req.uri().path()));
+    let route = path.as_deref().map(|path| {
+        resolve(&table, req.uri().host(), host, path)
             .map(|route| (Arc::clone(route.service), route.path, route.keep_host))
     });
     drop(table);

@@ -793,3 +793,79 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A private nginx (the Debian package's binary) serving `server` (the
+/// body of one `server { }` block, without its `listen`) on a free
+/// loopback port: a real server that normalises paths, as an app or a
+/// front server behind the sidecar does. One process, in the foreground,
+/// with every file in a temp dir; killed when dropped.
+pub struct Nginx {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub async fn start(server: &str) -> Nginx {
+        let dir = TempDir::new();
+        let port = closed_port();
+        let root = dir.path.display();
+        let conf = format!(
+            "daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 64; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    {server}
+  }}
+}}
+"
+        );
+        let path = dir.path.join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let binary = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|bin| std::path::Path::new(bin).exists())
+            .unwrap_or("nginx");
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-e")
+            .arg("stderr")
+            .arg("-c")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx (scripts/test.sh installs it)");
+        let nginx = Nginx {
+            port,
+            child,
+            _dir: dir,
+        };
+        eventually("nginx accepts connections", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        nginx
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
