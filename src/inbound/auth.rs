@@ -147,6 +147,7 @@ impl Authenticator {
         req: &HttpRequest,
         path: &str,
     ) -> Result<Identity, ProxyError> {
+        self.one_credential_each(req.headers())?;
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
@@ -239,6 +240,22 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             revocable: Some(revocable),
         })
+    }
+
+    /// Refuses (400) a request with two `Authorization` headers, or two of
+    /// the API key header: the sidecar would verify one while the app may
+    /// read the other. Checked on exempt paths too, where the app may
+    /// verify them itself.
+    fn one_credential_each(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let api_key = self.api_keys.as_ref().map(|keys| &keys.header);
+        for name in std::iter::once(&header::AUTHORIZATION).chain(api_key) {
+            if headers.get_all(name).nth(1).is_some() {
+                return Err(ProxyError::BadRequest(format!(
+                    "the request has more than one {name} header; send one credential"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn api_key<'a>(&self, headers: &'a HeaderMap) -> Option<(&ApiKeys, &'a str)> {

@@ -255,6 +255,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
             handshake: false,
             identity: Some(&identity_headers),
             strip_authorization: gate.authenticator.strip_authorization,
+            trust_forwarding: gate.trusts_forwarding(req),
             trace: Some(caller.hop),
         },
         timeout: gate.timeout,

@@ -83,9 +83,11 @@ fn check_segments(path: &str) -> Result<(), ProxyError> {
     let mut segments = path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         match segment {
-            "." | ".." => return Err(refuse(format!(
+            "." | ".." => {
+                return Err(refuse(format!(
                 "the dot-segment \"{segment}\", which servers that resolve it read as another path"
-            ))),
+            )))
+            }
             "" if segments.peek().is_some() => {
                 return Err(refuse(
                     "an empty segment (\"//\"), which some servers merge and others keep"

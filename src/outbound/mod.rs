@@ -119,6 +119,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         Ok(Some((service, path, keep_host))) => {
             let plan = HeaderPlan {
                 keep_host,
+                // The app is inside the trust boundary: its forwarding headers pass.
+                trust_forwarding: true,
                 trace: Some(&hop),
                 ..HeaderPlan::default()
             };

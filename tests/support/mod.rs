@@ -869,3 +869,62 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// A WSGI app on python3's stdlib server (`wsgiref`), as CGI-style apps
+/// read requests: every header as `HTTP_<NAME>`, `-` and `_` both read as
+/// `_`. It answers each request with the JSON of the `HTTP_*` variables,
+/// `PATH_INFO` and `REMOTE_ADDR` of its `environ`; killed when dropped.
+pub struct WsgiApp {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+const WSGI_APP: &str = r#"
+import json, sys
+from wsgiref.simple_server import make_server, WSGIRequestHandler
+
+class Quiet(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+def app(environ, start_response):
+    seen = {k: v for k, v in environ.items()
+            if k.startswith("HTTP_") or k in ("PATH_INFO", "REMOTE_ADDR")}
+    body = json.dumps(seen).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+print(server.server_port, flush=True)
+server.serve_forever()
+"#;
+
+impl WsgiApp {
+    pub fn start() -> WsgiApp {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", WSGI_APP])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python3");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the WSGI app prints its port");
+        let port = line.trim().parse().expect("a port number");
+        WsgiApp { port, child }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for WsgiApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
