@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: formatting, lints, docs, the dependency policy
 # (deny.toml), unit and integration tests.
-# Installs what the tests need when it is missing (redis-server, openssl and
-# dnsmasq and prometheus via apt-get, kubernetes-validate, pyjwt and
+# Installs what the tests need when it is missing (redis-server, openssl,
+# dnsmasq, prometheus and nginx via apt-get, kubernetes-validate, pyjwt and
 # cryptography via pip, rustfmt/clippy via rustup, cargo-deny via cargo
 # install); Rust crates come through cargo.
 set -euo pipefail
@@ -12,13 +12,15 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # Real servers and tools the tests run: redis-server, openssl (real keys for
 # JWT tests), dnsmasq (from dnsmasq-base, which has no system service) for
-# the DNS discovery tests, and promtool plus a Prometheus server (the Debian
-# `prometheus` package ships both) to check /metrics.
+# the DNS discovery tests, promtool plus a Prometheus server (the Debian
+# `prometheus` package ships both) to check /metrics, and nginx as an app
+# that normalises paths (the tests run their own, never the system service).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

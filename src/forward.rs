@@ -80,6 +80,11 @@ pub struct HeaderPlan<'a> {
     pub identity: Option<&'a HeaderMap>,
     /// Drop `Authorization`.
     pub strip_authorization: bool,
+    /// Pass the caller's `X-Forwarded-*`, `X-Real-IP` and `Forwarded` on
+    /// (a trusted proxy, or the app on the outbound side). Otherwise they
+    /// are dropped, and `X-Forwarded-For` and `X-Forwarded-Proto` say only
+    /// what the sidecar saw: the peer's address and `http`.
+    pub trust_forwarding: bool,
     /// This hop's trace context: its `traceparent` replaces the caller's,
     /// and the caller's `tracestate` is dropped when the trace restarted.
     pub trace: Option<&'a Hop>,
@@ -327,7 +332,8 @@ fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, SendError> {
 }
 
 /// Copies the caller's headers into `out` (empty) for the replica as `plan`
-/// says: hop-by-hop ones dropped, `X-Forwarded-*` and `x-request-id` set.
+/// says: hop-by-hop ones dropped, the caller's forwarding headers kept only
+/// when trusted, `X-Forwarded-*` and `x-request-id` set.
 /// Names and values are shared with the request, not copied; the one new
 /// allocation is the `X-Forwarded-For` list.
 pub fn copy_request_headers(
@@ -345,6 +351,7 @@ pub fn copy_request_headers(
     };
     let sidecar_owned = |name: &HeaderName| {
         (plan.identity.is_some() && name.as_str().starts_with("x-outrigger-"))
+            || (!plan.trust_forwarding && is_forwarding_header(name))
             || (plan.strip_authorization && *name == header::AUTHORIZATION)
             || plan.trace.is_some_and(|hop| {
                 *name == TRACEPARENT || (*name == TRACESTATE && !hop.continued())
@@ -354,7 +361,7 @@ pub fn copy_request_headers(
     let (mut has_proto, mut has_id) = (false, false);
     for (name, value) in headers.iter() {
         if *name == header::X_FORWARDED_FOR {
-            if let Ok(value) = value.to_str() {
+            if let Some(value) = value.to_str().ok().filter(|_| plan.trust_forwarding) {
                 let list = forwarded_for.get_or_insert_with(String::new);
                 if !list.is_empty() {
                     list.push_str(", ");
@@ -405,6 +412,13 @@ pub fn copy_request_headers(
     for (name, value) in plan.identity.into_iter().flat_map(HeaderMap::iter) {
         out.append(name.clone(), value.clone());
     }
+}
+
+/// Whether `name` says where a request came from or how it arrived, as a
+/// proxy in front writes it: `X-Forwarded-*`, `X-Real-IP`, `Forwarded`.
+fn is_forwarding_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || name == "x-real-ip" || name == "forwarded"
 }
 
 /// The `Upgrade` header of a request asking to switch protocols
@@ -471,10 +485,13 @@ mod tests {
     use super::*;
     use actix_web::test::TestRequest;
 
+    /// The headers forwarded for `req` from a trusted caller (the outbound
+    /// side's plan).
     fn forwarded(req: HttpRequest, keep_host: bool) -> HeaderMap {
         let mut out = HeaderMap::new();
         let plan = HeaderPlan {
             keep_host,
+            trust_forwarding: true,
             ..HeaderPlan::default()
         };
         copy_request_headers(&req, &mut out, &plan, &HeaderValue::from_static("id-1"));
@@ -626,6 +643,38 @@ mod tests {
         let out = forwarded(req, false);
         let value = out.get("x-forwarded-for").and_then(|v| v.to_str().ok());
         assert_eq!(value, Some("192.0.2.1"));
+    }
+
+    #[test]
+    fn an_untrusted_callers_forwarding_headers_are_replaced_or_dropped() {
+        let req = TestRequest::default()
+            .peer_addr("10.1.2.3:5555".parse().expect("addr"))
+            .insert_header(("x-forwarded-for", "192.0.2.1"))
+            .insert_header(("x-forwarded-proto", "https"))
+            .insert_header(("x-forwarded-host", "bank.example"))
+            .insert_header(("x-forwarded-port", "443"))
+            .insert_header(("x-real-ip", "192.0.2.1"))
+            .insert_header(("forwarded", "for=192.0.2.1;proto=https"))
+            .insert_header(("x-kept", "yes"))
+            .to_http_request();
+        let mut out = HeaderMap::new();
+        copy_request_headers(
+            &req,
+            &mut out,
+            &HeaderPlan::default(),
+            &HeaderValue::from_static("id"),
+        );
+        assert_eq!(values(&out, "x-forwarded-for"), vec!["10.1.2.3"]);
+        assert_eq!(values(&out, "x-forwarded-proto"), vec!["http"]);
+        for gone in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+            "forwarded",
+        ] {
+            assert!(!out.contains_key(gone), "{gone} was forwarded");
+        }
+        assert_eq!(values(&out, "x-kept"), vec!["yes"]);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! with 400 and the connection closed, and never reach the upstream; heads
 //! and bodies over the listener's limits get 431 and 413; clients that send
 //! their head slowly are cut off while others are served; thousands of idle
-//! connections are held without running out of descriptors.
+//! connections are held without running out of descriptors; paths a
+//! normalising server would read as another path are refused on both
+//! listeners.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{eventually, get_json, sidecar_from, SidecarProcess, Upstream};
+use support::{eventually, get_json, sidecar_from, Nginx, SidecarProcess, Upstream};
 
 /// A sidecar whose outbound listener routes `/api/...` and whose inbound
 /// listener forwards to the same upstream; `limits` is YAML added to both
@@ -301,6 +303,82 @@ async fn our_own_refusals_are_json_with_a_reason() {
         );
     }
     assert_eq!(upstream.hits(), 0);
+}
+
+/// Paths with dot-segments, spelled plainly or escaped, and the other
+/// spellings nginx resolves to `/admin/secret`.
+const DOT_SEGMENT_BYPASSES: &[&str] = &[
+    "/public/../admin/secret",
+    "/public/%2e%2e/admin/secret",
+    "/public/%2E%2E/admin/secret",
+    "/public/..%2fadmin/secret",
+    "/public//../admin/secret",
+    "/health/../admin/secret",
+];
+
+#[actix_rt::test]
+async fn dot_segments_cannot_reach_a_protected_path_through_an_exempt_one() {
+    let nginx = Nginx::start(
+        r#"location /public/ { return 200 "public: $request_uri"; }
+    location /admin/ { return 200 "admin secret"; }
+    location / { return 404; }"#,
+    )
+    .await;
+    let yaml = format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+inbound:
+  auth:
+    exempt: [/public, /health]
+    api_keys: {{ header: x-api-key }}
+",
+        nginx.endpoint()
+    );
+    let sidecar = sidecar_from(&yaml, &[("OUTRIGGER_API_KEYS", "ops:k3y")]).await;
+    let inbound = sidecar.inbound_addr().expect("inbound");
+    let get = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+        exchange(inbound, request.as_bytes(), Duration::from_secs(5))
+    };
+    assert_eq!(get("/admin/secret").status, Some(401), "the protected path");
+    for path in DOT_SEGMENT_BYPASSES {
+        let answer = get(path);
+        assert_eq!(answer.status, Some(400), "{path}: {}", answer.text);
+        assert_eq!(answer.header("x-outrigger"), Some("bad_request"), "{path}");
+        assert!(!answer.text.contains("admin secret"), "{path} was served");
+    }
+    // Escaped unreserved characters are the same path: matched and
+    // forwarded decoded.
+    let answer = get("/p%75blic/a%2Db");
+    assert_eq!(answer.status, Some(200), "{}", answer.text);
+    assert!(
+        answer.text.ends_with("public: /public/a-b"),
+        "{}",
+        answer.text
+    );
+}
+
+#[actix_rt::test]
+async fn the_outbound_listener_routes_by_the_path_it_forwards() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_before(&upstream, "").await;
+    for path in [
+        "/api/../other/x",
+        "/api/%2e%2e/other/x",
+        "/api/..%2Fother/x",
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let answer = exchange(
+            sidecar.outbound_addr(),
+            request.as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(answer.status, Some(400), "{path}: {}", answer.text);
+    }
+    assert_eq!(upstream.hits(), 0, "an ambiguous path reached the replica");
 }
 
 #[actix_rt::test]

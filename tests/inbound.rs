@@ -1,6 +1,7 @@
 //! The inbound listener: callers are authenticated (JWTs signed here with
 //! real keys, API keys), authorised by role, told to the app by header, and
-//! refused with a reason when they may not pass.
+//! refused with a reason when they may not pass; headers a CGI-style app
+//! would read as the sidecar's own, or as a proxy's, do not reach it.
 
 mod support;
 
@@ -13,7 +14,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::{
     client, eventually, get_text, header_seen, key_pair, metric, sidecar_from, KeyPair,
-    RedisServer, TempDir, Upstream,
+    RedisServer, TempDir, Upstream, WsgiApp,
 };
 
 fn now() -> u64 {
@@ -810,4 +811,133 @@ async fn a_revocation_check_redis_cannot_answer_refuses_unless_allowed() {
         200,
         "revocation_on_error: allow"
     );
+}
+
+/// A sidecar in front of `app` (a WSGI app) that lets `/public` in
+/// unauthenticated and wants an HS256 token (secret `s`) elsewhere;
+/// `trusted` is the YAML list of `inbound.trusted_proxies`.
+async fn before_wsgi(app: &WsgiApp, trusted: &str) -> outrigger::Sidecar {
+    let yaml = format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+inbound:
+  auth:
+    exempt: [/public]
+    jwt: {{ algorithms: [HS256], issuer: issuer, audience: front }}
+  trusted_proxies: {trusted}
+",
+        app.endpoint()
+    );
+    sidecar_from(&yaml, &[("JWT_SECRET", "s")]).await
+}
+
+/// Sends `GET path` with `headers` (each appended, so a name may repeat) to
+/// the inbound listener: the status, the `x-outrigger` reason and the JSON
+/// (for the WSGI app's answer, the `environ` it saw).
+async fn wsgi_call(
+    sidecar: &outrigger::Sidecar,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Option<String>, Value) {
+    let addr = sidecar.inbound_addr().expect("inbound listener");
+    let mut request = client().get(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.append_header((*name, *value));
+    }
+    let mut response = request.send().await.expect("an answer");
+    let reason = response
+        .headers()
+        .get("x-outrigger")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (response.status().as_u16(), reason, body)
+}
+
+#[actix_web::test]
+async fn underscore_spellings_of_the_sidecars_headers_never_reach_a_wsgi_app() {
+    let app = WsgiApp::start();
+    let sidecar = before_wsgi(&app, "[]").await;
+    let (status, _, environ) = wsgi_call(&sidecar, "/public/x", &[]).await;
+    assert_eq!(status, 200, "the app answers: {environ}");
+    for name in [
+        "x_outrigger_user",
+        "x_outrigger_roles",
+        "x_forwarded_for",
+        "x_real_ip",
+    ] {
+        let (status, reason, environ) = wsgi_call(&sidecar, "/public/x", &[(name, "admin")]).await;
+        assert_eq!(status, 400, "{name} reached the app as: {environ}");
+        assert_eq!(reason.as_deref(), Some("bad_request"), "{name}");
+    }
+}
+
+#[actix_web::test]
+async fn forwarding_headers_reach_the_app_only_from_trusted_proxies() {
+    let app = WsgiApp::start();
+    let spoofed = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "bank.example"),
+        ("x-real-ip", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9;proto=https"),
+    ];
+    let untrusted = before_wsgi(&app, "[10.9.9.9]").await;
+    let (status, _, environ) = wsgi_call(&untrusted, "/public/x", &spoofed).await;
+    assert_eq!(status, 200, "{environ}");
+    assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{environ}");
+    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http", "{environ}");
+    for gone in ["HTTP_X_FORWARDED_HOST", "HTTP_X_REAL_IP", "HTTP_FORWARDED"] {
+        assert!(
+            environ.get(gone).is_none(),
+            "{gone} reached the app: {environ}"
+        );
+    }
+    let trusted = before_wsgi(&app, "[127.0.0.1]").await;
+    let (status, _, environ) = wsgi_call(&trusted, "/public/x", &spoofed).await;
+    assert_eq!(status, 200, "{environ}");
+    assert_eq!(
+        environ["HTTP_X_FORWARDED_FOR"], "203.0.113.9, 127.0.0.1",
+        "{environ}"
+    );
+    assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "https", "{environ}");
+    assert_eq!(
+        environ["HTTP_X_FORWARDED_HOST"], "bank.example",
+        "{environ}"
+    );
+    assert_eq!(environ["HTTP_X_REAL_IP"], "203.0.113.9", "{environ}");
+    assert_eq!(
+        environ["HTTP_FORWARDED"], "for=203.0.113.9;proto=https",
+        "{environ}"
+    );
+}
+
+#[actix_web::test]
+async fn two_authorization_headers_are_refused_before_the_app() {
+    let app = WsgiApp::start();
+    let sidecar = before_wsgi(&app, "[]").await;
+    let token = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"s"),
+        &claims(),
+        None,
+    );
+    let bearer = format!("Bearer {token}");
+    let (status, _, environ) = wsgi_call(&sidecar, "/orders", &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200, "one valid token passes: {environ}");
+    for path in ["/orders", "/public/x"] {
+        let (status, reason, environ) = wsgi_call(
+            &sidecar,
+            path,
+            &[
+                ("authorization", &bearer),
+                ("authorization", "Bearer forged"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: the app saw {environ}");
+        assert_eq!(reason.as_deref(), Some("bad_request"), "{path}");
+    }
 }

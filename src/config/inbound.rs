@@ -43,6 +43,10 @@ pub struct InboundConfig {
     pub concurrency: Option<InboundConcurrency>,
     /// GET response cache; `None` when not configured.
     pub cache: Option<CacheConfig>,
+    /// Peers (proxies in front of the sidecar) whose `X-Forwarded-*`,
+    /// `X-Real-IP` and `Forwarded` headers reach the app; from any other
+    /// peer they are replaced or dropped (none by default).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// The inbound GET response cache.
@@ -368,7 +372,24 @@ pub(super) fn read_inbound(
         rate_limit,
         concurrency,
         cache,
+        trusted_proxies: read_ips(t, "trusted_proxies", problems),
     }
+}
+
+/// The list of IP addresses at `key` (none when absent); each entry that
+/// is not one is a problem at that key.
+fn read_ips(t: &mut Table, key: &str, problems: &mut Problems) -> Vec<std::net::IpAddr> {
+    t.list::<String>(key, problems)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|ip| match ip.parse() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                problems.add(&t.path_of(key), format!("\"{ip}\" is not an IP address"));
+                None
+            }
+        })
+        .collect()
 }
 
 fn read_auth(
@@ -649,21 +670,7 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
             window: own_window,
         })
     });
-    let trusted_proxies = t
-        .list::<String>("trusted_proxies", problems)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|ip| match ip.parse() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                problems.add(
-                    &t.path_of("trusted_proxies"),
-                    format!("\"{ip}\" is not an IP address"),
-                );
-                None
-            }
-        })
-        .collect();
+    let trusted_proxies = read_ips(t, "trusted_proxies", problems);
     RateLimitConfig {
         window,
         roles,
@@ -843,6 +850,16 @@ redis: { url: \"http://nope\" }";
                 "inbound.auth.rules[0].path: required: the path prefix the rule covers",
                 "redis.url: expected redis://host:port/db, got \"http://nope\"",
             ]
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_ip_addresses() {
+        let text = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }
+inbound: { trusted_proxies: [10.0.0.1, \"::1\", ingress.local] }";
+        assert_eq!(
+            load(text, &[]).unwrap_err(),
+            vec!["inbound.trusted_proxies: \"ingress.local\" is not an IP address"]
         );
     }
 

@@ -155,9 +155,14 @@ impl Authenticator {
         }
     }
 
-    /// Who is calling, or why they may not.
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, ProxyError> {
-        let path = req.path();
+    /// Who is calling `path` (the request's, as [`crate::listener::normal_path`]
+    /// made it), or why they may not.
+    pub async fn authenticate(
+        &self,
+        req: &HttpRequest,
+        path: &str,
+    ) -> Result<Identity, ProxyError> {
+        self.one_credential_each(req.headers())?;
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
@@ -184,9 +189,10 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// Whether `req` is a logout whose token should be revoked once the app agrees.
-    pub fn is_logout(&self, req: &HttpRequest) -> bool {
-        *req.method() == Method::POST && self.logout.as_deref() == Some(req.path())
+    /// Whether `req`, for `path`, is a logout whose token should be revoked
+    /// once the app agrees.
+    pub fn is_logout(&self, req: &HttpRequest, path: &str) -> bool {
+        *req.method() == Method::POST && self.logout.as_deref() == Some(path)
     }
 
     /// Revokes a token for the rest of its life; `None` when revocation is off.
@@ -249,6 +255,22 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             revocable: Some(revocable),
         })
+    }
+
+    /// Refuses (400) a request with two `Authorization` headers, or two of
+    /// the API key header: the sidecar would verify one while the app may
+    /// read the other. Checked on exempt paths too, where the app may
+    /// verify them itself.
+    fn one_credential_each(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let api_key = self.api_keys.as_ref().map(|keys| &keys.header);
+        for name in std::iter::once(&header::AUTHORIZATION).chain(api_key) {
+            if headers.get_all(name).nth(1).is_some() {
+                return Err(ProxyError::BadRequest(format!(
+                    "the request has more than one {name} header; send one credential"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn api_key<'a>(&self, headers: &'a HeaderMap) -> Option<(&ApiKeys, &'a str)> {

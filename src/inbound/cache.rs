@@ -94,17 +94,18 @@ impl Cache {
         }
     }
 
-    /// Looks `req` up; GET and HEAD only (HEAD is served from the GET entry).
+    /// Looks `req` for `path` (normalised) up; GET and HEAD only (HEAD is
+    /// served from the GET entry).
     pub async fn lookup(
         self: &Arc<Self>,
         req: &HttpRequest,
+        path: &str,
         identity: &Identity,
         id: &str,
     ) -> Option<Lookup> {
         if *req.method() != Method::GET && *req.method() != Method::HEAD {
             return None;
         }
-        let path = req.path();
         if self
             .config
             .bypass

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
+use actix_web::HttpRequest;
 use log::info;
 
 use super::jwks::StopRefreshing;
@@ -119,10 +120,24 @@ impl Gate {
             ("inbound.rate_limit", old.rate_limit != next.rate_limit),
             ("inbound.concurrency", old.concurrency != next.concurrency),
             ("inbound.cache", old.cache != next.cache),
+            (
+                "inbound.trusted_proxies",
+                old.trusted_proxies != next.trusted_proxies,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))
         .collect()
+    }
+
+    /// Whether `req` came from a peer in `inbound.trusted_proxies`, whose
+    /// `X-Forwarded-*`, `X-Real-IP` and `Forwarded` headers the app may see.
+    pub fn trusts_forwarding(&self, req: &HttpRequest) -> bool {
+        let trusted = &self.config.trusted_proxies;
+        !trusted.is_empty()
+            && req
+                .peer_addr()
+                .is_some_and(|peer| trusted.contains(&peer.ip()))
     }
 
     /// Stops the background work of the parts `next` no longer uses.

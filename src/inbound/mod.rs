@@ -100,7 +100,9 @@ async fn handle(
     let hop = worker.front.tracer.hop(req.headers());
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let gate = worker.gates.load();
-    let checked = listener::check_head(&req, &worker.front.limits);
+    // Every step after this matches, and forwards, the normalised path.
+    let checked = listener::check_head(&req, &worker.front.limits)
+        .and_then(|()| listener::normal_path(req.path()));
     let mut response = match (checked, gate.cors.preflight(req.method(), req.headers())) {
         (Err(refused), _) => {
             warn!(
@@ -110,8 +112,8 @@ async fn handle(
             );
             refused.closing_response(Some(APP), id.as_str())
         }
-        (Ok(()), Some(preflight)) => preflight,
-        (Ok(()), None) => match gate.authenticator.authenticate(&req).await {
+        (Ok(_), Some(preflight)) => preflight,
+        (Ok(path), None) => match gate.authenticator.authenticate(&req, &path).await {
             Err(refusal) => {
                 warn!(
                     "request {id}: {}: {}",
@@ -123,6 +125,7 @@ async fn handle(
             Ok(identity) => {
                 let caller = Caller {
                     identity: &identity,
+                    path: &path,
                     request_id: &request_id,
                     hop: &hop,
                 };
@@ -143,6 +146,8 @@ async fn handle(
 /// authentication needs.
 struct Caller<'a> {
     identity: &'a Identity,
+    /// The request's path as [`listener::normal_path`] made it.
+    path: &'a str,
     request_id: &'a actix_web::http::header::HeaderValue,
     hop: &'a Hop,
 }
@@ -163,9 +168,9 @@ async fn admit(
     payload: web::Payload,
     caller: &Caller<'_>,
 ) -> HttpResponse {
-    let (id, identity) = (caller.id(), caller.identity);
+    let (id, identity, path) = (caller.id(), caller.identity, caller.path);
     let verdict = match &gate.limiter {
-        Some(limiter) => limiter.check(req, identity, id.as_str()).await,
+        Some(limiter) => limiter.check(req, path, identity, id.as_str()).await,
         None => None,
     };
     let mut response = match &verdict {
@@ -182,7 +187,7 @@ async fn admit(
         }
         _ => {
             let lookup = match &gate.cache {
-                Some(cache) => cache.lookup(req, identity, id.as_str()).await,
+                Some(cache) => cache.lookup(req, path, identity, id.as_str()).await,
                 None => None,
             };
             let (fill, bypassed) = match lookup {
@@ -191,7 +196,7 @@ async fn admit(
                 Some(Lookup::Bypass) => (None, true),
                 None => (None, false),
             };
-            let mut response = match gate.caps.as_ref().map(|caps| caps.enter(req.path())) {
+            let mut response = match gate.caps.as_ref().map(|caps| caps.enter(path)) {
                 Some(Err(full)) => {
                     let message = format!(
                         "too many requests in flight ({full:?} cap of inbound.concurrency)"
@@ -240,12 +245,13 @@ async fn forward_to_app<G: forward::StreamGuard>(
     let identity_headers = caller.identity.headers();
     let upstream = Upstream {
         address: &gate.app,
-        path: req.path(),
+        path: caller.path,
         headers: HeaderPlan {
             keep_host: true,
             handshake: false,
             identity: Some(&identity_headers),
             strip_authorization: gate.authenticator.strip_authorization,
+            trust_forwarding: gate.trusts_forwarding(req),
             trace: Some(caller.hop),
         },
         timeout: gate.timeout,
@@ -259,7 +265,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
-            if response.status().is_success() && gate.authenticator.is_logout(req) {
+            if response.status().is_success() && gate.authenticator.is_logout(req, caller.path) {
                 revoke_at_logout(&gate.authenticator, caller.identity, id.as_str()).await;
             }
             match (fill, &gate.cache) {

@@ -88,14 +88,16 @@ impl RateLimiter {
         }
     }
 
-    /// Counts `req` against its limit; `None` when no limit applies to it.
+    /// Counts `req` for `path` (normalised) against its limit; `None` when
+    /// no limit applies to it.
     pub async fn check(
         &self,
         req: &HttpRequest,
+        path: &str,
         identity: &Identity,
         request_id: &str,
     ) -> Option<Verdict> {
-        let (scope, bucket, limit, window) = self.limit_for(req.path(), identity)?;
+        let (scope, bucket, limit, window) = self.limit_for(path, identity)?;
         let subject = self.subject(req, identity);
         let window_key = key("ratelimit", &format!("{bucket}\0{subject}"));
         let counted = match self.store.hit(&window_key, limit, window).await {

@@ -1,7 +1,8 @@
 //! The strict checks every request head passes before it is routed, on top
 //! of what the HTTP parser already refuses (see SECURITY.md, "HTTP parsing"):
 //! the head's size, header values that are not UTF-8, header names that
-//! spell a framing header with other separators, a `Content-Length` over
+//! spell a framing header with other separators, header names with `_` that
+//! a CGI-style app reads as a header the sidecar sets, a `Content-Length` over
 //! the body limit, a `GET` or `HEAD` that declares a body, and an
 //! absolute-form target whose authority is not the `Host`. One pass over
 //! the parsed headers; nothing is allocated unless the target is in
@@ -24,7 +25,8 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// 431 when the request line and headers exceed `max_header_bytes`, 413
 /// when `Content-Length` exceeds `max_body_bytes`, 400 for a header value
 /// that is not valid UTF-8, for a framing-header lookalike
-/// (`Transfer_Encoding`), for a `GET` or `HEAD` that declares a body
+/// (`Transfer_Encoding`), for an underscore spelling of a header the sidecar
+/// sets or rules on (`x_outrigger_user`, `x_forwarded_for`), for a `GET` or `HEAD` that declares a body
 /// (`Transfer-Encoding`, or a `Content-Length` other than 0: such a body has
 /// no meaning, and servers disagree on whether to read it) and for an
 /// absolute-form target
@@ -32,7 +34,7 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
     let uri = req.uri();
     let mut size = req.method().as_str().len() + target_len(uri) + REQUEST_LINE_OVERHEAD;
-    let (mut not_utf8, mut lookalike) = (None, None);
+    let (mut not_utf8, mut lookalike, mut alias) = (None, None, None);
     for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + HEADER_LINE_OVERHEAD;
         let bytes = value.as_bytes();
@@ -41,6 +43,9 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
         }
         if lookalike.is_none() && is_framing_lookalike(name.as_str()) {
             lookalike = Some(name);
+        }
+        if alias.is_none() && aliases_sidecar_header(name.as_str()) {
+            alias = Some(name);
         }
     }
     if size > limits.max_header_bytes as usize {
@@ -57,6 +62,12 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
     if let Some(name) = lookalike {
         return Err(ProxyError::BadRequest(format!(
             "header {name} has the letters of Content-Length or Transfer-Encoding; servers that fold '_' or repeated '-' would frame the body by it"
+        )));
+    }
+    if let Some(name) = alias {
+        return Err(ProxyError::BadRequest(format!(
+            "header {name} reads as a header the sidecar sets or rules on where '_' is taken for '-' (CGI and WSGI apps read both as HTTP_{})",
+            name.as_str().replace('-', "_").to_ascii_uppercase()
         )));
     }
     let length = content_length(req);
@@ -101,6 +112,29 @@ fn is_framing_lookalike(name: &str) -> bool {
                 .filter(u8::is_ascii_alphanumeric)
                 .eq(letters(framing))
     })
+}
+
+/// Whether `name` (lowercase, as parsed) has a `_` and, read with `-` for
+/// `_` as CGI and WSGI servers do, is a header the sidecar sets or rules on:
+/// `x-outrigger-*` (the caller's identity), `x-forwarded-*`, `x-real-ip`,
+/// `x-request-id`. The app would see it beside, or instead of, the
+/// sidecar's own.
+fn aliases_sidecar_header(name: &str) -> bool {
+    const PREFIXES: [&str; 2] = ["x-outrigger-", "x-forwarded-"];
+    const NAMES: [&str; 2] = ["x-real-ip", "x-request-id"];
+    let reads_as = |name: &[u8], owned: &str| {
+        name.iter()
+            .zip(owned.bytes())
+            .all(|(&byte, owned)| byte == owned || (byte == b'_' && owned == b'-'))
+    };
+    let bytes = name.as_bytes();
+    bytes.contains(&b'_')
+        && (PREFIXES
+            .iter()
+            .any(|prefix| bytes.len() > prefix.len() && reads_as(bytes, prefix))
+            || NAMES
+                .iter()
+                .any(|owned| bytes.len() == owned.len() && reads_as(bytes, owned)))
 }
 
 /// The header by which `req` declares a body, if it does: any
@@ -266,6 +300,31 @@ mod tests {
             "content-type",
         ] {
             assert!(!is_framing_lookalike(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn underscore_spellings_of_the_sidecars_headers_are_400() {
+        for name in [
+            "x_outrigger_user",
+            "x-outrigger_roles",
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x_real_ip",
+            "x_request_id",
+        ] {
+            assert_eq!(
+                status(TestRequest::get().insert_header((name, "admin"))),
+                400,
+                "{name}"
+            );
+        }
+        for name in ["x_custom", "x-outrigger-user", "x_outrigger", "x_real_ip_x"] {
+            assert_eq!(
+                status(TestRequest::get().insert_header((name, "1"))),
+                200,
+                "{name}"
+            );
         }
     }
 

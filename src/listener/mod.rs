@@ -1,13 +1,15 @@
 //! What the two proxy listeners (outbound, inbound) share about serving
 //! HTTP to clients they do not trust: one server builder that applies
 //! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
-//! worker), the strict checks of each request head, the request body limit,
-//! how the listeners drain and stop, and the open-files limit raised at start.
+//! worker), the strict checks of each request head, the one rule for
+//! request paths, the request body limit, how the listeners drain and stop,
+//! and the open-files limit raised at start.
 
 mod body;
 mod framing;
 mod front;
 mod head;
+mod path;
 mod stopping;
 mod stream;
 
@@ -31,6 +33,7 @@ use log::{info, warn};
 pub use body::{BodyError, LimitedPayload};
 pub use front::{Front, InProgress};
 pub use head::check_head;
+pub use path::normal_path;
 pub use stopping::Stopping;
 
 use stream::ClientStream;

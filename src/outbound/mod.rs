@@ -91,8 +91,11 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
-    let route = listener::check_head(&req, &worker.front.limits).map(|()| {
-        resolve(&table, req.uri().host(), host, req.uri().path())
+    // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
+    let path = listener::check_head(&req, &worker.front.limits)
+        .and_then(|()| listener::normal_path(req.uri().path()));
+    let route = path.as_deref().map(|path| {
+        resolve(&table, req.uri().host(), host, path)
             .map(|route| (Arc::clone(route.service), route.path, route.keep_host))
     });
     drop(table);
@@ -112,6 +115,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
         Ok(Some((service, path, keep_host))) => {
             let plan = HeaderPlan {
                 keep_host,
+                // The app is inside the trust boundary: its forwarding headers pass.
+                trust_forwarding: true,
                 trace: Some(&hop),
                 ..HeaderPlan::default()
             };
