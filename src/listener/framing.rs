@@ -10,6 +10,11 @@
 //! WebSocket, `CONNECT`) or where the parser refuses the head anyway
 //! (conflicting or unreadable framing headers).
 
+/// The largest chunked body accepted when `max_body_bytes` is not set:
+/// what a signed 64-bit file offset holds (nginx's bound too). A chunk size
+/// past it, such as 16 EiB, is refused with 413.
+pub(super) const MAX_BODY_BYTES: u64 = i64::MAX as u64;
+
 /// The most of each head line kept to read framing headers; framing values
 /// longer than this are not valid, and the parser refuses them.
 const LINE_KEPT: usize = 64;
@@ -104,6 +109,11 @@ impl Framing {
         self.state == State::Head
             && self.heads_done > 0
             && (self.head.started || self.line_len > 0 || self.after_cr)
+    }
+
+    /// Whether a request body has started and not ended.
+    pub fn body_under_way(&self) -> bool {
+        !matches!(self.state, State::Head | State::Done)
     }
 
     /// Scans the next bytes the client sent, in order; poisons a bare LF

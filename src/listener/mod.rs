@@ -5,6 +5,7 @@
 //! and the open-files limit raised at start.
 
 mod body;
+mod deadline;
 mod framing;
 mod front;
 mod head;
@@ -31,7 +32,7 @@ pub use body::{BodyError, LimitedPayload};
 pub use front::Front;
 pub use head::check_head;
 
-use stream::ClientStream;
+use stream::{ClientStream, Timeouts};
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
@@ -71,6 +72,10 @@ where
         .max_concurrent_connections(limits.max_connections as usize);
     let stopping = builder.graceful_shutdown_signal();
     let (header_timeout, keep_alive) = (limits.client_header_timeout, limits.keep_alive);
+    let timeouts = Timeouts {
+        header: header_timeout,
+        body: limits.client_body_timeout + CLIENT_DISCONNECT_TIMEOUT,
+    };
     let refused = front
         .metrics()
         .http_heads_refused
@@ -84,7 +89,7 @@ where
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone(), header_timeout);
+            let io = ClientStream::new(io, name, peer, refused.clone(), timeouts);
             std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
         });
         let http = HttpService::build()

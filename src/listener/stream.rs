@@ -1,9 +1,10 @@
 //! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP parser reads them, and whose later request heads get the same
-//! `client_header_timeout` the parser gives the first one (it times only
-//! that: a client could otherwise trickle every later head forever).
+//! HTTP parser reads them, and which times what the parser does not: its
+//! later request heads get the same `client_header_timeout` the parser
+//! gives the first one (a client could otherwise trickle every later head
+//! forever), and a pause in a request body closes the connection after
+//! `client_body_timeout` even when no handler reads the body any more.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,8 +15,8 @@ use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
+use super::deadline::Pause;
 use super::framing::{Framing, Verdict};
 
 /// One client's TCP connection, scanned as it is read.
@@ -25,22 +26,35 @@ pub struct ClientStream {
     listener: &'static str,
     peer: Option<SocketAddr>,
     refused: IntCounter,
-    header_timeout: Duration,
-    /// The deadline of the later head under way; made on first use, then reset.
-    deadline: Option<Pin<Box<Sleep>>>,
-    timing: bool,
+    timeouts: Timeouts,
+    /// The later request head under way.
+    head: Pause,
+    /// The client's pause in a request body.
+    body: Pause,
+}
+
+/// How long a client may take over what the parser does not time.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `client_header_timeout`: each later head, from its first byte.
+    pub header: Duration,
+    /// The longest pause in a request body before the connection is
+    /// closed: `client_body_timeout`, and then the time the handler's own
+    /// 408 for it takes to go out. It closes the connections whose body
+    /// nobody reads any more (after a refusal, or an early answer).
+    pub body: Duration,
 }
 
 impl ClientStream {
     /// Wraps a connection accepted by `listener` from `peer`; `refused`
-    /// counts the heads poisoned on it; each later head must arrive within
-    /// `header_timeout` of its first byte.
+    /// counts the heads poisoned on it; a client is cut off when it
+    /// takes longer than `timeouts` say.
     pub fn new(
         io: TcpStream,
         listener: &'static str,
         peer: Option<SocketAddr>,
         refused: IntCounter,
-        header_timeout: Duration,
+        timeouts: Timeouts,
     ) -> ClientStream {
         ClientStream {
             io,
@@ -48,9 +62,9 @@ impl ClientStream {
             listener,
             peer,
             refused,
-            header_timeout,
-            deadline: None,
-            timing: false,
+            timeouts,
+            head: Pause::default(),
+            body: Pause::default(),
         }
     }
 
@@ -64,35 +78,46 @@ impl ClientStream {
             .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
     }
 
-    /// Starts or stops the later-head deadline as the scan says; an error
-    /// once it has passed.
-    fn time_later_head(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let under_way = self.framing.later_head_under_way();
-        if under_way && !self.timing {
-            let at = Instant::now() + self.header_timeout;
-            match &mut self.deadline {
-                Some(deadline) => deadline.as_mut().reset(at),
-                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+    /// An error once the client has taken too long over a later head or
+    /// paused too long in a body (the pauses are started and stopped by
+    /// what `read` brought).
+    fn check_pauses(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: &Poll<io::Result<()>>,
+    ) -> io::Result<()> {
+        if self.framing.later_head_under_way() {
+            self.head.start(self.timeouts.header);
+        } else {
+            self.head.stop();
         }
-        self.timing = under_way;
-        let expired = self.timing
-            && self
-                .deadline
-                .as_mut()
-                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-        if !expired {
+        match read {
+            Poll::Pending if self.framing.body_under_way() => self.body.start(self.timeouts.body),
+            Poll::Pending => self.body.stop(),
+            Poll::Ready(_) => self.body.stop(),
+        }
+        let (what, limit) = if self.head.passed(cx) {
+            (
+                "finish a request head within client_header_timeout",
+                self.timeouts.header,
+            )
+        } else if self.body.passed(cx) {
+            (
+                "send request body bytes within client_body_timeout",
+                self.timeouts.body,
+            )
+        } else {
             return Ok(());
-        }
+        };
         warn!(
-            "{} listener: {} did not finish a request head within client_header_timeout {}ms; connection closed",
+            "{} listener: {} did not {what} ({}ms); connection closed",
             self.listener,
             self.peer(),
-            self.header_timeout.as_millis()
+            limit.as_millis()
         );
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "request head not finished within client_header_timeout",
+            format!("did not {what}"),
         ))
     }
 }
@@ -116,7 +141,7 @@ impl AsyncRead for ClientStream {
                 );
             }
         }
-        if let Err(err) = this.time_later_head(cx) {
+        if let Err(err) = this.check_pauses(cx, &read) {
             return Poll::Ready(Err(err));
         }
         read

@@ -28,7 +28,7 @@ use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, Front, LimitedPayload};
+use crate::listener::{self, BodyError, Front, LimitedPayload};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
@@ -181,19 +181,18 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         // Boxed: the rare upgrade's state would otherwise widen every call's future.
         return Box::pin(tunnel(worker, outgoing, payload, slot)).await;
     }
-    let started = Instant::now();
-    let deadline = started + policy.timeout;
     let retry = &policy.retry;
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
-    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
+    let payload = LimitedPayload::new(payload, &worker.front.limits);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
-        Err(message) => {
-            warn!("request {id}: 400: {message}");
-            return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
-        }
+        Err(error) => return refuse_body(&error, id, name),
     };
+    // Timed from here: how long the client takes to send its body is its
+    // own (bounded by client_body_timeout), not the replicas'.
+    let started = Instant::now();
+    let deadline = started + policy.timeout;
     service.retry_budget.record_request();
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -232,7 +231,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
-            Err(SendError::BadRequest(_) | SendError::BodyTooLarge(_)) => Answer::Cancelled,
+            Err(SendError::BadRequest(_) | SendError::Body(_)) => Answer::Cancelled,
         };
         lease.report(answer);
         let answered = Instant::now();
@@ -403,13 +402,9 @@ impl Try {
                 warn!("request {id}: 400: {message}");
                 return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
             }
-            Err(SendError::BodyTooLarge(limit)) => {
-                let error = ProxyError::BodyTooLarge(format!(
-                    "the request body crossed max_body_bytes {limit} while streaming to {}; the upstream request was aborted",
-                    replica()
-                ));
-                warn!("request {id}: 413: {}", error.message());
-                return error.closing_response(Some(name), id.as_str());
+            Err(SendError::Body(error)) => {
+                warn!("request {id}: the request to {} was aborted", replica());
+                return refuse_body(&error, id, name);
             }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
@@ -460,6 +455,18 @@ impl forward::StreamGuard for Streaming {
         );
         self.lease.report_broken_body();
     }
+}
+
+/// The answer to a client whose body stopped (see [`BodyError::refusal`]);
+/// the connection is closed after it.
+fn refuse_body(error: &BodyError, id: IdText<'_>, name: &str) -> HttpResponse {
+    let error = error.refusal();
+    warn!(
+        "request {id}: {}: {}",
+        error.status().as_u16(),
+        error.message()
+    );
+    error.closing_response(Some(name), id.as_str())
 }
 
 fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {
