@@ -256,7 +256,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
     };
     let payload = LimitedPayload::new(payload, &worker.front.limits);
     let refuse_body = |error: BodyError| {
-        let error = error.refusal();
+        let error = error.refusal(req);
         warn!(
             "request {id}: {}: {}",
             error.status().as_u16(),

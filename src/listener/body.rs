@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use actix_web::error::PayloadError;
 use actix_web::web::{Bytes, Payload};
+use actix_web::HttpRequest;
 use futures_util::Stream;
 
 use super::deadline::Pause;
+use super::framing::{ChunkRefusal, MAX_BODY_BYTES};
+use super::stream::ChunkVerdict;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
 
@@ -46,9 +49,8 @@ impl LimitedPayload {
 /// Why a request body stopped streaming.
 #[derive(Debug)]
 pub enum BodyError {
-    /// The client sent, or announced a chunk of, more than `max_body_bytes`
-    /// (the limit; `None` when only the largest size a body may have).
-    TooLarge(Option<u64>),
+    /// The client sent more than `max_body_bytes` (the limit).
+    TooLarge(u64),
     /// The client sent nothing for `client_body_timeout` (this long).
     TimedOut(Duration),
     /// The client's body broke off or was malformed.
@@ -56,13 +58,27 @@ pub enum BodyError {
 }
 
 impl BodyError {
-    /// The answer to a client whose body stopped so.
-    pub fn refusal(&self) -> ProxyError {
-        let message = self.to_string();
-        match self {
-            Self::TooLarge(_) => ProxyError::BodyTooLarge(message),
-            Self::TimedOut(_) => ProxyError::BodyTimeout(message),
-            Self::Client(_) => ProxyError::BadRequest(message),
+    /// The answer to a client whose body for `req` stopped so: a body
+    /// that broke off where its connection refused a chunk-size line is
+    /// answered for that line.
+    pub fn refusal(&self, req: &HttpRequest) -> ProxyError {
+        let chunk = match self {
+            Self::Client(_) => req.conn_data::<ChunkVerdict>().and_then(ChunkVerdict::get),
+            _ => None,
+        };
+        match (self, chunk) {
+            (_, Some(ChunkRefusal::TooLarge(Some(limit)))) => ProxyError::BodyTooLarge(format!(
+                "a chunk size announces a request body over max_body_bytes {limit}"
+            )),
+            (_, Some(ChunkRefusal::TooLarge(None))) => ProxyError::BodyTooLarge(format!(
+                "a chunk size announces a request body over {MAX_BODY_BYTES} bytes, more than any body may hold"
+            )),
+            (_, Some(ChunkRefusal::Malformed)) => ProxyError::BadRequest(
+                "a chunk-size line of the request body is not a valid size".to_string(),
+            ),
+            (Self::TooLarge(_), None) => ProxyError::BodyTooLarge(self.to_string()),
+            (Self::TimedOut(_), None) => ProxyError::BodyTimeout(self.to_string()),
+            (Self::Client(_), None) => ProxyError::BadRequest(self.to_string()),
         }
     }
 }
@@ -70,14 +86,7 @@ impl BodyError {
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge(Some(limit)) => {
-                write!(f, "the request body is over max_body_bytes {limit}")
-            }
-            Self::TooLarge(None) => write!(
-                f,
-                "the request body announces a chunk over {} bytes",
-                super::framing::MAX_BODY_BYTES
-            ),
+            Self::TooLarge(limit) => write!(f, "the request body is over max_body_bytes {limit}"),
             Self::TimedOut(pause) => write!(
                 f,
                 "the client sent no request body bytes for client_body_timeout {}ms",
@@ -113,7 +122,7 @@ impl Stream for LimitedPayload {
                     this.allowed = left;
                     Some(Ok(chunk))
                 }
-                None => Some(Err(BodyError::TooLarge(this.limit))),
+                None => Some(Err(BodyError::TooLarge(this.limit.unwrap_or(u64::MAX)))),
             },
             Some(Err(err)) => Some(Err(BodyError::Client(err))),
             None => None,

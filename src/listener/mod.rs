@@ -32,13 +32,15 @@ pub use body::{BodyError, LimitedPayload};
 pub use front::Front;
 pub use head::check_head;
 
+pub use stream::ChunkVerdict;
 use stream::{ClientStream, Timeouts};
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
 
 /// How long a client whose connection is closing gets to take the last
-/// bytes before the socket is dropped.
+/// bytes before the socket is dropped, and to close its side (the
+/// lingering close).
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Binds the listener of `front` at `bind` and applies its limits to every
@@ -75,6 +77,8 @@ where
     let timeouts = Timeouts {
         header: header_timeout,
         body: limits.client_body_timeout + CLIENT_DISCONNECT_TIMEOUT,
+        linger: CLIENT_DISCONNECT_TIMEOUT,
+        max_body_bytes: limits.max_body_bytes,
     };
     let refused = front
         .metrics()
@@ -104,6 +108,7 @@ where
                 if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
                     data.insert(ip);
                 }
+                data.insert(io.chunk_verdict());
             })
             // The app config only feeds `connection_info()` fallbacks, which
             // the proxies do not use: they route on the request's own target.

@@ -5,10 +5,12 @@
 //! forever), and a pause in a request body closes the connection after
 //! `client_body_timeout` even when no handler reads the body any more.
 
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_rt::net::TcpStream;
@@ -17,7 +19,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::deadline::Pause;
-use super::framing::{Framing, Verdict};
+use super::framing::{ChunkRefusal, Framing, Verdict};
 
 /// One client's TCP connection, scanned as it is read.
 pub struct ClientStream {
@@ -31,6 +33,27 @@ pub struct ClientStream {
     head: Pause,
     /// The client's pause in a request body.
     body: Pause,
+    /// A chunk-size line was refused: what the handler is told, and the
+    /// parser reads nothing more (an end of stream, so the handler's answer
+    /// still goes out).
+    refused_chunk: ChunkVerdict,
+    /// The write side was shut; the rest is the lingering close.
+    shut: bool,
+    /// How long the lingering close waits for the client to close.
+    linger: Pause,
+}
+
+/// The chunk-size refusal on one connection, if any: shared between its
+/// stream and its requests (in the connection's data), so the handler
+/// whose body broke off there answers 400 or 413 for the right reason.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkVerdict(Rc<Cell<Option<ChunkRefusal>>>);
+
+impl ChunkVerdict {
+    /// The refusal, once one was made.
+    pub fn get(&self) -> Option<ChunkRefusal> {
+        self.0.get()
+    }
 }
 
 /// How long a client may take over what the parser does not time.
@@ -43,6 +66,11 @@ pub struct Timeouts {
     /// 408 for it takes to go out. It closes the connections whose body
     /// nobody reads any more (after a refusal, or an early answer).
     pub body: Duration,
+    /// How long a closing connection reads and drops what the client
+    /// still sends before it is closed (the lingering close).
+    pub linger: Duration,
+    /// `max_body_bytes`: the most a chunked body may announce.
+    pub max_body_bytes: Option<u64>,
 }
 
 impl ClientStream {
@@ -58,14 +86,22 @@ impl ClientStream {
     ) -> ClientStream {
         ClientStream {
             io,
-            framing: Framing::default(),
+            framing: Framing::new(timeouts.max_body_bytes),
             listener,
             peer,
             refused,
             timeouts,
             head: Pause::default(),
             body: Pause::default(),
+            refused_chunk: ChunkVerdict::default(),
+            shut: false,
+            linger: Pause::default(),
         }
+    }
+
+    /// The chunk-size refusal of this connection, for its requests.
+    pub fn chunk_verdict(&self) -> ChunkVerdict {
+        self.refused_chunk.clone()
     }
 
     /// The address of the client at the other end, when it was known.
@@ -129,16 +165,26 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.refused_chunk.get().is_some() {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = read {
-            if let Verdict::BareLf(_) = this.framing.scan(&mut buf.filled_mut()[before..]) {
-                this.refused.inc();
-                warn!(
-                    "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
-                    this.listener,
-                    this.peer()
-                );
+            match this.framing.scan(&mut buf.filled_mut()[before..]) {
+                Verdict::Clean => {}
+                Verdict::BareLf(_) => {
+                    this.refused.inc();
+                    warn!(
+                        "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
+                        this.listener,
+                        this.peer()
+                    );
+                }
+                Verdict::Chunk(at, refusal) => {
+                    buf.set_filled(before + at);
+                    this.refused_chunk.0.set(Some(refusal));
+                }
             }
         }
         if let Err(err) = this.check_pauses(cx, &read) {
@@ -161,8 +207,28 @@ impl AsyncWrite for ClientStream {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// Sends the FIN, then reads and drops what the client still sends
+    /// until it closes or the linger time passes (RFC 9112 9.6): closing
+    /// with its bytes unread would reset the connection, and a reset
+    /// destroys the answers the client has not read yet (those before a
+    /// refused request on a pipelined connection).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if !this.shut {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.shut = true;
+            this.linger.start(this.timeouts.linger);
+        }
+        let mut dropped = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut dropped);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending if this.linger.passed(cx) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     fn poll_write_vectored(

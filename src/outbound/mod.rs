@@ -187,7 +187,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let payload = LimitedPayload::new(payload, &worker.front.limits);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
-        Err(error) => return refuse_body(&error, id, name),
+        Err(error) => return refuse_body(&error, req, id, name),
     };
     // Timed from here: how long the client takes to send its body is its
     // own (bounded by client_body_timeout), not the replicas'.
@@ -202,7 +202,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Ok(lease) => lease,
             Err(error) => {
                 if let Some(previous) = previous {
-                    return previous.into_response(slot, name, request_id);
+                    return previous.into_response(slot, req, name, request_id);
                 }
                 warn!("request {id}: 503: {}", error.message());
                 return error.response(Some(name), id.as_str());
@@ -260,12 +260,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && retry::answer_is_retried(answer, retry);
         if !again {
             log_if_slow(name, policy, &attempt.endpoint, answered - started, id);
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         let spread = rand::rng().random_range(-1.0..=1.0);
         let delay = attempt
@@ -273,7 +273,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             .unwrap_or_else(|| retry::backoff(tries, retry, spread));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         info!(
             "request {id}: retrying {name} in {}ms after {answer:?} from {}",
@@ -362,7 +362,7 @@ async fn tunnel(
                 endpoint,
                 bound,
             }
-            .into_response(slot, name, request_id)
+            .into_response(slot, req, name, request_id)
         }
     }
 }
@@ -385,7 +385,13 @@ impl Try {
     }
 
     /// The app's answer: the replica's response streamed back, or our error.
-    fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
+    fn into_response(
+        self,
+        slot: InFlight,
+        req: &HttpRequest,
+        name: &str,
+        request_id: &HeaderValue,
+    ) -> HttpResponse {
         let id = IdText(request_id);
         // Formatted only for an error: most answers are streamed back as they are.
         let replica = || format!("{name}/{}", self.endpoint.address);
@@ -404,7 +410,7 @@ impl Try {
             }
             Err(SendError::Body(error)) => {
                 warn!("request {id}: the request to {} was aborted", replica());
-                return refuse_body(&error, id, name);
+                return refuse_body(&error, req, id, name);
             }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
@@ -459,8 +465,8 @@ impl forward::StreamGuard for Streaming {
 
 /// The answer to a client whose body stopped (see [`BodyError::refusal`]);
 /// the connection is closed after it.
-fn refuse_body(error: &BodyError, id: IdText<'_>, name: &str) -> HttpResponse {
-    let error = error.refusal();
+fn refuse_body(error: &BodyError, req: &HttpRequest, id: IdText<'_>, name: &str) -> HttpResponse {
+    let error = error.refusal(req);
     warn!(
         "request {id}: {}: {}",
         error.status().as_u16(),
