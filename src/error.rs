@@ -22,6 +22,9 @@ pub enum ProxyError {
     BadRequest(String),
     /// The request body is over the listener's `max_body_bytes` (413).
     BodyTooLarge(String),
+    /// The client paused in its request body longer than the listener's
+    /// `client_body_timeout` (408).
+    BodyTimeout(String),
     /// The request line and headers are over the listener's `max_header_bytes` (431).
     HeadersTooLarge(String),
     /// The service has replicas but every breaker refuses traffic, or it has none (503).
@@ -57,6 +60,7 @@ impl ProxyError {
             Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamProtocol(_) => {
@@ -76,6 +80,7 @@ impl ProxyError {
             Self::AuthUnavailable(_) => "auth_unavailable",
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::BodyTimeout(_) => "client_body_timeout",
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
@@ -96,6 +101,7 @@ impl ProxyError {
             | Self::AuthUnavailable(m)
             | Self::BadRequest(m)
             | Self::BodyTooLarge(m)
+            | Self::BodyTimeout(m)
             | Self::HeadersTooLarge(m)
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
@@ -158,6 +164,11 @@ mod tests {
             ),
             (ProxyError::BadRequest("x".into()), 400, "bad_request"),
             (ProxyError::BodyTooLarge("x".into()), 413, "body_too_large"),
+            (
+                ProxyError::BodyTimeout("x".into()),
+                408,
+                "client_body_timeout",
+            ),
             (
                 ProxyError::HeadersTooLarge("x".into()),
                 431,

@@ -17,6 +17,7 @@ use actix_web::http::Uri;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either};
+use futures_util::stream::Peekable;
 use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::listener::{BodyError, LimitedPayload, PeerIp};
@@ -64,7 +65,8 @@ pub struct Upstream<'a> {
     pub path: &'a str,
     /// How the caller's headers become the replica's.
     pub headers: HeaderPlan<'a>,
-    /// Bound on getting the response head.
+    /// Bound on each wait for the replica: taking body bytes, and its
+    /// answer head once the body is complete.
     pub timeout: Duration,
 }
 
@@ -97,21 +99,24 @@ pub enum RequestBody {
     Empty,
     /// The whole body, kept so a retry can send it again.
     Replayable(Bytes),
-    /// The body as it arrives; `None` once a try has taken it.
-    Streaming(Option<LimitedPayload>, BodyLength),
+    /// The body as it arrives, its first bytes already in; `None` once a
+    /// try has taken it.
+    Streaming(Option<Peekable<LimitedPayload>>, BodyLength),
 }
 
 impl RequestBody {
     /// Reads the body of `req`: kept in memory when it has a Content-Length
     /// of at most `replay_limit` bytes (when retries are possible at all),
-    /// otherwise left to stream. A declared empty body (`Content-Length: 0`)
-    /// is always kept: there is nothing to stream, and it is sent again as
-    /// freely as no body.
+    /// otherwise left to stream once its first bytes are in, so that a
+    /// client that stalls or whose body is refused from the start holds no
+    /// replica's connection and reaches no replica. A declared empty body
+    /// (`Content-Length: 0`) is always kept: there is nothing to stream, and
+    /// it is sent again as freely as no body.
     pub async fn read(
         req: &HttpRequest,
-        mut payload: LimitedPayload,
+        payload: LimitedPayload,
         replay_limit: Option<u32>,
-    ) -> Result<RequestBody, String> {
+    ) -> Result<RequestBody, BodyError> {
         let length = body_length(req);
         let replayable = match (length, replay_limit) {
             (BodyLength::None, _) => return Ok(RequestBody::Empty),
@@ -119,13 +124,16 @@ impl RequestBody {
             (BodyLength::Sized(n), Some(limit)) => n <= u64::from(limit),
             _ => false,
         };
+        let mut payload = payload.peekable();
         if !replayable {
+            if let Some(Err(err)) = Pin::new(&mut payload).next_if(Result::is_err).await {
+                return Err(err);
+            }
             return Ok(RequestBody::Streaming(Some(payload), length));
         }
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|err| format!("reading the request body failed: {err}"))?;
-            body.extend_from_slice(&chunk);
+            body.extend_from_slice(&chunk?);
         }
         Ok(RequestBody::Replayable(body.freeze()))
     }
@@ -192,22 +200,19 @@ fn outgoing_request(
 
 /// Why a call got no answer.
 pub enum SendError {
-    /// The request could not be formed (a path the URI grammar rejects),
-    /// or the client's body broke off.
+    /// The request could not be formed (a path the URI grammar rejects).
     BadRequest(String),
-    /// The client's body crossed `max_body_bytes` (the limit) as it streamed.
-    BodyTooLarge(u64),
+    /// The client's body stopped as it streamed (too large, a pause past
+    /// `client_body_timeout`, broken off): the client's doing.
+    Body(BodyError),
     /// The replica did not answer.
     Upstream(UpstreamError, String),
 }
 
 impl From<CallError> for SendError {
     fn from(err: CallError) -> Self {
-        let kind = match &err {
-            CallError::Body(BodyError::TooLarge(limit)) => return SendError::BodyTooLarge(*limit),
-            CallError::Body(client @ BodyError::Client(_)) => {
-                return SendError::BadRequest(client.to_string())
-            }
+        let kind = match err {
+            CallError::Body(body) => return SendError::Body(body),
             CallError::Connect(_) => UpstreamError::Connect,
             CallError::Timeout => UpstreamError::Timeout,
             CallError::Closed(_) => UpstreamError::Reset,

@@ -698,3 +698,112 @@ async fn a_slow_later_head_on_a_kept_alive_connection_is_cut_off_too() {
     );
     assert_eq!(upstream.hits(), 1, "the slow head was not forwarded");
 }
+
+/// Chunk-size lines the chunked grammar does not allow: each is refused
+/// with 400 before anything reaches the replica.
+const BAD_CHUNK_SIZES: &[(&str, &[u8])] = &[
+    ("a bare LF", b"5\nhello\r\n0\r\n\r\n"),
+    ("a negative size", b"-5\r\nhello\r\n0\r\n\r\n"),
+    ("a size with a non-hex digit", b"5g\r\nhello\r\n0\r\n\r\n"),
+    (
+        "a size past 64 bits",
+        b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+    ),
+];
+
+#[actix_rt::test]
+async fn malformed_chunk_sizes_get_400_and_never_reach_the_replica() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_before(&upstream, "").await;
+    let inbound = sidecar.inbound_addr().expect("inbound");
+    let mut failures = Vec::new();
+    for addr in [sidecar.outbound_addr(), inbound] {
+        for (name, body) in BAD_CHUNK_SIZES {
+            let mut request =
+                b"POST /api/upload HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
+            request.extend_from_slice(body);
+            let answer = exchange(addr, &request, Duration::from_secs(3));
+            if answer.status != Some(400)
+                || answer.header("x-outrigger") != Some("bad_request")
+                || !answer.closed
+            {
+                failures.push(format!(
+                    "{addr}: {name}: status {:?}, closed {}: {:?}",
+                    answer.status, answer.closed, answer.text
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "not refused:\n{}", failures.join("\n"));
+    assert_eq!(upstream.connections(), 0, "nothing reached the replica");
+}
+
+#[actix_rt::test]
+async fn a_chunk_size_over_the_body_limit_gets_413_before_forwarding() {
+    let upstream = Upstream::start().await;
+    let unlimited = sidecar_before(&upstream, "").await;
+    let limited = sidecar_before(&upstream, ", max_body_bytes: 1000").await;
+    let cases: [(SocketAddr, &[u8]); 4] = [
+        // 16 EiB: more than any body limit, and more than a body can be.
+        (unlimited.outbound_addr(), b"FFFFFFFFFFFFFFFF\r\nhello"),
+        (
+            unlimited.inbound_addr().expect("inbound"),
+            b"FFFFFFFFFFFFFFFF\r\nhello",
+        ),
+        // One byte over max_body_bytes in a single chunk.
+        (limited.outbound_addr(), b"3e9\r\nhello"),
+        (limited.inbound_addr().expect("inbound"), b"3e9\r\nhello"),
+    ];
+    for (addr, body) in cases {
+        let mut request =
+            b"POST /api/upload HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        request.extend_from_slice(body);
+        let answer = exchange(addr, &request, Duration::from_secs(3));
+        assert_eq!(answer.status, Some(413), "{addr}: {}", answer.text);
+        assert_eq!(answer.header("x-outrigger"), Some("body_too_large"));
+        assert!(answer.closed);
+    }
+    assert_eq!(upstream.connections(), 0, "nothing reached the replica");
+}
+
+#[actix_rt::test]
+async fn after_a_refusal_on_a_pipelined_connection_the_answers_before_it_are_read_whole() {
+    let upstream = Upstream::start().await;
+    let sidecar = sidecar_before(&upstream, "").await;
+    for addr in [
+        sidecar.outbound_addr(),
+        sidecar.inbound_addr().expect("inbound"),
+    ] {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        // An ordinary request, one refused (a chunk-size the grammar does
+        // not allow), and bytes after it the sidecar never reads.
+        let mut requests = b"GET /api/first HTTP/1.1\r\nHost: api\r\n\r\n\
+POST /api/second HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5g\r\nhello\r\n0\r\n\r\n"
+            .to_vec();
+        requests.extend_from_slice(&[b'z'; 256 * 1024]);
+        // The sidecar may close before it takes the tail: what matters is what it sends.
+        let _ = stream.write_all(&requests);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 16 * 1024];
+        let end = loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => break Ok(()),
+                Ok(n) => answer.extend_from_slice(&buffer[..n]),
+                Err(err) => break Err(err),
+            }
+        };
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            end.is_ok(),
+            "{addr}: the connection ended in {end:?}, not a clean close, after {text:?}"
+        );
+        assert!(text.starts_with("HTTP/1.1 200"), "{addr}: {text}");
+        assert!(text.contains("first"), "{addr}: {text}");
+        assert!(text.contains("HTTP/1.1 400"), "{addr}: {text}");
+    }
+}

@@ -35,7 +35,7 @@ use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, Front, LimitedPayload, Stopping};
+use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
@@ -256,12 +256,19 @@ async fn forward_to_app<G: forward::StreamGuard>(
         },
         timeout: gate.timeout,
     };
-    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
+    let payload = LimitedPayload::new(payload, &worker.front.limits);
+    let refuse_body = |error: BodyError| {
+        let error = error.refusal(req);
+        warn!(
+            "request {id}: {}: {}",
+            error.status().as_u16(),
+            error.message()
+        );
+        error.closing_response(Some(APP), id.as_str())
+    };
     let mut body = match RequestBody::read(req, payload, None).await {
         Ok(body) => body,
-        Err(message) => {
-            return ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str())
-        }
+        Err(error) => return refuse_body(error),
     };
     match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
         Ok(response) => {
@@ -280,12 +287,9 @@ async fn forward_to_app<G: forward::StreamGuard>(
             warn!("request {id}: 400: {message}");
             ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str())
         }
-        Err(SendError::BodyTooLarge(limit)) => {
-            let error = ProxyError::BodyTooLarge(format!(
-                "the request body crossed max_body_bytes {limit} while streaming to the app; the app's request was aborted"
-            ));
-            warn!("request {id}: 413: {}", error.message());
-            error.closing_response(Some(APP), id.as_str())
+        Err(SendError::Body(error)) => {
+            warn!("request {id}: the app's request was aborted");
+            refuse_body(error)
         }
         Err(SendError::Upstream(kind, detail)) => {
             let app = &gate.app;

@@ -1,30 +1,47 @@
-//! The request body limit: the body is counted as it streams to the
-//! upstream and cut once it crosses `max_body_bytes`, so the upstream sees
-//! an aborted request and the client a 413. Nothing is buffered for it.
+//! The request body's limits as it streams to the upstream, nothing
+//! buffered for them: cut once it crosses `max_body_bytes` (the upstream
+//! sees an aborted request, the client a 413), and given up once the client
+//! pauses longer than `client_body_timeout` between two reads (408). Either
+//! is the client's doing, never the replica's.
 
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_web::error::PayloadError;
 use actix_web::web::{Bytes, Payload};
+use actix_web::HttpRequest;
 use futures_util::Stream;
 
-/// A request body that stops with [`BodyError::TooLarge`] past its limit.
+use super::deadline::Pause;
+use super::framing::{ChunkRefusal, MAX_BODY_BYTES};
+use super::stream::ChunkVerdict;
+use crate::config::ListenerLimits;
+use crate::error::ProxyError;
+
+/// A request body that stops with [`BodyError::TooLarge`] past its limit
+/// and with [`BodyError::TimedOut`] when the client pauses too long.
 pub struct LimitedPayload {
     payload: Payload,
     /// Bytes still allowed; `u64::MAX` for no limit.
     allowed: u64,
     limit: Option<u64>,
+    /// `client_body_timeout`.
+    longest_pause: Duration,
+    /// The client's pause under way.
+    pause: Pause,
 }
 
 impl LimitedPayload {
-    /// `payload`, allowed at most `limit` bytes (`None`: any size).
-    pub fn new(payload: Payload, limit: Option<u64>) -> LimitedPayload {
+    /// `payload` under `limits` (`max_body_bytes`, `client_body_timeout`).
+    pub fn new(payload: Payload, limits: &ListenerLimits) -> LimitedPayload {
         LimitedPayload {
             payload,
-            allowed: limit.unwrap_or(u64::MAX),
-            limit,
+            allowed: limits.max_body_bytes.unwrap_or(u64::MAX),
+            limit: limits.max_body_bytes,
+            longest_pause: limits.client_body_timeout,
+            pause: Pause::default(),
         }
     }
 }
@@ -34,14 +51,47 @@ impl LimitedPayload {
 pub enum BodyError {
     /// The client sent more than `max_body_bytes` (the limit).
     TooLarge(u64),
+    /// The client sent nothing for `client_body_timeout` (this long).
+    TimedOut(Duration),
     /// The client's body broke off or was malformed.
     Client(PayloadError),
+}
+
+impl BodyError {
+    /// The answer to a client whose body for `req` stopped so: a body
+    /// that broke off where its connection refused a chunk-size line is
+    /// answered for that line.
+    pub fn refusal(&self, req: &HttpRequest) -> ProxyError {
+        let chunk = match self {
+            Self::Client(_) => req.conn_data::<ChunkVerdict>().and_then(ChunkVerdict::get),
+            _ => None,
+        };
+        match (self, chunk) {
+            (_, Some(ChunkRefusal::TooLarge(Some(limit)))) => ProxyError::BodyTooLarge(format!(
+                "a chunk size announces a request body over max_body_bytes {limit}"
+            )),
+            (_, Some(ChunkRefusal::TooLarge(None))) => ProxyError::BodyTooLarge(format!(
+                "a chunk size announces a request body over {MAX_BODY_BYTES} bytes, more than any body may hold"
+            )),
+            (_, Some(ChunkRefusal::Malformed)) => ProxyError::BadRequest(
+                "a chunk-size line of the request body is not a valid size".to_string(),
+            ),
+            (Self::TooLarge(_), None) => ProxyError::BodyTooLarge(self.to_string()),
+            (Self::TimedOut(_), None) => ProxyError::BodyTimeout(self.to_string()),
+            (Self::Client(_), None) => ProxyError::BadRequest(self.to_string()),
+        }
+    }
 }
 
 impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLarge(limit) => write!(f, "the request body is over max_body_bytes {limit}"),
+            Self::TimedOut(pause) => write!(
+                f,
+                "the client sent no request body bytes for client_body_timeout {}ms",
+                pause.as_millis()
+            ),
             Self::Client(err) => write!(f, "reading the request body failed: {err}"),
         }
     }
@@ -54,22 +104,28 @@ impl Stream for LimitedPayload {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.payload).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let len = chunk.len() as u64;
-                match this.allowed.checked_sub(len) {
-                    Some(left) => {
-                        this.allowed = left;
-                        Poll::Ready(Some(Ok(chunk)))
-                    }
-                    None => Poll::Ready(Some(Err(BodyError::TooLarge(
-                        this.limit.unwrap_or(u64::MAX),
-                    )))),
-                }
+        let item = match Pin::new(&mut this.payload).poll_next(cx) {
+            Poll::Ready(item) => item,
+            Poll::Pending => {
+                this.pause.start(this.longest_pause);
+                return if this.pause.passed(cx) {
+                    Poll::Ready(Some(Err(BodyError::TimedOut(this.longest_pause))))
+                } else {
+                    Poll::Pending
+                };
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(BodyError::Client(err)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        };
+        this.pause.stop();
+        Poll::Ready(match item {
+            Some(Ok(chunk)) => match this.allowed.checked_sub(chunk.len() as u64) {
+                Some(left) => {
+                    this.allowed = left;
+                    Some(Ok(chunk))
+                }
+                None => Some(Err(BodyError::TooLarge(this.limit.unwrap_or(u64::MAX)))),
+            },
+            Some(Err(err)) => Some(Err(BodyError::Client(err))),
+            None => None,
+        })
     }
 }

@@ -10,6 +10,11 @@
 //! WebSocket, `CONNECT`) or where the parser refuses the head anyway
 //! (conflicting or unreadable framing headers).
 
+/// The largest chunked body accepted when `max_body_bytes` is not set:
+/// what a signed 64-bit file offset holds (nginx's bound too). A chunk size
+/// past it, such as 16 EiB, is refused with 413.
+pub(super) const MAX_BODY_BYTES: u64 = i64::MAX as u64;
+
 /// The most of each head line kept to read framing headers; framing values
 /// longer than this are not valid, and the parser refuses them.
 const LINE_KEPT: usize = 64;
@@ -72,6 +77,13 @@ pub struct Framing {
     after_cr: bool,
     /// Request heads that have ended on this connection.
     heads_done: u64,
+    /// `max_body_bytes`, when set.
+    max_body_bytes: Option<u64>,
+    /// The most a chunked body may announce: `max_body_bytes`, or
+    /// [`MAX_BODY_BYTES`].
+    body_allowed: u64,
+    /// What the chunked body under way has announced so far.
+    body_announced: u64,
 }
 
 /// What [`Framing::scan`] found.
@@ -82,10 +94,31 @@ pub enum Verdict {
     /// A head line ended in a bare LF at this offset of the scanned bytes;
     /// the byte was turned into a NUL.
     BareLf(usize),
+    /// A chunk-size line is refused at this offset of the scanned bytes;
+    /// nothing from there on may reach the parser.
+    Chunk(usize, ChunkRefusal),
+}
+
+/// Why a chunk-size line is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkRefusal {
+    /// Not a chunk size: a byte other than a hex digit, whitespace, `;` or
+    /// CR (a bare LF, `-5`, `5g`), or a size past 64 bits (400).
+    Malformed,
+    /// The body would be larger than `max_body_bytes` (this, when set),
+    /// or than [`MAX_BODY_BYTES`] (413).
+    TooLarge(Option<u64>),
 }
 
 impl Default for Framing {
     fn default() -> Self {
+        Framing::new(None)
+    }
+}
+
+impl Framing {
+    /// The scan of a connection whose bodies may hold `max_body_bytes`.
+    pub fn new(max_body_bytes: Option<u64>) -> Framing {
         Framing {
             state: State::Head,
             head: HeadSoFar::default(),
@@ -93,17 +126,23 @@ impl Default for Framing {
             line_len: 0,
             after_cr: false,
             heads_done: 0,
+            max_body_bytes,
+            body_allowed: max_body_bytes.unwrap_or(MAX_BODY_BYTES),
+            body_announced: 0,
         }
     }
-}
 
-impl Framing {
     /// Whether part of a request head after the connection's first has
     /// arrived and the rest has not (the parser times only the first head).
     pub fn later_head_under_way(&self) -> bool {
         self.state == State::Head
             && self.heads_done > 0
             && (self.head.started || self.line_len > 0 || self.after_cr)
+    }
+
+    /// Whether a request body has started and not ended.
+    pub fn body_under_way(&self) -> bool {
+        !matches!(self.state, State::Head | State::Done)
     }
 
     /// Scans the next bytes the client sent, in order; poisons a bare LF
@@ -132,10 +171,16 @@ impl Framing {
                         (_, left) => State::ChunkData(left),
                     };
                 }
-                _ => {
-                    self.state = self.chunked_byte(bytes[at]);
-                    at += 1;
-                }
+                _ => match self.chunked_byte(bytes[at]) {
+                    Ok(state) => {
+                        self.state = state;
+                        at += 1;
+                    }
+                    Err(refusal) => {
+                        self.state = State::Done;
+                        return Verdict::Chunk(at, refusal);
+                    }
+                },
             }
         }
         Verdict::Clean
@@ -191,6 +236,7 @@ impl Framing {
             }
             let head = std::mem::take(&mut self.head);
             self.state = body_after(&head);
+            self.body_announced = 0;
             self.heads_done += 1;
             return true;
         }
@@ -223,22 +269,24 @@ impl Framing {
         false
     }
 
-    /// The next state of a chunked body after `byte`.
-    fn chunked_byte(&self, byte: u8) -> State {
+    /// The next state of a chunked body after `byte`, or why its
+    /// chunk-size line is refused.
+    fn chunked_byte(&mut self, byte: u8) -> Result<State, ChunkRefusal> {
         let hex = |b: u8| (b as char).to_digit(16).map(u64::from);
-        match (self.state, byte) {
+        Ok(match (self.state, byte) {
             (State::ChunkSize(size), b'\r') | (State::ChunkExtension(size), b'\r') => {
+                if size > self.body_allowed - self.body_announced {
+                    return Err(ChunkRefusal::TooLarge(self.max_body_bytes));
+                }
+                self.body_announced += size;
                 State::ChunkSizeLf(size)
             }
-            (State::ChunkSize(size), b';') => State::ChunkExtension(size),
+            (State::ChunkSize(size), b';' | b' ' | b'\t') => State::ChunkExtension(size),
             (State::ChunkSize(size), b) => match hex(b)
                 .and_then(|digit| size.checked_mul(16).and_then(|s| s.checked_add(digit)))
             {
                 Some(size) => State::ChunkSize(size),
-                // Whitespace before an extension, or a broken size line
-                // the parser refuses: either way no data follows on it.
-                None if b == b' ' || b == b'\t' => State::ChunkExtension(size),
-                None => State::Done,
+                None => return Err(ChunkRefusal::Malformed),
             },
             (State::ChunkExtension(size), _) => State::ChunkExtension(size),
             (State::ChunkSizeLf(0), b'\n') => State::TrailerStart,
@@ -253,7 +301,7 @@ impl Framing {
             // Anything else breaks the chunked grammar: the parser refuses
             // the body and closes the connection.
             _ => State::Done,
-        }
+        })
     }
 }
 
@@ -287,6 +335,7 @@ mod tests {
             match framing.scan(piece) {
                 Verdict::Clean => {}
                 Verdict::BareLf(at) => found.push(Verdict::BareLf(index * step + at)),
+                Verdict::Chunk(at, why) => found.push(Verdict::Chunk(index * step + at, why)),
             }
         }
         (found, bytes)

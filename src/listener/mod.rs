@@ -6,6 +6,7 @@
 //! and the open-files limit raised at start.
 
 mod body;
+mod deadline;
 mod framing;
 mod front;
 mod head;
@@ -36,13 +37,15 @@ pub use head::check_head;
 pub use path::normal_path;
 pub use stopping::Stopping;
 
-use stream::ClientStream;
+pub use stream::ChunkVerdict;
+use stream::{ClientStream, Timeouts};
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
 
 /// How long a client whose connection is closing gets to take the last
-/// bytes before the socket is dropped.
+/// bytes before the socket is dropped, and to close its side (the
+/// lingering close).
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves the listener of `front` on `socket` (from [`listen`]) and applies
@@ -79,6 +82,12 @@ where
         .max_concurrent_connections(limits.max_connections as usize);
     let stopping = builder.graceful_shutdown_signal();
     let (header_timeout, keep_alive) = (limits.client_header_timeout, limits.keep_alive);
+    let timeouts = Timeouts {
+        header: header_timeout,
+        body: limits.client_body_timeout + CLIENT_DISCONNECT_TIMEOUT,
+        linger: CLIENT_DISCONNECT_TIMEOUT,
+        max_body_bytes: limits.max_body_bytes,
+    };
     let refused = front
         .metrics()
         .http_heads_refused
@@ -90,7 +99,7 @@ where
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone(), header_timeout);
+            let io = ClientStream::new(io, name, peer, refused.clone(), timeouts);
             std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
         });
         let http = HttpService::build()
@@ -105,6 +114,7 @@ where
                 if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
                     data.insert(ip);
                 }
+                data.insert(io.chunk_verdict());
             })
             // The app config only feeds `connection_info()` fallbacks, which
             // the proxies do not use: they route on the request's own target.

@@ -1,22 +1,25 @@
 //! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP parser reads them, and whose later request heads get the same
-//! `client_header_timeout` the parser gives the first one (it times only
-//! that: a client could otherwise trickle every later head forever).
+//! HTTP parser reads them, and which times what the parser does not: its
+//! later request heads get the same `client_header_timeout` the parser
+//! gives the first one (a client could otherwise trickle every later head
+//! forever), and a pause in a request body closes the connection after
+//! `client_body_timeout` even when no handler reads the body any more.
 
-use std::future::Future;
+use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
 
-use super::framing::{Framing, Verdict};
+use super::deadline::Pause;
+use super::framing::{ChunkRefusal, Framing, Verdict};
 
 /// One client's TCP connection, scanned as it is read.
 pub struct ClientStream {
@@ -25,33 +28,80 @@ pub struct ClientStream {
     listener: &'static str,
     peer: Option<SocketAddr>,
     refused: IntCounter,
-    header_timeout: Duration,
-    /// The deadline of the later head under way; made on first use, then reset.
-    deadline: Option<Pin<Box<Sleep>>>,
-    timing: bool,
+    timeouts: Timeouts,
+    /// The later request head under way.
+    head: Pause,
+    /// The client's pause in a request body.
+    body: Pause,
+    /// A chunk-size line was refused: what the handler is told, and the
+    /// parser reads nothing more (an end of stream, so the handler's answer
+    /// still goes out).
+    refused_chunk: ChunkVerdict,
+    /// The write side was shut; the rest is the lingering close.
+    shut: bool,
+    /// How long the lingering close waits for the client to close.
+    linger: Pause,
+}
+
+/// The chunk-size refusal on one connection, if any: shared between its
+/// stream and its requests (in the connection's data), so the handler
+/// whose body broke off there answers 400 or 413 for the right reason.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkVerdict(Rc<Cell<Option<ChunkRefusal>>>);
+
+impl ChunkVerdict {
+    /// The refusal, once one was made.
+    pub fn get(&self) -> Option<ChunkRefusal> {
+        self.0.get()
+    }
+}
+
+/// How long a client may take over what the parser does not time.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `client_header_timeout`: each later head, from its first byte.
+    pub header: Duration,
+    /// The longest pause in a request body before the connection is
+    /// closed: `client_body_timeout`, and then the time the handler's own
+    /// 408 for it takes to go out. It closes the connections whose body
+    /// nobody reads any more (after a refusal, or an early answer).
+    pub body: Duration,
+    /// How long a closing connection reads and drops what the client
+    /// still sends before it is closed (the lingering close).
+    pub linger: Duration,
+    /// `max_body_bytes`: the most a chunked body may announce.
+    pub max_body_bytes: Option<u64>,
 }
 
 impl ClientStream {
     /// Wraps a connection accepted by `listener` from `peer`; `refused`
-    /// counts the heads poisoned on it; each later head must arrive within
-    /// `header_timeout` of its first byte.
+    /// counts the heads poisoned on it; a client is cut off when it
+    /// takes longer than `timeouts` say.
     pub fn new(
         io: TcpStream,
         listener: &'static str,
         peer: Option<SocketAddr>,
         refused: IntCounter,
-        header_timeout: Duration,
+        timeouts: Timeouts,
     ) -> ClientStream {
         ClientStream {
             io,
-            framing: Framing::default(),
+            framing: Framing::new(timeouts.max_body_bytes),
             listener,
             peer,
             refused,
-            header_timeout,
-            deadline: None,
-            timing: false,
+            timeouts,
+            head: Pause::default(),
+            body: Pause::default(),
+            refused_chunk: ChunkVerdict::default(),
+            shut: false,
+            linger: Pause::default(),
         }
+    }
+
+    /// The chunk-size refusal of this connection, for its requests.
+    pub fn chunk_verdict(&self) -> ChunkVerdict {
+        self.refused_chunk.clone()
     }
 
     /// The address of the client at the other end, when it was known.
@@ -64,35 +114,46 @@ impl ClientStream {
             .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
     }
 
-    /// Starts or stops the later-head deadline as the scan says; an error
-    /// once it has passed.
-    fn time_later_head(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let under_way = self.framing.later_head_under_way();
-        if under_way && !self.timing {
-            let at = Instant::now() + self.header_timeout;
-            match &mut self.deadline {
-                Some(deadline) => deadline.as_mut().reset(at),
-                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
+    /// An error once the client has taken too long over a later head or
+    /// paused too long in a body (the pauses are started and stopped by
+    /// what `read` brought).
+    fn check_pauses(
+        &mut self,
+        cx: &mut Context<'_>,
+        read: &Poll<io::Result<()>>,
+    ) -> io::Result<()> {
+        if self.framing.later_head_under_way() {
+            self.head.start(self.timeouts.header);
+        } else {
+            self.head.stop();
         }
-        self.timing = under_way;
-        let expired = self.timing
-            && self
-                .deadline
-                .as_mut()
-                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-        if !expired {
+        match read {
+            Poll::Pending if self.framing.body_under_way() => self.body.start(self.timeouts.body),
+            Poll::Pending => self.body.stop(),
+            Poll::Ready(_) => self.body.stop(),
+        }
+        let (what, limit) = if self.head.passed(cx) {
+            (
+                "finish a request head within client_header_timeout",
+                self.timeouts.header,
+            )
+        } else if self.body.passed(cx) {
+            (
+                "send request body bytes within client_body_timeout",
+                self.timeouts.body,
+            )
+        } else {
             return Ok(());
-        }
+        };
         warn!(
-            "{} listener: {} did not finish a request head within client_header_timeout {}ms; connection closed",
+            "{} listener: {} did not {what} ({}ms); connection closed",
             self.listener,
             self.peer(),
-            self.header_timeout.as_millis()
+            limit.as_millis()
         );
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "request head not finished within client_header_timeout",
+            format!("did not {what}"),
         ))
     }
 }
@@ -104,19 +165,29 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.refused_chunk.get().is_some() {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = read {
-            if let Verdict::BareLf(_) = this.framing.scan(&mut buf.filled_mut()[before..]) {
-                this.refused.inc();
-                warn!(
-                    "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
-                    this.listener,
-                    this.peer()
-                );
+            match this.framing.scan(&mut buf.filled_mut()[before..]) {
+                Verdict::Clean => {}
+                Verdict::BareLf(_) => {
+                    this.refused.inc();
+                    warn!(
+                        "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
+                        this.listener,
+                        this.peer()
+                    );
+                }
+                Verdict::Chunk(at, refusal) => {
+                    buf.set_filled(before + at);
+                    this.refused_chunk.0.set(Some(refusal));
+                }
             }
         }
-        if let Err(err) = this.time_later_head(cx) {
+        if let Err(err) = this.check_pauses(cx, &read) {
             return Poll::Ready(Err(err));
         }
         read
@@ -136,8 +207,28 @@ impl AsyncWrite for ClientStream {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// Sends the FIN, then reads and drops what the client still sends
+    /// until it closes or the linger time passes (RFC 9112 9.6): closing
+    /// with its bytes unread would reset the connection, and a reset
+    /// destroys the answers the client has not read yet (those before a
+    /// refused request on a pipelined connection).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if !this.shut {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.shut = true;
+            this.linger.start(this.timeouts.linger);
+        }
+        let mut dropped = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut dropped);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending if this.linger.passed(cx) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     fn poll_write_vectored(

@@ -27,7 +27,7 @@ use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, Front, LimitedPayload, Stopping};
+use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
@@ -182,19 +182,18 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         // Boxed: the rare upgrade's state would otherwise widen every call's future.
         return Box::pin(tunnel(worker, outgoing, payload, slot)).await;
     }
-    let started = Instant::now();
-    let deadline = started + policy.timeout;
     let retry = &policy.retry;
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
-    let payload = LimitedPayload::new(payload, worker.front.limits.max_body_bytes);
+    let payload = LimitedPayload::new(payload, &worker.front.limits);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
-        Err(message) => {
-            warn!("request {id}: 400: {message}");
-            return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
-        }
+        Err(error) => return refuse_body(&error, req, id, name),
     };
+    // Timed from here: how long the client takes to send its body is its
+    // own (bounded by client_body_timeout), not the replicas'.
+    let started = Instant::now();
+    let deadline = started + policy.timeout;
     service.retry_budget.record_request();
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -204,7 +203,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Ok(lease) => lease,
             Err(error) => {
                 if let Some(previous) = previous {
-                    return previous.into_response(slot, name, request_id);
+                    return previous.into_response(slot, req, name, request_id);
                 }
                 warn!("request {id}: 503: {}", error.message());
                 return error.response(Some(name), id.as_str());
@@ -233,7 +232,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
-            Err(SendError::BadRequest(_) | SendError::BodyTooLarge(_)) => Answer::Cancelled,
+            Err(SendError::BadRequest(_) | SendError::Body(_)) => Answer::Cancelled,
         };
         lease.report(answer);
         let answered = Instant::now();
@@ -262,12 +261,12 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && retry::answer_is_retried(answer, retry);
         if !again {
             log_if_slow(name, policy, &attempt.endpoint, answered - started, id);
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         let spread = rand::rng().random_range(-1.0..=1.0);
         let delay = attempt
@@ -275,7 +274,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             .unwrap_or_else(|| retry::backoff(tries, retry, spread));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
-            return attempt.into_response(slot, name, request_id);
+            return attempt.into_response(slot, req, name, request_id);
         }
         info!(
             "request {id}: retrying {name} in {}ms after {answer:?} from {}",
@@ -364,7 +363,7 @@ async fn tunnel(
                 endpoint,
                 bound,
             }
-            .into_response(slot, name, request_id)
+            .into_response(slot, req, name, request_id)
         }
     }
 }
@@ -387,7 +386,13 @@ impl Try {
     }
 
     /// The app's answer: the replica's response streamed back, or our error.
-    fn into_response(self, slot: InFlight, name: &str, request_id: &HeaderValue) -> HttpResponse {
+    fn into_response(
+        self,
+        slot: InFlight,
+        req: &HttpRequest,
+        name: &str,
+        request_id: &HeaderValue,
+    ) -> HttpResponse {
         let id = IdText(request_id);
         // Formatted only for an error: most answers are streamed back as they are.
         let replica = || format!("{name}/{}", self.endpoint.address);
@@ -404,13 +409,9 @@ impl Try {
                 warn!("request {id}: 400: {message}");
                 return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
             }
-            Err(SendError::BodyTooLarge(limit)) => {
-                let error = ProxyError::BodyTooLarge(format!(
-                    "the request body crossed max_body_bytes {limit} while streaming to {}; the upstream request was aborted",
-                    replica()
-                ));
-                warn!("request {id}: 413: {}", error.message());
-                return error.closing_response(Some(name), id.as_str());
+            Err(SendError::Body(error)) => {
+                warn!("request {id}: the request to {} was aborted", replica());
+                return refuse_body(&error, req, id, name);
             }
             Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
@@ -461,6 +462,18 @@ impl forward::StreamGuard for Streaming {
         );
         self.lease.report_broken_body();
     }
+}
+
+/// The answer to a client whose body stopped (see [`BodyError::refusal`]);
+/// the connection is closed after it.
+fn refuse_body(error: &BodyError, req: &HttpRequest, id: IdText<'_>, name: &str) -> HttpResponse {
+    let error = error.refusal(req);
+    warn!(
+        "request {id}: {}: {}",
+        error.status().as_u16(),
+        error.message()
+    );
+    error.closing_response(Some(name), id.as_str())
 }
 
 fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {

@@ -15,11 +15,12 @@ mod response;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_codec::Framed;
@@ -29,7 +30,8 @@ use actix_http::h1::{ClientCodec, Message};
 use actix_http::{KeepAlive, Method, RequestHead, RequestHeadType, ResponseHead};
 use actix_http::{ServiceConfig, ServiceConfigBuilder, StatusCode};
 use actix_web::web::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::stream::Peekable;
+use futures_util::StreamExt;
 use log::debug;
 use tokio::net::TcpStream;
 
@@ -57,7 +59,7 @@ pub enum OutgoingBody {
     Full(Bytes),
     /// The body as it arrives from the caller: `Some(n)` bytes sent with a
     /// `Content-Length` of `n`, `None` sent chunked.
-    Stream(LimitedPayload, Option<u64>),
+    Stream(Peekable<LimitedPayload>, Option<u64>),
 }
 
 impl OutgoingBody {
@@ -76,7 +78,8 @@ impl OutgoingBody {
 pub enum CallError {
     /// No connection could be made within the connect timeout.
     Connect(io::Error),
-    /// No answer head within the call's timeout.
+    /// The replica took no body bytes, or sent no answer head after the
+    /// body, within the call's timeout.
     Timeout,
     /// The connection failed or closed before the answer head.
     Closed(io::Error),
@@ -118,34 +121,24 @@ impl Client {
     }
 
     /// Sends `head` with `body` to `address` (`host:port`) over a pooled
-    /// connection or a new one, and waits up to `timeout` for the answer
-    /// head (connecting included). A pooled connection that turns out to
-    /// have been closed by the replica is replaced by a new one when the
-    /// request can safely be sent again.
-    ///
-    /// Not an `async fn`: the call's future is made at once, so the one
-    /// returned holds it and the timer and no second copy of the arguments
-    /// (every byte of a request's futures is moved as they nest).
-    pub fn send<'a>(
-        &'a self,
-        address: &'a str,
-        head: RequestHead,
-        body: OutgoingBody,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
-        actix_rt::time::timeout(timeout, self.call(address, Rc::new(head), body))
-            .map(|answer| answer.unwrap_or(Err(CallError::Timeout)))
-    }
-
-    async fn call(
+    /// connection or a new one (made within the connect timeout). The
+    /// replica is timed, not the caller: `timeout` bounds each wait for the
+    /// replica to take body bytes and the wait for its answer head once the
+    /// body is complete, while the caller's pauses in its body are bounded
+    /// by its listener's `client_body_timeout`. A pooled connection that
+    /// turns out to have been closed by the replica is replaced by a new
+    /// one when the request can safely be sent again.
+    pub async fn send(
         &self,
         address: &str,
-        head: Rc<RequestHead>,
+        head: RequestHead,
         mut body: OutgoingBody,
+        timeout: Duration,
     ) -> Result<UpstreamResponse, CallError> {
+        let head = Rc::new(head);
         let pooled = self.shared.pool.borrow_mut().take(address);
         if let Some(mut connection) = pooled {
-            match exchange(&mut connection.framed, &head, &mut body).await {
+            match exchange(&mut connection.framed, &head, &mut body, timeout).await {
                 Ok(answer) => return Ok(self.answer(answer, connection)),
                 Err(CallError::Closed(err)) if resendable(&head.method, &body) => {
                     debug!("a pooled connection to {address} was closed ({err}); using a new one");
@@ -154,7 +147,7 @@ impl Client {
             }
         }
         let mut connection = self.connect(address).await?;
-        let answer = exchange(&mut connection.framed, &head, &mut body).await?;
+        let answer = exchange(&mut connection.framed, &head, &mut body, timeout).await?;
         Ok(self.answer(answer, connection))
     }
 
@@ -214,11 +207,13 @@ fn resendable(method: &Method, body: &OutgoingBody) -> bool {
 }
 
 /// Writes the request and reads the answer head; informational answers
-/// (1xx) before it are passed over.
+/// (1xx) before it are passed over. The replica gets `timeout` for each
+/// wait on it (see [`Client::send`]).
 async fn exchange(
     framed: &mut Framed<TcpStream, ClientCodec>,
     head: &Rc<RequestHead>,
     body: &mut OutgoingBody,
+    timeout: Duration,
 ) -> Result<ResponseHead, CallError> {
     let size = body.size();
     let mut framed = Pin::new(framed);
@@ -239,8 +234,20 @@ async fn exchange(
                 .write(Message::Chunk(None))
                 .map_err(CallError::Closed)?;
         }
-        OutgoingBody::Stream(payload, _) => stream_body(framed.as_mut(), payload).await?,
+        OutgoingBody::Stream(payload, _) => {
+            stream_body(framed.as_mut(), payload, timeout).await?;
+        }
     }
+    // The body is complete: from here on only the replica is waited for.
+    actix_rt::time::timeout(timeout, answer_head(framed))
+        .await
+        .unwrap_or(Err(CallError::Timeout))
+}
+
+/// Flushes what is left of the request and reads the answer head.
+async fn answer_head(
+    mut framed: Pin<&mut Framed<TcpStream, ClientCodec>>,
+) -> Result<ResponseHead, CallError> {
     poll_fn(|cx| framed.as_mut().flush(cx))
         .await
         .map_err(CallError::Closed)?;
@@ -262,21 +269,38 @@ async fn exchange(
     }
 }
 
-/// Streams the caller's body to the replica, flushing whenever the write
-/// buffer fills, so no more than a buffer's worth is held.
+/// Streams the caller's body to the replica as it arrives: what came is
+/// passed on whenever the caller keeps us waiting, and the write buffer is
+/// flushed whenever it fills, so no more than a buffer's worth is held.
+/// A replica that takes no bytes for `timeout` is timed out.
 async fn stream_body(
     mut framed: Pin<&mut Framed<TcpStream, ClientCodec>>,
-    payload: &mut LimitedPayload,
+    payload: &mut Peekable<LimitedPayload>,
+    timeout: Duration,
 ) -> Result<(), CallError> {
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let next = poll_fn(|cx| {
+            let next = payload.poll_next_unpin(cx);
+            if next.is_pending() && !framed.is_write_buf_empty() {
+                if let Poll::Ready(Err(err)) = framed.as_mut().flush(cx) {
+                    return Poll::Ready(Err(CallError::Closed(err)));
+                }
+            }
+            next.map(Ok)
+        })
+        .await?;
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(CallError::Body)?;
         framed
             .as_mut()
             .write(Message::Chunk(Some(chunk)))
             .map_err(CallError::Closed)?;
         if framed.is_write_buf_full() {
-            poll_fn(|cx| framed.as_mut().flush(cx))
+            actix_rt::time::timeout(timeout, poll_fn(|cx| framed.as_mut().flush(cx)))
                 .await
+                .map_err(|_| CallError::Timeout)?
                 .map_err(CallError::Closed)?;
         }
     }
