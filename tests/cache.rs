@@ -10,7 +10,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::{
     client, eventually, get_text, listeners_with_inbound, metric, sidecar_from, x_cache,
-    RedisServer, Upstream,
+    RedisServer, SidecarProcess, TempDir, Upstream,
 };
 
 /// The sidecar's `redis.timeout`.
@@ -225,4 +225,79 @@ async fn a_paused_redis_delays_a_request_by_its_timeout_at_most_and_the_cache_re
         send(&sidecar, "GET", "/items", "ana").await == cache("HIT")
     })
     .await;
+}
+
+/// The sidecar binary caching for `app` with `cache` (the YAML flow
+/// mapping of `inbound.cache`); no authentication, so every caller is
+/// anonymous. Its log goes to `log`.
+async fn caching_process(app: &Upstream, cache: &str, log: &std::path::Path) -> SidecarProcess {
+    SidecarProcess::start_inbound(
+        &format!("app: \"http://{}\"", app.endpoint()),
+        &format!("inbound: {{ cache: {cache} }}"),
+        &[("LOG_LEVEL", "warn")],
+        Some(log),
+    )
+    .await
+}
+
+/// The RSS the abuse must stay under.
+const RSS_BOUND: u64 = 64 << 20;
+
+#[actix_web::test]
+async fn distinct_anonymous_gets_stay_within_the_cache_byte_bound() {
+    const ANSWER: usize = 256 * 1024;
+    const GETS: usize = 1_000;
+    let app = Upstream::start().await;
+    let dir = TempDir::new();
+    let log = dir.path.join("sidecar.log");
+    // The default cache: its byte bound is what is being checked.
+    let sidecar = caching_process(&app, "{}", &log).await;
+    let base = format!(
+        "http://{}/download/{ANSWER}",
+        sidecar.inbound.expect("inbound")
+    );
+    let clients = 8;
+    let requests = (0..clients).map(|client_no| {
+        let base = base.clone();
+        async move {
+            let client = client();
+            for n in (client_no..GETS).step_by(clients) {
+                let mut response = client
+                    .get(format!("{base}?n={n}"))
+                    .send()
+                    .await
+                    .expect("an answer");
+                assert_eq!(response.status().as_u16(), 200);
+                assert_eq!(x_cache(&response).as_deref(), Some("MISS"));
+                let body = response.body().limit(ANSWER).await.expect("a body");
+                assert_eq!(body.len(), ANSWER);
+            }
+        }
+    });
+    futures_util::future::join_all(requests).await;
+    assert_eq!(app.hits(), GETS);
+    let peak = sidecar.peak_rss();
+    assert!(
+        peak <= RSS_BOUND,
+        "{GETS} cached answers of {ANSWER} bytes took the sidecar to {} MiB",
+        peak >> 20
+    );
+    // The newest entry is still served from the cache; old ones made room.
+    let mut last = client()
+        .get(format!("{base}?n={}", GETS - 1))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(x_cache(&last).as_deref(), Some("HIT"));
+    assert_eq!(
+        last.body().limit(ANSWER).await.expect("a body").len(),
+        ANSWER
+    );
+    // The one warning a start may give is about this machine's open-files limit.
+    let logged = std::fs::read_to_string(&log).expect("the log");
+    let warnings: Vec<&str> = logged
+        .lines()
+        .filter(|line| line.contains("WARN") && !line.contains("files may be open"))
+        .collect();
+    assert!(warnings.is_empty(), "making room logged {warnings:#?}");
 }

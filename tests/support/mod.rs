@@ -506,8 +506,11 @@ pub struct SidecarProcess {
     pub child: std::process::Child,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
+    /// The inbound listener, when it was started with one.
+    pub inbound: Option<SocketAddr>,
     /// The config file it runs from.
     pub config: std::path::PathBuf,
+    listeners: Listeners,
     _dir: TempDir,
 }
 
@@ -526,6 +529,34 @@ impl SidecarProcess {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
+        SidecarProcess::start_listening(None, services, extra, env, stderr).await
+    }
+
+    /// Like [`SidecarProcess::start_with`], with the inbound listener (its
+    /// section's YAML flow mapping `inbound` less `bind`, as
+    /// `app: "http://127.0.0.1:8080"`) on a free port, at [`SidecarProcess::inbound`].
+    pub async fn start_inbound(
+        inbound: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> SidecarProcess {
+        SidecarProcess::start_listening(Some(inbound), "  []", extra, env, stderr).await
+    }
+
+    async fn start_listening(
+        inbound: Option<&str>,
+        services: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+        stderr: Option<&std::path::Path>,
+    ) -> SidecarProcess {
+        let inbound = inbound.map(|section| {
+            let addr: SocketAddr = format!("127.0.0.1:{}", closed_port())
+                .parse()
+                .expect("addr");
+            (addr, section.to_string())
+        });
         let outbound: SocketAddr = format!("127.0.0.1:{}", closed_port())
             .parse()
             .expect("addr");
@@ -534,8 +565,12 @@ impl SidecarProcess {
             .expect("addr");
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
-        std::fs::write(&config, process_config(outbound, admin, services, extra))
-            .expect("write config");
+        let listeners = Listeners {
+            outbound,
+            admin,
+            inbound: inbound.clone(),
+        };
+        std::fs::write(&config, listeners.config(services, extra)).expect("write config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
         command
             .args(["run", "--config"])
@@ -549,6 +584,8 @@ impl SidecarProcess {
             child,
             outbound,
             admin,
+            inbound: inbound.map(|(addr, _)| addr),
+            listeners,
             config,
             _dir: dir,
         };
@@ -591,8 +628,7 @@ impl SidecarProcess {
 
     /// Rewrites its config file (same listeners) with `services` and `extra`.
     pub fn rewrite_config(&self, services: &str, extra: &str) {
-        let text = process_config(self.outbound, self.admin, services, extra);
-        swap_in(&self.config, &text);
+        swap_in(&self.config, &self.listeners.config(services, extra));
     }
 
     /// Sends SIGTERM.
@@ -606,10 +642,31 @@ impl SidecarProcess {
     }
 }
 
-fn process_config(outbound: SocketAddr, admin: SocketAddr, services: &str, extra: &str) -> String {
-    format!(
-        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }} }}\n{extra}\nservices:\n{services}"
-    )
+/// Where a [`SidecarProcess`] listens, and its inbound section's other keys.
+struct Listeners {
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    inbound: Option<(SocketAddr, String)>,
+}
+
+impl Listeners {
+    /// A whole config file with these listeners, `extra` and `services`.
+    fn config(&self, services: &str, extra: &str) -> String {
+        let Listeners {
+            outbound,
+            admin,
+            inbound,
+        } = self;
+        let inbound = inbound
+            .as_ref()
+            .map_or_else(String::new, |(addr, section)| {
+                let keys = section.trim().trim_start_matches('{').trim_end_matches('}');
+                format!(", inbound: {{ bind: \"{addr}\", {keys} }}")
+            });
+        format!(
+            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
+        )
+    }
 }
 
 impl Drop for SidecarProcess {
