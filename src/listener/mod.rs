@@ -1,7 +1,7 @@
 //! What the two proxy listeners (outbound, inbound) share about serving
 //! HTTP to clients they do not trust: one server builder that applies
-//! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
-//! worker), the strict checks of each request head, the request body limit,
+//! `listeners.<name>.*` limits (head and write timeouts, keep-alive,
+//! connections per worker), the strict checks of each request head, the request body limit,
 //! and the open-files limit raised at start.
 
 mod body;
@@ -31,7 +31,7 @@ pub use body::{BodyError, LimitedPayload};
 pub use front::Front;
 pub use head::check_head;
 
-use stream::ClientStream;
+use stream::{ClientStream, ClientTimeouts};
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
@@ -71,6 +71,10 @@ where
         .max_concurrent_connections(limits.max_connections as usize);
     let stopping = builder.graceful_shutdown_signal();
     let (header_timeout, keep_alive) = (limits.client_header_timeout, limits.keep_alive);
+    let timeouts = ClientTimeouts {
+        header: header_timeout,
+        write: limits.client_write_timeout,
+    };
     let refused = front
         .metrics()
         .http_heads_refused
@@ -84,7 +88,7 @@ where
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
             let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone(), header_timeout);
+            let io = ClientStream::new(io, name, peer, refused.clone(), timeouts);
             std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
         });
         let http = HttpService::build()

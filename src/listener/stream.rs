@@ -1,7 +1,11 @@
 //! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP parser reads them, and whose later request heads get the same
+//! HTTP parser reads them, whose later request heads get the same
 //! `client_header_timeout` the parser gives the first one (it times only
-//! that: a client could otherwise trickle every later head forever).
+//! that: a client could otherwise trickle every later head forever), and
+//! which is closed when the client takes no byte of its answer for
+//! `client_write_timeout` (the parser has no write timeout: a client that
+//! stops reading would otherwise hold its connection and the answer's
+//! unsent bytes forever).
 
 use std::future::Future;
 use std::io;
@@ -29,18 +33,35 @@ pub struct ClientStream {
     /// The deadline of the later head under way; made on first use, then reset.
     deadline: Option<Pin<Box<Sleep>>>,
     timing: bool,
+    write_timeout: Duration,
+    /// The deadline of a write the client is not taking; made on first
+    /// use, then reset.
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether the last write waited on the client.
+    write_stalled: bool,
+}
+
+/// How long a client may take to send each request head and to take each
+/// byte of its answers.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// Each later request head, from its first byte.
+    pub header: Duration,
+    /// Each wait on a client that takes no answer bytes.
+    pub write: Duration,
 }
 
 impl ClientStream {
     /// Wraps a connection accepted by `listener` from `peer`; `refused`
     /// counts the heads poisoned on it; each later head must arrive within
-    /// `header_timeout` of its first byte.
+    /// `timeouts.header` of its first byte, and a write the client does not
+    /// take may wait `timeouts.write`.
     pub fn new(
         io: TcpStream,
         listener: &'static str,
         peer: Option<SocketAddr>,
         refused: IntCounter,
-        header_timeout: Duration,
+        timeouts: ClientTimeouts,
     ) -> ClientStream {
         ClientStream {
             io,
@@ -48,10 +69,52 @@ impl ClientStream {
             listener,
             peer,
             refused,
-            header_timeout,
+            header_timeout: timeouts.header,
             deadline: None,
             timing: false,
+            write_timeout: timeouts.write,
+            write_deadline: None,
+            write_stalled: false,
         }
+    }
+
+    /// Times the writes the client is not taking: a write that made
+    /// progress ends the wait, one that must wait starts it (or goes on
+    /// with it); an error once it has lasted `write_timeout`.
+    fn time_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if write.is_ready() {
+            self.write_stalled = false;
+            return write;
+        }
+        if !self.write_stalled {
+            self.write_stalled = true;
+            let at = Instant::now() + self.write_timeout;
+            match &mut self.write_deadline {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => self.write_deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let expired = self
+            .write_deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if !expired {
+            return Poll::Pending;
+        }
+        warn!(
+            "{} listener: {} took no answer bytes within client_write_timeout {}ms; connection closed",
+            self.listener,
+            self.peer(),
+            self.write_timeout.as_millis()
+        );
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "answer not taken within client_write_timeout",
+        )))
     }
 
     /// The address of the client at the other end, when it was known.
@@ -129,7 +192,9 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.time_write(cx, write)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -145,7 +210,9 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.time_write(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {
