@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::faults::{answer_body_start, Fault, FaultServer};
 use support::{
     client, eventually, get_text, listeners_with_inbound, metric, raw_header, sidecar_from,
     x_cache, RedisServer, SidecarProcess, TempDir, Upstream,
@@ -225,6 +226,33 @@ async fn a_paused_redis_delays_a_request_by_its_timeout_at_most_and_the_cache_re
         send(&sidecar, "GET", "/items", "ana").await == cache("HIT")
     })
     .await;
+}
+
+#[actix_web::test]
+async fn a_fill_whose_body_stalls_is_answered_504_within_the_app_timeout() {
+    let app = FaultServer::start(Fault::Stall {
+        after: answer_body_start() + 4,
+    })
+    .await;
+    let yaml = format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\", timeout: 1s }}
+inbound: {{ cache: {{}} }}",
+        app.endpoint()
+    );
+    let sidecar = sidecar_from(&yaml, &[]).await;
+    let addr = sidecar.inbound_addr().expect("inbound");
+    let started = Instant::now();
+    let response = client()
+        .get(format!("http://{addr}/stalls"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(response.status().as_u16(), 504);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
 }
 
 /// The sidecar binary caching for `app` with `cache` (the YAML flow
