@@ -392,8 +392,8 @@ impl Handler<Reload> for Reloader {
 }
 
 /// The listeners' client limits are fixed when their servers are built.
-const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, keep_alive, max_connections)";
-const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, keep_alive, max_connections)";
+const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_write_timeout, keep_alive, max_connections)";
+const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_write_timeout, keep_alive, max_connections)";
 
 /// `next` with every key that needs a restart set back to its running
 /// value, and the names of those keys that differed.

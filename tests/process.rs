@@ -380,9 +380,10 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
         ("LOG_LEVEL", "warn"),
         ("OUTRIGGER_API_KEYS", "ana:k-ana:user"),
     ];
+    let app_section = format!("app: \"http://{}\"", app.endpoint());
     let mut sidecar =
-        SidecarProcess::start_with_inbound(&services, &app.endpoint(), extra, &env, None).await;
-    let inbound = sidecar.inbound.clone().expect("an inbound listener").addr;
+        SidecarProcess::start_with_inbound(&services, &app_section, extra, &env, None).await;
+    let inbound = sidecar.inbound.expect("an inbound listener");
     let get =
         |path: &str, headers: &str| format!("GET {path} HTTP/1.1\r\nhost: pod\r\n{headers}\r\n");
     let elsewhere = Endpoint {
@@ -461,12 +462,12 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
         ("LOG_LEVEL", "warn"),
         ("OUTRIGGER_API_KEYS", "ana:k-ana:user"),
     ];
+    let app_section = format!("app: \"http://{}\"", app.endpoint());
     let dir = TempDir::new();
     let log = dir.path.join("stderr.log");
     let mut sidecar =
-        SidecarProcess::start_with_inbound(&services, &app.endpoint(), extra, &env, Some(&log))
-            .await;
-    let inbound = sidecar.inbound.clone().expect("an inbound listener").addr;
+        SidecarProcess::start_with_inbound(&services, &app_section, extra, &env, Some(&log)).await;
+    let inbound = sidecar.inbound.expect("an inbound listener");
     let calls = [
         (
             format!("http://{}/api/slow", sidecar.outbound),

@@ -62,6 +62,9 @@ pub struct CacheConfig {
     pub bypass: Vec<String>,
     /// Larger answers stream through uncached (default 1 MiB).
     pub max_entry_bytes: u32,
+    /// What the entries kept in process may take in all; the least recently
+    /// used make room (default 16 MiB). Redis bounds itself (`maxmemory`).
+    pub max_bytes: u64,
 }
 
 /// A time to live for one route.
@@ -717,11 +720,22 @@ fn read_cache(
             ttl: ttl?,
         })
     });
+    let max_entry_bytes: u32 = t.get("max_entry_bytes", problems).unwrap_or(1 << 20);
+    let max_bytes: u64 = t.get("max_bytes", problems).unwrap_or(16 << 20);
+    if u64::from(max_entry_bytes) > max_bytes {
+        problems.add(
+            &t.path_of("max_bytes"),
+            format!(
+                "must be at least max_entry_bytes ({max_entry_bytes}), got {max_bytes}: no answer could be kept"
+            ),
+        );
+    }
     CacheConfig {
         default_ttl,
         routes,
         bypass: t.list("bypass", problems).unwrap_or_default(),
-        max_entry_bytes: t.get("max_entry_bytes", problems).unwrap_or(1 << 20),
+        max_entry_bytes,
+        max_bytes,
     }
 }
 
@@ -860,6 +874,22 @@ inbound: { trusted_proxies: [10.0.0.1, \"::1\", ingress.local] }";
         assert_eq!(
             load(text, &[]).unwrap_err(),
             vec!["inbound.trusted_proxies: \"ingress.local\" is not an IP address"]
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded_in_bytes_and_an_entry_must_fit_the_bound() {
+        let config = load(&format!("{LISTENER}inbound: {{ cache: {{}} }}"), &[]).expect("valid");
+        let cache = config.inbound.and_then(|i| i.cache).expect("cache");
+        assert_eq!(
+            (cache.max_entry_bytes, cache.max_bytes),
+            (1 << 20, 16 << 20)
+        );
+        let text =
+            format!("{LISTENER}inbound: {{ cache: {{ max_entry_bytes: 2048, max_bytes: 1024 }} }}");
+        assert_eq!(
+            load(&text, &[]).unwrap_err(),
+            vec!["inbound.cache.max_bytes: must be at least max_entry_bytes (2048), got 1024: no answer could be kept"]
         );
     }
 

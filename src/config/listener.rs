@@ -1,7 +1,8 @@
 //! What every proxy listener (outbound, inbound) bounds for each client:
 //! request head and body sizes, how long a client may take to send its head
-//! or pause in its body, how long an idle connection is kept, and how many
-//! connections a worker holds. Read from the listener's own section (`listeners.<name>.*`).
+//! or pause in its body, how long it may leave its answer untaken, how
+//! long an idle connection is kept, and how many connections a worker
+//! holds. Read from the listener's own section (`listeners.<name>.*`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -39,6 +40,11 @@ pub struct ListenerLimits {
     /// gets 408 and the replica is not blamed (default 10s).
     #[serde(serialize_with = "as_duration")]
     pub client_body_timeout: Duration,
+    /// How long a client may take no byte of its answer while the sidecar
+    /// has some to send, else the connection is closed (default 30s). Each
+    /// byte taken restarts it: a slow reader that keeps reading is never cut.
+    #[serde(serialize_with = "as_duration")]
+    pub client_write_timeout: Duration,
     /// How long an idle keep-alive connection is kept between requests
     /// (default 5s; 0s closes each connection after its answer).
     #[serde(serialize_with = "as_duration")]
@@ -55,6 +61,7 @@ impl Default for ListenerLimits {
             max_body_bytes: None,
             client_header_timeout: Duration::from_secs(10),
             client_body_timeout: Duration::from_secs(10),
+            client_write_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_connections: 10_000,
         }
@@ -75,6 +82,9 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
         client_body_timeout: t
             .get("client_body_timeout", problems)
             .unwrap_or(base.client_body_timeout),
+        client_write_timeout: t
+            .get("client_write_timeout", problems)
+            .unwrap_or(base.client_write_timeout),
         keep_alive: t.get("keep_alive", problems).unwrap_or(base.keep_alive),
         max_connections: t
             .get("max_connections", problems)
@@ -103,6 +113,11 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
     positive(
         limits.client_body_timeout,
         &t.path_of("client_body_timeout"),
+        problems,
+    );
+    positive(
+        limits.client_write_timeout,
+        &t.path_of("client_write_timeout"),
         problems,
     );
     if limits.max_connections == 0 {
@@ -147,6 +162,7 @@ mod tests {
     max_header_bytes: 16384
     client_header_timeout: 3s
     client_body_timeout: 2s
+    client_write_timeout: 2m
     max_connections: 500
 ",
             &[],
@@ -161,6 +177,8 @@ mod tests {
         assert_eq!(inbound.client_header_timeout, Duration::from_secs(3));
         assert_eq!(inbound.client_body_timeout, Duration::from_secs(2));
         assert_eq!(outbound.client_body_timeout, Duration::from_secs(10));
+        assert_eq!(inbound.client_write_timeout, Duration::from_secs(120));
+        assert_eq!(outbound.client_write_timeout, Duration::from_secs(30));
         assert_eq!(inbound.max_connections, 500);
         assert_eq!(inbound.max_body_bytes, None);
     }
@@ -170,7 +188,7 @@ mod tests {
         let errors = load(
             "listeners:
   outbound: { max_header_bytes: 200000, max_body_bytes: 0, client_header_timeout: 0s, client_body_timeout: 0s }
-  inbound: { app: \"http://127.0.0.1:8080\", max_connections: 0, keep_alive: forever, max_body_bytes: lots }
+  inbound: { app: \"http://127.0.0.1:8080\", max_connections: 0, keep_alive: forever, max_body_bytes: lots, client_write_timeout: 0s }
   admin: { bind: here }
 ",
             &[],
@@ -186,6 +204,7 @@ mod tests {
                 "listeners.admin.bind: expected an address like \"0.0.0.0:15090\", got \"here\"",
                 "listeners.inbound.max_body_bytes: expected a whole number, got \"lots\"",
                 "listeners.inbound.keep_alive: expected a duration like \"30s\", got \"forever\"",
+                "listeners.inbound.client_write_timeout: must be longer than 0s",
                 "listeners.inbound.max_connections: must be at least 1",
             ]
         );

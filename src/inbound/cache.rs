@@ -4,15 +4,20 @@
 //! entry is per user (the cache key holds the caller's identity) and per the
 //! request headers the answer's `Vary` names. Concurrent misses for one key
 //! wait for the first to fill it. A store that cannot be asked (Redis down)
-//! means `X-Cache: BYPASS`, never a failed request.
+//! means `X-Cache: BYPASS`, never a failed request. In process the entries
+//! take at most `max_bytes`; an entry's bytes are shared by every answer
+//! served from it, never copied per reader.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::web::Bytes;
+use actix_web::web::{BufMut, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use log::{debug, warn};
 use prometheus::IntCounter;
@@ -27,6 +32,17 @@ use crate::store::{key, Store};
 
 /// How long a miss waits for another request's fill of the same key.
 const FILL_WAIT: Duration = Duration::from_secs(5);
+
+/// The most an entry's head (status, headers, `Vary` values) may take on
+/// top of its body's `max_entry_bytes`; an answer with a larger head is
+/// not kept.
+const HEAD_ROOM: usize = 64 * 1024;
+
+/// The slices a cached body is handed to the connection in: each
+/// connection copies a slice into its write buffer only as the client
+/// takes the one before, so a slow reader holds this much, not a copy of
+/// the whole answer.
+const BODY_SLICE: usize = 16 * 1024;
 
 /// The header that says how an answer was served.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -84,6 +100,7 @@ struct Entry {
 impl Cache {
     /// A cache for `config` in `store`, counted in `metrics`.
     pub fn new(config: CacheConfig, store: Arc<dyn Store>, metrics: &Metrics) -> Self {
+        store.bound_values(usize::try_from(config.max_bytes).unwrap_or(usize::MAX));
         Cache {
             config,
             store,
@@ -166,13 +183,15 @@ impl Cache {
         }
     }
 
-    /// Answers a miss with the app's `response`, storing it when it may be kept.
+    /// Answers a miss with the app's `response`, storing it when it may be
+    /// kept; its body must arrive within `deadline` (the app's `timeout`).
     pub async fn complete<G: crate::forward::StreamGuard>(
         &self,
         fill: Fill,
         response: UpstreamResponse,
         guard: G,
         request: &HeaderMap,
+        deadline: Duration,
     ) -> HttpResponse {
         self.misses.inc();
         let Some((ttl, vary_names)) = self.storable(&response, fill.ttl) else {
@@ -184,12 +203,20 @@ impl Cache {
         };
         let mut response = response;
         let status = response.status();
-        let body = match response.body(self.config.max_entry_bytes as usize).await {
-            Ok(body) => body,
-            Err(err) => {
+        let limit = self.config.max_entry_bytes as usize;
+        let body = match tokio::time::timeout(deadline, response.body(limit)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => {
                 debug!("cache: reading the body to store failed: {err}");
                 return crate::error::ProxyError::UpstreamReset(format!(
                     "the app's answer broke off: {err}"
+                ))
+                .response(Some("app"), "-");
+            }
+            Err(_) => {
+                return crate::error::ProxyError::Timeout(format!(
+                    "the app's answer body did not arrive within {}ms",
+                    deadline.as_millis()
                 ))
                 .response(Some("app"), "-");
             }
@@ -219,14 +246,23 @@ impl Cache {
             headers,
             vary,
         };
-        if let Ok(mut encoded) = serde_json::to_vec(&entry) {
-            encoded.push(b'\n');
-            encoded.extend_from_slice(&body);
-            if let Err(err) = self.store.set(&fill.key, encoded, ttl).await {
-                self.errors.inc();
-                warn!("cache: storing failed: {err}");
+        let body = match serde_json::to_vec(&entry) {
+            Ok(head) if head.len() < HEAD_ROOM => {
+                // One allocation holds the stored entry and the body this
+                // answer and every later hit serve.
+                let mut stored = BytesMut::with_capacity(head.len() + 1 + body.len());
+                stored.put_slice(&head);
+                stored.put_u8(b'\n');
+                stored.put_slice(&body);
+                let stored = stored.freeze();
+                if let Err(err) = self.store.set(&fill.key, stored.clone(), ttl).await {
+                    self.errors.inc();
+                    warn!("cache: storing failed: {err}");
+                }
+                stored.slice(head.len() + 1..)
             }
-        }
+            _ => body,
+        };
         drop(fill);
         let mut answer = build(&entry, body);
         answer
@@ -259,7 +295,13 @@ impl Cache {
         key: &str,
         request: &HeaderMap,
     ) -> Result<Option<(Entry, Bytes)>, String> {
-        let Some(stored) = self.store.get(key).await.map_err(|err| err.to_string())? else {
+        let longest = self.config.max_entry_bytes as usize + HEAD_ROOM;
+        let Some(stored) = self
+            .store
+            .get(key, longest)
+            .await
+            .map_err(|err| err.to_string())?
+        else {
             return Ok(None);
         };
         let split = stored
@@ -275,7 +317,7 @@ impl Cache {
                 .unwrap_or("")
                 == value
         });
-        Ok(matches.then(|| (entry, Bytes::copy_from_slice(&stored[split + 1..]))))
+        Ok(matches.then(|| (entry, stored.slice(split + 1..))))
     }
 
     /// The time to live and the `Vary` header names when `response` may be kept.
@@ -346,7 +388,29 @@ fn build(entry: &Entry, body: Bytes) -> HttpResponse {
             answer.append_header((name, value));
         }
     }
-    answer.body(body)
+    answer.body(SharedBody(body))
+}
+
+/// A cached body handed out in [`BODY_SLICE`] slices of the shared bytes.
+struct SharedBody(Bytes);
+
+impl MessageBody for SharedBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.0.len() as u64)
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let rest = &mut self.get_mut().0;
+        if rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(rest.split_to(BODY_SLICE.min(rest.len())))))
+    }
 }
 
 /// The query with its parameters in order, so `?a=1&b=2` and `?b=2&a=1` share an entry.
@@ -359,6 +423,24 @@ fn sorted_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_rt::test]
+    async fn a_cached_body_is_served_in_slices_of_the_shared_bytes() {
+        let shared = Bytes::from(vec![7u8; 2 * BODY_SLICE + 5]);
+        let mut body = SharedBody(shared.clone());
+        assert_eq!(body.size(), BodySize::Sized(shared.len() as u64));
+        let mut served = Vec::new();
+        while let Some(slice) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
+            served.push(slice.expect("infallible"));
+        }
+        let lengths: Vec<usize> = served.iter().map(Bytes::len).collect();
+        assert_eq!(lengths, [BODY_SLICE, BODY_SLICE, 5]);
+        assert_eq!(
+            served[1].as_ptr(),
+            shared[BODY_SLICE..].as_ptr(),
+            "not copied"
+        );
+    }
 
     #[test]
     fn query_order_does_not_split_entries() {

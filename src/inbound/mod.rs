@@ -277,7 +277,9 @@ async fn forward_to_app<G: forward::StreamGuard>(
             }
             match (fill, &gate.cache) {
                 (Some(fill), Some(cache)) => {
-                    cache.complete(fill, response, slot, req.headers()).await
+                    cache
+                        .complete(fill, response, slot, req.headers(), gate.timeout)
+                        .await
                 }
                 _ => forward::respond(response, slot),
             }

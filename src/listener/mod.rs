@@ -1,8 +1,9 @@
 //! What the two proxy listeners (outbound, inbound) share about serving
 //! HTTP to clients they do not trust: one server builder that applies
-//! `listeners.<name>.*` limits (head timeout, keep-alive, connections per
-//! worker), the strict checks of each request head, the one rule for
-//! request paths, the request body limit, how the listeners drain and stop,
+//! `listeners.<name>.*` limits (head, body and write timeouts, keep-alive,
+//! connections per worker), the strict checks of each request head, the one
+//! rule for request paths, the request body limit, how the listeners drain
+//! and stop,
 //! and the open-files limit raised at start.
 
 mod body;
@@ -87,6 +88,7 @@ where
         body: limits.client_body_timeout + CLIENT_DISCONNECT_TIMEOUT,
         linger: CLIENT_DISCONNECT_TIMEOUT,
         max_body_bytes: limits.max_body_bytes,
+        write: limits.client_write_timeout,
     };
     let refused = front
         .metrics()

@@ -2,8 +2,11 @@
 //! HTTP parser reads them, and which times what the parser does not: its
 //! later request heads get the same `client_header_timeout` the parser
 //! gives the first one (a client could otherwise trickle every later head
-//! forever), and a pause in a request body closes the connection after
-//! `client_body_timeout` even when no handler reads the body any more.
+//! forever), a pause in a request body closes the connection after
+//! `client_body_timeout` even when no handler reads the body any more, and
+//! a client that takes no byte of its answer for `client_write_timeout` is
+//! cut (the parser has no write timeout: a client that stops reading would
+//! otherwise hold its connection and the answer's unsent bytes forever).
 
 use std::cell::Cell;
 use std::io;
@@ -33,6 +36,8 @@ pub struct ClientStream {
     head: Pause,
     /// The client's pause in a request body.
     body: Pause,
+    /// A write the client is not taking.
+    write: Pause,
     /// A chunk-size line was refused: what the handler is told, and the
     /// parser reads nothing more (an end of stream, so the handler's answer
     /// still goes out).
@@ -71,6 +76,9 @@ pub struct Timeouts {
     pub linger: Duration,
     /// `max_body_bytes`: the most a chunked body may announce.
     pub max_body_bytes: Option<u64>,
+    /// `client_write_timeout`: each wait on a client that takes no byte of
+    /// its answer.
+    pub write: Duration,
 }
 
 impl ClientStream {
@@ -93,6 +101,7 @@ impl ClientStream {
             timeouts,
             head: Pause::default(),
             body: Pause::default(),
+            write: Pause::default(),
             refused_chunk: ChunkVerdict::default(),
             shut: false,
             linger: Pause::default(),
@@ -156,6 +165,34 @@ impl ClientStream {
             format!("did not {what}"),
         ))
     }
+
+    /// Times the writes the client is not taking: a write that made
+    /// progress ends the wait, one that must wait starts it (or goes on
+    /// with it); an error once it has lasted `client_write_timeout`.
+    fn time_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if write.is_ready() {
+            self.write.stop();
+            return write;
+        }
+        self.write.start(self.timeouts.write);
+        if !self.write.passed(cx) {
+            return Poll::Pending;
+        }
+        warn!(
+            "{} listener: {} took no answer bytes within client_write_timeout {}ms; connection closed",
+            self.listener,
+            self.peer(),
+            self.timeouts.write.as_millis()
+        );
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "answer not taken within client_write_timeout",
+        )))
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -200,7 +237,9 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.time_write(cx, write)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -236,7 +275,9 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let write = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.time_write(cx, write)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,17 +1,24 @@
-//! The in-process store: bounded maps with expiry, for a pod without Redis
-//! (and the fallback limiter while Redis is down).
+//! The in-process store: maps bounded in entries (and the cached values in
+//! bytes) whose entries expire, for a pod without Redis (and the fallback
+//! limiter while Redis is down). A full map makes room from its least
+//! recently used entry in constant time, and expired entries are swept a
+//! few at a time on every call (see [`Bounded`]); making room logs nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::warn;
+use actix_web::web::Bytes;
 
+use super::bounded::Bounded;
 use super::{key, Store, StoreError, StoreFuture, WindowCount};
 
-/// Entries kept per map at most; past it expired entries are swept, then
-/// the oldest make room.
+/// Entries kept per map at most.
 const CAPACITY: usize = 100_000;
+
+/// What a cached value costs beyond its key and its bytes: the slot, the
+/// index entry and the allocations' headers, roughly.
+const VALUE_OVERHEAD: usize = 128;
 
 /// A window's log coalesces its hits into buckets this fraction of the
 /// window wide, so a key's memory is bounded whatever its limit (a high
@@ -29,43 +36,31 @@ struct HitLog {
     total: u64,
 }
 
-/// When a usage record expires, and its attempts per endpoint.
-type UsageRecord = (Instant, HashMap<String, u64>);
-
-/// Revocations, windows and usage kept in this process only.
-#[derive(Debug, Default)]
+/// Revocations, windows and usage kept in this process only, each map
+/// bounded to [`CAPACITY`] entries; cached values also to the bytes the
+/// cache sets with [`Store::bound_values`] (none are kept before it does).
 pub struct MemoryStore {
-    revoked: Mutex<HashMap<String, Instant>>,
-    windows: Mutex<HashMap<String, HitLog>>,
-    usage: Mutex<HashMap<String, UsageRecord>>,
-    values: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
+    revoked: Mutex<Bounded<()>>,
+    windows: Mutex<Bounded<HitLog>>,
+    usage: Mutex<Bounded<HashMap<String, u64>>>,
+    values: Mutex<Bounded<Bytes>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            revoked: Mutex::new(Bounded::new(CAPACITY, usize::MAX)),
+            windows: Mutex::new(Bounded::new(CAPACITY, usize::MAX)),
+            usage: Mutex::new(Bounded::new(CAPACITY, usize::MAX)),
+            values: Mutex::new(Bounded::new(CAPACITY, 0)),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
     mutex
         .lock()
         .map_err(|_| StoreError("the in-process store is poisoned".to_string()))
-}
-
-/// Makes room in `map` when it is full: expired entries first, then the one
-/// `expiry` says ends soonest.
-fn make_room<V>(map: &mut HashMap<String, V>, now: Instant, expiry: impl Fn(&V) -> Instant) {
-    if map.len() < CAPACITY {
-        return;
-    }
-    map.retain(|_, value| expiry(value) > now);
-    if map.len() >= CAPACITY {
-        let soonest = map
-            .iter()
-            .min_by_key(|(_, v)| expiry(v))
-            .map(|(k, _)| k.clone());
-        if let Some(soonest) = soonest {
-            warn!(
-                "in-process store full ({CAPACITY} entries): dropping the entry that ends soonest"
-            );
-            map.remove(&soonest);
-        }
-    }
 }
 
 impl MemoryStore {
@@ -75,17 +70,12 @@ impl MemoryStore {
     }
 
     fn insert_revoked(&self, id: &str, ttl: Duration, now: Instant) -> Result<(), StoreError> {
-        let mut revoked = lock(&self.revoked)?;
-        make_room(&mut revoked, now, |until| *until);
-        revoked.insert(key("revoked", id), now + ttl);
+        lock(&self.revoked)?.insert(&key("revoked", id), (), now + ttl, 1, now);
         Ok(())
     }
 
     fn revoked_at(&self, id: &str, now: Instant) -> Result<bool, StoreError> {
-        let revoked = lock(&self.revoked)?;
-        Ok(revoked
-            .get(&key("revoked", id))
-            .is_some_and(|until| *until > now))
+        Ok(lock(&self.revoked)?.get(&key("revoked", id), now).is_some())
     }
 
     /// Sliding log of the admitted requests within the window, in buckets
@@ -98,12 +88,12 @@ impl MemoryStore {
         now: Instant,
     ) -> Result<WindowCount, StoreError> {
         let mut windows = lock(&self.windows)?;
-        make_room(&mut windows, now, |log| {
-            log.buckets
-                .back()
-                .map_or(now, |(_, last, _)| *last + window)
-        });
-        let log = windows.entry(key.to_string()).or_default();
+        let Some(item) = windows.entry(key, now, 1, HitLog::default) else {
+            return Err(StoreError(
+                "the in-process windows keep nothing".to_string(),
+            ));
+        };
+        let log = item.value;
         while let Some(&(_, last, hits)) = log.buckets.front() {
             if now.duration_since(last) < window {
                 break;
@@ -126,6 +116,10 @@ impl MemoryStore {
         let reset_after = log.buckets.front().map_or(window, |(_, last, _)| {
             (*last + window).saturating_duration_since(now)
         });
+        *item.until = log
+            .buckets
+            .back()
+            .map_or(now, |(_, last, _)| *last + window);
         Ok(WindowCount {
             allowed,
             count: u32::try_from(log.total).unwrap_or(u32::MAX),
@@ -141,26 +135,18 @@ impl MemoryStore {
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut usage = lock(&self.usage)?;
-        make_room(&mut usage, now, |(until, _)| *until);
-        let record = usage
-            .entry(key.to_string())
-            .or_insert_with(|| (now + window, HashMap::new()));
-        if record.0 <= now {
-            record.1.clear();
+        if let Some(record) = usage.entry(key, now, 1, HashMap::new) {
+            *record.value.entry(endpoint.to_string()).or_default() += 1;
+            *record.until = now + window;
         }
-        record.0 = now + window;
-        *record.1.entry(endpoint.to_string()).or_default() += 1;
         Ok(())
     }
 
     fn usage_at(&self, key: &str, now: Instant) -> Result<Vec<(String, u64)>, StoreError> {
-        let usage = lock(&self.usage)?;
-        let mut counts: Vec<(String, u64)> = match usage.get(key) {
-            Some((until, counts)) if *until > now => {
-                counts.iter().map(|(k, v)| (k.clone(), *v)).collect()
-            }
-            _ => Vec::new(),
-        };
+        let mut counts: Vec<(String, u64)> = lock(&self.usage)?
+            .get(key, now)
+            .map(|counts| counts.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
         counts.sort();
         Ok(counts)
     }
@@ -201,22 +187,26 @@ impl Store for MemoryStore {
         ready(self.usage_at(key, Instant::now()))
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Bytes>> {
         let now = Instant::now();
-        ready(lock(&self.values).map(|values| {
+        ready(lock(&self.values).map(|mut values| {
             values
-                .get(key)
-                .filter(|(until, _)| *until > now)
-                .map(|(_, value)| value.clone())
+                .get(key, now)
+                .filter(|value| value.len() <= max_len)
+                .cloned()
         }))
     }
 
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()> {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         let now = Instant::now();
-        ready(lock(&self.values).map(|mut values| {
-            make_room(&mut values, now, |(until, _)| *until);
-            values.insert(key.to_string(), (now + ttl, value));
-        }))
+        let bytes = key.len() + value.len() + VALUE_OVERHEAD;
+        ready(lock(&self.values).map(|mut values| values.insert(key, value, now + ttl, bytes, now)))
+    }
+
+    fn bound_values(&self, max_bytes: usize) {
+        if let Ok(mut values) = self.values.lock() {
+            values.set_max_bytes(max_bytes);
+        }
     }
 
     fn kind(&self) -> &'static str {
@@ -245,17 +235,94 @@ mod tests {
     #[actix_rt::test]
     async fn values_expire_with_their_ttl() {
         let store = MemoryStore::new();
+        store.bound_values(1 << 20);
+        let value = Bytes::from_static(b"v");
         store
-            .set("k", b"v".to_vec(), Duration::from_millis(30))
+            .set("k", value.clone(), Duration::from_millis(30))
             .await
             .expect("set");
-        assert_eq!(store.get("k").await.expect("get"), Some(b"v".to_vec()));
-        assert_eq!(store.get("other").await.expect("get"), None);
+        assert_eq!(store.get("k", 1).await.expect("get"), Some(value));
+        assert_eq!(store.get("k", 0).await.expect("get"), None, "over max_len");
+        assert_eq!(store.get("other", 1).await.expect("get"), None);
         let deadline = Instant::now() + secs(5);
-        while store.get("k").await.expect("get").is_some() {
+        while store.get("k", 1).await.expect("get").is_some() {
             assert!(Instant::now() < deadline, "the value never expired");
             actix_rt::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[actix_rt::test]
+    async fn values_are_bounded_in_bytes_and_shared_not_copied() {
+        let store = MemoryStore::new();
+        let value = Bytes::from(vec![b'x'; 1000]);
+        store
+            .set("none", value.clone(), secs(60))
+            .await
+            .expect("set");
+        assert_eq!(
+            store.get("none", 1000).await.expect("get"),
+            None,
+            "nothing is kept before the cache bounds the values"
+        );
+        store.bound_values(10 * (1000 + VALUE_OVERHEAD + 2));
+        for n in 0..100 {
+            store
+                .set(&format!("k{n}"), value.clone(), secs(60))
+                .await
+                .expect("set");
+        }
+        let kept = lock(&store.values).expect("lock").bytes();
+        assert!(
+            kept <= 10 * (1000 + VALUE_OVERHEAD + 2),
+            "{kept} bytes kept"
+        );
+        let newest = store.get("k99", 1000).await.expect("get").expect("kept");
+        assert_eq!(newest.as_ptr(), value.as_ptr(), "the same bytes, shared");
+        assert_eq!(store.get("k0", 1000).await.expect("get"), None, "made room");
+    }
+
+    /// Counts the warnings logged by this module.
+    struct WarningCounter(std::sync::atomic::AtomicUsize);
+
+    impl log::Log for WarningCounter {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.target().starts_with("outrigger::store")
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) && record.level() <= log::Level::Warn {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn making_room_in_a_full_map_logs_nothing() {
+        static WARNINGS: WarningCounter = WarningCounter(std::sync::atomic::AtomicUsize::new(0));
+        log::set_logger(&WARNINGS).expect("no other logger in the unit tests");
+        log::set_max_level(log::LevelFilter::Warn);
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        for n in 0..CAPACITY + 1_000 {
+            store
+                .insert_revoked(&n.to_string(), secs(60), t0)
+                .expect("insert");
+        }
+        assert_eq!(
+            WARNINGS.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "warnings logged while making room"
+        );
+        assert_eq!(lock(&store.revoked).expect("lock").len(), CAPACITY);
+        assert!(store
+            .revoked_at(&(CAPACITY + 999).to_string(), t0)
+            .expect("read"));
+        assert!(
+            !store.revoked_at("0", t0).expect("read"),
+            "the oldest made room"
+        );
     }
 
     #[test]
@@ -288,7 +355,11 @@ mod tests {
             let count = store.hit_at("k", 100_000, window, at).expect("hit");
             assert!(count.allowed, "hit {n}");
         }
-        let buckets = lock(&store.windows).expect("lock")["k"].buckets.len();
+        let last = t0 + Duration::from_micros(99_999 * 600);
+        let buckets = lock(&store.windows)
+            .expect("lock")
+            .get("k", last)
+            .map_or(0, |log| log.buckets.len());
         assert!(buckets <= 65, "{buckets} buckets for one key");
         let full = store.hit_at(
             "k",

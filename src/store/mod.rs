@@ -2,6 +2,7 @@
 //! otherwise. Keys are namespaced `outrigger:<feature>:` and built from a
 //! hash of user input, never the input itself.
 
+mod bounded;
 mod memory;
 mod redis;
 
@@ -10,6 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use sha2::{Digest, Sha256};
 
 pub use memory::MemoryStore;
@@ -54,10 +56,15 @@ pub trait Store: Send + Sync {
     ) -> StoreFuture<'a, ()>;
     /// The usage record `key`: attempts per endpoint.
     fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>>;
-    /// The value under `key`, if present and not expired.
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// The value under `key`, if present, not expired and at most
+    /// `max_len` bytes long (a longer one is never read whole).
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Bytes>>;
     /// Stores `value` under `key` for `ttl`.
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()>;
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()>;
+    /// Bounds the bytes the values kept in this process may take, making
+    /// room at once when they take more. Redis bounds itself (its
+    /// `maxmemory`), so there it does nothing.
+    fn bound_values(&self, max_bytes: usize);
     /// `memory` or `redis`, for logs.
     fn kind(&self) -> &'static str;
 }

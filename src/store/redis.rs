@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use actix_web::web::Bytes;
 use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use log::warn;
@@ -249,22 +250,31 @@ impl Store for RedisStore {
         }))
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+    /// Reads at most `max_len + 1` bytes (`GETRANGE`), so a value longer
+    /// than the caller takes (another sidecar's, or planted) is never read
+    /// whole; it counts as absent. A missing key reads as empty.
+    fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(self.call("cache_get", async move {
             let mut connection = self.pool.get().await.map_err(redis_error)?;
-            connection.get(key).await.map_err(redis_error)
+            let value: Vec<u8> = connection
+                .getrange(key, 0, max_len as isize)
+                .await
+                .map_err(redis_error)?;
+            Ok((!value.is_empty() && value.len() <= max_len).then(|| Bytes::from(value)))
         }))
     }
 
-    fn set<'a>(&'a self, key: &'a str, value: Vec<u8>, ttl: Duration) -> StoreFuture<'a, ()> {
+    fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.call("cache_set", async move {
             let mut connection = self.pool.get().await.map_err(redis_error)?;
             connection
-                .set_ex::<_, _, ()>(key, value, ttl_seconds(ttl))
+                .set_ex::<_, _, ()>(key, value.as_ref(), ttl_seconds(ttl))
                 .await
                 .map_err(redis_error)
         }))
     }
+
+    fn bound_values(&self, _max_bytes: usize) {}
 
     fn kind(&self) -> &'static str {
         "redis"

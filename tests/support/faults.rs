@@ -37,6 +37,9 @@ pub enum Fault {
     /// Sends the first `after` bytes of [`ANSWER`], then resets the
     /// connection (SO_LINGER 0, so the peer gets an RST, not a FIN).
     Reset { after: usize },
+    /// Sends the first `after` bytes of [`ANSWER`], then nothing more; the
+    /// connection stays open until the peer closes it or the server stops.
+    Stall { after: usize },
     /// Sends these bytes as the answer, then closes the connection.
     Raw(&'static [u8]),
     /// Answers the first request on each connection with [`ANSWER`] and
@@ -51,6 +54,7 @@ impl std::fmt::Debug for Fault {
             Fault::Silent => write!(f, "silent"),
             Fault::Trickle(gap) => write!(f, "a byte every {gap:?}"),
             Fault::Reset { after } => write!(f, "reset after {after} bytes"),
+            Fault::Stall { after } => write!(f, "stall after {after} bytes"),
             Fault::Raw(bytes) => write!(f, "{:?}", String::from_utf8_lossy(bytes)),
             Fault::OneAnswerPerConnection => write!(f, "one answer per connection"),
         }
@@ -156,15 +160,24 @@ impl Drop for OpenGuard {
     }
 }
 
+/// Waits for the peer to give up; whatever it sends is ignored.
+async fn wait_for_close(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
 async fn serve(mut stream: TcpStream, fault: Fault, requests: &AtomicUsize) {
     let mut answered = false;
     while read_request(&mut stream).await {
         requests.fetch_add(1, Ordering::SeqCst);
         match fault {
             Fault::Silent => {
-                // Wait for the peer to give up; whatever it sends is ignored.
-                let mut sink = [0u8; 1024];
-                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                wait_for_close(&mut stream).await;
+                return;
+            }
+            Fault::Stall { after } => {
+                let _ = stream.write_all(&ANSWER[..after.min(ANSWER.len())]).await;
+                wait_for_close(&mut stream).await;
                 return;
             }
             Fault::Trickle(gap) => {

@@ -508,19 +508,11 @@ pub struct SidecarProcess {
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
     /// The inbound listener, when it was started with one.
-    pub inbound: Option<InboundListener>,
+    pub inbound: Option<SocketAddr>,
     /// The config file it runs from.
     pub config: std::path::PathBuf,
+    listeners: Listeners,
     _dir: TempDir,
-}
-
-/// The inbound listener of a [`SidecarProcess`]: where it listens and the
-/// app it fronts.
-#[derive(Clone)]
-pub struct InboundListener {
-    pub addr: SocketAddr,
-    /// `host:port` of the app.
-    pub app: String,
 }
 
 impl SidecarProcess {
@@ -538,38 +530,39 @@ impl SidecarProcess {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
-        SidecarProcess::launch(services, extra, env, stderr, None).await
+        SidecarProcess::launch(services, None, extra, env, stderr).await
     }
 
-    /// Like [`SidecarProcess::start_with`], with the inbound listener in
-    /// front of the app at `app` (`host:port`); `extra` holds the
-    /// `inbound:` section.
+    /// Like [`SidecarProcess::start_with`], with the inbound listener on a
+    /// free port, at [`SidecarProcess::inbound`]; `inbound` holds its
+    /// section's keys less `bind`, as `app: "http://127.0.0.1:8080"`.
     pub async fn start_with_inbound(
         services: &str,
-        app: &str,
+        inbound: &str,
         extra: &str,
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
-        let inbound = InboundListener {
-            addr: loopback_port(),
-            app: app.to_string(),
-        };
-        SidecarProcess::launch(services, extra, env, stderr, Some(inbound)).await
+        SidecarProcess::launch(services, Some(inbound), extra, env, stderr).await
     }
 
     async fn launch(
         services: &str,
+        inbound: Option<&str>,
         extra: &str,
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
-        inbound: Option<InboundListener>,
     ) -> SidecarProcess {
+        let inbound = inbound.map(|section| (loopback_port(), section.to_string()));
         let (outbound, admin) = (loopback_port(), loopback_port());
         let dir = TempDir::new();
         let config = dir.path.join("sidecar.yaml");
-        let text = process_config(outbound, admin, inbound.as_ref(), services, extra);
-        std::fs::write(&config, text).expect("write config");
+        let listeners = Listeners {
+            outbound,
+            admin,
+            inbound: inbound.clone(),
+        };
+        std::fs::write(&config, listeners.config(services, extra)).expect("write config");
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"));
         command
             .args(["run", "--config"])
@@ -583,7 +576,8 @@ impl SidecarProcess {
             child,
             outbound,
             admin,
-            inbound,
+            inbound: inbound.map(|(addr, _)| addr),
+            listeners,
             config,
             _dir: dir,
         };
@@ -626,14 +620,7 @@ impl SidecarProcess {
 
     /// Rewrites its config file (same listeners) with `services` and `extra`.
     pub fn rewrite_config(&self, services: &str, extra: &str) {
-        let text = process_config(
-            self.outbound,
-            self.admin,
-            self.inbound.as_ref(),
-            services,
-            extra,
-        );
-        swap_in(&self.config, &text);
+        swap_in(&self.config, &self.listeners.config(services, extra));
     }
 
     /// Sends SIGTERM.
@@ -647,22 +634,31 @@ impl SidecarProcess {
     }
 }
 
-fn process_config(
+/// Where a [`SidecarProcess`] listens, and its inbound section's other keys.
+struct Listeners {
     outbound: SocketAddr,
     admin: SocketAddr,
-    inbound: Option<&InboundListener>,
-    services: &str,
-    extra: &str,
-) -> String {
-    let inbound = inbound.map_or_else(String::new, |inbound| {
+    inbound: Option<(SocketAddr, String)>,
+}
+
+impl Listeners {
+    /// A whole config file with these listeners, `extra` and `services`.
+    fn config(&self, services: &str, extra: &str) -> String {
+        let Listeners {
+            outbound,
+            admin,
+            inbound,
+        } = self;
+        let inbound = inbound
+            .as_ref()
+            .map_or_else(String::new, |(addr, section)| {
+                let keys = section.trim().trim_start_matches('{').trim_end_matches('}');
+                format!(", inbound: {{ bind: \"{addr}\", {keys} }}")
+            });
         format!(
-            ", inbound: {{ bind: \"{}\", app: \"http://{}\" }}",
-            inbound.addr, inbound.app
+            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
         )
-    });
-    format!(
-        "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
-    )
+    }
 }
 
 /// A loopback address nothing listens on (see [`closed_port`]).
