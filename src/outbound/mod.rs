@@ -18,7 +18,6 @@ use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
-use rand::Rng;
 
 pub use retry::RetryBudget;
 pub use route::{resolve, Route};
@@ -264,10 +263,9 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
             return attempt.into_response(slot, name, request_id);
         }
-        let spread = rand::rng().random_range(-1.0..=1.0);
         let delay = attempt
             .retry_after(retry.max_delay)
-            .unwrap_or_else(|| retry::backoff(tries, retry, spread));
+            .unwrap_or_else(|| retry::backoff(tries, retry, &mut rand::rng()));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
             return attempt.into_response(slot, name, request_id);

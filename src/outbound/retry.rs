@@ -7,8 +7,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
+use log::warn;
+use rand::Rng;
 
 use crate::config::{RetryConfig, RetryOn};
+use crate::core::backoff::Backoff;
 use crate::replica::{Answer, UpstreamError};
 
 /// Whether `method` may be retried under `config` (idempotent methods always;
@@ -31,15 +34,17 @@ pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
 }
 
 /// The wait before try number `retry` + 1 (`retry` = 1 for the first retry):
-/// `min(base_delay * 2^(retry-1), max_delay)`, spread by `jitter`.
-/// `spread` is a sample in [-1, 1] (random in service, fixed in tests).
-pub fn backoff(retry: u32, config: &RetryConfig, spread: f64) -> Duration {
-    let doubling = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
-    let delay = config
-        .base_delay
-        .saturating_mul(doubling)
-        .min(config.max_delay);
-    delay.mul_f64((1.0 + config.jitter * spread.clamp(-1.0, 1.0)).max(0.0))
+/// `min(base_delay * 2^(retry-1), max_delay)`, spread by `jitter` with a
+/// sample from `rng`. Config validation refuses a `max_delay` shorter than
+/// `base_delay` and a jitter outside [0, 1]; should one get here anyway,
+/// the wait is `max_delay`, logged.
+pub fn backoff(retry: u32, config: &RetryConfig, rng: &mut impl Rng) -> Duration {
+    let backoff =
+        Backoff::new(config.base_delay, config.max_delay, config.jitter).unwrap_or_else(|err| {
+            warn!("retry: {err}; every retry waits max_delay");
+            Backoff::constant(config.max_delay)
+        });
+    backoff.sample(retry.saturating_sub(1), rng)
 }
 
 /// The wait an upstream asked for with `Retry-After: <seconds>`, capped at `max`.
@@ -148,6 +153,9 @@ impl RetryBudget {
 
 #[cfg(test)]
 mod tests {
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
     use super::*;
     use crate::config::Policy;
 
@@ -165,7 +173,8 @@ mod tests {
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap() {
         let config = config();
-        let delays: Vec<Duration> = (1..=8).map(|n| backoff(n, &config, 0.0)).collect();
+        let rng = &mut SmallRng::seed_from_u64(7);
+        let delays: Vec<Duration> = (1..=8).map(|n| backoff(n, &config, rng)).collect();
         assert_eq!(
             delays,
             vec![
@@ -180,7 +189,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            backoff(200, &config, 0.0),
+            backoff(200, &config, rng),
             ms(2000),
             "huge retry numbers stay at the cap"
         );
@@ -192,14 +201,24 @@ mod tests {
             jitter: 0.25,
             ..config()
         };
-        assert_eq!(backoff(1, &config, -1.0), Duration::from_micros(37_500));
-        assert_eq!(backoff(1, &config, 1.0), Duration::from_micros(62_500));
-        assert_eq!(backoff(3, &config, 0.5), ms(225));
-        assert_eq!(
-            backoff(1, &config, 7.0),
-            Duration::from_micros(62_500),
-            "samples are clamped"
-        );
+        let rng = &mut SmallRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let delay = backoff(3, &config, rng);
+            assert!(delay >= ms(150) && delay <= ms(250), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn a_backoff_config_validation_should_have_refused_waits_max_delay() {
+        let config = RetryConfig {
+            base_delay: ms(3000),
+            jitter: 0.25,
+            ..config()
+        };
+        let rng = &mut SmallRng::seed_from_u64(7);
+        for retry in [1, 2, 8] {
+            assert_eq!(backoff(retry, &config, rng), ms(2000));
+        }
     }
 
     #[test]
