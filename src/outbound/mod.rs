@@ -19,18 +19,18 @@ use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
 
-pub use retry::RetryBudget;
 pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
+use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
 use crate::listener::{self, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
+use crate::replica::{Answer, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, LiveServices, Service, Settings};
 
 /// The `listener` label of this listener's metrics and log lines.

@@ -6,8 +6,6 @@
 //! status and report each outcome with `do_send`.
 
 mod batch;
-mod breaker;
-mod load;
 mod status;
 
 use std::sync::Arc;
@@ -20,14 +18,17 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 pub use batch::OUTCOME_BATCH;
-pub use breaker::{
-    BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker, Transition,
-};
-pub use load::Ewma;
 pub use status::{now_millis, Admission, ReplicaStatus};
+// The breaker's types appear in this module's public API, and
+// benches/breaker.rs drives the state machine as the actor does.
+pub use crate::core::breaker::{
+    BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker,
+};
 
 use crate::config::{BreakerConfig, Policy};
 use crate::core::backoff::Backoff;
+use crate::core::breaker::Transition;
+use crate::core::ewma::Ewma;
 use crate::metrics::{Metrics, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use super::{key, ttl_seconds, Store, StoreError, StoreFuture, WindowCount};
 use crate::config::RedisConfig;
 use crate::core::backoff::Backoff;
-use crate::replica::{BreakerParams, BreakerState, CallResult, CircuitBreaker};
+use crate::core::breaker::{BreakerParams, BreakerState, CallResult, CircuitBreaker};
 
 /// The sliding window as one atomic script: drop what left the window,
 /// admit if there is room, and say how many are in it and when the oldest

@@ -1,4 +1,4 @@
-//! The circuit breaker of one replica, as a plain state machine.
+//! The circuit breaker of one replica (or of Redis), as a plain state machine.
 //!
 //! Closed: calls flow; `failure_threshold` failures within `window` open it.
 //! Open: calls are refused until the cooldown ends; the cooldown is a
@@ -96,7 +96,7 @@ pub struct BreakerParams {
     pub cooldown: Backoff,
 }
 
-/// The breaker state machine of one replica.
+/// The breaker state machine of one replica (or of Redis).
 #[derive(Debug)]
 pub struct CircuitBreaker {
     params: BreakerParams,
