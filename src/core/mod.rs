@@ -6,7 +6,10 @@
 //! from the config at the boundary by its user (`replica::breaker_params`,
 //! `outbound::retry::backoff`), and any randomness it needs is passed in
 //! (an `impl Rng` or an owned `SmallRng`), never drawn from `rand::rng()`
-//! here, so every block is tested exactly.
+//! here, so every block is tested exactly. `tests/layers.rs` reads every
+//! file under `src/core/` and fails on a path out of it (`crate::` other
+//! than `crate::core::`, `super::super`, another dependency) or a random
+//! draw of its own.
 //!
 //! - [`backoff`]: a wait doubling from a base up to a cap, spread by jitter
 //!   (retries between tries, breakers before probing).
