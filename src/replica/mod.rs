@@ -216,9 +216,10 @@ pub fn lease_forced(endpoint: &Arc<Endpoint>, now: u64, interval: Duration) -> O
 }
 
 /// The breaker parameters a `circuit_breaker` config asks for, cooldowns
-/// spread by a tenth either way so replicas do not probe in step. Config validation refuses a `max_cooldown`
-/// shorter than `cooldown`; should one get here anyway, every cooldown is
-/// `max_cooldown` (what the doubling gave before it was checked), logged.
+/// spread by a tenth either way so replicas do not probe in step. Config
+/// validation refuses a `max_cooldown` shorter than `cooldown`; should one
+/// get here anyway, every cooldown is `max_cooldown` (what the doubling
+/// capped it to), logged.
 pub fn breaker_params(config: &BreakerConfig) -> BreakerParams {
     let cooldown = Backoff::new(config.cooldown, config.max_cooldown, COOLDOWN_JITTER)
         .unwrap_or_else(|err| {
