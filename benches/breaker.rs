@@ -10,8 +10,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use outrigger::config::Policy;
-use outrigger::replica::{BreakerState, CallResult, CircuitBreaker, ReplicaStatus};
+use outrigger::replica::{breaker_params, BreakerState, CallResult, CircuitBreaker, ReplicaStatus};
 use prometheus::{IntCounter, IntGauge};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 /// The last calls' times and outcomes, per replica, behind one lock.
 struct NaiveBreaker {
@@ -54,7 +56,7 @@ fn main() {
         threshold,
         window: config.window,
     };
-    let mut breaker = CircuitBreaker::new(config.clone(), 0.0);
+    let mut breaker = CircuitBreaker::new(breaker_params(&config), SmallRng::seed_from_u64(1));
     let status = ReplicaStatus::new(
         IntGauge::new("load", "bench").expect("gauge"),
         IntCounter::new("rejected", "bench").expect("counter"),
@@ -79,7 +81,7 @@ fn main() {
     }
     assert_eq!(breaker.state(), BreakerState::Open);
 
-    let mut breaker = CircuitBreaker::new(config, 0.0);
+    let mut breaker = CircuitBreaker::new(breaker_params(&config), SmallRng::seed_from_u64(2));
     let status = ReplicaStatus::new(
         IntGauge::new("load", "bench").expect("gauge"),
         IntCounter::new("rejected", "bench").expect("counter"),
@@ -87,7 +89,12 @@ fn main() {
     naive.calls.lock().expect("not poisoned").clear();
     // A call every millisecond (simulated), one in 2500 failing: fewer than
     // `failure_threshold` per window, so both stay closed, as for a healthy replica.
-    let outcome = |call: u64| (start + Duration::from_millis(call), call % 2500 == 0);
+    let outcome = |call: u64| {
+        (
+            start + Duration::from_millis(call),
+            call.is_multiple_of(2500),
+        )
+    };
     let (mut ours_calls, mut naive_calls) = (0u64, 0u64);
     bench.compare(
         "admit + record, closed breaker",

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub(crate) mod core;
 pub mod demo;
 pub mod discovery;
 pub mod error;

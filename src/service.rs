@@ -10,8 +10,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Policy, ServiceConfig};
+use crate::core::retry_budget::RetryBudget;
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::outbound::RetryBudget;
 use crate::replica::Endpoint;
 
 /// What discovery said about a replica besides its address.

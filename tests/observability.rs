@@ -644,7 +644,7 @@ async fn random_paths_and_user_ids_do_not_grow_the_series() {
         let (path, user) = {
             let mut rng = rand::rng();
             let segment: u64 = rng.random();
-            let path = if n % 2 == 0 {
+            let path = if n.is_multiple_of(2) {
                 format!("/api/users/{segment:x}/orders?page={n}")
             } else {
                 format!("/{segment:x}/nowhere")

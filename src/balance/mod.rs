@@ -2,8 +2,6 @@
 //! on the same thread sends it [`Pick`] and gets a [`Lease`] back. It reads
 //! the replicas' published status, so a pick never leaves the worker thread.
 
-mod pick;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +9,13 @@ use actix::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-pub use pick::{ewma_score, least_load, p2c, round_robin};
+/// Re-exported for benches/pick.rs, which measures it against a naive balancer.
+pub use crate::core::pick::least_load;
 
 use crate::config::{LoadBalancer, Policy};
-use crate::replica::{lease, lease_forced, now_millis, BreakerState, Endpoint, Lease};
+use crate::core::breaker::BreakerState;
+use crate::core::pick::{ewma_score, p2c, round_robin};
+use crate::replica::{lease, lease_forced, now_millis, Endpoint, Lease};
 use crate::service::Service;
 
 /// How often each open replica may take a forced probe once a service is

@@ -19,8 +19,8 @@ use prometheus::core::Collector;
 use prometheus::IntCounterVec;
 
 use super::FeedbackFuture;
+use crate::core::breaker::BreakerState;
 use crate::metrics::Metrics;
-use crate::replica::BreakerState;
 use crate::service::ServiceTable;
 
 /// How often queued increments and deregistrations are sent.

@@ -17,20 +17,19 @@ use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
-use rand::Rng;
 
-pub use retry::RetryBudget;
 pub use route::{resolve, Route};
 
 use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
+use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
 use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::replica::{Answer, CallResult, Endpoint, Lease, UpstreamError};
+use crate::replica::{Answer, Endpoint, Lease, UpstreamError};
 use crate::service::{InFlight, LiveServices, Service, Settings};
 
 /// The `listener` label of this listener's metrics and log lines.
@@ -268,10 +267,9 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
             return attempt.into_response(slot, req, name, request_id);
         }
-        let spread = rand::rng().random_range(-1.0..=1.0);
         let delay = attempt
             .retry_after(retry.max_delay)
-            .unwrap_or_else(|| retry::backoff(tries, retry, spread));
+            .unwrap_or_else(|| retry::backoff(tries, retry, &mut rand::rng()));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
             return attempt.into_response(slot, req, name, request_id);

@@ -1,14 +1,16 @@
-//! Retry policy as plain functions and one small shared structure: which
-//! answers are retried, how long to wait before the next try, and the retry
-//! budget that keeps retries from multiplying the load during an outage.
+//! Retry policy as plain functions: which answers are retried and how long
+//! to wait before the next try. (The retry budget that keeps retries from
+//! multiplying the load during an outage is each service's, in
+//! `crate::core::retry_budget`.)
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::Method;
+use log::warn;
+use rand::Rng;
 
 use crate::config::{RetryConfig, RetryOn};
+use crate::core::backoff::Backoff;
 use crate::replica::{Answer, UpstreamError};
 
 /// Whether `method` may be retried under `config` (idempotent methods always;
@@ -31,15 +33,17 @@ pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
 }
 
 /// The wait before try number `retry` + 1 (`retry` = 1 for the first retry):
-/// `min(base_delay * 2^(retry-1), max_delay)`, spread by `jitter`.
-/// `spread` is a sample in [-1, 1] (random in service, fixed in tests).
-pub fn backoff(retry: u32, config: &RetryConfig, spread: f64) -> Duration {
-    let doubling = 2u32.saturating_pow(retry.saturating_sub(1).min(31));
-    let delay = config
-        .base_delay
-        .saturating_mul(doubling)
-        .min(config.max_delay);
-    delay.mul_f64((1.0 + config.jitter * spread.clamp(-1.0, 1.0)).max(0.0))
+/// `min(base_delay * 2^(retry-1), max_delay)`, spread by `jitter` with a
+/// sample from `rng`. Config validation refuses a `max_delay` shorter than
+/// `base_delay` and a jitter outside [0, 1]; should one get here anyway,
+/// the wait is `max_delay`, logged.
+pub fn backoff(retry: u32, config: &RetryConfig, rng: &mut impl Rng) -> Duration {
+    let backoff =
+        Backoff::new(config.base_delay, config.max_delay, config.jitter).unwrap_or_else(|err| {
+            warn!("retry: {err}; every retry waits max_delay");
+            Backoff::constant(config.max_delay)
+        });
+    backoff.sample(retry.saturating_sub(1), rng)
 }
 
 /// The wait an upstream asked for with `Retry-After: <seconds>`, capped at `max`.
@@ -49,105 +53,11 @@ pub fn retry_after(value: Option<&str>, max: Duration) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(max))
 }
 
-/// Seconds the budget looks back over.
-const WINDOW_SECS: usize = 10;
-
-/// A service's retry budget: over the last 10 s, retries may be at most
-/// `percent` of requests, plus `min_per_second` each second so that a quiet
-/// service can still retry. Shared by every worker.
-#[derive(Debug)]
-pub struct RetryBudget {
-    percent: AtomicU32,
-    min_per_second: AtomicU32,
-    started: Instant,
-    window: Mutex<Window>,
-}
-
-/// Requests and retries per second, in a ring of `WINDOW_SECS` slots.
-#[derive(Debug, Default)]
-struct Window {
-    /// For each slot: (the second it counts, requests, retries).
-    slots: [(u64, u32, u32); WINDOW_SECS],
-}
-
-impl Window {
-    fn slot(&mut self, second: u64) -> &mut (u64, u32, u32) {
-        let slot = &mut self.slots[(second % WINDOW_SECS as u64) as usize];
-        if slot.0 != second {
-            *slot = (second, 0, 0);
-        }
-        slot
-    }
-
-    fn totals(&self, second: u64) -> (u64, u64) {
-        let oldest = second.saturating_sub(WINDOW_SECS as u64 - 1);
-        self.slots
-            .iter()
-            .filter(|(at, _, _)| *at >= oldest && *at <= second)
-            .fold((0, 0), |(requests, retries), (_, rq, rt)| {
-                (requests + u64::from(*rq), retries + u64::from(*rt))
-            })
-    }
-}
-
-impl RetryBudget {
-    /// A budget of `percent` of requests plus `min_per_second` retries per second.
-    pub fn new(percent: u32, min_per_second: u32) -> Self {
-        RetryBudget {
-            percent: AtomicU32::new(percent),
-            min_per_second: AtomicU32::new(min_per_second),
-            started: Instant::now(),
-            window: Mutex::new(Window::default()),
-        }
-    }
-
-    /// New limits (a config reload); the counts in the window stay.
-    pub fn set_limits(&self, percent: u32, min_per_second: u32) {
-        self.percent.store(percent, Ordering::Relaxed);
-        self.min_per_second.store(min_per_second, Ordering::Relaxed);
-    }
-
-    /// Counts one request (not a retry).
-    pub fn record_request(&self) {
-        self.record_request_at(self.second());
-    }
-
-    /// Takes one retry from the budget; `false` when it is spent.
-    pub fn try_retry(&self) -> bool {
-        self.try_retry_at(self.second())
-    }
-
-    fn second(&self) -> u64 {
-        self.started.elapsed().as_secs()
-    }
-
-    fn record_request_at(&self, second: u64) {
-        if let Ok(mut window) = self.window.lock() {
-            let slot = window.slot(second);
-            slot.1 = slot.1.saturating_add(1);
-        }
-    }
-
-    fn try_retry_at(&self, second: u64) -> bool {
-        let Ok(mut window) = self.window.lock() else {
-            return false;
-        };
-        let (requests, retries) = window.totals(second);
-        let percent = self.percent.load(Ordering::Relaxed);
-        let min_per_second = self.min_per_second.load(Ordering::Relaxed);
-        let allowed =
-            requests * u64::from(percent) / 100 + u64::from(min_per_second) * WINDOW_SECS as u64;
-        if retries >= allowed {
-            return false;
-        }
-        let slot = window.slot(second);
-        slot.2 = slot.2.saturating_add(1);
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
     use super::*;
     use crate::config::Policy;
 
@@ -165,7 +75,8 @@ mod tests {
     #[test]
     fn backoff_doubles_from_the_base_up_to_the_cap() {
         let config = config();
-        let delays: Vec<Duration> = (1..=8).map(|n| backoff(n, &config, 0.0)).collect();
+        let rng = &mut SmallRng::seed_from_u64(7);
+        let delays: Vec<Duration> = (1..=8).map(|n| backoff(n, &config, rng)).collect();
         assert_eq!(
             delays,
             vec![
@@ -180,7 +91,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            backoff(200, &config, 0.0),
+            backoff(200, &config, rng),
             ms(2000),
             "huge retry numbers stay at the cap"
         );
@@ -192,14 +103,24 @@ mod tests {
             jitter: 0.25,
             ..config()
         };
-        assert_eq!(backoff(1, &config, -1.0), Duration::from_micros(37_500));
-        assert_eq!(backoff(1, &config, 1.0), Duration::from_micros(62_500));
-        assert_eq!(backoff(3, &config, 0.5), ms(225));
-        assert_eq!(
-            backoff(1, &config, 7.0),
-            Duration::from_micros(62_500),
-            "samples are clamped"
-        );
+        let rng = &mut SmallRng::seed_from_u64(7);
+        for _ in 0..100 {
+            let delay = backoff(3, &config, rng);
+            assert!(delay >= ms(150) && delay <= ms(250), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn a_backoff_config_validation_should_have_refused_waits_max_delay() {
+        let config = RetryConfig {
+            base_delay: ms(3000),
+            jitter: 0.25,
+            ..config()
+        };
+        let rng = &mut SmallRng::seed_from_u64(7);
+        for retry in [1, 2, 8] {
+            assert_eq!(backoff(retry, &config, rng), ms(2000));
+        }
     }
 
     #[test]
@@ -266,41 +187,5 @@ mod tests {
             None
         );
         assert_eq!(retry_after(None, ms(2000)), None);
-    }
-
-    #[test]
-    fn the_budget_allows_its_percentage_plus_the_floor() {
-        let budget = RetryBudget::new(20, 1);
-        for _ in 0..100 {
-            budget.record_request_at(0);
-        }
-        let granted = (0..100).filter(|_| budget.try_retry_at(0)).count();
-        assert_eq!(
-            granted,
-            20 + 10,
-            "20% of 100 requests plus 1/s over the 10 s window"
-        );
-    }
-
-    #[test]
-    fn the_budget_forgets_what_left_the_window() {
-        let budget = RetryBudget::new(50, 0);
-        for _ in 0..10 {
-            budget.record_request_at(0);
-        }
-        assert_eq!((0..10).filter(|_| budget.try_retry_at(0)).count(), 5);
-        assert!(
-            !budget.try_retry_at(9),
-            "second 0 is still inside the window at second 9"
-        );
-        assert!(
-            !budget.try_retry_at(10),
-            "at second 10 the requests left with the retries"
-        );
-        for _ in 0..2 {
-            budget.record_request_at(10);
-        }
-        assert!(budget.try_retry_at(10));
-        assert!(!budget.try_retry_at(10));
     }
 }

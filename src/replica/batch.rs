@@ -14,7 +14,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CallResult, Endpoint, Outcome, Outcomes};
+use super::{Endpoint, Outcome, Outcomes};
+use crate::core::breaker::CallResult;
 
 /// How long a worker may hold finished calls' successes before sending them.
 pub const OUTCOME_BATCH: Duration = Duration::from_millis(10);
@@ -85,8 +86,9 @@ mod tests {
 
     use super::*;
     use crate::config::Policy;
+    use crate::core::breaker::BreakerState;
     use crate::metrics::Metrics;
-    use crate::replica::{lease, Answer, BreakerState, Replica};
+    use crate::replica::{lease, Answer, Replica};
 
     #[actix_web::test]
     async fn every_outcome_reaches_its_replica_and_the_breaker_counts_it() {

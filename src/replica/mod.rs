@@ -6,8 +6,6 @@
 //! status and report each outcome with `do_send`.
 
 mod batch;
-mod breaker;
-mod load;
 mod status;
 
 use std::sync::Arc;
@@ -16,13 +14,21 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use log::{info, warn};
 use prometheus::IntCounter;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 pub use batch::OUTCOME_BATCH;
-pub use breaker::{BreakerState, BreakerStats, CallResult, CircuitBreaker, Transition};
-pub use load::Ewma;
 pub use status::{now_millis, Admission, ReplicaStatus};
+// The breaker's types appear in this module's public API, and
+// benches/breaker.rs drives the state machine as the actor does.
+pub use crate::core::breaker::{
+    BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker,
+};
 
 use crate::config::{BreakerConfig, Policy};
+use crate::core::backoff::Backoff;
+use crate::core::breaker::Transition;
+use crate::core::ewma::Ewma;
 use crate::metrics::{Metrics, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.
@@ -57,7 +63,7 @@ impl Endpoint {
     }
 
     /// Gives the replica actor `policy`'s breaker thresholds and slow start
-    /// (a config reload); see [`CircuitBreaker::set_config`] for what
+    /// (a config reload); see [`CircuitBreaker::set_params`] for what
     /// happens to the current state.
     pub fn retune(&self, policy: &Policy) {
         self.actor.do_send(Retune {
@@ -209,6 +215,25 @@ pub fn lease_forced(endpoint: &Arc<Endpoint>, now: u64, interval: Duration) -> O
     Some(Lease::new(endpoint, admission))
 }
 
+/// The breaker parameters a `circuit_breaker` config asks for, cooldowns
+/// spread by a tenth either way so replicas do not probe in step. Config
+/// validation refuses a `max_cooldown` shorter than `cooldown`; should one
+/// get here anyway, every cooldown is `max_cooldown` (what the doubling
+/// capped it to), logged.
+pub fn breaker_params(config: &BreakerConfig) -> BreakerParams {
+    let cooldown = Backoff::new(config.cooldown, config.max_cooldown, COOLDOWN_JITTER)
+        .unwrap_or_else(|err| {
+            warn!("circuit_breaker: {err}; every cooldown is max_cooldown");
+            Backoff::constant(config.max_cooldown)
+        });
+    BreakerParams {
+        failure_threshold: config.failure_threshold,
+        window: config.window,
+        success_threshold: config.success_threshold,
+        cooldown,
+    }
+}
+
 /// The actor owning one replica's breaker, latency average and series.
 pub struct Replica {
     endpoint: Arc<Endpoint>,
@@ -254,7 +279,10 @@ impl Replica {
         }
         context.run(Replica {
             endpoint: Arc::clone(&endpoint),
-            breaker: CircuitBreaker::new(breaker, COOLDOWN_JITTER),
+            breaker: CircuitBreaker::new(
+                breaker_params(&breaker),
+                SmallRng::from_rng(&mut rand::rng()),
+            ),
             half_open_probes,
             slow_start: policy.slow_start,
             ewma: Ewma::default(),
@@ -481,7 +509,7 @@ impl Handler<Retune> for Replica {
     fn handle(&mut self, retune: Retune, _: &mut Context<Self>) {
         self.half_open_probes = retune.breaker.half_open_max_probes;
         self.slow_start = retune.slow_start;
-        self.breaker.set_config(retune.breaker);
+        self.breaker.set_params(breaker_params(&retune.breaker));
         info!("replica {}: new breaker thresholds in force", self.name());
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge};
 
-use super::breaker::BreakerState;
+use crate::core::breaker::BreakerState;
 
 /// How a pick was admitted by the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

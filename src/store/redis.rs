@@ -13,10 +13,13 @@ use deadpool_redis::redis::{self, AsyncCommands, Script};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use log::warn;
 use prometheus::{IntCounterVec, IntGaugeVec};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 use super::{key, ttl_seconds, Store, StoreError, StoreFuture, WindowCount};
-use crate::config::{BreakerConfig, RedisConfig};
-use crate::replica::{BreakerState, CallResult, CircuitBreaker};
+use crate::config::RedisConfig;
+use crate::core::backoff::Backoff;
+use crate::core::breaker::{BreakerParams, BreakerState, CallResult, CircuitBreaker};
 
 /// The sliding window as one atomic script: drop what left the window,
 /// admit if there is room, and say how many are in it and when the oldest
@@ -68,13 +71,13 @@ impl RedisStore {
         let pool = pool_config
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|err| StoreError(format!("cannot set up the Redis pool: {err}")))?;
-        let breaker = BreakerConfig {
+        let cooldown = Backoff::new(Duration::from_secs(2), Duration::from_secs(30), 0.1)
+            .map_err(|err| StoreError(format!("the Redis breaker's cooldown: {err}")))?;
+        let breaker = BreakerParams {
             failure_threshold: 3,
             window: Duration::from_secs(10),
-            cooldown: Duration::from_secs(2),
-            max_cooldown: Duration::from_secs(30),
             success_threshold: 1,
-            half_open_max_probes: 1,
+            cooldown,
         };
         // Every operation's error series exists from the start, at 0, so a
         // dashboard shows "no errors" rather than "no data".
@@ -94,7 +97,10 @@ impl RedisStore {
         Ok(RedisStore {
             pool,
             timeout: config.timeout,
-            breaker: Mutex::new(CircuitBreaker::new(breaker, 0.1)),
+            breaker: Mutex::new(CircuitBreaker::new(
+                breaker,
+                SmallRng::from_rng(&mut rand::rng()),
+            )),
             window_script: Script::new(WINDOW_SCRIPT),
             errors,
             connections,

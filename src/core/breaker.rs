@@ -1,21 +1,22 @@
-//! The circuit breaker of one replica, as a plain state machine.
+//! The circuit breaker of one replica (or of Redis), as a plain state machine.
 //!
 //! Closed: calls flow; `failure_threshold` failures within `window` open it.
-//! Open: calls are refused until the cooldown ends; each re-open doubles the
-//! cooldown up to `max_cooldown`, spread by a little jitter.
+//! Open: calls are refused until the cooldown ends; the cooldown is a
+//! [`Backoff`]: each re-open doubles it up to its cap, spread by its jitter.
 //! Half-open: only probes are admitted; `success_threshold` probe successes
 //! close it, one probe failure re-opens it.
 //!
-//! Time is passed in, so every transition is tested exactly. The replica
-//! actor owns one of these and publishes its state for the balancers.
+//! Time and the random source are passed in, so every transition is tested
+//! exactly. The replica actor owns one of these and publishes its state for
+//! the balancers; the Redis store guards Redis with another.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use rand::Rng;
+use rand::rngs::SmallRng;
 
-use crate::config::BreakerConfig;
+use crate::core::backoff::Backoff;
 
 /// The three breaker states; the numbers are the `circuit_breaker_state` gauge values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +83,25 @@ pub struct BreakerStats {
     pub last_success_time: Option<SystemTime>,
 }
 
-/// The breaker state machine of one replica.
+/// What a breaker is tuned by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerParams {
+    /// Failures within `window` that open the breaker.
+    pub failure_threshold: u32,
+    /// The sliding window failures are counted in.
+    pub window: Duration,
+    /// Probe successes in half-open that close the breaker.
+    pub success_threshold: u32,
+    /// How long an open breaker refuses, by the re-opens since it last closed.
+    pub cooldown: Backoff,
+}
+
+/// The breaker state machine of one replica (or of Redis).
 #[derive(Debug)]
 pub struct CircuitBreaker {
-    config: BreakerConfig,
-    /// Fraction the cooldown is spread by, either way (0.1 in service; 0 in tests).
-    cooldown_jitter: f64,
+    params: BreakerParams,
+    /// Spreads each cooldown by the backoff's jitter.
+    rng: SmallRng,
     state: BreakerState,
     /// Times of the failures still inside `window` (at most `failure_threshold`).
     recent_failures: VecDeque<Instant>,
@@ -99,11 +113,11 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker with `config`; `cooldown_jitter` is a fraction in [0, 1).
-    pub fn new(config: BreakerConfig, cooldown_jitter: f64) -> Self {
+    /// A closed breaker tuned by `params`, spreading its cooldowns with `rng`.
+    pub fn new(params: BreakerParams, rng: SmallRng) -> Self {
         CircuitBreaker {
-            config,
-            cooldown_jitter,
+            params,
+            rng,
             state: BreakerState::Closed,
             recent_failures: VecDeque::new(),
             half_open_successes: 0,
@@ -118,8 +132,8 @@ impl CircuitBreaker {
     /// from the next opening), failures already in the window count
     /// against the new `failure_threshold` from the next failure on, and
     /// the new `window` bounds them from then too.
-    pub fn set_config(&mut self, config: BreakerConfig) {
-        self.config = config;
+    pub fn set_params(&mut self, params: BreakerParams) {
+        self.params = params;
     }
 
     /// The current state.
@@ -161,7 +175,7 @@ impl CircuitBreaker {
                 if self.state == BreakerState::Open && probe {
                     self.enter(BreakerState::HalfOpen, now);
                     self.half_open_successes = 1;
-                    let to = if self.config.success_threshold <= 1 {
+                    let to = if self.params.success_threshold <= 1 {
                         self.reopens = 0;
                         self.enter(BreakerState::Closed, now);
                         BreakerState::Closed
@@ -175,7 +189,7 @@ impl CircuitBreaker {
                 }
                 if self.state == BreakerState::HalfOpen && probe {
                     self.half_open_successes += 1;
-                    if self.half_open_successes >= self.config.success_threshold {
+                    if self.half_open_successes >= self.params.success_threshold {
                         self.reopens = 0;
                         return Some(self.enter(BreakerState::Closed, now));
                     }
@@ -190,7 +204,7 @@ impl CircuitBreaker {
                     BreakerState::Closed => {
                         self.forget_failures_before(now);
                         self.recent_failures.push_back(now);
-                        if self.recent_failures.len() >= self.config.failure_threshold as usize {
+                        if self.recent_failures.len() >= self.params.failure_threshold as usize {
                             return Some(self.enter(BreakerState::Open, now));
                         }
                         None
@@ -227,11 +241,7 @@ impl CircuitBreaker {
 
     /// The cooldown for the current number of re-opens, before jitter.
     pub fn cooldown(&self) -> Duration {
-        let factor = 2u32.saturating_pow(self.reopens.min(31));
-        self.config
-            .cooldown
-            .saturating_mul(factor)
-            .min(self.config.max_cooldown)
+        self.params.cooldown.delay(self.reopens)
     }
 
     fn enter(&mut self, to: BreakerState, now: Instant) -> Transition {
@@ -242,22 +252,15 @@ impl CircuitBreaker {
         self.open_until = None;
         if to == BreakerState::Open {
             self.stats.opened_at = Some(SystemTime::now());
-            self.open_until = Some(now + self.jittered(self.cooldown()));
+            let cooldown = self.params.cooldown.sample(self.reopens, &mut self.rng);
+            self.open_until = Some(now + cooldown);
         }
         Transition { from, to }
     }
 
-    fn jittered(&self, cooldown: Duration) -> Duration {
-        if self.cooldown_jitter <= 0.0 {
-            return cooldown;
-        }
-        let spread = rand::rng().random_range(-self.cooldown_jitter..=self.cooldown_jitter);
-        cooldown.mul_f64(1.0 + spread)
-    }
-
     fn forget_failures_before(&mut self, now: Instant) {
         while let Some(&oldest) = self.recent_failures.front() {
-            if now.duration_since(oldest) < self.config.window {
+            if now.duration_since(oldest) < self.params.window {
                 break;
             }
             self.recent_failures.pop_front();
@@ -270,16 +273,25 @@ mod tests {
     use super::BreakerState::{Closed, HalfOpen, Open};
     use super::CallResult::{Cancelled, Failure, Success};
     use super::*;
+    use rand::SeedableRng;
 
-    fn config() -> BreakerConfig {
-        BreakerConfig {
+    /// Cooldowns from `base` seconds doubling up to 100 s, spread by `jitter`.
+    fn cooldown(base: u64, jitter: f64) -> Backoff {
+        Backoff::new(secs(base), secs(100), jitter).expect("valid")
+    }
+
+    fn params() -> BreakerParams {
+        BreakerParams {
             failure_threshold: 3,
-            window: Duration::from_secs(10),
-            cooldown: Duration::from_secs(30),
-            max_cooldown: Duration::from_secs(100),
+            window: secs(10),
             success_threshold: 2,
-            half_open_max_probes: 1,
+            cooldown: cooldown(30, 0.0),
         }
+    }
+
+    /// A closed breaker with a seeded random source.
+    fn closed(params: BreakerParams) -> CircuitBreaker {
+        CircuitBreaker::new(params, SmallRng::seed_from_u64(7))
     }
 
     fn secs(n: u64) -> Duration {
@@ -287,7 +299,7 @@ mod tests {
     }
 
     fn opened(at: Instant) -> CircuitBreaker {
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         breaker.record(Failure, false, at);
         breaker.record(Failure, false, at);
         assert_eq!(
@@ -316,7 +328,7 @@ mod tests {
     #[test]
     fn opens_at_the_threshold_within_the_window() {
         let t0 = Instant::now();
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         assert_eq!(breaker.record(Failure, false, t0), None);
         assert_eq!(
             breaker.record(Success, false, t0),
@@ -340,7 +352,7 @@ mod tests {
     #[test]
     fn failures_older_than_the_window_do_not_count() {
         let t0 = Instant::now();
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         breaker.record(Failure, false, t0);
         breaker.record(Failure, false, t0 + secs(5));
         assert_eq!(
@@ -459,13 +471,10 @@ mod tests {
             })
         );
 
-        let mut quick = CircuitBreaker::new(
-            BreakerConfig {
-                success_threshold: 1,
-                ..config()
-            },
-            0.0,
-        );
+        let mut quick = closed(BreakerParams {
+            success_threshold: 1,
+            ..params()
+        });
         for _ in 0..3 {
             quick.record(Failure, false, t0);
         }
@@ -481,30 +490,30 @@ mod tests {
     #[test]
     fn new_thresholds_apply_from_the_next_call_and_the_state_is_kept() {
         let now = Instant::now();
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         for i in 0..2 {
             assert_eq!(
                 breaker.record(CallResult::Failure, false, now + secs(i)),
                 None
             );
         }
-        let threshold = |failure_threshold| BreakerConfig {
+        let threshold = |failure_threshold| BreakerParams {
             failure_threshold,
-            ..config()
+            ..params()
         };
-        breaker.set_config(threshold(5));
+        breaker.set_params(threshold(5));
         assert_eq!(
             breaker.record(CallResult::Failure, false, now + secs(2)),
             None
         );
         assert_eq!(breaker.failure_count(), 3, "the window is kept");
-        breaker.set_config(threshold(4));
+        breaker.set_params(threshold(4));
         let opened = breaker.record(CallResult::Failure, false, now + secs(3));
         assert_eq!(opened.map(|t| t.to), Some(BreakerState::Open));
         let until = breaker.open_until();
-        breaker.set_config(BreakerConfig {
-            cooldown: secs(1),
-            ..config()
+        breaker.set_params(BreakerParams {
+            cooldown: cooldown(1, 0.0),
+            ..params()
         });
         assert_eq!(
             breaker.state(),
@@ -526,7 +535,7 @@ mod tests {
     #[test]
     fn cancelled_calls_count_neither_way() {
         let t0 = Instant::now();
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         for _ in 0..10 {
             assert_eq!(breaker.record(Cancelled, false, t0), None);
         }
@@ -537,7 +546,7 @@ mod tests {
     #[test]
     fn stats_count_every_finished_call() {
         let t0 = Instant::now();
-        let mut breaker = CircuitBreaker::new(config(), 0.0);
+        let mut breaker = closed(params());
         breaker.record(Success, false, t0);
         breaker.record(Success, false, t0);
         breaker.record(Failure, false, t0);
@@ -573,7 +582,7 @@ mod tests {
                 to: Closed
             })
         );
-        let mut closed = CircuitBreaker::new(config(), 0.0);
+        let mut closed = closed(params());
         closed.record(Failure, false, t0);
         assert_eq!(closed.reset(t0), None);
         assert_eq!(closed.failure_count(), 0);
@@ -582,13 +591,21 @@ mod tests {
     #[test]
     fn jitter_spreads_the_cooldown_within_its_fraction() {
         let t0 = Instant::now();
-        for _ in 0..50 {
-            let mut breaker = CircuitBreaker::new(config(), 0.1);
+        let mut waits = Vec::new();
+        for seed in 0..50 {
+            let params = BreakerParams {
+                cooldown: cooldown(30, 0.1),
+                ..params()
+            };
+            let mut breaker = CircuitBreaker::new(params, SmallRng::seed_from_u64(seed));
             for _ in 0..3 {
                 breaker.record(Failure, false, t0);
             }
             let wait = breaker.open_until().expect("open").duration_since(t0);
             assert!(wait >= secs(27) && wait <= secs(33), "{wait:?}");
+            waits.push(wait);
         }
+        waits.dedup();
+        assert!(waits.len() > 1, "the cooldowns are spread: {waits:?}");
     }
 }

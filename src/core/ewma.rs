@@ -1,5 +1,6 @@
 //! Latency tracking of one replica: an exponentially weighted moving average
-//! the `p2c_ewma` balancer reads. (In-flight counts live in [`super::ReplicaStatus`].)
+//! the `p2c_ewma` balancer reads. (The replica actor keeps one per replica
+//! and publishes it with its in-flight count.)
 
 use std::time::Duration;
 
