@@ -37,7 +37,7 @@ struct HitLog {
 }
 
 /// Revocations, windows and usage kept in this process only, each map
-/// bounded to [`CAPACITY`] entries; cached values also to the bytes the
+/// bounded to 100,000 entries; cached values also to the bytes the
 /// cache sets with [`Store::bound_values`] (none are kept before it does).
 pub struct MemoryStore {
     revoked: Mutex<Bounded<()>>,
