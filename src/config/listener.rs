@@ -76,7 +76,9 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
         max_header_bytes: t
             .get_restart("max_header_bytes", problems)
             .unwrap_or(base.max_header_bytes),
-        max_body_bytes: t.get_restart("max_body_bytes", problems).or(base.max_body_bytes),
+        max_body_bytes: t
+            .get_restart("max_body_bytes", problems)
+            .or(base.max_body_bytes),
         client_header_timeout: t
             .get_restart("client_header_timeout", problems)
             .unwrap_or(base.client_header_timeout),
@@ -86,7 +88,9 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
         client_write_timeout: t
             .get_restart("client_write_timeout", problems)
             .unwrap_or(base.client_write_timeout),
-        keep_alive: t.get_restart("keep_alive", problems).unwrap_or(base.keep_alive),
+        keep_alive: t
+            .get_restart("keep_alive", problems)
+            .unwrap_or(base.keep_alive),
         max_connections: t
             .get_restart("max_connections", problems)
             .unwrap_or(base.max_connections),
