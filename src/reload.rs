@@ -400,6 +400,13 @@ struct Hold {
     /// The restart-only keys it keeps, as the config reader names them (a
     /// section stands for every key under it); a test checks that these
     /// are exactly the keys the reader reads with a `_restart` method.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the test that checks it against the reader"
+        )
+    )]
     keys: &'static [&'static str],
     /// Sets the part of `next` back to `running`'s when they differ, and
     /// then says what to report.
