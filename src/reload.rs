@@ -10,11 +10,11 @@
 //! - the inbound gate (auth, CORS, rate limits, in-flight caps, cache, the
 //!   app's address and timeout), rebuilt part by part and swapped whole.
 //!
-//! An invalid file changes nothing. Keys that need a restart (listener
-//! binds, the inbound listener's presence, Redis, discovery, the shared
-//! connect timeout, tracing, access log, lifecycle, reload itself) keep
-//! their running values, each named in a warning; the rest applies. The
-//! config in force is what admin `GET /config` shows.
+//! An invalid file changes nothing. Keys that need a restart (those the
+//! config reader reads with a `_restart` method, and the inbound listener's
+//! presence) keep their running values, each named in a warning; the rest
+//! applies. The `HOLDS` table keeps them; a test checks it against the reader.
+//! The config in force is what admin `GET /config` shows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -337,6 +337,7 @@ impl<'v> Table<'v> {
         self.raw_as(key, ReloadClass::Restart)
     }
 
+    /// [`Table::raw`], logging `key` with `class` while recording keys.
     fn raw_as(&mut self, key: &str, class: ReloadClass) -> Option<&'v Value> {
         if let Some(asked) = &mut self.asked {
             match asked.iter_mut().find(|(k, _)| k == key) {
@@ -377,6 +378,8 @@ impl<'v> Table<'v> {
         self.parse(key, value, problems)
     }
 
+    /// Converts `value`, found under `key`, recording a problem when it
+    /// has the wrong shape.
     fn parse<T: FromYaml>(&self, key: &str, value: &Value, problems: &mut Problems) -> Option<T> {
         let parsed = T::from_yaml(value);
         if parsed.is_none() {
@@ -396,7 +399,7 @@ impl<'v> Table<'v> {
         read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
     ) -> T {
         let value = self.raw(key);
-        self.read_section(key, value, base, problems, read)
+        self.open_section(key, value, base, problems, read)
     }
 
     /// [`Table::section`] for a section read only at start: a reload keeps
@@ -409,10 +412,12 @@ impl<'v> Table<'v> {
         read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
     ) -> T {
         let value = self.raw_restart(key);
-        self.read_section(key, value, base, problems, read)
+        self.open_section(key, value, base, problems, read)
     }
 
-    fn read_section<T: Clone>(
+    /// Reads `value`, found under `key`, as a mapping with `read` on top of
+    /// `base`: an absent or malformed section yields `base`.
+    fn open_section<T: Clone>(
         &self,
         key: &str,
         value: Option<&Value>,
