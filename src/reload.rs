@@ -678,6 +678,19 @@ services:
     }
 
     #[test]
+    fn a_changed_client_limit_is_kept_and_named_among_the_limits() {
+        let running = config(BASE);
+        let next = config(&BASE.replace(
+            "bind: \"127.0.0.1:15001\"",
+            "bind: \"127.0.0.1:15001\", client_body_timeout: 3s",
+        ));
+        let (in_force, restart) = in_force(&running, next);
+        assert_eq!(restart, vec![OUTBOUND_LIMITS]);
+        assert!(OUTBOUND_LIMITS.contains("client_body_timeout"));
+        assert_eq!(in_force, running);
+    }
+
+    #[test]
     fn turning_the_inbound_listener_on_needs_a_restart() {
         let running = config(BASE);
         let next = config(
