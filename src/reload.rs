@@ -10,11 +10,11 @@
 //! - the inbound gate (auth, CORS, rate limits, in-flight caps, cache, the
 //!   app's address and timeout), rebuilt part by part and swapped whole.
 //!
-//! An invalid file changes nothing. Keys that need a restart (listener
-//! binds, the inbound listener's presence, Redis, discovery, the shared
-//! connect timeout, tracing, access log, lifecycle, reload itself) keep
-//! their running values, each named in a warning; the rest applies. The
-//! config in force is what admin `GET /config` shows.
+//! An invalid file changes nothing. Keys that need a restart (those the
+//! config reader reads with a `_restart` method, and the inbound listener's
+//! presence) keep their running values, each named in a warning; the rest
+//! applies. The `HOLDS` table keeps them; a test checks it against the reader.
+//! The config in force is what admin `GET /config` shows.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -392,110 +392,181 @@ impl Handler<Reload> for Reloader {
 }
 
 /// The listeners' client limits are fixed when their servers are built.
-const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_write_timeout, keep_alive, max_connections)";
-const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_write_timeout, keep_alive, max_connections)";
+const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_body_timeout, client_write_timeout, keep_alive, max_connections)";
+const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_body_timeout, client_write_timeout, keep_alive, max_connections)";
+
+/// One part of the config a reload keeps at its running value.
+struct Hold {
+    /// The restart-only keys it keeps, as the config reader names them (a
+    /// section stands for every key under it); a test checks that these
+    /// are exactly the keys the reader reads with a `_restart` method.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the test that checks it against the reader"
+        )
+    )]
+    keys: &'static [&'static str],
+    /// Sets the part of `next` back to `running`'s when they differ, and
+    /// then says what to report.
+    keep: fn(running: &Config, next: &mut Config) -> Option<&'static str>,
+}
+
+/// What a reload keeps, in the order the report names it.
+const HOLDS: &[Hold] = &[
+    Hold {
+        keys: &["listeners.outbound.bind"],
+        keep: |was, now| {
+            let (was, now) = (&was.listeners.outbound, &mut now.listeners.outbound);
+            hold("listeners.outbound.bind", &was.bind, &mut now.bind)
+        },
+    },
+    Hold {
+        keys: LIMIT_KEYS[0],
+        keep: |was, now| {
+            let (was, now) = (&was.listeners.outbound, &mut now.listeners.outbound);
+            hold(OUTBOUND_LIMITS, &was.limits, &mut now.limits)
+        },
+    },
+    Hold {
+        keys: &["listeners.admin.bind"],
+        keep: |was, now| {
+            hold(
+                "listeners.admin.bind",
+                &was.listeners.admin,
+                &mut now.listeners.admin,
+            )
+        },
+    },
+    Hold {
+        keys: &["listeners.inbound.bind"],
+        keep: |was, now| match (&was.listeners.inbound, &mut now.listeners.inbound) {
+            (Some(was), Some(now)) => hold("listeners.inbound.bind", &was.bind, &mut now.bind),
+            _ => None,
+        },
+    },
+    Hold {
+        keys: LIMIT_KEYS[1],
+        keep: |was, now| match (&was.listeners.inbound, &mut now.listeners.inbound) {
+            (Some(was), Some(now)) => hold(INBOUND_LIMITS, &was.limits, &mut now.limits),
+            _ => None,
+        },
+    },
+    // Whether the inbound listener runs at all: a presence, not a key.
+    Hold {
+        keys: &[],
+        keep: |was, now| {
+            if was.listeners.inbound.is_some() == now.listeners.inbound.is_some() {
+                return None;
+            }
+            now.listeners.inbound.clone_from(&was.listeners.inbound);
+            now.inbound.clone_from(&was.inbound);
+            Some("listeners.inbound")
+        },
+    },
+    Hold {
+        keys: &["workers"],
+        keep: |was, now| hold("workers", &was.workers, &mut now.workers),
+    },
+    Hold {
+        keys: &["redis"],
+        keep: |was, now| hold("redis", &was.redis, &mut now.redis),
+    },
+    Hold {
+        keys: &["discovery"],
+        keep: |was, now| {
+            let key = if was.discovery.source == now.discovery.source {
+                "discovery"
+            } else {
+                "discovery.source"
+            };
+            hold(key, &was.discovery, &mut now.discovery)
+        },
+    },
+    Hold {
+        keys: &["defaults.connect_timeout"],
+        keep: |was, now| {
+            let running = was.defaults.connect_timeout;
+            let key = hold(
+                "defaults.connect_timeout",
+                &running,
+                &mut now.defaults.connect_timeout,
+            )?;
+            for service in &mut now.services {
+                service.policy.connect_timeout = running;
+            }
+            Some(key)
+        },
+    },
+    Hold {
+        keys: &["tracing"],
+        keep: |was, now| {
+            let (was, now) = (&was.observability, &mut now.observability);
+            hold("tracing", &was.tracing, &mut now.tracing)
+        },
+    },
+    Hold {
+        keys: &["access_log"],
+        keep: |was, now| {
+            let (was, now) = (&was.observability, &mut now.observability);
+            hold("access_log", &was.access_log, &mut now.access_log)
+        },
+    },
+    Hold {
+        keys: &["lifecycle"],
+        keep: |was, now| hold("lifecycle", &was.lifecycle, &mut now.lifecycle),
+    },
+    Hold {
+        keys: &["reload"],
+        keep: |was, now| hold("reload", &was.reload, &mut now.reload),
+    },
+];
+
+/// The client limit keys of the outbound and the inbound listener.
+const LIMIT_KEYS: [&[&str]; 2] = [
+    &[
+        "listeners.outbound.max_header_bytes",
+        "listeners.outbound.max_body_bytes",
+        "listeners.outbound.client_header_timeout",
+        "listeners.outbound.client_body_timeout",
+        "listeners.outbound.client_write_timeout",
+        "listeners.outbound.keep_alive",
+        "listeners.outbound.max_connections",
+    ],
+    &[
+        "listeners.inbound.max_header_bytes",
+        "listeners.inbound.max_body_bytes",
+        "listeners.inbound.client_header_timeout",
+        "listeners.inbound.client_body_timeout",
+        "listeners.inbound.client_write_timeout",
+        "listeners.inbound.keep_alive",
+        "listeners.inbound.max_connections",
+    ],
+];
 
 /// `next` with every key that needs a restart set back to its running
 /// value, and the names of those keys that differed.
 fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
-    let mut restart = Vec::new();
-    let (was, now) = (&running.listeners, &mut next.listeners);
-    hold(
-        &mut restart,
-        "listeners.outbound.bind",
-        &was.outbound.bind,
-        &mut now.outbound.bind,
-    );
-    hold(
-        &mut restart,
-        OUTBOUND_LIMITS,
-        &was.outbound.limits,
-        &mut now.outbound.limits,
-    );
-    hold(
-        &mut restart,
-        "listeners.admin.bind",
-        &was.admin,
-        &mut now.admin,
-    );
-    match (&was.inbound, &mut now.inbound) {
-        (Some(was_inbound), Some(now_inbound)) => {
-            hold(
-                &mut restart,
-                "listeners.inbound.bind",
-                &was_inbound.bind,
-                &mut now_inbound.bind,
-            );
-            hold(
-                &mut restart,
-                INBOUND_LIMITS,
-                &was_inbound.limits,
-                &mut now_inbound.limits,
-            );
-        }
-        (None, None) => {}
-        (_, now_inbound) => {
-            restart.push("listeners.inbound");
-            now_inbound.clone_from(&was.inbound);
-            next.inbound.clone_from(&running.inbound);
-        }
-    }
-    hold(&mut restart, "workers", &running.workers, &mut next.workers);
-    hold(&mut restart, "redis", &running.redis, &mut next.redis);
-    let discovery = if running.discovery.source == next.discovery.source {
-        "discovery"
-    } else {
-        "discovery.source"
-    };
-    hold(
-        &mut restart,
-        discovery,
-        &running.discovery,
-        &mut next.discovery,
-    );
-    let connect_timeout = running.defaults.connect_timeout;
-    if hold(
-        &mut restart,
-        "defaults.connect_timeout",
-        &connect_timeout,
-        &mut next.defaults.connect_timeout,
-    ) {
-        for service in &mut next.services {
-            service.policy.connect_timeout = connect_timeout;
-        }
-    }
-    let (was, now) = (&running.observability, &mut next.observability);
-    hold(&mut restart, "tracing", &was.tracing, &mut now.tracing);
-    hold(
-        &mut restart,
-        "access_log",
-        &was.access_log,
-        &mut now.access_log,
-    );
-    hold(
-        &mut restart,
-        "lifecycle",
-        &running.lifecycle,
-        &mut next.lifecycle,
-    );
-    hold(&mut restart, "reload", &running.reload, &mut next.reload);
+    let restart = HOLDS
+        .iter()
+        .filter_map(|part| (part.keep)(running, &mut next))
+        .collect();
     (next, restart)
 }
 
-/// Sets `next` back to `running` when they differ, naming `key` among the
-/// changes that need a restart; says whether it did.
+/// Sets `next` back to `running` when they differ, and then names `key`
+/// among the changes that need a restart.
 fn hold<T: PartialEq + Clone>(
-    restart: &mut Vec<&'static str>,
     key: &'static str,
     running: &T,
     next: &mut T,
-) -> bool {
-    let changed = running != next;
-    if changed {
-        restart.push(key);
-        next.clone_from(running);
+) -> Option<&'static str> {
+    if running == next {
+        return None;
     }
-    changed
+    next.clone_from(running);
+    Some(key)
 }
 
 /// Which services `next` adds, removes or changes compared with `running`.
@@ -520,6 +591,47 @@ fn service_changes(running: &[ServiceConfig], next: &[ServiceConfig]) -> Service
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{accepted_keys, ReloadClass};
+
+    #[test]
+    fn reload_holds_back_exactly_the_keys_the_reader_reads_at_start() {
+        let accepted = accepted_keys();
+        let holds = |key: &str| {
+            HOLDS
+                .iter()
+                .flat_map(|part| part.keys)
+                .filter(|held| {
+                    key == **held
+                        || key
+                            .strip_prefix(**held)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+                .count()
+        };
+        let mut disagree = Vec::new();
+        for key in &accepted.keys {
+            match (accepted.reload_class(key), holds(key)) {
+                (ReloadClass::Restart, 1) | (ReloadClass::Live, 0) => {}
+                (ReloadClass::Restart, 0) => disagree.push(format!(
+                    "{key} is read at start but no Hold keeps it: a reload would report it applied"
+                )),
+                (ReloadClass::Live, _) => disagree.push(format!(
+                    "{key} is read as live but a Hold keeps it: read it with a _restart method or drop it from HOLDS"
+                )),
+                (ReloadClass::Restart, times) => {
+                    disagree.push(format!("{key} is kept by {times} Holds: one is enough"))
+                }
+            }
+        }
+        for key in HOLDS.iter().flat_map(|part| part.keys) {
+            if !accepted.keys.contains(*key) {
+                disagree.push(format!(
+                    "HOLDS keeps {key}, which the reader does not accept"
+                ));
+            }
+        }
+        assert!(disagree.is_empty(), "{}", disagree.join("\n"));
+    }
 
     fn config(text: &str) -> Config {
         Config::from_yaml(text, &|_| None).expect("valid")
@@ -563,6 +675,19 @@ services:
         let api = in_force.service("api").expect("api");
         assert_eq!(api.policy.connect_timeout, running.defaults.connect_timeout);
         assert_eq!(api.policy.timeout.as_secs(), 9, "the rest applies");
+    }
+
+    #[test]
+    fn a_changed_client_limit_is_kept_and_named_among_the_limits() {
+        let running = config(BASE);
+        let next = config(&BASE.replace(
+            "bind: \"127.0.0.1:15001\"",
+            "bind: \"127.0.0.1:15001\", client_body_timeout: 3s",
+        ));
+        let (in_force, restart) = in_force(&running, next);
+        assert_eq!(restart, vec![OUTBOUND_LIMITS]);
+        assert!(OUTBOUND_LIMITS.contains("client_body_timeout"));
+        assert_eq!(in_force, running);
     }
 
     #[test]

@@ -147,7 +147,8 @@ impl Default for KubernetesDiscovery {
     }
 }
 
-/// Reads the `discovery:` section; every key has a default.
+/// Reads the `discovery:` section; every key has a default. Its caller
+/// reads it with [`Table::raw_restart`]: the sources are started once.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
     let source = table

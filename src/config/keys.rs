@@ -1,6 +1,8 @@
-//! Every key path the config reader accepts, as the reader itself reports
-//! it: the configuration reference, docs/reference/config.md, is tested
-//! against this list (tests/config_reference.rs).
+//! Every key path the config reader accepts, and whether a reload applies
+//! it, as the reader itself reports them: the configuration reference,
+//! docs/reference/config.md, is tested against this list
+//! (tests/config_reference.rs), and reload's hold-back against its
+//! restart-only keys (src/reload.rs).
 
 use serde_norway::Value;
 
@@ -28,8 +30,9 @@ tracing: {}
 ";
 
 /// The key paths the reader accepts, with list items written `[]`
-/// (`services[].circuit_breaker.window`), and which of them are sections
-/// (mappings, or lists of mappings as `inbound.auth.rules[]`).
+/// (`services[].circuit_breaker.window`), which of them are sections
+/// (mappings, or lists of mappings as `inbound.auth.rules[]`), and which
+/// are read only at start ([`KeyLog::reload_class`]).
 ///
 /// # Panics
 /// Never for the built-in skeleton config, which is valid YAML.
@@ -44,6 +47,7 @@ pub fn accepted() -> KeyLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReloadClass;
 
     #[test]
     fn every_section_of_the_skeleton_is_read_as_one() {
@@ -68,5 +72,40 @@ mod tests {
         ] {
             assert!(log.keys.contains(key), "{key} not accepted");
         }
+    }
+
+    #[test]
+    fn keys_read_at_start_are_restart_only_and_the_rest_live() {
+        let log = accepted();
+        for key in [
+            "listeners.outbound.bind",
+            "listeners.inbound.max_connections",
+            "defaults.connect_timeout",
+            "discovery.dns.port",
+            "redis.url",
+            "lifecycle.drain_delay",
+            "reload.interval",
+            "tracing.sample_rate",
+            "access_log",
+            "workers",
+        ] {
+            assert_eq!(log.reload_class(key), ReloadClass::Restart, "{key}");
+        }
+        for key in [
+            "listeners.inbound.app",
+            "listeners.inbound.timeout",
+            "defaults.timeout",
+            "services[].retry.attempts",
+            "inbound.cache.max_bytes",
+        ] {
+            assert_eq!(log.reload_class(key), ReloadClass::Live, "{key}");
+        }
+    }
+
+    #[test]
+    fn connect_timeout_is_a_defaults_key_only() {
+        let log = accepted();
+        assert!(log.keys.contains("defaults.connect_timeout"));
+        assert!(!log.keys.contains("services[].connect_timeout"));
     }
 }

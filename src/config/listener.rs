@@ -68,26 +68,31 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Reads the limit keys of a listener's section.
+/// Reads the limit keys of a listener's section; each is fixed when the
+/// listener's server is built, so a reload keeps its running value.
 pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLimits {
     let base = ListenerLimits::default();
     let limits = ListenerLimits {
         max_header_bytes: t
-            .get("max_header_bytes", problems)
+            .get_restart("max_header_bytes", problems)
             .unwrap_or(base.max_header_bytes),
-        max_body_bytes: t.get("max_body_bytes", problems).or(base.max_body_bytes),
+        max_body_bytes: t
+            .get_restart("max_body_bytes", problems)
+            .or(base.max_body_bytes),
         client_header_timeout: t
-            .get("client_header_timeout", problems)
+            .get_restart("client_header_timeout", problems)
             .unwrap_or(base.client_header_timeout),
         client_body_timeout: t
-            .get("client_body_timeout", problems)
+            .get_restart("client_body_timeout", problems)
             .unwrap_or(base.client_body_timeout),
         client_write_timeout: t
-            .get("client_write_timeout", problems)
+            .get_restart("client_write_timeout", problems)
             .unwrap_or(base.client_write_timeout),
-        keep_alive: t.get("keep_alive", problems).unwrap_or(base.keep_alive),
+        keep_alive: t
+            .get_restart("keep_alive", problems)
+            .unwrap_or(base.keep_alive),
         max_connections: t
-            .get("max_connections", problems)
+            .get_restart("max_connections", problems)
             .unwrap_or(base.max_connections),
     };
     if !(MIN_HEADER_BYTES..=PARSER_HEAD_LIMIT).contains(&limits.max_header_bytes) {
@@ -126,14 +131,15 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
     limits
 }
 
-/// Reads `bind` of a listener's section, `default` when absent.
+/// Reads `bind` of a listener's section, `default` when absent; bound at
+/// start, so a reload keeps its running value.
 pub(super) fn read_bind(
     t: &mut Table,
     default: &str,
     problems: &mut Problems,
 ) -> Option<SocketAddr> {
     let bind: String = t
-        .get("bind", problems)
+        .get_restart("bind", problems)
         .unwrap_or_else(|| default.to_string());
     match bind.parse() {
         Ok(addr) => Some(addr),

@@ -29,7 +29,7 @@ pub use inbound::{
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
-pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position};
+pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass};
 pub(crate) use reader::{FromYaml, Problems, Table};
 
 /// Everything the sidecar needs to run.
@@ -125,8 +125,9 @@ pub struct Policy {
     /// Bound on one try at one replica (default 1s).
     #[serde(serialize_with = "as_duration")]
     pub per_try_timeout: Duration,
-    /// Bound on opening a TCP connection to a replica (default 500ms).
-    /// Only `defaults.connect_timeout` is used: the connection pool is shared by all services.
+    /// Bound on opening a TCP connection to a replica (default 500ms): the
+    /// key is `defaults.connect_timeout` only, since the connection pool is
+    /// shared by all services, and each service's policy carries its value.
     #[serde(serialize_with = "as_duration")]
     pub connect_timeout: Duration,
     /// How a replica is chosen (default `least_load`).
@@ -405,15 +406,15 @@ fn read_config(
         listeners.admin_token = env("OUTRIGGER_ADMIN_TOKEN").filter(|token| !token.is_empty());
         listeners
     });
-    let discovery = discovery::read(top.raw("discovery"), problems);
-    let mut defaults = top.section("defaults", &Policy::default(), problems, read_policy_keys);
+    let discovery = discovery::read(top.raw_restart("discovery"), problems);
+    let mut defaults = top.section("defaults", &Policy::default(), problems, read_defaults);
     let mut discovery = discovery?;
     env::apply(&mut defaults, &mut discovery, env, problems);
     let services = read_services(top.raw("services"), &defaults, discovery.source, problems);
     let inbound = top.section("inbound", &None, problems, |t, _, problems| {
         Some(inbound::read_inbound(t, env, problems))
     });
-    let redis = match top.raw("redis") {
+    let redis = match top.raw_restart("redis") {
         Some(value) => Table::open(value, "redis", problems).and_then(|mut t| {
             let redis = inbound::read_redis(&mut t, env, problems);
             t.finish(problems);
@@ -426,14 +427,14 @@ fn read_config(
         }),
     };
     let observability = observability::read_observability(&mut top, problems);
-    let workers = top.get("workers", problems);
+    let workers = top.get_restart("workers", problems);
     if let Some(count) = workers {
         at_least_one(count, "workers", problems);
     }
     let workers = env::workers(env, problems)
         .or(workers)
         .unwrap_or_else(default_workers);
-    let lifecycle = top.section(
+    let lifecycle = top.section_restart(
         "lifecycle",
         &Lifecycle::default(),
         problems,
@@ -448,7 +449,7 @@ fn read_config(
             }
         },
     );
-    let reload = top.section(
+    let reload = top.section_restart(
         "reload",
         &ReloadConfig::default(),
         problems,
@@ -533,16 +534,30 @@ fn read_section<T>(
     section
 }
 
-/// Reads the policy keys of `table` (shared by `defaults` and each service).
+/// Reads `defaults`: the policy keys, and `connect_timeout`, which only
+/// `defaults` has: the connection pool it bounds is built once at start and
+/// shared by every service, so each service's policy carries this value.
+fn read_defaults(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
+    let connect_timeout = table
+        .get_restart("connect_timeout", problems)
+        .unwrap_or(base.connect_timeout);
+    positive(connect_timeout, &table.path_of("connect_timeout"), problems);
+    let base = Policy {
+        connect_timeout,
+        ..base.clone()
+    };
+    read_policy_keys(table, &base, problems)
+}
+
+/// Reads the policy keys of `table` (shared by `defaults` and each service),
+/// `connect_timeout` aside: it is taken from `base`.
 fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
     let policy = Policy {
         timeout: table.get("timeout", problems).unwrap_or(base.timeout),
         per_try_timeout: table
             .get("per_try_timeout", problems)
             .unwrap_or(base.per_try_timeout),
-        connect_timeout: table
-            .get("connect_timeout", problems)
-            .unwrap_or(base.connect_timeout),
+        connect_timeout: base.connect_timeout,
         load_balancer: table
             .get("load_balancer", problems)
             .unwrap_or(base.load_balancer),
@@ -571,7 +586,6 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
     for (key, value) in [
         ("timeout", policy.timeout),
         ("per_try_timeout", policy.per_try_timeout),
-        ("connect_timeout", policy.connect_timeout),
     ] {
         positive(value, &table.path_of(key), problems);
     }
@@ -743,12 +757,11 @@ fn read_service(
         }
     }
     let strip_prefix = t.get("strip_prefix", problems).unwrap_or(true);
-    if t.raw("connect_timeout").is_some() {
-        problems.add(
-            &t.path_of("connect_timeout"),
-            "set it under defaults: the connection pool is shared by all services",
-        );
-    }
+    t.refuse(
+        "connect_timeout",
+        "set it under defaults: the connection pool is shared by all services",
+        problems,
+    );
     let policy = read_policy_keys(&mut t, defaults, problems);
     t.finish(problems);
     Some(ServiceConfig {

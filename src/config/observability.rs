@@ -62,12 +62,13 @@ impl Default for ObservabilityConfig {
     }
 }
 
-/// Reads `tracing` and `access_log` from the top-level table.
+/// Reads `tracing` and `access_log` from the top-level table; both are set
+/// up at start, so a reload keeps their running values.
 pub fn read_observability(top: &mut Table, problems: &mut Problems) -> ObservabilityConfig {
     let defaults = ObservabilityConfig::default();
-    let tracing = top.section("tracing", &defaults.tracing, problems, read_tracing);
+    let tracing = top.section_restart("tracing", &defaults.tracing, problems, read_tracing);
     let access_log = top
-        .get("access_log", problems)
+        .get_restart("access_log", problems)
         .unwrap_or(defaults.access_log);
     ObservabilityConfig {
         tracing,

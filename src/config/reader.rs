@@ -4,7 +4,10 @@
 //! so sections are read key by key: each value is converted on its own, a bad
 //! value becomes a [`ConfigError`] naming its path, and reading goes on.
 //! [`Table::raw`] is the one place a key becomes known: what it was asked
-//! for is what [`Table::finish`] accepts, and what [`KeyLog`] lists.
+//! for is what [`Table::finish`] accepts, and what [`KeyLog`] lists. A key
+//! read only at start is read with a `_restart` method ([`Table::get_restart`],
+//! [`Table::raw_restart`], [`Table::section_restart`]): that read is its one
+//! declaration as restart-only, which the reference and reload both follow.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -63,6 +66,46 @@ pub struct KeyLog {
     pub keys: BTreeSet<String>,
     /// The paths that were read as mappings (`defaults.retry`, `services[]`).
     pub sections: BTreeSet<String>,
+    /// The keys read with a `_restart` method: a section among them makes
+    /// every key under it restart-only.
+    pub restart: BTreeSet<String>,
+}
+
+/// Whether a reload puts a key's new value in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadClass {
+    /// A reload applies it.
+    Live,
+    /// Read once at start: a reload keeps the running value and names the key.
+    Restart,
+}
+
+impl ReloadClass {
+    /// The word the reference's `reload` column uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Restart => "restart",
+        }
+    }
+}
+
+impl KeyLog {
+    /// How a reload treats `key` (a path from [`KeyLog::keys`]): restart-only
+    /// when it or a section it is under was read with a `_restart` method.
+    pub fn reload_class(&self, key: &str) -> ReloadClass {
+        let under_restart = self.restart.iter().any(|tagged| {
+            key == tagged
+                || key
+                    .strip_prefix(tagged.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        });
+        if under_restart {
+            ReloadClass::Restart
+        } else {
+            ReloadClass::Live
+        }
+    }
 }
 
 impl Problems {
@@ -99,13 +142,17 @@ impl Problems {
         self.errors.is_empty()
     }
 
-    fn log_table(&mut self, path: &str, asked: Vec<String>) {
+    fn log_table(&mut self, path: &str, asked: Vec<(String, ReloadClass)>) {
         let Some(log) = &mut self.keys else {
             return;
         };
         let section = generic_path(path);
-        for key in asked {
-            log.keys.insert(child_path(&section, &key));
+        for (key, class) in asked {
+            let key = child_path(&section, &key);
+            if class == ReloadClass::Restart {
+                log.restart.insert(key.clone());
+            }
+            log.keys.insert(key);
         }
         if !section.is_empty() {
             log.sections.insert(section);
@@ -240,8 +287,9 @@ pub fn child_path(parent: &str, key: &str) -> String {
 pub struct Table<'v> {
     path: String,
     entries: Vec<(&'v str, &'v Value, bool)>,
-    /// Every key asked for, present or not; only kept while recording keys.
-    asked: Option<Vec<String>>,
+    /// Every key asked for, present or not, and how a reload treats it;
+    /// only kept while recording keys.
+    asked: Option<Vec<(String, ReloadClass)>>,
 }
 
 impl<'v> Table<'v> {
@@ -280,19 +328,59 @@ impl<'v> Table<'v> {
     /// The raw value under `key`, marking it used: every reader goes
     /// through here, so a key asked for is a key accepted.
     pub fn raw(&mut self, key: &str) -> Option<&'v Value> {
+        self.raw_as(key, ReloadClass::Live)
+    }
+
+    /// [`Table::raw`] for a key read only at start (a section: every key
+    /// under it): a reload keeps its running value.
+    pub fn raw_restart(&mut self, key: &str) -> Option<&'v Value> {
+        self.raw_as(key, ReloadClass::Restart)
+    }
+
+    /// [`Table::raw`], logging `key` with `class` while recording keys.
+    fn raw_as(&mut self, key: &str, class: ReloadClass) -> Option<&'v Value> {
         if let Some(asked) = &mut self.asked {
-            if !asked.iter().any(|k| k == key) {
-                asked.push(key.to_string());
+            match asked.iter_mut().find(|(k, _)| k == key) {
+                Some((_, logged)) => *logged = class,
+                None => asked.push((key.to_string(), class)),
             }
         }
+        self.take(key)
+    }
+
+    /// Marks `key` used (so [`Table::finish`] does not call it unknown)
+    /// and yields its value, without listing it as accepted.
+    fn take(&mut self, key: &str) -> Option<&'v Value> {
         let entry = self.entries.iter_mut().find(|(k, _, _)| *k == key)?;
         entry.2 = true;
         Some(entry.1)
     }
 
+    /// Refuses `key` with `message` when the table has it: for a key that
+    /// belongs elsewhere, whose place the message names. It is not accepted
+    /// here.
+    pub fn refuse(&mut self, key: &str, message: &str, problems: &mut Problems) {
+        if self.take(key).is_some() {
+            problems.add(&self.path_of(key), message);
+        }
+    }
+
     /// Reads `key` as a `T`; records a problem and yields `None` on a bad value.
     pub fn get<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<T> {
         let value = self.raw(key)?;
+        self.parse(key, value, problems)
+    }
+
+    /// [`Table::get`] for a key read only at start: a reload keeps its
+    /// running value.
+    pub fn get_restart<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<T> {
+        let value = self.raw_restart(key)?;
+        self.parse(key, value, problems)
+    }
+
+    /// Converts `value`, found under `key`, recording a problem when it
+    /// has the wrong shape.
+    fn parse<T: FromYaml>(&self, key: &str, value: &Value, problems: &mut Problems) -> Option<T> {
         let parsed = T::from_yaml(value);
         if parsed.is_none() {
             let message = format!("expected {}, got {}", T::EXPECTED, show(value));
@@ -310,8 +398,35 @@ impl<'v> Table<'v> {
         problems: &mut Problems,
         read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
     ) -> T {
+        let value = self.raw(key);
+        self.open_section(key, value, base, problems, read)
+    }
+
+    /// [`Table::section`] for a section read only at start: a reload keeps
+    /// the running value of every key in it.
+    pub fn section_restart<T: Clone>(
+        &mut self,
+        key: &str,
+        base: &T,
+        problems: &mut Problems,
+        read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
+    ) -> T {
+        let value = self.raw_restart(key);
+        self.open_section(key, value, base, problems, read)
+    }
+
+    /// Reads `value`, found under `key`, as a mapping with `read` on top of
+    /// `base`: an absent or malformed section yields `base`.
+    fn open_section<T: Clone>(
+        &self,
+        key: &str,
+        value: Option<&Value>,
+        base: &T,
+        problems: &mut Problems,
+        read: impl FnOnce(&mut Table, &T, &mut Problems) -> T,
+    ) -> T {
         let path = self.path_of(key);
-        let Some(value) = self.raw(key) else {
+        let Some(value) = value else {
             return base.clone();
         };
         let Some(mut table) = Table::open(value, &path, problems) else {
