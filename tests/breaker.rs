@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint};
 use serde_json::Value;
-use support::{
-    client, closed_port, eventually, get_json, get_text, metric, sidecar, status_of, Upstream,
-};
+use support::client::{client, get_json, get_text, status_of};
+use support::eventually::eventually;
+use support::metrics::metric;
+use support::ports::closed_port;
+use support::replica::Upstream;
+use support::sidecar::sidecar;
 
 async fn breaker_state(admin: &str, key: &str) -> String {
     let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;

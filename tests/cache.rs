@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::{client, get_text, x_cache};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, Fault, FaultServer};
-use support::{
-    client, eventually, get_text, listeners_with_inbound, metric, raw_header, sidecar_from,
-    x_cache, RedisServer, SidecarProcess, TempDir, Upstream,
-};
+use support::files::TempDir;
+use support::metrics::metric;
+use support::process::SidecarProcess;
+use support::raw::raw_header;
+use support::redis::RedisServer;
+use support::replica::Upstream;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 /// The sidecar's `redis.timeout`.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);

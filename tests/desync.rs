@@ -14,7 +14,7 @@ use std::time::Duration;
 use http_desync_guardian::request_analyzer::HttpRequestData;
 use http_desync_guardian::RequestSafetyTier;
 use serde_norway::Value;
-use support::{listeners_with_inbound, sidecar_from};
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An upstream that keeps the raw head of every request it receives and

@@ -6,7 +6,10 @@
 mod support;
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint, Snapshot};
-use support::{first_service_replicas, send_ok, sidecar, Upstream};
+use support::admin::first_service_replicas;
+use support::client::send_ok;
+use support::replica::Upstream;
+use support::sidecar::sidecar;
 
 /// A snapshot of service `api` with each `(address, ready)`, in zone
 /// `eu-west-1a` with weight 2.

@@ -7,10 +7,13 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use support::{
-    closed_port, discovery_syncs, eventually, first_service_replicas, send_ok, sidecar_with,
-    status_of, TempDir, Upstream,
-};
+use support::admin::{discovery_syncs, first_service_replicas};
+use support::client::{send_ok, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::ports::closed_port;
+use support::replica::Upstream;
+use support::sidecar::sidecar_with;
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
 struct Dnsmasq {

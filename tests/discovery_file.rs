@@ -8,10 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outrigger::Sidecar;
-use support::{
-    assert_last_set_kept, config_with, discovery_syncs, eventually, get_json, get_text,
-    sidecar_with, status_of, swap_in, Load, TempDir, Upstream,
-};
+use support::admin::{assert_last_set_kept, discovery_syncs};
+use support::client::{get_json, get_text, status_of, Load};
+use support::eventually::eventually;
+use support::files::{swap_in, TempDir};
+use support::replica::Upstream;
+use support::sidecar::{config_with, sidecar_with};
 
 fn discovery(path: &Path) -> String {
     format!(

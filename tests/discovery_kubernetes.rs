@@ -15,10 +15,12 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer};
 use outrigger::Sidecar;
 use serde_json::{json, Value};
-use support::{
-    config_with, eventually, first_service_replicas, get_json, send_ok, status_of, TempDir,
-    Upstream,
-};
+use support::admin::first_service_replicas;
+use support::client::{get_json, send_ok, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::replica::Upstream;
+use support::sidecar::config_with;
 use tokio::sync::mpsc;
 
 type Watcher = mpsc::UnboundedSender<Bytes>;

@@ -6,11 +6,12 @@
 mod support;
 
 use outrigger::Sidecar;
+use support::admin::{assert_last_set_kept, discovery_syncs, first_service_replicas};
+use support::client::{send_ok, status_of};
+use support::eventually::eventually;
 use support::registry::Registry;
-use support::{
-    assert_last_set_kept, config_with, discovery_syncs, eventually, first_service_replicas,
-    send_ok, sidecar_with, status_of, Upstream,
-};
+use support::replica::Upstream;
+use support::sidecar::{config_with, sidecar_with};
 
 fn discovery(registry: &Registry) -> String {
     format!(

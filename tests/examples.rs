@@ -9,8 +9,11 @@ use std::process::Command;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::{client, get_json, status_of, x_cache};
+use support::eventually::eventually;
 use support::registry::Registry;
-use support::{client, eventually, get_json, sidecar_from, status_of, x_cache, Upstream};
+use support::replica::Upstream;
+use support::sidecar::sidecar_from;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
 const SECRET: &str = "examples-secret";

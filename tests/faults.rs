@@ -11,12 +11,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::client::{client, get_text};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, load, load_while, Fault, FaultServer, Tally, ANSWER};
-use support::{
-    client, endpoints, eventually, get_text, metric, metric_sum, raw_cut_short, raw_exchange,
-    raw_header, sidecar_from, sidecar_with, swap_in, RedisServer, SidecarProcess, TempDir,
-    Upstream,
-};
+use support::files::{swap_in, TempDir};
+use support::metrics::{metric, metric_sum};
+use support::process::SidecarProcess;
+use support::raw::{raw_cut_short, raw_exchange, raw_header};
+use support::redis::RedisServer;
+use support::replica::{endpoints, Upstream};
+use support::sidecar::{sidecar_from, sidecar_with};
 
 /// Concurrent clients of each load phase.
 const CLIENTS: usize = 4;
@@ -122,7 +126,7 @@ async fn survive(fault: Option<Fault>) -> FaultReport {
     let back = Upstream::start_at(&faulty_addr).await;
     let url = format!("{base}/api/x");
     eventually("the restored replica serves again", || async {
-        support::status_of(&url).await == Some(200) && back.hits() >= 3
+        support::client::status_of(&url).await == Some(200) && back.hits() >= 3
     })
     .await;
     let after = load(CLIENTS, Duration::from_millis(500), 50, get("/api/x")).await;
@@ -425,7 +429,7 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
     let hits = cache_hits().await;
     eventually("the cache serves from the new Redis", || async {
         let answer = get(&client(), 0).send().await;
-        answer.is_ok_and(|r| support::x_cache(&r).as_deref() == Some("HIT"))
+        answer.is_ok_and(|r| support::client::x_cache(&r).as_deref() == Some("HIT"))
             && cache_hits().await > hits
     })
     .await;
@@ -463,7 +467,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let sidecar = sidecar_with(&discovery, "  - name: api").await;
     let admin = format!("http://{}", sidecar.admin_addr());
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
-    let errors = || support::discovery_syncs(&admin, "file", "error");
+    let errors = || support::admin::discovery_syncs(&admin, "file", "error");
 
     let broken = async {
         actix_rt::time::sleep(Duration::from_millis(300)).await;
@@ -481,7 +485,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let during = load_while(CLIENTS, PHASE, PER_CLIENT, |c, _| c.get(&url), broken).await;
     assert!(during.sent >= 40, "{during:?}");
     assert_eq!(during.failed(), 0, "{during:?}");
-    support::assert_last_set_kept(&admin, &url, "api", 2).await;
+    support::admin::assert_last_set_kept(&admin, &url, "api", 2).await;
     let kept = (a.hits(), b.hits());
     assert!(
         kept.0 > 0 && kept.1 > 0,
@@ -491,7 +495,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     swap_in(&path, &listing(&[&a, &b, &c]));
     eventually(
         "a good file is read again and its new replica serves",
-        || async { support::status_of(&url).await == Some(200) && c.hits() > 0 },
+        || async { support::client::status_of(&url).await == Some(200) && c.hits() > 0 },
     )
     .await;
     let text = get_text(&format!("{admin}/metrics")).await;

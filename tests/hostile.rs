@@ -13,7 +13,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{eventually, get_json, sidecar_from, Nginx, SidecarProcess, Upstream};
+use support::apps::Nginx;
+use support::client::get_json;
+use support::eventually::eventually;
+use support::process::SidecarProcess;
+use support::replica::Upstream;
+use support::sidecar::sidecar_from;
 
 /// A sidecar whose outbound listener routes `/api/...` and whose inbound
 /// listener forwards to the same upstream; `limits` is YAML added to both
@@ -534,7 +539,7 @@ async fn slow_header_senders_are_cut_off_while_others_are_served() {
     // While they dribble, an ordinary client is served at once.
     let started = Instant::now();
     let url = format!("http://{addr}/api/a");
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     let took = started.elapsed();
     assert!(took < Duration::from_millis(900), "served in {took:?}");
     let mut kept = Vec::new();
@@ -587,7 +592,7 @@ async fn two_thousand_idle_connections_are_held_and_a_new_client_is_served() {
     let addr = sidecar.outbound_addr();
     let mut idle = idle_clients(addr, 2000).await;
     let url = format!("http://{addr}/api/a");
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     // The idle ones were held open, not dropped: the first, middle and
     // last are served when they finally ask.
     for index in [0, 1000, 1999] {
@@ -625,7 +630,7 @@ async fn ten_thousand_idle_connections_are_held_by_the_binary() {
     })
     .await;
     let url = format!("http://{}/api/a", sidecar.outbound);
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     // Served on one of them too (the newest: `client_header_timeout`
     // closes idle ones 10 s after they connected).
     assert_eq!(

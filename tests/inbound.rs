@@ -12,10 +12,15 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{
-    client, eventually, get_text, header_seen, key_pair, metric, sidecar_from, KeyPair,
-    RedisServer, TempDir, Upstream, WsgiApp,
-};
+use support::apps::WsgiApp;
+use support::client::{client, get_text};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::keys::{key_pair, KeyPair};
+use support::metrics::metric;
+use support::redis::RedisServer;
+use support::replica::{header_seen, Upstream};
+use support::sidecar::sidecar_from;
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -358,7 +363,7 @@ async fn tokens_without_a_usable_subject_or_with_unusable_roles_are_refused_not_
                 .send()
                 .await
                 .expect("an answer");
-            let cache = support::x_cache(&response);
+            let cache = support::client::x_cache(&response);
             let body: Value = response.json().await.unwrap_or(Value::Null);
             (response.status().as_u16(), cache, body)
         }

@@ -7,10 +7,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{
-    client, eventually, get_json, get_text, listeners_with_inbound, metric, sidecar_from,
-    RedisServer, Upstream,
-};
+use support::client::{client, get_json, get_text};
+use support::eventually::eventually;
+use support::metrics::metric;
+use support::redis::RedisServer;
+use support::replica::Upstream;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 fn config(app: &Upstream, limits: &str, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {

@@ -16,10 +16,15 @@ use std::time::{Duration, Instant};
 use outrigger::trace::TraceContext;
 use rand::Rng;
 use serde_json::Value;
-use support::{
-    client, closed_port, eventually, get_json, get_text, header_seen, metric, sidecar_from,
-    status_of, RedisServer, SidecarProcess, TempDir, Upstream,
-};
+use support::client::{client, get_json, get_text, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::metrics::metric;
+use support::ports::closed_port;
+use support::process::SidecarProcess;
+use support::redis::RedisServer;
+use support::replica::{header_seen, Upstream};
+use support::sidecar::sidecar_from;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -627,7 +632,7 @@ async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
 #[actix_web::test]
 async fn random_paths_and_user_ids_do_not_grow_the_series() {
     let upstream = Upstream::start().await;
-    let sidecar = support::sidecar(&format!(
+    let sidecar = support::sidecar::sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
     ))

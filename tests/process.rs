@@ -11,8 +11,12 @@ use actix_web::body::SizedStream;
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use support::client::client;
+use support::eventually::eventually;
+use support::files::TempDir;
 use support::keep_alive::{Endpoint, KeepAliveLoad};
-use support::{client, eventually, SidecarProcess, TempDir, Upstream};
+use support::process::SidecarProcess;
+use support::replica::Upstream;
 
 const FIFTY_MIB: u64 = 50 * 1024 * 1024;
 /// Far below 50 MiB: a sidecar that buffered a body would blow through it.
@@ -313,7 +317,7 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
             terminated_at = Some(Instant::now());
         }
         if let Some(at) = terminated_at {
-            if support::status_of(&ready).await == Some(503) {
+            if support::client::status_of(&ready).await == Some(503) {
                 assert!(
                     at.elapsed() < Duration::from_millis(500),
                     "/ready turned 503 at once"
@@ -322,9 +326,9 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
             }
         }
         let url = url.clone();
-        requests.push(actix_rt::spawn(
-            async move { support::status_of(&url).await },
-        ));
+        requests.push(actix_rt::spawn(async move {
+            support::client::status_of(&url).await
+        }));
     }
     let sent = requests.len();
     let mut failed = 0;
@@ -416,7 +420,7 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
     sidecar.terminate();
     let ready = format!("http://{}/ready", sidecar.admin);
     eventually("/ready says 503", || async {
-        support::status_of(&ready).await == Some(503)
+        support::client::status_of(&ready).await == Some(503)
     })
     .await;
     for (_, load) in &loads {

@@ -9,10 +9,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{
-    client, eventually, get_json, get_text, listeners_with_inbound, metric, post_json,
-    sidecar_from_file, status_of, swap_in, Load, SidecarProcess, TempDir, Upstream,
-};
+use support::client::{client, get_json, get_text, post_json, status_of, Load};
+use support::eventually::eventually;
+use support::files::{swap_in, TempDir};
+use support::metrics::metric;
+use support::process::SidecarProcess;
+use support::replica::Upstream;
+use support::sidecar::{listeners_with_inbound, sidecar_from_file};
 
 /// A config on ephemeral ports with `api` at `endpoints`, the inbound
 /// listener in front of `app` with a limit of `limit` per minute on
@@ -328,7 +331,7 @@ async fn sighup_reloads_the_running_binary() {
 #[actix_web::test]
 async fn reload_is_refused_without_a_config_file() {
     let replica = Upstream::start().await;
-    let sidecar = support::sidecar(&format!(
+    let sidecar = support::sidecar::sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         replica.endpoint()
     ))

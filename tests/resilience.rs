@@ -7,7 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{client, endpoints, get_text, metric, sidecar, status_of, Upstream};
+use support::client::{client, get_text, status_of};
+use support::metrics::metric;
+use support::replica::{endpoints, Upstream};
+use support::sidecar::sidecar;
 
 #[actix_web::test]
 async fn a_replica_answering_503_is_invisible_to_the_app() {

@@ -6,7 +6,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{client, get_json, raw_exchange, raw_json, sidecar, Upstream};
+use support::client::{client, get_json};
+use support::raw::{raw_exchange, raw_json};
+use support::replica::Upstream;
+use support::sidecar::sidecar;
 
 fn three(upstreams: &[Upstream]) -> String {
     let list: Vec<String> = upstreams
@@ -30,7 +33,7 @@ async fn sequential_requests_spread_fairly_over_three_replicas() {
     .await;
     let url = format!("http://{}/api/work", sidecar.outbound_addr());
     for _ in 0..300 {
-        assert_eq!(support::status_of(&url).await, Some(200));
+        assert_eq!(support::client::status_of(&url).await, Some(200));
     }
     let hits: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
     assert_eq!(hits.iter().sum::<usize>(), 300);
@@ -58,7 +61,7 @@ async fn least_load_sends_a_slow_replica_less() {
         let url = url.clone();
         async move {
             for _ in 0..25 {
-                assert_eq!(support::status_of(&url).await, Some(200));
+                assert_eq!(support::client::status_of(&url).await, Some(200));
             }
         }
     });

@@ -4,10 +4,12 @@
 
 mod support;
 
-use support::{
-    client, closed_port, get_text, listeners_with_inbound, sidecar_from, SidecarProcess, TempDir,
-    Upstream,
-};
+use support::client::{client, get_text};
+use support::files::TempDir;
+use support::ports::closed_port;
+use support::process::SidecarProcess;
+use support::replica::Upstream;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 const JWT_SECRET: &str = "jwt-secret-0f9a8b7c";
 const API_KEY: &str = "api-key-5e4d3c2b";

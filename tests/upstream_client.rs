@@ -10,11 +10,13 @@
 mod support;
 
 use outrigger::Sidecar;
+use support::client::{client, get_text};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, Fault, FaultServer, ANSWER};
-use support::{
-    client, eventually, get_text, header_seen, metric_sum, raw_cut_short, raw_exchange,
-    sidecar_with, Upstream,
-};
+use support::metrics::metric_sum;
+use support::raw::{raw_cut_short, raw_exchange};
+use support::replica::{header_seen, Upstream};
+use support::sidecar::sidecar_with;
 
 /// One worker, so every call of a test meets the same pool.
 const ONE_WORKER: &str = "workers: 1";
@@ -177,7 +179,7 @@ async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
         .rfind("HTTP/1.1 ")
         .map_or("", |start| &answer[start..]);
     assert!(last.starts_with("HTTP/1.1 200"), "{answer}");
-    let echo = support::raw_json(last);
+    let echo = support::raw::raw_json(last);
     assert_eq!(echo["body_bytes"], 5, "{answer}");
     assert_eq!(header_seen(&echo, "expect"), None, "{answer}");
 }

@@ -10,7 +10,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
-use super::Upstream;
+use super::replica::Upstream;
 
 /// A service registry speaking the seed gateway's protocol.
 pub struct Registry {
