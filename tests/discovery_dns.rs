@@ -12,7 +12,7 @@ use support::client::{send_ok, status_of};
 use support::eventually::eventually;
 use support::files::TempDir;
 use support::ports::closed_port;
-use support::replica::Upstream;
+use support::replica::Replica;
 use support::sidecar::sidecar_with;
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
@@ -84,9 +84,9 @@ impl Drop for Dnsmasq {
 #[actix_web::test]
 async fn replicas_follow_changing_a_records_within_their_ttl() {
     // Every replica on the same port, on its own loopback address.
-    let first = Upstream::start_at("127.0.0.2:0").await;
+    let first = Replica::start_at("127.0.0.2:0").await;
     let port = first.addr.port();
-    let second = Upstream::start_at(&format!("127.0.0.3:{port}")).await;
+    let second = Replica::start_at(&format!("127.0.0.3:{port}")).await;
     let dns = Dnsmasq::start("127.0.0.2 api.test\n", &[]);
     let sidecar = sidecar_with(&dns.discovery(&format!("port: {port}")), "  - name: api").await;
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
@@ -134,7 +134,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
 
 #[actix_web::test]
 async fn srv_records_give_each_replica_its_port_and_weight() {
-    let upstream = Upstream::start_at("127.0.0.4:0").await;
+    let upstream = Replica::start_at("127.0.0.4:0").await;
     let port = upstream.addr.port();
     let dns = Dnsmasq::start(
         "127.0.0.4 web-1.test\n",

@@ -19,7 +19,7 @@ use support::metrics::{metric, metric_sum};
 use support::process::SidecarProcess;
 use support::raw::{raw_cut_short, raw_exchange, raw_header};
 use support::redis::RedisServer;
-use support::replica::{endpoints, Upstream};
+use support::replica::{endpoints, Replica};
 use support::sidecar::{sidecar_from, sidecar_with};
 
 /// Concurrent clients of each load phase.
@@ -35,7 +35,7 @@ const RSS_SLACK: u64 = 2 * 1024 * 1024;
 /// `api` has two healthy replicas and the faulty one; `lone` only the
 /// faulty one, with no retries and a breaker that never opens, so each of
 /// its answers shows the fault's own status; `healthy` never sees it.
-fn services(a: &Upstream, b: &Upstream, faulty: &str) -> String {
+fn services(a: &Replica, b: &Replica, faulty: &str) -> String {
     let a_and_b = endpoints(&[a, b]);
     let a = a.endpoint();
     format!(
@@ -72,8 +72,8 @@ struct FaultReport {
 /// Runs the whole story for one fault (`None`: the replica is killed and
 /// nothing listens on its port) and checks what every fault shares.
 async fn survive(fault: Option<Fault>) -> FaultReport {
-    let (a, b) = (Upstream::start().await, Upstream::start().await);
-    let third = Upstream::start().await;
+    let (a, b) = (Replica::start().await, Replica::start().await);
+    let third = Replica::start().await;
     let faulty_addr = third.endpoint();
     let sidecar = SidecarProcess::start(&services(&a, &b, &faulty_addr)).await;
     let base = format!("http://{}", sidecar.outbound);
@@ -123,7 +123,7 @@ async fn survive(fault: Option<Fault>) -> FaultReport {
     }
 
     // The replica comes back healthy on its port and gets traffic again.
-    let back = Upstream::start_at(&faulty_addr).await;
+    let back = Replica::start_at(&faulty_addr).await;
     let url = format!("{base}/api/x");
     eventually("the restored replica serves again", || async {
         support::client::status_of(&url).await == Some(200) && back.hits() >= 3
@@ -356,7 +356,7 @@ async fn a_replica_with_conflicting_content_lengths() {
 
 /// An inbound listener with API keys, a per-role rate limit and the GET
 /// cache, all kept in Redis, in front of `app`.
-fn inbound_config(app: &Upstream, redis: &RedisServer) -> String {
+fn inbound_config(app: &Replica, redis: &RedisServer) -> String {
     format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" }}
@@ -379,7 +379,7 @@ inbound:
 #[actix_web::test]
 async fn redis_paused_killed_and_restarted_under_inbound_load() {
     let mut redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(
         &inbound_config(&app, &redis),
         &[("OUTRIGGER_API_KEYS", "ana:k-ana:admin")],
@@ -452,13 +452,13 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
 #[actix_web::test]
 async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let (a, b, c) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");
-    let listing = |upstreams: &[&Upstream]| format!("api: [{}]\n", endpoints(upstreams));
+    let listing = |upstreams: &[&Replica]| format!("api: [{}]\n", endpoints(upstreams));
     std::fs::write(&path, listing(&[&a, &b])).expect("write");
     let discovery = format!(
         "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",

@@ -23,7 +23,7 @@ use support::metrics::metric;
 use support::ports::closed_port;
 use support::process::SidecarProcess;
 use support::redis::RedisServer;
-use support::replica::{header_seen, Upstream};
+use support::replica::{header_seen, Replica};
 use support::sidecar::sidecar_from;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -31,10 +31,10 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 /// The sidecar and replicas of the scripted scenario.
 struct Scenario {
     sidecar: outrigger::Sidecar,
-    ok: Upstream,
-    failing: Upstream,
-    _slow: Upstream,
-    _app: Upstream,
+    ok: Replica,
+    failing: Replica,
+    _slow: Replica,
+    _app: Replica,
     _redis: RedisServer,
     dead: String,
 }
@@ -42,10 +42,10 @@ struct Scenario {
 impl Scenario {
     async fn start() -> Scenario {
         let (ok, failing, slow, app) = (
-            Upstream::start().await,
-            Upstream::start().await,
-            Upstream::start().await,
-            Upstream::start().await,
+            Replica::start().await,
+            Replica::start().await,
+            Replica::start().await,
+            Replica::start().await,
         );
         failing.answer_with(503);
         slow.delay(Duration::from_millis(800));
@@ -483,7 +483,7 @@ fn json_lines(path: &std::path::Path) -> Vec<Value> {
 
 #[actix_web::test]
 async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
     let process = SidecarProcess::start_with(
@@ -574,7 +574,7 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
 
 #[actix_web::test]
 async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
     let process = SidecarProcess::start_with(
@@ -631,7 +631,7 @@ async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
 
 #[actix_web::test]
 async fn random_paths_and_user_ids_do_not_grow_the_series() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = support::sidecar::sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -741,7 +741,7 @@ impl Collector {
 #[actix_web::test]
 async fn sampled_requests_are_exported_as_otlp_spans() {
     let collector = Collector::start();
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let yaml = format!(
         "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
 tracing: {{ sample_rate: 0.0, otlp_endpoint: \"http://{}/v1/traces\" }}

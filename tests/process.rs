@@ -16,7 +16,7 @@ use support::eventually::eventually;
 use support::files::TempDir;
 use support::keep_alive::{Endpoint, KeepAliveLoad};
 use support::process::SidecarProcess;
-use support::replica::Upstream;
+use support::replica::Replica;
 
 const FIFTY_MIB: u64 = 50 * 1024 * 1024;
 /// Far below 50 MiB: a sidecar that buffered a body would blow through it.
@@ -171,7 +171,7 @@ fn a_taken_port_stops_the_start_with_one_line_naming_the_listener_and_exit_1() {
 
 #[actix_web::test]
 async fn fifty_mib_up_and_down_stream_through_with_bounded_memory() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = SidecarProcess::start(&format!(
         "  - {{ name: files, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",
         upstream.endpoint()
@@ -222,7 +222,7 @@ fn worker_threads(sidecar: &SidecarProcess) -> usize {
 
 #[actix_web::test]
 async fn workers_sets_the_outbound_threads_and_the_variable_overrides_it() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -259,7 +259,7 @@ async fn exit_code(sidecar: &mut SidecarProcess, within: Duration) -> Option<i32
 
 #[actix_web::test]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     upstream.delay(Duration::from_millis(700));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
@@ -293,7 +293,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[actix_web::test]
 async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     upstream.delay(Duration::from_millis(300));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
@@ -347,7 +347,7 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
 
 #[actix_web::test]
 async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -376,7 +376,7 @@ async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
 #[actix_web::test]
 async fn sigterm_under_keep_alive_load_loses_no_request_at_either_listener() {
     const CLIENTS: usize = 25;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let services = format!("  - {{ name: api, endpoints: [\"{}\"] }}", app.endpoint());
     let extra = "lifecycle: { drain_delay: 1s, shutdown_grace: 5s }
 inbound: { auth: { api_keys: { header: x-api-key } } }";
@@ -454,7 +454,7 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
 /// is logged with its request id and counted, at both listeners.
 #[actix_web::test]
 async fn requests_cut_when_the_grace_runs_out_are_logged_by_id_and_counted() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     app.delay(Duration::from_secs(20));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",

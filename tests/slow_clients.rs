@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::client::{get_json, Load};
 use support::eventually::eventually;
-use support::replica::Upstream;
+use support::replica::Replica;
 use support::sidecar::sidecar_from;
 
 /// Slow-body connections held at once. The issue's figure is 1,000; so
@@ -59,9 +59,9 @@ async fn slow_upload(addr: SocketAddr, bytes: usize, pace: Duration) -> Result<u
 #[actix_rt::test]
 async fn a_slow_body_flood_takes_no_replica_out_and_others_are_served() {
     let replicas = [
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     ];
     let endpoints = support::replica::endpoints(&replicas.iter().collect::<Vec<_>>());
     // Each upload takes 2 s, four times the per-try timeout: the replica is
@@ -147,7 +147,7 @@ async fn stalled_upload(addr: SocketAddr, head: &str, sent: &[u8]) -> Stalled {
 
 #[actix_rt::test]
 async fn a_stalled_upload_gets_408_after_client_body_timeout_on_both_listeners() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let yaml = format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 500ms }}

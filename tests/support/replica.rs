@@ -20,14 +20,14 @@ use super::eventually::eventually;
 /// One replica: counts its requests, answers with a settable status after a
 /// settable delay, echoes what it received as JSON, and streams bodies
 /// (`/download/<bytes>`, `/upload`).
-pub struct Upstream {
+pub struct Replica {
     pub addr: SocketAddr,
-    state: Arc<UpstreamState>,
+    state: Arc<ReplicaState>,
     handle: ServerHandle,
 }
 
 #[derive(Default)]
-struct UpstreamState {
+struct ReplicaState {
     hits: AtomicUsize,
     /// TCP connections accepted so far.
     connections: AtomicUsize,
@@ -42,14 +42,14 @@ struct UpstreamState {
     headers: std::sync::Mutex<Vec<(String, String)>>,
 }
 
-impl Upstream {
-    pub async fn start() -> Upstream {
-        Upstream::start_at("127.0.0.1:0").await
+impl Replica {
+    pub async fn start() -> Replica {
+        Replica::start_at("127.0.0.1:0").await
     }
 
-    /// An upstream bound to `addr` (any loopback address, port 0 for any).
-    pub async fn start_at(addr: &str) -> Upstream {
-        let state = Arc::new(UpstreamState::default());
+    /// A replica bound to `addr` (any loopback address, port 0 for any).
+    pub async fn start_at(addr: &str) -> Replica {
+        let state = Arc::new(ReplicaState::default());
         state.status.store(200, Ordering::SeqCst);
         let shared = web::Data::from(Arc::clone(&state));
         let counted = Arc::clone(&state);
@@ -66,12 +66,12 @@ impl Upstream {
         .workers(1)
         .disable_signals()
         .bind(addr)
-        .expect("bind an upstream");
+        .expect("bind a replica");
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        Upstream {
+        Replica {
             addr,
             state,
             handle,
@@ -126,16 +126,16 @@ impl Upstream {
     /// closed, so no pooled connection to it can still be answered.
     pub async fn stop(&self) {
         self.handle.stop(false).await;
-        eventually("the stopped upstream closed its connections", || async {
+        eventually("the stopped replica closed its connections", || async {
             self.state.open.load(Ordering::SeqCst) == 0
         })
         .await;
     }
 }
 
-/// Kept with each connection an [`Upstream`] accepts; counts it closed
+/// Kept with each connection an [`Replica`] accepts; counts it closed
 /// when the server drops the connection.
-struct OpenConnection(Arc<UpstreamState>);
+struct OpenConnection(Arc<ReplicaState>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -146,7 +146,7 @@ impl Drop for OpenConnection {
 async fn answer(
     req: HttpRequest,
     mut body: web::Payload,
-    state: web::Data<UpstreamState>,
+    state: web::Data<ReplicaState>,
 ) -> HttpResponse {
     state.hits.fetch_add(1, Ordering::SeqCst);
     state.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -207,16 +207,16 @@ fn download(size: u64) -> impl futures_util::Stream<Item = Result<Bytes, std::io
     }))
 }
 
-/// The upstreams as a YAML flow list's items: `"127.0.0.1:1", "127.0.0.1:2"`.
-pub fn endpoints(upstreams: &[&Upstream]) -> String {
-    let list: Vec<String> = upstreams
+/// The replicas as a YAML flow list's items: `"127.0.0.1:1", "127.0.0.1:2"`.
+pub fn endpoints(replicas: &[&Replica]) -> String {
+    let list: Vec<String> = replicas
         .iter()
         .map(|u| format!("\"{}\"", u.endpoint()))
         .collect();
     list.join(", ")
 }
 
-/// The value of header `name` as an upstream echoed it (the first one).
+/// The value of header `name` as a replica echoed it (the first one).
 pub fn header_seen(echo: &Value, name: &str) -> Option<String> {
     echo["headers"]
         .as_array()?
