@@ -5,9 +5,10 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use support::admin::{discovery_syncs, first_service_replicas};
+use support::child::OwnedChild;
 use support::client::{send_ok, status_of};
 use support::eventually::eventually;
 use support::files::TempDir;
@@ -17,7 +18,7 @@ use support::sidecar::sidecar_with;
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
 struct Dnsmasq {
-    child: Child,
+    child: OwnedChild,
     port: u16,
     hosts: PathBuf,
     _dir: TempDir,
@@ -49,7 +50,7 @@ impl Dnsmasq {
             .spawn()
             .expect("start dnsmasq (scripts/test.sh installs dnsmasq-base)");
         Dnsmasq {
-            child,
+            child: OwnedChild::new(child),
             port,
             hosts: path,
             _dir: dir,
@@ -59,11 +60,7 @@ impl Dnsmasq {
     /// Replaces the hosts file and tells dnsmasq to read it again.
     fn set_hosts(&self, hosts: &str) {
         std::fs::write(&self.hosts, hosts).expect("write hosts");
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.child.signal("HUP");
     }
 
     fn discovery(&self, dns: &str) -> String {
@@ -71,13 +68,6 @@ impl Dnsmasq {
             "discovery: {{ source: dns, refresh: 1m, dns: {{ suffix: .test, nameservers: [\"127.0.0.1:{}\"], {dns} }} }}",
             self.port
         )
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

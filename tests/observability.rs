@@ -10,12 +10,13 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outrigger::trace::TraceContext;
 use rand::Rng;
 use serde_json::Value;
+use support::child::OwnedChild;
 use support::client::{client, get_json, get_text, status_of};
 use support::eventually::eventually;
 use support::files::TempDir;
@@ -271,7 +272,7 @@ fn promtool_check(text: &str) {
 /// A Prometheus server on a free loopback port scraping `target` every
 /// second, with its storage in a temp dir; killed when dropped.
 struct Prometheus {
-    child: Child,
+    _child: OwnedChild,
     url: String,
     _dir: TempDir,
 }
@@ -305,7 +306,7 @@ scrape_configs:
             .spawn()
             .expect("run prometheus (scripts/test.sh installs the prometheus package)");
         Prometheus {
-            child,
+            _child: OwnedChild::new(child),
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         }
@@ -339,13 +340,6 @@ scrape_configs:
             assert!(Instant::now() < deadline, "no result for {expr}: {answer}");
             actix_rt::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,6 +2,7 @@
 //! paths as a front server does, and a WSGI app, which reads headers as
 //! CGI-style apps do.
 
+use super::child::OwnedChild;
 use super::eventually::eventually;
 use super::files::TempDir;
 use super::ports::closed_port;
@@ -13,7 +14,7 @@ use super::ports::closed_port;
 /// with every file in a temp dir; killed when dropped.
 pub struct Nginx {
     pub port: u16,
-    child: std::process::Child,
+    _child: OwnedChild,
     _dir: TempDir,
 }
 
@@ -60,7 +61,7 @@ http {{
             .expect("start nginx (scripts/test.sh installs it)");
         let nginx = Nginx {
             port,
-            child,
+            _child: OwnedChild::new(child),
             _dir: dir,
         };
         eventually("nginx accepts connections", || async {
@@ -75,20 +76,13 @@ http {{
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A WSGI app on python3's stdlib server (`wsgiref`), as CGI-style apps
 /// read requests: every header as `HTTP_<NAME>`, `-` and `_` both read as
 /// `_`. It answers each request with the JSON of the `HTTP_*` variables,
 /// `PATH_INFO` and `REMOTE_ADDR` of its `environ`; killed when dropped.
 pub struct WsgiApp {
     pub port: u16,
-    child: std::process::Child,
+    _child: OwnedChild,
 }
 
 const WSGI_APP: &str = r#"
@@ -126,17 +120,13 @@ impl WsgiApp {
             .read_line(&mut line)
             .expect("the WSGI app prints its port");
         let port = line.trim().parse().expect("a port number");
-        WsgiApp { port, child }
+        WsgiApp {
+            port,
+            _child: OwnedChild::new(child),
+        }
     }
 
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for WsgiApp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -14,6 +14,8 @@ pub mod admin;
 #[allow(dead_code)]
 pub mod apps;
 #[allow(dead_code)]
+pub mod child;
+#[allow(dead_code)]
 pub mod client;
 #[allow(dead_code)]
 pub mod eventually;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use super::child::OwnedChild;
 use super::client::status_of;
 use super::eventually::eventually;
 use super::files::{swap_in, TempDir};
@@ -11,7 +12,7 @@ use super::ports::loopback_port;
 /// The real `outrigger` binary, running `run` with a config file on free
 /// ports; killed when dropped.
 pub struct SidecarProcess {
-    pub child: std::process::Child,
+    pub child: OwnedChild,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
     /// The inbound listener, when it was started with one.
@@ -78,7 +79,7 @@ impl SidecarProcess {
         if let Some(path) = stderr {
             command.stderr(std::fs::File::create(path).expect("create the log file"));
         }
-        let child = command.spawn().expect("start outrigger");
+        let child = OwnedChild::new(command.spawn().expect("start outrigger"));
         let process = SidecarProcess {
             child,
             outbound,
@@ -137,14 +138,7 @@ impl SidecarProcess {
 
     /// Sends the signal named `name` (`TERM`, `HUP`).
     pub fn signal(&self, name: &str) {
-        signal(&self.child, name);
-    }
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.signal(name);
     }
 }
 
@@ -173,13 +167,4 @@ impl Listeners {
             "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
         )
     }
-}
-
-/// Sends the signal `name` (`TERM`, `STOP`...) to a child process.
-pub fn signal(child: &std::process::Child, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} failed");
 }

@@ -1,13 +1,13 @@
 //! A private `redis-server` for the tests of the Redis store.
 
+use super::child::OwnedChild;
 use super::eventually::eventually;
 use super::ports::closed_port;
-use super::process::signal;
 
 /// A private `redis-server` on a free loopback port, killed when dropped.
 pub struct RedisServer {
     pub port: u16,
-    child: std::process::Child,
+    child: OwnedChild,
 }
 
 impl RedisServer {
@@ -17,19 +17,18 @@ impl RedisServer {
 
     /// Kills the server (its data goes with it).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill_and_reap();
     }
 
     /// Stops the server (SIGSTOP): its connections stay open and nothing
     /// on them is answered, like a Redis stalled by a fork or a full disk.
     pub fn pause(&self) {
-        signal(&self.child, "STOP");
+        self.child.signal("STOP");
     }
 
     /// Lets a paused server go on (SIGCONT).
     pub fn resume(&self) {
-        signal(&self.child, "CONT");
+        self.child.signal("CONT");
     }
 
     /// Starts a fresh server on the same port.
@@ -53,7 +52,10 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start redis-server (scripts/test.sh installs it)");
-        let server = RedisServer { port, child };
+        let server = RedisServer {
+            port,
+            child: OwnedChild::new(child),
+        };
         eventually("redis-server answers PING", || async { server.ping() }).await;
         server
     }
@@ -71,12 +73,5 @@ impl RedisServer {
         stream.write_all(b"PING\r\n").is_ok()
             && stream.read_exact(&mut answer).is_ok()
             && &answer == b"+PONG\r\n"
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
