@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint};
 use serde_json::Value;
-use support::{
-    client, closed_port, eventually, get_json, get_text, metric, sidecar, status_of, Upstream,
-};
+use support::client::{client, get_json, get_text, status_of};
+use support::eventually::eventually;
+use support::metrics::metric;
+use support::ports::closed_port;
+use support::replica::Replica;
+use support::sidecar::sidecar;
 
 async fn breaker_state(admin: &str, key: &str) -> String {
     let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;
@@ -21,8 +24,8 @@ async fn breaker_state(admin: &str, key: &str) -> String {
 
 #[actix_web::test]
 async fn a_failing_replica_is_cut_off_probed_and_readmitted() {
-    let healthy = Upstream::start().await;
-    let failing = Upstream::start().await;
+    let healthy = Replica::start().await;
+    let failing = Replica::start().await;
     failing.answer_with(503);
     let sidecar = sidecar(&format!(
         "  - name: api
@@ -151,7 +154,7 @@ async fn with_every_replica_down_the_answer_is_a_fast_503() {
 
 #[actix_web::test]
 async fn a_replica_slower_than_the_timeout_gets_a_504_near_the_timeout() {
-    let slow = Upstream::start().await;
+    let slow = Replica::start().await;
     slow.delay(Duration::from_secs(3));
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"], timeout: 400ms }}",
@@ -188,8 +191,8 @@ async fn a_replica_slower_than_the_timeout_gets_a_504_near_the_timeout() {
 
 #[actix_web::test]
 async fn a_removed_replica_finishes_its_calls_and_gets_no_new_ones() {
-    let leaving = Upstream::start().await;
-    let staying = Upstream::start().await;
+    let leaving = Replica::start().await;
+    let staying = Replica::start().await;
     leaving.delay(Duration::from_millis(700));
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
@@ -243,7 +246,7 @@ async fn a_removed_replica_finishes_its_calls_and_gets_no_new_ones() {
 
 #[actix_web::test]
 async fn an_admin_reset_closes_open_breakers() {
-    let failing = Upstream::start().await;
+    let failing = Replica::start().await;
     failing.answer_with(500);
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"], circuit_breaker: {{ failure_threshold: 1, cooldown: 1m }} }}",
@@ -282,7 +285,7 @@ async fn an_admin_reset_closes_open_breakers() {
 
 #[actix_web::test]
 async fn past_the_ejection_cap_a_recovered_service_is_probed_back_before_its_cooldown() {
-    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let (a, b) = (Replica::start().await, Replica::start().await);
     a.answer_with(500);
     b.answer_with(500);
     let sidecar = sidecar(&format!(

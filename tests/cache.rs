@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::{client, get_text, x_cache};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, Fault, FaultServer};
-use support::{
-    client, eventually, get_text, listeners_with_inbound, metric, raw_header, sidecar_from,
-    x_cache, RedisServer, SidecarProcess, TempDir, Upstream,
-};
+use support::files::TempDir;
+use support::metrics::metric;
+use support::process::SidecarProcess;
+use support::raw::raw_header;
+use support::redis::RedisServer;
+use support::replica::Replica;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 /// The sidecar's `redis.timeout`.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
 
-fn config(app: &Upstream, redis: Option<&RedisServer>) -> String {
+fn config(app: &Replica, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {
         format!(
             "redis: {{ url: \"{}\", timeout: {}ms }}",
@@ -75,7 +80,7 @@ fn cache(state: &str) -> (u16, Option<String>) {
 
 #[actix_web::test]
 async fn an_api_key_and_a_token_of_the_same_name_do_not_share_answers() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let yaml = format!(
         "{}
 inbound:
@@ -105,7 +110,7 @@ inbound:
 
 #[actix_web::test]
 async fn gets_are_cached_per_user_and_only_when_allowed() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(&config(&app, None), &ENV).await;
     assert_eq!(
         send(&sidecar, "GET", "/items?b=2&a=1", "ana").await,
@@ -181,7 +186,7 @@ async fn gets_are_cached_per_user_and_only_when_allowed() {
 
 #[actix_web::test]
 async fn concurrent_misses_for_one_key_reach_the_app_once() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     app.delay(Duration::from_millis(300));
     let sidecar = sidecar_from(&config(&app, None), &ENV).await;
     let requests = (0..20).map(|_| send(&sidecar, "GET", "/popular", "ana"));
@@ -201,9 +206,9 @@ async fn concurrent_misses_for_one_key_reach_the_app_once() {
 }
 
 /// A sidecar caching in a fresh Redis, with ana's `GET /items` stored.
-async fn cached_through_redis() -> (RedisServer, Upstream, outrigger::Sidecar) {
+async fn cached_through_redis() -> (RedisServer, Replica, outrigger::Sidecar) {
     let redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(&config(&app, Some(&redis)), &ENV).await;
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("MISS"));
     assert_eq!(send(&sidecar, "GET", "/items", "ana").await, cache("HIT"));
@@ -295,7 +300,7 @@ inbound: {{ cache: {{}} }}",
 /// listener; no authentication, so every caller is anonymous. Its log goes
 /// to `log`.
 async fn caching_process(
-    app: &Upstream,
+    app: &Replica,
     cache: &str,
     client_write_timeout: &str,
     log: &std::path::Path,
@@ -320,7 +325,7 @@ const RSS_BOUND: u64 = 64 << 20;
 async fn distinct_anonymous_gets_stay_within_the_cache_byte_bound() {
     const ANSWER: usize = 256 * 1024;
     const GETS: usize = 1_000;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let log = dir.path.join("sidecar.log");
     // The default cache: its byte bound is what is being checked.
@@ -408,7 +413,7 @@ async fn slow_readers_of_a_cached_answer_share_it_and_are_cut_when_they_take_not
     const READERS: usize = 50;
     let size = answer_past_the_send_buffer();
     let path = format!("/download/{size}");
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let log = dir.path.join("sidecar.log");
     let cache = format!("{{ max_entry_bytes: {size}, max_bytes: {} }}", 2 * size);

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use deadpool_redis::redis;
-use support::RedisServer;
+use support::redis::RedisServer;
 
 const TOUR: [&str; 6] = [
     "routed call: ok",

@@ -14,20 +14,20 @@ use std::time::Duration;
 use http_desync_guardian::request_analyzer::HttpRequestData;
 use http_desync_guardian::RequestSafetyTier;
 use serde_norway::Value;
-use support::{listeners_with_inbound, sidecar_from};
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An upstream that keeps the raw head of every request it receives and
+/// A replica that keeps the raw head of every request it receives and
 /// answers each with an empty 200, closing the connection.
-struct RawUpstream {
+struct RawReplica {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
-impl RawUpstream {
+impl RawReplica {
     /// Starts on a thread of its own, so the test's blocking client calls
     /// do not stall it.
-    fn start() -> RawUpstream {
+    fn start() -> RawReplica {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -41,7 +41,7 @@ impl RawUpstream {
                 }
             })
         });
-        RawUpstream { addr, heads }
+        RawReplica { addr, heads }
     }
 
     fn take_heads(&self) -> Vec<Vec<u8>> {
@@ -201,7 +201,7 @@ fn send(addr: SocketAddr, raw: &[u8]) -> Option<u16> {
 
 #[actix_rt::test]
 async fn no_vector_reaches_the_app_ambiguously() {
-    let app = RawUpstream::start();
+    let app = RawReplica::start();
     let yaml = format!(
         "{}\ninbound:\n  auth: {{ exempt: [\"/*\"] }}\n",
         listeners_with_inbound(app.addr)

@@ -6,7 +6,10 @@
 mod support;
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint, Snapshot};
-use support::{first_service_replicas, send_ok, sidecar, Upstream};
+use support::admin::first_service_replicas;
+use support::client::send_ok;
+use support::replica::Replica;
+use support::sidecar::sidecar;
 
 /// A snapshot of service `api` with each `(address, ready)`, in zone
 /// `eu-west-1a` with weight 2.
@@ -25,8 +28,8 @@ fn api(endpoints: [(String, bool); 2]) -> Snapshot {
 
 #[actix_web::test]
 async fn only_ready_endpoints_get_traffic_and_a_forgotten_service_keeps_its_replicas() {
-    let first = Upstream::start().await;
-    let second = Upstream::start().await;
+    let first = Replica::start().await;
+    let second = Replica::start().await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         first.endpoint()
@@ -74,7 +77,7 @@ const AFTER_JOINING: usize = 200;
 /// Of [`AFTER_JOINING`] requests to `api` sent right after a second
 /// replica joins the one serving it, how many the newcomer got.
 async fn hits_on_a_joining_replica(slow_start: &str) -> usize {
-    let (serving, joining) = (Upstream::start().await, Upstream::start().await);
+    let (serving, joining) = (Replica::start().await, Replica::start().await);
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"], slow_start: {slow_start} }}",
         serving.endpoint()

@@ -5,16 +5,20 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use support::{
-    closed_port, discovery_syncs, eventually, first_service_replicas, send_ok, sidecar_with,
-    status_of, TempDir, Upstream,
-};
+use support::admin::{discovery_syncs, first_service_replicas};
+use support::child::OwnedChild;
+use support::client::{send_ok, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::ports::closed_port;
+use support::replica::Replica;
+use support::sidecar::sidecar_with;
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
 struct Dnsmasq {
-    child: Child,
+    child: OwnedChild,
     port: u16,
     hosts: PathBuf,
     _dir: TempDir,
@@ -46,7 +50,7 @@ impl Dnsmasq {
             .spawn()
             .expect("start dnsmasq (scripts/test.sh installs dnsmasq-base)");
         Dnsmasq {
-            child,
+            child: OwnedChild::new(child),
             port,
             hosts: path,
             _dir: dir,
@@ -56,11 +60,7 @@ impl Dnsmasq {
     /// Replaces the hosts file and tells dnsmasq to read it again.
     fn set_hosts(&self, hosts: &str) {
         std::fs::write(&self.hosts, hosts).expect("write hosts");
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.child.signal("HUP");
     }
 
     fn discovery(&self, dns: &str) -> String {
@@ -71,19 +71,12 @@ impl Dnsmasq {
     }
 }
 
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[actix_web::test]
 async fn replicas_follow_changing_a_records_within_their_ttl() {
     // Every replica on the same port, on its own loopback address.
-    let first = Upstream::start_at("127.0.0.2:0").await;
+    let first = Replica::start_at("127.0.0.2:0").await;
     let port = first.addr.port();
-    let second = Upstream::start_at(&format!("127.0.0.3:{port}")).await;
+    let second = Replica::start_at(&format!("127.0.0.3:{port}")).await;
     let dns = Dnsmasq::start("127.0.0.2 api.test\n", &[]);
     let sidecar = sidecar_with(&dns.discovery(&format!("port: {port}")), "  - name: api").await;
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
@@ -131,7 +124,7 @@ async fn replicas_follow_changing_a_records_within_their_ttl() {
 
 #[actix_web::test]
 async fn srv_records_give_each_replica_its_port_and_weight() {
-    let upstream = Upstream::start_at("127.0.0.4:0").await;
+    let upstream = Replica::start_at("127.0.0.4:0").await;
     let port = upstream.addr.port();
     let dns = Dnsmasq::start(
         "127.0.0.4 web-1.test\n",

@@ -8,10 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use outrigger::Sidecar;
-use support::{
-    assert_last_set_kept, config_with, discovery_syncs, eventually, get_json, get_text,
-    sidecar_with, status_of, swap_in, Load, TempDir, Upstream,
-};
+use support::admin::{assert_last_set_kept, discovery_syncs};
+use support::client::{get_json, get_text, status_of, Load};
+use support::eventually::eventually;
+use support::files::{swap_in, TempDir};
+use support::replica::Replica;
+use support::sidecar::{config_with, sidecar_with};
 
 fn discovery(path: &Path) -> String {
     format!(
@@ -26,7 +28,7 @@ async fn file_errors(admin: &str) -> f64 {
 
 #[actix_web::test]
 async fn ready_waits_for_the_first_read_and_a_broken_file_keeps_the_last_set() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");
     let sidecar = Sidecar::start(config_with(&discovery(&path), "  - name: api"))
@@ -63,8 +65,8 @@ async fn ready_waits_for_the_first_read_and_a_broken_file_keeps_the_last_set() {
 
 #[actix_web::test]
 async fn rewriting_the_file_under_load_moves_traffic_and_fails_no_request() {
-    let leaving = Upstream::start().await;
-    let joining = Upstream::start().await;
+    let leaving = Replica::start().await;
+    let joining = Replica::start().await;
     leaving.delay(Duration::from_millis(30));
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");

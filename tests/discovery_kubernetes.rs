@@ -15,10 +15,12 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer};
 use outrigger::Sidecar;
 use serde_json::{json, Value};
-use support::{
-    config_with, eventually, first_service_replicas, get_json, send_ok, status_of, TempDir,
-    Upstream,
-};
+use support::admin::first_service_replicas;
+use support::client::{get_json, send_ok, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::replica::Replica;
+use support::sidecar::config_with;
 use tokio::sync::mpsc;
 
 type Watcher = mpsc::UnboundedSender<Bytes>;
@@ -42,7 +44,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn slice(&mut self, name: &str, service: &str, endpoints: &[(&Upstream, Value)]) -> Value {
+    fn slice(&mut self, name: &str, service: &str, endpoints: &[(&Replica, Value)]) -> Value {
         self.version += 1;
         let port = endpoints
             .first()
@@ -78,7 +80,7 @@ impl Cluster {
 impl ApiServer {
     /// Creates or replaces slice `name` of `service`: each upstream with its
     /// conditions, on the first one's port (a slice has one port for all).
-    fn put(&self, name: &str, service: &str, endpoints: &[(&Upstream, Value)]) {
+    fn put(&self, name: &str, service: &str, endpoints: &[(&Replica, Value)]) {
         let mut cluster = self.cluster.lock().expect("lock");
         let slice = cluster.slice(name, service, endpoints);
         let kind = if cluster.slices.contains_key(name) {
@@ -101,7 +103,7 @@ impl ApiServer {
 
     /// Changes a slice while its events are lost (compacted), then ends every
     /// watch with `410 Gone`: only a new list can see the change.
-    fn put_unseen_then_expire(&self, name: &str, service: &str, endpoints: &[(&Upstream, Value)]) {
+    fn put_unseen_then_expire(&self, name: &str, service: &str, endpoints: &[(&Replica, Value)]) {
         let mut cluster = self.cluster.lock().expect("lock");
         let slice = cluster.slice(name, service, endpoints);
         cluster.slices.insert(name.to_string(), slice);
@@ -208,10 +210,10 @@ fn terminating() -> Value {
 #[actix_web::test]
 async fn replicas_follow_endpoint_slice_events_and_a_relist_after_410() {
     // Every replica on one port (a slice has one), each on its own loopback address.
-    let a = Upstream::start_at("127.0.0.2:0").await;
+    let a = Replica::start_at("127.0.0.2:0").await;
     let port = a.addr.port();
-    let b = Upstream::start_at(&format!("127.0.0.3:{port}")).await;
-    let c = Upstream::start_at(&format!("127.0.0.4:{port}")).await;
+    let b = Replica::start_at(&format!("127.0.0.3:{port}")).await;
+    let c = Replica::start_at(&format!("127.0.0.4:{port}")).await;
     let dir = TempDir::new();
     let (api, kubeconfig) = ApiServer::start(&dir).await;
     // The only test in this binary, so no other test reads the variable.

@@ -6,11 +6,12 @@
 mod support;
 
 use outrigger::Sidecar;
+use support::admin::{assert_last_set_kept, discovery_syncs, first_service_replicas};
+use support::client::{send_ok, status_of};
+use support::eventually::eventually;
 use support::registry::Registry;
-use support::{
-    assert_last_set_kept, config_with, discovery_syncs, eventually, first_service_replicas,
-    send_ok, sidecar_with, status_of, Upstream,
-};
+use support::replica::Replica;
+use support::sidecar::{config_with, sidecar_with};
 
 fn discovery(registry: &Registry) -> String {
     format!(
@@ -25,8 +26,8 @@ async fn replica_count(admin: &str) -> usize {
 
 #[actix_web::test]
 async fn replicas_follow_the_registry_and_each_request_is_counted_back() {
-    let first = Upstream::start().await;
-    let second = Upstream::start().await;
+    let first = Replica::start().await;
+    let second = Replica::start().await;
     let registry = Registry::start().await;
     registry.register("api-1", "api", &first);
     let sidecar = sidecar_with(&discovery(&registry), "  - name: api").await;
@@ -69,8 +70,8 @@ async fn replicas_follow_the_registry_and_each_request_is_counted_back() {
 
 #[actix_web::test]
 async fn a_tripped_breaker_deregisters_its_replica() {
-    let good = Upstream::start().await;
-    let bad = Upstream::start().await;
+    let good = Replica::start().await;
+    let bad = Replica::start().await;
     bad.answer_with(500);
     let registry = Registry::start().await;
     registry.register("api-good", "api", &good);
@@ -100,7 +101,7 @@ async fn a_tripped_breaker_deregisters_its_replica() {
 
 #[actix_web::test]
 async fn ready_waits_for_the_registry_and_an_outage_keeps_the_last_set() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let registry = Registry::start().await;
     let sidecar = Sidecar::start(config_with(&discovery(&registry), "  - name: api"))
         .await

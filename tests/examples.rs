@@ -9,8 +9,11 @@ use std::process::Command;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::{client, get_json, status_of, x_cache};
+use support::eventually::eventually;
 use support::registry::Registry;
-use support::{client, eventually, get_json, sidecar_from, status_of, x_cache, Upstream};
+use support::replica::Replica;
+use support::sidecar::sidecar_from;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
 const SECRET: &str = "examples-secret";
@@ -19,7 +22,7 @@ const ENV: [(&str, &str); 1] = [("JWT_SECRET", SECRET)];
 /// An example's text with its documented ports swapped for test ones: the
 /// listeners on 127.0.0.1:0, the app and the first endpoint on `app`, the
 /// second endpoint on `second`. A file without listeners gets them first.
-fn runnable(name: &str, app: &Upstream, second: Option<&Upstream>) -> String {
+fn runnable(name: &str, app: &Replica, second: Option<&Replica>) -> String {
     let text = std::fs::read_to_string(format!("{EXAMPLES}/{name}")).expect("the example");
     let mut text = text
         .replace("127.0.0.1:15001", "127.0.0.1:0")
@@ -82,7 +85,7 @@ fn every_example_passes_check() {
 
 #[actix_web::test]
 async fn minimal_routes_to_its_replicas() {
-    let (first, second) = (Upstream::start().await, Upstream::start().await);
+    let (first, second) = (Replica::start().await, Replica::start().await);
     let sidecar = sidecar_from(&runnable("minimal.yaml", &first, Some(&second)), &[]).await;
     let url = format!("http://{}/budgeting/x", sidecar.outbound_addr());
     assert_eq!(get(&url, None).await.0, 200);
@@ -91,7 +94,7 @@ async fn minimal_routes_to_its_replicas() {
 
 #[actix_web::test]
 async fn api_gateway_checks_tokens_and_caches_gets() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(&runnable("api-gateway.yaml", &app, None), &ENV).await;
     let base = format!("http://{}", sidecar.inbound_addr().expect("inbound"));
     let now = jsonwebtoken::get_current_timestamp();
@@ -110,7 +113,7 @@ async fn api_gateway_checks_tokens_and_caches_gets() {
 
 #[actix_web::test]
 async fn per_user_limits_refuse_the_sixth_login_in_a_minute() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(&runnable("per-user-limits.yaml", &app, None), &ENV).await;
     let login = format!(
         "http://{}/api/v1/auth/login",
@@ -126,9 +129,9 @@ async fn per_user_limits_refuse_the_sixth_login_in_a_minute() {
 #[actix_web::test]
 async fn dual_port_gateway_guards_both_sides() {
     let (app, good, bad) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     bad.answer_with(500);
     let registry = Registry::start().await;

@@ -11,12 +11,16 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::client::{client, get_text};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, load, load_while, Fault, FaultServer, Tally, ANSWER};
-use support::{
-    client, endpoints, eventually, get_text, metric, metric_sum, raw_cut_short, raw_exchange,
-    raw_header, sidecar_from, sidecar_with, swap_in, RedisServer, SidecarProcess, TempDir,
-    Upstream,
-};
+use support::files::{swap_in, TempDir};
+use support::metrics::{metric, metric_sum};
+use support::process::SidecarProcess;
+use support::raw::{raw_cut_short, raw_exchange, raw_header};
+use support::redis::RedisServer;
+use support::replica::{endpoints, Replica};
+use support::sidecar::{sidecar_from, sidecar_with};
 
 /// Concurrent clients of each load phase.
 const CLIENTS: usize = 4;
@@ -31,7 +35,7 @@ const RSS_SLACK: u64 = 2 * 1024 * 1024;
 /// `api` has two healthy replicas and the faulty one; `lone` only the
 /// faulty one, with no retries and a breaker that never opens, so each of
 /// its answers shows the fault's own status; `healthy` never sees it.
-fn services(a: &Upstream, b: &Upstream, faulty: &str) -> String {
+fn services(a: &Replica, b: &Replica, faulty: &str) -> String {
     let a_and_b = endpoints(&[a, b]);
     let a = a.endpoint();
     format!(
@@ -68,8 +72,8 @@ struct FaultReport {
 /// Runs the whole story for one fault (`None`: the replica is killed and
 /// nothing listens on its port) and checks what every fault shares.
 async fn survive(fault: Option<Fault>) -> FaultReport {
-    let (a, b) = (Upstream::start().await, Upstream::start().await);
-    let third = Upstream::start().await;
+    let (a, b) = (Replica::start().await, Replica::start().await);
+    let third = Replica::start().await;
     let faulty_addr = third.endpoint();
     let sidecar = SidecarProcess::start(&services(&a, &b, &faulty_addr)).await;
     let base = format!("http://{}", sidecar.outbound);
@@ -119,10 +123,10 @@ async fn survive(fault: Option<Fault>) -> FaultReport {
     }
 
     // The replica comes back healthy on its port and gets traffic again.
-    let back = Upstream::start_at(&faulty_addr).await;
+    let back = Replica::start_at(&faulty_addr).await;
     let url = format!("{base}/api/x");
     eventually("the restored replica serves again", || async {
-        support::status_of(&url).await == Some(200) && back.hits() >= 3
+        support::client::status_of(&url).await == Some(200) && back.hits() >= 3
     })
     .await;
     let after = load(CLIENTS, Duration::from_millis(500), 50, get("/api/x")).await;
@@ -352,7 +356,7 @@ async fn a_replica_with_conflicting_content_lengths() {
 
 /// An inbound listener with API keys, a per-role rate limit and the GET
 /// cache, all kept in Redis, in front of `app`.
-fn inbound_config(app: &Upstream, redis: &RedisServer) -> String {
+fn inbound_config(app: &Replica, redis: &RedisServer) -> String {
     format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" }}
@@ -375,7 +379,7 @@ inbound:
 #[actix_web::test]
 async fn redis_paused_killed_and_restarted_under_inbound_load() {
     let mut redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(
         &inbound_config(&app, &redis),
         &[("OUTRIGGER_API_KEYS", "ana:k-ana:admin")],
@@ -425,7 +429,7 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
     let hits = cache_hits().await;
     eventually("the cache serves from the new Redis", || async {
         let answer = get(&client(), 0).send().await;
-        answer.is_ok_and(|r| support::x_cache(&r).as_deref() == Some("HIT"))
+        answer.is_ok_and(|r| support::client::x_cache(&r).as_deref() == Some("HIT"))
             && cache_hits().await > hits
     })
     .await;
@@ -448,13 +452,13 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
 #[actix_web::test]
 async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let (a, b, c) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");
-    let listing = |upstreams: &[&Upstream]| format!("api: [{}]\n", endpoints(upstreams));
+    let listing = |upstreams: &[&Replica]| format!("api: [{}]\n", endpoints(upstreams));
     std::fs::write(&path, listing(&[&a, &b])).expect("write");
     let discovery = format!(
         "discovery: {{ source: file, refresh: 30s, file: {{ path: \"{}\" }} }}",
@@ -463,7 +467,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let sidecar = sidecar_with(&discovery, "  - name: api").await;
     let admin = format!("http://{}", sidecar.admin_addr());
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
-    let errors = || support::discovery_syncs(&admin, "file", "error");
+    let errors = || support::admin::discovery_syncs(&admin, "file", "error");
 
     let broken = async {
         actix_rt::time::sleep(Duration::from_millis(300)).await;
@@ -481,7 +485,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     let during = load_while(CLIENTS, PHASE, PER_CLIENT, |c, _| c.get(&url), broken).await;
     assert!(during.sent >= 40, "{during:?}");
     assert_eq!(during.failed(), 0, "{during:?}");
-    support::assert_last_set_kept(&admin, &url, "api", 2).await;
+    support::admin::assert_last_set_kept(&admin, &url, "api", 2).await;
     let kept = (a.hits(), b.hits());
     assert!(
         kept.0 > 0 && kept.1 > 0,
@@ -491,7 +495,7 @@ async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
     swap_in(&path, &listing(&[&a, &b, &c]));
     eventually(
         "a good file is read again and its new replica serves",
-        || async { support::status_of(&url).await == Some(200) && c.hits() > 0 },
+        || async { support::client::status_of(&url).await == Some(200) && c.hits() > 0 },
     )
     .await;
     let text = get_text(&format!("{admin}/metrics")).await;

@@ -13,12 +13,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{eventually, get_json, sidecar_from, Nginx, SidecarProcess, Upstream};
+use support::apps::Nginx;
+use support::client::get_json;
+use support::eventually::eventually;
+use support::process::SidecarProcess;
+use support::replica::Replica;
+use support::sidecar::sidecar_from;
 
 /// A sidecar whose outbound listener routes `/api/...` and whose inbound
 /// listener forwards to the same upstream; `limits` is YAML added to both
 /// listeners' sections.
-async fn sidecar_before(upstream: &Upstream, limits: &str) -> outrigger::Sidecar {
+async fn sidecar_before(upstream: &Replica, limits: &str) -> outrigger::Sidecar {
     let yaml = format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" {limits} }}
@@ -250,7 +255,7 @@ fn refused_everywhere(addr: SocketAddr, listener: &str) -> Vec<String> {
 
 #[actix_rt::test]
 async fn smuggling_vectors_are_refused_and_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, "").await;
     let inbound = sidecar.inbound_addr().expect("inbound");
     let mut failures = refused_everywhere(sidecar.outbound_addr(), "outbound");
@@ -280,7 +285,7 @@ async fn smuggling_vectors_are_refused_and_never_reach_the_upstream() {
 
 #[actix_rt::test]
 async fn our_own_refusals_are_json_with_a_reason() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, "").await;
     for (request, reason) in [
         (
@@ -362,7 +367,7 @@ inbound:
 
 #[actix_rt::test]
 async fn the_outbound_listener_routes_by_the_path_it_forwards() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, "").await;
     for path in [
         "/api/../other/x",
@@ -383,7 +388,7 @@ async fn the_outbound_listener_routes_by_the_path_it_forwards() {
 
 #[actix_rt::test]
 async fn heads_over_the_limit_get_431_and_never_reach_the_upstream() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, ", max_header_bytes: 8192").await;
     let head_with =
         |header: &str| format!("GET /api/a HTTP/1.1\r\nHost: api\r\n{header}\r\n\r\n").into_bytes();
@@ -428,7 +433,7 @@ async fn heads_over_the_limit_get_431_and_never_reach_the_upstream() {
 
 #[actix_rt::test]
 async fn bodies_over_the_limit_get_413_without_blaming_the_replica() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, ", max_body_bytes: 1000").await;
     for addr in [
         sidecar.outbound_addr(),
@@ -519,7 +524,7 @@ async fn dribble(addr: SocketAddr, pace: Duration, give_up: Duration) -> Option<
 
 #[actix_rt::test]
 async fn slow_header_senders_are_cut_off_while_others_are_served() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, ", client_header_timeout: 1s").await;
     let addr = sidecar.outbound_addr();
     let slow: Vec<_> = (0..200)
@@ -534,7 +539,7 @@ async fn slow_header_senders_are_cut_off_while_others_are_served() {
     // While they dribble, an ordinary client is served at once.
     let started = Instant::now();
     let url = format!("http://{addr}/api/a");
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     let took = started.elapsed();
     assert!(took < Duration::from_millis(900), "served in {took:?}");
     let mut kept = Vec::new();
@@ -582,12 +587,12 @@ async fn served_on(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option
 
 #[actix_rt::test]
 async fn two_thousand_idle_connections_are_held_and_a_new_client_is_served() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, ", client_header_timeout: 1m").await;
     let addr = sidecar.outbound_addr();
     let mut idle = idle_clients(addr, 2000).await;
     let url = format!("http://{addr}/api/a");
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     // The idle ones were held open, not dropped: the first, middle and
     // last are served when they finally ask.
     for index in [0, 1000, 1999] {
@@ -605,7 +610,7 @@ async fn two_thousand_idle_connections_are_held_and_a_new_client_is_served() {
 #[actix_rt::test]
 async fn ten_thousand_idle_connections_are_held_by_the_binary() {
     rlimit::increase_nofile_limit(u64::MAX).expect("raise the test's open-files limit");
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = SidecarProcess::start(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -625,7 +630,7 @@ async fn ten_thousand_idle_connections_are_held_by_the_binary() {
     })
     .await;
     let url = format!("http://{}/api/a", sidecar.outbound);
-    assert_eq!(support::status_of(&url).await, Some(200));
+    assert_eq!(support::client::status_of(&url).await, Some(200));
     // Served on one of them too (the newest: `client_header_timeout`
     // closes idle ones 10 s after they connected).
     assert_eq!(
@@ -637,7 +642,7 @@ async fn ten_thousand_idle_connections_are_held_by_the_binary() {
 
 #[actix_rt::test]
 async fn past_max_connections_new_clients_wait_until_a_slot_frees() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar =
         sidecar_before(&upstream, ", max_connections: 5, client_header_timeout: 1m").await;
     let addr = sidecar.outbound_addr();
@@ -661,7 +666,7 @@ async fn past_max_connections_new_clients_wait_until_a_slot_frees() {
 #[actix_rt::test]
 async fn a_slow_later_head_on_a_kept_alive_connection_is_cut_off_too() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, ", client_header_timeout: 1s, keep_alive: 30s").await;
     let mut stream = tokio::net::TcpStream::connect(sidecar.outbound_addr())
         .await
@@ -713,7 +718,7 @@ const BAD_CHUNK_SIZES: &[(&str, &[u8])] = &[
 
 #[actix_rt::test]
 async fn malformed_chunk_sizes_get_400_and_never_reach_the_replica() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, "").await;
     let inbound = sidecar.inbound_addr().expect("inbound");
     let mut failures = Vec::new();
@@ -741,7 +746,7 @@ async fn malformed_chunk_sizes_get_400_and_never_reach_the_replica() {
 
 #[actix_rt::test]
 async fn a_chunk_size_over_the_body_limit_gets_413_before_forwarding() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let unlimited = sidecar_before(&upstream, "").await;
     let limited = sidecar_before(&upstream, ", max_body_bytes: 1000").await;
     let cases: [(SocketAddr, &[u8]); 4] = [
@@ -770,7 +775,7 @@ async fn a_chunk_size_over_the_body_limit_gets_413_before_forwarding() {
 
 #[actix_rt::test]
 async fn after_a_refusal_on_a_pipelined_connection_the_answers_before_it_are_read_whole() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar_before(&upstream, "").await;
     for addr in [
         sidecar.outbound_addr(),

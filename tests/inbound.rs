@@ -12,10 +12,15 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{
-    client, eventually, get_text, header_seen, key_pair, metric, sidecar_from, KeyPair,
-    RedisServer, TempDir, Upstream, WsgiApp,
-};
+use support::apps::WsgiApp;
+use support::client::{client, get_text};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::keys::{key_pair, KeyPair};
+use support::metrics::metric;
+use support::redis::RedisServer;
+use support::replica::{header_seen, Replica};
+use support::sidecar::sidecar_from;
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -31,7 +36,7 @@ fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) ->
     encode(&header, claims, key).expect("signs")
 }
 
-fn config(app: &Upstream, inbound: &str, extra: &str) -> String {
+fn config(app: &Replica, inbound: &str, extra: &str) -> String {
     format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\" }}
@@ -64,7 +69,7 @@ async fn call(
 
 #[actix_web::test]
 async fn valid_tokens_of_each_family_reach_the_app_as_their_caller() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let (rsa, ec) = (key_pair(&dir, "rsa"), key_pair(&dir, "ec"));
     let cases: [(Algorithm, String, EncodingKey); 3] = [
@@ -127,7 +132,7 @@ async fn valid_tokens_of_each_family_reach_the_app_as_their_caller() {
 
 #[actix_web::test]
 async fn bad_tokens_are_refused_each_with_its_reason() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let (rsa, other) = (key_pair(&dir, "rsa"), key_pair(&dir, "rsa-other"));
     let inbound = format!(
@@ -272,7 +277,7 @@ fn claims_with(edits: &[(&str, Value)]) -> Value {
 
 #[actix_web::test]
 async fn a_configured_issuer_and_audience_are_required_of_pyjwt_tokens() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let (rsa, ec) = (key_pair(&dir, "rsa"), key_pair(&dir, "ec"));
     let families = [
@@ -337,7 +342,7 @@ async fn a_configured_issuer_and_audience_are_required_of_pyjwt_tokens() {
 
 #[actix_web::test]
 async fn tokens_without_a_usable_subject_or_with_unusable_roles_are_refused_not_pooled() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let rsa = key_pair(&dir, "rsa");
     let inbound = format!(
@@ -358,7 +363,7 @@ async fn tokens_without_a_usable_subject_or_with_unusable_roles_are_refused_not_
                 .send()
                 .await
                 .expect("an answer");
-            let cache = support::x_cache(&response);
+            let cache = support::client::x_cache(&response);
             let body: Value = response.json().await.unwrap_or(Value::Null);
             (response.status().as_u16(), cache, body)
         }
@@ -508,7 +513,7 @@ fn ed25519_jwk(kid: &str, pair: &KeyPair) -> Value {
 
 #[actix_web::test]
 async fn rotated_jwks_keys_are_picked_up_and_kept_through_an_outage() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let dir = TempDir::new();
     let (first, second) = (key_pair(&dir, "ed25519"), key_pair(&dir, "ed25519-next"));
     let jwks = Jwks::start(json!({"keys": [ed25519_jwk("k1", &first)]})).await;
@@ -579,7 +584,7 @@ async fn rotated_jwks_keys_are_picked_up_and_kept_through_an_outage() {
 #[actix_web::test]
 async fn logout_revokes_the_token_on_every_sidecar_sharing_redis() {
     let redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let inbound = "  auth:
     jwt: { algorithms: [HS256] }
     exempt: [/auth/login]
@@ -622,7 +627,7 @@ async fn logout_revokes_the_token_on_every_sidecar_sharing_redis() {
 
 #[actix_web::test]
 async fn api_keys_identify_callers_and_role_rules_apply() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let inbound = "  auth:
     api_keys: { header: x-api-key }
     rules: [{ path: /deploy, methods: [POST], roles: [deploy] }]";
@@ -679,7 +684,7 @@ async fn api_keys_identify_callers_and_role_rules_apply() {
 
 #[actix_web::test]
 async fn exempt_paths_cors_and_the_app_timeout() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let inbound = "  auth:
     jwt: { algorithms: [HS256] }
     exempt: [/health]
@@ -732,7 +737,7 @@ async fn exempt_paths_cors_and_the_app_timeout() {
 
 #[actix_web::test]
 async fn scope_rules_and_strip_authorization_apply() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let inbound = "  auth:
     jwt: { algorithms: [HS256] }
     strip_authorization: true
@@ -775,7 +780,7 @@ async fn scope_rules_and_strip_authorization_apply() {
 #[actix_web::test]
 async fn a_revocation_check_redis_cannot_answer_refuses_unless_allowed() {
     let mut redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let extra = format!("redis: {{ url: \"{}\", timeout: 200ms }}", redis.url());
     let auth = |on_error: &str| {
         format!("  auth:\n    jwt: {{ algorithms: [HS256] }}\n    revocation: true\n    revocation_on_error: {on_error}")

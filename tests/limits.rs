@@ -7,12 +7,14 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{
-    client, eventually, get_json, get_text, listeners_with_inbound, metric, sidecar_from,
-    RedisServer, Upstream,
-};
+use support::client::{client, get_json, get_text};
+use support::eventually::eventually;
+use support::metrics::metric;
+use support::redis::RedisServer;
+use support::replica::Replica;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
-fn config(app: &Upstream, limits: &str, redis: Option<&RedisServer>) -> String {
+fn config(app: &Replica, limits: &str, redis: Option<&RedisServer>) -> String {
     let redis = redis.map_or_else(String::new, |r| {
         format!("redis: {{ url: \"{}\", timeout: 200ms }}", r.url())
     });
@@ -68,7 +70,7 @@ const REPORTS_LIMIT: &str = "  rate_limit:
 
 #[actix_web::test]
 async fn a_route_limit_counts_down_then_refuses_with_retry_after() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let sidecar = sidecar_from(&config(&app, REPORTS_LIMIT, None), &KEYS).await;
     for expected in (0..5).rev() {
         let answer = send(&sidecar, "POST", "/reports", Some("k-ana")).await;
@@ -100,7 +102,7 @@ async fn a_route_limit_counts_down_then_refuses_with_retry_after() {
 
 #[actix_web::test]
 async fn roles_set_per_user_limits_and_anonymous_callers_count_by_address() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let limits = "  rate_limit: { window: 1m, roles: { admin: 3, viewer: 1, anonymous: 2 } }";
     let sidecar = sidecar_from(&config(&app, limits, None), &KEYS).await;
     let statuses = |key: Option<&'static str>, path: &'static str, n: usize| {
@@ -128,7 +130,7 @@ async fn roles_set_per_user_limits_and_anonymous_callers_count_by_address() {
 #[actix_web::test]
 async fn sidecars_sharing_redis_share_the_limit_and_survive_its_outage() {
     let mut redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let one = sidecar_from(&config(&app, REPORTS_LIMIT, Some(&redis)), &KEYS).await;
     let two = sidecar_from(&config(&app, REPORTS_LIMIT, Some(&redis)), &KEYS).await;
     let mut allowed = 0;
@@ -184,7 +186,7 @@ async fn sidecars_sharing_redis_share_the_limit_and_survive_its_outage() {
 
 #[actix_web::test]
 async fn in_flight_caps_refuse_the_excess_per_route() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     app.delay(Duration::from_millis(500));
     let caps = "  concurrency: { global: 100, per_route: 2 }";
     let sidecar = sidecar_from(&config(&app, caps, None), &KEYS).await;
@@ -213,7 +215,7 @@ async fn in_flight_caps_refuse_the_excess_per_route() {
 #[actix_web::test]
 async fn without_redis_the_limit_denies_or_allows_as_configured() {
     let mut redis = RedisServer::start().await;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let limits = |on_error: &str| {
         format!("  rate_limit:\n    routes: [{{ path: /reports, limit: 5 }}]\n    on_redis_error: {on_error}")
     };

@@ -10,26 +10,32 @@ mod support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outrigger::trace::TraceContext;
 use rand::Rng;
 use serde_json::Value;
-use support::{
-    client, closed_port, eventually, get_json, get_text, header_seen, metric, sidecar_from,
-    status_of, RedisServer, SidecarProcess, TempDir, Upstream,
-};
+use support::child::OwnedChild;
+use support::client::{client, get_json, get_text, status_of};
+use support::eventually::eventually;
+use support::files::TempDir;
+use support::metrics::metric;
+use support::ports::closed_port;
+use support::process::SidecarProcess;
+use support::redis::RedisServer;
+use support::replica::{header_seen, Replica};
+use support::sidecar::sidecar_from;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// The sidecar and replicas of the scripted scenario.
 struct Scenario {
     sidecar: outrigger::Sidecar,
-    ok: Upstream,
-    failing: Upstream,
-    _slow: Upstream,
-    _app: Upstream,
+    ok: Replica,
+    failing: Replica,
+    _slow: Replica,
+    _app: Replica,
     _redis: RedisServer,
     dead: String,
 }
@@ -37,10 +43,10 @@ struct Scenario {
 impl Scenario {
     async fn start() -> Scenario {
         let (ok, failing, slow, app) = (
-            Upstream::start().await,
-            Upstream::start().await,
-            Upstream::start().await,
-            Upstream::start().await,
+            Replica::start().await,
+            Replica::start().await,
+            Replica::start().await,
+            Replica::start().await,
         );
         failing.answer_with(503);
         slow.delay(Duration::from_millis(800));
@@ -266,7 +272,7 @@ fn promtool_check(text: &str) {
 /// A Prometheus server on a free loopback port scraping `target` every
 /// second, with its storage in a temp dir; killed when dropped.
 struct Prometheus {
-    child: Child,
+    _child: OwnedChild,
     url: String,
     _dir: TempDir,
 }
@@ -300,7 +306,7 @@ scrape_configs:
             .spawn()
             .expect("run prometheus (scripts/test.sh installs the prometheus package)");
         Prometheus {
-            child,
+            _child: OwnedChild::new(child),
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         }
@@ -334,13 +340,6 @@ scrape_configs:
             assert!(Instant::now() < deadline, "no result for {expr}: {answer}");
             actix_rt::time::sleep(Duration::from_millis(250)).await;
         }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -478,7 +477,7 @@ fn json_lines(path: &std::path::Path) -> Vec<Value> {
 
 #[actix_web::test]
 async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
     let process = SidecarProcess::start_with(
@@ -569,7 +568,7 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
 
 #[actix_web::test]
 async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
     let process = SidecarProcess::start_with(
@@ -626,8 +625,8 @@ async fn a_request_slower_than_the_threshold_is_logged_at_warn_with_its_id() {
 
 #[actix_web::test]
 async fn random_paths_and_user_ids_do_not_grow_the_series() {
-    let upstream = Upstream::start().await;
-    let sidecar = support::sidecar(&format!(
+    let upstream = Replica::start().await;
+    let sidecar = support::sidecar::sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
     ))
@@ -736,7 +735,7 @@ impl Collector {
 #[actix_web::test]
 async fn sampled_requests_are_exported_as_otlp_spans() {
     let collector = Collector::start();
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let yaml = format!(
         "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
 tracing: {{ sample_rate: 0.0, otlp_endpoint: \"http://{}/v1/traces\" }}

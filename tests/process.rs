@@ -11,8 +11,12 @@ use actix_web::body::SizedStream;
 use actix_web::web::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
+use support::client::client;
+use support::eventually::eventually;
+use support::files::TempDir;
 use support::keep_alive::{Endpoint, KeepAliveLoad};
-use support::{client, eventually, SidecarProcess, TempDir, Upstream};
+use support::process::SidecarProcess;
+use support::replica::Replica;
 
 const FIFTY_MIB: u64 = 50 * 1024 * 1024;
 /// Far below 50 MiB: a sidecar that buffered a body would blow through it.
@@ -167,7 +171,7 @@ fn a_taken_port_stops_the_start_with_one_line_naming_the_listener_and_exit_1() {
 
 #[actix_web::test]
 async fn fifty_mib_up_and_down_stream_through_with_bounded_memory() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = SidecarProcess::start(&format!(
         "  - {{ name: files, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",
         upstream.endpoint()
@@ -218,7 +222,7 @@ fn worker_threads(sidecar: &SidecarProcess) -> usize {
 
 #[actix_web::test]
 async fn workers_sets_the_outbound_threads_and_the_variable_overrides_it() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -255,7 +259,7 @@ async fn exit_code(sidecar: &mut SidecarProcess, within: Duration) -> Option<i32
 
 #[actix_web::test]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     upstream.delay(Duration::from_millis(700));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
@@ -289,7 +293,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[actix_web::test]
 async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     upstream.delay(Duration::from_millis(300));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
@@ -313,7 +317,7 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
             terminated_at = Some(Instant::now());
         }
         if let Some(at) = terminated_at {
-            if support::status_of(&ready).await == Some(503) {
+            if support::client::status_of(&ready).await == Some(503) {
                 assert!(
                     at.elapsed() < Duration::from_millis(500),
                     "/ready turned 503 at once"
@@ -322,9 +326,9 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
             }
         }
         let url = url.clone();
-        requests.push(actix_rt::spawn(
-            async move { support::status_of(&url).await },
-        ));
+        requests.push(actix_rt::spawn(async move {
+            support::client::status_of(&url).await
+        }));
     }
     let sent = requests.len();
     let mut failed = 0;
@@ -343,7 +347,7 @@ async fn sigterm_under_load_turns_ready_off_at_once_and_loses_no_request() {
 
 #[actix_web::test]
 async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -372,7 +376,7 @@ async fn an_admin_shutdown_from_localhost_stops_the_sidecar() {
 #[actix_web::test]
 async fn sigterm_under_keep_alive_load_loses_no_request_at_either_listener() {
     const CLIENTS: usize = 25;
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let services = format!("  - {{ name: api, endpoints: [\"{}\"] }}", app.endpoint());
     let extra = "lifecycle: { drain_delay: 1s, shutdown_grace: 5s }
 inbound: { auth: { api_keys: { header: x-api-key } } }";
@@ -416,7 +420,7 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
     sidecar.terminate();
     let ready = format!("http://{}/ready", sidecar.admin);
     eventually("/ready says 503", || async {
-        support::status_of(&ready).await == Some(503)
+        support::client::status_of(&ready).await == Some(503)
     })
     .await;
     for (_, load) in &loads {
@@ -450,7 +454,7 @@ inbound: { auth: { api_keys: { header: x-api-key } } }";
 /// is logged with its request id and counted, at both listeners.
 #[actix_web::test]
 async fn requests_cut_when_the_grace_runs_out_are_logged_by_id_and_counted() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     app.delay(Duration::from_secs(20));
     let services = format!(
         "  - {{ name: api, endpoints: [\"{}\"], timeout: 30s, per_try_timeout: 30s }}",

@@ -9,15 +9,18 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{
-    client, eventually, get_json, get_text, listeners_with_inbound, metric, post_json,
-    sidecar_from_file, status_of, swap_in, Load, SidecarProcess, TempDir, Upstream,
-};
+use support::client::{client, get_json, get_text, post_json, status_of, Load};
+use support::eventually::eventually;
+use support::files::{swap_in, TempDir};
+use support::metrics::metric;
+use support::process::SidecarProcess;
+use support::replica::Replica;
+use support::sidecar::{listeners_with_inbound, sidecar_from_file};
 
 /// A config on ephemeral ports with `api` at `endpoints`, the inbound
 /// listener in front of `app` with a limit of `limit` per minute on
 /// `/limited`, and `extra` top-level YAML.
-fn config(app: &Upstream, endpoints: &[&Upstream], limit: u32, extra: &str) -> String {
+fn config(app: &Replica, endpoints: &[&Replica], limit: u32, extra: &str) -> String {
     let endpoints: Vec<String> = endpoints
         .iter()
         .map(|u| format!("\"{}\"", u.endpoint()))
@@ -55,9 +58,9 @@ async fn limited(url: &str) -> (u16, Option<String>) {
 #[actix_web::test]
 async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_request() {
     let (app, leaving, joining) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     leaving.delay(Duration::from_millis(30));
     let dir = TempDir::new();
@@ -123,8 +126,8 @@ async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_
 /// watched (reloads are asked for with `POST /reload`): `api` at one
 /// replica, the inbound listener in front of an app.
 struct Manual {
-    app: Upstream,
-    replica: Upstream,
+    app: Replica,
+    replica: Replica,
     path: std::path::PathBuf,
     /// Kept running while the test lasts.
     _sidecar: outrigger::Sidecar,
@@ -135,7 +138,7 @@ struct Manual {
 
 impl Manual {
     async fn start(extra: &str) -> Manual {
-        let (app, replica) = (Upstream::start().await, Upstream::start().await);
+        let (app, replica) = (Replica::start().await, Replica::start().await);
         let dir = TempDir::new();
         let path = dir.path.join("sidecar.yaml");
         let text = config(
@@ -291,8 +294,8 @@ async fn new_breaker_thresholds_apply_to_a_replica_that_stays_and_keep_its_state
 
 #[actix_web::test]
 async fn sighup_reloads_the_running_binary() {
-    let (first, second) = (Upstream::start().await, Upstream::start().await);
-    let services = |replica: &Upstream| {
+    let (first, second) = (Replica::start().await, Replica::start().await);
+    let services = |replica: &Replica| {
         format!(
             "  - {{ name: api, endpoints: [\"{}\"] }}",
             replica.endpoint()
@@ -327,8 +330,8 @@ async fn sighup_reloads_the_running_binary() {
 
 #[actix_web::test]
 async fn reload_is_refused_without_a_config_file() {
-    let replica = Upstream::start().await;
-    let sidecar = support::sidecar(&format!(
+    let replica = Replica::start().await;
+    let sidecar = support::sidecar::sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         replica.endpoint()
     ))

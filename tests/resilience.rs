@@ -7,14 +7,17 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{client, endpoints, get_text, metric, sidecar, status_of, Upstream};
+use support::client::{client, get_text, status_of};
+use support::metrics::metric;
+use support::replica::{endpoints, Replica};
+use support::sidecar::sidecar;
 
 #[actix_web::test]
 async fn a_replica_answering_503_is_invisible_to_the_app() {
     let (a, b, bad) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     bad.answer_with(503);
     let sidecar = sidecar(&format!(
@@ -46,9 +49,9 @@ async fn a_replica_answering_503_is_invisible_to_the_app() {
 #[actix_web::test]
 async fn a_replica_killed_under_load_costs_no_request() {
     let (a, b, doomed) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}], retry: {{ base_delay: 1ms, max_delay: 5ms }} }}",
@@ -88,9 +91,9 @@ async fn a_replica_killed_under_load_costs_no_request() {
 #[actix_web::test]
 async fn the_retry_budget_caps_the_load_an_outage_adds() {
     let upstreams = [
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     ];
     for upstream in &upstreams {
         upstream.answer_with(503);
@@ -112,7 +115,7 @@ async fn the_retry_budget_caps_the_load_an_outage_adds() {
             "the last answer is passed on"
         );
     }
-    let received: usize = upstreams.iter().map(Upstream::hits).sum();
+    let received: usize = upstreams.iter().map(Replica::hits).sum();
     let ceiling = requests + requests * 20 / 100 + 2 * 10;
     assert!(
         received <= ceiling,
@@ -129,7 +132,7 @@ async fn the_retry_budget_caps_the_load_an_outage_adds() {
 
 #[actix_web::test]
 async fn large_or_non_idempotent_bodies_are_not_retried_unless_allowed() {
-    let (failing, healthy) = (Upstream::start().await, Upstream::start().await);
+    let (failing, healthy) = (Replica::start().await, Replica::start().await);
     failing.answer_with(503);
     let both = endpoints(&[&failing, &healthy]);
     let sidecar = sidecar(&format!(
@@ -173,7 +176,7 @@ async fn large_or_non_idempotent_bodies_are_not_retried_unless_allowed() {
 
 #[actix_web::test]
 async fn retry_after_is_honoured() {
-    let (throttled, healthy) = (Upstream::start().await, Upstream::start().await);
+    let (throttled, healthy) = (Replica::start().await, Replica::start().await);
     throttled.answer_with(503);
     throttled.ask_to_retry_after(1);
     let sidecar = sidecar(&format!(
@@ -196,7 +199,7 @@ async fn retry_after_is_honoured() {
 
 #[actix_web::test]
 async fn a_concurrency_limit_sheds_the_excess_with_429() {
-    let slow = Upstream::start().await;
+    let slow = Replica::start().await;
     slow.delay(Duration::from_millis(600));
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"], concurrency: {{ max_in_flight: 5 }} }}",
@@ -242,9 +245,9 @@ async fn a_concurrency_limit_sheds_the_excess_with_429() {
 #[actix_web::test]
 async fn p2c_ewma_sends_a_ten_times_slower_replica_little() {
     let (a, b, slow) = (
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     );
     a.delay(Duration::from_millis(2));
     b.delay(Duration::from_millis(2));

@@ -6,9 +6,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{client, get_json, raw_exchange, raw_json, sidecar, Upstream};
+use support::client::{client, get_json};
+use support::raw::{raw_exchange, raw_json};
+use support::replica::Replica;
+use support::sidecar::sidecar;
 
-fn three(upstreams: &[Upstream]) -> String {
+fn three(upstreams: &[Replica]) -> String {
     let list: Vec<String> = upstreams
         .iter()
         .map(|u| format!("\"{}\"", u.endpoint()))
@@ -19,9 +22,9 @@ fn three(upstreams: &[Upstream]) -> String {
 #[actix_web::test]
 async fn sequential_requests_spread_fairly_over_three_replicas() {
     let upstreams = [
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     ];
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}] }}",
@@ -30,9 +33,9 @@ async fn sequential_requests_spread_fairly_over_three_replicas() {
     .await;
     let url = format!("http://{}/api/work", sidecar.outbound_addr());
     for _ in 0..300 {
-        assert_eq!(support::status_of(&url).await, Some(200));
+        assert_eq!(support::client::status_of(&url).await, Some(200));
     }
-    let hits: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
+    let hits: Vec<usize> = upstreams.iter().map(Replica::hits).collect();
     assert_eq!(hits.iter().sum::<usize>(), 300);
     assert!(
         hits.iter().all(|&h| (60..=140).contains(&h)),
@@ -43,9 +46,9 @@ async fn sequential_requests_spread_fairly_over_three_replicas() {
 #[actix_web::test]
 async fn least_load_sends_a_slow_replica_less() {
     let upstreams = [
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     ];
     upstreams[2].delay(Duration::from_millis(100));
     let sidecar = sidecar(&format!(
@@ -58,12 +61,12 @@ async fn least_load_sends_a_slow_replica_less() {
         let url = url.clone();
         async move {
             for _ in 0..25 {
-                assert_eq!(support::status_of(&url).await, Some(200));
+                assert_eq!(support::client::status_of(&url).await, Some(200));
             }
         }
     });
     futures_util::future::join_all(callers).await;
-    let hits: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
+    let hits: Vec<usize> = upstreams.iter().map(Replica::hits).collect();
     assert_eq!(hits.iter().sum::<usize>(), 200);
     assert!(
         hits[2] * 3 < hits[0] && hits[2] * 3 < hits[1],
@@ -73,7 +76,7 @@ async fn least_load_sends_a_slow_replica_less() {
 
 #[actix_web::test]
 async fn an_unknown_service_gets_404_with_a_json_error() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -101,7 +104,7 @@ async fn an_unknown_service_gets_404_with_a_json_error() {
 
 #[actix_web::test]
 async fn method_path_query_and_headers_arrive_intact_without_hop_by_hop_headers() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -149,7 +152,7 @@ async fn method_path_query_and_headers_arrive_intact_without_hop_by_hop_headers(
 
 #[actix_web::test]
 async fn host_headers_and_proxy_requests_name_the_service() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [\"{}\"] }}",
         upstream.endpoint()
@@ -191,7 +194,7 @@ async fn host_headers_and_proxy_requests_name_the_service() {
 
 #[actix_web::test]
 async fn a_redirect_from_a_replica_goes_back_to_the_app_unfollowed() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     upstream.answer_with(302);
     upstream.answer_header("location", "/elsewhere");
     let sidecar = sidecar(&format!(

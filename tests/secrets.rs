@@ -4,10 +4,12 @@
 
 mod support;
 
-use support::{
-    client, closed_port, get_text, listeners_with_inbound, sidecar_from, SidecarProcess, TempDir,
-    Upstream,
-};
+use support::client::{client, get_text};
+use support::files::TempDir;
+use support::ports::closed_port;
+use support::process::SidecarProcess;
+use support::replica::Replica;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 const JWT_SECRET: &str = "jwt-secret-0f9a8b7c";
 const API_KEY: &str = "api-key-5e4d3c2b";
@@ -22,7 +24,7 @@ fn assert_no_secret(text: &str, where_: &str) {
 
 #[actix_rt::test]
 async fn get_config_redacts_every_secret() {
-    let app = Upstream::start().await;
+    let app = Replica::start().await;
     let yaml = format!(
         "{}
 inbound:
@@ -54,7 +56,7 @@ redis: {{ url: \"redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0\" }}
 
 #[actix_rt::test]
 async fn the_log_never_holds_the_admin_token_or_the_redis_password() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log = dir.path.join("stderr.log");
     let redis = format!(

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{eventually, get_json, sidecar_from, Load, Upstream};
+use support::client::{get_json, Load};
+use support::eventually::eventually;
+use support::replica::Replica;
+use support::sidecar::sidecar_from;
 
 /// Slow-body connections held at once. The issue's figure is 1,000; so
 /// many fit the test's time and the machine's share of CPU.
@@ -56,11 +59,11 @@ async fn slow_upload(addr: SocketAddr, bytes: usize, pace: Duration) -> Result<u
 #[actix_rt::test]
 async fn a_slow_body_flood_takes_no_replica_out_and_others_are_served() {
     let replicas = [
-        Upstream::start().await,
-        Upstream::start().await,
-        Upstream::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
     ];
-    let endpoints = support::endpoints(&replicas.iter().collect::<Vec<_>>());
+    let endpoints = support::replica::endpoints(&replicas.iter().collect::<Vec<_>>());
     // Each upload takes 2 s, four times the per-try timeout: the replica is
     // timed from the end of the body, so none of them is a replica's fault.
     // They are in flight to a replica all along, so the concurrency limit
@@ -144,7 +147,7 @@ async fn stalled_upload(addr: SocketAddr, head: &str, sent: &[u8]) -> Stalled {
 
 #[actix_rt::test]
 async fn a_stalled_upload_gets_408_after_client_body_timeout_on_both_listeners() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let yaml = format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 500ms }}
@@ -181,9 +184,9 @@ services:
     let (_, breakers) = get_json(&format!("{admin}/circuit-breakers")).await;
     let breaker = &breakers["circuit_breakers"][&format!("api/{}", upstream.endpoint())];
     assert_eq!(breaker["total_failures"], 0, "{breakers}");
-    let metrics = support::get_text(&format!("{admin}/metrics")).await;
+    let metrics = support::client::get_text(&format!("{admin}/metrics")).await;
     assert_eq!(
-        support::metric_sum(
+        support::metrics::metric_sum(
             &metrics,
             "outrigger_http_requests_total",
             &[("status", "408")]

@@ -10,11 +10,13 @@
 mod support;
 
 use outrigger::Sidecar;
+use support::client::{client, get_text};
+use support::eventually::eventually;
 use support::faults::{answer_body_start, Fault, FaultServer, ANSWER};
-use support::{
-    client, eventually, get_text, header_seen, metric_sum, raw_cut_short, raw_exchange,
-    sidecar_with, Upstream,
-};
+use support::metrics::metric_sum;
+use support::raw::{raw_cut_short, raw_exchange};
+use support::replica::{header_seen, Replica};
+use support::sidecar::sidecar_with;
 
 /// One worker, so every call of a test meets the same pool.
 const ONE_WORKER: &str = "workers: 1";
@@ -40,7 +42,7 @@ fn upstream_errors(metrics: &str) -> f64 {
 
 #[actix_web::test]
 async fn calls_in_sequence_reuse_one_pooled_connection() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let (_sidecar, url) = calling_api(&upstream.endpoint()).await;
     let client = client();
     for _ in 0..20 {
@@ -166,7 +168,7 @@ async fn a_body_closed_short_of_its_length_is_a_cut() {
 
 #[actix_web::test]
 async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let (sidecar, _) = calling_api(&upstream.endpoint()).await;
     let answer = raw_exchange(
         sidecar.outbound_addr(),
@@ -177,14 +179,14 @@ async fn an_expectation_of_100_continue_is_met_by_the_sidecar() {
         .rfind("HTTP/1.1 ")
         .map_or("", |start| &answer[start..]);
     assert!(last.starts_with("HTTP/1.1 200"), "{answer}");
-    let echo = support::raw_json(last);
+    let echo = support::raw::raw_json(last);
     assert_eq!(echo["body_bytes"], 5, "{answer}");
     assert_eq!(header_seen(&echo, "expect"), None, "{answer}");
 }
 
 #[actix_web::test]
 async fn a_replica_named_by_host_name_is_resolved_and_called() {
-    let upstream = Upstream::start().await;
+    let upstream = Replica::start().await;
     let named = format!("localhost:{}", upstream.addr.port());
     let (_sidecar, url) = calling_api(&named).await;
     let mut response = client().get(&url).send().await.expect("an answer");

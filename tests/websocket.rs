@@ -6,7 +6,9 @@ mod support;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use awc::ws;
 use futures_util::{SinkExt, StreamExt};
-use support::{eventually, get_json, sidecar};
+use support::client::get_json;
+use support::eventually::eventually;
+use support::sidecar::sidecar;
 
 async fn echo(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
     let (response, mut session, mut messages) = actix_ws::handle(&req, body)?;

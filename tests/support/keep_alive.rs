@@ -99,7 +99,7 @@ impl KeepAliveLoad {
     /// what they saw.
     pub async fn stop(self) -> Tally {
         self.stop.store(true, Ordering::SeqCst);
-        super::eventually("the keep-alive clients stopped", || async {
+        super::eventually::eventually("the keep-alive clients stopped", || async {
             self.clients.iter().all(JoinHandle::is_finished)
         })
         .await;
@@ -232,13 +232,13 @@ fn exchange(stream: &mut TcpStream, request: &str) -> Result<bool, String> {
     if !head.starts_with("HTTP/1.1 200 ") {
         return Err(format!("answered {}", head.lines().next().unwrap_or("")));
     }
-    let length = super::raw_header(&head, "content-length")
+    let length = super::raw::raw_header(&head, "content-length")
         .and_then(|length| length.parse::<usize>().ok())
         .ok_or_else(|| format!("an answer without a Content-Length: {head}"))?;
     while answer.len() < head_end + length {
         read(&mut answer)?;
     }
-    let closing = super::raw_header(&head, "connection")
+    let closing = super::raw::raw_header(&head, "connection")
         .is_some_and(|value| value.eq_ignore_ascii_case("close"));
     Ok(closing)
 }

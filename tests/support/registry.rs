@@ -10,7 +10,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
-use super::Upstream;
+use super::replica::Replica;
 
 /// A service registry speaking the seed gateway's protocol.
 pub struct Registry {
@@ -53,12 +53,12 @@ impl Registry {
         Registry { url, state, handle }
     }
 
-    /// Lists `upstream` as replica `id` of `service`, healthy.
-    pub fn register(&self, id: &str, service: &str, upstream: &Upstream) {
+    /// Lists `replica` as replica `id` of `service`, healthy.
+    pub fn register(&self, id: &str, service: &str, replica: &Replica) {
         let entry = (
             id.to_string(),
             service.to_string(),
-            upstream.endpoint(),
+            replica.endpoint(),
             true,
         );
         self.state.replicas.lock().expect("lock").push(entry);
