@@ -20,11 +20,11 @@ use futures_util::future::{ready, Either};
 use futures_util::stream::Peekable;
 use futures_util::{FutureExt, Stream, StreamExt};
 
-use crate::listener::{BodyError, LimitedPayload, PeerIp};
+pub use crate::http::client::UpstreamResponse;
+use crate::http::client::{CallError, Client, OutgoingBody};
+use crate::http::listener::{BodyError, LimitedPayload, PeerIp};
 use crate::replica::UpstreamError;
 use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
-pub use crate::upstream::UpstreamResponse;
-use crate::upstream::{CallError, Client, OutgoingBody};
 
 /// The request-id header, accepted from the app or created here.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -14,8 +14,8 @@ pub(crate) mod core;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod http;
 pub mod inbound;
-pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod otlp;
@@ -26,7 +26,6 @@ pub mod service;
 pub mod store;
 pub mod tools;
 pub mod trace;
-pub mod upstream;
 pub mod watch;
 
 use std::future::Future;
@@ -44,8 +43,8 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::discovery::{source_for, Supervisor};
+use crate::http::listener::{self, Stopping};
 use crate::inbound::Gate;
-use crate::listener::Stopping;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigFile, InboundSide, Reload, ReloadReport, Reloader, Trigger};
 use crate::service::{LiveServices, ServiceTable};

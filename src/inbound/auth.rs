@@ -155,7 +155,7 @@ impl Authenticator {
         }
     }
 
-    /// Who is calling `path` (the request's, as [`crate::listener::normal_path`]
+    /// Who is calling `path` (the request's, as [`crate::http::listener::normal_path`]
     /// made it), or why they may not.
     pub async fn authenticate(
         &self,

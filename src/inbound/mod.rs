@@ -35,7 +35,7 @@ use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::UpstreamError;
@@ -47,7 +47,7 @@ pub const LISTENER: &str = "inbound";
 const APP: &str = "app";
 
 struct Worker {
-    client: crate::upstream::Client,
+    client: crate::http::client::Client,
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
     front: Front,
@@ -77,7 +77,7 @@ pub fn server(
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
-            client: crate::upstream::Client::new(connect_timeout),
+            client: crate::http::client::Client::new(connect_timeout),
             gates: Arc::clone(&gates),
             front: front.clone(),
             requests: metrics.requests(LISTENER, APP),

@@ -26,7 +26,7 @@ use crate::config::{format_duration, Config, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::replica::{Answer, Endpoint, Lease, UpstreamError};
@@ -37,7 +37,7 @@ pub const LISTENER: &str = "outbound";
 
 /// What one worker needs to proxy: its client and balancer, and the shared table.
 struct Worker {
-    client: crate::upstream::Client,
+    client: crate::http::client::Client,
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<LiveServices>,
@@ -68,7 +68,7 @@ pub fn server(
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
-            client: crate::upstream::Client::new(connect_timeout),
+            client: crate::http::client::Client::new(connect_timeout),
             connect_timeout,
             balancer: Balancer::new().start(),
             table: Arc::clone(&table),

@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use log::debug;
 use tokio::net::TcpStream;
 
-use crate::listener::{BodyError, LimitedPayload};
+use crate::http::listener::{BodyError, LimitedPayload};
 use pool::{Connection, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
 
