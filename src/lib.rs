@@ -6,14 +6,12 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod config;
 pub(crate) mod core;
 pub mod discovery;
 pub mod error;
-pub mod forward;
 pub mod http;
 pub mod inbound;
 pub mod logging;

@@ -31,14 +31,15 @@ pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
-use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
+use crate::http::access;
+use crate::http::client::UpstreamError;
+use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
 use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::request_id::{request_id, IdText};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::replica::UpstreamError;
 use crate::trace::Hop;
 
 /// The `listener` label of this listener's metrics and log lines.
@@ -94,7 +95,7 @@ async fn handle(
     worker: web::Data<Worker>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = forward::request_id(&req);
+    let request_id = request_id(&req);
     let progress = worker.front.arrived(&request_id);
     let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());

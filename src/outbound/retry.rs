@@ -11,7 +11,8 @@ use rand::Rng;
 
 use crate::config::{RetryConfig, RetryOn};
 use crate::core::backoff::Backoff;
-use crate::replica::{Answer, UpstreamError};
+use crate::http::client::UpstreamError;
+use crate::replica::Answer;
 
 /// Whether `method` may be retried under `config` (idempotent methods always;
 /// the others only when the service opts in with `non_idempotent: true`).

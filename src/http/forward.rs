@@ -3,7 +3,6 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,42 +19,14 @@ use futures_util::future::{ready, Either};
 use futures_util::stream::Peekable;
 use futures_util::{FutureExt, Stream, StreamExt};
 
-pub use crate::http::client::UpstreamResponse;
-use crate::http::client::{CallError, Client, OutgoingBody};
-use crate::http::listener::{BodyError, LimitedPayload, PeerIp};
-use crate::replica::UpstreamError;
-use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
+pub use super::client::UpstreamResponse;
+use super::client::{CallError, Client, OutgoingBody, UpstreamError};
+use super::listener::{BodyError, LimitedPayload, PeerIp};
+use super::request_id::REQUEST_ID;
+use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
 
-/// The request-id header, accepted from the app or created here.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The scheme the caller used, as seen by the replica.
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// The request id of `req`, or a new UUID v4 when it has none.
-pub fn request_id(req: &HttpRequest) -> HeaderValue {
-    match req.headers().get(&REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
-        _ => trace::new_request_id(),
-    }
-}
-
-/// A request id as log lines and error bodies show it: read as text only
-/// when one is written (checking its bytes on every request costs).
-#[derive(Clone, Copy)]
-pub struct IdText<'a>(pub &'a HeaderValue);
-
-impl IdText<'_> {
-    /// The id, or `-` when it is not visible ASCII.
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
-    }
-}
-
-impl fmt::Display for IdText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What to send to the replica.
 pub struct Upstream<'a> {
@@ -725,16 +696,6 @@ mod tests {
             .insert_header(("host", "127.0.0.1:15001"))
             .to_http_request();
         assert!(!forwarded(req, false).contains_key("host"));
-    }
-
-    #[test]
-    fn an_existing_request_id_is_kept() {
-        let req = TestRequest::default()
-            .insert_header(("x-request-id", "abc"))
-            .to_http_request();
-        assert_eq!(request_id(&req), "abc");
-        let fresh = request_id(&TestRequest::default().to_http_request());
-        assert_eq!(fresh.len(), 36, "a UUID");
     }
 
     #[test]
