@@ -6,25 +6,25 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod balance;
 pub mod config;
 pub(crate) mod core;
 pub mod discovery;
-pub mod error;
+pub(crate) mod error;
 pub mod http;
 pub mod inbound;
-pub mod logging;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod otlp;
+pub(crate) mod otlp;
 pub mod outbound;
 pub mod reload;
 pub mod replica;
 pub mod service;
-pub mod store;
+pub(crate) mod store;
 pub mod tools;
 pub mod trace;
-pub mod watch;
+pub(crate) mod watch;
 
 use std::future::Future;
 use std::io;

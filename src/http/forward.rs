@@ -28,8 +28,9 @@ use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
 /// The scheme the caller used, as seen by the replica.
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// What to send to the replica.
-pub struct Upstream<'a> {
+/// Where and how a request is forwarded: the replica (or, inbound, the
+/// app) and what it is sent.
+pub struct Target<'a> {
     /// `host:port` of the replica.
     pub address: &'a str,
     /// Path to request, without the query.
@@ -117,18 +118,18 @@ impl RequestBody {
 
 /// Sends `req` with `body` to the replica. The request head is made at
 /// once; the future returned is only the client's call (see
-/// [`Client::send`] for why it is not an `async fn`).
+/// `Client::send` for why it is not an `async fn`).
 pub fn send<'a>(
     client: &'a Client,
-    upstream: Upstream<'a>,
+    target: Target<'a>,
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> impl Future<Output = Result<UpstreamResponse, SendError>> + 'a {
-    match outgoing_request(&upstream, req, body, request_id) {
+    match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => Either::Left(
             client
-                .send(upstream.address, head, outgoing, upstream.timeout)
+                .send(target.address, head, outgoing, target.timeout)
                 .map(|answer| answer.map_err(SendError::from)),
         ),
         Err(error) => Either::Right(ready(Err(error))),
@@ -137,18 +138,18 @@ pub fn send<'a>(
 
 /// The head and body to send the replica for `req`.
 fn outgoing_request(
-    upstream: &Upstream<'_>,
+    target: &Target<'_>,
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> Result<(RequestHead, OutgoingBody), SendError> {
     let mut head = RequestHead::default();
     head.method = req.method().clone();
-    head.uri = upstream_uri(upstream.path, req.uri().query())?;
-    copy_request_headers(req, &mut head.headers, &upstream.headers, request_id);
-    if !upstream.headers.keep_host {
-        let host = HeaderValue::from_str(upstream.address).map_err(|_| {
-            SendError::BadRequest(format!("{} is not a valid Host", upstream.address))
+    head.uri = upstream_uri(target.path, req.uri().query())?;
+    copy_request_headers(req, &mut head.headers, &target.headers, request_id);
+    if !target.headers.keep_host {
+        let host = HeaderValue::from_str(target.address).map_err(|_| {
+            SendError::BadRequest(format!("{} is not a valid Host", target.address))
         })?;
         // The caller's Host was not copied.
         head.headers.append(header::HOST, host);

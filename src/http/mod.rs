@@ -4,11 +4,11 @@
 //! (`tests/layers.rs` checks it).
 //!
 //! Inside, each module uses only those listed before it:
-//! - [`request_id`]: the `x-request-id` every answer carries;
+//! - `request_id`: the `x-request-id` every answer carries;
 //! - `access`: what is recorded once a request is answered;
-//! - [`listener`]: serving clients we do not trust (limits, head and path
+//! - `listener`: serving clients we do not trust (limits, head and path
 //!   checks, the request body limit, draining and stopping);
-//! - [`client`]: our HTTP/1 client that calls replicas and the app, which
+//! - `client`: our HTTP/1 client that calls replicas and the app, which
 //!   streams out the request body the listener took in;
 //! - [`forward`]: one forwarded call, from the listener's request through
 //!   the client and back (header plans, bodies, the streamed answer);
@@ -16,8 +16,8 @@
 //!   plans.
 
 pub(crate) mod access;
-pub mod client;
+pub(crate) mod client;
 pub mod forward;
-pub mod listener;
-pub mod request_id;
+pub(crate) mod listener;
+pub(crate) mod request_id;
 pub(crate) mod tunnel;

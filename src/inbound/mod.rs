@@ -35,7 +35,7 @@ use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
 use crate::http::access;
 use crate::http::client::UpstreamError;
-use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
 use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::http::request_id::{request_id, IdText};
 use crate::metrics::{Metrics, RequestSeries};
@@ -244,7 +244,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
 ) -> HttpResponse {
     let id = caller.id();
     let identity_headers = caller.identity.headers();
-    let upstream = Upstream {
+    let target = Target {
         address: &gate.app,
         path: caller.path,
         headers: HeaderPlan {
@@ -271,7 +271,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
         Ok(body) => body,
         Err(error) => return refuse_body(error),
     };
-    match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
+    match forward::send(&worker.client, target, req, &mut body, caller.request_id).await {
         Ok(response) => {
             if response.status().is_success() && gate.authenticator.is_logout(req, caller.path) {
                 revoke_at_logout(&gate.authenticator, caller.identity, id.as_str()).await;

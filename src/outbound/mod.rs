@@ -25,7 +25,7 @@ use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::http::access;
 use crate::http::client::UpstreamError;
-use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Upstream};
+use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
 use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
 use crate::http::request_id::{request_id, IdText};
 use crate::http::tunnel;
@@ -223,13 +223,13 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         } else {
             (remaining, ("timeout", policy.timeout))
         };
-        let upstream = Upstream {
+        let target = Target {
             address: &endpoint.address,
             path,
             headers: plan,
             timeout: try_timeout,
         };
-        let result = forward::send(&worker.client, upstream, req, &mut body, request_id).await;
+        let result = forward::send(&worker.client, target, req, &mut body, request_id).await;
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),

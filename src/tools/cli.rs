@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use actix_rt::signal::unix::SignalKind;
 use clap::{Parser, Subcommand};
 
-use crate::config::{format_duration, Config, ConfigError, DiscoverySource};
+use crate::config::{format_duration, Config, ConfigError, SourceKind};
 use crate::reload::{ConfigFile, Trigger};
 use crate::tools::demo::DemoOptions;
 use crate::tools::inject::{inject, Options};
@@ -181,7 +181,7 @@ fn check(path: &Path) -> ExitCode {
             );
             for service in &config.services {
                 let endpoints = match source {
-                    DiscoverySource::Static => format!("{} endpoints", service.endpoints.len()),
+                    SourceKind::Static => format!("{} endpoints", service.endpoints.len()),
                     other => format!("endpoints from {}", other.as_str()),
                 };
                 println!(
