@@ -6,25 +6,42 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-pub(crate) mod admin;
-pub mod balance;
-pub mod config;
+// The layers, bottom to top: each imports only from those listed before it
+// (one exception left: config checks names with inbound::usable_name).
+
+// Pure building blocks: std and rand only (tests/layers.rs checks it).
 pub(crate) mod core;
-pub mod discovery;
+
+// Shared by every layer: config, errors and their answers, observability.
+pub mod config;
 pub(crate) mod error;
-pub mod http;
-pub mod inbound;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod otlp;
-pub mod outbound;
-pub mod reload;
+pub mod trace;
+pub(crate) mod watch;
+
+// HTTP both listeners share: serving, the replica client, forwarding
+// (nothing under it imports from the layers below; tests/layers.rs).
+pub mod http;
+
+// The stateful parts: replicas, balancing, services, stores, discovery.
+pub mod balance;
+pub mod discovery;
 pub mod replica;
 pub mod service;
 pub(crate) mod store;
+
+// The two proxy listeners.
+pub mod inbound;
+pub mod outbound;
+
+// The assembly: reload and admin here, the sidecar itself below.
+pub(crate) mod admin;
+pub mod reload;
+
+// Operator tooling apart from the proxy: the command line, inject, demo.
 pub mod tools;
-pub mod trace;
-pub(crate) mod watch;
 
 use std::future::Future;
 use std::io;
