@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::test::TestRequest;
 use actix_web::HttpRequest;
-use outrigger::forward::{copy_request_headers, HeaderPlan};
+use outrigger::http::forward::{copy_request_headers, HeaderPlan};
 use outrigger::trace::Tracer;
 
 const HOP_BY_HOP: [&str; 9] = [

@@ -6,30 +6,42 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod balance;
-pub mod cli;
-pub mod config;
+// The layers, bottom to top: each imports only from those listed before it
+// (one exception left: config checks names with inbound::usable_name).
+
+// Pure building blocks: std and rand only (tests/layers.rs checks it).
 pub(crate) mod core;
-pub mod demo;
-pub mod discovery;
-pub mod error;
-pub mod forward;
-pub mod inbound;
-pub mod inject;
-pub mod listener;
-pub mod logging;
+
+// Shared by every layer: config, errors and their answers, observability.
+pub mod config;
+pub(crate) mod error;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod otlp;
-pub mod outbound;
-pub mod reload;
+pub(crate) mod otlp;
+pub mod trace;
+pub(crate) mod watch;
+
+// HTTP both listeners share: serving, the replica client, forwarding
+// (nothing under it imports from the layers below; tests/layers.rs).
+pub mod http;
+
+// The stateful parts: replicas, balancing, services, stores, discovery.
+pub mod balance;
+pub mod discovery;
 pub mod replica;
 pub mod service;
-pub mod store;
-pub mod trace;
-pub mod upstream;
-pub mod watch;
+pub(crate) mod store;
+
+// The two proxy listeners.
+pub mod inbound;
+pub mod outbound;
+
+// The assembly: reload and admin here, the sidecar itself below.
+pub(crate) mod admin;
+pub mod reload;
+
+// Operator tooling apart from the proxy: the command line, inject, demo.
+pub mod tools;
 
 use std::future::Future;
 use std::io;
@@ -46,8 +58,8 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::discovery::{source_for, Supervisor};
+use crate::http::listener::{self, Stopping};
 use crate::inbound::Gate;
-use crate::listener::Stopping;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigFile, InboundSide, Reload, ReloadReport, Reloader, Trigger};
 use crate::service::{LiveServices, ServiceTable};

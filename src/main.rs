@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use outrigger::cli::Cli;
+use outrigger::tools::cli::Cli;
 
 mod allocator;
 

@@ -1,5 +1,5 @@
 //! Config hot reload: the [`Reloader`] actor re-reads the config file when
-//! it changes (watched with [`FileWatch`]), on SIGHUP and on admin
+//! it changes (watched with `FileWatch`), on SIGHUP and on admin
 //! `POST /reload`, validates it exactly as `outrigger check` does (env
 //! overrides included), and puts what can change live in force without
 //! dropping a connection or a request in flight:
@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use log::{error, info, warn};
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, DiscoverySource as SourceKind, ServiceConfig};
+use crate::config::{Config, ConfigError, ServiceConfig, SourceKind};
 use crate::discovery::{Reconfigure, StaticSource, Supervisor};
 use crate::inbound::Gate;
 use crate::metrics::Metrics;

@@ -11,10 +11,10 @@ use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use outrigger::config::{Config, JwtConfig, JwtKeys};
 use outrigger::inbound::{usable_name, Verifier};
-use outrigger::inject::{inject, Options};
 use outrigger::metrics::Metrics;
 use outrigger::outbound::resolve;
 use outrigger::service::ServiceTable;
+use outrigger::tools::inject::{inject, Options};
 use proptest::prelude::*;
 use serde_norway::{Mapping, Number, Value};
 

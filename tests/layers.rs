@@ -3,6 +3,8 @@
 //! its own (it is passed in). A `use crate::config::...`, a
 //! `super::super::...`, a path through another dependency or a
 //! `rand::rng()` anywhere under `src/core/` fails here with its file and line.
+//! And the rule of `src/http/`: nothing there imports from the stateful
+//! layers or the listeners above it (`crate::replica`, `super::super::inbound`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,117 @@ fn the_check_catches_each_way_out_of_core() {
         [2],
         "a use over several lines is placed at the path"
     );
+}
+
+/// Where HTTP both listeners share lives, from the crate root.
+const HTTP: &str = "src/http";
+/// The modules above `src/http/`, which nothing under it may import from.
+const ABOVE_HTTP: [&str; 10] = [
+    "replica",
+    "balance",
+    "service",
+    "store",
+    "discovery",
+    "inbound",
+    "outbound",
+    "admin",
+    "reload",
+    "tools",
+];
+
+#[test]
+fn http_imports_nothing_from_the_layers_above() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join(HTTP), &mut files);
+    assert!(files.len() >= 10, "the modules under {HTTP}: {files:?}");
+    let mut problems = Vec::new();
+    for file in &files {
+        let source = fs::read_to_string(file).expect("readable source");
+        let relative = file.strip_prefix(root).expect("under the crate root");
+        for (line, module) in imports_from_above(&source, module_depth(relative)) {
+            problems.push(format!(
+                "{}:{line}: imports from `{module}`",
+                relative.display()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{HTTP} may not import from {ABOVE_HTTP:?} (see {HTTP}/mod.rs):\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_check_catches_each_way_up_from_http() {
+    let lines = |source: &str, depth: usize| {
+        imports_from_above(source, depth)
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect::<Vec<_>>()
+    };
+    let fine = "use crate::config::AccessLog;\nuse super::client::Client;\n\
+                use crate::http::listener::Front;\n// use crate::replica::Answer;\n\
+                const A: &str = \"crate::inbound\";\nuse crate::{config, trace};\n";
+    assert_eq!(lines(fine, 2), Vec::<usize>::new());
+    assert_eq!(lines("use crate::replica::Answer;", 2), [1]);
+    assert_eq!(lines("\nfn f() { crate::outbound::go(); }", 2), [2]);
+    assert_eq!(lines("use crate::{config, service::Service};", 2), [1]);
+    assert_eq!(lines("use super::super::inbound::Gate;", 2), [1]);
+    assert_eq!(lines("use super::inbound::Gate;", 1), [1]);
+    assert_eq!(
+        lines("use super::super::forward::Target;", 3),
+        Vec::<usize>::new()
+    );
+}
+
+/// How many modules deep the file at `relative` (from the crate root) is:
+/// `src/http/mod.rs` is 1 (its `super` is the crate root), `src/http/x.rs`
+/// and `src/http/x/mod.rs` are 2.
+fn module_depth(relative: &Path) -> usize {
+    let parts = relative.components().count() - 1;
+    if relative.ends_with("mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
+/// Each path in `source` that reaches a module of [`ABOVE_HTTP`], with its
+/// line; `depth` is the file's [`module_depth`], so a chain of that many
+/// `super`s is the crate root.
+fn imports_from_above(source: &str, depth: usize) -> Vec<(usize, String)> {
+    let code = code_only(source);
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+    let mut found = Vec::new();
+    for (at, path) in paths(&code) {
+        let segments: Vec<&str> = path.split("::").collect();
+        let supers = segments.iter().take_while(|s| **s == "super").count();
+        let from_root = match segments[0] {
+            "crate" => &segments[1..],
+            "super" if supers == depth => &segments[supers..],
+            _ => continue,
+        };
+        let named: Vec<&str> = match from_root.first() {
+            Some(&"{") => {
+                let group = &code[at + path.len()..];
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                group
+                    .split(',')
+                    .map(|item| item.trim().split("::").next().unwrap_or_default())
+                    .collect()
+            }
+            Some(module) => vec![*module],
+            None => continue,
+        };
+        for module in named {
+            if ABOVE_HTTP.contains(&module) {
+                found.push((line_of(at), module.to_string()));
+            }
+        }
+    }
+    found
 }
 
 /// Each problem in `source` with its line: `is_core_root` for `core/mod.rs`,

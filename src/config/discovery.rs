@@ -16,7 +16,7 @@ use super::{as_duration, positive};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Discovery {
     /// The source (default `static`).
-    pub source: DiscoverySource,
+    pub source: SourceKind,
     /// How often a polling source is read again (default 30s).
     #[serde(serialize_with = "as_duration")]
     pub refresh: Duration,
@@ -33,7 +33,7 @@ pub struct Discovery {
 /// The kinds of discovery source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum DiscoverySource {
+pub enum SourceKind {
     /// Endpoints come from `services[].endpoints`.
     Static,
     /// Endpoints come from a YAML file that is watched for changes.
@@ -46,7 +46,7 @@ pub enum DiscoverySource {
     Kubernetes,
 }
 
-impl DiscoverySource {
+impl SourceKind {
     /// The name config files and the `source` metric label use.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,7 +59,7 @@ impl DiscoverySource {
     }
 }
 
-impl FromYaml for DiscoverySource {
+impl FromYaml for SourceKind {
     const EXPECTED: &'static str = "one of static, file, registry, dns, kubernetes";
     fn from_yaml(value: &Value) -> Option<Self> {
         match value.as_str()? {
@@ -151,9 +151,7 @@ impl Default for KubernetesDiscovery {
 /// reads it with [`Table::raw_restart`]: the sources are started once.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
-    let source = table
-        .get("source", problems)
-        .unwrap_or(DiscoverySource::Static);
+    let source = table.get("source", problems).unwrap_or(SourceKind::Static);
     let refresh = table
         .get("refresh", problems)
         .unwrap_or(Duration::from_secs(30));

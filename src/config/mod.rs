@@ -19,7 +19,7 @@ use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
 pub use discovery::{
-    Discovery, DiscoverySource, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery,
+    Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
 };
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
@@ -685,7 +685,7 @@ fn read_concurrency(
 fn read_services(
     value: Option<&Value>,
     defaults: &Policy,
-    source: DiscoverySource,
+    source: SourceKind,
     problems: &mut Problems,
 ) -> Vec<ServiceConfig> {
     let items = match value {
@@ -717,7 +717,7 @@ fn read_service(
     value: &Value,
     path: &str,
     defaults: &Policy,
-    source: DiscoverySource,
+    source: SourceKind,
     problems: &mut Problems,
 ) -> Option<ServiceConfig> {
     let mut t = Table::open(value, path, problems)?;
@@ -734,12 +734,12 @@ fn read_service(
         Some(_) => {}
     }
     let endpoints: Vec<String> = t.list("endpoints", problems).unwrap_or_default();
-    if source == DiscoverySource::Static && endpoints.is_empty() {
+    if source == SourceKind::Static && endpoints.is_empty() {
         problems.add(
             &t.path_of("endpoints"),
             "required with discovery.source static: list host:port of each replica",
         );
-    } else if source != DiscoverySource::Static && !endpoints.is_empty() {
+    } else if source != SourceKind::Static && !endpoints.is_empty() {
         problems.add(
             &t.path_of("endpoints"),
             format!(

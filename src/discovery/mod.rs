@@ -26,7 +26,7 @@ pub use kubernetes::KubernetesSource;
 pub use registry::RegistrySource;
 pub use static_source::StaticSource;
 
-use crate::config::{Config, DiscoverySource as SourceKind};
+use crate::config::{Config, SourceKind};
 use crate::metrics::Metrics;
 use crate::replica::{Endpoint, Replica};
 use crate::service::{LiveServices, Placement, Revision, Service, ServiceTable};

@@ -155,8 +155,8 @@ impl Authenticator {
         }
     }
 
-    /// Who is calling `path` (the request's, as [`crate::listener::normal_path`]
-    /// made it), or why they may not.
+    /// Who is calling `path` (the request's, as the listener's
+    /// `normal_path` made it), or why they may not.
     pub async fn authenticate(
         &self,
         req: &HttpRequest,

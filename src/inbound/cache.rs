@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 
 use super::auth::Identity;
 use crate::config::CacheConfig;
-use crate::forward::UpstreamResponse;
+use crate::http::forward::UpstreamResponse;
 use crate::metrics::Metrics;
 use crate::store::{key, Store};
 
@@ -185,7 +185,7 @@ impl Cache {
 
     /// Answers a miss with the app's `response`, storing it when it may be
     /// kept; its body must arrive within `deadline` (the app's `timeout`).
-    pub async fn complete<G: crate::forward::StreamGuard>(
+    pub async fn complete<G: crate::http::forward::StreamGuard>(
         &self,
         fill: Fill,
         response: UpstreamResponse,
@@ -195,7 +195,7 @@ impl Cache {
     ) -> HttpResponse {
         self.misses.inc();
         let Some((ttl, vary_names)) = self.storable(&response, fill.ttl) else {
-            let mut answer = crate::forward::respond(response, guard);
+            let mut answer = crate::http::forward::respond(response, guard);
             answer
                 .headers_mut()
                 .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
@@ -225,7 +225,7 @@ impl Cache {
             .headers()
             .iter()
             .filter(|(name, _)| {
-                !crate::forward::is_hop_by_hop(name, response.headers())
+                !crate::http::forward::is_hop_by_hop(name, response.headers())
                     && **name != header::CONTENT_LENGTH
             })
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))

@@ -102,7 +102,7 @@ impl InFlightCaps {
 }
 
 /// The app's body breaking off is the app's to report.
-impl crate::forward::StreamGuard for Slot {}
+impl crate::http::forward::StreamGuard for Slot {}
 
 impl Drop for Slot {
     fn drop(&mut self) {

@@ -31,14 +31,15 @@ pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
-use crate::access;
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::access;
+use crate::http::client::UpstreamError;
+use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
+use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::request_id::{request_id, IdText};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::replica::UpstreamError;
 use crate::trace::Hop;
 
 /// The `listener` label of this listener's metrics and log lines.
@@ -47,7 +48,7 @@ pub const LISTENER: &str = "inbound";
 const APP: &str = "app";
 
 struct Worker {
-    client: crate::upstream::Client,
+    client: crate::http::client::Client,
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
     front: Front,
@@ -77,7 +78,7 @@ pub fn server(
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
-            client: crate::upstream::Client::new(connect_timeout),
+            client: crate::http::client::Client::new(connect_timeout),
             gates: Arc::clone(&gates),
             front: front.clone(),
             requests: metrics.requests(LISTENER, APP),
@@ -94,7 +95,7 @@ async fn handle(
     worker: web::Data<Worker>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = forward::request_id(&req);
+    let request_id = request_id(&req);
     let progress = worker.front.arrived(&request_id);
     let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
@@ -243,7 +244,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
 ) -> HttpResponse {
     let id = caller.id();
     let identity_headers = caller.identity.headers();
-    let upstream = Upstream {
+    let target = Target {
         address: &gate.app,
         path: caller.path,
         headers: HeaderPlan {
@@ -270,7 +271,7 @@ async fn forward_to_app<G: forward::StreamGuard>(
         Ok(body) => body,
         Err(error) => return refuse_body(error),
     };
-    match forward::send(&worker.client, upstream, req, &mut body, caller.request_id).await {
+    match forward::send(&worker.client, target, req, &mut body, caller.request_id).await {
         Ok(response) => {
             if response.status().is_success() && gate.authenticator.is_logout(req, caller.path) {
                 revoke_at_logout(&gate.authenticator, caller.identity, id.as_str()).await;

@@ -5,7 +5,6 @@
 
 mod retry;
 mod route;
-mod upgrade;
 
 use std::io;
 use std::sync::Arc;
@@ -20,16 +19,19 @@ use log::{debug, info, warn};
 
 pub use route::{resolve, Route};
 
-use crate::access;
 use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
-use crate::forward::{self, HeaderPlan, IdText, RequestBody, SendError, Upstream};
-use crate::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::access;
+use crate::http::client::UpstreamError;
+use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
+use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::request_id::{request_id, IdText};
+use crate::http::tunnel;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::replica::{Answer, Endpoint, Lease, UpstreamError};
+use crate::replica::{Answer, Endpoint, Lease};
 use crate::service::{InFlight, LiveServices, Service, Settings};
 
 /// The `listener` label of this listener's metrics and log lines.
@@ -37,7 +39,7 @@ pub const LISTENER: &str = "outbound";
 
 /// What one worker needs to proxy: its client and balancer, and the shared table.
 struct Worker {
-    client: crate::upstream::Client,
+    client: crate::http::client::Client,
     connect_timeout: Duration,
     balancer: Addr<Balancer>,
     table: Arc<LiveServices>,
@@ -68,7 +70,7 @@ pub fn server(
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
-            client: crate::upstream::Client::new(connect_timeout),
+            client: crate::http::client::Client::new(connect_timeout),
             connect_timeout,
             balancer: Balancer::new().start(),
             table: Arc::clone(&table),
@@ -83,7 +85,7 @@ pub fn server(
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let started = Instant::now();
-    let request_id = forward::request_id(&req);
+    let request_id = request_id(&req);
     let progress = worker.front.arrived(&request_id);
     let id = IdText(&request_id);
     let hop = worker.front.tracer.hop(req.headers());
@@ -221,13 +223,13 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         } else {
             (remaining, ("timeout", policy.timeout))
         };
-        let upstream = Upstream {
+        let target = Target {
             address: &endpoint.address,
             path,
             headers: plan,
             timeout: try_timeout,
         };
-        let result = forward::send(&worker.client, upstream, req, &mut body, request_id).await;
+        let result = forward::send(&worker.client, target, req, &mut body, request_id).await;
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
@@ -335,14 +337,14 @@ async fn tunnel(
         }
     };
     let endpoint = Arc::clone(lease.endpoint());
-    let tunnel = upgrade::Tunnel {
+    let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
         path,
         headers: plan,
         connect_timeout: worker.connect_timeout,
         answer_timeout: policy.per_try_timeout.min(policy.timeout),
     };
-    match upgrade::open(tunnel, req, request_id).await {
+    match tunnel::open(tunnel, req, request_id).await {
         Ok(handshake) => {
             lease.report(Answer::Status(handshake.status().as_u16()));
             info!(

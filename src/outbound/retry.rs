@@ -11,12 +11,13 @@ use rand::Rng;
 
 use crate::config::{RetryConfig, RetryOn};
 use crate::core::backoff::Backoff;
-use crate::replica::{Answer, UpstreamError};
+use crate::http::client::UpstreamError;
+use crate::replica::Answer;
 
 /// Whether `method` may be retried under `config` (idempotent methods always;
 /// the others only when the service opts in with `non_idempotent: true`).
 pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
-    config.non_idempotent || crate::upstream::idempotent(method)
+    config.non_idempotent || crate::http::client::idempotent(method)
 }
 
 /// Whether `answer` is one of the conditions `config` retries. An answer

@@ -29,6 +29,7 @@ use crate::config::{BreakerConfig, Policy};
 use crate::core::backoff::Backoff;
 use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
+use crate::http::client::UpstreamError;
 use crate::metrics::{Metrics, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.
@@ -88,31 +89,6 @@ pub enum Answer {
     Error(UpstreamError),
     /// The caller went away first.
     Cancelled,
-}
-
-/// Why a call got no answer; the `kind` label of `upstream_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    /// Connection refused, reset or not made in time.
-    Connect,
-    /// No response head within the try's timeout.
-    Timeout,
-    /// The connection closed or reset before a response head arrived.
-    Reset,
-    /// The answer was not valid HTTP, or its body broke off.
-    Protocol,
-}
-
-impl UpstreamError {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::Protocol => "protocol",
-        }
-    }
 }
 
 impl Answer {

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use actix_rt::signal::unix::SignalKind;
 use clap::{Parser, Subcommand};
 
-use crate::config::{format_duration, Config, ConfigError, DiscoverySource};
-use crate::demo::DemoOptions;
-use crate::inject::{inject, Options};
+use crate::config::{format_duration, Config, ConfigError, SourceKind};
 use crate::reload::{ConfigFile, Trigger};
+use crate::tools::demo::DemoOptions;
+use crate::tools::inject::{inject, Options};
 use crate::Sidecar;
 
 /// A per-pod service-mesh sidecar for plain HTTP services.
@@ -114,7 +114,7 @@ impl Cli {
                 once,
             } => {
                 init_logging("warn");
-                crate::demo::run(DemoOptions {
+                crate::tools::demo::run(DemoOptions {
                     failure_rate,
                     redis,
                     once,
@@ -181,7 +181,7 @@ fn check(path: &Path) -> ExitCode {
             );
             for service in &config.services {
                 let endpoints = match source {
-                    DiscoverySource::Static => format!("{} endpoints", service.endpoints.len()),
+                    SourceKind::Static => format!("{} endpoints", service.endpoints.len()),
                     other => format!("endpoints from {}", other.as_str()),
                 };
                 println!(

@@ -62,7 +62,7 @@ pub fn run(options: DemoOptions) -> ExitCode {
             tour(&demo).await
         } else {
             // Listen before printing: whoever reads the guide may signal at once.
-            let mut signals = crate::cli::StopSignals::new()?;
+            let mut signals = crate::tools::cli::StopSignals::new()?;
             print_guide(&demo);
             signals.next().await;
             true

@@ -22,7 +22,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::deadline::Pause;
-use super::framing::{ChunkRefusal, Framing, Verdict};
+use super::framing::{ChunkRefusal, Framing, ScanVerdict};
 
 /// One client's TCP connection, scanned as it is read.
 pub struct ClientStream {
@@ -209,8 +209,8 @@ impl AsyncRead for ClientStream {
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = read {
             match this.framing.scan(&mut buf.filled_mut()[before..]) {
-                Verdict::Clean => {}
-                Verdict::BareLf(_) => {
+                ScanVerdict::Clean => {}
+                ScanVerdict::BareLf(_) => {
                     this.refused.inc();
                     warn!(
                         "{} listener: a request head from {} ends a line in a bare LF; refused with 400 and the connection closed",
@@ -218,7 +218,7 @@ impl AsyncRead for ClientStream {
                         this.peer()
                     );
                 }
-                Verdict::Chunk(at, refusal) => {
+                ScanVerdict::Chunk(at, refusal) => {
                     buf.set_filled(before + at);
                     this.refused_chunk.0.set(Some(refusal));
                 }

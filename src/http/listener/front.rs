@@ -13,9 +13,9 @@ use log::warn;
 use prometheus::{IntCounter, IntGauge};
 
 use super::Stopping;
-use crate::access::Answering;
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
-use crate::forward::IdText;
+use crate::http::access::Answering;
+use crate::http::request_id::IdText;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::trace::Tracer;

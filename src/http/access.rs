@@ -10,10 +10,11 @@ use actix_web::http::header::HeaderValue;
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::config::AccessLog;
-use crate::forward::{IdText, REQUEST_ID};
 use crate::metrics::RequestSeries;
 use crate::otlp::{Exporter, Span};
 use crate::trace::Hop;
+
+use super::request_id::{IdText, REQUEST_ID};
 
 /// The log target of access lines, so `LOG_LEVEL` can set them apart.
 pub const TARGET: &str = "outrigger::access";

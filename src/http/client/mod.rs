@@ -35,7 +35,7 @@ use futures_util::StreamExt;
 use log::debug;
 use tokio::net::TcpStream;
 
-use crate::listener::{BodyError, LimitedPayload};
+use crate::http::listener::{BodyError, LimitedPayload};
 use pool::{Connection, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
 
@@ -69,6 +69,33 @@ impl OutgoingBody {
             OutgoingBody::Full(bytes) => BodySize::Sized(bytes.len() as u64),
             OutgoingBody::Stream(_, Some(length)) => BodySize::Sized(*length),
             OutgoingBody::Stream(_, None) => BodySize::Stream,
+        }
+    }
+}
+
+/// The kind of failure of a call that got no answer, as the breaker,
+/// retries and both listeners' answers tell them apart; the `kind` label of
+/// `upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Connection refused, reset or not made in time.
+    Connect,
+    /// No response head within the try's timeout.
+    Timeout,
+    /// The connection closed or reset before a response head arrived.
+    Reset,
+    /// The answer was not valid HTTP, or its body broke off.
+    Protocol,
+}
+
+impl UpstreamError {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Protocol => "protocol",
         }
     }
 }

@@ -33,12 +33,11 @@ use actix_web::HttpRequest;
 use log::{info, warn};
 
 pub use body::{BodyError, LimitedPayload};
-pub use front::{Front, InProgress};
+pub use front::Front;
 pub use head::check_head;
 pub use path::normal_path;
 pub use stopping::Stopping;
 
-pub use stream::ChunkVerdict;
 use stream::{ClientStream, Timeouts};
 
 /// Connections the kernel queues before they are accepted.

@@ -1,7 +1,8 @@
-//! Protocol upgrades (WebSocket): the handshake is relayed to the picked
-//! replica over a connection of its own, and once the replica switches
-//! protocols the bytes are relayed both ways until either side closes.
-//! The call counts as in flight on the replica while the tunnel is open.
+//! Protocol upgrades (WebSocket): the handshake is relayed to a replica
+//! over a connection of its own, and once the replica switches protocols
+//! the bytes are relayed both ways until either side closes. Which replica,
+//! and counting the call in flight while the tunnel is open, is the
+//! outbound listener's part.
 
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::forward::{copy_request_headers, is_hop_by_hop, HeaderPlan};
-use crate::replica::UpstreamError;
+use super::client::UpstreamError;
+use super::forward::{copy_request_headers, is_hop_by_hop, HeaderPlan};
 
 /// The largest response head a replica may send before switching protocols.
 const MAX_HEAD: usize = 64 * 1024;

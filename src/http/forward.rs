@@ -3,7 +3,6 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,45 +19,18 @@ use futures_util::future::{ready, Either};
 use futures_util::stream::Peekable;
 use futures_util::{FutureExt, Stream, StreamExt};
 
-use crate::listener::{BodyError, LimitedPayload, PeerIp};
-use crate::replica::UpstreamError;
-use crate::trace::{self, Hop, TRACEPARENT, TRACESTATE};
-pub use crate::upstream::UpstreamResponse;
-use crate::upstream::{CallError, Client, OutgoingBody};
+pub use super::client::UpstreamResponse;
+use super::client::{CallError, Client, OutgoingBody, UpstreamError};
+use super::listener::{BodyError, LimitedPayload, PeerIp};
+use super::request_id::REQUEST_ID;
+use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
 
-/// The request-id header, accepted from the app or created here.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The scheme the caller used, as seen by the replica.
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The request id of `req`, or a new UUID v4 when it has none.
-pub fn request_id(req: &HttpRequest) -> HeaderValue {
-    match req.headers().get(&REQUEST_ID) {
-        Some(id) if !id.is_empty() => id.clone(),
-        _ => trace::new_request_id(),
-    }
-}
-
-/// A request id as log lines and error bodies show it: read as text only
-/// when one is written (checking its bytes on every request costs).
-#[derive(Clone, Copy)]
-pub struct IdText<'a>(pub &'a HeaderValue);
-
-impl IdText<'_> {
-    /// The id, or `-` when it is not visible ASCII.
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or("-")
-    }
-}
-
-impl fmt::Display for IdText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What to send to the replica.
-pub struct Upstream<'a> {
+/// Where and how a request is forwarded: the replica (or, inbound, the
+/// app) and what it is sent.
+pub struct Target<'a> {
     /// `host:port` of the replica.
     pub address: &'a str,
     /// Path to request, without the query.
@@ -146,18 +118,18 @@ impl RequestBody {
 
 /// Sends `req` with `body` to the replica. The request head is made at
 /// once; the future returned is only the client's call (see
-/// [`Client::send`] for why it is not an `async fn`).
+/// `Client::send` for why it is not an `async fn`).
 pub fn send<'a>(
     client: &'a Client,
-    upstream: Upstream<'a>,
+    target: Target<'a>,
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> impl Future<Output = Result<UpstreamResponse, SendError>> + 'a {
-    match outgoing_request(&upstream, req, body, request_id) {
+    match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => Either::Left(
             client
-                .send(upstream.address, head, outgoing, upstream.timeout)
+                .send(target.address, head, outgoing, target.timeout)
                 .map(|answer| answer.map_err(SendError::from)),
         ),
         Err(error) => Either::Right(ready(Err(error))),
@@ -166,18 +138,18 @@ pub fn send<'a>(
 
 /// The head and body to send the replica for `req`.
 fn outgoing_request(
-    upstream: &Upstream<'_>,
+    target: &Target<'_>,
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> Result<(RequestHead, OutgoingBody), SendError> {
     let mut head = RequestHead::default();
     head.method = req.method().clone();
-    head.uri = upstream_uri(upstream.path, req.uri().query())?;
-    copy_request_headers(req, &mut head.headers, &upstream.headers, request_id);
-    if !upstream.headers.keep_host {
-        let host = HeaderValue::from_str(upstream.address).map_err(|_| {
-            SendError::BadRequest(format!("{} is not a valid Host", upstream.address))
+    head.uri = upstream_uri(target.path, req.uri().query())?;
+    copy_request_headers(req, &mut head.headers, &target.headers, request_id);
+    if !target.headers.keep_host {
+        let host = HeaderValue::from_str(target.address).map_err(|_| {
+            SendError::BadRequest(format!("{} is not a valid Host", target.address))
         })?;
         // The caller's Host was not copied.
         head.headers.append(header::HOST, host);
@@ -725,16 +697,6 @@ mod tests {
             .insert_header(("host", "127.0.0.1:15001"))
             .to_http_request();
         assert!(!forwarded(req, false).contains_key("host"));
-    }
-
-    #[test]
-    fn an_existing_request_id_is_kept() {
-        let req = TestRequest::default()
-            .insert_header(("x-request-id", "abc"))
-            .to_http_request();
-        assert_eq!(request_id(&req), "abc");
-        let fresh = request_id(&TestRequest::default().to_http_request());
-        assert_eq!(fresh.len(), 36, "a UUID");
     }
 
     #[test]

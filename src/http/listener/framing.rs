@@ -88,7 +88,7 @@ pub struct Framing {
 
 /// What [`Framing::scan`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum ScanVerdict {
     /// Nothing to refuse.
     Clean,
     /// A head line ended in a bare LF at this offset of the scanned bytes;
@@ -147,17 +147,17 @@ impl Framing {
 
     /// Scans the next bytes the client sent, in order; poisons a bare LF
     /// in a head (see the module doc) and stops scanning after it.
-    pub fn scan(&mut self, bytes: &mut [u8]) -> Verdict {
+    pub fn scan(&mut self, bytes: &mut [u8]) -> ScanVerdict {
         let mut at = 0;
         while at < bytes.len() {
             match self.state {
-                State::Done => return Verdict::Clean,
+                State::Done => return ScanVerdict::Clean,
                 State::Head => match self.head_bytes(&bytes[at..]) {
                     Ok(used) => at += used,
                     Err(offset) => {
                         bytes[at + offset] = 0;
                         self.state = State::Done;
-                        return Verdict::BareLf(at + offset);
+                        return ScanVerdict::BareLf(at + offset);
                     }
                 },
                 State::Body(left) | State::ChunkData(left) => {
@@ -178,12 +178,12 @@ impl Framing {
                     }
                     Err(refusal) => {
                         self.state = State::Done;
-                        return Verdict::Chunk(at, refusal);
+                        return ScanVerdict::Chunk(at, refusal);
                     }
                 },
             }
         }
-        Verdict::Clean
+        ScanVerdict::Clean
     }
 
     /// Scans head bytes up to the end of the head or of `bytes`; returns
@@ -327,15 +327,17 @@ mod tests {
 
     /// Scans `input` split into pieces of `step` bytes; returns the
     /// verdicts that were not clean and the bytes as the parser sees them.
-    fn scan_in_steps(input: &[u8], step: usize) -> (Vec<Verdict>, Vec<u8>) {
+    fn scan_in_steps(input: &[u8], step: usize) -> (Vec<ScanVerdict>, Vec<u8>) {
         let mut framing = Framing::default();
         let mut bytes = input.to_vec();
         let mut found = Vec::new();
         for (index, piece) in bytes.chunks_mut(step).enumerate() {
             match framing.scan(piece) {
-                Verdict::Clean => {}
-                Verdict::BareLf(at) => found.push(Verdict::BareLf(index * step + at)),
-                Verdict::Chunk(at, why) => found.push(Verdict::Chunk(index * step + at, why)),
+                ScanVerdict::Clean => {}
+                ScanVerdict::BareLf(at) => found.push(ScanVerdict::BareLf(index * step + at)),
+                ScanVerdict::Chunk(at, why) => {
+                    found.push(ScanVerdict::Chunk(index * step + at, why))
+                }
             }
         }
         (found, bytes)
@@ -352,7 +354,11 @@ mod tests {
     fn bare_lf_at(input: &[u8], offset: usize) {
         for step in 1..=input.len() {
             let (found, bytes) = scan_in_steps(input, step);
-            assert_eq!(found, vec![Verdict::BareLf(offset)], "split every {step}");
+            assert_eq!(
+                found,
+                vec![ScanVerdict::BareLf(offset)],
+                "split every {step}"
+            );
             assert_eq!(bytes[offset], 0);
         }
     }

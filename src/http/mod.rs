@@ -1,0 +1,23 @@
+//! What both proxy listeners share about HTTP, below everything that knows
+//! services or replicas: nothing here imports from `replica`, `balance`,
+//! `service`, `store`, `discovery`, `inbound` or `outbound`
+//! (`tests/layers.rs` checks it).
+//!
+//! Inside, each module uses only those listed before it:
+//! - `request_id`: the `x-request-id` every answer carries;
+//! - `access`: what is recorded once a request is answered;
+//! - `listener`: serving clients we do not trust (limits, head and path
+//!   checks, the request body limit, draining and stopping);
+//! - `client`: our HTTP/1 client that calls replicas and the app, which
+//!   streams out the request body the listener took in;
+//! - [`forward`]: one forwarded call, from the listener's request through
+//!   the client and back (header plans, bodies, the streamed answer);
+//! - `tunnel`: the WebSocket tunnel, relayed with the headers `forward`
+//!   plans.
+
+pub(crate) mod access;
+pub(crate) mod client;
+pub mod forward;
+pub(crate) mod listener;
+pub(crate) mod request_id;
+pub(crate) mod tunnel;
