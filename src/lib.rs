@@ -6,8 +6,10 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-// The layers, bottom to top: each imports only from those listed before it
+// The layers, bottom to top: each imports only from the layers before it
 // (one exception left: config checks names with inbound::usable_name).
+// Within a layer modules are listed alphabetically and may use each other:
+// replica <- service <- balance and discovery; reload <- admin.
 
 // Pure building blocks: std and rand only (tests/layers.rs checks it).
 pub(crate) mod core;
@@ -22,7 +24,7 @@ pub mod trace;
 pub(crate) mod watch;
 
 // HTTP both listeners share: serving, the replica client, forwarding
-// (nothing under it imports from the layers below; tests/layers.rs).
+// (nothing under it imports from the layers above; tests/layers.rs).
 pub mod http;
 
 // The stateful parts: replicas, balancing, services, stores, discovery.
