@@ -15,7 +15,6 @@ mod rate_limit;
 
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpResponse};
@@ -33,11 +32,10 @@ pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::http::access;
 use crate::http::client::UpstreamError;
 use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
 use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
-use crate::http::request_id::{request_id, IdText};
+use crate::http::request_id::IdText;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::trace::Hop;
@@ -94,12 +92,8 @@ async fn handle(
     payload: web::Payload,
     worker: web::Data<Worker>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = request_id(&req);
-    let progress = worker.front.arrived(&request_id);
-    let id = IdText(&request_id);
-    let hop = worker.front.tracer.hop(req.headers());
-    let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
+    let arrival = worker.front.arrive(&req);
+    let (id, request_id, hop) = (arrival.id(), arrival.request_id(), arrival.hop());
     let gate = worker.gates.load();
     // Every step after this matches, and forwards, the normalised path.
     let checked = listener::check_head(&req, &worker.front.limits)
@@ -127,8 +121,8 @@ async fn handle(
                 let caller = Caller {
                     identity: &identity,
                     path: &path,
-                    request_id: &request_id,
-                    hop: &hop,
+                    request_id,
+                    hop,
                 };
                 admit(&worker, &gate, &req, payload, &caller).await
             }
@@ -137,9 +131,7 @@ async fn handle(
     if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
         Cors::decorate(origin.clone(), &mut response);
     }
-    worker
-        .front
-        .answered(progress, &answering, &req, &worker.requests, &mut response);
+    arrival.answer(&req, &worker.requests, &mut response);
     response
 }
 
