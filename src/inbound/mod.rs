@@ -180,7 +180,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 1. The head is within the listener's limits and the path normalises;
+    /// Step 1: the head is within the listener's limits and the path normalises;
     /// every step after this matches, and forwards, the normalised path.
     fn check_head(&self) -> Step<Cow<'a, str>> {
         let req = self.req;
@@ -195,7 +195,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 2. A CORS preflight is answered here.
+    /// Step 2: a CORS preflight is answered here.
     fn preflight(&self) -> Step<()> {
         match self
             .gate
@@ -207,7 +207,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 3. The caller is known and may call `path`.
+    /// Step 3: the caller is known and may call `path`.
     async fn authenticate(&self, path: &str) -> Step<Identity> {
         match self.gate.authenticator.authenticate(self.req, path).await {
             Ok(identity) => ControlFlow::Continue(identity),
@@ -218,7 +218,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 4. A caller over its rate limit gets 429.
+    /// Step 4: a caller over its rate limit gets 429.
     async fn rate_limit(&mut self, path: &str, identity: &Identity) -> Step<()> {
         let id = self.id();
         if let Some(limiter) = &self.gate.limiter {
@@ -242,7 +242,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 5. A stored answer is served; a miss gives what step 9 fills.
+    /// Step 5: a stored answer is served; a miss gives what step 9 fills.
     async fn look_up_cache(&mut self, path: &str, identity: &Identity) -> Step<Option<Fill>> {
         let Some(cache) = &self.gate.cache else {
             return ControlFlow::Continue(None);
@@ -261,7 +261,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 6. Past an in-flight cap, 429; the slot lives until the answer's body ends.
+    /// Step 6: past an in-flight cap, 429; the slot lives until the answer's body ends.
     fn enter_caps(&self, path: &str) -> Step<Option<Slot>> {
         let Some(caps) = &self.gate.caps else {
             return ControlFlow::Continue(None);
@@ -280,7 +280,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 7. The body is read and the request sent to the app, with the
+    /// Step 7: the body is read and the request sent to the app, with the
     /// caller's identity; the app's answer head comes back.
     async fn forward(
         &self,
@@ -345,7 +345,7 @@ impl<'a> Request<'a> {
         ControlFlow::Break(error.response(Some(APP), id.as_str()))
     }
 
-    /// 8. A successful logout revokes the caller's token.
+    /// Step 8: a successful logout revokes the caller's token.
     async fn revoke_on_logout(
         &self,
         forwarded: &UpstreamResponse,
@@ -371,7 +371,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// 9. The app's answer streams back, stored on the way when step 5 missed.
+    /// Step 9: the app's answer streams back, stored on the way when step 5 missed.
     async fn fill_cache(
         &self,
         fill: Option<Fill>,
