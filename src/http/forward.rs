@@ -205,6 +205,15 @@ pub trait StreamGuard: Unpin + 'static {
 
 impl StreamGuard for () {}
 
+/// A guard that may not be there (no cap applied): told when there is one.
+impl<G: StreamGuard> StreamGuard for Option<G> {
+    fn broke(&mut self, error: &PayloadError) {
+        if let Some(guard) = self {
+            guard.broke(error);
+        }
+    }
+}
+
 /// Streams the replica's answer back; `guard` lives until the body ends.
 /// The replica's headers move into the answer as they are, less the
 /// hop-by-hop ones and `Content-Length` (the body's framing sets it).

@@ -2,6 +2,24 @@
 //! and authorised before the app sees anything; then the request goes to
 //! the app on localhost through the same streaming forwarder the outbound
 //! side uses, with the caller's identity in `x-outrigger-*` headers.
+//!
+//! Each request takes these steps, in this order; a step that answers ends
+//! the walk there, and steps 10 and 11 go on every answer:
+//!
+//! 1. check head: the head is within the listener's limits and the path
+//!    normalises (the later steps match, and forward, the normalised path);
+//! 2. CORS preflight: answered here;
+//! 3. authenticate: the caller is known and may call the path;
+//! 4. rate limit: a caller over its limit gets 429;
+//! 5. cache lookup: a stored answer is served;
+//! 6. concurrency: past an in-flight cap, 429;
+//! 7. forward: the body is read and the request sent to the app;
+//! 8. revoke on logout: a successful logout revokes the caller's token;
+//! 9. cache fill: the app's answer streams back, stored on the way when
+//!    step 5 missed;
+//! 10. rate-limit headers: `X-RateLimit-*` on a limited route (and
+//!     `X-Cache: BYPASS` when step 5 bypassed the cache);
+//! 11. CORS decoration: an allowed origin is named on the answer.
 
 mod api_keys;
 mod auth;
@@ -13,11 +31,13 @@ mod jwks;
 mod jwt;
 mod rate_limit;
 
+use std::borrow::Cow;
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix_web::dev::Server;
+use actix_web::http::header::HeaderValue;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use log::{info, warn};
@@ -33,14 +53,12 @@ pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::http::access;
-use crate::http::client::UpstreamError;
+use crate::http::client::{UpstreamError, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
-use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
-use crate::http::request_id::{request_id, IdText};
+use crate::http::listener::{self, Arrival, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::request_id::IdText;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::trace::Hop;
 
 /// The `listener` label of this listener's metrics and log lines.
 pub const LISTENER: &str = "inbound";
@@ -94,244 +112,301 @@ async fn handle(
     payload: web::Payload,
     worker: web::Data<Worker>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = request_id(&req);
-    let progress = worker.front.arrived(&request_id);
-    let id = IdText(&request_id);
-    let hop = worker.front.tracer.hop(req.headers());
-    let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
+    let arrival = worker.front.arrive(&req);
     let gate = worker.gates.load();
-    // Every step after this matches, and forwards, the normalised path.
-    let checked = listener::check_head(&req, &worker.front.limits)
-        .and_then(|()| listener::normal_path(req.path()));
-    let mut response = match (checked, gate.cors.preflight(req.method(), req.headers())) {
-        (Err(refused), _) => {
-            warn!(
-                "request {id}: {}: {}",
-                refused.status().as_u16(),
-                refused.message()
-            );
-            refused.closing_response(Some(APP), id.as_str())
-        }
-        (Ok(_), Some(preflight)) => preflight,
-        (Ok(path), None) => match gate.authenticator.authenticate(&req, &path).await {
-            Err(refusal) => {
-                warn!(
-                    "request {id}: {}: {}",
-                    refusal.status().as_u16(),
-                    refusal.message()
-                );
-                refusal.response(Some(APP), id.as_str())
-            }
-            Ok(identity) => {
-                let caller = Caller {
-                    identity: &identity,
-                    path: &path,
-                    request_id: &request_id,
-                    hop: &hop,
-                };
-                admit(&worker, &gate, &req, payload, &caller).await
-            }
-        },
+    let mut request = Request {
+        worker: &worker,
+        gate: &gate,
+        req: &req,
+        arrival: &arrival,
+        verdict: None,
+        bypassed: false,
     };
-    if let Some(origin) = gate.cors.allowed_origin(req.headers()) {
-        Cors::decorate(origin.clone(), &mut response);
-    }
-    worker
-        .front
-        .answered(progress, &answering, &req, &worker.requests, &mut response);
+    let mut response = match request.take_steps(payload).await {
+        ControlFlow::Break(early) => early,
+        ControlFlow::Continue(forwarded) => forwarded,
+    };
+    request.finish(&mut response);
+    arrival.answer(&req, &worker.requests, &mut response);
     response
 }
 
-/// Who is calling and how this request is known: what every step after
-/// authentication needs.
-struct Caller<'a> {
-    identity: &'a Identity,
-    /// The request's path as [`listener::normal_path`] made it.
-    path: &'a str,
-    request_id: &'a actix_web::http::header::HeaderValue,
-    hop: &'a Hop,
+/// What a step gives the next one, or `Break` with the request's answer.
+type Step<T> = ControlFlow<HttpResponse, T>;
+
+/// One inbound request on its way through the steps of the module doc.
+struct Request<'a> {
+    worker: &'a Worker,
+    /// The gate in force when the request arrived, kept to its answer.
+    gate: &'a Gate,
+    req: &'a HttpRequest,
+    arrival: &'a Arrival<'a>,
+    /// Step 4's verdict, on a limited route: its headers go on the answer.
+    verdict: Option<Verdict>,
+    /// Step 5 bypassed the cache: the answer says so in `X-Cache`.
+    bypassed: bool,
 }
 
-impl Caller<'_> {
-    fn id(&self) -> IdText<'_> {
-        IdText(self.request_id)
+impl<'a> Request<'a> {
+    /// Steps 1 to 9, in order; a step that answers ends the walk.
+    async fn take_steps(&mut self, payload: web::Payload) -> Step<HttpResponse> {
+        let path = self.check_head()?;
+        self.preflight()?;
+        let identity = self.authenticate(&path).await?;
+        self.rate_limit(&path, &identity).await?;
+        let fill = self.look_up_cache(&path, &identity).await?;
+        let slot = self.enter_caps(&path)?;
+        let forwarded = self.forward(payload, &path, &identity).await?;
+        self.revoke_on_logout(&forwarded, &path, &identity).await;
+        ControlFlow::Continue(self.fill_cache(fill, forwarded, slot).await)
     }
-}
 
-/// Applies the rate limit, serves from the cache when it can, applies the
-/// in-flight caps, then forwards; every answer on a limited route carries
-/// the `X-RateLimit-*` headers.
-async fn admit(
-    worker: &Worker,
-    gate: &Gate,
-    req: &HttpRequest,
-    payload: web::Payload,
-    caller: &Caller<'_>,
-) -> HttpResponse {
-    let (id, identity, path) = (caller.id(), caller.identity, caller.path);
-    let verdict = match &gate.limiter {
-        Some(limiter) => limiter.check(req, path, identity, id.as_str()).await,
-        None => None,
-    };
-    let mut response = match &verdict {
-        Some(verdict) if !verdict.allowed => {
-            let message = format!(
-                "rate limit of {} per {}s reached ({})",
-                verdict.limit,
-                verdict.window.as_secs(),
-                verdict.scope
-            );
-            warn!("request {id}: 429: {message}");
-            ProxyError::RateLimited(message, verdict.retry_after_secs())
-                .response(Some(APP), id.as_str())
-        }
-        _ => {
-            let lookup = match &gate.cache {
-                Some(cache) => cache.lookup(req, path, identity, id.as_str()).await,
-                None => None,
-            };
-            let (fill, bypassed) = match lookup {
-                Some(Lookup::Hit(hit)) => return finish_limited(hit, verdict),
-                Some(Lookup::Miss(fill)) => (Some(fill), false),
-                Some(Lookup::Bypass) => (None, true),
-                None => (None, false),
-            };
-            let mut response = match gate.caps.as_ref().map(|caps| caps.enter(path)) {
-                Some(Err(full)) => {
-                    let message = format!(
-                        "too many requests in flight ({full:?} cap of inbound.concurrency)"
-                    );
-                    warn!("request {id}: 429: {message}");
-                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id.as_str())
-                }
-                Some(Ok(slot)) => {
-                    forward_to_app(worker, gate, req, payload, caller, slot, fill).await
-                }
-                None => forward_to_app(worker, gate, req, payload, caller, (), fill).await,
-            };
-            if bypassed {
-                response.headers_mut().insert(
-                    X_CACHE.clone(),
-                    actix_web::http::header::HeaderValue::from_static("BYPASS"),
-                );
-            }
+    /// Steps 10 and 11, on every answer: the `X-Cache: BYPASS` mark and
+    /// the `X-RateLimit-*` headers when steps 4 and 5 called for them, then
+    /// the allowed origin.
+    fn finish(self, response: &mut HttpResponse) {
+        if self.bypassed {
             response
+                .headers_mut()
+                .insert(X_CACHE.clone(), HeaderValue::from_static("BYPASS"));
         }
-    };
-    response = finish_limited(response, verdict);
-    response
-}
-
-/// Adds the `X-RateLimit-*` headers of `verdict`, when there is one.
-fn finish_limited(mut response: HttpResponse, verdict: Option<Verdict>) -> HttpResponse {
-    if let Some(verdict) = verdict {
-        for (name, value) in verdict.headers() {
-            response.headers_mut().insert(name, value);
+        if let Some(verdict) = self.verdict {
+            for (name, value) in verdict.headers() {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        if let Some(origin) = self.gate.cors.allowed_origin(self.req.headers()) {
+            Cors::decorate(origin.clone(), response);
         }
     }
-    response
-}
 
-async fn forward_to_app<G: forward::StreamGuard>(
-    worker: &Worker,
-    gate: &Gate,
-    req: &HttpRequest,
-    payload: web::Payload,
-    caller: &Caller<'_>,
-    slot: G,
-    fill: Option<Fill>,
-) -> HttpResponse {
-    let id = caller.id();
-    let identity_headers = caller.identity.headers();
-    let target = Target {
-        address: &gate.app,
-        path: caller.path,
-        headers: HeaderPlan {
-            keep_host: true,
-            handshake: false,
-            identity: Some(&identity_headers),
-            strip_authorization: gate.authenticator.strip_authorization,
-            trust_forwarding: gate.trusts_forwarding(req),
-            trace: Some(caller.hop),
-        },
-        timeout: gate.timeout,
-    };
-    let payload = LimitedPayload::new(payload, &worker.front.limits);
-    let refuse_body = |error: BodyError| {
-        let error = error.refusal(req);
-        warn!(
-            "request {id}: {}: {}",
-            error.status().as_u16(),
-            error.message()
-        );
-        error.closing_response(Some(APP), id.as_str())
-    };
-    let mut body = match RequestBody::read(req, payload, None).await {
-        Ok(body) => body,
-        Err(error) => return refuse_body(error),
-    };
-    match forward::send(&worker.client, target, req, &mut body, caller.request_id).await {
-        Ok(response) => {
-            if response.status().is_success() && gate.authenticator.is_logout(req, caller.path) {
-                revoke_at_logout(&gate.authenticator, caller.identity, id.as_str()).await;
+    /// Step 1: the head is within the listener's limits and the path normalises;
+    /// every step after this matches, and forwards, the normalised path.
+    fn check_head(&self) -> Step<Cow<'a, str>> {
+        let req = self.req;
+        let checked = listener::check_head(req, &self.worker.front.limits)
+            .and_then(|()| listener::normal_path(req.path()));
+        match checked {
+            Ok(path) => ControlFlow::Continue(path),
+            Err(refused) => {
+                self.log_refusal(&refused);
+                ControlFlow::Break(refused.closing_response(Some(APP), self.id().as_str()))
             }
-            match (fill, &gate.cache) {
-                (Some(fill), Some(cache)) => {
-                    cache
-                        .complete(fill, response, slot, req.headers(), gate.timeout)
-                        .await
+        }
+    }
+
+    /// Step 2: a CORS preflight is answered here.
+    fn preflight(&self) -> Step<()> {
+        match self
+            .gate
+            .cors
+            .preflight(self.req.method(), self.req.headers())
+        {
+            Some(preflight) => ControlFlow::Break(preflight),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Step 3: the caller is known and may call `path`.
+    async fn authenticate(&self, path: &str) -> Step<Identity> {
+        match self.gate.authenticator.authenticate(self.req, path).await {
+            Ok(identity) => ControlFlow::Continue(identity),
+            Err(refusal) => {
+                self.log_refusal(&refusal);
+                ControlFlow::Break(refusal.response(Some(APP), self.id().as_str()))
+            }
+        }
+    }
+
+    /// Step 4: a caller over its rate limit gets 429.
+    async fn rate_limit(&mut self, path: &str, identity: &Identity) -> Step<()> {
+        let id = self.id();
+        if let Some(limiter) = &self.gate.limiter {
+            self.verdict = limiter.check(self.req, path, identity, id.as_str()).await;
+        }
+        match &self.verdict {
+            Some(verdict) if !verdict.allowed => {
+                let message = format!(
+                    "rate limit of {} per {}s reached ({})",
+                    verdict.limit,
+                    verdict.window.as_secs(),
+                    verdict.scope
+                );
+                warn!("request {id}: 429: {message}");
+                ControlFlow::Break(
+                    ProxyError::RateLimited(message, verdict.retry_after_secs())
+                        .response(Some(APP), id.as_str()),
+                )
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+
+    /// Step 5: a stored answer is served; a miss gives what step 9 fills.
+    async fn look_up_cache(&mut self, path: &str, identity: &Identity) -> Step<Option<Fill>> {
+        let Some(cache) = &self.gate.cache else {
+            return ControlFlow::Continue(None);
+        };
+        match cache
+            .lookup(self.req, path, identity, self.id().as_str())
+            .await
+        {
+            Some(Lookup::Hit(hit)) => ControlFlow::Break(hit),
+            Some(Lookup::Miss(fill)) => ControlFlow::Continue(Some(fill)),
+            Some(Lookup::Bypass) => {
+                self.bypassed = true;
+                ControlFlow::Continue(None)
+            }
+            None => ControlFlow::Continue(None),
+        }
+    }
+
+    /// Step 6: past an in-flight cap, 429; the slot lives until the answer's body ends.
+    fn enter_caps(&self, path: &str) -> Step<Option<Slot>> {
+        let Some(caps) = &self.gate.caps else {
+            return ControlFlow::Continue(None);
+        };
+        match caps.enter(path) {
+            Ok(slot) => ControlFlow::Continue(Some(slot)),
+            Err(full) => {
+                let message =
+                    format!("too many requests in flight ({full:?} cap of inbound.concurrency)");
+                let id = self.id();
+                warn!("request {id}: 429: {message}");
+                ControlFlow::Break(
+                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id.as_str()),
+                )
+            }
+        }
+    }
+
+    /// Step 7: the body is read and the request sent to the app, with the
+    /// caller's identity; the app's answer head comes back.
+    async fn forward(
+        &self,
+        payload: web::Payload,
+        path: &str,
+        identity: &Identity,
+    ) -> Step<UpstreamResponse> {
+        let (gate, req, id) = (self.gate, self.req, self.id());
+        let identity_headers = identity.headers();
+        let target = Target {
+            address: &gate.app,
+            path,
+            headers: HeaderPlan {
+                keep_host: true,
+                handshake: false,
+                identity: Some(&identity_headers),
+                strip_authorization: gate.authenticator.strip_authorization,
+                trust_forwarding: gate.trusts_forwarding(req),
+                trace: Some(self.arrival.hop()),
+            },
+            timeout: gate.timeout,
+        };
+        let payload = LimitedPayload::new(payload, &self.worker.front.limits);
+        let mut body = match RequestBody::read(req, payload, None).await {
+            Ok(body) => body,
+            Err(error) => return ControlFlow::Break(self.refuse_body(error)),
+        };
+        let request_id = self.arrival.request_id();
+        let error =
+            match forward::send(&self.worker.client, target, req, &mut body, request_id).await {
+                Ok(forwarded) => return ControlFlow::Continue(forwarded),
+                Err(SendError::BadRequest(message)) => {
+                    warn!("request {id}: 400: {message}");
+                    return ControlFlow::Break(
+                        ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str()),
+                    );
                 }
-                _ => forward::respond(response, slot),
-            }
-        }
-
-        Err(SendError::BadRequest(message)) => {
-            warn!("request {id}: 400: {message}");
-            ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str())
-        }
-        Err(SendError::Body(error)) => {
-            warn!("request {id}: the app's request was aborted");
-            refuse_body(error)
-        }
-        Err(SendError::Upstream(kind, detail)) => {
-            let app = &gate.app;
-            let error = match kind {
-                UpstreamError::Timeout => ProxyError::Timeout(format!(
-                    "the app at {app} did not answer within {}ms",
-                    gate.timeout.as_millis()
-                )),
-                UpstreamError::Connect => ProxyError::UpstreamConnect(format!(
-                    "cannot connect to the app at {app}: {detail}"
-                )),
-                UpstreamError::Reset => ProxyError::UpstreamReset(format!(
-                    "the app at {app} closed the connection: {detail}"
-                )),
-                UpstreamError::Protocol => ProxyError::UpstreamProtocol(format!(
-                    "the app at {app} broke the exchange: {detail}"
-                )),
+                Err(SendError::Body(error)) => {
+                    warn!("request {id}: the app's request was aborted");
+                    return ControlFlow::Break(self.refuse_body(error));
+                }
+                Err(SendError::Upstream(kind, detail)) => {
+                    let app = &gate.app;
+                    match kind {
+                        UpstreamError::Timeout => ProxyError::Timeout(format!(
+                            "the app at {app} did not answer within {}ms",
+                            gate.timeout.as_millis()
+                        )),
+                        UpstreamError::Connect => ProxyError::UpstreamConnect(format!(
+                            "cannot connect to the app at {app}: {detail}"
+                        )),
+                        UpstreamError::Reset => ProxyError::UpstreamReset(format!(
+                            "the app at {app} closed the connection: {detail}"
+                        )),
+                        UpstreamError::Protocol => ProxyError::UpstreamProtocol(format!(
+                            "the app at {app} broke the exchange: {detail}"
+                        )),
+                    }
+                }
             };
-            warn!(
-                "request {id}: {}: {}",
-                error.status().as_u16(),
-                error.message()
-            );
-            error.response(Some(APP), id.as_str())
+        self.log_refusal(&error);
+        ControlFlow::Break(error.response(Some(APP), id.as_str()))
+    }
+
+    /// Step 8: a successful logout revokes the caller's token.
+    async fn revoke_on_logout(
+        &self,
+        forwarded: &UpstreamResponse,
+        path: &str,
+        identity: &Identity,
+    ) {
+        let authenticator = &self.gate.authenticator;
+        if !forwarded.status().is_success() || !authenticator.is_logout(self.req, path) {
+            return;
+        }
+        let Some((token_id, ttl)) = &identity.revocable else {
+            return;
+        };
+        let id = self.id();
+        match authenticator.revoke(token_id, *ttl).await {
+            Some(Ok(())) => info!(
+                "request {id}: logout: token of {} revoked for {}s",
+                identity.user,
+                ttl.as_secs()
+            ),
+            Some(Err(err)) => warn!("request {id}: logout: revoking the token failed: {err}"),
+            None => {}
         }
     }
-}
 
-async fn revoke_at_logout(authenticator: &Authenticator, identity: &Identity, id: &str) {
-    let Some((token_id, ttl)) = &identity.revocable else {
-        return;
-    };
-    match authenticator.revoke(token_id, *ttl).await {
-        Some(Ok(())) => info!(
-            "request {id}: logout: token of {} revoked for {}s",
-            identity.user,
-            ttl.as_secs()
-        ),
-        Some(Err(err)) => warn!("request {id}: logout: revoking the token failed: {err}"),
-        None => {}
+    /// Step 9: the app's answer streams back, stored on the way when step 5 missed.
+    async fn fill_cache(
+        &self,
+        fill: Option<Fill>,
+        forwarded: UpstreamResponse,
+        slot: Option<Slot>,
+    ) -> HttpResponse {
+        match (fill, &self.gate.cache) {
+            (Some(fill), Some(cache)) => {
+                cache
+                    .complete(fill, forwarded, slot, self.req.headers(), self.gate.timeout)
+                    .await
+            }
+            _ => forward::respond(forwarded, slot),
+        }
+    }
+
+    /// The request's id as log lines and error bodies show it.
+    fn id(&self) -> IdText<'a> {
+        self.arrival.id()
+    }
+
+    /// Logs why the request was refused, with its status.
+    fn log_refusal(&self, refusal: &ProxyError) {
+        warn!(
+            "request {}: {}: {}",
+            self.id(),
+            refusal.status().as_u16(),
+            refusal.message()
+        );
+    }
+
+    /// The answer to a request body that broke a limit or broke off.
+    fn refuse_body(&self, error: BodyError) -> HttpResponse {
+        let error = error.refusal(self.req);
+        self.log_refusal(&error);
+        error.closing_response(Some(APP), self.id().as_str())
     }
 }

@@ -23,11 +23,10 @@ use crate::balance::{Balancer, Pick, PickError};
 use crate::config::{format_duration, Config, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
-use crate::http::access;
 use crate::http::client::UpstreamError;
 use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
 use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
-use crate::http::request_id::{request_id, IdText};
+use crate::http::request_id::IdText;
 use crate::http::tunnel;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
@@ -84,12 +83,8 @@ pub fn server(
 }
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = request_id(&req);
-    let progress = worker.front.arrived(&request_id);
-    let id = IdText(&request_id);
-    let hop = worker.front.tracer.hop(req.headers());
-    let answering = access::Answering::begin(LISTENER, started, &request_id, &hop);
+    let arrival = worker.front.arrive(&req);
+    let (id, request_id, hop) = (arrival.id(), arrival.request_id(), arrival.hop());
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
     // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
@@ -118,7 +113,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 keep_host,
                 // The app is inside the trust boundary: its forwarding headers pass.
                 trust_forwarding: true,
-                trace: Some(&hop),
+                trace: Some(hop),
                 ..HeaderPlan::default()
             };
             // Held for the whole request: a guard, not a reference count to bump.
@@ -129,7 +124,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 path,
                 plan,
                 req: &req,
-                request_id: &request_id,
+                request_id,
             };
             let response = call(&worker, outgoing, payload).await;
             (Some(service), response)
@@ -138,9 +133,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let series = service
         .as_deref()
         .map_or(&worker.unknown, |s| &*s.metrics.requests);
-    worker
-        .front
-        .answered(progress, &answering, &req, series, &mut response);
+    arrival.answer(&req, series, &mut response);
     response
 }
 

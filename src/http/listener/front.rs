@@ -5,6 +5,7 @@
 //! dropped unanswered once the shutdown grace ran out is a cut one).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::header::HeaderValue;
 use actix_web::http::{ConnectionType, StatusCode};
@@ -15,10 +16,10 @@ use prometheus::{IntCounter, IntGauge};
 use super::Stopping;
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
 use crate::http::access::Answering;
-use crate::http::request_id::IdText;
+use crate::http::request_id::{request_id, IdText};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
-use crate::trace::Tracer;
+use crate::trace::{Hop, Tracer};
 
 /// One listener's receiving and recording side, cloned into each worker.
 #[derive(Clone)]
@@ -28,7 +29,7 @@ pub struct Front {
     /// The listener's per-client limits.
     pub limits: ListenerLimits,
     /// Decides each request's trace context.
-    pub tracer: Tracer,
+    tracer: Tracer,
     metrics: Arc<Metrics>,
     in_progress: IntGauge,
     cut: IntCounter,
@@ -76,59 +77,92 @@ impl Front {
         &self.stopping
     }
 
-    /// The request known by `request_id` arrived: it counts as in progress
-    /// until its [`InProgress`] is answered or dropped.
-    pub fn arrived<'a>(&'a self, request_id: &'a HeaderValue) -> InProgress<'a> {
+    /// `req` arrived: it gets its request id (the caller's `x-request-id`,
+    /// or a new one) and this hop's trace context, and counts as in
+    /// progress until its [`Arrival`] is answered or dropped.
+    pub fn arrive(&self, req: &HttpRequest) -> Arrival<'_> {
+        let started = Instant::now();
+        let request_id = request_id(req);
         self.in_progress.inc();
-        InProgress {
+        let hop = self.tracer.hop(req.headers());
+        Arrival {
             front: self,
+            started,
             request_id,
+            hop,
             answered: false,
         }
     }
+}
 
-    /// Records the answer to `req` in `series` (counters, access line,
-    /// span) and ends its time in progress. While the sidecar drains, the
-    /// answer closes its connection, so a keep-alive client reconnects
-    /// (elsewhere, once endpoints follow `/ready`) before the listener
-    /// closes instead of sending a request it would lose then.
-    pub fn answered(
-        &self,
-        mut progress: InProgress<'_>,
-        answering: &Answering,
+/// A request between its arrival and its answer: when it arrived, its
+/// request id and trace hop, and its place in `http_requests_in_progress`.
+/// Dropped unanswered (its handler was dropped: the client left, or the
+/// listener's shutdown grace ran out), it still leaves that gauge; a cut by
+/// the stop is logged with the request id and counted in
+/// `requests_cut_total`, since its client gets no answer at all.
+pub struct Arrival<'a> {
+    front: &'a Front,
+    started: Instant,
+    request_id: HeaderValue,
+    hop: Hop,
+    answered: bool,
+}
+
+impl Arrival<'_> {
+    /// The request's id, as `x-request-id` carries it.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// The request's id as log lines and error bodies show it.
+    pub fn id(&self) -> IdText<'_> {
+        IdText(&self.request_id)
+    }
+
+    /// This hop's trace context, sent on to the upstream.
+    pub fn hop(&self) -> &Hop {
+        &self.hop
+    }
+
+    /// Records `response`, the answer to `req`, in `series` (counters,
+    /// access line, span) and ends the request's time in progress. While
+    /// the sidecar drains, the answer closes its connection, so a
+    /// keep-alive client reconnects (elsewhere, once endpoints follow
+    /// `/ready`) before the listener closes instead of sending a request it
+    /// would lose then.
+    pub fn answer(
+        mut self,
         req: &HttpRequest,
         series: &RequestSeries,
         response: &mut HttpResponse,
     ) {
-        answering.finish(series, self.access_log, self.spans.as_ref(), req, response);
-        if self.stopping.draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let front = self.front;
+        let answering = Answering::begin(front.listener, self.started, &self.request_id, &self.hop);
+        answering.finish(
+            series,
+            front.access_log,
+            front.spans.as_ref(),
+            req,
+            response,
+        );
+        if front.stopping.draining() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
             response
                 .head_mut()
                 .set_connection_type(ConnectionType::Close);
         }
-        progress.answered = true;
+        self.answered = true;
     }
 }
 
-/// A request between its arrival and its answer. Dropped unanswered (its
-/// handler was dropped: the client left, or the listener's shutdown grace
-/// ran out), it still leaves `http_requests_in_progress`; a cut by the stop
-/// is logged with the request id and counted in `requests_cut_total`, since
-/// its client gets no answer at all.
-pub struct InProgress<'a> {
-    front: &'a Front,
-    request_id: &'a HeaderValue,
-    answered: bool,
-}
-
-impl Drop for InProgress<'_> {
+impl Drop for Arrival<'_> {
     fn drop(&mut self) {
         let front = self.front;
         if !self.answered && front.stopping.cutting() {
             front.cut.inc();
             warn!(
                 "request {}: cut unanswered: the {} listener stopped before it was answered (lifecycle.shutdown_grace {} ran out, or a second stop signal came); its client's connection is closed",
-                IdText(self.request_id),
+                IdText(&self.request_id),
                 front.listener,
                 format_duration(front.stopping.grace())
             );

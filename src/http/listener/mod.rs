@@ -33,7 +33,7 @@ use actix_web::HttpRequest;
 use log::{info, warn};
 
 pub use body::{BodyError, LimitedPayload};
-pub use front::Front;
+pub use front::{Arrival, Front};
 pub use head::check_head;
 pub use path::normal_path;
 pub use stopping::Stopping;
