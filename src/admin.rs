@@ -396,7 +396,7 @@ async fn reload(req: HttpRequest, state: web::Data<AdminState>) -> HttpResponse 
 }
 
 fn replica_key(endpoint: &Endpoint) -> String {
-    format!("{}/{}", endpoint.service, endpoint.address)
+    endpoint.to_string()
 }
 
 fn breaker_json(report: &BreakerReport) -> Value {

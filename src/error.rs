@@ -113,7 +113,23 @@ impl ProxyError {
         }
     }
 
-    /// The response: status, `x-outrigger` header and JSON body.
+    /// Whether the connection is closed after the answer: for a request
+    /// whose head or body cannot be trusted (or was not read to its end),
+    /// so nothing the client sent after it is read as another request.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest(_)
+                | Self::BodyTooLarge(_)
+                | Self::BodyTimeout(_)
+                | Self::HeadersTooLarge(_)
+        )
+    }
+
+    /// The response: status, `x-outrigger` header, `Retry-After` where the
+    /// caller should wait, the JSON body, and `Connection: close` when
+    /// [`ProxyError::closes_connection`] says so. Listeners answer through
+    /// `Arrival::refuse`, which also logs the refusal.
     pub fn response(&self, service: Option<&str>, request_id: &str) -> HttpResponse {
         let body = ErrorBody {
             error: self.message(),
@@ -131,18 +147,10 @@ impl ProxyError {
             }
             _ => {}
         }
+        if self.closes_connection() {
+            response.force_close();
+        }
         response.json(body)
-    }
-
-    /// Like [`ProxyError::response`], and the connection is closed after it:
-    /// for a request whose head or body cannot be trusted, so nothing the
-    /// client sent after it is read as another request.
-    pub fn closing_response(&self, service: Option<&str>, request_id: &str) -> HttpResponse {
-        let mut response = self.response(service, request_id);
-        response
-            .head_mut()
-            .set_connection_type(actix_web::http::ConnectionType::Close);
-        response
     }
 }
 
@@ -200,6 +208,29 @@ mod tests {
         for (error, status, reason) in cases {
             assert_eq!(error.status().as_u16(), status);
             assert_eq!(error.reason(), reason);
+        }
+    }
+
+    #[test]
+    fn only_an_untrusted_request_closes_its_connection() {
+        let closing = ProxyError::BodyTooLarge("x".into()).response(None, "req-1");
+        assert!(closing.head().connection_type() == actix_web::http::ConnectionType::Close);
+        for error in [
+            ProxyError::BadRequest("x".into()),
+            ProxyError::BodyTimeout("x".into()),
+            ProxyError::HeadersTooLarge("x".into()),
+        ] {
+            assert!(error.closes_connection(), "{error:?}");
+        }
+        for error in [
+            ProxyError::UnknownService,
+            ProxyError::Unauthorized("x".into()),
+            ProxyError::Timeout("x".into()),
+            ProxyError::RateLimited("x".into(), 1),
+        ] {
+            assert!(!error.closes_connection(), "{error:?}");
+            let kept = error.response(None, "req-1");
+            assert!(kept.head().connection_type() != actix_web::http::ConnectionType::Close);
         }
     }
 

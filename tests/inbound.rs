@@ -717,8 +717,25 @@ async fn exempt_paths_cors_and_the_app_timeout() {
             .and_then(|v| v.to_str().ok()),
         Some("https://app.example")
     );
-    let other = preflight("https://evil.example").await.expect("answer");
+    let mut other = preflight("https://evil.example").await.expect("answer");
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Refused like every other refusal: reason token, and the request id in the body.
+    assert_eq!(other.status().as_u16(), 403);
+    assert_eq!(
+        other
+            .headers()
+            .get("x-outrigger")
+            .and_then(|v| v.to_str().ok()),
+        Some("forbidden")
+    );
+    let refusal: serde_json::Value = other.json().await.expect("json body");
+    let request_id = other
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id");
+    assert_eq!(refusal["request_id"], request_id);
+    assert_eq!(refusal["service"], "app");
     let simple = client()
         .get(format!("http://{addr}/health"))
         .insert_header(("origin", "https://app.example"))

@@ -17,10 +17,10 @@ use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either};
 use futures_util::stream::Peekable;
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
-use super::client::{CallError, Client, OutgoingBody, UpstreamError};
+use super::client::{CallError, Client, OutgoingBody};
 use super::listener::{BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
@@ -125,13 +125,11 @@ pub fn send<'a>(
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
-) -> impl Future<Output = Result<UpstreamResponse, SendError>> + 'a {
+) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     match outgoing_request(&target, req, body, request_id) {
-        Ok((head, outgoing)) => Either::Left(
-            client
-                .send(target.address, head, outgoing, target.timeout)
-                .map(|answer| answer.map_err(SendError::from)),
-        ),
+        Ok((head, outgoing)) => {
+            Either::Left(client.send(target.address, head, outgoing, target.timeout))
+        }
         Err(error) => Either::Right(ready(Err(error))),
     }
 }
@@ -142,14 +140,14 @@ fn outgoing_request(
     req: &HttpRequest,
     body: &mut RequestBody,
     request_id: &HeaderValue,
-) -> Result<(RequestHead, OutgoingBody), SendError> {
+) -> Result<(RequestHead, OutgoingBody), CallError> {
     let mut head = RequestHead::default();
     head.method = req.method().clone();
     head.uri = upstream_uri(target.path, req.uri().query())?;
     copy_request_headers(req, &mut head.headers, &target.headers, request_id);
     if !target.headers.keep_host {
         let host = HeaderValue::from_str(target.address).map_err(|_| {
-            SendError::BadRequest(format!("{} is not a valid Host", target.address))
+            CallError::Unsendable(format!("{} is not a valid Host", target.address))
         })?;
         // The caller's Host was not copied.
         head.headers.append(header::HOST, host);
@@ -159,7 +157,7 @@ fn outgoing_request(
         RequestBody::Replayable(bytes) => OutgoingBody::Full(bytes.clone()),
         RequestBody::Streaming(payload, length) => {
             let payload = payload.take().ok_or_else(|| {
-                SendError::BadRequest("the request body was already sent".to_string())
+                CallError::Unsendable("the request body was already sent".to_string())
             })?;
             match length {
                 BodyLength::Sized(n) => OutgoingBody::Stream(payload, Some(*n)),
@@ -168,30 +166,6 @@ fn outgoing_request(
         }
     };
     Ok((head, outgoing))
-}
-
-/// Why a call got no answer.
-pub enum SendError {
-    /// The request could not be formed (a path the URI grammar rejects).
-    BadRequest(String),
-    /// The client's body stopped as it streamed (too large, a pause past
-    /// `client_body_timeout`, broken off): the client's doing.
-    Body(BodyError),
-    /// The replica did not answer.
-    Upstream(UpstreamError, String),
-}
-
-impl From<CallError> for SendError {
-    fn from(err: CallError) -> Self {
-        let kind = match err {
-            CallError::Body(body) => return SendError::Body(body),
-            CallError::Connect(_) => UpstreamError::Connect,
-            CallError::Timeout => UpstreamError::Timeout,
-            CallError::Closed(_) => UpstreamError::Reset,
-            CallError::Protocol(_) => UpstreamError::Protocol,
-        };
-        SendError::Upstream(kind, err.to_string())
-    }
 }
 
 /// What an answer holds while its body streams (the call's lease, a
@@ -303,7 +277,7 @@ fn body_length(req: &HttpRequest) -> BodyLength {
     BodyLength::None
 }
 
-fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, SendError> {
+fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, CallError> {
     let uri = match query {
         Some(query) => {
             let mut uri = String::with_capacity(path.len() + query.len() + 1);
@@ -314,7 +288,7 @@ fn upstream_uri(path: &str, query: Option<&str>) -> Result<Uri, SendError> {
         }
         None => Uri::try_from(path),
     };
-    uri.map_err(|err| SendError::BadRequest(format!("cannot form the upstream URI: {err}")))
+    uri.map_err(|err| CallError::Unsendable(format!("cannot form the upstream URI: {err}")))
 }
 
 /// Copies the caller's headers into `out` (empty) for the replica as `plan`

@@ -4,6 +4,7 @@
 //! and counting the call in flight while the tunnel is open, is the
 //! outbound listener's part.
 
+use std::io;
 use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::client::UpstreamError;
+use super::client::CallError;
 use super::forward::{copy_request_headers, is_hop_by_hop, HeaderPlan};
 
 /// The largest response head a replica may send before switching protocols.
@@ -90,28 +91,25 @@ pub async fn open(
     tunnel: Tunnel<'_>,
     req: &HttpRequest,
     request_id: &HeaderValue,
-) -> Result<Handshake, (UpstreamError, String)> {
+) -> Result<Handshake, CallError> {
     let connect = TcpStream::connect(tunnel.address);
     let stream = match tokio::time::timeout(tunnel.connect_timeout, connect).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err((UpstreamError::Connect, err.to_string())),
-        Err(_) => return Err((UpstreamError::Connect, "connect timed out".to_string())),
+        Ok(Err(err)) => return Err(CallError::Connect(err)),
+        Err(_) => {
+            return Err(CallError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "not connected within connect_timeout",
+            )))
+        }
     };
     let (mut reader, mut writer) = stream.into_split();
     let head = request_head(&tunnel, req, request_id);
-    writer
-        .write_all(&head)
-        .await
-        .map_err(|err| (UpstreamError::Reset, err.to_string()))?;
+    writer.write_all(&head).await.map_err(CallError::Closed)?;
     let read = read_head(&mut reader);
     let (status, headers, early) = match tokio::time::timeout(tunnel.answer_timeout, read).await {
         Ok(result) => result?,
-        Err(_) => {
-            return Err((
-                UpstreamError::Timeout,
-                "no answer to the upgrade handshake".to_string(),
-            ))
-        }
+        Err(_) => return Err(CallError::Timeout),
     };
     Ok(Handshake {
         status,
@@ -155,31 +153,29 @@ fn request_head(tunnel: &Tunnel<'_>, req: &HttpRequest, request_id: &HeaderValue
 
 async fn read_head(
     reader: &mut OwnedReadHalf,
-) -> Result<(StatusCode, HeaderMap, Bytes), (UpstreamError, String)> {
+) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
         if let Some(end) = find_head_end(&buffer) {
             let rest = buffer.split_off(end + 4);
-            let (status, headers) =
-                parse_head(&buffer[..end]).map_err(|why| (UpstreamError::Protocol, why))?;
+            let (status, headers) = parse_head(&buffer[..end]).map_err(CallError::Protocol)?;
             return Ok((status, headers, rest.freeze()));
         }
         if buffer.len() > MAX_HEAD {
-            return Err((
-                UpstreamError::Protocol,
+            return Err(CallError::Protocol(
                 "the handshake answer's head is too large".to_string(),
             ));
         }
         let read = reader.read_buf(&mut buffer).await;
         match read {
             Ok(0) => {
-                return Err((
-                    UpstreamError::Reset,
-                    "closed before answering the handshake".to_string(),
-                ))
+                return Err(CallError::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before answering the handshake",
+                )))
             }
             Ok(_) => {}
-            Err(err) => return Err((UpstreamError::Reset, err.to_string())),
+            Err(err) => return Err(CallError::Closed(err)),
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use super::auth::Identity;
 use crate::config::CacheConfig;
+use crate::error::ProxyError;
 use crate::http::forward::UpstreamResponse;
 use crate::metrics::Metrics;
 use crate::store::{key, Store};
@@ -184,7 +185,8 @@ impl Cache {
     }
 
     /// Answers a miss with the app's `response`, storing it when it may be
-    /// kept; its body must arrive within `deadline` (the app's `timeout`).
+    /// kept; its body must arrive within `deadline` (the app's `timeout`),
+    /// or the refusal to answer with is returned.
     pub async fn complete<G: crate::http::forward::StreamGuard>(
         &self,
         fill: Fill,
@@ -192,14 +194,14 @@ impl Cache {
         guard: G,
         request: &HeaderMap,
         deadline: Duration,
-    ) -> HttpResponse {
+    ) -> Result<HttpResponse, ProxyError> {
         self.misses.inc();
         let Some((ttl, vary_names)) = self.storable(&response, fill.ttl) else {
             let mut answer = crate::http::forward::respond(response, guard);
             answer
                 .headers_mut()
                 .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
-            return answer;
+            return Ok(answer);
         };
         let mut response = response;
         let status = response.status();
@@ -208,17 +210,15 @@ impl Cache {
             Ok(Ok(body)) => body,
             Ok(Err(err)) => {
                 debug!("cache: reading the body to store failed: {err}");
-                return crate::error::ProxyError::UpstreamReset(format!(
+                return Err(ProxyError::UpstreamReset(format!(
                     "the app's answer broke off: {err}"
-                ))
-                .response(Some("app"), "-");
+                )));
             }
             Err(_) => {
-                return crate::error::ProxyError::Timeout(format!(
+                return Err(ProxyError::Timeout(format!(
                     "the app's answer body did not arrive within {}ms",
                     deadline.as_millis()
-                ))
-                .response(Some("app"), "-");
+                )));
             }
         };
         let headers: Vec<(String, String)> = response
@@ -268,7 +268,7 @@ impl Cache {
         answer
             .headers_mut()
             .insert(X_CACHE.clone(), HeaderValue::from_static("MISS"));
-        answer
+        Ok(answer)
     }
 
     fn fill(self: &Arc<Self>, key: String, ttl: Duration, leader: bool) -> Fill {

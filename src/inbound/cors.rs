@@ -1,12 +1,14 @@
 //! CORS for browser callers: preflights from allowed origins are answered
-//! here; answers to allowed origins get the matching headers; other origins
-//! get none.
+//! here; answers to allowed origins get the matching headers; a preflight
+//! from another origin is refused (403 `forbidden`), and other answers to
+//! it get no CORS headers.
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use actix_web::HttpResponse;
 
 use crate::config::CorsConfig;
+use crate::error::ProxyError;
 
 /// The allowed origins.
 pub struct Cors {
@@ -34,18 +36,20 @@ impl Cors {
 
     /// The answer to a preflight (`OPTIONS` with `Access-Control-Request-Method`),
     /// or `None` when the request is not one.
-    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<HttpResponse> {
+    pub fn preflight(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<Result<HttpResponse, ProxyError>> {
         if *method != Method::OPTIONS
             || !headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
             return None;
         }
         let Some(origin) = self.allowed_origin(headers) else {
-            return Some(
-                HttpResponse::build(StatusCode::FORBIDDEN).json(serde_json::json!({
-                    "error": "this origin may not call the app"
-                })),
-            );
+            return Some(Err(ProxyError::Forbidden(
+                "this origin may not call the app".to_string(),
+            )));
         };
         let mut response = HttpResponse::NoContent();
         response
@@ -59,7 +63,7 @@ impl Cors {
         if let Some(requested) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
             response.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone()));
         }
-        Some(response.finish())
+        Some(Ok(response.finish()))
     }
 
     /// Adds the CORS headers for `origin` to an answer.
@@ -73,6 +77,7 @@ impl Cors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::http::StatusCode;
     use std::time::Duration;
 
     fn cors() -> Cors {
@@ -99,7 +104,8 @@ mod tests {
     fn an_allowed_preflight_is_answered_with_its_headers() {
         let response = cors()
             .preflight(&Method::OPTIONS, &headers("https://app.example"))
-            .expect("preflight");
+            .expect("preflight")
+            .expect("allowed");
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         let get = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
         assert_eq!(
@@ -110,14 +116,11 @@ mod tests {
     }
 
     #[test]
-    fn another_origin_gets_no_cors_headers() {
-        let response = cors()
+    fn another_origin_is_refused() {
+        let refused = cors()
             .preflight(&Method::OPTIONS, &headers("https://evil.example"))
             .expect("preflight");
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        assert!(!response
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(matches!(refused, Err(ProxyError::Forbidden(_))));
         assert!(cors()
             .preflight(&Method::GET, &headers("https://app.example"))
             .is_none());

@@ -53,9 +53,9 @@ pub use rate_limit::{RateLimiter, Verdict};
 
 use crate::config::{Config, InboundListener};
 use crate::error::ProxyError;
-use crate::http::client::{UpstreamError, UpstreamResponse};
-use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
-use crate::http::listener::{self, Arrival, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::client::{Peer, UpstreamResponse};
+use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
+use crate::http::listener::{self, Arrival, Front, LimitedPayload, Stopping};
 use crate::http::request_id::IdText;
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
@@ -188,10 +188,7 @@ impl<'a> Request<'a> {
             .and_then(|()| listener::normal_path(req.path()));
         match checked {
             Ok(path) => ControlFlow::Continue(path),
-            Err(refused) => {
-                self.log_refusal(&refused);
-                ControlFlow::Break(refused.closing_response(Some(APP), self.id().as_str()))
-            }
+            Err(refused) => ControlFlow::Break(self.refuse(&refused)),
         }
     }
 
@@ -202,7 +199,8 @@ impl<'a> Request<'a> {
             .cors
             .preflight(self.req.method(), self.req.headers())
         {
-            Some(preflight) => ControlFlow::Break(preflight),
+            Some(Ok(preflight)) => ControlFlow::Break(preflight),
+            Some(Err(refused)) => ControlFlow::Break(self.refuse(&refused)),
             None => ControlFlow::Continue(()),
         }
     }
@@ -211,17 +209,14 @@ impl<'a> Request<'a> {
     async fn authenticate(&self, path: &str) -> Step<Identity> {
         match self.gate.authenticator.authenticate(self.req, path).await {
             Ok(identity) => ControlFlow::Continue(identity),
-            Err(refusal) => {
-                self.log_refusal(&refusal);
-                ControlFlow::Break(refusal.response(Some(APP), self.id().as_str()))
-            }
+            Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),
         }
     }
 
     /// Step 4: a caller over its rate limit gets 429.
     async fn rate_limit(&mut self, path: &str, identity: &Identity) -> Step<()> {
-        let id = self.id();
         if let Some(limiter) = &self.gate.limiter {
+            let id = self.id();
             self.verdict = limiter.check(self.req, path, identity, id.as_str()).await;
         }
         match &self.verdict {
@@ -232,11 +227,8 @@ impl<'a> Request<'a> {
                     verdict.window.as_secs(),
                     verdict.scope
                 );
-                warn!("request {id}: 429: {message}");
-                ControlFlow::Break(
-                    ProxyError::RateLimited(message, verdict.retry_after_secs())
-                        .response(Some(APP), id.as_str()),
-                )
+                let refused = ProxyError::RateLimited(message, verdict.retry_after_secs());
+                ControlFlow::Break(self.refuse(&refused))
             }
             _ => ControlFlow::Continue(()),
         }
@@ -271,11 +263,7 @@ impl<'a> Request<'a> {
             Err(full) => {
                 let message =
                     format!("too many requests in flight ({full:?} cap of inbound.concurrency)");
-                let id = self.id();
-                warn!("request {id}: 429: {message}");
-                ControlFlow::Break(
-                    ProxyError::ConcurrencyLimit(message).response(Some(APP), id.as_str()),
-                )
+                ControlFlow::Break(self.refuse(&ProxyError::ConcurrencyLimit(message)))
             }
         }
     }
@@ -288,7 +276,7 @@ impl<'a> Request<'a> {
         path: &str,
         identity: &Identity,
     ) -> Step<UpstreamResponse> {
-        let (gate, req, id) = (self.gate, self.req, self.id());
+        let (gate, req) = (self.gate, self.req);
         let identity_headers = identity.headers();
         let target = Target {
             address: &gate.app,
@@ -306,43 +294,20 @@ impl<'a> Request<'a> {
         let payload = LimitedPayload::new(payload, &self.worker.front.limits);
         let mut body = match RequestBody::read(req, payload, None).await {
             Ok(body) => body,
-            Err(error) => return ControlFlow::Break(self.refuse_body(error)),
+            Err(error) => return ControlFlow::Break(self.refuse(&error.refusal(req))),
         };
         let request_id = self.arrival.request_id();
-        let error =
-            match forward::send(&self.worker.client, target, req, &mut body, request_id).await {
-                Ok(forwarded) => return ControlFlow::Continue(forwarded),
-                Err(SendError::BadRequest(message)) => {
-                    warn!("request {id}: 400: {message}");
-                    return ControlFlow::Break(
-                        ProxyError::BadRequest(message).closing_response(Some(APP), id.as_str()),
-                    );
-                }
-                Err(SendError::Body(error)) => {
-                    warn!("request {id}: the app's request was aborted");
-                    return ControlFlow::Break(self.refuse_body(error));
-                }
-                Err(SendError::Upstream(kind, detail)) => {
-                    let app = &gate.app;
-                    match kind {
-                        UpstreamError::Timeout => ProxyError::Timeout(format!(
-                            "the app at {app} did not answer within {}ms",
-                            gate.timeout.as_millis()
-                        )),
-                        UpstreamError::Connect => ProxyError::UpstreamConnect(format!(
-                            "cannot connect to the app at {app}: {detail}"
-                        )),
-                        UpstreamError::Reset => ProxyError::UpstreamReset(format!(
-                            "the app at {app} closed the connection: {detail}"
-                        )),
-                        UpstreamError::Protocol => ProxyError::UpstreamProtocol(format!(
-                            "the app at {app} broke the exchange: {detail}"
-                        )),
-                    }
-                }
-            };
-        self.log_refusal(&error);
-        ControlFlow::Break(error.response(Some(APP), id.as_str()))
+        match forward::send(&self.worker.client, target, req, &mut body, request_id).await {
+            Ok(forwarded) => ControlFlow::Continue(forwarded),
+            Err(error) => {
+                let app = format_args!("the app at {}", gate.app);
+                let peer = Peer {
+                    name: &app,
+                    bound: ("timeout", gate.timeout),
+                };
+                ControlFlow::Break(self.refuse(&error.refusal(req, peer)))
+            }
+        }
     }
 
     /// Step 8: a successful logout revokes the caller's token.
@@ -371,20 +336,25 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Step 9: the app's answer streams back, stored on the way when step 5 missed.
+    /// Step 9: the app's answer streams back, stored on the way when step
+    /// 5 missed (an answer that breaks off while it is read to be stored is
+    /// refused).
     async fn fill_cache(
         &self,
         fill: Option<Fill>,
         forwarded: UpstreamResponse,
         slot: Option<Slot>,
     ) -> HttpResponse {
-        match (fill, &self.gate.cache) {
-            (Some(fill), Some(cache)) => {
-                cache
-                    .complete(fill, forwarded, slot, self.req.headers(), self.gate.timeout)
-                    .await
-            }
-            _ => forward::respond(forwarded, slot),
+        let (Some(fill), Some(cache)) = (fill, &self.gate.cache) else {
+            return forward::respond(forwarded, slot);
+        };
+        let headers = self.req.headers();
+        match cache
+            .complete(fill, forwarded, slot, headers, self.gate.timeout)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(refused) => self.refuse(&refused),
         }
     }
 
@@ -393,20 +363,8 @@ impl<'a> Request<'a> {
         self.arrival.id()
     }
 
-    /// Logs why the request was refused, with its status.
-    fn log_refusal(&self, refusal: &ProxyError) {
-        warn!(
-            "request {}: {}: {}",
-            self.id(),
-            refusal.status().as_u16(),
-            refusal.message()
-        );
-    }
-
-    /// The answer to a request body that broke a limit or broke off.
-    fn refuse_body(&self, error: BodyError) -> HttpResponse {
-        let error = error.refusal(self.req);
-        self.log_refusal(&error);
-        error.closing_response(Some(APP), self.id().as_str())
+    /// Our answer instead of the app's (see [`Arrival::refuse`]).
+    fn refuse(&self, refused: &ProxyError) -> HttpResponse {
+        self.arrival.refuse(refused, Some(APP))
     }
 }

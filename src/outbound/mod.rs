@@ -20,12 +20,12 @@ use log::{debug, info, warn};
 pub use route::{resolve, Route};
 
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{format_duration, Config, Policy};
+use crate::config::{Config, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
-use crate::http::client::UpstreamError;
-use crate::http::forward::{self, HeaderPlan, RequestBody, SendError, Target};
-use crate::http::listener::{self, BodyError, Front, LimitedPayload, Stopping};
+use crate::http::client::{CallError, Peer};
+use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
+use crate::http::listener::{self, Arrival, Front, LimitedPayload, Stopping};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
 use crate::metrics::{Metrics, RequestSeries};
@@ -84,7 +84,6 @@ pub fn server(
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let arrival = worker.front.arrive(&req);
-    let (id, request_id, hop) = (arrival.id(), arrival.request_id(), arrival.hop());
     let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
     // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
@@ -96,24 +95,14 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     });
     drop(table);
     let (service, mut response) = match route {
-        Err(refused) => {
-            warn!(
-                "request {id}: {}: {}",
-                refused.status().as_u16(),
-                refused.message()
-            );
-            (None, refused.closing_response(None, id.as_str()))
-        }
-        Ok(None) => {
-            debug!("request {id}: no service for {}", req.uri());
-            (None, ProxyError::UnknownService.response(None, id.as_str()))
-        }
+        Err(refused) => (None, arrival.refuse(refused, None)),
+        Ok(None) => (None, arrival.refuse(&ProxyError::UnknownService, None)),
         Ok(Some((service, path, keep_host))) => {
             let plan = HeaderPlan {
                 keep_host,
                 // The app is inside the trust boundary: its forwarding headers pass.
                 trust_forwarding: true,
-                trace: Some(hop),
+                trace: Some(arrival.hop()),
                 ..HeaderPlan::default()
             };
             // Held for the whole request: a guard, not a reference count to bump.
@@ -124,7 +113,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
                 path,
                 plan,
                 req: &req,
-                request_id,
+                arrival: &arrival,
             };
             let response = call(&worker, outgoing, payload).await;
             (Some(service), response)
@@ -147,7 +136,15 @@ struct Outgoing<'a> {
     path: &'a str,
     plan: HeaderPlan<'a>,
     req: &'a HttpRequest,
-    request_id: &'a HeaderValue,
+    /// The request's id and trace hop; refusals are answered through it.
+    arrival: &'a Arrival<'a>,
+}
+
+impl Outgoing<'_> {
+    /// Our answer instead of a replica's, for this service.
+    fn refuse(&self, error: &ProxyError) -> HttpResponse {
+        self.arrival.refuse(error, Some(&self.service.name))
+    }
 }
 
 /// One outbound request: a concurrency slot, then tries at replicas until
@@ -159,9 +156,9 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         path,
         plan,
         req,
-        request_id,
+        arrival,
     } = outgoing;
-    let id = IdText(request_id);
+    let (id, request_id) = (arrival.id(), arrival.request_id());
     let name = &*service.name;
     let policy = &settings.policy;
     let Some(slot) = service.try_enter(policy.concurrency.max_in_flight) else {
@@ -169,8 +166,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let limit = policy.concurrency.max_in_flight;
         let message =
             format!("{name} already has {limit} requests in flight (concurrency.max_in_flight)");
-        warn!("request {id}: 429: {message}");
-        return ProxyError::ConcurrencyLimit(message).response(Some(name), id.as_str());
+        return outgoing.refuse(&ProxyError::ConcurrencyLimit(message));
     };
     if forward::upgrade_requested(req.headers()).is_some() {
         // Boxed: the rare upgrade's state would otherwise widen every call's future.
@@ -182,7 +178,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let payload = LimitedPayload::new(payload, &worker.front.limits);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
-        Err(error) => return refuse_body(&error, req, id, name),
+        Err(error) => return outgoing.refuse(&error.refusal(req)),
     };
     // Timed from here: how long the client takes to send its body is its
     // own (bounded by client_body_timeout), not the replicas'.
@@ -197,36 +193,26 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Ok(lease) => lease,
             Err(error) => {
                 if let Some(previous) = previous {
-                    return previous.into_response(slot, req, name, request_id);
+                    return previous.into_response(slot, outgoing);
                 }
-                warn!("request {id}: 503: {}", error.message());
-                return error.response(Some(name), id.as_str());
+                return outgoing.refuse(&error);
             }
         };
         // The previous try's answer is dropped only now that another replica was found.
         drop(previous.take());
         let endpoint = Arc::clone(lease.endpoint());
         let try_started = Instant::now();
-        let remaining = deadline.saturating_duration_since(try_started);
-        let (try_timeout, bound) = if policy.per_try_timeout < remaining {
-            (
-                policy.per_try_timeout,
-                ("per_try_timeout", policy.per_try_timeout),
-            )
-        } else {
-            (remaining, ("timeout", policy.timeout))
-        };
+        let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
         let target = Target {
             address: &endpoint.address,
             path,
             headers: plan,
-            timeout: try_timeout,
+            timeout: bound.wait,
         };
         let result = forward::send(&worker.client, target, req, &mut body, request_id).await;
         let answer = match &result {
             Ok(response) => Answer::Status(response.status().as_u16()),
-            Err(SendError::Upstream(kind, _)) => Answer::Error(*kind),
-            Err(SendError::BadRequest(_) | SendError::Body(_)) => Answer::Cancelled,
+            Err(error) => error.kind().map_or(Answer::Cancelled, Answer::Error),
         };
         lease.report(answer);
         let answered = Instant::now();
@@ -254,20 +240,20 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             && body.replayable()
             && retry::answer_is_retried(answer, retry);
         if !again {
-            log_if_slow(name, policy, &attempt.endpoint, answered - started, id);
-            return attempt.into_response(slot, req, name, request_id);
+            log_if_slow(policy, &attempt.endpoint, answered - started, id);
+            return attempt.into_response(slot, outgoing);
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
             warn!("request {id}: {name}: retry budget spent; answering with the last try");
-            return attempt.into_response(slot, req, name, request_id);
+            return attempt.into_response(slot, outgoing);
         }
         let delay = attempt
             .retry_after(retry.max_delay)
             .unwrap_or_else(|| retry::backoff(tries, retry, &mut rand::rng()));
         if Instant::now() + delay >= deadline {
             debug!("request {id}: {name}: no time left for another try");
-            return attempt.into_response(slot, req, name, request_id);
+            return attempt.into_response(slot, outgoing);
         }
         info!(
             "request {id}: retrying {name} in {}ms after {answer:?} from {}",
@@ -277,6 +263,30 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         actix_rt::time::sleep(delay).await;
         tried.push(Arc::clone(&attempt.endpoint));
         previous = Some(attempt);
+    }
+}
+
+/// How long one try may wait for its answer, and the key that says so.
+#[derive(Clone, Copy)]
+struct TryBound {
+    /// The wait: `per_try_timeout`, or what is left of `timeout` if less.
+    wait: Duration,
+    /// The key that bounded the wait, and its configured value.
+    key: (&'static str, Duration),
+}
+
+/// The bound of a try with `remaining` of the request's `timeout` left.
+fn try_bound(policy: &Policy, remaining: Duration) -> TryBound {
+    if policy.per_try_timeout < remaining {
+        TryBound {
+            wait: policy.per_try_timeout,
+            key: ("per_try_timeout", policy.per_try_timeout),
+        }
+    } else {
+        TryBound {
+            wait: remaining,
+            key: ("timeout", policy.timeout),
+        }
     }
 }
 
@@ -318,56 +328,50 @@ async fn tunnel(
         path,
         plan,
         req,
-        request_id,
+        arrival,
     } = outgoing;
-    let (id, name) = (IdText(request_id), &*service.name);
-    let policy = &settings.policy;
     let mut lease = match pick(worker, service, Vec::new()).await {
         Ok(lease) => lease,
-        Err(error) => {
-            warn!("request {id}: 503: {}", error.message());
-            return error.response(Some(name), id.as_str());
-        }
+        Err(error) => return outgoing.refuse(&error),
     };
     let endpoint = Arc::clone(lease.endpoint());
+    let bound = try_bound(&settings.policy, settings.policy.timeout);
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
         path,
         headers: plan,
         connect_timeout: worker.connect_timeout,
-        answer_timeout: policy.per_try_timeout.min(policy.timeout),
+        answer_timeout: bound.wait,
     };
-    match tunnel::open(tunnel, req, request_id).await {
+    match tunnel::open(tunnel, req, arrival.request_id()).await {
         Ok(handshake) => {
             lease.report(Answer::Status(handshake.status().as_u16()));
             info!(
-                "request {id}: {name}/{}: upgrade answered {}",
-                endpoint.address,
+                "request {}: {endpoint}: upgrade answered {}",
+                arrival.id(),
                 handshake.status()
             );
             handshake.into_response(payload, (lease, slot))
         }
-        Err((kind, detail)) => {
-            lease.report(Answer::Error(kind));
-            let bound = ("per_try_timeout", policy.per_try_timeout);
+        Err(error) => {
+            lease.report(error.kind().map_or(Answer::Cancelled, Answer::Error));
             Try {
-                result: Err(SendError::Upstream(kind, detail)),
+                result: Err(error),
                 lease,
                 endpoint,
                 bound,
             }
-            .into_response(slot, req, name, request_id)
+            .into_response(slot, outgoing)
         }
     }
 }
 
 /// One try at one replica and what came of it.
 struct Try {
-    result: Result<forward::UpstreamResponse, SendError>,
+    result: Result<forward::UpstreamResponse, CallError>,
     lease: Lease,
     endpoint: Arc<Endpoint>,
-    /// The timeout key that bounded this try, and its configured value.
-    bound: (&'static str, Duration),
+    bound: TryBound,
 }
 
 impl Try {
@@ -378,61 +382,25 @@ impl Try {
         retry::retry_after(value, max)
     }
 
-    /// The app's answer: the replica's response streamed back, or our error.
-    fn into_response(
-        self,
-        slot: InFlight,
-        req: &HttpRequest,
-        name: &str,
-        request_id: &HeaderValue,
-    ) -> HttpResponse {
-        let id = IdText(request_id);
-        // Formatted only for an error: most answers are streamed back as they are.
-        let replica = || format!("{name}/{}", self.endpoint.address);
-        let error = match self.result {
+    /// The app's answer: the replica's response streamed back, or ours.
+    fn into_response(self, slot: InFlight, outgoing: Outgoing<'_>) -> HttpResponse {
+        match self.result {
             Ok(response) => {
                 let streaming = Streaming {
                     lease: self.lease,
                     _slot: slot,
-                    request_id: request_id.clone(),
+                    request_id: outgoing.arrival.request_id().clone(),
                 };
-                return forward::respond(response, streaming);
+                forward::respond(response, streaming)
             }
-            Err(SendError::BadRequest(message)) => {
-                warn!("request {id}: 400: {message}");
-                return ProxyError::BadRequest(message).closing_response(Some(name), id.as_str());
+            Err(error) => {
+                let peer = Peer {
+                    name: &*self.endpoint,
+                    bound: self.bound.key,
+                };
+                outgoing.refuse(&error.refusal(outgoing.req, peer))
             }
-            Err(SendError::Body(error)) => {
-                warn!("request {id}: the request to {} was aborted", replica());
-                return refuse_body(&error, req, id, name);
-            }
-            Err(SendError::Upstream(UpstreamError::Connect, detail)) => {
-                ProxyError::UpstreamConnect(format!("cannot connect to {}: {detail}", replica()))
-            }
-            Err(SendError::Upstream(UpstreamError::Timeout, _)) => {
-                let (key, limit) = self.bound;
-                ProxyError::Timeout(format!(
-                    "no answer from {} within {key} {}",
-                    replica(),
-                    format_duration(limit)
-                ))
-            }
-            Err(SendError::Upstream(UpstreamError::Reset, detail)) => {
-                ProxyError::UpstreamReset(format!(
-                    "{} closed the connection before answering: {detail}",
-                    replica()
-                ))
-            }
-            Err(SendError::Upstream(UpstreamError::Protocol, detail)) => {
-                ProxyError::UpstreamProtocol(format!("{} broke the exchange: {detail}", replica()))
-            }
-        };
-        warn!(
-            "request {id}: {}: {}",
-            error.status().as_u16(),
-            error.message()
-        );
-        error.response(Some(name), id.as_str())
+        }
     }
 }
 
@@ -446,34 +414,19 @@ struct Streaming {
 
 impl forward::StreamGuard for Streaming {
     fn broke(&mut self, error: &PayloadError) {
-        let endpoint = self.lease.endpoint();
         warn!(
-            "request {}: {}/{}: the answer broke off mid-body: {error}",
+            "request {}: {}: the answer broke off mid-body: {error}",
             IdText(&self.request_id),
-            endpoint.service,
-            endpoint.address
+            self.lease.endpoint()
         );
         self.lease.report_broken_body();
     }
 }
 
-/// The answer to a client whose body stopped (see [`BodyError::refusal`]);
-/// the connection is closed after it.
-fn refuse_body(error: &BodyError, req: &HttpRequest, id: IdText<'_>, name: &str) -> HttpResponse {
-    let error = error.refusal(req);
-    warn!(
-        "request {id}: {}: {}",
-        error.status().as_u16(),
-        error.message()
-    );
-    error.closing_response(Some(name), id.as_str())
-}
-
-fn log_if_slow(name: &str, policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {
+fn log_if_slow(policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {
     if took > policy.slow_request_threshold {
         warn!(
-            "request {id}: slow: {name}/{} answered after {}ms (slow_request_threshold {}ms)",
-            endpoint.address,
+            "request {id}: slow: {endpoint} answered after {}ms (slow_request_threshold {}ms)",
             took.as_millis(),
             policy.slow_request_threshold.as_millis()
         );

@@ -8,6 +8,7 @@
 mod batch;
 mod status;
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,13 @@ pub struct Endpoint {
     /// Breaker state, load and latency, published by the actor.
     pub status: ReplicaStatus,
     actor: Addr<Replica>,
+}
+
+/// `service/address`, as log lines and answers name a replica.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.address)
+    }
 }
 
 impl Endpoint {
@@ -272,7 +280,7 @@ impl Replica {
     }
 
     fn name(&self) -> String {
-        format!("{}/{}", self.endpoint.service, self.endpoint.address)
+        self.endpoint.to_string()
     }
 
     fn count_answer(&mut self, answer: Answer) {

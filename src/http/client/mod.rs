@@ -30,11 +30,14 @@ use actix_http::h1::{ClientCodec, Message};
 use actix_http::{KeepAlive, Method, RequestHead, RequestHeadType, ResponseHead};
 use actix_http::{ServiceConfig, ServiceConfigBuilder, StatusCode};
 use actix_web::web::Bytes;
+use actix_web::HttpRequest;
 use futures_util::stream::Peekable;
 use futures_util::StreamExt;
 use log::debug;
 use tokio::net::TcpStream;
 
+use crate::config::format_duration;
+use crate::error::ProxyError;
 use crate::http::listener::{BodyError, LimitedPayload};
 use pool::{Connection, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
@@ -100,30 +103,74 @@ impl UpstreamError {
     }
 }
 
-/// Why a call got no answer.
+/// Why a call (a forwarded request or an upgrade handshake) got no answer:
+/// the one error both listeners turn into their answer, with
+/// [`CallError::refusal`].
 #[derive(Debug)]
 pub enum CallError {
+    /// The request could not be formed (a Host or path the grammar rejects):
+    /// it never left.
+    Unsendable(String),
+    /// The caller's body broke off or crossed its limit: the caller's doing.
+    Body(BodyError),
     /// No connection could be made within the connect timeout.
     Connect(io::Error),
-    /// The replica took no body bytes, or sent no answer head after the
+    /// The peer took no body bytes, or sent no answer head after the
     /// body, within the call's timeout.
     Timeout,
     /// The connection failed or closed before the answer head.
     Closed(io::Error),
     /// The answer was not valid HTTP/1.
-    Protocol(ParseError),
-    /// The caller's body broke off or crossed its limit.
-    Body(BodyError),
+    Protocol(String),
 }
 
-impl fmt::Display for CallError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Who a call went to, as an answer names it, and the timeout key that
+/// bounded the call with its value.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+    /// `service/address` for a replica, `the app at address` inbound.
+    pub name: &'a dyn fmt::Display,
+    /// The key whose value bounded the wait for the answer, and the value.
+    pub bound: (&'static str, Duration),
+}
+
+impl CallError {
+    /// The kind of failure the breaker, retries and `upstream_errors_total`
+    /// hear; `None` when the call failed by the caller's doing (the peer is
+    /// not to blame).
+    pub fn kind(&self) -> Option<UpstreamError> {
         match self {
-            CallError::Connect(err) => write!(f, "connecting failed: {err}"),
-            CallError::Timeout => f.write_str("no answer within the timeout"),
-            CallError::Closed(err) => write!(f, "the connection closed before an answer: {err}"),
-            CallError::Protocol(err) => write!(f, "the answer is not valid HTTP/1: {err}"),
-            CallError::Body(err) => err.fmt(f),
+            Self::Unsendable(_) | Self::Body(_) => None,
+            Self::Connect(_) => Some(UpstreamError::Connect),
+            Self::Timeout => Some(UpstreamError::Timeout),
+            Self::Closed(_) => Some(UpstreamError::Reset),
+            Self::Protocol(_) => Some(UpstreamError::Protocol),
+        }
+    }
+
+    /// The answer to the caller of `req` whose call to `peer` failed so;
+    /// one mapping for both listeners.
+    pub fn refusal(self, req: &HttpRequest, peer: Peer<'_>) -> ProxyError {
+        let name = peer.name;
+        match self {
+            Self::Unsendable(message) => ProxyError::BadRequest(message),
+            Self::Body(error) => error.refusal(req),
+            Self::Connect(err) => {
+                ProxyError::UpstreamConnect(format!("cannot connect to {name}: {err}"))
+            }
+            Self::Timeout => {
+                let (key, limit) = peer.bound;
+                ProxyError::Timeout(format!(
+                    "no answer from {name} within {key} {}",
+                    format_duration(limit)
+                ))
+            }
+            Self::Closed(err) => ProxyError::UpstreamReset(format!(
+                "{name} closed the connection before answering: {err}"
+            )),
+            Self::Protocol(why) => {
+                ProxyError::UpstreamProtocol(format!("{name} answered with invalid HTTP/1: {why}"))
+            }
         }
     }
 }
@@ -285,7 +332,7 @@ async fn answer_head(
                     && answer.status != StatusCode::SWITCHING_PROTOCOLS => {}
             Some(Ok(answer)) => return Ok(answer),
             Some(Err(ParseError::Io(err))) => return Err(CallError::Closed(err)),
-            Some(Err(err)) => return Err(CallError::Protocol(err)),
+            Some(Err(err)) => return Err(CallError::Protocol(err.to_string())),
             None => {
                 return Err(CallError::Closed(io::Error::new(
                     io::ErrorKind::UnexpectedEof,

@@ -15,6 +15,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::Stopping;
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
+use crate::error::ProxyError;
 use crate::http::access::Answering;
 use crate::http::request_id::{request_id, IdText};
 use crate::metrics::{Metrics, RequestSeries};
@@ -123,6 +124,20 @@ impl Arrival<'_> {
     /// This hop's trace context, sent on to the upstream.
     pub fn hop(&self) -> &Hop {
         &self.hop
+    }
+
+    /// Our own answer instead of a peer's: `error` as its response (see
+    /// [`ProxyError::response`]) for `service`, with this request's id, and
+    /// logged once with its status. Every refusal on either listener is
+    /// answered here.
+    pub fn refuse(&self, error: &ProxyError, service: Option<&str>) -> HttpResponse {
+        let id = self.id();
+        warn!(
+            "request {id}: {}: {}",
+            error.status().as_u16(),
+            error.message()
+        );
+        error.response(service, id.as_str())
     }
 
     /// Records `response`, the answer to `req`, in `series` (counters,
