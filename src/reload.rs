@@ -13,9 +13,12 @@
 //! An invalid file changes nothing. Keys that need a restart (those the
 //! config reader reads with a `_restart` method, and the inbound listener's
 //! presence) keep their running values, each named in a warning; the rest
-//! applies. The `HOLDS` table keeps them; a test checks it against the reader.
+//! applies. Which keys those are comes from the reader's own tags
+//! ([`crate::config::KeyLog::restart`]): the new document gets the running
+//! document's values for them before it is read.
 //! The config in force is what admin `GET /config` shows.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,8 +26,9 @@ use actix::prelude::*;
 use arc_swap::ArcSwap;
 use log::{error, info, warn};
 use serde::Serialize;
+use serde_norway::{Mapping, Value};
 
-use crate::config::{Config, ConfigError, ServiceConfig, SourceKind};
+use crate::config::{accepted_keys, Config, ConfigError, ServiceConfig, SourceKind};
 use crate::discovery::{Reconfigure, StaticSource, Supervisor};
 use crate::inbound::Gate;
 use crate::metrics::Metrics;
@@ -130,7 +134,7 @@ pub struct ReloadReport {
     /// Why the file was rejected, by key path (empty unless `invalid`).
     pub errors: Vec<ConfigError>,
     /// Changed keys that were not applied because they need a restart.
-    pub restart_needed: Vec<&'static str>,
+    pub restart_needed: Vec<String>,
     /// What changed among the services.
     pub services: ServiceChanges,
     /// The inbound config sections that changed.
@@ -172,6 +176,8 @@ pub struct Reloader {
     supervisor: Addr<Supervisor>,
     inbound: Option<InboundSide>,
     metrics: Arc<Metrics>,
+    /// The keys a reload holds back: those the config reader tags restart-only.
+    restart_keys: BTreeSet<String>,
 }
 
 impl Reloader {
@@ -198,6 +204,7 @@ impl Reloader {
             supervisor,
             inbound,
             metrics,
+            restart_keys: accepted_keys().restart,
         }
     }
 
@@ -206,7 +213,7 @@ impl Reloader {
     fn prepare(&self, trigger: Trigger) -> Result<(Reconfigure, Prepared), Vec<ConfigError>> {
         let next = self.file.load()?;
         let running = self.running.load_full();
-        let (next, restart_needed) = in_force(&running, next);
+        let (next, restart_needed) = in_force(&running, next, &self.restart_keys, &*self.file.env)?;
         let mut inbound = Vec::new();
         let mut gate = None;
         if let (Some(side), Some(listener), Some(config)) =
@@ -391,182 +398,80 @@ impl Handler<Reload> for Reloader {
     }
 }
 
-/// The listeners' client limits are fixed when their servers are built.
-const OUTBOUND_LIMITS: &str = "listeners.outbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_body_timeout, client_write_timeout, keep_alive, max_connections)";
-const INBOUND_LIMITS: &str = "listeners.inbound client limits (max_header_bytes, max_body_bytes, client_header_timeout, client_body_timeout, client_write_timeout, keep_alive, max_connections)";
-
-/// One part of the config a reload keeps at its running value.
-struct Hold {
-    /// The restart-only keys it keeps, as the config reader names them (a
-    /// section stands for every key under it); a test checks that these
-    /// are exactly the keys the reader reads with a `_restart` method.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "read by the test that checks it against the reader"
-        )
-    )]
-    keys: &'static [&'static str],
-    /// Sets the part of `next` back to `running`'s when they differ, and
-    /// then says what to report.
-    keep: fn(running: &Config, next: &mut Config) -> Option<&'static str>,
-}
-
-/// What a reload keeps, in the order the report names it.
-const HOLDS: &[Hold] = &[
-    Hold {
-        keys: &["listeners.outbound.bind"],
-        keep: |was, now| {
-            let (was, now) = (&was.listeners.outbound, &mut now.listeners.outbound);
-            hold("listeners.outbound.bind", &was.bind, &mut now.bind)
-        },
-    },
-    Hold {
-        keys: LIMIT_KEYS[0],
-        keep: |was, now| {
-            let (was, now) = (&was.listeners.outbound, &mut now.listeners.outbound);
-            hold(OUTBOUND_LIMITS, &was.limits, &mut now.limits)
-        },
-    },
-    Hold {
-        keys: &["listeners.admin.bind"],
-        keep: |was, now| {
-            hold(
-                "listeners.admin.bind",
-                &was.listeners.admin,
-                &mut now.listeners.admin,
-            )
-        },
-    },
-    Hold {
-        keys: &["listeners.inbound.bind"],
-        keep: |was, now| match (&was.listeners.inbound, &mut now.listeners.inbound) {
-            (Some(was), Some(now)) => hold("listeners.inbound.bind", &was.bind, &mut now.bind),
-            _ => None,
-        },
-    },
-    Hold {
-        keys: LIMIT_KEYS[1],
-        keep: |was, now| match (&was.listeners.inbound, &mut now.listeners.inbound) {
-            (Some(was), Some(now)) => hold(INBOUND_LIMITS, &was.limits, &mut now.limits),
-            _ => None,
-        },
-    },
-    // Whether the inbound listener runs at all: a presence, not a key.
-    Hold {
-        keys: &[],
-        keep: |was, now| {
-            if was.listeners.inbound.is_some() == now.listeners.inbound.is_some() {
-                return None;
-            }
-            now.listeners.inbound.clone_from(&was.listeners.inbound);
-            now.inbound.clone_from(&was.inbound);
-            Some("listeners.inbound")
-        },
-    },
-    Hold {
-        keys: &["workers"],
-        keep: |was, now| hold("workers", &was.workers, &mut now.workers),
-    },
-    Hold {
-        keys: &["redis"],
-        keep: |was, now| hold("redis", &was.redis, &mut now.redis),
-    },
-    Hold {
-        keys: &["discovery"],
-        keep: |was, now| {
-            let key = if was.discovery.source == now.discovery.source {
-                "discovery"
-            } else {
-                "discovery.source"
-            };
-            hold(key, &was.discovery, &mut now.discovery)
-        },
-    },
-    Hold {
-        keys: &["defaults.connect_timeout"],
-        keep: |was, now| {
-            let running = was.defaults.connect_timeout;
-            let key = hold(
-                "defaults.connect_timeout",
-                &running,
-                &mut now.defaults.connect_timeout,
-            )?;
-            for service in &mut now.services {
-                service.policy.connect_timeout = running;
-            }
-            Some(key)
-        },
-    },
-    Hold {
-        keys: &["tracing"],
-        keep: |was, now| {
-            let (was, now) = (&was.observability, &mut now.observability);
-            hold("tracing", &was.tracing, &mut now.tracing)
-        },
-    },
-    Hold {
-        keys: &["access_log"],
-        keep: |was, now| {
-            let (was, now) = (&was.observability, &mut now.observability);
-            hold("access_log", &was.access_log, &mut now.access_log)
-        },
-    },
-    Hold {
-        keys: &["lifecycle"],
-        keep: |was, now| hold("lifecycle", &was.lifecycle, &mut now.lifecycle),
-    },
-    Hold {
-        keys: &["reload"],
-        keep: |was, now| hold("reload", &was.reload, &mut now.reload),
-    },
-];
-
-/// The client limit keys of the outbound and the inbound listener.
-const LIMIT_KEYS: [&[&str]; 2] = [
-    &[
-        "listeners.outbound.max_header_bytes",
-        "listeners.outbound.max_body_bytes",
-        "listeners.outbound.client_header_timeout",
-        "listeners.outbound.client_body_timeout",
-        "listeners.outbound.client_write_timeout",
-        "listeners.outbound.keep_alive",
-        "listeners.outbound.max_connections",
-    ],
-    &[
-        "listeners.inbound.max_header_bytes",
-        "listeners.inbound.max_body_bytes",
-        "listeners.inbound.client_header_timeout",
-        "listeners.inbound.client_body_timeout",
-        "listeners.inbound.client_write_timeout",
-        "listeners.inbound.keep_alive",
-        "listeners.inbound.max_connections",
-    ],
-];
-
-/// `next` with every key that needs a restart set back to its running
-/// value, and the names of those keys that differed.
-fn in_force(running: &Config, mut next: Config) -> (Config, Vec<&'static str>) {
-    let restart = HOLDS
-        .iter()
-        .filter_map(|part| (part.keep)(running, &mut next))
-        .collect();
-    (next, restart)
-}
-
-/// Sets `next` back to `running` when they differ, and then names `key`
-/// among the changes that need a restart.
-fn hold<T: PartialEq + Clone>(
-    key: &'static str,
-    running: &T,
-    next: &mut T,
-) -> Option<&'static str> {
-    if running == next {
-        return None;
+/// `next` as a reload puts it in force: read again, when it changes a
+/// restart-only key (`restart`), with the running values of those keys
+/// (see [`hold_back`]); and the keys it changed that need a restart.
+fn in_force(
+    running: &Config,
+    next: Config,
+    restart: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
+    let mut document = Value::clone(&next.document);
+    let held = hold_back(&running.document, &mut document, restart);
+    if held.is_empty() {
+        return Ok((next, held));
     }
-    next.clone_from(running);
-    Some(key)
+    Ok((Config::from_document(document, env)?, held))
+}
+
+/// Sets each restart-only key of `next` (a key the config reader reads
+/// with a `_restart` method, or one under such a section: `restart`) back
+/// to its value in `running`, the document in force, and keeps the inbound
+/// listener's presence as it runs; returns the keys that differed, in the
+/// order of `restart`. An absent key stays absent, so its default stays in
+/// force too.
+fn hold_back(running: &Value, next: &mut Value, restart: &BTreeSet<String>) -> Vec<String> {
+    let mut held = Vec::new();
+    let runs_inbound = |document: &Value| find(document, "listeners.inbound").is_some();
+    if runs_inbound(running) != runs_inbound(next) {
+        // Whether the listener runs at all: a presence, not a key.
+        for section in ["listeners.inbound", "inbound"] {
+            put(next, section, find(running, section).cloned());
+        }
+        held.push("listeners.inbound".to_string());
+    }
+    for key in restart {
+        let was = find(running, key);
+        if was != find(next, key) {
+            put(next, key, was.cloned());
+            held.push(key.clone());
+        }
+    }
+    held
+}
+
+/// The value at dotted `path` in `document`, if every step is a mapping that has it.
+fn find<'v>(document: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.')
+        .try_fold(document, |value, step| value.as_mapping()?.get(step))
+}
+
+/// Sets the value at dotted `path` in `document` to `value`, or removes it
+/// for `None`; steps that are missing (or not mappings) become mappings.
+fn put(document: &mut Value, path: &str, value: Option<Value>) {
+    let mut here = document;
+    let mut steps = path.split('.').peekable();
+    while let Some(step) = steps.next() {
+        let key = Value::String(step.to_string());
+        if value.is_none() && here.get(&key).is_none() {
+            return;
+        }
+        if !here.is_mapping() {
+            *here = Value::Mapping(Mapping::new());
+        }
+        let Value::Mapping(map) = here else {
+            return;
+        };
+        if steps.peek().is_none() {
+            match value {
+                Some(value) => map.insert(key, value),
+                None => map.remove(&key),
+            };
+            return;
+        }
+        here = map.entry(key).or_insert(Value::Null);
+    }
 }
 
 /// Which services `next` adds, removes or changes compared with `running`.
@@ -591,50 +496,14 @@ fn service_changes(running: &[ServiceConfig], next: &[ServiceConfig]) -> Service
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{accepted_keys, ReloadClass};
-
-    #[test]
-    fn reload_holds_back_exactly_the_keys_the_reader_reads_at_start() {
-        let accepted = accepted_keys();
-        let holds = |key: &str| {
-            HOLDS
-                .iter()
-                .flat_map(|part| part.keys)
-                .filter(|held| {
-                    key == **held
-                        || key
-                            .strip_prefix(**held)
-                            .is_some_and(|rest| rest.starts_with('.'))
-                })
-                .count()
-        };
-        let mut disagree = Vec::new();
-        for key in &accepted.keys {
-            match (accepted.reload_class(key), holds(key)) {
-                (ReloadClass::Restart, 1) | (ReloadClass::Live, 0) => {}
-                (ReloadClass::Restart, 0) => disagree.push(format!(
-                    "{key} is read at start but no Hold keeps it: a reload would report it applied"
-                )),
-                (ReloadClass::Live, _) => disagree.push(format!(
-                    "{key} is read as live but a Hold keeps it: read it with a _restart method or drop it from HOLDS"
-                )),
-                (ReloadClass::Restart, times) => {
-                    disagree.push(format!("{key} is kept by {times} Holds: one is enough"))
-                }
-            }
-        }
-        for key in HOLDS.iter().flat_map(|part| part.keys) {
-            if !accepted.keys.contains(*key) {
-                disagree.push(format!(
-                    "HOLDS keeps {key}, which the reader does not accept"
-                ));
-            }
-        }
-        assert!(disagree.is_empty(), "{}", disagree.join("\n"));
-    }
 
     fn config(text: &str) -> Config {
         Config::from_yaml(text, &|_| None).expect("valid")
+    }
+
+    fn in_force(running: &Config, next: Config) -> (Config, Vec<String>) {
+        let restart = accepted_keys().restart;
+        super::in_force(running, next, &restart, &|_| None).expect("valid with the running values")
     }
 
     const BASE: &str = "
@@ -662,11 +531,11 @@ services:
         assert_eq!(
             restart,
             vec![
-                "listeners.outbound.bind",
-                "listeners.admin.bind",
-                "discovery",
                 "defaults.connect_timeout",
-                "lifecycle"
+                "discovery",
+                "lifecycle",
+                "listeners.admin.bind",
+                "listeners.outbound.bind",
             ]
         );
         assert_eq!(in_force.listeners, running.listeners);
@@ -678,15 +547,14 @@ services:
     }
 
     #[test]
-    fn a_changed_client_limit_is_kept_and_named_among_the_limits() {
+    fn a_changed_client_limit_is_kept_and_named() {
         let running = config(BASE);
         let next = config(&BASE.replace(
             "bind: \"127.0.0.1:15001\"",
             "bind: \"127.0.0.1:15001\", client_body_timeout: 3s",
         ));
         let (in_force, restart) = in_force(&running, next);
-        assert_eq!(restart, vec![OUTBOUND_LIMITS]);
-        assert!(OUTBOUND_LIMITS.contains("client_body_timeout"));
+        assert_eq!(restart, vec!["listeners.outbound.client_body_timeout"]);
         assert_eq!(in_force, running);
     }
 
@@ -707,6 +575,38 @@ services:
         let (in_force, restart) = in_force(&running, next);
         assert_eq!(restart, vec!["listeners.inbound"]);
         assert_eq!(in_force, running);
+    }
+
+    #[test]
+    fn every_key_the_reader_tags_restart_only_is_held_back() {
+        let restart = accepted_keys().restart;
+        assert!(!restart.is_empty());
+        let with_inbound = BASE.replace(
+            "} }\nservices",
+            "}, inbound: { app: \"http://127.0.0.1:8080\" } }\nservices",
+        );
+        let running = Value::clone(&config(&with_inbound).document);
+        assert!(find(&running, "listeners.inbound").is_some());
+        for key in &restart {
+            assert!(
+                !key.contains("[]"),
+                "{key}: a key inside a list cannot be held by its path"
+            );
+            let mut next = running.clone();
+            put(&mut next, key, Some(Value::String("changed".to_string())));
+            assert_eq!(hold_back(&running, &mut next, &restart), vec![key.clone()]);
+            assert_eq!(find(&next, key), find(&running, key), "{key} is set back");
+        }
+    }
+
+    #[test]
+    fn a_live_key_is_not_held_back() {
+        let running = config(BASE);
+        let next = config(&BASE.replace("9001", "9002"));
+        let (in_force, restart) = in_force(&running, next);
+        assert!(restart.is_empty());
+        let web = in_force.service("web").expect("web");
+        assert_eq!(web.endpoints, ["127.0.0.1:9002"]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Every key path the config reader accepts, and whether a reload applies
 //! it, as the reader itself reports them: the configuration reference,
 //! docs/reference/config.md, is tested against this list
-//! (tests/config_reference.rs), and reload's hold-back against its
-//! restart-only keys (src/reload.rs).
+//! (tests/config_reference.rs), and a reload holds back the restart-only
+//! ones (src/reload.rs).
 
 use serde_norway::Value;
 

@@ -13,6 +13,7 @@ mod reader;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
@@ -59,6 +60,10 @@ pub struct Config {
     /// Tracing and access log settings (`tracing`, `access_log`).
     #[serde(flatten)]
     pub observability: ObservabilityConfig,
+    /// The YAML document this was read from, before env overrides: a
+    /// reload holds each restart-only key at its value here.
+    #[serde(skip)]
+    pub document: Arc<Value>,
 }
 
 /// How the sidecar stops on SIGTERM (or admin `POST /shutdown`).
@@ -378,15 +383,25 @@ impl Config {
                 }),
             }]
         })?;
+        Config::from_document(root, env).map_err(|mut errors| {
+            locate::Locator::new(text).place(&mut errors);
+            errors
+        })
+    }
+
+    /// Reads and validates a parsed YAML document; `env` looks up override
+    /// variables. Errors name key paths but no positions.
+    pub fn from_document(
+        root: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
         let mut problems = Problems::default();
-        let config = read_config(&root, env, &mut problems);
-        match config {
-            Some(config) if problems.is_empty() => Ok(config),
-            _ => {
-                let mut errors = problems.into_vec();
-                locate::Locator::new(text).place(&mut errors);
-                Err(errors)
+        match read_config(&root, env, &mut problems) {
+            Some(mut config) if problems.is_empty() => {
+                config.document = Arc::new(root);
+                Ok(config)
             }
+            _ => Err(problems.into_vec()),
         }
     }
 
@@ -488,6 +503,7 @@ fn read_config(
         reload,
         workers,
         observability,
+        document: Arc::default(),
     })
 }
 
