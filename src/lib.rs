@@ -6,8 +6,7 @@
 //! that applies config changes live. `main` and the integration tests both use it.
 #![forbid(unsafe_code)]
 
-// The layers, bottom to top: each imports only from the layers before it
-// (one exception left: config checks names with inbound::usable_name).
+// The layers, bottom to top: each imports only from the layers before it.
 // Within a layer modules are listed alphabetically and may use each other:
 // replica <- service <- balance and discovery; reload <- admin.
 

@@ -4,7 +4,9 @@
 //! `super::super::...`, a path through another dependency or a
 //! `rand::rng()` anywhere under `src/core/` fails here with its file and line.
 //! And the rule of `src/http/`: nothing there imports from the stateful
-//! layers or the listeners above it (`crate::replica`, `super::super::inbound`).
+//! layers or the listeners above it (`crate::replica`, `super::super::inbound`);
+//! nor does the shared layer (config, errors, observability), which also
+//! stays below `http`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -118,7 +120,7 @@ fn http_imports_nothing_from_the_layers_above() {
     for file in &files {
         let source = fs::read_to_string(file).expect("readable source");
         let relative = file.strip_prefix(root).expect("under the crate root");
-        for (line, module) in imports_from_above(&source, module_depth(relative)) {
+        for (line, module) in imports_from_above(&source, module_depth(relative), &ABOVE_HTTP) {
             problems.push(format!(
                 "{}:{line}: imports from `{module}`",
                 relative.display()
@@ -132,10 +134,55 @@ fn http_imports_nothing_from_the_layers_above() {
     );
 }
 
+/// The shared layer: what every other layer may use (config, errors and
+/// their answers, observability), from the crate root.
+const SHARED: [&str; 7] = [
+    "src/config",
+    "src/error.rs",
+    "src/logging.rs",
+    "src/metrics.rs",
+    "src/otlp.rs",
+    "src/trace.rs",
+    "src/watch.rs",
+];
+
+#[test]
+fn the_shared_layer_imports_nothing_from_the_layers_above() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for part in SHARED {
+        let path = root.join(part);
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            assert!(path.is_file(), "{part} is where the shared layer lists it");
+            files.push(path);
+        }
+    }
+    let mut above = vec!["http"];
+    above.extend(ABOVE_HTTP);
+    let mut problems = Vec::new();
+    for file in &files {
+        let source = fs::read_to_string(file).expect("readable source");
+        let relative = file.strip_prefix(root).expect("under the crate root");
+        for (line, module) in imports_from_above(&source, module_depth(relative), &above) {
+            problems.push(format!(
+                "{}:{line}: imports from `{module}`",
+                relative.display()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "the shared layer may not import from {above:?} (see src/lib.rs):\n{}",
+        problems.join("\n")
+    );
+}
+
 #[test]
 fn the_check_catches_each_way_up_from_http() {
     let lines = |source: &str, depth: usize| {
-        imports_from_above(source, depth)
+        imports_from_above(source, depth, &ABOVE_HTTP)
             .into_iter()
             .map(|(line, _)| line)
             .collect::<Vec<_>>()
@@ -167,10 +214,10 @@ fn module_depth(relative: &Path) -> usize {
     }
 }
 
-/// Each path in `source` that reaches a module of [`ABOVE_HTTP`], with its
+/// Each path in `source` that reaches a module of `above`, with its
 /// line; `depth` is the file's [`module_depth`], so a chain of that many
 /// `super`s is the crate root.
-fn imports_from_above(source: &str, depth: usize) -> Vec<(usize, String)> {
+fn imports_from_above(source: &str, depth: usize, above: &[&str]) -> Vec<(usize, String)> {
     let code = code_only(source);
     let line_of = |at: usize| code[..at].matches('\n').count() + 1;
     let mut found = Vec::new();
@@ -195,7 +242,7 @@ fn imports_from_above(source: &str, depth: usize) -> Vec<(usize, String)> {
             None => continue,
         };
         for module in named {
-            if ABOVE_HTTP.contains(&module) {
+            if above.contains(&module) {
                 found.push((line_of(at), module.to_string()));
             }
         }

@@ -13,7 +13,6 @@ use serde_norway::Value;
 
 use super::reader::{FromYaml, Problems, Table};
 use super::{as_duration, positive, ListenerLimits};
-use crate::inbound::usable_name;
 
 /// The inbound listener: where callers from outside the pod arrive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -587,6 +586,18 @@ fn read_api_keys(
     ApiKeysConfig { header, keys }
 }
 
+/// Whether `name` can stand for a caller (a subject, an API key's name, a
+/// role or a scope): not empty, no control characters, and no whitespace
+/// at either end. Names key the cache and the rate limits and reach the
+/// app in `x-outrigger-*` headers, where surrounding whitespace is stripped
+/// and control characters cannot go: such a name would be read as another.
+pub fn usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(char::is_control)
+        && !name.starts_with(char::is_whitespace)
+        && !name.ends_with(char::is_whitespace)
+}
+
 /// `name:key` or `name:key:role1|role2`; the name and each role must be a
 /// [`usable_name`], since they are the caller's identity.
 fn parse_api_key(entry: &str) -> Option<ApiKey> {
@@ -803,6 +814,7 @@ fn trim_newline(mut secret: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::usable_name;
     use crate::config::tests::load;
 
     const LISTENER: &str = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }\n";
@@ -935,5 +947,17 @@ redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
             errors,
             vec!["inbound: needs listeners.inbound (the app to forward to)"]
         );
+    }
+
+    #[test]
+    fn usable_names_have_no_control_characters_or_surrounding_whitespace() {
+        for usable in ["ana", "ana maria", "auth0|5f7c", "José"] {
+            assert!(usable_name(usable), "{usable:?}");
+        }
+        for unusable in [
+            "", " ana", "ana\t", "a\u{0}b", "a\nb", "a\u{7f}", "a\u{85}b",
+        ] {
+            assert!(!usable_name(unusable), "{unusable:?}");
+        }
     }
 }

@@ -22,6 +22,7 @@ use serde_norway::Value;
 pub use discovery::{
     Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
 };
+pub use inbound::usable_name;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
     InboundConcurrency, InboundConfig, InboundListener, JwtConfig, JwtKeys, OnRedisError,

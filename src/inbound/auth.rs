@@ -72,7 +72,7 @@ impl Identity {
     }
 
     /// The `x-outrigger-*` headers that tell the app who is calling. Every
-    /// name in an identity is usable ([`usable_name`]), so each is a valid
+    /// name in an identity is usable ([`usable_name`](crate::config::usable_name)), so each is a valid
     /// header value and none is left out.
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -93,18 +93,6 @@ impl Identity {
         }
         headers
     }
-}
-
-/// Whether `name` can stand for a caller (a subject, an API key's name, a
-/// role or a scope): not empty, no control characters, and no whitespace
-/// at either end. Names key the cache and the rate limits and reach the
-/// app in `x-outrigger-*` headers, where surrounding whitespace is stripped
-/// and control characters cannot go: such a name would be read as another.
-pub fn usable_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.contains(char::is_control)
-        && !name.starts_with(char::is_whitespace)
-        && !name.ends_with(char::is_whitespace)
 }
 
 /// Checks inbound callers against the auth config.
@@ -381,18 +369,6 @@ mod tests {
         assert!(rule_matches(&rule, &Method::DELETE, "/admin/users/1"));
         assert!(!rule_matches(&rule, &Method::GET, "/admin/users/1"));
         assert!(!rule_matches(&rule, &Method::DELETE, "/administrators"));
-    }
-
-    #[test]
-    fn usable_names_have_no_control_characters_or_surrounding_whitespace() {
-        for usable in ["ana", "ana maria", "auth0|5f7c", "José"] {
-            assert!(usable_name(usable), "{usable:?}");
-        }
-        for unusable in [
-            "", " ana", "ana\t", "a\u{0}b", "a\nb", "a\u{7f}", "a\u{85}b",
-        ] {
-            assert!(!usable_name(unusable), "{unusable:?}");
-        }
     }
 
     #[test]

@@ -15,8 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::auth::usable_name;
-use crate::config::{JwtConfig, JwtKeys};
+use crate::config::{usable_name, JwtConfig, JwtKeys};
 
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -42,7 +42,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use log::{info, warn};
 
-pub use auth::{usable_name, AuthMethod, Authenticator, Identity};
+pub use auth::{AuthMethod, Authenticator, Identity};
 pub use cache::{Cache, Fill, Lookup, X_CACHE};
 pub use concurrency::{Full, InFlightCaps, Slot};
 pub use cors::Cors;
