@@ -59,7 +59,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::discovery::{source_for, Supervisor};
-use crate::http::listener::{self, Stopping};
+use crate::http::listener::{self, Front, Stopping};
 use crate::inbound::Gate;
 use crate::metrics::Metrics;
 use crate::reload::{ConfigFile, InboundSide, Reload, ReloadReport, Reloader, Trigger};
@@ -130,14 +130,22 @@ impl Sidecar {
             .otlp_endpoint
             .clone()
             .map(otlp::Exporter::start);
-        let outbound = outbound::server(
-            &config,
-            outbound_socket,
-            Arc::clone(&table),
-            Arc::clone(&metrics),
-            spans.clone(),
-            Arc::clone(&stopping),
-        )?;
+        // What each listener's workers share to receive requests and record answers.
+        let front = |listener, limits| {
+            let metrics = Arc::clone(&metrics);
+            let stopping = Arc::clone(&stopping);
+            Front::new(
+                listener,
+                limits,
+                metrics,
+                &config.observability,
+                spans.clone(),
+                stopping,
+            )
+        };
+        let outbound_front = front(outbound::LISTENER, config.listeners.outbound.limits);
+        let outbound =
+            outbound::server(&config, outbound_front, outbound_socket, Arc::clone(&table))?;
         let mut proxies = vec![(outbound::LISTENER, outbound.handle())];
         let mut servers = vec![actix_rt::spawn(outbound)];
         let (mut inbound_addr, mut inbound_side) = (None, None);
@@ -147,15 +155,8 @@ impl Sidecar {
                 .map_err(|err| io::Error::other(err.to_string()))?;
             let gates = Arc::new(ArcSwap::from_pointee(gate));
             inbound_addr = Some(socket.local_addr()?);
-            let server = inbound::server(
-                &config,
-                listener,
-                socket,
-                Arc::clone(&gates),
-                Arc::clone(&metrics),
-                spans,
-                Arc::clone(&stopping),
-            )?;
+            let inbound_front = front(inbound::LISTENER, listener.limits);
+            let server = inbound::server(&config, inbound_front, socket, Arc::clone(&gates))?;
             proxies.push((inbound::LISTENER, server.handle()));
             servers.push(actix_rt::spawn(server));
             inbound_side = Some(InboundSide { gates, store });

@@ -116,17 +116,7 @@ fn http_imports_nothing_from_the_layers_above() {
     let mut files = Vec::new();
     rust_files(&root.join(HTTP), &mut files);
     assert!(files.len() >= 10, "the modules under {HTTP}: {files:?}");
-    let mut problems = Vec::new();
-    for file in &files {
-        let source = fs::read_to_string(file).expect("readable source");
-        let relative = file.strip_prefix(root).expect("under the crate root");
-        for (line, module) in imports_from_above(&source, module_depth(relative), &ABOVE_HTTP) {
-            problems.push(format!(
-                "{}:{line}: imports from `{module}`",
-                relative.display()
-            ));
-        }
-    }
+    let problems = imports_up(root, &files, &ABOVE_HTTP);
     assert!(
         problems.is_empty(),
         "{HTTP} may not import from {ABOVE_HTTP:?} (see {HTTP}/mod.rs):\n{}",
@@ -161,17 +151,7 @@ fn the_shared_layer_imports_nothing_from_the_layers_above() {
     }
     let mut above = vec!["http"];
     above.extend(ABOVE_HTTP);
-    let mut problems = Vec::new();
-    for file in &files {
-        let source = fs::read_to_string(file).expect("readable source");
-        let relative = file.strip_prefix(root).expect("under the crate root");
-        for (line, module) in imports_from_above(&source, module_depth(relative), &above) {
-            problems.push(format!(
-                "{}:{line}: imports from `{module}`",
-                relative.display()
-            ));
-        }
-    }
+    let problems = imports_up(root, &files, &above);
     assert!(
         problems.is_empty(),
         "the shared layer may not import from {above:?} (see src/lib.rs):\n{}",
@@ -200,6 +180,23 @@ fn the_check_catches_each_way_up_from_http() {
         lines("use super::super::forward::Target;", 3),
         Vec::<usize>::new()
     );
+}
+
+/// Each import in `files` (under `root`) from a module of `above`, as
+/// `file:line: imports from `module``.
+fn imports_up(root: &Path, files: &[PathBuf], above: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for file in files {
+        let source = fs::read_to_string(file).expect("readable source");
+        let relative = file.strip_prefix(root).expect("under the crate root");
+        for (line, module) in imports_from_above(&source, module_depth(relative), above) {
+            problems.push(format!(
+                "{}:{line}: imports from `{module}`",
+                relative.display()
+            ));
+        }
+    }
+    problems
 }
 
 /// How many modules deep the file at `relative` (from the crate root) is:

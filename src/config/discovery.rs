@@ -151,10 +151,8 @@ impl Default for KubernetesDiscovery {
 /// reads it with [`Table::raw_restart`]: the sources are started once.
 pub fn read(value: Option<&Value>, problems: &mut Problems) -> Option<Discovery> {
     let mut table = Table::open(value.unwrap_or(&Value::Null), "discovery", problems)?;
-    let source = table.get("source", problems).unwrap_or(SourceKind::Static);
-    let refresh = table
-        .get("refresh", problems)
-        .unwrap_or(Duration::from_secs(30));
+    let source = table.get_or("source", SourceKind::Static, problems);
+    let refresh = table.get_or("refresh", Duration::from_secs(30), problems);
     positive(refresh, "discovery.refresh", problems);
     let file = table.section("file", &FileDiscovery::default(), problems, read_file);
     let registry = table.section(
@@ -206,9 +204,7 @@ fn read_registry(
     }
     RegistryDiscovery {
         url: url.trim_end_matches('/').to_string(),
-        deregister_on_trip: t
-            .get("deregister_on_trip", problems)
-            .unwrap_or(base.deregister_on_trip),
+        deregister_on_trip: t.get_or("deregister_on_trip", base.deregister_on_trip, problems),
     }
 }
 

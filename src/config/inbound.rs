@@ -319,9 +319,7 @@ pub(super) fn read_listener(
             }
         },
     };
-    let timeout = t
-        .get("timeout", problems)
-        .unwrap_or(Duration::from_secs(30));
+    let timeout = t.get_or("timeout", Duration::from_secs(30), problems);
     positive(timeout, &t.path_of("timeout"), problems);
     let limits = super::listener::read_limits(t, problems);
     Some(InboundListener {
@@ -361,8 +359,8 @@ pub(super) fn read_inbound(
         Some(read_rate_limit(t, problems))
     });
     let concurrency = t.section("concurrency", &None, problems, |t, _, problems| {
-        let global = t.get("global", problems).unwrap_or(100);
-        let per_route = t.get("per_route", problems).unwrap_or(10);
+        let global = t.get_or("global", 100, problems);
+        let per_route = t.get_or("per_route", 10, problems);
         Some(InboundConcurrency { global, per_route })
     });
     let cache = t.section("cache", &None, problems, |t, _, problems| {
@@ -420,9 +418,9 @@ fn read_auth(
         jwt: jwt.flatten(),
         api_keys: api_keys.flatten(),
         exempt: t.list("exempt", problems).unwrap_or_default(),
-        revocation: t.get("revocation", problems).unwrap_or(false),
+        revocation: t.get_or("revocation", false, problems),
         logout: t.get("logout", problems),
-        strip_authorization: t.get("strip_authorization", problems).unwrap_or(false),
+        strip_authorization: t.get_or("strip_authorization", false, problems),
         revocation_on_error_allow: match t.get::<String>("revocation_on_error", problems).as_deref()
         {
             None | Some("deny") => false,
@@ -518,10 +516,8 @@ fn read_jwt(
             }
         }
     };
-    let leeway = t.get("leeway", problems).unwrap_or(Duration::from_secs(30));
-    let jwks_refresh = t
-        .get("jwks_refresh", problems)
-        .unwrap_or(Duration::from_secs(600));
+    let leeway = t.get_or("leeway", Duration::from_secs(30), problems);
+    let jwks_refresh = t.get_or("jwks_refresh", Duration::from_secs(600), problems);
     positive(jwks_refresh, &t.path_of("jwks_refresh"), problems);
     // Read before giving up on missing keys, so these are never "unknown".
     let issuer = one_or_many(t, "issuer", problems);
@@ -652,7 +648,7 @@ fn read_rule(t: &mut Table, problems: &mut Problems) -> Option<AccessRule> {
 }
 
 fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
-    let window = t.get("window", problems).unwrap_or(Duration::from_secs(60));
+    let window = t.get_or("window", Duration::from_secs(60), problems);
     positive(window, &t.path_of("window"), problems);
     let mut roles = Vec::new();
     match t.raw("roles") {
@@ -674,7 +670,7 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
     let routes = t.tables("routes", problems, |route, problems| {
         let prefix: Option<String> = route.get("path", problems);
         let limit: Option<u32> = route.get("limit", problems);
-        let own_window = route.get("window", problems).unwrap_or(window);
+        let own_window = route.get_or("window", window, problems);
         if prefix.is_none() || limit.is_none() {
             problems.add(route.path(), "each route needs path and limit");
         }
@@ -691,9 +687,7 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
         default: t.get("default", problems),
         routes,
         trusted_proxies,
-        on_redis_error: t
-            .get("on_redis_error", problems)
-            .unwrap_or(OnRedisError::Local),
+        on_redis_error: t.get_or("on_redis_error", OnRedisError::Local, problems),
     }
 }
 
@@ -702,9 +696,7 @@ fn read_cache(
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Problems,
 ) -> CacheConfig {
-    let mut default_ttl = t
-        .get("default_ttl", problems)
-        .unwrap_or(Duration::from_secs(60));
+    let mut default_ttl = t.get_or("default_ttl", Duration::from_secs(60), problems);
     if let Some(text) = env("CACHE_DEFAULT_TTL") {
         match text
             .trim()
@@ -731,8 +723,8 @@ fn read_cache(
             ttl: ttl?,
         })
     });
-    let max_entry_bytes: u32 = t.get("max_entry_bytes", problems).unwrap_or(1 << 20);
-    let max_bytes: u64 = t.get("max_bytes", problems).unwrap_or(16 << 20);
+    let max_entry_bytes: u32 = t.get_or("max_entry_bytes", 1 << 20, problems);
+    let max_bytes: u64 = t.get_or("max_bytes", 16 << 20, problems);
     if u64::from(max_entry_bytes) > max_bytes {
         problems.add(
             &t.path_of("max_bytes"),
@@ -753,9 +745,7 @@ fn read_cache(
 fn read_cors(t: &mut Table, problems: &mut Problems) -> CorsConfig {
     CorsConfig {
         origins: t.list("origins", problems).unwrap_or_default(),
-        max_age: t
-            .get("max_age", problems)
-            .unwrap_or(Duration::from_secs(600)),
+        max_age: t.get_or("max_age", Duration::from_secs(600), problems),
     }
 }
 
@@ -784,11 +774,9 @@ pub(super) fn read_redis(
             None
         }
     };
-    let timeout = t
-        .get("timeout", problems)
-        .unwrap_or(Duration::from_millis(50));
+    let timeout = t.get_or("timeout", Duration::from_millis(50), problems);
     positive(timeout, &t.path_of("timeout"), problems);
-    let pool_size = t.get("pool_size", problems).unwrap_or(16);
+    let pool_size = t.get_or("pool_size", 16, problems);
     Some(RedisConfig {
         url: url?,
         pool_size,

@@ -73,27 +73,27 @@ impl Default for ListenerLimits {
 pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLimits {
     let base = ListenerLimits::default();
     let limits = ListenerLimits {
-        max_header_bytes: t
-            .get_restart("max_header_bytes", problems)
-            .unwrap_or(base.max_header_bytes),
+        max_header_bytes: t.get_restart_or("max_header_bytes", base.max_header_bytes, problems),
         max_body_bytes: t
             .get_restart("max_body_bytes", problems)
             .or(base.max_body_bytes),
-        client_header_timeout: t
-            .get_restart("client_header_timeout", problems)
-            .unwrap_or(base.client_header_timeout),
-        client_body_timeout: t
-            .get_restart("client_body_timeout", problems)
-            .unwrap_or(base.client_body_timeout),
-        client_write_timeout: t
-            .get_restart("client_write_timeout", problems)
-            .unwrap_or(base.client_write_timeout),
-        keep_alive: t
-            .get_restart("keep_alive", problems)
-            .unwrap_or(base.keep_alive),
-        max_connections: t
-            .get_restart("max_connections", problems)
-            .unwrap_or(base.max_connections),
+        client_header_timeout: t.get_restart_or(
+            "client_header_timeout",
+            base.client_header_timeout,
+            problems,
+        ),
+        client_body_timeout: t.get_restart_or(
+            "client_body_timeout",
+            base.client_body_timeout,
+            problems,
+        ),
+        client_write_timeout: t.get_restart_or(
+            "client_write_timeout",
+            base.client_write_timeout,
+            problems,
+        ),
+        keep_alive: t.get_restart_or("keep_alive", base.keep_alive, problems),
+        max_connections: t.get_restart_or("max_connections", base.max_connections, problems),
     };
     if !(MIN_HEADER_BYTES..=PARSER_HEAD_LIMIT).contains(&limits.max_header_bytes) {
         problems.add(

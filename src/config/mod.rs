@@ -455,12 +455,10 @@ fn read_config(
         &Lifecycle::default(),
         problems,
         |t, base, problems| {
-            let grace = t
-                .get("shutdown_grace", problems)
-                .unwrap_or(base.shutdown_grace);
+            let grace = t.get_or("shutdown_grace", base.shutdown_grace, problems);
             positive(grace, &t.path_of("shutdown_grace"), problems);
             Lifecycle {
-                drain_delay: t.get("drain_delay", problems).unwrap_or(base.drain_delay),
+                drain_delay: t.get_or("drain_delay", base.drain_delay, problems),
                 shutdown_grace: grace,
             }
         },
@@ -470,10 +468,10 @@ fn read_config(
         &ReloadConfig::default(),
         problems,
         |t, base, problems| {
-            let interval = t.get("interval", problems).unwrap_or(base.interval);
+            let interval = t.get_or("interval", base.interval, problems);
             positive(interval, &t.path_of("interval"), problems);
             ReloadConfig {
-                watch: t.get("watch", problems).unwrap_or(base.watch),
+                watch: t.get_or("watch", base.watch, problems),
                 interval,
             }
         },
@@ -555,9 +553,7 @@ fn read_section<T>(
 /// `defaults` has: the connection pool it bounds is built once at start and
 /// shared by every service, so each service's policy carries this value.
 fn read_defaults(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
-    let connect_timeout = table
-        .get_restart("connect_timeout", problems)
-        .unwrap_or(base.connect_timeout);
+    let connect_timeout = table.get_restart_or("connect_timeout", base.connect_timeout, problems);
     positive(connect_timeout, &table.path_of("connect_timeout"), problems);
     let base = Policy {
         connect_timeout,
@@ -570,14 +566,10 @@ fn read_defaults(table: &mut Table, base: &Policy, problems: &mut Problems) -> P
 /// `connect_timeout` aside: it is taken from `base`.
 fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
     let policy = Policy {
-        timeout: table.get("timeout", problems).unwrap_or(base.timeout),
-        per_try_timeout: table
-            .get("per_try_timeout", problems)
-            .unwrap_or(base.per_try_timeout),
+        timeout: table.get_or("timeout", base.timeout, problems),
+        per_try_timeout: table.get_or("per_try_timeout", base.per_try_timeout, problems),
         connect_timeout: base.connect_timeout,
-        load_balancer: table
-            .get("load_balancer", problems)
-            .unwrap_or(base.load_balancer),
+        load_balancer: table.get_or("load_balancer", base.load_balancer, problems),
         circuit_breaker: table.section(
             "circuit_breaker",
             &base.circuit_breaker,
@@ -586,13 +578,17 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
         ),
         retry: table.section("retry", &base.retry, problems, read_retry),
         concurrency: table.section("concurrency", &base.concurrency, problems, read_concurrency),
-        slow_start: table.get("slow_start", problems).unwrap_or(base.slow_start),
-        max_ejection_percent: table
-            .get("max_ejection_percent", problems)
-            .unwrap_or(base.max_ejection_percent),
-        slow_request_threshold: table
-            .get("slow_request_threshold", problems)
-            .unwrap_or(base.slow_request_threshold),
+        slow_start: table.get_or("slow_start", base.slow_start, problems),
+        max_ejection_percent: table.get_or(
+            "max_ejection_percent",
+            base.max_ejection_percent,
+            problems,
+        ),
+        slow_request_threshold: table.get_or(
+            "slow_request_threshold",
+            base.slow_request_threshold,
+            problems,
+        ),
     };
     if policy.max_ejection_percent > 100 {
         problems.add(
@@ -611,18 +607,12 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
 
 fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) -> BreakerConfig {
     let breaker = BreakerConfig {
-        failure_threshold: t
-            .get("failure_threshold", problems)
-            .unwrap_or(base.failure_threshold),
-        window: t.get("window", problems).unwrap_or(base.window),
-        cooldown: t.get("cooldown", problems).unwrap_or(base.cooldown),
-        max_cooldown: t.get("max_cooldown", problems).unwrap_or(base.max_cooldown),
-        success_threshold: t
-            .get("success_threshold", problems)
-            .unwrap_or(base.success_threshold),
-        half_open_max_probes: t
-            .get("half_open_max_probes", problems)
-            .unwrap_or(base.half_open_max_probes),
+        failure_threshold: t.get_or("failure_threshold", base.failure_threshold, problems),
+        window: t.get_or("window", base.window, problems),
+        cooldown: t.get_or("cooldown", base.cooldown, problems),
+        max_cooldown: t.get_or("max_cooldown", base.max_cooldown, problems),
+        success_threshold: t.get_or("success_threshold", base.success_threshold, problems),
+        half_open_max_probes: t.get_or("half_open_max_probes", base.half_open_max_probes, problems),
     };
     for (key, count) in [
         ("failure_threshold", breaker.failure_threshold),
@@ -644,23 +634,19 @@ fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) ->
 
 fn read_retry(t: &mut Table, base: &RetryConfig, problems: &mut Problems) -> RetryConfig {
     let retry = RetryConfig {
-        attempts: t.get("attempts", problems).unwrap_or(base.attempts),
-        base_delay: t.get("base_delay", problems).unwrap_or(base.base_delay),
-        max_delay: t.get("max_delay", problems).unwrap_or(base.max_delay),
-        jitter: t.get("jitter", problems).unwrap_or(base.jitter),
+        attempts: t.get_or("attempts", base.attempts, problems),
+        base_delay: t.get_or("base_delay", base.base_delay, problems),
+        max_delay: t.get_or("max_delay", base.max_delay, problems),
+        jitter: t.get_or("jitter", base.jitter, problems),
         on: t.list("on", problems).unwrap_or_else(|| base.on.clone()),
-        budget_percent: t
-            .get("budget_percent", problems)
-            .unwrap_or(base.budget_percent),
-        budget_min_per_second: t
-            .get("budget_min_per_second", problems)
-            .unwrap_or(base.budget_min_per_second),
-        non_idempotent: t
-            .get("non_idempotent", problems)
-            .unwrap_or(base.non_idempotent),
-        replay_buffer_bytes: t
-            .get("replay_buffer_bytes", problems)
-            .unwrap_or(base.replay_buffer_bytes),
+        budget_percent: t.get_or("budget_percent", base.budget_percent, problems),
+        budget_min_per_second: t.get_or(
+            "budget_min_per_second",
+            base.budget_min_per_second,
+            problems,
+        ),
+        non_idempotent: t.get_or("non_idempotent", base.non_idempotent, problems),
+        replay_buffer_bytes: t.get_or("replay_buffer_bytes", base.replay_buffer_bytes, problems),
     };
     at_least_one(retry.attempts, &t.path_of("attempts"), problems);
     if !(0.0..=1.0).contains(&retry.jitter) {
@@ -687,9 +673,7 @@ fn read_concurrency(
     problems: &mut Problems,
 ) -> ConcurrencyConfig {
     let concurrency = ConcurrencyConfig {
-        max_in_flight: t
-            .get("max_in_flight", problems)
-            .unwrap_or(base.max_in_flight),
+        max_in_flight: t.get_or("max_in_flight", base.max_in_flight, problems),
     };
     at_least_one(
         concurrency.max_in_flight,
@@ -773,7 +757,7 @@ fn read_service(
             );
         }
     }
-    let strip_prefix = t.get("strip_prefix", problems).unwrap_or(true);
+    let strip_prefix = t.get_or("strip_prefix", true, problems);
     t.refuse(
         "connect_timeout",
         "set it under defaults: the connection pool is shared by all services",

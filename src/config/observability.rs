@@ -67,9 +67,7 @@ impl Default for ObservabilityConfig {
 pub fn read_observability(top: &mut Table, problems: &mut Problems) -> ObservabilityConfig {
     let defaults = ObservabilityConfig::default();
     let tracing = top.section_restart("tracing", &defaults.tracing, problems, read_tracing);
-    let access_log = top
-        .get_restart("access_log", problems)
-        .unwrap_or(defaults.access_log);
+    let access_log = top.get_restart_or("access_log", defaults.access_log, problems);
     ObservabilityConfig {
         tracing,
         access_log,
@@ -77,7 +75,7 @@ pub fn read_observability(top: &mut Table, problems: &mut Problems) -> Observabi
 }
 
 fn read_tracing(t: &mut Table, base: &TracingConfig, problems: &mut Problems) -> TracingConfig {
-    let sample_rate = t.get("sample_rate", problems).unwrap_or(base.sample_rate);
+    let sample_rate = t.get_or("sample_rate", base.sample_rate, problems);
     if !(0.0..=1.0).contains(&sample_rate) {
         problems.add(
             &t.path_of("sample_rate"),

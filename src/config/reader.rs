@@ -196,26 +196,21 @@ impl FromYaml for u32 {
     }
 }
 
-impl FromYaml for u64 {
-    const EXPECTED: &'static str = "a whole number";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        value.as_u64()
-    }
+/// `FromYaml` for a type the YAML value converts to with one accessor.
+macro_rules! from_yaml_by {
+    ($type:ty, $expected:literal, $accessor:path) => {
+        impl FromYaml for $type {
+            const EXPECTED: &'static str = $expected;
+            fn from_yaml(value: &Value) -> Option<Self> {
+                $accessor(value)
+            }
+        }
+    };
 }
 
-impl FromYaml for f64 {
-    const EXPECTED: &'static str = "a number";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        value.as_f64()
-    }
-}
-
-impl FromYaml for bool {
-    const EXPECTED: &'static str = "true or false";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        value.as_bool()
-    }
-}
+from_yaml_by!(u64, "a whole number", Value::as_u64);
+from_yaml_by!(f64, "a number", Value::as_f64);
+from_yaml_by!(bool, "true or false", Value::as_bool);
 
 impl FromYaml for String {
     const EXPECTED: &'static str = "a string";
@@ -376,6 +371,22 @@ impl<'v> Table<'v> {
     pub fn get_restart<T: FromYaml>(&mut self, key: &str, problems: &mut Problems) -> Option<T> {
         let value = self.raw_restart(key)?;
         self.parse(key, value, problems)
+    }
+
+    /// [`Table::get`], or `default` when `key` is absent or its value bad.
+    pub fn get_or<T: FromYaml>(&mut self, key: &str, default: T, problems: &mut Problems) -> T {
+        self.get(key, problems).unwrap_or(default)
+    }
+
+    /// [`Table::get_restart`], or `default` when `key` is absent or its
+    /// value bad.
+    pub fn get_restart_or<T: FromYaml>(
+        &mut self,
+        key: &str,
+        default: T,
+        problems: &mut Problems,
+    ) -> T {
+        self.get_restart(key, problems).unwrap_or(default)
     }
 
     /// Converts `value`, found under `key`, recording a problem when it

@@ -51,14 +51,13 @@ pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 
-use crate::config::{Config, InboundListener};
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
-use crate::http::listener::{self, Arrival, Front, LimitedPayload, Stopping};
+use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
-use crate::metrics::{Metrics, RequestSeries};
-use crate::otlp::Exporter;
+use crate::metrics::RequestSeries;
 
 /// The `listener` label of this listener's metrics and log lines.
 pub const LISTENER: &str = "inbound";
@@ -74,32 +73,22 @@ struct Worker {
     requests: RequestSeries,
 }
 
-/// The inbound listener's server on `socket`; it runs once awaited or spawned.
+/// The inbound listener's server on `socket`, receiving with `front` and
+/// checking callers with the gate in `gates`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
-    listener: &InboundListener,
+    front: Front,
     socket: std::net::TcpListener,
     gates: Arc<ArcSwap<Gate>>,
-    metrics: Arc<Metrics>,
-    spans: Option<Exporter>,
-    stopping: Arc<Stopping>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
-    let front = Front::new(
-        LISTENER,
-        listener.limits,
-        Arc::clone(&metrics),
-        &config.observability,
-        spans,
-        stopping,
-    );
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
             gates: Arc::clone(&gates),
+            requests: front.metrics().requests(LISTENER, APP),
             front: front.clone(),
-            requests: metrics.requests(LISTENER, APP),
         };
         App::new()
             .app_data(web::Data::new(worker))

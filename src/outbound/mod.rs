@@ -25,11 +25,10 @@ use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
-use crate::http::listener::{self, Arrival, Front, LimitedPayload, Stopping};
+use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
-use crate::metrics::{Metrics, RequestSeries};
-use crate::otlp::Exporter;
+use crate::metrics::RequestSeries;
 use crate::replica::{Answer, Endpoint, Lease};
 use crate::service::{InFlight, LiveServices, Service, Settings};
 
@@ -47,25 +46,15 @@ struct Worker {
     unknown: RequestSeries,
 }
 
-/// The outbound listener's server on `socket`; it runs once awaited or spawned.
+/// The outbound listener's server on `socket`, receiving with `front` and
+/// routing by the services in `table`; it runs once awaited or spawned.
 pub fn server(
     config: &Config,
+    front: Front,
     socket: std::net::TcpListener,
     table: Arc<LiveServices>,
-    metrics: Arc<Metrics>,
-    spans: Option<Exporter>,
-    stopping: Arc<Stopping>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
-    let outbound = &config.listeners.outbound;
-    let front = Front::new(
-        LISTENER,
-        outbound.limits,
-        metrics,
-        &config.observability,
-        spans,
-        stopping,
-    );
     let workers = config.workers as usize;
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
@@ -322,28 +311,22 @@ async fn tunnel(
     payload: web::Payload,
     slot: InFlight,
 ) -> HttpResponse {
-    let Outgoing {
-        service,
-        settings,
-        path,
-        plan,
-        req,
-        arrival,
-    } = outgoing;
-    let mut lease = match pick(worker, service, Vec::new()).await {
+    let mut lease = match pick(worker, outgoing.service, Vec::new()).await {
         Ok(lease) => lease,
         Err(error) => return outgoing.refuse(&error),
     };
     let endpoint = Arc::clone(lease.endpoint());
-    let bound = try_bound(&settings.policy, settings.policy.timeout);
+    let policy = &outgoing.settings.policy;
+    let bound = try_bound(policy, policy.timeout);
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
-        path,
-        headers: plan,
+        path: outgoing.path,
+        headers: outgoing.plan,
         connect_timeout: worker.connect_timeout,
         answer_timeout: bound.wait,
     };
-    match tunnel::open(tunnel, req, arrival.request_id()).await {
+    let arrival = outgoing.arrival;
+    match tunnel::open(tunnel, outgoing.req, arrival.request_id()).await {
         Ok(handshake) => {
             lease.report(Answer::Status(handshake.status().as_u16()));
             info!(
