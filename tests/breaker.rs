@@ -469,3 +469,76 @@ async fn past_the_ejection_cap_ejected_replicas_are_probed_back_while_another_se
     assert_eq!(b.hits(), b_calls, "within the cap, no forced probe");
     assert_eq!(breaker_state(&admin, &key_b).await, "open");
 }
+
+#[actix_web::test]
+async fn the_breaker_report_shows_its_tuning_its_cooldown_and_the_failures_that_opened_it() {
+    let (healthy, failing, dead) = (
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+    );
+    failing.answer_with(500);
+    dead.answer_with(500);
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\", \"{}\"]
+    load_balancer: round_robin
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 2, window: 10s, cooldown: 1m }}
+  - name: down
+    endpoints: [\"{}\"]
+    circuit_breaker: {{ failure_threshold: 1, cooldown: 1m }}",
+        healthy.endpoint(),
+        failing.endpoint(),
+        dead.endpoint()
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("api/{}", failing.endpoint());
+    while failing.hits() < 2 {
+        status_of(&format!("http://{outbound}/api/x")).await;
+    }
+    status_of(&format!("http://{outbound}/down/x")).await;
+    eventually("both breakers open", || async {
+        breaker_state(&admin, &key).await == "open"
+            && breaker_state(&admin, &format!("down/{}", dead.endpoint())).await == "open"
+    })
+    .await;
+
+    let (_, report) = get_json(&format!("{admin}/circuit-breakers")).await;
+    let open = &report["circuit_breakers"][&key];
+    assert_eq!(open["failure_count"], 2, "the failures that opened it");
+    assert_eq!(open["failure_threshold"], 2);
+    assert_eq!(open["window"], "10s");
+    assert_eq!(open["cooldown"], "1m");
+    assert_eq!(open["current_cooldown"], "1m");
+    assert!(open["cooldown_ends_at"].is_string(), "{open}");
+    let closed = &report["circuit_breakers"][&format!("api/{}", healthy.endpoint())];
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["failure_count"], 0);
+    assert!(closed["cooldown_ends_at"].is_null(), "{closed}");
+
+    let (status, by_service) = get_json(&format!("{admin}/circuit-breakers?by=service")).await;
+    assert_eq!(status, 200);
+    let api = &by_service["circuit_breakers"]["api"];
+    assert_eq!(api["state"], "closed", "the best of its replicas': {api}");
+    assert_eq!(
+        api["replicas"],
+        serde_json::json!({"closed": 1, "half_open": 0, "open": 1})
+    );
+    assert_eq!(
+        (&api["failure_threshold"], &api["window"], &api["cooldown"]),
+        (&2.into(), &"10s".into(), &"1m".into())
+    );
+    assert_eq!(by_service["circuit_breakers"]["down"]["state"], "open");
+
+    let (status, refused) = get_json(&format!("{admin}/circuit-breakers?by=zone")).await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replica or service")),
+        "{refused}"
+    );
+}

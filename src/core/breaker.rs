@@ -557,7 +557,11 @@ mod tests {
     fn the_failures_that_opened_it_are_kept_until_it_closes() {
         let t0 = Instant::now();
         let mut breaker = opened(t0);
-        assert_eq!(breaker.failure_count(), 3, "open: the failures that opened it");
+        assert_eq!(
+            breaker.failure_count(),
+            3,
+            "open: the failures that opened it"
+        );
         breaker.record(Failure, false, t0 + secs(1));
         assert_eq!(breaker.failure_count(), 3, "late failures add nothing");
         breaker.poll(t0 + secs(30));
@@ -579,11 +583,19 @@ mod tests {
         assert_eq!(breaker.cooldown(), secs(30), "closed: the configured one");
         assert_eq!(breaker.params().failure_threshold, 3);
         let mut breaker = half_open(t0);
-        assert_eq!(breaker.cooldown(), secs(30), "half-open: the last opening's");
+        assert_eq!(
+            breaker.cooldown(),
+            secs(30),
+            "half-open: the last opening's"
+        );
         breaker.record(Failure, true, t0 + secs(30));
         assert_eq!(breaker.cooldown(), secs(60), "re-opened: doubled");
         breaker.poll(t0 + secs(90));
-        assert_eq!(breaker.cooldown(), secs(60), "half-open again: that opening's");
+        assert_eq!(
+            breaker.cooldown(),
+            secs(60),
+            "half-open again: that opening's"
+        );
     }
 
     #[test]
