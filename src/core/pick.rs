@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn open_replicas_are_probed_early_only_past_the_cap_while_one_still_serves() {
-        use BreakerState::{Closed, HalfOpen, Open};
+        use crate::core::breaker::BreakerState::{Closed, HalfOpen, Open};
         assert!(!past_ejection_cap([Open], 50), "one replica, failing");
         assert!(
             !past_ejection_cap([Open, Open], 50),
