@@ -19,12 +19,12 @@ use actix::Addr;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{format_duration, Config};
 use crate::inbound::Gate;
 use crate::logging;
 use crate::metrics::Metrics;
 use crate::reload::{Reload, ReloadResult, Reloader, Trigger};
-use crate::replica::{BreakerReport, Endpoint};
+use crate::replica::{BreakerReport, BreakerState, Endpoint};
 use crate::service::LiveServices;
 
 /// What the admin API reads and acts on.
@@ -154,7 +154,7 @@ async fn index(state: web::Data<AdminState>) -> HttpResponse {
             "GET /ready": "200 once every service has had a discovery sync",
             "GET /metrics": "Prometheus metrics",
             "GET /services": "services and their replicas with load, latency and breaker state",
-            "GET /circuit-breakers": "every replica's breaker figures",
+            "GET /circuit-breakers": "every replica's breaker figures; ?by=service for each service's",
             "POST /circuit-breakers/reset": "close every breaker, or one service's with ?service=",
             "GET /config": "the running configuration (secrets redacted)",
             "POST /reload": "re-read and apply the config file, answering what changed or why it was rejected",
@@ -221,7 +221,26 @@ async fn services(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "services": services }))
 }
 
-async fn circuit_breakers(state: web::Data<AdminState>) -> HttpResponse {
+#[derive(Deserialize)]
+struct BreakersQuery {
+    by: Option<String>,
+}
+
+/// Every replica's breaker figures, or with `?by=service` each service's.
+async fn circuit_breakers(
+    state: web::Data<AdminState>,
+    query: web::Query<BreakersQuery>,
+) -> HttpResponse {
+    match query.by.as_deref() {
+        None | Some("replica") => breakers_by_replica(&state).await,
+        Some("service") => breakers_by_service(&state),
+        Some(other) => HttpResponse::BadRequest().json(json!({
+            "error": format!("by must be replica or service, got {other:?}")
+        })),
+    }
+}
+
+async fn breakers_by_replica(state: &AdminState) -> HttpResponse {
     let mut breakers = serde_json::Map::new();
     let table = arc_swap::Guard::into_inner(state.table.load());
     for service in table.iter() {
@@ -233,6 +252,44 @@ async fn circuit_breakers(state: web::Data<AdminState>) -> HttpResponse {
         }
     }
     HttpResponse::Ok().json(json!({ "circuit_breakers": breakers }))
+}
+
+/// Each service's breakers as one: its state is the best of its replicas'
+/// (closed, then half-open, then open; `null` with no replica), read from
+/// what the replicas publish, with how many are in each state and the
+/// service's configured thresholds.
+fn breakers_by_service(state: &AdminState) -> HttpResponse {
+    let mut services = serde_json::Map::new();
+    for service in state.table.load().iter() {
+        let (mut closed, mut half_open, mut open) = (0usize, 0usize, 0usize);
+        for endpoint in service.replicas().iter() {
+            match endpoint.status.state() {
+                BreakerState::Closed => closed += 1,
+                BreakerState::HalfOpen => half_open += 1,
+                BreakerState::Open => open += 1,
+            }
+        }
+        let best = [
+            (closed, BreakerState::Closed),
+            (half_open, BreakerState::HalfOpen),
+            (open, BreakerState::Open),
+        ]
+        .into_iter()
+        .find(|(count, _)| *count > 0)
+        .map(|(_, state)| state.as_str());
+        let breaker = &service.settings().policy.circuit_breaker;
+        services.insert(
+            service.name.to_string(),
+            json!({
+                "state": best,
+                "replicas": {"closed": closed, "half_open": half_open, "open": open},
+                "failure_threshold": breaker.failure_threshold,
+                "window": format_duration(breaker.window),
+                "cooldown": format_duration(breaker.cooldown),
+            }),
+        );
+    }
+    HttpResponse::Ok().json(json!({ "circuit_breakers": services }))
 }
 
 #[derive(Deserialize)]
@@ -418,6 +475,11 @@ fn breaker_json(report: &BreakerReport) -> Value {
         "opened_at": stats.opened_at.map(rfc3339),
         "last_failure_time": stats.last_failure_time.map(rfc3339),
         "last_success_time": stats.last_success_time.map(rfc3339),
+        "failure_threshold": report.failure_threshold,
+        "window": format_duration(report.window),
+        "cooldown": format_duration(report.cooldown),
+        "current_cooldown": format_duration(report.current_cooldown),
+        "cooldown_ends_at": report.cooldown_ends_at.map(rfc3339),
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint};
 use serde_json::Value;
-use support::client::{client, get_json, get_text, status_of};
+use support::client::{client, get_json, get_text, send_ok, status_of};
 use support::eventually::eventually;
 use support::metrics::metric;
 use support::ports::closed_port;
@@ -283,32 +283,262 @@ async fn an_admin_reset_closes_open_breakers() {
     .await;
 }
 
+/// GETs `url` and returns the status and the `x-outrigger` reason, if any.
+async fn answer_of(url: &str) -> (u16, Option<String>) {
+    let response = client().get(url).send().await.expect("an answer");
+    let reason = response
+        .headers()
+        .get("x-outrigger")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), reason)
+}
+
+/// Sends requests to `url` one after another until `until`, asserting each
+/// is refused by the sidecar itself (503 `no_healthy_replica`, no call to
+/// a replica); returns how many were sent.
+async fn refused_until(url: &str, until: Instant) -> usize {
+    let mut sent = 0;
+    while Instant::now() < until {
+        assert_eq!(
+            answer_of(url).await,
+            (503, Some("no_healthy_replica".to_string())),
+            "while every breaker is open the sidecar answers itself"
+        );
+        sent += 1;
+    }
+    sent
+}
+
 #[actix_web::test]
-async fn past_the_ejection_cap_a_recovered_service_is_probed_back_before_its_cooldown() {
+async fn an_open_breaker_on_a_one_replica_service_lets_no_call_through_until_its_cooldown_ends() {
+    let dead = Replica::start().await;
+    dead.answer_with(503);
+    // Default max_ejection_percent (50). One try per request, so each
+    // request is one call; a 2 s cooldown is spread to 1.8-2.2 s.
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\"]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 3, window: 10s, cooldown: 2s, half_open_max_probes: 2 }}",
+        dead.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("api/{}", dead.endpoint());
+
+    let first_call = Instant::now();
+    while dead.hits() < 3 {
+        assert_eq!(answer_of(&url).await, (503, None), "the replica's own 503");
+    }
+    eventually("the breaker opens", || async {
+        breaker_state(&admin, &key).await == "open"
+    })
+    .await;
+    assert_eq!(dead.hits(), 3, "exactly failure_threshold calls reached it");
+
+    // The whole cooldown: every request refused at once, none reaches it.
+    let sent = refused_until(&url, first_call + Duration::from_millis(1500)).await;
+    assert!(sent >= 10, "only {sent} requests during the cooldown");
+    assert_eq!(dead.hits(), 3, "no call during the cooldown");
+    let (_, report) = get_json(&format!("{admin}/circuit-breakers")).await;
+    assert_eq!(report["circuit_breakers"][&key]["state"], "open");
+
+    // Half-open: exactly half_open_max_probes probes at once. Slow probes,
+    // so all six requests arrive while both are in flight.
+    dead.delay(Duration::from_millis(500));
+    eventually("the breaker half-opens", || async {
+        breaker_state(&admin, &key).await == "half_open"
+    })
+    .await;
+    assert_eq!(dead.hits(), 3, "no call before the probes");
+    let answers = futures_util::future::join_all((0..6).map(|_| answer_of(&url))).await;
+    let probed = answers.iter().filter(|a| **a == (503, None)).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.1.as_deref() == Some("no_healthy_replica"))
+        .count();
+    assert_eq!((probed, refused), (2, 4), "{answers:?}");
+    assert_eq!(dead.hits(), 5, "the two probes, and nothing else");
+
+    // A failed probe re-opens it: nothing again.
+    eventually("the breaker re-opens", || async {
+        breaker_state(&admin, &key).await == "open"
+    })
+    .await;
+    let sent = refused_until(&url, Instant::now() + Duration::from_millis(1200)).await;
+    assert!(sent >= 5, "only {sent} requests after re-opening");
+    assert_eq!(dead.hits(), 5);
+}
+
+#[actix_web::test]
+async fn with_both_replicas_failing_no_call_reaches_either_until_the_cooldowns_end() {
     let (a, b) = (Replica::start().await, Replica::start().await);
     a.answer_with(500);
     b.answer_with(500);
     let sidecar = sidecar(&format!(
         "  - name: api
     endpoints: [\"{}\", \"{}\"]
+    load_balancer: round_robin
     retry: {{ attempts: 1 }}
-    circuit_breaker: {{ failure_threshold: 1, cooldown: 5m, success_threshold: 1 }}",
+    circuit_breaker: {{ failure_threshold: 2, cooldown: 2s }}",
         a.endpoint(),
         b.endpoint()
     ))
     .await;
     let url = format!("http://{}/api/x", sidecar.outbound_addr());
     let admin = format!("http://{}", sidecar.admin_addr());
-    while breaker_state(&admin, &format!("api/{}", a.endpoint())).await != "open"
-        || breaker_state(&admin, &format!("api/{}", b.endpoint())).await != "open"
-    {
-        assert_eq!(status_of(&url).await, Some(500));
+
+    let first_call = Instant::now();
+    while a.hits() + b.hits() < 4 {
+        assert_eq!(answer_of(&url).await, (500, None));
     }
-    // Both breakers are open for 5 minutes; the replicas recover now.
+    for replica in [&a, &b] {
+        let key = format!("api/{}", replica.endpoint());
+        eventually("both breakers open", || async {
+            breaker_state(&admin, &key).await == "open"
+        })
+        .await;
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 2), "failure_threshold calls each");
+
+    let sent = refused_until(&url, first_call + Duration::from_millis(1500)).await;
+    assert!(sent >= 10, "only {sent} requests during the cooldown");
+    assert_eq!(
+        (a.hits(), b.hits()),
+        (2, 2),
+        "no forced probe: past the ejection cap with nothing left serving"
+    );
+}
+
+#[actix_web::test]
+async fn past_the_ejection_cap_ejected_replicas_are_probed_back_while_another_serves() {
+    let (a, b, serving) = (
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+    );
+    a.answer_with(500);
+    b.answer_with(500);
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\", \"{}\", \"{}\"]
+    load_balancer: round_robin
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 1, cooldown: 5m, success_threshold: 1 }}",
+        a.endpoint(),
+        b.endpoint(),
+        serving.endpoint()
+    ))
+    .await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let (key_a, key_b) = (
+        format!("api/{}", a.endpoint()),
+        format!("api/{}", b.endpoint()),
+    );
+    while breaker_state(&admin, &key_a).await != "open"
+        || breaker_state(&admin, &key_b).await != "open"
+    {
+        let status = status_of(&url).await;
+        assert!(status == Some(500) || status == Some(200), "{status:?}");
+    }
+    // Two of three open for 5 minutes, past the default 50% cap; the third
+    // carries everything. One of the two recovers now.
     a.answer_with(200);
+    eventually(
+        "a forced probe brings it back before its cooldown",
+        || async {
+            let status = status_of(&url).await;
+            assert!(
+                status == Some(200) || status == Some(500),
+                "200, or a forced probe's to the other: {status:?}"
+            );
+            breaker_state(&admin, &key_a).await == "closed"
+        },
+    )
+    .await;
+    // One of three open is within the cap: the other, recovered too, waits
+    // out its cooldown without a forced probe.
     b.answer_with(200);
-    eventually("a forced probe brings the service back", || async {
-        status_of(&url).await == Some(200)
+    let b_calls = b.hits();
+    let a_calls = a.hits();
+    send_ok(&url, 20).await;
+    assert!(a.hits() > a_calls, "the one brought back serves");
+    assert_eq!(b.hits(), b_calls, "within the cap, no forced probe");
+    assert_eq!(breaker_state(&admin, &key_b).await, "open");
+}
+
+#[actix_web::test]
+async fn the_breaker_report_shows_its_tuning_its_cooldown_and_the_failures_that_opened_it() {
+    let (healthy, failing, dead) = (
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+    );
+    failing.answer_with(500);
+    dead.answer_with(500);
+    let sidecar = sidecar(&format!(
+        "  - name: api
+    endpoints: [\"{}\", \"{}\"]
+    load_balancer: round_robin
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 2, window: 10s, cooldown: 1m }}
+  - name: down
+    endpoints: [\"{}\"]
+    circuit_breaker: {{ failure_threshold: 1, cooldown: 1m }}",
+        healthy.endpoint(),
+        failing.endpoint(),
+        dead.endpoint()
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("api/{}", failing.endpoint());
+    while failing.hits() < 2 {
+        status_of(&format!("http://{outbound}/api/x")).await;
+    }
+    status_of(&format!("http://{outbound}/down/x")).await;
+    eventually("both breakers open", || async {
+        breaker_state(&admin, &key).await == "open"
+            && breaker_state(&admin, &format!("down/{}", dead.endpoint())).await == "open"
     })
     .await;
+
+    let (_, report) = get_json(&format!("{admin}/circuit-breakers")).await;
+    let open = &report["circuit_breakers"][&key];
+    assert_eq!(open["failure_count"], 2, "the failures that opened it");
+    assert_eq!(open["failure_threshold"], 2);
+    assert_eq!(open["window"], "10s");
+    assert_eq!(open["cooldown"], "1m");
+    assert_eq!(open["current_cooldown"], "1m");
+    assert!(open["cooldown_ends_at"].is_string(), "{open}");
+    let closed = &report["circuit_breakers"][&format!("api/{}", healthy.endpoint())];
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["failure_count"], 0);
+    assert!(closed["cooldown_ends_at"].is_null(), "{closed}");
+
+    let (status, by_service) = get_json(&format!("{admin}/circuit-breakers?by=service")).await;
+    assert_eq!(status, 200);
+    let api = &by_service["circuit_breakers"]["api"];
+    assert_eq!(api["state"], "closed", "the best of its replicas': {api}");
+    assert_eq!(
+        api["replicas"],
+        serde_json::json!({"closed": 1, "half_open": 0, "open": 1})
+    );
+    assert_eq!(
+        (&api["failure_threshold"], &api["window"], &api["cooldown"]),
+        (&2.into(), &"10s".into(), &"1m".into())
+    );
+    assert_eq!(by_service["circuit_breakers"]["down"]["state"], "open");
+
+    let (status, refused) = get_json(&format!("{admin}/circuit-breakers?by=zone")).await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replica or service")),
+        "{refused}"
+    );
 }

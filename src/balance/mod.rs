@@ -13,13 +13,12 @@ use rand::{Rng, SeedableRng};
 pub use crate::core::pick::least_load;
 
 use crate::config::{LoadBalancer, Policy};
-use crate::core::breaker::BreakerState;
-use crate::core::pick::{ewma_score, p2c, round_robin};
+use crate::core::pick::{ewma_score, p2c, past_ejection_cap, round_robin};
 use crate::replica::{lease, lease_forced, now_millis, Endpoint, Lease};
 use crate::service::Service;
 
 /// How often each open replica may take a forced probe once a service is
-/// past its `max_ejection_percent`.
+/// past its `max_ejection_percent` (see [`past_ejection_cap`]).
 const FORCED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why no replica could be picked.
@@ -109,21 +108,27 @@ impl Balancer {
         ramping.and_then(lease)
     }
 
-    /// Past `max_ejection_percent` open breakers, lets one of them take a
-    /// probe (each at most once per second) so the service is not blacked
-    /// out by its own protection.
-    fn force_probe(&mut self, policy: &Policy, replicas: &[Arc<Endpoint>]) -> Option<Lease> {
-        let open = replicas
-            .iter()
-            .filter(|e| e.status.state() == BreakerState::Open)
-            .count();
-        if open * 100 <= replicas.len() * policy.max_ejection_percent as usize {
+    /// Past `max_ejection_percent` open breakers, while another replica
+    /// still serves ([`past_ejection_cap`]), lets one open replica this
+    /// request has not tried take a probe (each at most once a second), so
+    /// ejected capacity comes back without waiting out its cooldown. A
+    /// service whose every replica is failing gets none: its breakers
+    /// refuse every call until their cooldowns end.
+    fn force_probe(
+        &mut self,
+        policy: &Policy,
+        replicas: &[Arc<Endpoint>],
+        avoid: &[Arc<Endpoint>],
+    ) -> Option<Lease> {
+        let states = replicas.iter().map(|e| e.status.state());
+        if !past_ejection_cap(states, policy.max_ejection_percent) {
             return None;
         }
         let start = self.rng.random_range(0..replicas.len());
         let now = now_millis();
         (0..replicas.len())
             .map(|step| &replicas[(start + step) % replicas.len()])
+            .filter(|replica| !avoid.iter().any(|tried| Arc::ptr_eq(tried, replica)))
             .find_map(|replica| lease_forced(replica, now, FORCED_PROBE_INTERVAL))
     }
 }
@@ -150,13 +155,13 @@ impl Handler<Pick> for Balancer {
         let settings = service.settings();
         let policy = &settings.policy;
         let picked = self
-            .pick_from(service, policy, &replicas, &pick.avoid)
+            .force_probe(policy, &replicas, &pick.avoid)
+            .or_else(|| self.pick_from(service, policy, &replicas, &pick.avoid))
             .or_else(|| {
                 (!pick.avoid.is_empty())
                     .then(|| self.pick_from(service, policy, &replicas, &[]))
                     .flatten()
-            })
-            .or_else(|| self.force_probe(policy, &replicas));
+            });
         match picked {
             Some(lease) => MessageResult(Ok(lease)),
             None => {

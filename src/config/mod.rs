@@ -149,7 +149,8 @@ pub struct Policy {
     #[serde(serialize_with = "as_duration")]
     pub slow_start: Duration,
     /// At most this percentage of a service's replicas are cut off by their
-    /// breakers; beyond it, open breakers still admit a probe now and then
+    /// breakers while another still serves; beyond it, open breakers admit
+    /// a probe now and then. A service with no replica closed gets none
     /// (default 50).
     pub max_ejection_percent: u32,
     /// Requests slower than this are logged at warn (default 1s).

@@ -105,6 +105,9 @@ pub struct CircuitBreaker {
     state: BreakerState,
     /// Times of the failures still inside `window` (at most `failure_threshold`).
     recent_failures: VecDeque<Instant>,
+    /// The failures that opened the breaker last (`failure_threshold`, or
+    /// one failed probe), kept until it closes.
+    opened_by: usize,
     half_open_successes: u32,
     /// Re-opens since the breaker last closed; the cooldown doubles with each.
     reopens: u32,
@@ -120,6 +123,7 @@ impl CircuitBreaker {
             rng,
             state: BreakerState::Closed,
             recent_failures: VecDeque::new(),
+            opened_by: 0,
             half_open_successes: 0,
             reopens: 0,
             open_until: None,
@@ -146,9 +150,18 @@ impl CircuitBreaker {
         self.open_until
     }
 
-    /// Failures counted in the current window (closed), for the admin API.
+    /// The parameters in force.
+    pub fn params(&self) -> &BreakerParams {
+        &self.params
+    }
+
+    /// For the admin API: while closed, the failures counted in the current
+    /// window; while open or half-open, the failures that opened it.
     pub fn failure_count(&self) -> usize {
-        self.recent_failures.len()
+        match self.state {
+            BreakerState::Closed => self.recent_failures.len(),
+            BreakerState::Open | BreakerState::HalfOpen => self.opened_by,
+        }
     }
 
     /// Probe successes so far (half-open), for the admin API.
@@ -239,7 +252,9 @@ impl CircuitBreaker {
         Some(self.enter(BreakerState::Closed, now))
     }
 
-    /// The cooldown for the current number of re-opens, before jitter.
+    /// The cooldown of the current opening (of the last one while
+    /// half-open; the configured one while closed), before jitter: it
+    /// doubles with each re-open since the breaker last closed.
     pub fn cooldown(&self) -> Duration {
         self.params.cooldown.delay(self.reopens)
     }
@@ -247,6 +262,12 @@ impl CircuitBreaker {
     fn enter(&mut self, to: BreakerState, now: Instant) -> Transition {
         let from = self.state;
         self.state = to;
+        self.opened_by = match (from, to) {
+            (BreakerState::Closed, BreakerState::Open) => self.recent_failures.len(),
+            (_, BreakerState::Open) => 1,
+            (_, BreakerState::HalfOpen) => self.opened_by,
+            (_, BreakerState::Closed) => 0,
+        };
         self.recent_failures.clear();
         self.half_open_successes = 0;
         self.open_until = None;
@@ -529,6 +550,51 @@ mod tests {
             breaker.cooldown(),
             secs(1),
             "the next opening uses the new one"
+        );
+    }
+
+    #[test]
+    fn the_failures_that_opened_it_are_kept_until_it_closes() {
+        let t0 = Instant::now();
+        let mut breaker = opened(t0);
+        assert_eq!(
+            breaker.failure_count(),
+            3,
+            "open: the failures that opened it"
+        );
+        breaker.record(Failure, false, t0 + secs(1));
+        assert_eq!(breaker.failure_count(), 3, "late failures add nothing");
+        breaker.poll(t0 + secs(30));
+        assert_eq!(breaker.failure_count(), 3, "half-open: still those");
+        breaker.record(Failure, true, t0 + secs(31));
+        assert_eq!(breaker.state(), Open);
+        assert_eq!(breaker.failure_count(), 1, "re-opened by one failed probe");
+        breaker.poll(t0 + secs(91));
+        breaker.record(Success, true, t0 + secs(92));
+        breaker.record(Success, true, t0 + secs(92));
+        assert_eq!(breaker.state(), Closed);
+        assert_eq!(breaker.failure_count(), 0, "closed: the window, empty");
+    }
+
+    #[test]
+    fn the_cooldown_reported_is_the_current_openings() {
+        let t0 = Instant::now();
+        let breaker = closed(params());
+        assert_eq!(breaker.cooldown(), secs(30), "closed: the configured one");
+        assert_eq!(breaker.params().failure_threshold, 3);
+        let mut breaker = half_open(t0);
+        assert_eq!(
+            breaker.cooldown(),
+            secs(30),
+            "half-open: the last opening's"
+        );
+        breaker.record(Failure, true, t0 + secs(30));
+        assert_eq!(breaker.cooldown(), secs(60), "re-opened: doubled");
+        breaker.poll(t0 + secs(90));
+        assert_eq!(
+            breaker.cooldown(),
+            secs(60),
+            "half-open again: that opening's"
         );
     }
 

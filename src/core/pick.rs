@@ -1,8 +1,11 @@
 //! Pure replica selection. Each function gets the replicas and a way to read
 //! each one's figure, `None` meaning "its breaker refuses traffic", and
 //! returns the index of the chosen one. Nothing here allocates.
+//! [`past_ejection_cap`] decides when open breakers take early probes.
 
 use rand::Rng;
+
+use crate::core::breaker::BreakerState;
 
 /// The replica with the fewest in-flight requests; ties broken at random.
 pub fn least_load<T>(
@@ -62,6 +65,29 @@ pub fn round_robin<T>(items: &[T], cursor: usize, admits: impl Fn(&T) -> bool) -
     (0..len)
         .map(|step| (cursor + step) % len)
         .find(|&index| admits(&items[index]))
+}
+
+/// Whether a service's open replicas should take early probes (before
+/// their cooldowns end): only while more than `max_ejection_percent` of the
+/// `states` are open and at least one replica is still closed and serving.
+/// Then the cap protects capacity: the replicas left carry the ejected
+/// ones' share, so a recovered one should rejoin soon. When no replica is
+/// closed, the service is failing as a whole and there is no capacity to
+/// protect: open breakers refuse every call until their cooldowns end.
+pub fn past_ejection_cap(
+    states: impl IntoIterator<Item = BreakerState>,
+    max_ejection_percent: u32,
+) -> bool {
+    let (mut open, mut closed, mut total) = (0usize, 0usize, 0usize);
+    for state in states {
+        total += 1;
+        match state {
+            BreakerState::Open => open += 1,
+            BreakerState::Closed => closed += 1,
+            BreakerState::HalfOpen => {}
+        }
+    }
+    closed > 0 && open * 100 > total * max_ejection_percent as usize
 }
 
 /// The `p2c_ewma` score: latency times load, so a fast busy replica and a
@@ -139,6 +165,36 @@ mod tests {
         assert_eq!(round_robin(&admits, 5, |a| *a), Some(2));
         assert_eq!(round_robin(&[false, false], 0, |a| *a), None);
         assert_eq!(round_robin::<bool>(&[], 0, |a| *a), None);
+    }
+
+    #[test]
+    fn open_replicas_are_probed_early_only_past_the_cap_while_one_still_serves() {
+        use crate::core::breaker::BreakerState::{Closed, HalfOpen, Open};
+        assert!(!past_ejection_cap([Open], 50), "one replica, failing");
+        assert!(
+            !past_ejection_cap([Open, Open], 50),
+            "every replica failing"
+        );
+        assert!(
+            !past_ejection_cap([Open, Open, HalfOpen], 50),
+            "none closed: a half-open one is on trial, not serving"
+        );
+        assert!(
+            !past_ejection_cap([Open, Closed], 50),
+            "at the cap, not past it"
+        );
+        assert!(past_ejection_cap([Open, Open, Closed], 50));
+        assert!(past_ejection_cap([Open, Open, Open, Closed], 50));
+        assert!(
+            !past_ejection_cap([Open, Open, Open, Closed], 100),
+            "100: never"
+        );
+        assert!(
+            past_ejection_cap([Open, Closed, Closed, Closed], 0),
+            "0: always"
+        );
+        assert!(!past_ejection_cap([Closed, Closed], 0), "nothing open");
+        assert!(!past_ejection_cap([], 0), "no replicas");
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod status;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use log::{info, warn};
@@ -529,7 +529,8 @@ impl Handler<Drain> for Replica {
 pub struct BreakerReport {
     /// Current state.
     pub state: BreakerState,
-    /// Failures in the current window.
+    /// Closed: failures in the current window; open or half-open: the
+    /// failures that opened it.
     pub failure_count: usize,
     /// Probe successes while half-open.
     pub success_count: u32,
@@ -537,6 +538,17 @@ pub struct BreakerReport {
     pub stats: BreakerStats,
     /// Requests turned away while this breaker refused traffic.
     pub total_rejections: u64,
+    /// Failures within `window` that open it, as configured.
+    pub failure_threshold: u32,
+    /// The window failures are counted in, as configured.
+    pub window: Duration,
+    /// The first cooldown after closing, as configured.
+    pub cooldown: Duration,
+    /// The current opening's cooldown (the last one's while half-open),
+    /// doubled by each re-open; see [`CircuitBreaker::cooldown`].
+    pub current_cooldown: Duration,
+    /// When an open breaker's cooldown ends.
+    pub cooldown_ends_at: Option<SystemTime>,
 }
 
 /// Asks for a [`BreakerReport`].
@@ -548,12 +560,22 @@ impl Handler<Inspect> for Replica {
     type Result = MessageResult<Inspect>;
 
     fn handle(&mut self, _: Inspect, _: &mut Context<Self>) -> Self::Result {
+        let params = self.breaker.params();
+        let now = (Instant::now(), SystemTime::now());
         MessageResult(BreakerReport {
             state: self.breaker.state(),
             failure_count: self.breaker.failure_count(),
             success_count: self.breaker.success_count(),
             stats: self.breaker.stats().clone(),
             total_rejections: self.endpoint.status.rejections(),
+            failure_threshold: params.failure_threshold,
+            window: params.window,
+            cooldown: params.cooldown.delay(0),
+            current_cooldown: self.breaker.cooldown(),
+            cooldown_ends_at: self
+                .breaker
+                .open_until()
+                .map(|until| now.1 + until.saturating_duration_since(now.0)),
         })
     }
 }
