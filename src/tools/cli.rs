@@ -72,6 +72,12 @@ pub enum Command {
         /// Set HTTP_PROXY/NO_PROXY in the app containers to use the sidecar.
         #[arg(long)]
         proxy_env: bool,
+        /// Point each one-port Service that selects an injected pod at the
+        /// sidecar's inbound listener (15006); needs `listeners.inbound` in
+        /// the sidecar's config. Without it, such Services are named on
+        /// stderr: their callers bypass the inbound listener.
+        #[arg(long)]
+        retarget_service: bool,
     },
     /// Start three local demo replicas (one flaky, one slow), a demo app and
     /// the sidecar in front of them, and print the curl commands to try.
@@ -103,6 +109,7 @@ impl Cli {
                 service_account,
                 legacy,
                 proxy_env,
+                retarget_service,
             } => inject_file(
                 &file,
                 &Options {
@@ -111,6 +118,7 @@ impl Cli {
                     service_account,
                     legacy,
                     proxy_env,
+                    retarget_service,
                 },
             ),
             Command::Demo {
@@ -186,15 +194,19 @@ fn inject_file(path: &Path, options: &Options) -> ExitCode {
         eprintln!("outrigger inject: {name}: cannot read it: {err}");
         return ExitCode::FAILURE;
     }
-    let output = match inject(&input, options) {
-        Ok(output) => output,
+    let injected = match inject(&input, options) {
+        Ok(injected) => injected,
         Err(err) => {
             eprintln!("outrigger inject: {name}: {err}");
             return ExitCode::FAILURE;
         }
     };
+    let mut stderr = std::io::stderr().lock();
+    for note in &injected.notes {
+        let _ = writeln!(stderr, "outrigger inject: {name}: {note}");
+    }
     // Not print!: it panics when the reader of a pipe has gone.
-    match std::io::stdout().lock().write_all(output.as_bytes()) {
+    match std::io::stdout().lock().write_all(injected.yaml.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("outrigger inject: cannot write the result: {err}");
