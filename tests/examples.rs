@@ -1,5 +1,5 @@
 //! The ready-made configs in `sidecar-config/examples/`: each passes
-//! `outrigger check`, and each shows its headline behaviour when run with
+//! `outrigger check` without the runtime secrets, and each shows its headline behaviour when run with
 //! its listeners on ephemeral ports and its endpoints on test upstreams
 //! (or, for the registry example, a test registry listing them).
 
@@ -60,27 +60,48 @@ async fn get(url: &str, authorization: Option<&str>) -> (u16, Option<String>) {
     (response.status().as_u16(), x_cache(&response))
 }
 
-#[test]
-fn every_example_passes_check() {
-    let mut checked = 0;
-    for entry in std::fs::read_dir(EXAMPLES).expect("the examples folder") {
+/// Every `.yaml` under `dir`, at any depth.
+fn yaml_files(dir: &std::path::Path, into: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("a shipped config folder") {
         let path = entry.expect("an entry").path();
+        if path.is_dir() {
+            yaml_files(&path, into);
+        } else if path
+            .extension()
+            .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        {
+            into.push(path);
+        }
+    }
+}
+
+/// What CI does: `check` each shipped config on a machine without the
+/// runtime secrets (an empty environment). A missing secret is a warning
+/// naming its key path, never a failure.
+#[test]
+fn every_shipped_config_passes_check_without_the_secrets() {
+    let mut files = Vec::new();
+    yaml_files(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config")),
+        &mut files,
+    );
+    assert!(files.len() >= 5, "only {files:?}");
+    for path in files {
         let output = Command::new(env!("CARGO_BIN_EXE_outrigger"))
             .arg("check")
             .arg("--config")
             .arg(&path)
-            .env("JWT_SECRET", SECRET)
+            .env_clear()
             .output()
             .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{}: {stderr}", path.display());
         assert!(
-            output.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr)
+            !stderr.contains("problem(s)"),
+            "{}: {stderr}",
+            path.display()
         );
-        checked += 1;
     }
-    assert!(checked >= 4, "only {checked} examples");
 }
 
 #[actix_web::test]

@@ -577,13 +577,14 @@ proptest! {
     }
 }
 
-fn options(legacy: bool) -> Options {
+fn options(legacy: bool, retarget_service: bool) -> Options {
     Options {
         image: "outrigger:fuzz".to_string(),
         config_map: "outrigger-config".to_string(),
         service_account: None,
         legacy,
         proxy_env: true,
+        retarget_service,
     }
 }
 
@@ -653,11 +654,13 @@ proptest! {
     fn any_manifest_is_injected_once_or_refused_clearly(
         text in prop_oneof![manifest(), pieces(YAML_PIECES, 40)],
         legacy in any::<bool>(),
+        retarget in any::<bool>(),
     ) {
-        match inject(&text, &options(legacy)) {
+        let options = options(legacy, retarget);
+        match inject(&text, &options) {
             Ok(injected) => {
-                let again = inject(&injected, &options(legacy));
-                prop_assert_eq!(again.as_ref(), Ok(&injected), "injecting twice is a no-op");
+                let again = inject(&injected.yaml, &options).map(|again| again.yaml);
+                prop_assert_eq!(again, Ok(injected.yaml), "injecting twice is a no-op");
             }
             Err(error) => {
                 prop_assert!(error.document >= 1, "{error}");

@@ -478,6 +478,120 @@ fn proxy_env_goes_to_app_containers_and_keeps_their_own() {
 }
 
 #[test]
+fn proxy_env_merges_into_the_apps_no_proxy_instead_of_contradicting_it() {
+    let input = "apiVersion: v1
+kind: Pod
+metadata: { name: p }
+spec:
+  containers:
+    - name: app
+      env: [{ name: NO_PROXY, value: \".corp.example, 10.0.0.0/8\" }]
+";
+    let output = inject(&["--proxy-env", "-"], input);
+    let pod: Pod = strict(&documents(&output)[0]);
+    let spec = pod.spec.expect("a pod spec");
+    let app = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "app")
+        .expect("app");
+    let no_proxy: BTreeMap<&str, Option<&str>> = app
+        .env
+        .iter()
+        .flatten()
+        .filter(|var| var.name.eq_ignore_ascii_case("no_proxy"))
+        .map(|var| (var.name.as_str(), var.value.as_deref()))
+        .collect();
+    let merged = Some(".corp.example,10.0.0.0/8,localhost,127.0.0.1,::1");
+    assert_eq!(
+        no_proxy,
+        BTreeMap::from([("NO_PROXY", merged), ("no_proxy", merged)])
+    );
+}
+
+/// A Deployment with three Services: `web` in front of it (one port),
+/// `web-admin` in front of it with two ports, `db` in front of other pods.
+const SERVICES: &str = "apiVersion: v1
+kind: Service
+metadata: { name: web }
+spec: { selector: { app: web }, ports: [{ name: http, port: 80, targetPort: 8080 }] }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web-admin }
+spec:
+  selector: { app: web }
+  ports: [{ name: http, port: 80, targetPort: 8080 }, { name: metrics, port: 9090 }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: db }
+spec: { selector: { app: db }, ports: [{ port: 5432 }] }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web }
+spec:
+  selector: { matchLabels: { app: web } }
+  template:
+    metadata: { labels: { app: web, tier: front } }
+    spec: { containers: [{ name: web, image: example/web }] }
+";
+
+/// The `targetPort` of each port of each Service in `yaml`, by Service name.
+fn target_ports(yaml: &str) -> BTreeMap<String, Vec<Option<IntOrString>>> {
+    objects(&documents(yaml))
+        .iter()
+        .filter(|object| kind(object) == "Service")
+        .map(|object| {
+            let service: Service = strict(object);
+            let ports = service.spec.and_then(|spec| spec.ports).unwrap_or_default();
+            (
+                service.metadata.name.unwrap_or_default(),
+                ports.into_iter().map(|port| port.target_port).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn inject_says_which_services_bypass_the_inbound_listener_and_retargets_them_when_asked() {
+    let before = target_ports(SERVICES);
+    let output = outrigger(&["inject", "-"], SERVICES);
+    assert!(output.status.success());
+    assert_eq!(
+        target_ports(&String::from_utf8_lossy(&output.stdout)),
+        before
+    );
+    let notes = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = notes.lines().collect();
+    assert_eq!(lines.len(), 2, "{notes}");
+    assert!(lines[0].starts_with("outrigger inject: (stdin): Service web: callers of port http (80 -> 8080) still reach the app directly, bypassing the sidecar's inbound listener"), "{notes}");
+    assert!(lines[1].starts_with("outrigger inject: (stdin): Service web-admin: callers of port http (80 -> 8080), port metrics (9090 -> 9090) still reach"), "{notes}");
+
+    let output = outrigger(&["inject", "--retarget-service", "-"], SERVICES);
+    assert!(output.status.success());
+    let retargeted = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut wanted = before.clone();
+    wanted.insert("web".into(), vec![Some(IntOrString::Int(15006))]);
+    assert_eq!(target_ports(&retargeted), wanted);
+    let notes = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        notes.lines().collect::<Vec<_>>(),
+        [
+            "outrigger inject: (stdin): Service web: port http (80 -> 8080) now targets the sidecar's inbound listener (15006); the config must set listeners.inbound with app: \"http://127.0.0.1:8080\"",
+            "outrigger inject: (stdin): Service web-admin: not retargeted: it has 2 ports (port http (80 -> 8080), port metrics (9090 -> 9090)) and the inbound listener fronts one app port; set targetPort: 15006 on the one listeners.inbound.app serves",
+        ]
+    );
+    let again = outrigger(&["inject", "--retarget-service", "-"], &retargeted);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        retargeted,
+        "a second pass changes nothing"
+    );
+}
+
+#[test]
 fn image_config_map_and_service_account_come_from_the_flags() {
     let args = [
         "--image",

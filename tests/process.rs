@@ -84,7 +84,9 @@ fn check_places_syntax_errors_and_missing_keys_but_not_environment_problems() {
     let inbound = "listeners:\n  inbound: { app: \"http://127.0.0.1:8080\" }\ninbound:\n  auth:\n    jwt: {}\n  cache: {}\n";
     let (file, stderr) = failing_check(&dir, "env.yaml", inbound, &[("CACHE_DEFAULT_TTL", "soon")]);
     for line in [
-        format!("{file}:5:5: inbound.auth.jwt.secret_env: the environment variable JWT_SECRET"),
+        format!(
+            "{file}:5:5: warning: inbound.auth.jwt.secret_env: the environment variable JWT_SECRET"
+        ),
         format!("{file}: CACHE_DEFAULT_TTL: expected seconds or a duration, got \"soon\""),
     ] {
         assert!(
@@ -114,6 +116,82 @@ fn check_accepts_the_shipped_config_and_summarises_it() {
     assert!(
         stdout.contains("service budgeting: 2 endpoints"),
         "{stdout}"
+    );
+}
+
+/// `outrigger check` on `file` with `args` and no `JWT_SECRET`: exit code,
+/// stdout and stderr.
+fn check_without_secrets(file: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["check", "--config", file])
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .env_remove("OUTRIGGER_API_KEYS")
+        .output()
+        .expect("run check");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+const API_GATEWAY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/sidecar-config/examples/api-gateway.yaml"
+);
+
+#[test]
+fn check_warns_of_a_missing_secret_and_strict_env_refuses_it() {
+    let secret_env = "inbound.auth.jwt.secret_env: the environment variable JWT_SECRET holding the HMAC secret is not set";
+
+    let (code, stdout, stderr) = check_without_secrets(API_GATEWAY, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("{API_GATEWAY}: ok")),
+        "{stdout}"
+    );
+    let warning = format!("{API_GATEWAY}:20:7: warning: {secret_env}");
+    assert!(
+        stderr.lines().any(|l| l == warning),
+        "no {warning:?} in:\n{stderr}"
+    );
+
+    let (code, stdout, stderr) = check_without_secrets(API_GATEWAY, &["--strict-env"]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{API_GATEWAY}: 1 problem(s)"),
+            format!("{API_GATEWAY}:20:7: {secret_env}"),
+        ]
+    );
+}
+
+#[test]
+fn check_summarises_in_the_configs_own_words_with_the_inbound_listener() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["check", "--config", API_GATEWAY])
+        .env("JWT_SECRET", "s3cret")
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            format!("{API_GATEWAY}: ok"),
+            "  listeners: outbound 127.0.0.1:15001, inbound 0.0.0.0:15006 (app 127.0.0.1:8080), admin 0.0.0.0:15090".to_string(),
+            "  inbound: auth.jwt, cache, cors".to_string(),
+            "  discovery: static, refresh 30s".to_string(),
+            "  service catalog: 1 endpoint, timeout 3s, least_load".to_string(),
+        ]
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 

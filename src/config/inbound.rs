@@ -481,11 +481,14 @@ fn read_jwt(
             match env(&variable) {
                 Some(secret) if !secret.is_empty() => Some(JwtKeys::Secret(secret.into_bytes())),
                 _ => {
-                    problems.add(
-                        &t.path_of("secret_env"),
-                        format!("the environment variable {variable} holding the HMAC secret is not set"),
+                    let path = t.path_of("secret_env");
+                    let message = format!(
+                        "the environment variable {variable} holding the HMAC secret is not set"
                     );
-                    None
+                    // An empty secret stands in only where the config is checked, not run.
+                    problems
+                        .missing_secret(&path, message)
+                        .then(|| JwtKeys::Secret(Vec::new()))
                 }
             }
         }
@@ -564,8 +567,9 @@ fn read_api_keys(
             }
         }
     };
-    if let Some(file) = t.get::<String>("keys_file", problems) {
-        match std::fs::read_to_string(&file) {
+    let keys_file: Option<String> = t.get("keys_file", problems);
+    if let Some(file) = &keys_file {
+        match std::fs::read_to_string(file) {
             Ok(text) => add(&t.path_of("keys_file"), &text, problems),
             Err(err) => problems.add(
                 &t.path_of("keys_file"),
@@ -576,8 +580,18 @@ fn read_api_keys(
     let variable: String = t
         .get("keys_env", problems)
         .unwrap_or_else(|| "OUTRIGGER_API_KEYS".to_string());
-    if let Some(text) = env(&variable) {
-        add(&variable, &text, problems);
+    match env(&variable) {
+        Some(text) => add(&variable, &text, problems),
+        None if keys_file.is_none() => {
+            problems.missing_secret(
+                &t.path_of("keys_env"),
+                format!(
+                    "the environment variable {variable} holding the API keys is not set, \
+                     and there is no keys_file: no key would be accepted"
+                ),
+            );
+        }
+        None => {}
     }
     ApiKeysConfig { header, keys }
 }

@@ -31,7 +31,9 @@ pub use inbound::{
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
-pub use reader::{format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass};
+pub use reader::{
+    format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
+};
 pub(crate) use reader::{FromYaml, Problems, Table};
 
 /// Everything the sidecar needs to run.
@@ -91,6 +93,19 @@ pub struct ReloadConfig {
     /// applied once it has held still for one interval.
     #[serde(serialize_with = "as_duration")]
     pub interval: Duration,
+}
+
+/// A config read by [`Config::check_file`], with what it warned about.
+#[derive(Debug)]
+pub struct Checked {
+    /// The config, or every problem with its key path. With
+    /// [`SecretEnv::Optional`], a missing secret is a stand-in, so the
+    /// config is for showing, never for running.
+    pub outcome: Result<Config, Vec<ConfigError>>,
+    /// What would stop the sidecar where the file was checked but may be
+    /// set where it runs (a secret's environment variable), with key paths;
+    /// always empty with [`SecretEnv::Required`].
+    pub warnings: Vec<ConfigError>,
 }
 
 /// The sidecar's listening sockets.
@@ -170,15 +185,24 @@ pub enum LoadBalancer {
     RoundRobin,
 }
 
+impl LoadBalancer {
+    /// The name config files use (`least_load`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LeastLoad => "least_load",
+            Self::P2cEwma => "p2c_ewma",
+            Self::RoundRobin => "round_robin",
+        }
+    }
+}
+
 impl FromYaml for LoadBalancer {
     const EXPECTED: &'static str = "one of least_load, p2c_ewma, round_robin";
     fn from_yaml(value: &Value) -> Option<Self> {
-        match value.as_str()? {
-            "least_load" => Some(Self::LeastLoad),
-            "p2c_ewma" => Some(Self::P2cEwma),
-            "round_robin" => Some(Self::RoundRobin),
-            _ => None,
-        }
+        let name = value.as_str()?;
+        [Self::LeastLoad, Self::P2cEwma, Self::RoundRobin]
+            .into_iter()
+            .find(|balancer| balancer.as_str() == name)
     }
 }
 
@@ -359,14 +383,7 @@ impl Config {
         path: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            vec![ConfigError {
-                path: path.display().to_string(),
-                message: format!("cannot read the config file: {err}"),
-                position: None,
-            }]
-        })?;
-        Config::from_yaml(&text, env)
+        Config::check_file(path, env, SecretEnv::Required).outcome
     }
 
     /// Parses and validates config text; `env` looks up override variables.
@@ -375,36 +392,84 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
-        let root: Value = serde_norway::from_str(text).map_err(|err| {
-            vec![ConfigError {
-                path: "(file)".to_string(),
-                message: format!("not valid YAML: {err}"),
-                position: err.location().map(|at| Position {
-                    line: at.line(),
-                    column: at.column(),
-                }),
-            }]
-        })?;
-        Config::from_document(root, env).map_err(|mut errors| {
-            locate::Locator::new(text).place(&mut errors);
-            errors
-        })
+        Config::read(text, env, SecretEnv::Required).outcome
     }
 
-    /// Reads and validates a parsed YAML document; `env` looks up override
-    /// variables. Errors name key paths but no positions.
+    /// Reads and validates a parsed YAML document as `run` does; `env`
+    /// looks up override variables. Errors name key paths but no positions.
     pub fn from_document(
         root: Value,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
-        let mut problems = Problems::default();
-        match read_config(&root, env, &mut problems) {
-            Some(mut config) if problems.is_empty() => {
+        Config::read_document(root, env, SecretEnv::Required).outcome
+    }
+
+    /// Reads and validates a config file as `outrigger check` does: with
+    /// [`SecretEnv::Optional`], a secret variable that is not set is a
+    /// warning, and the config read is for showing, not for running.
+    pub fn check_file(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: SecretEnv,
+    ) -> Checked {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::read(&text, env, secrets),
+            Err(err) => Checked {
+                outcome: Err(vec![ConfigError {
+                    path: path.display().to_string(),
+                    message: format!("cannot read the config file: {err}"),
+                    position: None,
+                }]),
+                warnings: Vec::new(),
+            },
+        }
+    }
+
+    /// Parses `text` and reads it, placing each error and warning in it.
+    fn read(text: &str, env: &dyn Fn(&str) -> Option<String>, secrets: SecretEnv) -> Checked {
+        let root: Value = match serde_norway::from_str(text) {
+            Ok(root) => root,
+            Err(err) => {
+                let error = ConfigError {
+                    path: "(file)".to_string(),
+                    message: format!("not valid YAML: {err}"),
+                    position: err.location().map(|at| Position {
+                        line: at.line(),
+                        column: at.column(),
+                    }),
+                };
+                return Checked {
+                    outcome: Err(vec![error]),
+                    warnings: Vec::new(),
+                };
+            }
+        };
+        let mut checked = Config::read_document(root, env, secrets);
+        let locator = locate::Locator::new(text);
+        locator.place(&mut checked.warnings);
+        if let Err(errors) = &mut checked.outcome {
+            locator.place(errors);
+        }
+        checked
+    }
+
+    /// Reads `root`; the config keeps it as its [`Config::document`].
+    fn read_document(
+        root: Value,
+        env: &dyn Fn(&str) -> Option<String>,
+        secrets: SecretEnv,
+    ) -> Checked {
+        let mut problems = Problems::with_secrets(secrets);
+        let config = read_config(&root, env, &mut problems);
+        let (errors, warnings) = problems.into_errors_and_warnings();
+        let outcome = match config {
+            Some(mut config) if errors.is_empty() => {
                 config.document = Arc::new(root);
                 Ok(config)
             }
-            _ => Err(problems.into_vec()),
-        }
+            _ => Err(errors),
+        };
+        Checked { outcome, warnings }
     }
 
     /// The service named `name`, if configured.
@@ -607,11 +672,13 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
 }
 
 fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) -> BreakerConfig {
+    let cooldown: Option<Duration> = t.get("cooldown", problems);
+    let max_cooldown: Option<Duration> = t.get("max_cooldown", problems);
     let breaker = BreakerConfig {
         failure_threshold: t.get_or("failure_threshold", base.failure_threshold, problems),
         window: t.get_or("window", base.window, problems),
-        cooldown: t.get_or("cooldown", base.cooldown, problems),
-        max_cooldown: t.get_or("max_cooldown", base.max_cooldown, problems),
+        cooldown: cooldown.unwrap_or(base.cooldown),
+        max_cooldown: max_cooldown.unwrap_or(base.max_cooldown),
         success_threshold: t.get_or("success_threshold", base.success_threshold, problems),
         half_open_max_probes: t.get_or("half_open_max_probes", base.half_open_max_probes, problems),
     };
@@ -625,10 +692,28 @@ fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) ->
     positive(breaker.window, &t.path_of("window"), problems);
     positive(breaker.cooldown, &t.path_of("cooldown"), problems);
     if breaker.max_cooldown < breaker.cooldown {
-        problems.add(
-            &t.path_of("max_cooldown"),
-            "must not be shorter than cooldown",
-        );
+        // Name the key this table wrote: the other one may be inherited.
+        let (key, message) = if cooldown.is_some() || max_cooldown.is_none() {
+            (
+                "cooldown",
+                format!(
+                    "{} is above max_cooldown ({}{}): the cooldown only grows up to max_cooldown; lower it or raise max_cooldown",
+                    format_duration(breaker.cooldown),
+                    format_duration(breaker.max_cooldown),
+                    if max_cooldown.is_some() { "" } else { ", inherited" },
+                ),
+            )
+        } else {
+            (
+                "max_cooldown",
+                format!(
+                    "{} is below cooldown ({}, inherited): the cooldown only grows up to max_cooldown; raise it or lower cooldown",
+                    format_duration(breaker.max_cooldown),
+                    format_duration(breaker.cooldown),
+                ),
+            )
+        };
+        problems.add(&t.path_of(key), message);
     }
     breaker
 }
@@ -963,7 +1048,7 @@ defaults:
                 "discovery.source: expected one of static, file, registry, dns, kubernetes, got \"consul\"",
                 "discovery.refresh: must be longer than 0s",
                 "defaults.circuit_breaker.failure_threshold: must be at least 1",
-                "defaults.circuit_breaker.max_cooldown: must not be shorter than cooldown",
+                "defaults.circuit_breaker.cooldown: 10m is above max_cooldown (1m): the cooldown only grows up to max_cooldown; lower it or raise max_cooldown",
                 "defaults.retry.on[1]: expected connect_error, timeout or a 5xx status, got 404",
                 "defaults.retry.attempts: must be at least 1",
                 "defaults.retry.budget_percent: must be between 0 and 100",
@@ -971,6 +1056,54 @@ defaults:
                 "defaults.timeout: must be longer than 0s",
             ]
         );
+    }
+
+    #[test]
+    fn a_cooldown_above_max_cooldown_names_the_key_the_table_wrote() {
+        let service = |breaker: &str| {
+            format!(
+                "defaults: {{ circuit_breaker: {{ cooldown: 2m, max_cooldown: 4m }} }}
+services: [{{ name: a, endpoints: [\"127.0.0.1:1\"], circuit_breaker: {breaker} }}]"
+            )
+        };
+        assert_eq!(
+            errors(&service("{ cooldown: 10m }")),
+            vec!["services[0].circuit_breaker.cooldown: 10m is above max_cooldown (4m, inherited): the cooldown only grows up to max_cooldown; lower it or raise max_cooldown"]
+        );
+        assert_eq!(
+            errors(&service("{ max_cooldown: 1m }")),
+            vec!["services[0].circuit_breaker.max_cooldown: 1m is below cooldown (2m, inherited): the cooldown only grows up to max_cooldown; raise it or lower cooldown"]
+        );
+        assert!(
+            errors(&service("{ cooldown: 4m }")).is_empty(),
+            "equal is fine"
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_warning_only_when_secrets_are_optional() {
+        let text = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }
+inbound: { auth: { jwt: { secret_env: HS_KEY }, api_keys: {} } }";
+        let wanted = [
+            "inbound.auth.jwt.secret_env: the environment variable HS_KEY holding the HMAC secret is not set",
+            "inbound.auth.api_keys.keys_env: the environment variable OUTRIGGER_API_KEYS holding the API keys is not set, and there is no keys_file: no key would be accepted",
+        ];
+        let read = |secrets| Config::read(text, &no_env, secrets);
+        let shown = |errors: Vec<ConfigError>| -> Vec<String> {
+            errors.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            shown(read(SecretEnv::Required).outcome.unwrap_err()),
+            wanted
+        );
+        let checked = read(SecretEnv::Optional);
+        assert_eq!(shown(checked.warnings.clone()), wanted);
+        assert!(
+            checked.warnings.iter().all(|w| w.position.is_some()),
+            "warnings are placed in the file"
+        );
+        let config = checked.outcome.expect("valid without its secrets");
+        assert!(config.inbound.is_some_and(|i| i.auth.jwt.is_some()));
     }
 
     #[test]

@@ -56,6 +56,22 @@ impl fmt::Display for ConfigError {
 pub struct Problems {
     errors: Vec<ConfigError>,
     keys: Option<KeyLog>,
+    secrets: SecretEnv,
+    warnings: Vec<ConfigError>,
+}
+
+/// What a secret's environment variable that is not set (`JWT_SECRET`, the
+/// API keys' variable) means to the reader.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SecretEnv {
+    /// An error: the sidecar cannot run without it (`run`, reloads,
+    /// `check --strict-env`).
+    #[default]
+    Required,
+    /// A warning: the file is being checked where the runtime secrets are
+    /// not (`check` in CI); a stand-in takes the secret's place, so the
+    /// config read is for checking only, never for running.
+    Optional,
 }
 
 /// The key paths the reader accepted while reading one config, with list
@@ -112,8 +128,36 @@ impl Problems {
     /// Problems that also log every key path the tables accept.
     pub fn recording_keys() -> Self {
         Problems {
-            errors: Vec::new(),
             keys: Some(KeyLog::default()),
+            ..Problems::default()
+        }
+    }
+
+    /// Problems that treat a missing secret variable as `secrets` says.
+    pub fn with_secrets(secrets: SecretEnv) -> Self {
+        Problems {
+            secrets,
+            ..Problems::default()
+        }
+    }
+
+    /// Records that the secret at `path` is not in the environment: an error
+    /// when secrets are required, else a warning. True when reading may go
+    /// on with a stand-in for the secret.
+    pub fn missing_secret(&mut self, path: &str, message: impl Into<String>) -> bool {
+        match self.secrets {
+            SecretEnv::Required => {
+                self.add(path, message);
+                false
+            }
+            SecretEnv::Optional => {
+                self.warnings.push(ConfigError {
+                    path: path.to_string(),
+                    message: message.into(),
+                    position: None,
+                });
+                true
+            }
         }
     }
 
@@ -130,6 +174,11 @@ impl Problems {
     /// The problems found, in the order they were found.
     pub fn into_vec(self) -> Vec<ConfigError> {
         self.errors
+    }
+
+    /// The problems found, then the warnings, each in the order found.
+    pub fn into_errors_and_warnings(self) -> (Vec<ConfigError>, Vec<ConfigError>) {
+        (self.errors, self.warnings)
     }
 
     /// The key paths logged, when this was made with [`Problems::recording_keys`].

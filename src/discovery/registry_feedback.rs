@@ -8,6 +8,12 @@
 //! the differences are queued and sent at most once per [`FLUSH_EVERY`],
 //! one call after another, by a future beside the supervisor. A failed call
 //! puts what was not sent back in the queue for the next flush.
+//!
+//! Increments are only ever for replicas the registry lists: a replica that
+//! leaves the listing (or that we deregister) takes its pending increments
+//! with it, and a registry answering 404 for one has forgotten it, so its
+//! increments are dropped, not retried. Otherwise they would be retried for
+//! as long as the sidecar runs and land on the replica if it registers again.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -46,9 +52,6 @@ pub struct Reporter {
     client: awc::Client,
     /// The ids of the last listing.
     listed: Rc<RefCell<Ids>>,
-    /// The listed ids, plus those of replicas that left the listing but
-    /// still have counters, so their last requests are reported too.
-    known: Ids,
     deregister_on_trip: bool,
     outbox: Rc<RefCell<Outbox>>,
     /// Forwarded requests counted so far, by `(service, address)`.
@@ -71,7 +74,6 @@ impl Reporter {
             url,
             client,
             listed,
-            known: Ids::new(),
             deregister_on_trip,
             outbox: Rc::new(RefCell::new(Outbox::default())),
             counted: HashMap::new(),
@@ -110,14 +112,9 @@ impl Reporter {
             add_per_replica(family, &mut now);
         }
         let listed = self.listed.borrow();
-        self.known
-            .retain(|replica, _| listed.contains_key(replica) || now.contains_key(replica));
-        self.known.extend(
-            listed
-                .iter()
-                .map(|(replica, id)| (replica.clone(), id.clone())),
-        );
         let mut outbox = self.outbox.borrow_mut();
+        let listed_ids: HashSet<&String> = listed.values().collect();
+        outbox.increments.retain(|id, _| listed_ids.contains(id));
         for (replica, &count) in &now {
             let before = self.counted.get(replica).copied().unwrap_or(0);
             // A series deleted and made again between two ticks restarts from zero.
@@ -126,7 +123,7 @@ impl Reporter {
             } else {
                 count
             };
-            if let (Some(id), true) = (self.known.get(replica), new > 0) {
+            if let (Some(id), true) = (listed.get(replica), new > 0) {
                 *outbox.increments.entry(id.clone()).or_default() += new;
             }
         }
@@ -142,14 +139,16 @@ impl Reporter {
                 }
             }
         }
+        let listed = self.listed.borrow();
         let mut outbox = self.outbox.borrow_mut();
         for replica in open.difference(&self.open) {
-            match self.known.get(replica) {
+            match listed.get(replica) {
                 Some(id) => {
                     info!(
                         "registry: breaker of {}/{} opened; deregistering {id}",
                         replica.0, replica.1
                     );
+                    outbox.increments.remove(id);
                     outbox.deregister.push(id.clone());
                 }
                 None => warn!(
@@ -181,8 +180,18 @@ fn add_per_replica(family: &IntCounterVec, into: &mut HashMap<(String, String), 
     }
 }
 
-/// Sends the deregistrations, then one increment per forwarded request;
-/// on the first failure, puts back what was not sent.
+/// How one call to the registry went, when it did not succeed.
+enum Refused {
+    /// 404: the registry does not know the replica; asking again cannot help.
+    Unknown,
+    /// Anything else (no answer, another status): worth another try.
+    Failed(String),
+}
+
+/// Sends the deregistrations, then one increment per forwarded request. A
+/// replica the registry answers 404 for is done with: a deregistration of it
+/// is complete and its increments are dropped. On any other failure, puts
+/// back what was not sent.
 async fn flush(
     url: String,
     client: awc::Client,
@@ -195,19 +204,24 @@ async fn flush(
             .request(method, format!("{url}/{path}"))
             .query(&[("service_id", id)]);
         async move {
-            let response = request.map_err(|err| err.to_string())?.send().await;
-            match response {
+            let request = request.map_err(|err| Refused::Failed(err.to_string()))?;
+            match request.send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
-                Ok(r) => Err(format!("answered {}", r.status())),
-                Err(err) => Err(err.to_string()),
+                Ok(r) if r.status() == awc::http::StatusCode::NOT_FOUND => Err(Refused::Unknown),
+                Ok(r) => Err(Refused::Failed(format!("answered {}", r.status()))),
+                Err(err) => Err(Refused::Failed(err.to_string())),
             }
         }
     };
     let mut failure = None;
     while let Some(id) = deregister.first() {
-        if let Err(err) = call(awc::http::Method::DELETE, "deregister", id).await {
-            failure = Some(format!("DELETE {url}/deregister?service_id={id}: {err}"));
-            break;
+        match call(awc::http::Method::DELETE, "deregister", id).await {
+            Ok(()) => {}
+            Err(Refused::Unknown) => info!("registry: {id} was already deregistered (404)"),
+            Err(Refused::Failed(err)) => {
+                failure = Some(format!("DELETE {url}/deregister?service_id={id}: {err}"));
+                break;
+            }
         }
         deregister.remove(0);
     }
@@ -215,16 +229,23 @@ async fn flush(
         let Some(mut pending) = increments.first_entry() else {
             break;
         };
-        if let Err(err) = call(awc::http::Method::PUT, "increment", pending.key()).await {
-            failure = Some(format!(
-                "PUT {url}/increment?service_id={}: {err}",
-                pending.key()
-            ));
-            break;
-        }
-        *pending.get_mut() -= 1;
-        if *pending.get() == 0 {
-            pending.remove();
+        match call(awc::http::Method::PUT, "increment", pending.key()).await {
+            Ok(()) => {
+                *pending.get_mut() -= 1;
+                if *pending.get() == 0 {
+                    pending.remove();
+                }
+            }
+            Err(Refused::Unknown) => {
+                let (id, count) = pending.remove_entry();
+                info!("registry: it does not know {id} (404); dropping its {count} pending increment(s)");
+            }
+            Err(Refused::Failed(err)) => {
+                failure = Some(format!(
+                    "PUT {url}/increment?service_id={}: {err}",
+                    pending.key()
+                ));
+            }
         }
     }
     let mut outbox = outbox.borrow_mut();

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use actix_rt::signal::unix::SignalKind;
 use clap::{Parser, Subcommand};
 
-use crate::config::{format_duration, Config, ConfigError, SourceKind};
 use crate::reload::{ConfigFile, Trigger};
+use crate::tools::check::{check, report, Severity};
 use crate::tools::demo::DemoOptions;
 use crate::tools::inject::{inject, Options};
 use crate::Sidecar;
@@ -45,6 +45,11 @@ pub enum Command {
             default_value = "sidecar-config/sidecar.yaml"
         )]
         config: PathBuf,
+        /// Make a secret's environment variable that is not set (`JWT_SECRET`,
+        /// the API keys') an error, as it is for `run`; by default it is a
+        /// warning, so CI can check files without the runtime secrets.
+        #[arg(long)]
+        strict_env: bool,
     },
     /// Print Kubernetes YAML (Deployment, StatefulSet, DaemonSet, ReplicaSet,
     /// Job, CronJob, Pod, List; several documents) with the sidecar added.
@@ -67,6 +72,12 @@ pub enum Command {
         /// Set HTTP_PROXY/NO_PROXY in the app containers to use the sidecar.
         #[arg(long)]
         proxy_env: bool,
+        /// Point each one-port Service that selects an injected pod at the
+        /// sidecar's inbound listener (15006); needs `listeners.inbound` in
+        /// the sidecar's config. Without it, such Services are named on
+        /// stderr: their callers bypass the inbound listener.
+        #[arg(long)]
+        retarget_service: bool,
     },
     /// Start three local demo replicas (one flaky, one slow), a demo app and
     /// the sidecar in front of them, and print the curl commands to try.
@@ -90,7 +101,7 @@ impl Cli {
     pub fn execute(self) -> ExitCode {
         match self.command {
             Command::Run { config } => run(&config),
-            Command::Check { config } => check(&config),
+            Command::Check { config, strict_env } => check(&config, strict_env),
             Command::Inject {
                 file,
                 image,
@@ -98,6 +109,7 @@ impl Cli {
                 service_account,
                 legacy,
                 proxy_env,
+                retarget_service,
             } => inject_file(
                 &file,
                 &Options {
@@ -106,6 +118,7 @@ impl Cli {
                     service_account,
                     legacy,
                     proxy_env,
+                    retarget_service,
                 },
             ),
             Command::Demo {
@@ -130,7 +143,7 @@ fn run(path: &Path) -> ExitCode {
     let config = match file.load() {
         Ok(config) => config,
         Err(errors) => {
-            report_errors(path, &errors);
+            report(path, &errors, Severity::Error);
             return ExitCode::FAILURE;
         }
     };
@@ -165,41 +178,6 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            println!("{}: ok", path.display());
-            println!(
-                "  listeners: outbound {}, admin {}",
-                config.listeners.outbound.bind, config.listeners.admin
-            );
-            let source = config.discovery.source;
-            println!(
-                "  discovery: {}, refresh {}",
-                source.as_str(),
-                format_duration(config.discovery.refresh)
-            );
-            for service in &config.services {
-                let endpoints = match source {
-                    SourceKind::Static => format!("{} endpoints", service.endpoints.len()),
-                    other => format!("endpoints from {}", other.as_str()),
-                };
-                println!(
-                    "  service {}: {endpoints}, timeout {}, {:?}",
-                    service.name,
-                    format_duration(service.policy.timeout),
-                    service.policy.load_balancer
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            report_errors(path, &errors);
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn inject_file(path: &Path, options: &Options) -> ExitCode {
     let name = if path == Path::new("-") {
         String::from("(stdin)")
@@ -216,15 +194,19 @@ fn inject_file(path: &Path, options: &Options) -> ExitCode {
         eprintln!("outrigger inject: {name}: cannot read it: {err}");
         return ExitCode::FAILURE;
     }
-    let output = match inject(&input, options) {
-        Ok(output) => output,
+    let injected = match inject(&input, options) {
+        Ok(injected) => injected,
         Err(err) => {
             eprintln!("outrigger inject: {name}: {err}");
             return ExitCode::FAILURE;
         }
     };
+    let mut stderr = std::io::stderr().lock();
+    for note in &injected.notes {
+        let _ = writeln!(stderr, "outrigger inject: {name}: {note}");
+    }
     // Not print!: it panics when the reader of a pipe has gone.
-    match std::io::stdout().lock().write_all(output.as_bytes()) {
+    match std::io::stdout().lock().write_all(injected.yaml.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("outrigger inject: cannot write the result: {err}");
@@ -238,21 +220,6 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
         _ => Err(format!("expected a number from 0 to 1, got {text:?}")),
-    }
-}
-
-/// Prints a count, then one line per error as `FILE:LINE:COLUMN: path: problem`
-/// (`FILE: path: problem` when the text does not place it), the form
-/// editors jump from.
-fn report_errors(path: &Path, errors: &[ConfigError]) {
-    let mut stderr = std::io::stderr().lock();
-    let file = path.display();
-    let _ = writeln!(stderr, "{file}: {} problem(s)", errors.len());
-    for error in errors {
-        let _ = match error.position {
-            Some(at) => writeln!(stderr, "{file}:{at}: {error}"),
-            None => writeln!(stderr, "{file}: {error}"),
-        };
     }
 }
 

@@ -1,6 +1,8 @@
 //! A service registry for tests, speaking the registry protocol the
 //! `registry` discovery source reads: `GET /services`, `PUT /increment`,
 //! `DELETE /deregister`, each recorded so tests can see what was asked.
+//! Like a real registry, it answers 404 to a call naming a replica it does
+//! not list.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +28,11 @@ struct RegistryState {
     replicas: Mutex<Vec<(String, String, String, bool)>>,
     /// Answer `/services` in the seed's shape instead of ours.
     seed_shape: AtomicBool,
+    /// Answer 503 to every `PUT /increment` (an outage of that call only).
+    refuse_increments: AtomicBool,
     increments: Mutex<HashMap<String, u64>>,
+    /// `PUT /increment` calls naming a replica not listed, answered 404.
+    unknown_increments: Mutex<HashMap<String, u64>>,
     deregistered: Mutex<Vec<String>>,
 }
 
@@ -64,7 +70,7 @@ impl Registry {
         self.state.replicas.lock().expect("lock").push(entry);
     }
 
-    /// Stops listing replica `id`.
+    /// Deregisters replica `id`: stops listing it and answers 404 to calls naming it.
     pub fn remove(&self, id: &str) {
         self.state
             .replicas
@@ -73,10 +79,21 @@ impl Registry {
             .retain(|r| r.0 != id);
     }
 
-    /// How many `PUT /increment` calls named replica `id`.
+    /// How many `PUT /increment` calls named replica `id` while it was listed.
     pub fn increments(&self, id: &str) -> u64 {
         let increments = self.state.increments.lock().expect("lock");
         increments.get(id).copied().unwrap_or(0)
+    }
+
+    /// How many `PUT /increment` calls named `id` while it was not listed.
+    pub fn unknown_increments(&self, id: &str) -> u64 {
+        let unknown = self.state.unknown_increments.lock().expect("lock");
+        unknown.get(id).copied().unwrap_or(0)
+    }
+
+    /// Answer every `PUT /increment` with 503 (`true`), or as usual again.
+    pub fn refuse_increments(&self, refuse: bool) {
+        self.state.refuse_increments.store(refuse, Ordering::SeqCst);
     }
 
     /// The replica ids `DELETE /deregister` named, in order.
@@ -123,14 +140,22 @@ async fn list(state: web::Data<RegistryState>) -> HttpResponse {
 type IdQuery = web::Query<HashMap<String, String>>;
 
 async fn increment(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
-    with_id(&query, |id| {
+    if state.refuse_increments.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    with_listed_id(&state, &query, |id| {
         let mut increments = state.increments.lock().expect("lock");
         *increments.entry(id.to_string()).or_default() += 1;
+    })
+    .unwrap_or_else(|id| {
+        let mut unknown = state.unknown_increments.lock().expect("lock");
+        *unknown.entry(id).or_default() += 1;
+        HttpResponse::NotFound().finish()
     })
 }
 
 async fn deregister(state: web::Data<RegistryState>, query: IdQuery) -> HttpResponse {
-    with_id(&query, |id| {
+    with_listed_id(&state, &query, |id| {
         state.replicas.lock().expect("lock").retain(|r| r.0 != id);
         state
             .deregistered
@@ -138,15 +163,28 @@ async fn deregister(state: web::Data<RegistryState>, query: IdQuery) -> HttpResp
             .expect("lock")
             .push(id.to_string());
     })
+    .unwrap_or_else(|_| HttpResponse::NotFound().finish())
 }
 
-/// Runs `record` with the `service_id` of the query: 200, or 400 without one.
-fn with_id(query: &IdQuery, record: impl FnOnce(&str)) -> HttpResponse {
-    match query.get("service_id") {
-        Some(id) => {
-            record(id);
-            HttpResponse::Ok().json(json!({"ok": true}))
-        }
-        None => HttpResponse::BadRequest().finish(),
+/// Runs `record` with the `service_id` of the query when that replica is
+/// listed: 200, or 400 without an id; `Err(id)` when it is not listed.
+fn with_listed_id(
+    state: &RegistryState,
+    query: &IdQuery,
+    record: impl FnOnce(&str),
+) -> Result<HttpResponse, String> {
+    let Some(id) = query.get("service_id") else {
+        return Ok(HttpResponse::BadRequest().finish());
+    };
+    let listed = state
+        .replicas
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|r| &r.0 == id);
+    if !listed {
+        return Err(id.clone());
     }
+    record(id);
+    Ok(HttpResponse::Ok().json(json!({"ok": true})))
 }

@@ -6,9 +6,12 @@
 //! whose pod template already has a container or init container named
 //! `outrigger` is left as it is, which makes injecting twice a no-op.
 //! Empty documents are dropped; a document that is not YAML or not a
-//! mapping is refused with its index (counted from 1).
+//! mapping is refused with its index (counted from 1). Services that send
+//! callers to an injected pod are looked at after every workload is
+//! injected (`service`), wherever they are in the stream.
 
 mod pod;
+mod service;
 
 use std::fmt;
 
@@ -29,6 +32,27 @@ pub struct Options {
     pub legacy: bool,
     /// Give app containers `HTTP_PROXY`/`NO_PROXY` pointing at the sidecar.
     pub proxy_env: bool,
+    /// Point the `targetPort` of each one-port Service that selects an
+    /// injected pod at the sidecar's inbound listener.
+    pub retarget_service: bool,
+}
+
+/// The injected stream, and what the user should know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    /// The documents printed back, separated by `---`.
+    pub yaml: String,
+    /// One line per thing left for the user to do or decide (a Service
+    /// callers still reach the app through, a proxy variable not merged).
+    pub notes: Vec<String>,
+}
+
+/// What injecting the workloads found, for the Services and the notes.
+#[derive(Default)]
+struct Found {
+    /// The labels of each injected pod template.
+    labels: Vec<Mapping>,
+    notes: Vec<String>,
 }
 
 /// Why a document could not be injected.
@@ -56,9 +80,10 @@ impl fmt::Display for InjectError {
 impl std::error::Error for InjectError {}
 
 /// Injects the sidecar into every workload of a multi-document YAML stream
-/// and returns the stream printed back, documents separated by `---`.
-pub fn inject(input: &str, options: &Options) -> Result<String, InjectError> {
-    let mut printed = Vec::new();
+/// and returns the stream printed back, with notes for the user.
+pub fn inject(input: &str, options: &Options) -> Result<Injected, InjectError> {
+    let mut documents = Vec::new();
+    let mut found = Found::default();
     for (index, document) in serde_norway::Deserializer::from_str(input).enumerate() {
         let number = index + 1;
         let refuse = |object: &str, message: String| InjectError {
@@ -80,19 +105,55 @@ pub fn inject(input: &str, options: &Options) -> Result<String, InjectError> {
                 ),
             ));
         };
-        inject_object(object, options).map_err(|(object, message)| refuse(&object, message))?;
-        let text = serde_norway::to_string(&value)
-            .map_err(|err| refuse("", format!("cannot print it back: {err}")))?;
+        inject_object(object, options, &mut found)
+            .map_err(|(object, message)| refuse(&object, message))?;
+        documents.push((number, value));
+    }
+    let mut printed = Vec::new();
+    for (number, mut value) in documents {
+        if let Value::Mapping(object) = &mut value {
+            review_services(object, options, &mut found);
+        }
+        let text = serde_norway::to_string(&value).map_err(|err| InjectError {
+            document: number,
+            object: String::new(),
+            message: format!("cannot print it back: {err}"),
+        })?;
         printed.push(text);
     }
-    Ok(printed.join("---\n"))
+    Ok(Injected {
+        yaml: printed.join("---\n"),
+        notes: found.notes,
+    })
+}
+
+/// Reviews a Service (or each of a `List`'s) against the injected pods.
+fn review_services(object: &mut Mapping, options: &Options, found: &mut Found) {
+    let kind = text(object.get("kind"));
+    if kind == "Service" && api_group(text(object.get("apiVersion"))).is_empty() {
+        if let Some(note) = service::review(object, &found.labels, options.retarget_service) {
+            found.notes.push(note);
+        }
+    } else if kind.ends_with("List") {
+        if let Some(Value::Sequence(items)) = object.get_mut("items") {
+            for item in items {
+                if let Value::Mapping(item) = item {
+                    review_services(item, options, found);
+                }
+            }
+        }
+    }
 }
 
 /// Where an object is and what is wrong with it.
 type ObjectError = (String, String);
 
 /// Injects one object (or each item of a `List`); other kinds pass through.
-fn inject_object(object: &mut Mapping, options: &Options) -> Result<(), ObjectError> {
+fn inject_object(
+    object: &mut Mapping,
+    options: &Options,
+    found: &mut Found,
+) -> Result<(), ObjectError> {
     let kind = text(object.get("kind")).to_string();
     let name = object
         .get("metadata")
@@ -101,20 +162,35 @@ fn inject_object(object: &mut Mapping, options: &Options) -> Result<(), ObjectEr
         .unwrap_or("(unnamed)")
         .to_string();
     if kind.ends_with("List") {
-        return inject_list(object, options);
+        return inject_list(object, options, found);
     }
     let Some(template) = template_path(api_group(text(object.get("apiVersion"))), &kind) else {
         return Ok(());
     };
-    let here = |message: String| (format!("{kind} {name}"), message);
+    let what = format!("{kind} {name}");
+    let here = |message: String| (what.clone(), message);
     let pod = walk(object, template).map_err(here)?;
     // pod::inject names fields from the pod down; prefix the way to the pod.
     let prefix: String = template.iter().map(|key| format!("{key}.")).collect();
-    pod::inject(pod, options).map_err(|message| here(format!("{prefix}{message}")))
+    let mut notes = Vec::new();
+    pod::inject(pod, options, &mut notes).map_err(|message| here(format!("{prefix}{message}")))?;
+    found.notes.extend(
+        notes
+            .into_iter()
+            .map(|note| format!("{what}: {prefix}{note}")),
+    );
+    if let Some(Value::Mapping(labels)) = pod.get("metadata").and_then(|m| m.get("labels")) {
+        found.labels.push(labels.clone());
+    }
+    Ok(())
 }
 
 /// Injects each item of a `List` kind, naming the item in errors.
-fn inject_list(list: &mut Mapping, options: &Options) -> Result<(), ObjectError> {
+fn inject_list(
+    list: &mut Mapping,
+    options: &Options,
+    found: &mut Found,
+) -> Result<(), ObjectError> {
     let Some(items) = list.get_mut("items") else {
         return Ok(());
     };
@@ -131,7 +207,7 @@ fn inject_list(list: &mut Mapping, options: &Options) -> Result<(), ObjectError>
                 format!("expected a mapping, got {}", shape(item)),
             ));
         };
-        inject_object(item, options)
+        inject_object(item, options, found)
             .map_err(|(object, message)| (format!("items[{index}] {object}"), message))?;
     }
     Ok(())

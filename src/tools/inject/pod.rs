@@ -62,25 +62,40 @@ const SCRAPE_ANNOTATIONS: [(&str, &str); 3] = [
     ("prometheus.io/path", "/metrics"),
 ];
 
-/// The env `--proxy-env` gives app containers: plain-HTTP calls go through
-/// the sidecar, local ones do not. No `HTTPS_PROXY`: the sidecar does not
-/// tunnel TLS.
-const PROXY_ENV: [(&str, &str); 4] = [
+/// The proxy `--proxy-env` gives app containers, under both spellings:
+/// plain-HTTP calls go through the sidecar. No `HTTPS_PROXY`: the sidecar
+/// does not tunnel TLS.
+const HTTP_PROXY: [(&str, &str); 2] = [
     ("HTTP_PROXY", "http://127.0.0.1:15001"),
     ("http_proxy", "http://127.0.0.1:15001"),
-    ("NO_PROXY", "localhost,127.0.0.1,::1"),
-    ("no_proxy", "localhost,127.0.0.1,::1"),
 ];
+
+/// The two spellings of the no-proxy list; tools read one or the other, so
+/// both must say the same.
+const NO_PROXY: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// The hosts `--proxy-env` adds to the no-proxy list: local calls (the
+/// sidecar's own ports among them) never go through the sidecar.
+const LOCAL_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// Injects the sidecar into a pod (a mapping with `metadata` and `spec`),
 /// unless it is already there. Errors name the field at fault.
-pub(super) fn inject(pod: &mut Mapping, options: &Options) -> Result<(), String> {
+/// Notes for the user (a no-proxy list that could not be merged) go to
+/// `notes`, naming the field from the pod down.
+pub(super) fn inject(
+    pod: &mut Mapping,
+    options: &Options,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let spec = match pod.get_mut("spec") {
         Some(Value::Mapping(spec)) => spec,
         Some(other) => return Err(format!("spec: expected a mapping, got {}", shape(other))),
         None => return Err(String::from("spec: missing")),
     };
-    if !inject_spec(spec, options).map_err(|err| format!("spec.{err}"))? {
+    let mut spec_notes = Vec::new();
+    let added = inject_spec(spec, options, &mut spec_notes).map_err(|err| format!("spec.{err}"))?;
+    notes.extend(spec_notes.into_iter().map(|note| format!("spec.{note}")));
+    if !added {
         return Ok(());
     }
     let annotations = mapping(mapping(pod, "metadata")?, "annotations")
@@ -95,7 +110,11 @@ pub(super) fn inject(pod: &mut Mapping, options: &Options) -> Result<(), String>
 
 /// Adds the sidecar, its volume, and the proxy env and service account when
 /// asked, to a pod spec; false when the sidecar was there already.
-fn inject_spec(spec: &mut Mapping, options: &Options) -> Result<bool, String> {
+fn inject_spec(
+    spec: &mut Mapping,
+    options: &Options,
+    notes: &mut Vec<String>,
+) -> Result<bool, String> {
     if has_sidecar(spec)? {
         return Ok(false);
     }
@@ -113,7 +132,9 @@ fn inject_spec(spec: &mut Mapping, options: &Options) -> Result<bool, String> {
                     shape(container)
                 ));
             };
-            add_proxy_env(container).map_err(|err| format!("{here}.{err}"))?;
+            if let Some(note) = add_proxy_env(container).map_err(|err| format!("{here}.{err}"))? {
+                notes.push(format!("{here}.{note}"));
+            }
         }
     }
     let sidecar = sidecar(options)?;
@@ -172,18 +193,69 @@ fn has_named(items: &[Value], name: &str) -> bool {
         .any(|item| item.get("name").and_then(Value::as_str) == Some(name))
 }
 
-/// Adds each [`PROXY_ENV`] variable the container does not set itself.
-fn add_proxy_env(container: &mut Mapping) -> Result<(), String> {
+/// Adds [`HTTP_PROXY`] under each spelling the container does not set
+/// itself, and merges [`LOCAL_HOSTS`] into its no-proxy list: whatever it
+/// lists under either spelling, plus the local hosts, set under both, so
+/// no tool reads a list the other spelling contradicts. Returns a note when
+/// the list comes from `valueFrom` and cannot be merged (it is left as it is).
+fn add_proxy_env(container: &mut Mapping) -> Result<Option<String>, String> {
     let env = list(container, "env")?;
-    for (name, value) in PROXY_ENV {
+    for (name, value) in HTTP_PROXY {
         if !has_named(env, name) {
-            let mut var = Mapping::new();
-            var.insert("name".into(), name.into());
-            var.insert("value".into(), value.into());
-            env.push(Value::Mapping(var));
+            env.push(variable(name, value));
         }
     }
-    Ok(())
+    let mut hosts: Vec<String> = Vec::new();
+    for var in env.iter().filter(|var| is_no_proxy(var)) {
+        let Some(value) = var.get("value").and_then(Value::as_str) else {
+            let name = text_of(var.get("name"));
+            return Ok(Some(format!(
+                "env: {name} is not a plain value (valueFrom?), so {} was not merged into it; \
+                 make sure it lists them, under both NO_PROXY and no_proxy",
+                LOCAL_HOSTS.join(",")
+            )));
+        };
+        for host in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            if !hosts.iter().any(|known| known == host) {
+                hosts.push(host.to_string());
+            }
+        }
+    }
+    for host in LOCAL_HOSTS {
+        if !hosts.iter().any(|known| known == host) {
+            hosts.push(host.to_string());
+        }
+    }
+    let merged = hosts.join(",");
+    for var in env.iter_mut().filter(|var| is_no_proxy(var)) {
+        if let Value::Mapping(var) = var {
+            var.insert("value".into(), merged.as_str().into());
+        }
+    }
+    for name in NO_PROXY {
+        if !has_named(env, name) {
+            env.push(variable(name, &merged));
+        }
+    }
+    Ok(None)
+}
+
+/// True for an env entry named `NO_PROXY` or `no_proxy`.
+fn is_no_proxy(var: &Value) -> bool {
+    NO_PROXY.contains(&text_of(var.get("name")))
+}
+
+/// A `{name, value}` env entry.
+fn variable(name: &str, value: &str) -> Value {
+    let mut var = Mapping::new();
+    var.insert("name".into(), name.into());
+    var.insert("value".into(), value.into());
+    Value::Mapping(var)
+}
+
+/// A string field's value, or empty.
+fn text_of(value: Option<&Value>) -> &str {
+    value.and_then(Value::as_str).unwrap_or("")
 }
 
 /// The list at `key`, created empty when missing.
@@ -219,6 +291,7 @@ mod tests {
             service_account: None,
             legacy: false,
             proxy_env: false,
+            retarget_service: false,
         }
     }
 
@@ -246,11 +319,43 @@ mod tests {
             "{name: app, env: [{name: HTTP_PROXY, value: http://corp:3128}]}",
         )
         .unwrap();
-        add_proxy_env(&mut container).unwrap();
+        assert_eq!(add_proxy_env(&mut container).unwrap(), None);
         let env = container["env"].as_sequence().unwrap();
         assert_eq!(env.len(), 4);
         assert_eq!(env[0]["value"], "http://corp:3128");
         assert!(!has_named(env, "HTTPS_PROXY"));
+    }
+
+    #[test]
+    fn proxy_env_merges_into_the_apps_no_proxy_under_both_spellings() {
+        let mut container: Mapping = serde_norway::from_str(
+            "{name: app, env: [{name: no_proxy, value: \".corp, 10.0.0.0/8,localhost\"}]}",
+        )
+        .unwrap();
+        assert_eq!(add_proxy_env(&mut container).unwrap(), None);
+        let env = container["env"].as_sequence().unwrap();
+        let no_proxy: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|var| is_no_proxy(var))
+            .map(|var| (text_of(var.get("name")), text_of(var.get("value"))))
+            .collect();
+        let merged = ".corp,10.0.0.0/8,localhost,127.0.0.1,::1";
+        assert_eq!(no_proxy, [("no_proxy", merged), ("NO_PROXY", merged)]);
+    }
+
+    #[test]
+    fn a_no_proxy_from_value_from_is_left_with_a_note() {
+        let mut container: Mapping = serde_norway::from_str(
+            "{name: app, env: [{name: NO_PROXY, valueFrom: {configMapKeyRef: {name: n, key: k}}}]}",
+        )
+        .unwrap();
+        let note = add_proxy_env(&mut container).unwrap().expect("a note");
+        assert!(
+            note.starts_with("env: NO_PROXY is not a plain value"),
+            "{note}"
+        );
+        let env = container["env"].as_sequence().unwrap();
+        assert!(!has_named(env, "no_proxy"), "no conflicting lowercase copy");
     }
 
     #[test]
@@ -259,7 +364,7 @@ mod tests {
             "spec: {containers: [{name: app}], volumes: [{name: outrigger-config, emptyDir: {}}]}",
         )
         .unwrap();
-        let err = inject(&mut pod, &options()).unwrap_err();
+        let err = inject(&mut pod, &options(), &mut Vec::new()).unwrap_err();
         assert!(err.contains("outrigger-config"), "{err}");
     }
 }

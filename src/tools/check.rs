@@ -1,0 +1,147 @@
+//! `outrigger check`: validates a config file and prints every problem with
+//! its key path, or a summary written in the config's own words.
+//!
+//! CI runs `check` where the runtime secrets are not, so by default a
+//! secret's environment variable that is not set is a warning (exit 0);
+//! `--strict-env` makes it the error it is for `run`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{format_duration, Config, ConfigError, InboundConfig, SecretEnv, SourceKind};
+
+/// Checks the config at `path`; with `strict_env`, a missing secret
+/// variable is an error. Exit 0 with a summary on stdout, or 1 with every
+/// problem on stderr; warnings go to stderr either way.
+pub(crate) fn check(path: &Path, strict_env: bool) -> ExitCode {
+    let secrets = if strict_env {
+        SecretEnv::Required
+    } else {
+        SecretEnv::Optional
+    };
+    let checked = Config::check_file(path, &|name| std::env::var(name).ok(), secrets);
+    let outcome = checked
+        .outcome
+        .map_err(|errors| report(path, &errors, Severity::Error));
+    if !checked.warnings.is_empty() {
+        report(path, &checked.warnings, Severity::Warning);
+    }
+    match outcome {
+        Ok(config) => {
+            // Not print!: it panics when the reader of a pipe has gone.
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(summary(path, &config).as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(()) => ExitCode::FAILURE,
+    }
+}
+
+/// Whether a reported item stops the config from being used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Severity {
+    /// It does: the file is refused.
+    Error,
+    /// It does not where it is checked; it would where it runs, unless set there.
+    Warning,
+}
+
+/// Prints a count, then one line per item as `FILE:LINE:COLUMN: path: problem`
+/// (`FILE: path: problem` when the text does not place it; `warning: `
+/// before the path for a warning), the form editors jump from.
+pub(crate) fn report(path: &Path, items: &[ConfigError], severity: Severity) {
+    let mut stderr = std::io::stderr().lock();
+    let file = path.display();
+    let (noun, tag) = match severity {
+        Severity::Error => ("problem(s)", ""),
+        Severity::Warning => ("warning(s)", "warning: "),
+    };
+    let _ = writeln!(stderr, "{file}: {} {noun}", items.len());
+    for item in items {
+        let _ = match item.position {
+            Some(at) => writeln!(stderr, "{file}:{at}: {tag}{item}"),
+            None => writeln!(stderr, "{file}: {tag}{item}"),
+        };
+    }
+    if severity == Severity::Warning {
+        let _ = writeln!(
+            stderr,
+            "{file}: set these where the sidecar runs; `check --strict-env` makes them errors"
+        );
+    }
+}
+
+/// What the config sets up, in the words and spellings a config file uses.
+pub(crate) fn summary(path: &Path, config: &Config) -> String {
+    let mut out = String::new();
+    let listeners = &config.listeners;
+    let _ = writeln!(out, "{}: ok", path.display());
+    let inbound = match &listeners.inbound {
+        Some(inbound) => format!(", inbound {} (app {})", inbound.bind, inbound.app),
+        None => String::new(),
+    };
+    let _ = writeln!(
+        out,
+        "  listeners: outbound {}{inbound}, admin {}",
+        listeners.outbound.bind, listeners.admin
+    );
+    if let Some(inbound) = &config.inbound {
+        let _ = writeln!(out, "  inbound: {}", inbound_parts(inbound));
+    }
+    let source = config.discovery.source;
+    let _ = writeln!(
+        out,
+        "  discovery: {}, refresh {}",
+        source.as_str(),
+        format_duration(config.discovery.refresh)
+    );
+    for service in &config.services {
+        let endpoints = match (source, service.endpoints.len()) {
+            (SourceKind::Static, 1) => "1 endpoint".to_string(),
+            (SourceKind::Static, count) => format!("{count} endpoints"),
+            (other, _) => format!("endpoints from {}", other.as_str()),
+        };
+        let _ = writeln!(
+            out,
+            "  service {}: {endpoints}, timeout {}, {}",
+            service.name,
+            format_duration(service.policy.timeout),
+            service.policy.load_balancer.as_str()
+        );
+    }
+    out
+}
+
+/// The inbound sections in force, by their keys: `auth.jwt, auth.api_keys,
+/// auth.rules (2), rate_limit, cache`; `none` when the section is empty.
+fn inbound_parts(inbound: &InboundConfig) -> String {
+    let auth = &inbound.auth;
+    let rules = (!auth.rules.is_empty()).then(|| format!("auth.rules ({})", auth.rules.len()));
+    let parts: Vec<String> = [
+        auth.jwt.as_ref().map(|_| "auth.jwt".to_string()),
+        auth.api_keys.as_ref().map(|_| "auth.api_keys".to_string()),
+        rules,
+        auth.revocation.then(|| "auth.revocation".to_string()),
+        inbound
+            .rate_limit
+            .as_ref()
+            .map(|_| "rate_limit".to_string()),
+        inbound
+            .concurrency
+            .as_ref()
+            .map(|_| "concurrency".to_string()),
+        inbound.cache.as_ref().map(|_| "cache".to_string()),
+        (!inbound.cors.origins.is_empty()).then(|| "cors".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
