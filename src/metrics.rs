@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    core::Collector, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Histogram buckets suited to a sidecar: 50µs to 10s.
@@ -187,40 +187,21 @@ impl Metrics {
     /// Only on a programming error: a family defined twice or with a bad name.
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("outrigger");
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let family = IntCounterVec::new(Opts::new(name, help).namespace("outrigger"), labels)
-                .expect("valid counter definition");
-            registry
-                .register(Box::new(family.clone()))
-                .expect("unique counter");
-            family
+            registered(&registry, IntCounterVec::new(opts(name, help), labels))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let family = IntGaugeVec::new(Opts::new(name, help).namespace("outrigger"), labels)
-                .expect("valid gauge definition");
-            registry
-                .register(Box::new(family.clone()))
-                .expect("unique gauge");
-            family
+            registered(&registry, IntGaugeVec::new(opts(name, help), labels))
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
             let opts = HistogramOpts::new(name, help)
                 .namespace("outrigger")
                 .buckets(LATENCY_BUCKETS.to_vec());
-            let family = HistogramVec::new(opts, labels).expect("valid histogram definition");
-            registry
-                .register(Box::new(family.clone()))
-                .expect("unique histogram");
-            family
+            registered(&registry, HistogramVec::new(opts, labels))
         };
-        let plain_counter = |name: &str, help: &str| {
-            let counter = IntCounter::with_opts(Opts::new(name, help).namespace("outrigger"))
-                .expect("valid counter definition");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("unique counter");
-            counter
-        };
+        let plain_counter =
+            |name: &str, help: &str| registered(&registry, IntCounter::with_opts(opts(name, help)));
         let replica = &["service", "replica"];
         Metrics {
             http_requests: counter(
@@ -460,6 +441,21 @@ pub fn method_label(method: &Method) -> &'static str {
         Method::TRACE => "TRACE",
         _ => "OTHER",
     }
+}
+
+/// `family`, registered in `registry`.
+///
+/// # Panics
+/// Only on a programming error: a bad definition, or two families of one name.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    family: prometheus::Result<C>,
+) -> C {
+    let family = family.expect("valid metric definition");
+    registry
+        .register(Box::new(family.clone()))
+        .expect("unique metric name");
+    family
 }
 
 #[cfg(test)]

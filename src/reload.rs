@@ -28,7 +28,7 @@ use log::{error, info, warn};
 use serde::Serialize;
 use serde_norway::{Mapping, Value};
 
-use crate::config::{accepted_keys, Config, ConfigError, ServiceConfig, SourceKind};
+use crate::config::{accepted_keys, Config, ConfigError, Env, ServiceConfig, SourceKind};
 use crate::discovery::{Reconfigure, StaticSource, Supervisor};
 use crate::inbound::Gate;
 use crate::metrics::Metrics;
@@ -170,11 +170,17 @@ pub struct InboundSide {
 
 /// The actor that reloads the config: one reload at a time.
 pub struct Reloader {
+    /// The file it re-reads, and its environment.
     file: ConfigFile,
+    /// The config in force, shared with admin `GET /config`.
     running: Arc<ArcSwap<Config>>,
+    /// The services in force, revised for the next table.
     live: Arc<LiveServices>,
+    /// Applies the services' part of a reload.
     supervisor: Addr<Supervisor>,
+    /// The inbound gate and its store, when the inbound listener runs.
     inbound: Option<InboundSide>,
+    /// Where reloads are counted.
     metrics: Arc<Metrics>,
     /// The keys a reload holds back: those the config reader tags restart-only.
     restart_keys: BTreeSet<String>,
@@ -405,7 +411,7 @@ fn in_force(
     running: &Config,
     next: Config,
     restart: &BTreeSet<String>,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env<'_>,
 ) -> Result<(Config, Vec<String>), Vec<ConfigError>> {
     let mut document = Value::clone(&next.document);
     let held = hold_back(&running.document, &mut document, restart);

@@ -18,7 +18,7 @@ use support::client::get_json;
 use support::eventually::eventually;
 use support::process::SidecarProcess;
 use support::replica::Replica;
-use support::sidecar::sidecar_from;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 /// A sidecar whose outbound listener routes `/api/...` and whose inbound
 /// listener forwards to the same upstream; `limits` is YAML added to both
@@ -330,16 +330,13 @@ async fn dot_segments_cannot_reach_a_protected_path_through_an_exempt_one() {
     )
     .await;
     let yaml = format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   auth:
     exempt: [/public, /health]
     api_keys: {{ header: x-api-key }}
 ",
-        nginx.endpoint()
+        listeners_with_inbound(nginx.endpoint())
     );
     let sidecar = sidecar_from(&yaml, &[("OUTRIGGER_API_KEYS", "ops:k3y")]).await;
     let inbound = sidecar.inbound_addr().expect("inbound");

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use support::client::{get_json, Load};
 use support::eventually::eventually;
 use support::replica::Replica;
-use support::sidecar::sidecar_from;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 /// Slow-body connections held at once. The issue's figure is 1,000; so
 /// many fit the test's time and the machine's share of CPU.
@@ -244,15 +244,13 @@ async fn a_small_body_reaches_the_replica_before_the_rest_is_sent() {
     for listener in ["outbound", "inbound"] {
         let (replica, received) = recording_replica(20).await;
         let yaml = format!(
-            "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{replica}\" }}
+            "{}
 inbound:
   auth: {{ exempt: [/api] }}
 services:
   - {{ name: api, endpoints: [\"{replica}\"], retry: {{ attempts: 1 }} }}
-"
+",
+            listeners_with_inbound(replica)
         );
         let sidecar = sidecar_from(&yaml, &[]).await;
         let addr = match listener {

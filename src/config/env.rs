@@ -5,14 +5,14 @@
 use std::time::Duration;
 
 use super::reader::{parse_duration, Problems};
-use super::{Discovery, Policy};
+use super::{Discovery, Env, Policy};
 
 /// Applies every override variable that `env` finds; a bad value is a problem
 /// reported under the variable's name.
 pub fn apply(
     policy: &mut Policy,
     discovery: &mut Discovery,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env<'_>,
     problems: &mut Problems,
 ) {
     let breaker = &mut policy.circuit_breaker;
@@ -35,11 +35,11 @@ pub fn apply(
 }
 
 /// `OUTRIGGER_WORKERS`: the listeners' worker count, over the file's `workers`.
-pub fn workers(env: &dyn Fn(&str) -> Option<String>, problems: &mut Problems) -> Option<u32> {
+pub fn workers(env: Env<'_>, problems: &mut Problems) -> Option<u32> {
     count(env, "OUTRIGGER_WORKERS", problems)
 }
 
-fn count(env: &dyn Fn(&str) -> Option<String>, name: &str, problems: &mut Problems) -> Option<u32> {
+fn count(env: Env<'_>, name: &str, problems: &mut Problems) -> Option<u32> {
     let text = env(name)?;
     match text.trim().parse::<u32>() {
         Ok(n) if n > 0 => Some(n),
@@ -54,11 +54,7 @@ fn count(env: &dyn Fn(&str) -> Option<String>, name: &str, problems: &mut Proble
 }
 
 /// A number of seconds ("30"), or a duration ("30s", "500ms").
-fn seconds(
-    env: &dyn Fn(&str) -> Option<String>,
-    name: &str,
-    problems: &mut Problems,
-) -> Option<Duration> {
+fn seconds(env: Env<'_>, name: &str, problems: &mut Problems) -> Option<Duration> {
     let text = env(name)?;
     let parsed = match text.trim().parse::<u64>() {
         Ok(secs) => Some(Duration::from_secs(secs)),
@@ -84,13 +80,7 @@ mod tests {
     const FILE: &str = "services: [{name: api, endpoints: [\"127.0.0.1:9000\"], circuit_breaker: {failure_threshold: 9}}]";
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
-        let env = |name: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        };
-        Config::from_yaml(FILE, &env)
-            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+        crate::config::tests::load(FILE, vars)
     }
 
     #[test]

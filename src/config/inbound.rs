@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
 use super::reader::{FromYaml, Problems, Table};
-use super::{as_duration, positive, ListenerLimits};
+use super::{as_duration, positive, Env, ListenerLimits};
 
 /// The inbound listener: where callers from outside the pod arrive.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -331,11 +331,7 @@ pub(super) fn read_listener(
 }
 
 /// Reads the `inbound` section; `env` looks up secret and key variables.
-pub(super) fn read_inbound(
-    t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> InboundConfig {
+pub(super) fn read_inbound(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> InboundConfig {
     let auth = t.section(
         "auth",
         &AuthConfig::default(),
@@ -392,11 +388,7 @@ fn read_ips(t: &mut Table, key: &str, problems: &mut Problems) -> Vec<std::net::
         .collect()
 }
 
-fn read_auth(
-    t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> AuthConfig {
+fn read_auth(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> AuthConfig {
     let jwt = t.raw("jwt").map(|value| {
         let path = t.path_of("jwt");
         Table::open(value, &path, problems).and_then(|mut jwt| {
@@ -437,11 +429,7 @@ fn read_auth(
     }
 }
 
-fn read_jwt(
-    t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> Option<JwtConfig> {
+fn read_jwt(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<JwtConfig> {
     let algorithms: Vec<Algorithm> = t
         .list("algorithms", problems)
         .unwrap_or_else(|| vec![Algorithm::HS256]);
@@ -539,11 +527,7 @@ fn read_jwt(
     })
 }
 
-fn read_api_keys(
-    t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> ApiKeysConfig {
+fn read_api_keys(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> ApiKeysConfig {
     let header: String = t
         .get("header", problems)
         .unwrap_or_else(|| "x-api-key".to_string());
@@ -705,11 +689,7 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
     }
 }
 
-fn read_cache(
-    t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> CacheConfig {
+fn read_cache(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> CacheConfig {
     let mut default_ttl = t.get_or("default_ttl", Duration::from_secs(60), problems);
     if let Some(text) = env("CACHE_DEFAULT_TTL") {
         match text
@@ -766,7 +746,7 @@ fn read_cors(t: &mut Table, problems: &mut Problems) -> CorsConfig {
 /// Reads `redis`; `REDIS_URL` overrides the URL.
 pub(super) fn read_redis(
     t: &mut Table,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env<'_>,
     problems: &mut Problems,
 ) -> Option<RedisConfig> {
     // The file's url is read even when REDIS_URL replaces it, so it is never "unknown".

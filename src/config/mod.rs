@@ -36,6 +36,10 @@ pub use reader::{
 };
 pub(crate) use reader::{FromYaml, Problems, Table};
 
+/// How the config reader looks up an environment variable (overrides and
+/// secrets): the process environment for `run`, a table in tests.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Everything the sidecar needs to run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -379,39 +383,26 @@ impl Config {
     }
 
     /// Reads and validates a config file; `env` looks up override variables.
-    pub fn load_with(
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, Vec<ConfigError>> {
+    pub fn load_with(path: &Path, env: Env<'_>) -> Result<Config, Vec<ConfigError>> {
         Config::check_file(path, env, SecretEnv::Required).outcome
     }
 
     /// Parses and validates config text; `env` looks up override variables.
     /// Each error carries its position in `text` where the text shows one.
-    pub fn from_yaml(
-        text: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, Vec<ConfigError>> {
+    pub fn from_yaml(text: &str, env: Env<'_>) -> Result<Config, Vec<ConfigError>> {
         Config::read(text, env, SecretEnv::Required).outcome
     }
 
     /// Reads and validates a parsed YAML document as `run` does; `env`
     /// looks up override variables. Errors name key paths but no positions.
-    pub fn from_document(
-        root: Value,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, Vec<ConfigError>> {
+    pub fn from_document(root: Value, env: Env<'_>) -> Result<Config, Vec<ConfigError>> {
         Config::read_document(root, env, SecretEnv::Required).outcome
     }
 
     /// Reads and validates a config file as `outrigger check` does: with
     /// [`SecretEnv::Optional`], a secret variable that is not set is a
     /// warning, and the config read is for showing, not for running.
-    pub fn check_file(
-        path: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-        secrets: SecretEnv,
-    ) -> Checked {
+    pub fn check_file(path: &Path, env: Env<'_>, secrets: SecretEnv) -> Checked {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::read(&text, env, secrets),
             Err(err) => Checked {
@@ -426,7 +417,7 @@ impl Config {
     }
 
     /// Parses `text` and reads it, placing each error and warning in it.
-    fn read(text: &str, env: &dyn Fn(&str) -> Option<String>, secrets: SecretEnv) -> Checked {
+    fn read(text: &str, env: Env<'_>, secrets: SecretEnv) -> Checked {
         let root: Value = match serde_norway::from_str(text) {
             Ok(root) => root,
             Err(err) => {
@@ -454,11 +445,7 @@ impl Config {
     }
 
     /// Reads `root`; the config keeps it as its [`Config::document`].
-    fn read_document(
-        root: Value,
-        env: &dyn Fn(&str) -> Option<String>,
-        secrets: SecretEnv,
-    ) -> Checked {
+    fn read_document(root: Value, env: Env<'_>, secrets: SecretEnv) -> Checked {
         let mut problems = Problems::with_secrets(secrets);
         let config = read_config(&root, env, &mut problems);
         let (errors, warnings) = problems.into_errors_and_warnings();
@@ -478,11 +465,7 @@ impl Config {
     }
 }
 
-fn read_config(
-    root: &Value,
-    env: &dyn Fn(&str) -> Option<String>,
-    problems: &mut Problems,
-) -> Option<Config> {
+fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Config> {
     let mut top = Table::open(root, "", problems)?;
     let listeners = read_listeners(top.raw("listeners"), problems).map(|mut listeners| {
         listeners.admin_token = env("OUTRIGGER_ADMIN_TOKEN").filter(|token| !token.is_empty());

@@ -82,8 +82,7 @@ pub fn server(
     gates: Arc<ArcSwap<Gate>>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
-    let workers = config.workers as usize;
-    listener::serve(&front.clone(), socket, workers, move || {
+    listener::serve(&front.clone(), socket, config.workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
             gates: Arc::clone(&gates),

@@ -55,8 +55,7 @@ pub fn server(
     table: Arc<LiveServices>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
-    let workers = config.workers as usize;
-    listener::serve(&front.clone(), socket, workers, move || {
+    listener::serve(&front.clone(), socket, config.workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
             connect_timeout,

@@ -57,27 +57,8 @@ pub enum Command {
         /// The YAML file, or `-` for standard input.
         #[arg(default_value = "-")]
         file: PathBuf,
-        /// The sidecar's container image.
-        #[arg(long, default_value = concat!("outrigger:", env!("CARGO_PKG_VERSION")))]
-        image: String,
-        /// The ConfigMap with `sidecar.yaml`, mounted at /etc/outrigger.
-        #[arg(long, default_value = "outrigger-config")]
-        config_map: String,
-        /// Set this service account on each injected pod.
-        #[arg(long)]
-        service_account: Option<String>,
-        /// Add the sidecar as a regular container, for clusters before 1.28.
-        #[arg(long)]
-        legacy: bool,
-        /// Set HTTP_PROXY/NO_PROXY in the app containers to use the sidecar.
-        #[arg(long)]
-        proxy_env: bool,
-        /// Point each one-port Service that selects an injected pod at the
-        /// sidecar's inbound listener (15006); needs `listeners.inbound` in
-        /// the sidecar's config. Without it, such Services are named on
-        /// stderr: their callers bypass the inbound listener.
-        #[arg(long)]
-        retarget_service: bool,
+        #[command(flatten)]
+        options: Options,
     },
     /// Start three local demo replicas (one flaky, one slow), a demo app and
     /// the sidecar in front of them, and print the curl commands to try.
@@ -102,25 +83,7 @@ impl Cli {
         match self.command {
             Command::Run { config } => run(&config),
             Command::Check { config, strict_env } => check(&config, strict_env),
-            Command::Inject {
-                file,
-                image,
-                config_map,
-                service_account,
-                legacy,
-                proxy_env,
-                retarget_service,
-            } => inject_file(
-                &file,
-                &Options {
-                    image,
-                    config_map,
-                    service_account,
-                    legacy,
-                    proxy_env,
-                    retarget_service,
-                },
-            ),
+            Command::Inject { file, options } => inject_file(&file, &options),
             Command::Demo {
                 failure_rate,
                 redis,

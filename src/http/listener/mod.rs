@@ -57,7 +57,7 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub fn serve<F, I, S, B>(
     front: &Front,
     socket: std::net::TcpListener,
-    workers: usize,
+    workers: u32,
     factory: F,
 ) -> io::Result<Server>
 where
@@ -76,7 +76,7 @@ where
     let grace = front.stopping().grace();
     let shutdown_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
     let builder = actix_server::Server::build()
-        .workers(workers)
+        .workers(workers as usize)
         .disable_signals()
         .shutdown_timeout(shutdown_secs)
         .max_concurrent_connections(limits.max_connections as usize);

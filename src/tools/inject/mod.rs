@@ -18,22 +18,31 @@ use std::fmt;
 use serde::Deserialize;
 use serde_norway::{Mapping, Value};
 
-/// What `outrigger inject` adds, from its command-line flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `outrigger inject` adds: its command-line flags.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Options {
     /// The sidecar's container image.
+    #[arg(long, default_value = concat!("outrigger:", env!("CARGO_PKG_VERSION")))]
     pub image: String,
-    /// The ConfigMap holding `sidecar.yaml`, mounted at `/etc/outrigger`.
+    /// The ConfigMap with `sidecar.yaml`, mounted at /etc/outrigger.
+    #[arg(long, default_value = "outrigger-config")]
     pub config_map: String,
-    /// The service account set on each injected pod, when given.
+    /// Set this service account on each injected pod.
+    #[arg(long)]
     pub service_account: Option<String>,
-    /// Add the sidecar as a regular container instead of a native sidecar
-    /// (an init container with `restartPolicy: Always`, Kubernetes 1.28+).
+    /// Add the sidecar as a regular container, for clusters before 1.28
+    /// (by default it is a native sidecar: an init container with
+    /// `restartPolicy: Always`).
+    #[arg(long)]
     pub legacy: bool,
-    /// Give app containers `HTTP_PROXY`/`NO_PROXY` pointing at the sidecar.
+    /// Set HTTP_PROXY/NO_PROXY in the app containers to use the sidecar.
+    #[arg(long)]
     pub proxy_env: bool,
-    /// Point the `targetPort` of each one-port Service that selects an
-    /// injected pod at the sidecar's inbound listener.
+    /// Point each one-port Service that selects an injected pod at the
+    /// sidecar's inbound listener (15006); needs `listeners.inbound` in
+    /// the sidecar's config. Without it, such Services are named on
+    /// stderr: their callers bypass the inbound listener.
+    #[arg(long)]
     pub retarget_service: bool,
 }
 
