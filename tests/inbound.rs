@@ -20,7 +20,7 @@ use support::keys::{key_pair, KeyPair};
 use support::metrics::metric;
 use support::redis::RedisServer;
 use support::replica::{header_seen, Replica};
-use support::sidecar::sidecar_from;
+use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
@@ -795,6 +795,29 @@ async fn scope_rules_and_strip_authorization_apply() {
 }
 
 #[actix_web::test]
+async fn an_api_key_with_scopes_passes_a_rule_that_takes_a_role_or_its_scopes() {
+    let app = Replica::start().await;
+    let inbound = "  auth:
+    api_keys: { header: x-api-key }
+    rules:
+      - { path: /reports, roles: [analyst], scopes: [reports:read], satisfy: any }
+      - { path: /admin, roles: [admin], scopes: [admin:write] }";
+    let keys = "etl:k-etl::reports:read|admin:write,ana:k-ana:analyst";
+    let sidecar = sidecar_from(&config(&app, inbound, ""), &[("OUTRIGGER_API_KEYS", keys)]).await;
+    let (status, echo) = call(&sidecar, "GET", "/reports/q1", &[("x-api-key", "k-etl")]).await;
+    assert_eq!(status, 200, "a machine by its scope: {echo}");
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-scopes").as_deref(),
+        Some("reports:read admin:write")
+    );
+    let (status, echo) = call(&sidecar, "GET", "/reports/q1", &[("x-api-key", "k-ana")]).await;
+    assert_eq!(status, 200, "a person by role: {echo}");
+    let (status, body) = call(&sidecar, "GET", "/admin/x", &[("x-api-key", "k-etl")]).await;
+    assert_eq!(status, 403, "without satisfy: any, both are needed: {body}");
+    assert_eq!(body["error"], "/admin needs one of the roles admin");
+}
+
+#[actix_web::test]
 async fn a_revocation_check_redis_cannot_answer_refuses_unless_allowed() {
     let mut redis = RedisServer::start().await;
     let app = Replica::start().await;
@@ -840,17 +863,14 @@ async fn a_revocation_check_redis_cannot_answer_refuses_unless_allowed() {
 /// `trusted` is the YAML list of `inbound.trusted_proxies`.
 async fn before_wsgi(app: &WsgiApp, trusted: &str) -> outrigger::Sidecar {
     let yaml = format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-  inbound: {{ bind: \"127.0.0.1:0\", app: \"http://{}\" }}
+        "{}
 inbound:
   auth:
     exempt: [/public]
     jwt: {{ algorithms: [HS256], issuer: issuer, audience: front }}
   trusted_proxies: {trusted}
 ",
-        app.endpoint()
+        listeners_with_inbound(app.endpoint())
     );
     sidecar_from(&yaml, &[("JWT_SECRET", "s")]).await
 }
@@ -910,6 +930,10 @@ async fn forwarding_headers_reach_the_app_only_from_trusted_proxies() {
     let (status, _, environ) = wsgi_call(&untrusted, "/public/x", &spoofed).await;
     assert_eq!(status, 200, "{environ}");
     assert_eq!(environ["HTTP_X_FORWARDED_FOR"], "127.0.0.1", "{environ}");
+    assert_eq!(
+        environ["HTTP_X_OUTRIGGER_CLIENT_IP"], "127.0.0.1",
+        "{environ}"
+    );
     assert_eq!(environ["HTTP_X_FORWARDED_PROTO"], "http", "{environ}");
     for gone in ["HTTP_X_FORWARDED_HOST", "HTTP_X_REAL_IP", "HTTP_FORWARDED"] {
         assert!(
@@ -920,6 +944,10 @@ async fn forwarding_headers_reach_the_app_only_from_trusted_proxies() {
     let trusted = before_wsgi(&app, "[127.0.0.1]").await;
     let (status, _, environ) = wsgi_call(&trusted, "/public/x", &spoofed).await;
     assert_eq!(status, 200, "{environ}");
+    assert_eq!(
+        environ["HTTP_X_OUTRIGGER_CLIENT_IP"], "203.0.113.9",
+        "the address before the trusted proxy, in a header of its own: {environ}"
+    );
     assert_eq!(
         environ["HTTP_X_FORWARDED_FOR"], "203.0.113.9, 127.0.0.1",
         "{environ}"

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::client::{client, get_json, get_text};
 use support::eventually::eventually;
 use support::metrics::metric;
@@ -125,6 +125,13 @@ async fn roles_set_per_user_limits_and_anonymous_callers_count_by_address() {
         "each user has their own window"
     );
     assert_eq!(statuses(None, "/public", 3).await, vec![200, 200, 429]);
+    let admin = sidecar.admin_addr();
+    let (_, usage) = get_json(&format!("http://{admin}/rate-limit/users/ana")).await;
+    assert_eq!(
+        usage["endpoints"],
+        json!({"/orders": 4}),
+        "the endpoint, not the role limit it counts against: {usage}"
+    );
 }
 
 #[actix_web::test]

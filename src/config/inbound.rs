@@ -212,6 +212,8 @@ pub struct ApiKey {
     pub name: String,
     /// Its roles.
     pub roles: Vec<String>,
+    /// Its OAuth2-style scopes, as a token's `scope` claim would grant.
+    pub scopes: Vec<String>,
     /// The key itself; never shown.
     #[serde(serialize_with = "redacted")]
     pub key: String,
@@ -228,6 +230,30 @@ pub struct AccessRule {
     pub roles: Vec<String>,
     /// The caller needs every one of these scopes.
     pub scopes: Vec<String>,
+    /// Whether the caller needs both the roles and the scopes (`all`, the
+    /// default) or either (`any`: one of the roles, or every scope).
+    pub satisfy: Satisfy,
+}
+
+/// How an access rule's roles and scopes combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Satisfy {
+    /// One of the roles and every scope.
+    All,
+    /// One of the roles, or every scope: a person by role or a machine by scope.
+    Any,
+}
+
+impl FromYaml for Satisfy {
+    const EXPECTED: &'static str = "all or any";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        match value.as_str()? {
+            "all" => Some(Self::All),
+            "any" => Some(Self::Any),
+            _ => None,
+        }
+    }
 }
 
 /// Which browser origins may call the app.
@@ -544,8 +570,9 @@ fn read_api_keys(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> ApiKey
                 None => problems.add(
                     source,
                     format!(
-                        "entry {index} is not name:key or name:key:role1|role2 \
-                         (names and roles may not hold control characters)"
+                        "entry {index} is not name:key, name:key:role1|role2 or \
+                         name:key:role1|role2:scope1|scope2 (names, roles and scopes \
+                         may not hold control characters)"
                     ),
                 ),
             }
@@ -592,31 +619,38 @@ pub fn usable_name(name: &str) -> bool {
         && !name.ends_with(char::is_whitespace)
 }
 
-/// `name:key` or `name:key:role1|role2`; the name and each role must be a
-/// [`usable_name`], since they are the caller's identity.
+/// `name:key`, `name:key:role1|role2` or `name:key:role1|role2:scope1|scope2`
+/// (an empty roles field for scopes alone); the name, each role and each
+/// scope must be a [`usable_name`], since they are the caller's identity,
+/// and a scope holds no whitespace, as in a token's `scope` claim.
 fn parse_api_key(entry: &str) -> Option<ApiKey> {
-    let mut parts = entry.splitn(3, ':');
+    let mut parts = entry.splitn(4, ':');
     let (name, key) = (parts.next()?.trim(), parts.next()?.trim());
     if !usable_name(name) || key.is_empty() {
         return None;
     }
-    let roles: Vec<String> = parts
-        .next()
-        .map(|roles| {
-            roles
-                .split('|')
-                .map(str::trim)
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    if !roles.iter().all(|role| usable_name(role)) {
+    let names = |field: Option<&str>| -> Option<Vec<String>> {
+        let names: Vec<String> = field
+            .unwrap_or_default()
+            .split('|')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect();
+        names.iter().all(|n| usable_name(n)).then_some(names)
+    };
+    let roles = names(parts.next())?;
+    let scopes = names(parts.next())?;
+    if scopes
+        .iter()
+        .any(|scope| scope.contains(char::is_whitespace))
+    {
         return None;
     }
     Some(ApiKey {
         name: name.to_string(),
         roles,
+        scopes,
         key: key.to_string(),
     })
 }
@@ -637,11 +671,13 @@ fn read_rule(t: &mut Table, problems: &mut Problems) -> Option<AccessRule> {
         .collect();
     let roles = t.list("roles", problems).unwrap_or_default();
     let scopes = t.list("scopes", problems).unwrap_or_default();
+    let satisfy = t.get_or("satisfy", Satisfy::All, problems);
     Some(AccessRule {
         path: path?,
         methods,
         roles,
         scopes,
+        satisfy,
     })
 }
 

@@ -1,5 +1,5 @@
 //! API keys for machine callers: held as SHA-256 digests, compared in
-//! constant time, each standing for a named identity with roles.
+//! constant time, each standing for a named identity with roles and scopes.
 
 use actix_web::http::header::HeaderName;
 use sha2::{Digest, Sha256};
@@ -12,6 +12,18 @@ struct Entry {
     digest: [u8; 32],
     name: String,
     roles: Vec<String>,
+    scopes: Vec<String>,
+}
+
+/// Whose a known key is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct KeyHolder<'a> {
+    /// The key's name: the caller's identity.
+    pub name: &'a str,
+    /// Its roles.
+    pub roles: &'a [String],
+    /// Its scopes.
+    pub scopes: &'a [String],
 }
 
 /// The known API keys and the header they arrive in.
@@ -33,14 +45,15 @@ impl ApiKeys {
                 digest: Sha256::digest(key.key.as_bytes()).into(),
                 name: key.name.clone(),
                 roles: key.roles.clone(),
+                scopes: key.scopes.clone(),
             })
             .collect();
         Ok(ApiKeys { header, entries })
     }
 
-    /// The identity (name, roles) of `presented`, if it is a known key.
-    /// Every entry is compared, so timing says nothing about which matched.
-    pub fn identify(&self, presented: &[u8]) -> Option<(&str, &[String])> {
+    /// Whose `presented` is, if it is a known key. Every entry is
+    /// compared, so timing says nothing about which matched.
+    pub fn identify(&self, presented: &[u8]) -> Option<KeyHolder<'_>> {
         let digest: [u8; 32] = Sha256::digest(presented).into();
         let mut found = None;
         for entry in &self.entries {
@@ -48,7 +61,11 @@ impl ApiKeys {
                 found = Some(entry);
             }
         }
-        found.map(|entry| (entry.name.as_str(), entry.roles.as_slice()))
+        found.map(|entry| KeyHolder {
+            name: &entry.name,
+            roles: &entry.roles,
+            scopes: &entry.scopes,
+        })
     }
 }
 
@@ -64,13 +81,18 @@ mod tests {
             keys: vec![ApiKey {
                 name: "ci".to_string(),
                 roles: vec!["deploy".to_string()],
+                scopes: vec!["orders:read".to_string()],
                 key: "k-123".to_string(),
             }],
         })
         .expect("valid");
         assert_eq!(
             keys.identify(b"k-123"),
-            Some(("ci", &["deploy".to_string()][..]))
+            Some(KeyHolder {
+                name: "ci",
+                roles: &["deploy".to_string()],
+                scopes: &["orders:read".to_string()],
+            })
         );
         assert_eq!(keys.identify(b"k-124"), None);
         assert_eq!(keys.identify(b""), None);

@@ -3,6 +3,7 @@
 //! `jwt_validations_total` (or its rule's 403) and logged with its reason,
 //! never with the credential.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use prometheus::IntCounterVec;
 use super::api_keys::ApiKeys;
 use super::jwks::{FetchNow, JwksFetcher, StopRefreshing};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
-use crate::config::{AccessRule, AuthConfig};
+use crate::config::{AccessRule, AuthConfig, Satisfy};
 use crate::error::ProxyError;
 use crate::store::Store;
 
@@ -58,6 +59,10 @@ pub struct Identity {
     pub method: AuthMethod,
     /// What to revoke at logout: the token's id and its remaining lifetime.
     pub revocable: Option<(String, Duration)>,
+    /// Where the caller is: the peer, or the last address before the
+    /// `inbound.trusted_proxies` in `X-Forwarded-For`
+    /// (`x-outrigger-client-ip`).
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Identity {
@@ -68,6 +73,7 @@ impl Identity {
             scopes: Vec::new(),
             method,
             revocable: None,
+            client_ip: None,
         }
     }
 
@@ -90,6 +96,9 @@ impl Identity {
         }
         if !self.scopes.is_empty() {
             set("x-outrigger-scopes", &self.scopes.join(" "));
+        }
+        if let Some(ip) = self.client_ip {
+            set("x-outrigger-client-ip", &ip.to_string());
         }
         headers
     }
@@ -160,15 +169,16 @@ impl Authenticator {
         let identity = if let Some(token) = bearer_token(req.headers()) {
             self.check_token(token).await?
         } else if let Some((keys, presented)) = self.api_key(req.headers()) {
-            let (name, roles) = keys
+            let holder = keys
                 .identify(presented.as_bytes())
                 .ok_or_else(|| ProxyError::Unauthorized("the API key is not known".to_string()))?;
             Identity {
-                user: name.to_string(),
-                roles: roles.to_vec(),
-                scopes: Vec::new(),
+                user: holder.name.to_string(),
+                roles: holder.roles.to_vec(),
+                scopes: holder.scopes.to_vec(),
                 method: AuthMethod::ApiKey,
                 revocable: None,
+                client_ip: None,
             }
         } else {
             return Err(self.refuse(JwtRejection::Missing));
@@ -242,6 +252,7 @@ impl Authenticator {
             scopes: claims.scopes,
             method: AuthMethod::Jwt,
             revocable: Some(revocable),
+            client_ip: None,
         })
     }
 
@@ -286,24 +297,40 @@ impl Authenticator {
         else {
             return Ok(());
         };
-        if !rule.roles.is_empty() && !rule.roles.iter().any(|role| identity.roles.contains(role)) {
-            return Err(ProxyError::Forbidden(format!(
-                "{} needs one of the roles {}",
-                rule.path,
-                rule.roles.join(", ")
-            )));
-        }
-        if let Some(missing) = rule
-            .scopes
-            .iter()
-            .find(|scope| !identity.scopes.contains(scope))
-        {
-            return Err(ProxyError::Forbidden(format!(
-                "{} needs the scope {missing}",
-                rule.path
-            )));
-        }
-        Ok(())
+        permits(rule, identity)
+    }
+}
+
+/// Whether `identity` has what `rule` asks: one of its roles and every
+/// scope, or with `satisfy: any` either of the two.
+fn permits(rule: &AccessRule, identity: &Identity) -> Result<(), ProxyError> {
+    let has_role =
+        rule.roles.is_empty() || rule.roles.iter().any(|role| identity.roles.contains(role));
+    let missing_scope = rule
+        .scopes
+        .iter()
+        .find(|scope| !identity.scopes.contains(scope));
+    let any = rule.satisfy == Satisfy::Any;
+    match (has_role, missing_scope) {
+        (true, None) => Ok(()),
+        // Either will do: a role named by the rule, or all its scopes.
+        (true, Some(_)) if any && !rule.roles.is_empty() => Ok(()),
+        (false, None) if any && !rule.scopes.is_empty() => Ok(()),
+        (false, _) if any && !rule.scopes.is_empty() => Err(ProxyError::Forbidden(format!(
+            "{} needs one of the roles {}, or the scopes {}",
+            rule.path,
+            rule.roles.join(", "),
+            rule.scopes.join(" ")
+        ))),
+        (false, _) => Err(ProxyError::Forbidden(format!(
+            "{} needs one of the roles {}",
+            rule.path,
+            rule.roles.join(", ")
+        ))),
+        (true, Some(missing)) => Err(ProxyError::Forbidden(format!(
+            "{} needs the scope {missing}",
+            rule.path
+        ))),
     }
 }
 
@@ -365,6 +392,7 @@ mod tests {
             methods: vec!["DELETE".to_string()],
             roles: vec!["admin".to_string()],
             scopes: Vec::new(),
+            satisfy: Satisfy::All,
         };
         assert!(rule_matches(&rule, &Method::DELETE, "/admin/users/1"));
         assert!(!rule_matches(&rule, &Method::GET, "/admin/users/1"));
@@ -394,6 +422,7 @@ mod tests {
             scopes: vec!["read".to_string()],
             method: AuthMethod::Jwt,
             revocable: None,
+            client_ip: Some(IpAddr::from([203, 0, 113, 7])),
         };
         let headers = identity.headers();
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -401,5 +430,49 @@ mod tests {
         assert_eq!(get("x-outrigger-roles"), Some("admin,viewer"));
         assert_eq!(get("x-outrigger-scopes"), Some("read"));
         assert_eq!(get("x-outrigger-auth"), Some("jwt"));
+        assert_eq!(get("x-outrigger-client-ip"), Some("203.0.113.7"));
+    }
+
+    #[test]
+    fn a_rule_may_accept_a_role_or_its_scopes() {
+        let caller = |roles: &[&str], scopes: &[&str]| Identity {
+            user: "u".to_string(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            method: AuthMethod::ApiKey,
+            revocable: None,
+            client_ip: None,
+        };
+        let rule = |satisfy| AccessRule {
+            path: "/reports".to_string(),
+            methods: Vec::new(),
+            roles: vec!["analyst".to_string()],
+            scopes: vec!["reports:read".to_string(), "reports:list".to_string()],
+            satisfy,
+        };
+        let (person, machine) = (
+            caller(&["analyst"], &[]),
+            caller(&[], &["reports:read", "reports:list"]),
+        );
+        let half_scoped = caller(&[], &["reports:read"]);
+        let all = rule(Satisfy::All);
+        assert!(permits(&all, &person).is_err(), "all: the scopes too");
+        assert!(permits(&all, &machine).is_err(), "all: a role too");
+        assert!(permits(
+            &all,
+            &caller(&["analyst"], &["reports:read", "reports:list"])
+        )
+        .is_ok());
+        let any = rule(Satisfy::Any);
+        assert!(permits(&any, &person).is_ok());
+        assert!(permits(&any, &machine).is_ok());
+        assert!(
+            permits(&any, &half_scoped).is_err(),
+            "every scope, or a role"
+        );
+        let mut scopes_only = rule(Satisfy::Any);
+        scopes_only.roles.clear();
+        assert!(permits(&scopes_only, &person).is_err(), "no role to accept");
+        assert!(permits(&scopes_only, &machine).is_ok());
     }
 }

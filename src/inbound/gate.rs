@@ -5,6 +5,7 @@
 //! request works with the gate it started with.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,13 @@ impl Gate {
                 .is_some_and(|peer| trusted.contains(&peer.ip()))
     }
 
+    /// Where the caller of `req` is: the peer, or, when the peer is one of
+    /// `inbound.trusted_proxies`, the last address in `X-Forwarded-For`
+    /// before them.
+    pub fn client_ip(&self, req: &HttpRequest) -> Option<IpAddr> {
+        client_ip(req, &self.config.trusted_proxies)
+    }
+
     /// Stops the background work of the parts `next` no longer uses.
     pub fn retire_replaced(&self, next: &Gate) {
         if !Arc::ptr_eq(&self.authenticator, &next.authenticator) {
@@ -199,4 +207,27 @@ fn authenticator(
         }
         problem("inbound.auth", err)
     })
+}
+
+/// The caller's address: the peer, or the last `X-Forwarded-For` hop not
+/// added by a trusted proxy when the peer is one.
+pub(super) fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|hop| !trusted.contains(hop))
+            .unwrap_or(peer),
+    )
 }

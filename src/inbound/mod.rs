@@ -196,7 +196,10 @@ impl<'a> Request<'a> {
     /// Step 3: the caller is known and may call `path`.
     async fn authenticate(&self, path: &str) -> Step<Identity> {
         match self.gate.authenticator.authenticate(self.req, path).await {
-            Ok(identity) => ControlFlow::Continue(identity),
+            Ok(mut identity) => {
+                identity.client_ip = self.gate.client_ip(self.req);
+                ControlFlow::Continue(identity)
+            }
             Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),
         }
     }

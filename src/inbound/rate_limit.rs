@@ -4,7 +4,6 @@
 //! across workers and across sidecars sharing Redis); while Redis is down,
 //! `on_redis_error` decides (by default: count in this process).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +13,7 @@ use log::warn;
 use prometheus::IntCounterVec;
 
 use super::auth::Identity;
+use super::gate::client_ip;
 use crate::config::{OnRedisError, RateLimitConfig};
 use crate::store::{key, MemoryStore, Store, WindowCount};
 
@@ -118,9 +118,11 @@ impl RateLimiter {
                 },
             },
         };
+        // The endpoint itself, not its limit's bucket: at most `limit`
+        // distinct paths a window, since each one is counted against it.
         let usage_key = key("usage", &subject);
-        if let Err(err) = self.store.record_usage(&usage_key, bucket, window).await {
-            let _ = self.local.record_usage(&usage_key, bucket, window).await;
+        if let Err(err) = self.store.record_usage(&usage_key, path, window).await {
+            let _ = self.local.record_usage(&usage_key, path, window).await;
             log::debug!("request {request_id}: usage kept in process: {err}");
         }
         if !counted.allowed {
@@ -200,33 +202,11 @@ impl RateLimiter {
     }
 }
 
-/// The caller's address: the peer, or the last `X-Forwarded-For` hop not
-/// added by a trusted proxy when the peer is one.
-fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = req.peer_addr()?.ip();
-    if !trusted.contains(&peer) {
-        return Some(peer);
-    }
-    let forwarded: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .filter_map(|hop| hop.trim().parse().ok())
-        .collect();
-    Some(
-        forwarded
-            .into_iter()
-            .rev()
-            .find(|hop| !trusted.contains(hop))
-            .unwrap_or(peer),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+    use std::net::IpAddr;
 
     fn proxy() -> IpAddr {
         "10.0.0.1".parse().expect("ip")
