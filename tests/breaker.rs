@@ -414,11 +414,7 @@ async fn with_both_replicas_failing_no_call_reaches_either_until_the_cooldowns_e
 
 #[actix_web::test]
 async fn past_the_ejection_cap_ejected_replicas_are_probed_back_while_another_serves() {
-    let (a, b, serving) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (a, b, serving) = Replica::three().await;
     a.answer_with(500);
     b.answer_with(500);
     let sidecar = sidecar(&format!(
@@ -472,11 +468,7 @@ async fn past_the_ejection_cap_ejected_replicas_are_probed_back_while_another_se
 
 #[actix_web::test]
 async fn the_breaker_report_shows_its_tuning_its_cooldown_and_the_failures_that_opened_it() {
-    let (healthy, failing, dead) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (healthy, failing, dead) = Replica::three().await;
     failing.answer_with(500);
     dead.answer_with(500);
     let sidecar = sidecar(&format!(

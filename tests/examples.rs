@@ -149,11 +149,7 @@ async fn per_user_limits_refuse_the_sixth_login_in_a_minute() {
 
 #[actix_web::test]
 async fn dual_port_gateway_guards_both_sides() {
-    let (app, good, bad) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (app, good, bad) = Replica::three().await;
     bad.answer_with(500);
     let registry = Registry::start().await;
     registry.register("catalog-good", "catalog", &good);

@@ -451,11 +451,7 @@ async fn redis_paused_killed_and_restarted_under_inbound_load() {
 
 #[actix_web::test]
 async fn a_discovery_file_turning_invalid_under_load_keeps_the_replicas() {
-    let (a, b, c) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (a, b, c) = Replica::three().await;
     let dir = TempDir::new();
     let path = dir.path.join("endpoints.yaml");
     let listing = |upstreams: &[&Replica]| format!("api: [{}]\n", endpoints(upstreams));

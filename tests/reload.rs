@@ -57,11 +57,7 @@ async fn limited(url: &str) -> (u16, Option<String>) {
 
 #[actix_web::test]
 async fn a_rewritten_config_moves_traffic_and_changes_a_limit_without_failing_a_request() {
-    let (app, leaving, joining) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (app, leaving, joining) = Replica::three().await;
     leaving.delay(Duration::from_millis(30));
     let dir = TempDir::new();
     let path = dir.path.join("sidecar.yaml");

@@ -14,11 +14,7 @@ use support::sidecar::sidecar;
 
 #[actix_web::test]
 async fn a_replica_answering_503_is_invisible_to_the_app() {
-    let (a, b, bad) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (a, b, bad) = Replica::three().await;
     bad.answer_with(503);
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}], retry: {{ base_delay: 1ms, max_delay: 5ms }} }}",
@@ -48,11 +44,7 @@ async fn a_replica_answering_503_is_invisible_to_the_app() {
 
 #[actix_web::test]
 async fn a_replica_killed_under_load_costs_no_request() {
-    let (a, b, doomed) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (a, b, doomed) = Replica::three().await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}], retry: {{ base_delay: 1ms, max_delay: 5ms }} }}",
         endpoints(&[&a, &b, &doomed])
@@ -90,11 +82,7 @@ async fn a_replica_killed_under_load_costs_no_request() {
 
 #[actix_web::test]
 async fn the_retry_budget_caps_the_load_an_outage_adds() {
-    let upstreams = [
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    ];
+    let upstreams = Replica::several(3).await;
     for upstream in &upstreams {
         upstream.answer_with(503);
     }
@@ -244,11 +232,7 @@ async fn a_concurrency_limit_sheds_the_excess_with_429() {
 
 #[actix_web::test]
 async fn p2c_ewma_sends_a_ten_times_slower_replica_little() {
-    let (a, b, slow) = (
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    );
+    let (a, b, slow) = Replica::three().await;
     a.delay(Duration::from_millis(2));
     b.delay(Duration::from_millis(2));
     slow.delay(Duration::from_millis(20));

@@ -21,11 +21,7 @@ fn three(upstreams: &[Replica]) -> String {
 
 #[actix_web::test]
 async fn sequential_requests_spread_fairly_over_three_replicas() {
-    let upstreams = [
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    ];
+    let upstreams = Replica::several(3).await;
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}] }}",
         three(&upstreams)
@@ -45,11 +41,7 @@ async fn sequential_requests_spread_fairly_over_three_replicas() {
 
 #[actix_web::test]
 async fn least_load_sends_a_slow_replica_less() {
-    let upstreams = [
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    ];
+    let upstreams = Replica::several(3).await;
     upstreams[2].delay(Duration::from_millis(100));
     let sidecar = sidecar(&format!(
         "  - {{ name: api, endpoints: [{}] }}",

@@ -58,11 +58,7 @@ async fn slow_upload(addr: SocketAddr, bytes: usize, pace: Duration) -> Result<u
 
 #[actix_rt::test]
 async fn a_slow_body_flood_takes_no_replica_out_and_others_are_served() {
-    let replicas = [
-        Replica::start().await,
-        Replica::start().await,
-        Replica::start().await,
-    ];
+    let replicas = Replica::several(3).await;
     let endpoints = support::replica::endpoints(&replicas.iter().collect::<Vec<_>>());
     // Each upload takes 2 s, four times the per-try timeout: the replica is
     // timed from the end of the body, so none of them is a replica's fault.

@@ -47,6 +47,24 @@ impl Replica {
         Replica::start_at("127.0.0.1:0").await
     }
 
+    /// Three replicas, as most balancing and breaker tests want.
+    pub async fn three() -> (Replica, Replica, Replica) {
+        (
+            Replica::start().await,
+            Replica::start().await,
+            Replica::start().await,
+        )
+    }
+
+    /// `count` replicas, for tests that treat them alike.
+    pub async fn several(count: usize) -> Vec<Replica> {
+        let mut replicas = Vec::with_capacity(count);
+        for _ in 0..count {
+            replicas.push(Replica::start().await);
+        }
+        replicas
+    }
+
     /// A replica bound to `addr` (any loopback address, port 0 for any).
     pub async fn start_at(addr: &str) -> Replica {
         let state = Arc::new(ReplicaState::default());
