@@ -19,6 +19,7 @@
 //! The config in force is what admin `GET /config` shows.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -166,6 +167,9 @@ pub struct InboundSide {
     pub gates: Arc<ArcSwap<Gate>>,
     /// The store every gate shares.
     pub store: Arc<dyn Store>,
+    /// The outbound listener's address, where `listeners.inbound.routes`
+    /// sends admitted requests.
+    pub outbound: SocketAddr,
 }
 
 /// The actor that reloads the config: one reload at a time.
@@ -226,6 +230,7 @@ impl Reloader {
                 let built = Gate::build(
                     listener,
                     config,
+                    side.outbound,
                     &side.store,
                     &self.metrics,
                     Some(&**current),
@@ -243,7 +248,10 @@ impl Reloader {
         let is_static = next.discovery.source == SourceKind::Static;
         let endpoints_moved = is_static && !services.changed.is_empty();
         let change = Reconfigure {
-            revision: self.live.load().revise(&next.services, &self.metrics),
+            revision: self
+                .live
+                .load()
+                .revise(&next.services, &next.routes, &self.metrics),
             snapshot: (is_static && (names_moved || endpoints_moved))
                 .then(|| StaticSource::new(&next.services).snapshot().clone()),
             new_source: (names_moved || endpoints_moved).then(|| next.clone()),
