@@ -7,8 +7,10 @@
 //! - services added, removed, their endpoints (static source) and their
 //!   settings, through the supervisor ([`Reconfigure`]), which keeps the
 //!   replica actors (and breaker state) of addresses that stay;
+//! - the route table, swapped with the service table it is part of;
 //! - the inbound gate (auth, CORS, rate limits, in-flight caps, cache, the
-//!   app's address and timeout), rebuilt part by part and swapped whole.
+//!   app's address or the route table, and timeout), rebuilt part by part
+//!   and swapped whole.
 //!
 //! An invalid file changes nothing. Keys that need a restart (those the
 //! config reader reads with a `_restart` method, and the inbound listener's
@@ -140,6 +142,8 @@ pub struct ReloadReport {
     pub services: ServiceChanges,
     /// The inbound config sections that changed.
     pub inbound: Vec<&'static str>,
+    /// Whether the route table (`routes:`) changed.
+    pub routes: bool,
 }
 
 impl ReloadReport {
@@ -150,6 +154,7 @@ impl ReloadReport {
             restart_needed: Vec::new(),
             services: ServiceChanges::default(),
             inbound: Vec::new(),
+            routes: false,
         }
     }
 }
@@ -257,6 +262,7 @@ impl Reloader {
             new_source: (names_moved || endpoints_moved).then(|| next.clone()),
         };
         let unchanged = *running == next;
+        let routes = running.routes != next.routes;
         let result = if restart_needed.is_empty() {
             ReloadResult::Ok
         } else {
@@ -273,6 +279,7 @@ impl Reloader {
                 restart_needed,
                 services,
                 inbound,
+                routes,
             },
         };
         Ok((change, prepared))
@@ -325,13 +332,14 @@ impl Reloader {
             info!("config reload ({how}): no change");
         } else {
             info!(
-                "config reload ({how}): in force; services: {} added {:?}, {} removed {:?}, {} changed {:?}; inbound: {}",
+                "config reload ({how}): in force; services: {} added {:?}, {} removed {:?}, {} changed {:?}; routes: {}; inbound: {}",
                 services.added.len(),
                 services.added,
                 services.removed.len(),
                 services.removed,
                 services.changed.len(),
                 services.changed,
+                if report.routes { "changed" } else { "unchanged" },
                 if report.inbound.is_empty() {
                     "unchanged".to_string()
                 } else {
