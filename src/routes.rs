@@ -95,7 +95,8 @@ impl RouteTable {
                 RouteTo::Service(name) => name.as_str(),
                 RouteTo::FromPath => matched.captured.unwrap_or_default(),
                 RouteTo::Backends(backends) => {
-                    let roll = rand::rng().random_range(0..route.total_weight);
+                    // The reader refuses a total of 0; were it 0, no backend is picked.
+                    let roll = rand::rng().random_range(0..route.total_weight.max(1));
                     weighted(backends, roll)?
                 }
             };
