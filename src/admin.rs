@@ -529,7 +529,7 @@ mod tests {
         };
         let config = Config::from_yaml("", &env).expect("valid");
         let metrics = Metrics::new();
-        let table = ServiceTable::new(&config.services, &metrics);
+        let table = ServiceTable::new(&config.services, &config.routes, &metrics);
         let state = web::Data::new(AdminState {
             shared: Shared {
                 table: Arc::new(LiveServices::new(table)),

@@ -30,6 +30,7 @@ pub mod http;
 pub mod balance;
 pub mod discovery;
 pub mod replica;
+pub mod routes;
 pub mod service;
 pub(crate) mod store;
 
@@ -120,6 +121,7 @@ impl Sidecar {
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,
+            &config.routes,
             &metrics,
         )));
         let stopping = Arc::new(Stopping::new(config.lifecycle.shutdown_grace));
@@ -151,7 +153,7 @@ impl Sidecar {
         let (mut inbound_addr, mut inbound_side) = (None, None);
         if let (Some((listener, inbound)), Some(socket)) = (inbound_listener, inbound_socket) {
             let store = inbound::store(config.redis.as_ref(), &metrics)?;
-            let gate = Gate::build(listener, inbound, &store, &metrics, None)
+            let gate = Gate::build(listener, inbound, outbound_addr, &store, &metrics, None)
                 .map_err(|err| io::Error::other(err.to_string()))?;
             let gates = Arc::new(ArcSwap::from_pointee(gate));
             inbound_addr = Some(socket.local_addr()?);
@@ -159,7 +161,11 @@ impl Sidecar {
             let server = inbound::server(&config, inbound_front, socket, Arc::clone(&gates))?;
             proxies.push((inbound::LISTENER, server.handle()));
             servers.push(actix_rt::spawn(server));
-            inbound_side = Some(InboundSide { gates, store });
+            inbound_side = Some(InboundSide {
+                gates,
+                store,
+                outbound: outbound_addr,
+            });
         }
         let supervisor = Supervisor::new(
             Arc::clone(&table),

@@ -7,8 +7,10 @@
 //! - services added, removed, their endpoints (static source) and their
 //!   settings, through the supervisor ([`Reconfigure`]), which keeps the
 //!   replica actors (and breaker state) of addresses that stay;
+//! - the route table, swapped with the service table it is part of;
 //! - the inbound gate (auth, CORS, rate limits, in-flight caps, cache, the
-//!   app's address and timeout), rebuilt part by part and swapped whole.
+//!   app's address or the route table, and timeout), rebuilt part by part
+//!   and swapped whole.
 //!
 //! An invalid file changes nothing. Keys that need a restart (those the
 //! config reader reads with a `_restart` method, and the inbound listener's
@@ -19,6 +21,7 @@
 //! The config in force is what admin `GET /config` shows.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -139,6 +142,8 @@ pub struct ReloadReport {
     pub services: ServiceChanges,
     /// The inbound config sections that changed.
     pub inbound: Vec<&'static str>,
+    /// Whether the route table (`routes:`) changed.
+    pub routes: bool,
 }
 
 impl ReloadReport {
@@ -149,6 +154,7 @@ impl ReloadReport {
             restart_needed: Vec::new(),
             services: ServiceChanges::default(),
             inbound: Vec::new(),
+            routes: false,
         }
     }
 }
@@ -166,6 +172,9 @@ pub struct InboundSide {
     pub gates: Arc<ArcSwap<Gate>>,
     /// The store every gate shares.
     pub store: Arc<dyn Store>,
+    /// The outbound listener's address, where `listeners.inbound.routes`
+    /// sends admitted requests.
+    pub outbound: SocketAddr,
 }
 
 /// The actor that reloads the config: one reload at a time.
@@ -232,6 +241,7 @@ impl Reloader {
                 let built = Gate::build(
                     listener,
                     config,
+                    side.outbound,
                     &side.store,
                     &self.metrics,
                     Some(&**current),
@@ -249,12 +259,16 @@ impl Reloader {
         let is_static = next.discovery.source == SourceKind::Static;
         let endpoints_moved = is_static && !services.changed.is_empty();
         let change = Reconfigure {
-            revision: self.live.load().revise(&next.services, &self.metrics),
+            revision: self
+                .live
+                .load()
+                .revise(&next.services, &next.routes, &self.metrics),
             snapshot: (is_static && (names_moved || endpoints_moved))
                 .then(|| StaticSource::new(&next.services).snapshot().clone()),
             new_source: (names_moved || endpoints_moved).then(|| next.clone()),
         };
         let unchanged = *running == next;
+        let routes = running.routes != next.routes;
         let result = if restart_needed.is_empty() {
             ReloadResult::Ok
         } else {
@@ -271,6 +285,7 @@ impl Reloader {
                 restart_needed,
                 services,
                 inbound,
+                routes,
             },
         };
         Ok((change, prepared))
@@ -323,13 +338,14 @@ impl Reloader {
             info!("config reload ({how}): no change");
         } else {
             info!(
-                "config reload ({how}): in force; services: {} added {:?}, {} removed {:?}, {} changed {:?}; inbound: {}",
+                "config reload ({how}): in force; services: {} added {:?}, {} removed {:?}, {} changed {:?}; routes: {}; inbound: {}",
                 services.added.len(),
                 services.added,
                 services.removed.len(),
                 services.removed,
                 services.changed.len(),
                 services.changed,
+                if report.routes { "changed" } else { "unchanged" },
                 if report.inbound.is_empty() {
                     "unchanged".to_string()
                 } else {

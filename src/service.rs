@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Policy, ServiceConfig};
+use crate::config::{Policy, RouteConfig, ServiceConfig};
 use crate::core::retry_budget::RetryBudget;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::replica::Endpoint;
+use crate::routes::RouteTable;
 
 /// What discovery said about a replica besides its address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,37 +150,51 @@ impl Drop for InFlight {
     }
 }
 
-/// Every configured service, by name: one version of the table.
+/// Every configured service, by name, and the routes to them: one version
+/// of the table.
 pub struct ServiceTable {
     /// Looked up on every request: hashed with foldhash, not SipHash.
     services: foldhash::HashMap<Arc<str>, Arc<Service>>,
     ordered: Vec<Arc<Service>>,
+    routes: RouteTable,
 }
 
 impl ServiceTable {
-    /// The table for the configured services, none of them synced yet.
-    pub fn new(configs: &[ServiceConfig], metrics: &Metrics) -> Self {
+    /// The table for the configured services, none of them synced yet, and
+    /// the configured routes.
+    pub fn new(configs: &[ServiceConfig], routes: &[RouteConfig], metrics: &Metrics) -> Self {
         ServiceTable::from_services(
             configs
                 .iter()
                 .map(|c| Arc::new(Service::new(c, metrics)))
                 .collect(),
+            routes,
         )
     }
 
-    fn from_services(ordered: Vec<Arc<Service>>) -> Self {
+    fn from_services(ordered: Vec<Arc<Service>>, routes: &[RouteConfig]) -> Self {
         let services = ordered
             .iter()
             .map(|s| (Arc::clone(&s.name), Arc::clone(s)))
             .collect();
-        ServiceTable { services, ordered }
+        ServiceTable {
+            services,
+            ordered,
+            routes: RouteTable::new(routes),
+        }
     }
 
-    /// The table for `configs` after a reload: a service that stays is the
-    /// same [`Service`] (its replicas, breakers and in-flight count go on),
-    /// a new one starts unsynced. Nothing is applied yet: the [`Revision`]
-    /// says what the supervisor must change.
-    pub fn revise(&self, configs: &[ServiceConfig], metrics: &Metrics) -> Revision {
+    /// The table for `configs` and `routes` after a reload: a service that
+    /// stays is the same [`Service`] (its replicas, breakers and in-flight
+    /// count go on), a new one starts unsynced; the routes are the new ones.
+    /// Nothing is applied yet: the [`Revision`] says what the supervisor
+    /// must change.
+    pub fn revise(
+        &self,
+        configs: &[ServiceConfig],
+        routes: &[RouteConfig],
+        metrics: &Metrics,
+    ) -> Revision {
         let mut retuned = Vec::new();
         let ordered: Vec<Arc<Service>> = configs
             .iter()
@@ -194,7 +209,7 @@ impl ServiceTable {
                 None => Arc::new(Service::new(config, metrics)),
             })
             .collect();
-        let table = ServiceTable::from_services(ordered);
+        let table = ServiceTable::from_services(ordered, routes);
         let removed = self
             .iter()
             .filter(|s| table.get(&s.name).is_none())
@@ -210,6 +225,11 @@ impl ServiceTable {
     /// The service called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.get(name)
+    }
+
+    /// The routes, tried before the `Host` and `/<service>/` rules.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// Every service, in config order.

@@ -12,7 +12,7 @@ use serde_json::json;
 use support::client::{client, get_json, status_of, x_cache};
 use support::eventually::eventually;
 use support::registry::Registry;
-use support::replica::Replica;
+use support::replica::{header_seen, Replica};
 use support::sidecar::sidecar_from;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
@@ -20,12 +20,13 @@ const SECRET: &str = "examples-secret";
 const ENV: [(&str, &str); 1] = [("JWT_SECRET", SECRET)];
 
 /// An example's text with its documented ports swapped for test ones: the
-/// listeners on 127.0.0.1:0, the app and the first endpoint on `app`, the
+/// listeners on 127.0.0.1:0 (outbound, inbound and admin), the app and the first endpoint on `app`, the
 /// second endpoint on `second`. A file without listeners gets them first.
 fn runnable(name: &str, app: &Replica, second: Option<&Replica>) -> String {
     let text = std::fs::read_to_string(format!("{EXAMPLES}/{name}")).expect("the example");
     let mut text = text
         .replace("127.0.0.1:15001", "127.0.0.1:0")
+        .replace("0.0.0.0:15001", "127.0.0.1:0")
         .replace("0.0.0.0:15006", "127.0.0.1:0")
         .replace("0.0.0.0:15090", "127.0.0.1:0")
         .replace("127.0.0.1:8080", &app.endpoint())
@@ -217,5 +218,102 @@ async fn dual_port_gateway_guards_both_sides() {
         get(&profile, Some(&valid)).await.0,
         401,
         "revoked on logout"
+    );
+}
+
+/// Sends a GET, with an `Authorization` value when given: status, `X-Cache`
+/// and the replica's echo (`Null` when we answered).
+async fn fetch(url: &str, authorization: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
+    let mut request = client().get(url);
+    if let Some(value) = authorization {
+        request = request.insert_header(("authorization", value));
+    }
+    let mut response = request.send().await.expect("an answer");
+    let cache = x_cache(&response);
+    let echo = response.json().await.unwrap_or_default();
+    (response.status().as_u16(), cache, echo)
+}
+
+#[actix_web::test]
+async fn gateway_routes_external_callers_after_auth_and_internal_ones_without() {
+    let [auth, catalog, canary, budgeting] = [
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+    ];
+    let text = runnable("gateway.yaml", &auth, Some(&catalog))
+        .replace("127.0.0.1:18083", &canary.endpoint())
+        .replace("127.0.0.1:18084", &budgeting.endpoint());
+    let sidecar = sidecar_from(&text, &ENV).await;
+    let path = |echo: &serde_json::Value| echo["path"].as_str().unwrap_or("?").to_string();
+
+    // External port: a token first, then the routes; the service sees the caller.
+    let external = format!("http://{}", sidecar.inbound_addr().expect("inbound"));
+    let now = jsonwebtoken::get_current_timestamp();
+    let ana = token(json!({"sub": "ana", "exp": now + 600}));
+    let me = format!("{external}/api/v1/auth/me");
+    assert_eq!(fetch(&me, None).await.0, 401);
+    let (status, cache, echo) = fetch(&me, Some(&ana)).await;
+    assert_eq!(
+        (status, cache, path(&echo)),
+        (200, Some("BYPASS".into()), "/auth/me".into())
+    );
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-user").as_deref(),
+        Some("ana")
+    );
+    let plans = format!("{external}/api/v1/budgeting/plans?year=2025");
+    let (status, cache, echo) = fetch(&plans, Some(&ana)).await;
+    assert_eq!(
+        (status, cache, path(&echo)),
+        (200, Some("MISS".into()), "/plans".into())
+    );
+    assert_eq!(fetch(&plans, Some(&ana)).await.1.as_deref(), Some("HIT"));
+    assert_eq!(budgeting.hits(), 1, "the second came from the cache");
+    let internal_from_outside = format!("{external}/internal/budgeting/plans");
+    assert_eq!(fetch(&internal_from_outside, Some(&ana)).await.0, 403);
+    let unknown = fetch(&format!("{external}/api/v1/billing/x"), Some(&ana)).await;
+    assert_eq!(unknown.0, 404, "{:?}", unknown.2);
+
+    // Internal port: no token; /internal/<service>/ and the first segment.
+    let internal = format!("http://{}", sidecar.outbound_addr());
+    for (url, replica, seen) in [
+        (
+            format!("{internal}/internal/catalog-canary/items"),
+            &canary,
+            "/items",
+        ),
+        (
+            format!("{internal}/internal/budgeting/plans"),
+            &budgeting,
+            "/plans",
+        ),
+        (format!("{internal}/budgeting/plans"), &budgeting, "/plans"),
+    ] {
+        let hits = replica.hits();
+        let (status, _, echo) = fetch(&url, None).await;
+        assert_eq!((status, path(&echo)), (200, seen.to_string()), "{url}");
+        assert_eq!(replica.hits(), hits + 1, "{url}");
+    }
+
+    // The canary gets 1 request in 10 of /api/v1/catalog/: 1,000 on the internal port.
+    let (stable, canaries) = (catalog.hits(), canary.hits());
+    let items = format!("{internal}/api/v1/catalog/items");
+    let callers = (0..8).map(|_| {
+        let items = items.clone();
+        async move {
+            for _ in 0..125 {
+                assert_eq!(status_of(&items).await, Some(200));
+            }
+        }
+    });
+    futures_util::future::join_all(callers).await;
+    let (stable, canaries) = (catalog.hits() - stable, canary.hits() - canaries);
+    assert_eq!(stable + canaries, 1000);
+    // 10% +- 5 points: 1000 draws of a 10% share stray past that about once in 10^7 runs.
+    assert!(
+        (50..=150).contains(&canaries),
+        "canary got {canaries} of 1000"
     );
 }

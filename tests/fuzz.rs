@@ -6,6 +6,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actix_http::RequestHead;
+use actix_web::http::header::{HeaderValue, HOST};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -500,7 +502,7 @@ proptest! {
     }
 }
 
-/// Three services, built once.
+/// Three services and a route naming any of them by a segment, built once.
 fn table() -> &'static ServiceTable {
     static TABLE: OnceLock<ServiceTable> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -508,11 +510,13 @@ fn table() -> &'static ServiceTable {
             "services:
   - { name: budgeting, endpoints: [\"127.0.0.1:1\"] }
   - { name: raw, endpoints: [\"127.0.0.1:2\"], strip_prefix: false }
-  - { name: a-b, endpoints: [\"127.0.0.1:3\"] }",
+  - { name: a-b, endpoints: [\"127.0.0.1:3\"] }
+routes:
+  - { match: { path_prefix: \"/internal/{service}/\" }, service: \"{service}\", rewrite_prefix: / }",
             &|_| None,
         )
         .expect("valid");
-        ServiceTable::new(&config.services, &Metrics::new())
+        ServiceTable::new(&config.services, &config.routes, &Metrics::new())
     })
 }
 
@@ -521,6 +525,7 @@ const TARGET_PIECES: &[&str] = &[
     "budgeting",
     "raw",
     "a-b",
+    "internal",
     "Budgeting",
     "RAW",
     "x",
@@ -566,10 +571,23 @@ proptest! {
     ) {
         let table = table();
         let names: Vec<String> = table.iter().map(|s| s.name.to_string()).collect();
-        if let Some(route) = resolve(table, authority.as_deref(), host.as_deref(), &path) {
+        // What the listener sees: a target that parses, a Host that is a header value.
+        let mut head = RequestHead::default();
+        let target = match &authority {
+            Some(authority) => format!("http://{authority}/"),
+            None => "/".to_string(),
+        };
+        let Ok(uri) = target.parse() else {
+            return Ok(());
+        };
+        head.uri = uri;
+        if let Some(value) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            head.headers.insert(HOST, value);
+        }
+        if let Some(route) = resolve(table, &head, &path) {
             prop_assert!(names.contains(&route.service.name.to_string()));
             prop_assert!(
-                route.path == "/" || path.ends_with(route.path),
+                route.path == "/" || path.ends_with(&*route.path),
                 "{:?} from {path:?}",
                 route.path
             );

@@ -70,6 +70,35 @@ services:
 }
 
 #[test]
+fn check_refuses_a_shadowed_route_and_one_to_an_unknown_service_by_key_path() {
+    let dir = TempDir::new();
+    let (file, stderr) = failing_check(
+        &dir,
+        "routes.yaml",
+        "services:
+  - { name: auth, endpoints: [\"127.0.0.1:9000\"] }
+  - { name: catalog, endpoints: [\"127.0.0.1:9001\"] }
+routes:
+  - match: { path_prefix: \"/api/v1/{service}/\" }
+    service: \"{service}\"
+  - match: { path_prefix: /api/v1/auth/, methods: [GET] }
+    service: auth
+  - match: { path: /budget }
+    service: budgeting
+",
+        &[],
+    );
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            format!("{file}: 2 problem(s)"),
+            format!("{file}:10:5: routes[2].service: no service named \"budgeting\" in services"),
+            format!("{file}:7:5: routes[1].match: never matched: routes[0] comes first and matches every request this route does; put the more specific route first"),
+        ]
+    );
+}
+
+#[test]
 fn check_places_syntax_errors_and_missing_keys_but_not_environment_problems() {
     let dir = TempDir::new();
     let (file, stderr) = failing_check(

@@ -125,8 +125,7 @@ struct Manual {
     app: Replica,
     replica: Replica,
     path: std::path::PathBuf,
-    /// Kept running while the test lasts.
-    _sidecar: outrigger::Sidecar,
+    sidecar: outrigger::Sidecar,
     admin: String,
     url: String,
     _dir: TempDir,
@@ -151,7 +150,7 @@ impl Manual {
             app,
             replica,
             path,
-            _sidecar: sidecar,
+            sidecar,
             admin,
             url,
             _dir: dir,
@@ -337,4 +336,59 @@ async fn reload_is_refused_without_a_config_file() {
     assert!(body["error"]
         .as_str()
         .is_some_and(|e| e.contains("config file")));
+}
+
+#[actix_web::test]
+async fn a_reload_changes_a_route_and_turns_the_inbound_listener_into_a_gateway() {
+    let route = |rewrite: &str| {
+        format!("routes: [{{ match: {{ path_prefix: /v1/ }}, service: api, rewrite_prefix: {rewrite} }}]")
+    };
+    let sidecar = Manual::start(&route("/old/")).await;
+    let replica = &sidecar.replica;
+    let routed = format!("http://{}/v1/x", sidecar.sidecar.outbound_addr());
+    let echoed_path = |echo: Value| echo["path"].as_str().map(str::to_string);
+    assert_eq!(
+        echoed_path(get_json(&routed).await.1).as_deref(),
+        Some("/old/x")
+    );
+
+    let (status, report) = sidecar.reload(&sidecar.config(&route("/new/"))).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (&report["result"], &report["routes"]),
+        (&"ok".into(), &true.into())
+    );
+    assert_eq!(
+        echoed_path(get_json(&routed).await.1).as_deref(),
+        Some("/new/x")
+    );
+
+    // The inbound listener, in front of the app until now, sends to the routes instead.
+    let inbound = format!(
+        "http://{}/v1/y",
+        sidecar.sidecar.inbound_addr().expect("inbound")
+    );
+    let hits = replica.hits();
+    assert_eq!(
+        echoed_path(get_json(&inbound).await.1).as_deref(),
+        Some("/v1/y"),
+        "the app answers"
+    );
+    assert_eq!(replica.hits(), hits);
+    let gateway = sidecar.config(&route("/new/")).replace(
+        &format!("app: \"http://{}\"", sidecar.app.endpoint()),
+        "routes: true",
+    );
+    let (status, report) = sidecar.reload(&gateway).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["inbound"], serde_json::json!(["listeners.inbound"]));
+    assert_eq!(
+        echoed_path(get_json(&inbound).await.1).as_deref(),
+        Some("/new/y")
+    );
+    assert_eq!(
+        replica.hits(),
+        hits + 1,
+        "through the route to api's replica"
+    );
 }

@@ -206,3 +206,120 @@ async fn a_redirect_from_a_replica_goes_back_to_the_app_unfollowed() {
     assert_eq!(location, Some(&b"/elsewhere"[..]));
     assert_eq!(upstream.hits(), 1, "the sidecar did not follow it");
 }
+
+/// Three services, each one replica, and `routes` as the route table.
+async fn routed(routes: &str) -> (outrigger::Sidecar, [Replica; 3]) {
+    let replicas = [
+        Replica::start().await,
+        Replica::start().await,
+        Replica::start().await,
+    ];
+    let sidecar = support::sidecar::sidecar_with(
+        &format!("routes:\n{routes}"),
+        &format!(
+            "  - {{ name: auth, endpoints: [\"{}\"] }}
+  - {{ name: catalog, endpoints: [\"{}\"] }}
+  - {{ name: catalog-canary, endpoints: [\"{}\"] }}",
+            replicas[0].endpoint(),
+            replicas[1].endpoint(),
+            replicas[2].endpoint()
+        ),
+    )
+    .await;
+    (sidecar, replicas)
+}
+
+/// The path a replica saw for `request`, and which replica (by hits) saw it.
+async fn path_seen(request: awc::ClientRequest, replicas: &[Replica; 3]) -> (String, usize) {
+    let before: Vec<usize> = replicas.iter().map(Replica::hits).collect();
+    let mut response = request.send().await.expect("an answer");
+    assert_eq!(response.status().as_u16(), 200);
+    let echo: Value = response.json().await.expect("json");
+    let which = replicas
+        .iter()
+        .zip(before)
+        .position(|(replica, hits)| replica.hits() > hits)
+        .expect("a replica was called");
+    (echo["path"].as_str().unwrap_or("?").to_string(), which)
+}
+
+#[actix_web::test]
+async fn routes_send_by_prefix_and_by_service_segment_with_the_prefix_rewritten() {
+    let (sidecar, replicas) = routed(
+        "  - { match: { path_prefix: /api/v1/auth/ }, service: auth, rewrite_prefix: / }
+  - { match: { path_prefix: \"/internal/{service}/\" }, service: \"{service}\", rewrite_prefix: /v2/ }
+  - { match: { path: /catalog/health }, service: catalog }",
+    )
+    .await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+    let get = |path: &str| client().get(format!("{base}{path}"));
+    assert_eq!(
+        path_seen(get("/api/v1/auth/me?full=1"), &replicas).await,
+        ("/me".to_string(), 0)
+    );
+    assert_eq!(
+        path_seen(get("/internal/catalog-canary/items/7"), &replicas).await,
+        ("/v2/items/7".to_string(), 2)
+    );
+    assert_eq!(
+        path_seen(get("/internal/auth"), &replicas).await,
+        ("/v2".to_string(), 0)
+    );
+    assert_eq!(
+        path_seen(get("/catalog/health"), &replicas).await,
+        ("/catalog/health".to_string(), 1),
+        "a routed request keeps its path: strip_prefix does not apply"
+    );
+    assert_eq!(
+        path_seen(get("/catalog/items"), &replicas).await,
+        ("/items".to_string(), 1),
+        "no route matches: the first segment still names the service"
+    );
+    let response = get("/internal/billing/x").send().await.expect("an answer");
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.headers().get("x-outrigger").map(|v| v.as_bytes()),
+        Some(&b"unknown_service"[..])
+    );
+}
+
+#[actix_web::test]
+async fn methods_and_headers_pick_among_routes_of_one_prefix() {
+    let (sidecar, replicas) = routed(
+        "  - { match: { path_prefix: /shop, methods: [POST, PUT] }, service: auth }
+  - { match: { path_prefix: /shop, headers: { X-Canary: \"always\" } }, service: catalog-canary }
+  - { match: { path_prefix: /shop }, service: catalog }",
+    )
+    .await;
+    let url = format!("http://{}/shop/cart", sidecar.outbound_addr());
+    assert_eq!(path_seen(client().post(&url), &replicas).await.1, 0);
+    assert_eq!(path_seen(client().put(&url), &replicas).await.1, 0);
+    let canary = client().get(&url).insert_header(("x-canary", "always"));
+    assert_eq!(path_seen(canary, &replicas).await.1, 2);
+    let other = client().get(&url).insert_header(("x-canary", "never"));
+    assert_eq!(path_seen(other, &replicas).await.1, 1);
+    assert_eq!(path_seen(client().get(&url), &replicas).await.1, 1);
+}
+
+#[actix_web::test]
+async fn a_weighted_split_sends_each_backend_its_share_of_1000_requests() {
+    let (sidecar, replicas) = routed(
+        "  - match: { path_prefix: /shop }
+    backends: [{ service: catalog, weight: 90 }, { service: catalog-canary, weight: 10 }]",
+    )
+    .await;
+    let url = format!("http://{}/shop/items", sidecar.outbound_addr());
+    let callers = (0..8).map(|_| {
+        let url = url.clone();
+        async move {
+            for _ in 0..125 {
+                assert_eq!(support::client::status_of(&url).await, Some(200));
+            }
+        }
+    });
+    futures_util::future::join_all(callers).await;
+    let (stable, canary) = (replicas[1].hits(), replicas[2].hits());
+    assert_eq!((replicas[0].hits(), stable + canary), (0, 1000));
+    // 10% +- 5 points: 1000 draws of a 10% share stray past that about once in 10^7 runs.
+    assert!((50..=150).contains(&canary), "canary got {canary} of 1000");
+}

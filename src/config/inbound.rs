@@ -19,14 +19,37 @@ use super::{as_duration, positive, Env, ListenerLimits};
 pub struct InboundListener {
     /// Where callers connect (default `0.0.0.0:15006`).
     pub bind: SocketAddr,
-    /// `host:port` of the app on localhost (from `app: "http://127.0.0.1:8080"`).
-    pub app: String,
+    /// Where admitted requests go: the app, or the route table.
+    #[serde(flatten)]
+    pub target: InboundTarget,
     /// Bound on the app's answer head; past it the caller gets 504 (default 30s).
     #[serde(serialize_with = "as_duration")]
     pub timeout: Duration,
     /// Per-client bounds (`max_header_bytes`, `max_body_bytes`, ...).
     #[serde(flatten)]
     pub limits: ListenerLimits,
+}
+
+/// Where the inbound listener sends the requests it admits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundTarget {
+    /// `host:port` of the app on localhost (from `app: "http://127.0.0.1:8080"`).
+    App(String),
+    /// The sidecar's own outbound listener, whose route table (then `Host`
+    /// and `/<service>/`) picks the service (`routes: true`): a gateway.
+    Routes,
+}
+
+impl Serialize for InboundTarget {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self {
+            Self::App(authority) => map.serialize_entry("app", authority)?,
+            Self::Routes => map.serialize_entry("routes", &true)?,
+        }
+        map.end()
+    }
 }
 
 /// Who may call the app, how often, how many at once, and how browsers may.
@@ -321,20 +344,30 @@ pub(super) fn read_listener(
     problems: &mut Problems,
 ) -> Option<InboundListener> {
     let bind = super::listener::read_bind(t, "0.0.0.0:15006", problems);
-    let app = match t.get::<String>("app", problems) {
-        None => {
+    let app: Option<String> = t.get("app", problems);
+    let routes = t.get_or("routes", false, problems);
+    let target = match (app, routes) {
+        (Some(_), true) => {
             problems.add(
-                &t.path_of("app"),
-                "required: the app's URL on localhost, like \"http://127.0.0.1:8080\"",
+                &t.path_of("routes"),
+                "set app or routes: true, not both: with routes the route table picks the service",
             );
             None
         }
-        Some(url) => match url
+        (None, true) => Some(InboundTarget::Routes),
+        (None, false) => {
+            problems.add(
+                &t.path_of("app"),
+                "required: the app's URL on localhost, like \"http://127.0.0.1:8080\" (or routes: true for a gateway)",
+            );
+            None
+        }
+        (Some(url), false) => match url
             .strip_prefix("http://")
             .map(|rest| rest.trim_end_matches('/'))
         {
             Some(authority) if !authority.is_empty() && !authority.contains('/') => {
-                Some(authority.to_string())
+                Some(InboundTarget::App(authority.to_string()))
             }
             _ => {
                 problems.add(
@@ -350,7 +383,7 @@ pub(super) fn read_listener(
     let limits = super::listener::read_limits(t, problems);
     Some(InboundListener {
         bind: bind?,
-        app: app?,
+        target: target?,
         timeout,
         limits,
     })

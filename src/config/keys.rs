@@ -17,6 +17,7 @@ listeners: { outbound: {}, admin: {}, inbound: {} }
 discovery: { file: {}, registry: {}, dns: {}, kubernetes: {} }
 defaults: { circuit_breaker: {}, retry: {}, concurrency: {} }
 services: [{ circuit_breaker: {}, retry: {}, concurrency: {} }]
+routes: [{ match: {}, backends: [{}] }]
 inbound:
   auth: { jwt: {}, api_keys: {}, rules: [{}] }
   cors: {}

@@ -10,6 +10,7 @@ mod listener;
 mod locate;
 mod observability;
 mod reader;
+mod routes;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,8 +26,8 @@ pub use discovery::{
 pub use inbound::usable_name;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
-    InboundConcurrency, InboundConfig, InboundListener, JwtConfig, JwtKeys, OnRedisError,
-    RateLimitConfig, RedisConfig, RouteLimit, Satisfy,
+    InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig, JwtKeys,
+    OnRedisError, RateLimitConfig, RedisConfig, RouteLimit, Satisfy,
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
@@ -35,6 +36,7 @@ pub use reader::{
     format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
 };
 pub(crate) use reader::{FromYaml, Problems, Table};
+pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
 
 /// How the config reader looks up an environment variable (overrides and
 /// secrets): the process environment for `run`, a table in tests.
@@ -51,6 +53,9 @@ pub struct Config {
     pub defaults: Policy,
     /// The services apps may call.
     pub services: Vec<ServiceConfig>,
+    /// Routes tried in order before the `Host` and `/<service>/` rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
     /// Who may call the app through the inbound listener; `Some` exactly
     /// when `listeners.inbound` is set.
     pub inbound: Option<InboundConfig>,
@@ -476,6 +481,8 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
     let mut discovery = discovery?;
     env::apply(&mut defaults, &mut discovery, env, problems);
     let services = read_services(top.raw("services"), &defaults, discovery.source, problems);
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let routes = routes::read_routes(&mut top, &names, problems);
     let inbound = top.section("inbound", &None, problems, |t, _, problems| {
         Some(inbound::read_inbound(t, env, problems))
     });
@@ -545,6 +552,7 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
         discovery,
         defaults,
         services,
+        routes,
         inbound,
         redis,
         lifecycle,

@@ -5,7 +5,7 @@
 //! request works with the gate it started with.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use log::info;
 
 use super::jwks::StopRefreshing;
 use super::{Authenticator, Cache, Cors, InFlightCaps, JwksFetcher, RateLimiter, Verifier};
-use crate::config::{ConfigError, InboundConfig, InboundListener, JwtKeys, RedisConfig};
+use crate::config::{
+    ConfigError, InboundConfig, InboundListener, InboundTarget, JwtKeys, RedisConfig,
+};
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, RedisStore, Store};
 
@@ -31,7 +33,8 @@ pub struct Gate {
     pub caps: Option<Arc<InFlightCaps>>,
     /// The GET response cache, when configured.
     pub cache: Option<Arc<Cache>>,
-    /// `host:port` of the app.
+    /// `host:port` of the app, or of the outbound listener when
+    /// `listeners.inbound.routes` sends requests to the route table.
     pub app: String,
     /// Bound on the app's answer head.
     pub timeout: Duration,
@@ -57,12 +60,25 @@ pub fn store(redis: Option<&RedisConfig>, metrics: &Metrics) -> io::Result<Arc<d
     Ok(store)
 }
 
+/// Where this host reaches a listener bound at `bound`: its loopback
+/// address when it is bound to every address (`0.0.0.0`, `[::]`).
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
 impl Gate {
-    /// The gate for `inbound` in front of `listener`'s app. Each part whose
-    /// config is the same as in `previous` is that gate's part.
+    /// The gate for `inbound` in front of `listener`'s target: its app, or
+    /// the route table of the outbound listener bound at `outbound`. Each
+    /// part whose config is the same as in `previous` is that gate's part.
     pub fn build(
         listener: &InboundListener,
         inbound: &InboundConfig,
+        outbound: SocketAddr,
         store: &Arc<dyn Store>,
         metrics: &Metrics,
         previous: Option<&Gate>,
@@ -106,7 +122,10 @@ impl Gate {
             limiter,
             caps,
             cache,
-            app: listener.app.clone(),
+            app: match &listener.target {
+                InboundTarget::App(authority) => authority.clone(),
+                InboundTarget::Routes => reachable(outbound).to_string(),
+            },
             timeout: listener.timeout,
             config: inbound.clone(),
         })

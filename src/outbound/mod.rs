@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_http::error::PayloadError;
 use actix_web::dev::Server;
-use actix_web::http::header::{HeaderValue, HOST, RETRY_AFTER};
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
 
@@ -72,13 +72,12 @@ pub fn server(
 
 async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker>) -> HttpResponse {
     let arrival = worker.front.arrive(&req);
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
     let table = worker.table.load();
     // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
     let path = listener::check_head(&req, &worker.front.limits)
         .and_then(|()| listener::normal_path(req.uri().path()));
     let route = path.as_deref().map(|path| {
-        resolve(&table, req.uri().host(), host, path)
+        resolve(&table, req.head(), path)
             .map(|route| (Arc::clone(route.service), route.path, route.keep_host))
     });
     drop(table);
@@ -98,7 +97,7 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
             let outgoing = Outgoing {
                 service: &service,
                 settings: &settings,
-                path,
+                path: &path,
                 plan,
                 req: &req,
                 arrival: &arrival,

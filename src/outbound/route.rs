@@ -1,9 +1,14 @@
-//! Which service an outbound request is for, and what path it is sent with.
-//! Absolute-form requests (`GET http://budgeting/x`, via `HTTP_PROXY`) name
-//! the service in their authority, others may in `Host`, and anything else
-//! by its first path segment (`/budgeting/x`).
+//! Which service an outbound request is for, and what path it is sent with,
+//! in this order: the first route of `routes:` that matches (its service,
+//! and its `rewrite_prefix`); else an absolute-form request
+//! (`GET http://budgeting/x`, via `HTTP_PROXY`) by its authority; else
+//! `Host`; else the first path segment (`/budgeting/x`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use actix_http::RequestHead;
+use actix_web::http::header::HOST;
 
 use crate::service::{Service, ServiceTable};
 
@@ -11,32 +16,44 @@ use crate::service::{Service, ServiceTable};
 pub struct Route<'t, 'p> {
     /// The service.
     pub service: &'t Arc<Service>,
-    /// The path to request from the replica (the query is kept apart).
-    pub path: &'p str,
+    /// The path to request from the replica (the query is kept apart);
+    /// owned only when a route's `rewrite_prefix` joins a new prefix to it.
+    pub path: Cow<'p, str>,
     /// Whether the `Host` header names the service and should be passed on;
     /// otherwise the replica's address is sent as `Host`.
     pub keep_host: bool,
 }
 
-/// Resolves a request; `None` when it names no configured service.
+/// Resolves a request whose normalised path is `path`; `None` when it names
+/// no configured service (or a route's `{service}` segment names none).
 pub fn resolve<'t, 'p>(
     table: &'t ServiceTable,
-    authority_host: Option<&str>,
-    host_header: Option<&str>,
+    head: &RequestHead,
     path: &'p str,
 ) -> Option<Route<'t, 'p>> {
-    if let Some(host) = authority_host {
+    let routed = table
+        .routes()
+        .find(&head.method, &head.headers, path, |name| table.get(name));
+    if let Some(routed) = routed {
+        return Some(Route {
+            service: routed.service?,
+            path: routed.path,
+            keep_host: false,
+        });
+    }
+    if let Some(host) = head.uri.host() {
         let service = service_for_host(table, host)?;
         return Some(Route {
             service,
-            path,
+            path: Cow::Borrowed(path),
             keep_host: true,
         });
     }
+    let host_header = head.headers.get(HOST).and_then(|h| h.to_str().ok());
     if let Some(service) = host_header.and_then(|host| service_for_host(table, strip_port(host))) {
         return Some(Route {
             service,
-            path,
+            path: Cow::Borrowed(path),
             keep_host: true,
         });
     }
@@ -44,11 +61,11 @@ pub fn resolve<'t, 'p>(
     let name = after_slash.split('/').next()?;
     let service = table.get(name)?;
     let rest = &after_slash[name.len()..];
-    let path = match (service.settings().strip_prefix, rest.is_empty()) {
+    let path = Cow::Borrowed(match (service.settings().strip_prefix, rest.is_empty()) {
         (false, _) => path,
         (true, true) => "/",
         (true, false) => rest,
-    };
+    });
     Some(Route {
         service,
         path,
@@ -100,16 +117,23 @@ fn strip_port(host: &str) -> &str {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use actix_web::test::TestRequest;
 
     fn table() -> ServiceTable {
         let config = Config::from_yaml(
             "services:
   - { name: budgeting, endpoints: [\"127.0.0.1:1\"] }
-  - { name: raw, endpoints: [\"127.0.0.1:2\"], strip_prefix: false }",
+  - { name: raw, endpoints: [\"127.0.0.1:2\"], strip_prefix: false }
+routes:
+  - { match: { path_prefix: /api/v1/budget/ }, service: budgeting, rewrite_prefix: /v1/ }",
             &|_| None,
         )
         .expect("valid");
-        ServiceTable::new(&config.services, &crate::metrics::Metrics::new())
+        ServiceTable::new(
+            &config.services,
+            &config.routes,
+            &crate::metrics::Metrics::new(),
+        )
     }
 
     fn route(
@@ -118,8 +142,17 @@ mod tests {
         path: &str,
     ) -> Option<(String, String, bool)> {
         let table = table();
-        resolve(&table, authority, host, path)
-            .map(|r| (r.service.name.to_string(), r.path.to_string(), r.keep_host))
+        let target = match authority {
+            Some(authority) => format!("http://{authority}{path}"),
+            None => path.to_string(),
+        };
+        let mut request = TestRequest::default().uri(&target);
+        if let Some(host) = host {
+            request = request.insert_header((HOST, host));
+        }
+        let request = request.to_http_request();
+        resolve(&table, request.head(), path)
+            .map(|r| (r.service.name.to_string(), r.path.into_owned(), r.keep_host))
     }
 
     fn to(service: &str, path: &str, keep_host: bool) -> Option<(String, String, bool)> {
@@ -138,6 +171,19 @@ mod tests {
             to("budgeting", "/", false)
         );
         assert_eq!(route(None, None, "/raw/x"), to("raw", "/raw/x", false));
+    }
+
+    #[test]
+    fn a_route_comes_before_the_host_and_the_first_segment() {
+        assert_eq!(
+            route(None, Some("raw"), "/api/v1/budget/plans"),
+            to("budgeting", "/v1/plans", false)
+        );
+        assert_eq!(
+            route(None, None, "/api/v1/other"),
+            None,
+            "no route, and no service named api"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::{format_duration, Config, ConfigError, InboundConfig, SecretEnv, SourceKind};
+use crate::config::{
+    format_duration, Config, ConfigError, InboundConfig, InboundTarget, RouteConfig, RouteTo,
+    SecretEnv, SourceKind,
+};
 
 /// Checks the config at `path`; with `strict_env`, a missing secret
 /// variable is an error. Exit 0 with a summary on stdout, or 1 with every
@@ -80,7 +83,10 @@ pub(crate) fn summary(path: &Path, config: &Config) -> String {
     let listeners = &config.listeners;
     let _ = writeln!(out, "{}: ok", path.display());
     let inbound = match &listeners.inbound {
-        Some(inbound) => format!(", inbound {} (app {})", inbound.bind, inbound.app),
+        Some(inbound) => match &inbound.target {
+            InboundTarget::App(app) => format!(", inbound {} (app {app})", inbound.bind),
+            InboundTarget::Routes => format!(", inbound {} (routes)", inbound.bind),
+        },
         None => String::new(),
     };
     let _ = writeln!(
@@ -112,7 +118,44 @@ pub(crate) fn summary(path: &Path, config: &Config) -> String {
             service.policy.load_balancer.as_str()
         );
     }
+    for (index, route) in config.routes.iter().enumerate() {
+        let _ = writeln!(out, "  routes[{index}]: {}", route_line(route));
+    }
     out
+}
+
+/// One route in the config's words: `path_prefix /api/v1/auth/ GET, POST
+/// -> auth, rewrite_prefix /`.
+fn route_line(route: &RouteConfig) -> String {
+    let matches = &route.matches;
+    let kind = if matches.path.is_exact() {
+        "path"
+    } else {
+        "path_prefix"
+    };
+    let mut line = format!("{kind} {}", matches.path.as_str());
+    if !matches.methods.is_empty() {
+        let _ = write!(line, " {}", matches.methods.join(", "));
+    }
+    for (name, value) in &matches.headers {
+        let _ = write!(line, " {name}: {value}");
+    }
+    let to = match &route.to {
+        RouteTo::Service(name) => name.clone(),
+        RouteTo::FromPath => "{service}".to_string(),
+        RouteTo::Backends(backends) => {
+            let shares: Vec<String> = backends
+                .iter()
+                .map(|b| format!("{} {}", b.service, b.weight))
+                .collect();
+            shares.join(", ")
+        }
+    };
+    let _ = write!(line, " -> {to}");
+    if let Some(prefix) = &route.rewrite_prefix {
+        let _ = write!(line, ", rewrite_prefix {prefix}");
+    }
+    line
 }
 
 /// The inbound sections in force, by their keys: `auth.jwt, auth.api_keys,
