@@ -227,7 +227,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let again = may_retry
             && tries < retry.attempts
             && body.replayable()
-            && retry::answer_is_retried(answer, retry);
+            && retry::answer_is_retried(answer, attempt.bound.per_try(), retry);
         if !again {
             log_if_slow(policy, &attempt.endpoint, answered - started, id);
             return attempt.into_response(slot, outgoing);
@@ -258,24 +258,31 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
 /// How long one try may wait for its answer, and the key that says so.
 #[derive(Clone, Copy)]
 struct TryBound {
-    /// The wait: `per_try_timeout`, or what is left of `timeout` if less.
+    /// The wait: `per_try_timeout` when set, or what is left of `timeout` if less.
     wait: Duration,
     /// The key that bounded the wait, and its configured value.
     key: (&'static str, Duration),
 }
 
-/// The bound of a try with `remaining` of the request's `timeout` left.
+impl TryBound {
+    /// Whether `per_try_timeout` bounded the try (not what was left of `timeout`).
+    fn per_try(&self) -> bool {
+        self.key.0 == "per_try_timeout"
+    }
+}
+
+/// The bound of a try with `remaining` of the request's `timeout` left:
+/// `per_try_timeout` when it is set and shorter, else the remainder.
 fn try_bound(policy: &Policy, remaining: Duration) -> TryBound {
-    if policy.per_try_timeout < remaining {
-        TryBound {
-            wait: policy.per_try_timeout,
-            key: ("per_try_timeout", policy.per_try_timeout),
-        }
-    } else {
-        TryBound {
+    match policy.per_try_timeout {
+        Some(per_try) if per_try < remaining => TryBound {
+            wait: per_try,
+            key: ("per_try_timeout", per_try),
+        },
+        _ => TryBound {
             wait: remaining,
             key: ("timeout", policy.timeout),
-        }
+        },
     }
 }
 
