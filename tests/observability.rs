@@ -2,7 +2,8 @@
 //! the exposition passes `promtool`, a real Prometheus scrapes it and runs
 //! every dashboard query; trace context and request ids reach the upstream,
 //! the response and the JSON log; a request slower than its threshold is
-//! logged at warn with its id, a fast one is not; sampled spans reach an
+//! logged at warn with its id, a fast one is not; a burst of refusals is
+//! logged once and then summarised with its count; sampled spans reach an
 //! OTLP collector; admin `GET /` names the sidecar; labels stay bounded
 //! under random traffic.
 
@@ -564,6 +565,76 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
         .any(|l| l["message"] == "admin: log filters set to warn"));
     drop(process);
     assert!(lines().len() >= 4, "every line parsed as JSON");
+}
+
+/// How many refusals of `reason` the warnings account for: each logged in
+/// full (`429: ...`) is one, each summary line says how many more.
+fn refusals_logged(warnings: &[Value], full: &str, summary: &str) -> usize {
+    warnings
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .map(|message| {
+            if message.contains(full) {
+                1
+            } else if let Some(rest) = message.strip_prefix(summary) {
+                let more = rest.split(' ').next().unwrap_or_default();
+                more.parse()
+                    .unwrap_or_else(|_| panic!("no count: {message}"))
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[actix_web::test]
+async fn a_burst_of_refusals_is_logged_once_then_summarised_with_its_count() {
+    const REFUSED: usize = 500;
+    let app = Replica::start().await;
+    let dir = TempDir::new();
+    let log = dir.path.join("sidecar.log");
+    let sidecar = SidecarProcess::start_with_inbound(
+        "  []",
+        &format!("app: \"http://{}\"", app.endpoint()),
+        "log_summary_interval: 2s\ninbound: { rate_limit: { window: 1m, roles: { anonymous: 2 } } }",
+        &[("LOG_LEVEL", "warn"), ("LOG_FORMAT", "json")],
+        Some(&log),
+    )
+    .await;
+    let url = format!("http://{}/reports", sidecar.inbound.expect("inbound"));
+    for _ in 0..2 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+    // One caller's burst, 50 at a time: every one over the limit.
+    for _ in 0..REFUSED / 50 {
+        let statuses = futures_util::future::join_all((0..50).map(|_| status_of(&url))).await;
+        assert!(statuses.iter().all(|s| *s == Some(429)), "{statuses:?}");
+    }
+    let warnings = || -> Vec<Value> {
+        json_lines(&log)
+            .into_iter()
+            .filter(|line| line["level"] == "WARN")
+            .collect()
+    };
+    let (full, summary) = ("429: rate limit of 2", "rate_limited: ");
+    eventually("each refusal is logged or counted in a summary", || async {
+        refusals_logged(&warnings(), full, summary) == REFUSED
+    })
+    .await;
+    let warnings = warnings();
+    assert!(
+        warnings.len() < 10,
+        "{} warnings for one burst: {warnings:#?}",
+        warnings.len()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line["message"].as_str().is_some_and(
+                |m| m.starts_with(summary) && m.contains("for app on the inbound listener")
+            )),
+        "{warnings:#?}"
+    );
 }
 
 #[actix_web::test]

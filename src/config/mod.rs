@@ -1017,7 +1017,9 @@ services:
         assert_eq!(shown["services"][1]["per_try_timeout"], "off");
         assert_eq!(
             errors("defaults: { per_try_timeout: never }"),
-            vec!["defaults.per_try_timeout: expected a duration like \"1s\", or off, got \"never\""]
+            vec![
+                "defaults.per_try_timeout: expected a duration like \"1s\", or off, got \"never\""
+            ]
         );
         assert_eq!(
             errors("defaults: { per_try_timeout: 0s }"),

@@ -28,6 +28,7 @@ use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
+use crate::logging::summary::{self, Topic};
 use crate::metrics::RequestSeries;
 use crate::replica::{Answer, Endpoint, Lease};
 use crate::service::{InFlight, LiveServices, Service, Settings};
@@ -234,7 +235,14 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
-            warn!("request {id}: {name}: retry budget spent; answering with the last try");
+            let topic = Topic {
+                kind: "retry_budget_spent",
+                listener: LISTENER,
+                service: name,
+            };
+            if summary::first(topic) {
+                warn!("request {id}: {name}: retry budget spent; answering with the last try");
+            }
             return attempt.into_response(slot, outgoing);
         }
         let delay = attempt
