@@ -75,6 +75,12 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Redis pool connections by state (`idle`, `in_use`).
     pub redis_pool_connections: IntGaugeVec,
+    /// Pooled keep-alive connections to each replica by state (`idle`,
+    /// `in_use`), over every outbound worker.
+    pub upstream_connections: IntGaugeVec,
+    /// The most idle connections kept per replica, over every outbound
+    /// worker; connections in use have no cap of their own.
+    pub upstream_connections_idle_max: IntGauge,
     /// Discovery syncs by source and result.
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
@@ -178,6 +184,19 @@ pub struct ReplicaMetrics {
     pub successes: IntCounter,
     /// `circuit_breaker_rejected_total`.
     pub rejected: IntCounter,
+    /// `upstream_connections`, which the workers' pools keep.
+    pub connections: Arc<PoolGauges>,
+}
+
+/// `upstream_connections` of one replica: its pooled connections in use
+/// and idle, which every worker's pool counts in. One per replica, shared,
+/// so a pool can tell whether a connection is counted for the replica a
+/// request is for.
+pub struct PoolGauges {
+    /// `state="idle"`: kept for the next request.
+    pub idle: IntGauge,
+    /// `state="in_use"`: carrying a request or its answer's body.
+    pub in_use: IntGauge,
 }
 
 impl Metrics {
@@ -220,6 +239,14 @@ impl Metrics {
                 .register(Box::new(counter.clone()))
                 .expect("unique counter");
             counter
+        };
+        let plain_gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::with_opts(Opts::new(name, help).namespace("outrigger"))
+                .expect("valid gauge definition");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique gauge");
+            gauge
         };
         let replica = &["service", "replica"];
         Metrics {
@@ -339,6 +366,15 @@ impl Metrics {
                 "Redis pool connections by state.",
                 &["state"],
             ),
+            upstream_connections: gauge(
+                "upstream_connections",
+                "Pooled keep-alive connections to each replica by state (idle, in_use), over every worker.",
+                &["service", "replica", "state"],
+            ),
+            upstream_connections_idle_max: plain_gauge(
+                "upstream_connections_idle_max",
+                "Most idle connections kept per replica, over every worker (in use: no cap of their own).",
+            ),
             discovery_syncs: counter(
                 "discovery_syncs_total",
                 "Discovery syncs by source and result.",
@@ -399,6 +435,14 @@ impl Metrics {
             failures: self.breaker_failures.with_label_values(&labels),
             successes: self.breaker_successes.with_label_values(&labels),
             rejected: self.breaker_rejected.with_label_values(&labels),
+            connections: Arc::new(PoolGauges {
+                idle: self
+                    .upstream_connections
+                    .with_label_values(&[service, replica, "idle"]),
+                in_use: self
+                    .upstream_connections
+                    .with_label_values(&[service, replica, "in_use"]),
+            }),
         }
     }
 
@@ -425,6 +469,11 @@ impl Metrics {
             &self.breaker_rejected,
         ] {
             let _ = family.remove_label_values(&labels);
+        }
+        for state in ["idle", "in_use"] {
+            let _ = self
+                .upstream_connections
+                .remove_label_values(&[service, replica, state]);
         }
         for status in statuses {
             let status = status.to_string();
@@ -471,6 +520,7 @@ mod tests {
         let metrics = Metrics::new();
         let replica = metrics.replica("api", "127.0.0.1:1");
         replica.load.inc();
+        replica.connections.idle.inc();
         metrics
             .upstream_requests
             .with_label_values(&["api", "127.0.0.1:1", "200"])

@@ -57,6 +57,11 @@ pub fn server(
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
     let workers = config.workers as usize;
+    let idle_max = crate::http::client::MAX_IDLE_PER_REPLICA * workers;
+    front
+        .metrics()
+        .upstream_connections_idle_max
+        .set(idle_max as i64);
     listener::serve(&front.clone(), socket, workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
@@ -195,6 +200,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
         let target = Target {
             address: &endpoint.address,
+            connections: Some(&endpoint.connections),
             path,
             headers: plan,
             timeout: bound.wait,
