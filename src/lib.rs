@@ -118,6 +118,7 @@ impl Sidecar {
         let (outbound_addr, admin_addr) =
             (outbound_socket.local_addr()?, admin_socket.local_addr()?);
         listener::raise_open_files_limit(client_connections(&config));
+        logging::summary::start(config.observability.log_summary_interval);
         let metrics = Arc::new(Metrics::new());
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,
@@ -291,6 +292,8 @@ impl Sidecar {
         for server in self.servers {
             let _ = server.await;
         }
+        // What the summaries have counted but not yet said.
+        logging::summary::report();
         let cut: u64 = self
             .proxies
             .iter()

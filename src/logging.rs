@@ -1,7 +1,10 @@
 //! Log output: readable text by default or one JSON object per line with
 //! `LOG_FORMAT=json`, filtered by `LOG_LEVEL` (`info`,
 //! `outrigger=debug,actix_server=warn`), and refiltered at runtime (admin
-//! `PUT /log-level`) by swapping the whole logger.
+//! `PUT /log-level`) by swapping the whole logger; warnings that repeat
+//! are summarised ([`summary`]).
+
+pub mod summary;
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};

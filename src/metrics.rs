@@ -75,6 +75,12 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Redis pool connections by state (`idle`, `in_use`).
     pub redis_pool_connections: IntGaugeVec,
+    /// Pooled keep-alive connections to each replica by state (`idle`,
+    /// `in_use`), over every outbound worker.
+    pub upstream_connections: IntGaugeVec,
+    /// The most idle connections kept per replica, over every outbound
+    /// worker; connections in use have no cap of their own.
+    pub upstream_connections_idle_max: IntGauge,
     /// Discovery syncs by source and result.
     pub discovery_syncs: IntCounterVec,
     /// Replicas known per service.
@@ -178,6 +184,19 @@ pub struct ReplicaMetrics {
     pub successes: IntCounter,
     /// `circuit_breaker_rejected_total`.
     pub rejected: IntCounter,
+    /// `upstream_connections`, which the workers' pools keep.
+    pub connections: Arc<PoolGauges>,
+}
+
+/// `upstream_connections` of one replica: its pooled connections in use
+/// and idle, which every worker's pool counts in. One per replica, shared,
+/// so a pool can tell whether a connection is counted for the replica a
+/// request is for.
+pub struct PoolGauges {
+    /// `state="idle"`: kept for the next request.
+    pub idle: IntGauge,
+    /// `state="in_use"`: carrying a request or its answer's body.
+    pub in_use: IntGauge,
 }
 
 impl Metrics {
@@ -202,6 +221,8 @@ impl Metrics {
         };
         let plain_counter =
             |name: &str, help: &str| registered(&registry, IntCounter::with_opts(opts(name, help)));
+        let plain_gauge =
+            |name: &str, help: &str| registered(&registry, IntGauge::with_opts(opts(name, help)));
         let replica = &["service", "replica"];
         Metrics {
             http_requests: counter(
@@ -320,6 +341,15 @@ impl Metrics {
                 "Redis pool connections by state.",
                 &["state"],
             ),
+            upstream_connections: gauge(
+                "upstream_connections",
+                "Pooled keep-alive connections to each replica by state (idle, in_use), over every worker.",
+                &["service", "replica", "state"],
+            ),
+            upstream_connections_idle_max: plain_gauge(
+                "upstream_connections_idle_max",
+                "Most idle connections kept per replica, over every worker (in use: no cap of their own).",
+            ),
             discovery_syncs: counter(
                 "discovery_syncs_total",
                 "Discovery syncs by source and result.",
@@ -380,6 +410,14 @@ impl Metrics {
             failures: self.breaker_failures.with_label_values(&labels),
             successes: self.breaker_successes.with_label_values(&labels),
             rejected: self.breaker_rejected.with_label_values(&labels),
+            connections: Arc::new(PoolGauges {
+                idle: self
+                    .upstream_connections
+                    .with_label_values(&[service, replica, "idle"]),
+                in_use: self
+                    .upstream_connections
+                    .with_label_values(&[service, replica, "in_use"]),
+            }),
         }
     }
 
@@ -406,6 +444,11 @@ impl Metrics {
             &self.breaker_rejected,
         ] {
             let _ = family.remove_label_values(&labels);
+        }
+        for state in ["idle", "in_use"] {
+            let _ = self
+                .upstream_connections
+                .remove_label_values(&[service, replica, state]);
         }
         for status in statuses {
             let status = status.to_string();
@@ -467,6 +510,7 @@ mod tests {
         let metrics = Metrics::new();
         let replica = metrics.replica("api", "127.0.0.1:1");
         replica.load.inc();
+        replica.connections.idle.inc();
         metrics
             .upstream_requests
             .with_label_values(&["api", "127.0.0.1:1", "200"])

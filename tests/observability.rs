@@ -2,7 +2,9 @@
 //! the exposition passes `promtool`, a real Prometheus scrapes it and runs
 //! every dashboard query; trace context and request ids reach the upstream,
 //! the response and the JSON log; a request slower than its threshold is
-//! logged at warn with its id, a fast one is not; sampled spans reach an
+//! logged at warn with its id, a fast one is not; a burst of refusals is
+//! logged once and then summarised with its count; the connection-pool
+//! gauges follow a call and leave with their replica; sampled spans reach an
 //! OTLP collector; admin `GET /` names the sidecar; labels stay bounded
 //! under random traffic.
 
@@ -19,13 +21,13 @@ use serde_json::Value;
 use support::child::OwnedChild;
 use support::client::{client, get_json, get_text, status_of};
 use support::eventually::eventually;
-use support::files::TempDir;
+use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::process::SidecarProcess;
 use support::redis::RedisServer;
 use support::replica::{header_seen, Replica};
-use support::sidecar::sidecar_from;
+use support::sidecar::{sidecar_from, sidecar_from_file};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -564,6 +566,134 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
         .any(|l| l["message"] == "admin: log filters set to warn"));
     drop(process);
     assert!(lines().len() >= 4, "every line parsed as JSON");
+}
+
+/// How many refusals of `reason` the warnings account for: each logged in
+/// full (`429: ...`) is one, each summary line says how many more.
+fn refusals_logged(warnings: &[Value], full: &str, summary: &str) -> usize {
+    warnings
+        .iter()
+        .filter_map(|line| line["message"].as_str())
+        .map(|message| {
+            if message.contains(full) {
+                1
+            } else if let Some(rest) = message.strip_prefix(summary) {
+                let more = rest.split(' ').next().unwrap_or_default();
+                more.parse()
+                    .unwrap_or_else(|_| panic!("no count: {message}"))
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[actix_web::test]
+async fn a_burst_of_refusals_is_logged_once_then_summarised_with_its_count() {
+    const REFUSED: usize = 500;
+    let app = Replica::start().await;
+    let dir = TempDir::new();
+    let log = dir.path.join("sidecar.log");
+    let sidecar = SidecarProcess::start_with_inbound(
+        "  []",
+        &format!("app: \"http://{}\"", app.endpoint()),
+        "log_summary_interval: 2s\ninbound: { rate_limit: { window: 1m, roles: { anonymous: 2 } } }",
+        &[("LOG_LEVEL", "warn"), ("LOG_FORMAT", "json")],
+        Some(&log),
+    )
+    .await;
+    let url = format!("http://{}/reports", sidecar.inbound.expect("inbound"));
+    for _ in 0..2 {
+        assert_eq!(status_of(&url).await, Some(200));
+    }
+    // One caller's burst, 50 at a time: every one over the limit.
+    for _ in 0..REFUSED / 50 {
+        let statuses = futures_util::future::join_all((0..50).map(|_| status_of(&url))).await;
+        assert!(statuses.iter().all(|s| *s == Some(429)), "{statuses:?}");
+    }
+    let warnings = || -> Vec<Value> {
+        json_lines(&log)
+            .into_iter()
+            .filter(|line| line["level"] == "WARN")
+            .collect()
+    };
+    let (full, summary) = ("429: rate limit of 2", "rate_limited: ");
+    eventually("each refusal is logged or counted in a summary", || async {
+        refusals_logged(&warnings(), full, summary) == REFUSED
+    })
+    .await;
+    let warnings = warnings();
+    assert!(
+        warnings.len() < 10,
+        "{} warnings for one burst: {warnings:#?}",
+        warnings.len()
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line["message"].as_str().is_some_and(
+                |m| m.starts_with(summary) && m.contains("for app on the inbound listener")
+            )),
+        "{warnings:#?}"
+    );
+}
+
+#[actix_web::test]
+async fn pool_gauges_follow_a_call_and_leave_with_their_replica() {
+    let (slow, staying) = (Replica::start().await, Replica::start().await);
+    slow.delay(Duration::from_millis(600));
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let file = |endpoints: &[&Replica]| {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|r| format!("\"{}\"", r.endpoint()))
+            .collect();
+        format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+workers: 2
+reload: {{ interval: 100ms }}
+services:
+  - {{ name: api, endpoints: [{}], load_balancer: round_robin, slow_start: 0s }}",
+            endpoints.join(", ")
+        )
+    };
+    std::fs::write(&path, file(&[&slow])).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    let gauge = |state: &'static str| {
+        let metrics = metrics.clone();
+        let series = format!(
+            "outrigger_upstream_connections{{replica=\"{}\",service=\"api\",state=\"{state}\"}}",
+            slow.endpoint()
+        );
+        async move { metric(&get_text(&metrics).await, &series) }
+    };
+    let exposition = get_text(&metrics).await;
+    assert_eq!(
+        metric(&exposition, "outrigger_upstream_connections_idle_max"),
+        Some(512.0),
+        "256 idle connections per replica on each of 2 workers"
+    );
+
+    let url = format!("http://{}/api/report", sidecar.outbound_addr());
+    let call = actix_rt::spawn(async move { status_of(&url).await });
+    eventually("the slow call's connection is in use", || async {
+        gauge("in_use").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(gauge("idle").await, Some(0.0));
+    assert_eq!(call.await.expect("the call ran"), Some(200));
+    eventually("its connection is idle once answered", || async {
+        gauge("idle").await == Some(1.0) && gauge("in_use").await == Some(0.0)
+    })
+    .await;
+
+    swap_in(&path, &file(&[&staying]));
+    eventually("the removed replica's series are gone", || async {
+        gauge("idle").await.is_none() && gauge("in_use").await.is_none()
+    })
+    .await;
 }
 
 #[actix_web::test]

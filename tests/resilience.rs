@@ -163,6 +163,24 @@ async fn large_or_non_idempotent_bodies_are_not_retried_unless_allowed() {
 }
 
 #[actix_web::test]
+async fn a_slow_endpoint_answers_with_the_default_settings_after_one_call() {
+    let reports = Replica::start().await;
+    reports.delay(Duration::from_millis(1500));
+    let sidecar = sidecar(&format!(
+        "  - {{ name: reports, endpoints: [{}] }}",
+        endpoints(&[&reports])
+    ))
+    .await;
+    let url = format!("http://{}/reports/export", sidecar.outbound_addr());
+    assert_eq!(
+        status_of(&url).await,
+        Some(200),
+        "within the default timeout of 3s, however long one try takes"
+    );
+    assert_eq!(reports.hits(), 1, "reached once: no try was cut short");
+}
+
+#[actix_web::test]
 async fn retry_after_is_honoured() {
     let (throttled, healthy) = (Replica::start().await, Replica::start().await);
     throttled.answer_with(503);

@@ -35,7 +35,7 @@ pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub use reader::{
     format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
 };
-pub(crate) use reader::{FromYaml, Problems, Table};
+pub(crate) use reader::{FromYaml, Problems, Table, OFF};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
 
 /// How the config reader looks up an environment variable (overrides and
@@ -152,9 +152,12 @@ pub struct Policy {
     /// Bound on the whole request, retries included; past it the app gets 504 (default 3s).
     #[serde(serialize_with = "as_duration")]
     pub timeout: Duration,
-    /// Bound on one try at one replica (default 1s).
-    #[serde(serialize_with = "as_duration")]
-    pub per_try_timeout: Duration,
+    /// Bound on one try at one replica, `None` (written `off`) for none
+    /// beyond what is left of `timeout` (the default): a fixed per-try
+    /// bound fails every call to an endpoint slower than it, however
+    /// healthy. A timed-out try is retried only under this bound.
+    #[serde(serialize_with = "as_optional_duration")]
+    pub per_try_timeout: Option<Duration>,
     /// Bound on opening a TCP connection to a replica (default 500ms): the
     /// key is `defaults.connect_timeout` only, since the connection pool is
     /// shared by all services, and each service's policy carries its value.
@@ -323,6 +326,17 @@ fn as_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::O
     serializer.serialize_str(&format_duration(*duration))
 }
 
+/// A bound that may be off, as a config file writes it: "1s" or `off`.
+fn as_optional_duration<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(duration) => as_duration(duration, serializer),
+        None => serializer.serialize_str(OFF),
+    }
+}
+
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
@@ -345,7 +359,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             timeout: Duration::from_secs(3),
-            per_try_timeout: Duration::from_secs(1),
+            per_try_timeout: None,
             connect_timeout: Duration::from_millis(500),
             load_balancer: LoadBalancer::LeastLoad,
             circuit_breaker: BreakerConfig {
@@ -653,11 +667,10 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
             "must be between 0 and 100",
         );
     }
-    for (key, value) in [
-        ("timeout", policy.timeout),
-        ("per_try_timeout", policy.per_try_timeout),
-    ] {
-        positive(value, &table.path_of(key), problems);
+    positive(policy.timeout, &table.path_of("timeout"), problems);
+    if policy.per_try_timeout == Some(Duration::ZERO) {
+        let message = "must be longer than 0s (write `off` for no bound beyond timeout)";
+        problems.add(&table.path_of("per_try_timeout"), message);
     }
     policy
 }
@@ -976,6 +989,33 @@ services:
         assert_eq!(policy.circuit_breaker.failure_threshold, 7);
         assert_eq!(policy.circuit_breaker.cooldown, Duration::from_secs(1));
         assert_eq!(config.defaults.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn per_try_timeout_is_off_unless_set_and_a_service_can_turn_it_off() {
+        let text = "
+defaults: { per_try_timeout: 800ms }
+services:
+  - { name: api, endpoints: [\"127.0.0.1:9000\"] }
+  - { name: reports, endpoints: [\"127.0.0.1:9001\"], per_try_timeout: off }
+";
+        let config = Config::from_yaml(text, &no_env).expect("valid");
+        let per_try = |name: &str| config.service(name).expect(name).policy.per_try_timeout;
+        assert_eq!(per_try("api"), Some(Duration::from_millis(800)));
+        assert_eq!(per_try("reports"), None);
+        assert_eq!(Policy::default().per_try_timeout, None);
+        let shown = serde_json::to_value(&config).expect("serializable");
+        assert_eq!(shown["services"][1]["per_try_timeout"], "off");
+        assert_eq!(
+            errors("defaults: { per_try_timeout: never }"),
+            vec![
+                "defaults.per_try_timeout: expected a duration like \"1s\", or off, got \"never\""
+            ]
+        );
+        assert_eq!(
+            errors("defaults: { per_try_timeout: 0s }"),
+            vec!["defaults.per_try_timeout: must be longer than 0s (write `off` for no bound beyond timeout)"]
+        );
     }
 
     #[test]

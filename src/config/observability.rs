@@ -1,5 +1,8 @@
 //! The observability keys: `tracing` (W3C trace context sampling, OTLP
-//! export) and `access_log` (which requests get an access log line).
+//! export), `access_log` (which requests get an access log line) and
+//! `log_summary_interval` (how often repeated warnings are summarised).
+
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_norway::Value;
@@ -13,6 +16,10 @@ pub struct ObservabilityConfig {
     pub tracing: TracingConfig,
     /// Which requests get an access log line at info.
     pub access_log: AccessLog,
+    /// How often the warnings of a kind after its first are summarised
+    /// in one line (default 10s).
+    #[serde(serialize_with = "super::as_duration")]
+    pub log_summary_interval: Duration,
 }
 
 /// W3C trace context settings.
@@ -58,19 +65,32 @@ impl Default for ObservabilityConfig {
                 otlp_endpoint: None,
             },
             access_log: AccessLog::Errors,
+            log_summary_interval: Duration::from_secs(10),
         }
     }
 }
 
-/// Reads `tracing` and `access_log` from the top-level table; both are set
-/// up at start, so a reload keeps their running values.
+/// Reads `tracing`, `access_log` and `log_summary_interval` from the
+/// top-level table; all are set up at start, so a reload keeps their
+/// running values.
 pub fn read_observability(top: &mut Table, problems: &mut Problems) -> ObservabilityConfig {
     let defaults = ObservabilityConfig::default();
     let tracing = top.section_restart("tracing", &defaults.tracing, problems, read_tracing);
     let access_log = top.get_restart_or("access_log", defaults.access_log, problems);
+    let log_summary_interval = top.get_restart_or(
+        "log_summary_interval",
+        defaults.log_summary_interval,
+        problems,
+    );
+    super::positive(
+        log_summary_interval,
+        &top.path_of("log_summary_interval"),
+        problems,
+    );
     ObservabilityConfig {
         tracing,
         access_log,
+        log_summary_interval,
     }
 }
 
@@ -113,6 +133,10 @@ mod tests {
         let config = parse("").expect("valid");
         assert_eq!(config.observability.access_log, AccessLog::Errors);
         assert_eq!(config.observability.tracing.sample_rate, 0.01);
+        assert_eq!(
+            config.observability.log_summary_interval,
+            std::time::Duration::from_secs(10)
+        );
     }
 
     #[test]
@@ -140,7 +164,7 @@ mod tests {
     fn bad_values_are_reported_with_their_path() {
         assert_eq!(
             parse(
-                "access_log: sometimes\ntracing: { sample_rate: 2, otlp_endpoint: x, colour: 1 }"
+                "access_log: sometimes\nlog_summary_interval: 0s\ntracing: { sample_rate: 2, otlp_endpoint: x, colour: 1 }"
             )
             .err(),
             Some(vec![
@@ -149,6 +173,7 @@ mod tests {
                     .to_string(),
                 "tracing.colour: unknown key".to_string(),
                 "access_log: expected true, false or errors, got \"sometimes\"".to_string(),
+                "log_summary_interval: must be longer than 0s".to_string(),
             ])
         );
     }

@@ -275,6 +275,20 @@ impl FromYaml for Duration {
     }
 }
 
+/// How a config file turns off a bound that may be off.
+pub const OFF: &str = "off";
+
+/// A bound that may be off: a duration, or [`OFF`] for `None`.
+impl FromYaml for Option<Duration> {
+    const EXPECTED: &'static str = "a duration like \"1s\", or off";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        match value.as_str()? {
+            OFF => Some(None),
+            text => parse_duration(text).map(Some),
+        }
+    }
+}
+
 /// Parses "250ms", "3s", "1m", "2h" (a whole number and one unit).
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();

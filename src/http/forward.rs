@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, OutgoingBody};
 use super::listener::{BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
+use crate::metrics::PoolGauges;
 use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
 
 /// The scheme the caller used, as seen by the replica.
@@ -33,6 +35,9 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub struct Target<'a> {
     /// `host:port` of the replica.
     pub address: &'a str,
+    /// The replica's `upstream_connections`, which the connection counts
+    /// in; `None` for the app.
+    pub connections: Option<&'a Arc<PoolGauges>>,
     /// Path to request, without the query.
     pub path: &'a str,
     /// How the caller's headers become the replica's.
@@ -128,7 +133,8 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => {
-            Either::Left(client.send(target.address, head, outgoing, target.timeout))
+            let (address, connections) = (target.address, target.connections);
+            Either::Left(client.send(address, connections, head, outgoing, target.timeout))
         }
         Err(error) => Either::Right(ready(Err(error))),
     }

@@ -14,10 +14,12 @@ use actix_web::HttpRequest;
 use prometheus::IntCounterVec;
 
 use super::api_keys::ApiKeys;
+use super::gate::store_failed;
 use super::jwks::{FetchNow, JwksFetcher, StopRefreshing};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
 use crate::config::{AccessRule, AuthConfig, Satisfy};
 use crate::error::ProxyError;
+use crate::logging::summary;
 use crate::store::Store;
 
 /// How a caller was let in; the `x-outrigger-auth` header.
@@ -234,7 +236,9 @@ impl Authenticator {
                 Ok(false) => {}
                 Ok(true) => return Err(self.refuse(JwtRejection::Revoked)),
                 Err(err) if self.revocation_on_error_allow => {
-                    log::warn!("revocation not checked (revocation_on_error: allow): {err}");
+                    if summary::first(store_failed("revocation_unchecked")) {
+                        log::warn!("revocation not checked (revocation_on_error: allow): {err}");
+                    }
                 }
                 Err(err) => {
                     self.validations.with_label_values(&["store_error"]).inc();

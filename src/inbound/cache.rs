@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use super::auth::Identity;
+use super::gate::store_failed;
 use crate::config::CacheConfig;
 use crate::error::ProxyError;
 use crate::http::forward::UpstreamResponse;
+use crate::logging::summary;
 use crate::metrics::Metrics;
 use crate::store::{key, Store};
 
@@ -150,7 +152,9 @@ impl Cache {
         match self.cached(&key, req.headers()).await {
             Err(why) => {
                 self.errors.inc();
-                warn!("request {id}: cache bypassed: {why}");
+                if summary::first(store_failed("cache_bypassed")) {
+                    warn!("request {id}: cache bypassed: {why}");
+                }
                 return Some(Lookup::Bypass);
             }
             Ok(Some(hit)) => return Some(Lookup::Hit(self.hit(hit))),
@@ -257,7 +261,9 @@ impl Cache {
                 let stored = stored.freeze();
                 if let Err(err) = self.store.set(&fill.key, stored.clone(), ttl).await {
                     self.errors.inc();
-                    warn!("cache: storing failed: {err}");
+                    if summary::first(store_failed("cache_store_failed")) {
+                        warn!("cache: storing failed: {err}");
+                    }
                 }
                 stored.slice(head.len() + 1..)
             }

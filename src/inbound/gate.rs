@@ -18,6 +18,7 @@ use super::{Authenticator, Cache, Cors, InFlightCaps, JwksFetcher, RateLimiter, 
 use crate::config::{
     ConfigError, InboundConfig, InboundListener, InboundTarget, JwtKeys, RedisConfig,
 };
+use crate::logging::summary::Topic;
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, RedisStore, Store};
 
@@ -40,6 +41,16 @@ pub struct Gate {
     pub timeout: Duration,
     /// The config the parts were built from.
     config: InboundConfig,
+}
+
+/// The summary topic of `kind`, a store failure the inbound side works
+/// around for the app (logged once, then summarised).
+pub(super) fn store_failed(kind: &'static str) -> Topic<'static> {
+    Topic {
+        kind,
+        listener: super::LISTENER,
+        service: super::APP,
+    }
 }
 
 /// The store rate limits, revocations and the cache keep their state in:

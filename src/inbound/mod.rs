@@ -271,6 +271,7 @@ impl<'a> Request<'a> {
         let identity_headers = identity.headers();
         let target = Target {
             address: &gate.app,
+            connections: None,
             path,
             headers: HeaderPlan {
                 keep_host: true,

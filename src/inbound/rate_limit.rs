@@ -13,8 +13,9 @@ use log::warn;
 use prometheus::IntCounterVec;
 
 use super::auth::Identity;
-use super::gate::client_ip;
+use super::gate::{client_ip, store_failed};
 use crate::config::{OnRedisError, RateLimitConfig};
+use crate::logging::summary;
 use crate::store::{key, MemoryStore, Store, WindowCount};
 
 /// The verdict for one request, and what its headers say.
@@ -104,11 +105,15 @@ impl RateLimiter {
             Ok(count) => count,
             Err(err) => match self.config.on_redis_error {
                 OnRedisError::Local => {
-                    warn!("request {request_id}: rate limit counted in process: {err}");
+                    if summary::first(store_failed("rate_limit_counted_in_process")) {
+                        warn!("request {request_id}: rate limit counted in process: {err}");
+                    }
                     self.local.hit(&window_key, limit, window).await.ok()?
                 }
                 OnRedisError::Allow => {
-                    warn!("request {request_id}: rate limit skipped: {err}");
+                    if summary::first(store_failed("rate_limit_skipped")) {
+                        warn!("request {request_id}: rate limit skipped: {err}");
+                    }
                     return None;
                 }
                 OnRedisError::Deny => WindowCount {

@@ -28,6 +28,7 @@ use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
+use crate::logging::summary::{self, Topic};
 use crate::metrics::RequestSeries;
 use crate::replica::{Answer, Endpoint, Lease};
 use crate::service::{InFlight, LiveServices, Service, Settings};
@@ -55,6 +56,11 @@ pub fn server(
     table: Arc<LiveServices>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
+    let idle_max = crate::http::client::MAX_IDLE_PER_REPLICA * config.workers as usize;
+    front
+        .metrics()
+        .upstream_connections_idle_max
+        .set(idle_max as i64);
     listener::serve(&front.clone(), socket, config.workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
@@ -192,6 +198,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
         let target = Target {
             address: &endpoint.address,
+            connections: Some(&endpoint.connections),
             path,
             headers: plan,
             timeout: bound.wait,
@@ -225,14 +232,21 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let again = may_retry
             && tries < retry.attempts
             && body.replayable()
-            && retry::answer_is_retried(answer, retry);
+            && retry::answer_is_retried(answer, attempt.bound.per_try(), retry);
         if !again {
             log_if_slow(policy, &attempt.endpoint, answered - started, id);
             return attempt.into_response(slot, outgoing);
         }
         if !service.retry_budget.try_retry() {
             service.metrics.budget_exhausted.inc();
-            warn!("request {id}: {name}: retry budget spent; answering with the last try");
+            let topic = Topic {
+                kind: "retry_budget_spent",
+                listener: LISTENER,
+                service: name,
+            };
+            if summary::first(topic) {
+                warn!("request {id}: {name}: retry budget spent; answering with the last try");
+            }
             return attempt.into_response(slot, outgoing);
         }
         let delay = attempt
@@ -256,24 +270,31 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
 /// How long one try may wait for its answer, and the key that says so.
 #[derive(Clone, Copy)]
 struct TryBound {
-    /// The wait: `per_try_timeout`, or what is left of `timeout` if less.
+    /// The wait: `per_try_timeout` when set, or what is left of `timeout` if less.
     wait: Duration,
     /// The key that bounded the wait, and its configured value.
     key: (&'static str, Duration),
 }
 
-/// The bound of a try with `remaining` of the request's `timeout` left.
+impl TryBound {
+    /// Whether `per_try_timeout` bounded the try (not what was left of `timeout`).
+    fn per_try(&self) -> bool {
+        self.key.0 == "per_try_timeout"
+    }
+}
+
+/// The bound of a try with `remaining` of the request's `timeout` left:
+/// `per_try_timeout` when it is set and shorter, else the remainder.
 fn try_bound(policy: &Policy, remaining: Duration) -> TryBound {
-    if policy.per_try_timeout < remaining {
-        TryBound {
-            wait: policy.per_try_timeout,
-            key: ("per_try_timeout", policy.per_try_timeout),
-        }
-    } else {
-        TryBound {
+    match policy.per_try_timeout {
+        Some(per_try) if per_try < remaining => TryBound {
+            wait: per_try,
+            key: ("per_try_timeout", per_try),
+        },
+        _ => TryBound {
             wait: remaining,
             key: ("timeout", policy.timeout),
-        }
+        },
     }
 }
 

@@ -21,12 +21,15 @@ pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
 }
 
 /// Whether `answer` is one of the conditions `config` retries. An answer
-/// that is not valid HTTP counts as the 502 the caller would get for it.
-pub fn answer_is_retried(answer: Answer, config: &RetryConfig) -> bool {
+/// that is not valid HTTP counts as the 502 the caller would get for it. A
+/// timeout counts only when `per_try_timeout` bounded the try (`per_try`):
+/// a try bounded by what was left of `timeout` used up the request's time.
+pub fn answer_is_retried(answer: Answer, per_try: bool, config: &RetryConfig) -> bool {
     let condition = match answer {
         Answer::Status(status) => RetryOn::Status(status),
         Answer::Error(UpstreamError::Connect | UpstreamError::Reset) => RetryOn::ConnectError,
-        Answer::Error(UpstreamError::Timeout) => RetryOn::Timeout,
+        Answer::Error(UpstreamError::Timeout) if per_try => RetryOn::Timeout,
+        Answer::Error(UpstreamError::Timeout) => return false,
         Answer::Error(UpstreamError::Protocol) => RetryOn::Status(502),
         Answer::Cancelled => return false,
     };
@@ -149,34 +152,45 @@ mod tests {
     #[test]
     fn only_the_configured_conditions_are_retried() {
         let config = config();
-        assert!(answer_is_retried(Answer::Status(503), &config));
-        assert!(answer_is_retried(
-            Answer::Error(UpstreamError::Connect),
-            &config
-        ));
+        let retried = |answer| answer_is_retried(answer, true, &config);
+        assert!(retried(Answer::Status(503)));
+        assert!(retried(Answer::Error(UpstreamError::Connect)));
         assert!(
-            answer_is_retried(Answer::Error(UpstreamError::Reset), &config),
+            retried(Answer::Error(UpstreamError::Reset)),
             "closed before an answer"
         );
-        assert!(answer_is_retried(
-            Answer::Error(UpstreamError::Timeout),
-            &config
-        ));
+        assert!(retried(Answer::Error(UpstreamError::Timeout)));
         assert!(
-            answer_is_retried(Answer::Error(UpstreamError::Protocol), &config),
+            retried(Answer::Error(UpstreamError::Protocol)),
             "invalid HTTP is retried as the 502 it becomes"
         );
-        assert!(!answer_is_retried(Answer::Status(500), &config));
-        assert!(!answer_is_retried(Answer::Status(200), &config));
-        assert!(!answer_is_retried(Answer::Cancelled, &config));
+        assert!(!retried(Answer::Status(500)));
+        assert!(!retried(Answer::Status(200)));
+        assert!(!retried(Answer::Cancelled));
         let without_502 = RetryConfig {
             on: vec![RetryOn::ConnectError, RetryOn::Timeout],
-            ..config
+            ..config.clone()
         };
         assert!(!answer_is_retried(
             Answer::Error(UpstreamError::Protocol),
+            true,
             &without_502
         ));
+    }
+
+    #[test]
+    fn a_timeout_is_retried_only_under_a_per_try_bound() {
+        let config = config();
+        let timeout = Answer::Error(UpstreamError::Timeout);
+        assert!(answer_is_retried(timeout, true, &config));
+        assert!(
+            !answer_is_retried(timeout, false, &config),
+            "a try bounded by what was left of timeout left no time"
+        );
+        assert!(
+            answer_is_retried(Answer::Status(503), false, &config),
+            "other conditions do not depend on the bound"
+        );
     }
 
     #[test]

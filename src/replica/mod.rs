@@ -31,7 +31,7 @@ use crate::core::backoff::Backoff;
 use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
 use crate::http::client::UpstreamError;
-use crate::metrics::{Metrics, ReplicaMetrics};
+use crate::metrics::{Metrics, PoolGauges, ReplicaMetrics};
 
 /// How often a draining replica checks whether its last call finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -50,6 +50,8 @@ pub struct Endpoint {
     pub address: Arc<str>,
     /// Breaker state, load and latency, published by the actor.
     pub status: ReplicaStatus,
+    /// Its `upstream_connections`, which the workers' pools count in.
+    pub connections: Arc<PoolGauges>,
     actor: Addr<Replica>,
 }
 
@@ -256,6 +258,7 @@ impl Replica {
             service,
             address: Arc::from(address),
             status: ReplicaStatus::new(series.load.clone(), series.rejected.clone()),
+            connections: Arc::clone(&series.connections),
             actor: context.address(),
         });
         if ramp_now && !policy.slow_start.is_zero() {

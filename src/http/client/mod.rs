@@ -20,6 +20,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -39,7 +40,9 @@ use tokio::net::TcpStream;
 use crate::config::format_duration;
 use crate::error::ProxyError;
 use crate::http::listener::{BodyError, LimitedPayload};
-use pool::{Connection, Pool, IDLE_TIMEOUT};
+use crate::metrics::PoolGauges;
+pub use pool::MAX_IDLE_PER_REPLICA;
+use pool::{Connection, Counted, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
 
 /// One worker's client; not `Send` (it lives on its worker).
@@ -201,16 +204,18 @@ impl Client {
     /// body is complete, while the caller's pauses in its body are bounded
     /// by its listener's `client_body_timeout`. A pooled connection that
     /// turns out to have been closed by the replica is replaced by a new
-    /// one when the request can safely be sent again.
+    /// one when the request can safely be sent again. The connection
+    /// counts in `gauges`, the replica's `upstream_connections`.
     pub async fn send(
         &self,
         address: &str,
+        gauges: Option<&Arc<PoolGauges>>,
         head: RequestHead,
         mut body: OutgoingBody,
         timeout: Duration,
     ) -> Result<UpstreamResponse, CallError> {
         let head = Rc::new(head);
-        let pooled = self.shared.pool.borrow_mut().take(address);
+        let pooled = self.shared.pool.borrow_mut().take(address, gauges);
         if let Some(mut connection) = pooled {
             match exchange(&mut connection.framed, &head, &mut body, timeout).await {
                 Ok(answer) => return Ok(self.answer(answer, connection)),
@@ -220,12 +225,16 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
-        let mut connection = self.connect(address).await?;
+        let mut connection = self.connect(address, gauges).await?;
         let answer = exchange(&mut connection.framed, &head, &mut body, timeout).await?;
         Ok(self.answer(answer, connection))
     }
 
-    async fn connect(&self, address: &str) -> Result<Connection, CallError> {
+    async fn connect(
+        &self,
+        address: &str,
+        gauges: Option<&Arc<PoolGauges>>,
+    ) -> Result<Connection, CallError> {
         let connecting = async {
             // Discovery gives IP literals: no resolver call for those.
             let socket = match address.parse::<SocketAddr>() {
@@ -248,6 +257,7 @@ impl Client {
         Ok(Connection::new(
             Framed::new(socket, codec),
             Rc::from(address),
+            Counted::in_use(gauges),
         ))
     }
 

@@ -5,10 +5,12 @@
 //! burst's connections would hold theirs until they age out). A connection
 //! is handed out only when it is still open and has nothing unread; that
 //! check costs no system call unless the socket has signalled something
-//! since its last read.
+//! since its last read. Each connection counts itself in its replica's
+//! `upstream_connections` gauges (idle or in use) until it closes.
 
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -17,10 +19,74 @@ use actix_http::h1::ClientCodec;
 use foldhash::HashMap;
 use tokio::net::TcpStream;
 
+use crate::metrics::PoolGauges;
+
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle connections kept per replica; one released past this is closed.
-const MAX_IDLE_PER_REPLICA: usize = 256;
+/// Idle connections kept per replica by one worker; one released past this
+/// is closed. Connections in use have no cap of their own.
+pub const MAX_IDLE_PER_REPLICA: usize = 256;
+
+/// A connection's place in `upstream_connections`: under `in_use` or
+/// `idle` of the replica it was last used for, until it is dropped. No
+/// gauges for a peer that is not a replica (the app).
+pub struct Counted {
+    gauges: Option<Arc<PoolGauges>>,
+    idle: bool,
+}
+
+impl Counted {
+    /// A new connection, in use for the replica of `gauges`.
+    pub fn in_use(gauges: Option<&Arc<PoolGauges>>) -> Counted {
+        let counted = Counted {
+            gauges: gauges.cloned(),
+            idle: false,
+        };
+        counted.count(1);
+        counted
+    }
+
+    /// Moves the connection from in use to idle.
+    fn idle(&mut self) {
+        self.count(-1);
+        self.idle = true;
+        self.count(1);
+    }
+
+    /// Moves the connection from idle to in use for the replica of
+    /// `gauges` (a connection is pooled by address, which two services may
+    /// share: the handles are cloned only then).
+    fn in_use_for(&mut self, gauges: Option<&Arc<PoolGauges>>) {
+        self.count(-1);
+        let same = match (&self.gauges, gauges) {
+            (Some(counted), Some(asked)) => Arc::ptr_eq(counted, asked),
+            (counted, asked) => counted.is_none() && asked.is_none(),
+        };
+        if !same {
+            self.gauges = gauges.cloned();
+        }
+        self.idle = false;
+        self.count(1);
+    }
+
+    /// Adds `by` to the gauge of the connection's state.
+    fn count(&self, by: i64) {
+        if let Some(gauges) = &self.gauges {
+            let gauge = if self.idle {
+                &gauges.idle
+            } else {
+                &gauges.in_use
+            };
+            gauge.add(by);
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.count(-1);
+    }
+}
 
 /// A keep-alive connection to one replica.
 pub struct Connection {
@@ -30,15 +96,22 @@ pub struct Connection {
     pub address: Rc<str>,
     /// When it was last released to the pool.
     idle_since: Instant,
+    /// Where it is counted in `upstream_connections`.
+    pub counted: Counted,
 }
 
 impl Connection {
-    /// `framed`, a connection to `address`, idle from now.
-    pub fn new(framed: Framed<TcpStream, ClientCodec>, address: Rc<str>) -> Connection {
+    /// `framed`, a connection to `address` counted as `counted`, idle from now.
+    pub fn new(
+        framed: Framed<TcpStream, ClientCodec>,
+        address: Rc<str>,
+        counted: Counted,
+    ) -> Connection {
         Connection {
             framed,
             address,
             idle_since: Instant::now(),
+            counted,
         }
     }
 
@@ -73,13 +146,15 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently released usable connection to `address`; the
-    /// unusable ones met on the way are closed.
-    pub fn take(&mut self, address: &str) -> Option<Connection> {
+    /// The most recently released usable connection to `address`, now in
+    /// use for the replica of `gauges`; the unusable ones met on the way
+    /// are closed.
+    pub fn take(&mut self, address: &str, gauges: Option<&Arc<PoolGauges>>) -> Option<Connection> {
         let idle = self.idle.get_mut(address)?;
         let now = Instant::now();
         while let Some(mut connection) = idle.pop() {
             if connection.usable(now) {
+                connection.counted.in_use_for(gauges);
                 return Some(connection);
             }
         }
@@ -93,17 +168,21 @@ impl Pool {
         if !connection.framed.codec_ref().keep_alive() || !connection.framed.is_read_buf_empty() {
             return;
         }
-        let parts = connection.framed.into_parts();
-        let connection = Connection::new(
-            Framed::from_parts(FramedParts::new(parts.io, parts.codec)),
-            connection.address,
-        );
-        let idle = match self.idle.get_mut(&*connection.address) {
+        let Connection {
+            framed,
+            address,
+            mut counted,
+            ..
+        } = connection;
+        let parts = framed.into_parts();
+        let idle = match self.idle.get_mut(&*address) {
             Some(idle) => idle,
-            None => self.idle.entry(Rc::clone(&connection.address)).or_default(),
+            None => self.idle.entry(Rc::clone(&address)).or_default(),
         };
         if idle.len() < MAX_IDLE_PER_REPLICA {
-            idle.push(connection);
+            counted.idle();
+            let framed = Framed::from_parts(FramedParts::new(parts.io, parts.codec));
+            idle.push(Connection::new(framed, address, counted));
         }
     }
 
@@ -146,7 +225,10 @@ mod tests {
         Pin::new(&mut framed)
             .write(Message::Item(request))
             .expect("encode a request");
-        (Connection::new(framed, Rc::from(address)), peer)
+        (
+            Connection::new(framed, Rc::from(address), Counted::in_use(None)),
+            peer,
+        )
     }
 
     /// Whether `pool` still hands out a connection to `address`, within a
@@ -154,7 +236,7 @@ mod tests {
     async fn handed_out_within(pool: &mut Pool, address: &str, expected: bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let taken = pool.take(address);
+            let taken = pool.take(address, None);
             let found = taken.is_some();
             if let Some(connection) = taken {
                 pool.put(connection);
@@ -176,7 +258,7 @@ mod tests {
         let mut pool = Pool::default();
         pool.put(first);
         pool.put(second);
-        let taken = pool.take(&address).expect("a connection");
+        let taken = pool.take(&address, None).expect("a connection");
         assert_eq!(taken.framed.io_ref().local_addr().ok(), Some(second_port));
     }
 
@@ -224,11 +306,12 @@ mod tests {
         let fresh = Connection::new(
             Framed::new(socket, ClientCodec::new(ServiceConfig::default())),
             Rc::from(address.as_str()),
+            Counted::in_use(None),
         );
         let mut pool = Pool::default();
         pool.put(fresh);
         assert!(
-            pool.take(&address).is_none(),
+            pool.take(&address, None).is_none(),
             "a connection without keep-alive was kept"
         );
     }

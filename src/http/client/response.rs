@@ -16,7 +16,7 @@ use actix_web::web::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tokio::net::TcpStream;
 
-use super::pool::Connection;
+use super::pool::{Connection, Counted};
 use super::Shared;
 
 /// The answer head from a replica, with its body still to stream.
@@ -30,6 +30,8 @@ pub struct UpstreamResponse {
 struct Reading {
     framed: Framed<TcpStream, ClientPayloadCodec>,
     address: Rc<str>,
+    /// Where the connection is counted in `upstream_connections`.
+    counted: Counted,
     /// Where the connection goes back to once the body ends.
     shared: Rc<Shared>,
     /// The body runs until the replica closes (HTTP/1.0 without a length),
@@ -54,13 +56,17 @@ impl UpstreamResponse {
                 .headers
                 .contains_key(actix_http::header::CONTENT_LENGTH);
         let Connection {
-            framed, address, ..
+            framed,
+            address,
+            counted,
+            ..
         } = connection;
         UpstreamResponse {
             head,
             body: Some(Reading {
                 framed: framed.into_map_codec(|codec| codec.into_payload_codec()),
                 address,
+                counted,
                 shared,
                 ends_at_close,
             }),
@@ -145,6 +151,6 @@ impl Reading {
         self.shared
             .pool
             .borrow_mut()
-            .put(Connection::new(framed, self.address));
+            .put(Connection::new(framed, self.address, self.counted));
     }
 }

@@ -18,6 +18,7 @@ use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityCon
 use crate::error::ProxyError;
 use crate::http::access::Answering;
 use crate::http::request_id::{request_id, IdText};
+use crate::logging::summary::{self, Topic};
 use crate::metrics::{Metrics, RequestSeries};
 use crate::otlp::Exporter;
 use crate::trace::{Hop, Tracer};
@@ -127,16 +128,25 @@ impl Arrival<'_> {
     }
 
     /// Our own answer instead of a peer's: `error` as its response (see
-    /// [`ProxyError::response`]) for `service`, with this request's id, and
-    /// logged once with its status. Every refusal on either listener is
-    /// answered here.
+    /// [`ProxyError::response`]) for `service`, with this request's id.
+    /// Every refusal on either listener is answered here. The first of its
+    /// reason for the service since the last summary is logged with its
+    /// status and request id; the others are counted for the summary
+    /// (`logging::summary`), so a burst does not drown the log.
     pub fn refuse(&self, error: &ProxyError, service: Option<&str>) -> HttpResponse {
         let id = self.id();
-        warn!(
-            "request {id}: {}: {}",
-            error.status().as_u16(),
-            error.message()
-        );
+        let topic = Topic {
+            kind: error.reason(),
+            listener: self.front.listener,
+            service: service.unwrap_or("unknown"),
+        };
+        if summary::first(topic) {
+            warn!(
+                "request {id}: {}: {}",
+                error.status().as_u16(),
+                error.message()
+            );
+        }
         error.response(service, id.as_str())
     }
 
