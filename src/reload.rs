@@ -564,7 +564,10 @@ services:
         assert_eq!(in_force.discovery, running.discovery);
         assert_eq!(in_force.lifecycle, running.lifecycle);
         let api = in_force.service("api").expect("api");
-        assert_eq!(api.policy.connect_timeout, running.defaults.connect_timeout);
+        assert_eq!(
+            in_force.defaults.connect_timeout,
+            running.defaults.connect_timeout
+        );
         assert_eq!(api.policy.timeout.as_secs(), 9, "the rest applies");
     }
 

@@ -93,13 +93,13 @@ mod tests {
             ("SERVICE_REFRESH_INTERVAL", "5"),
         ])
         .expect("valid");
-        assert_eq!(config.defaults.circuit_breaker.failure_threshold, 3);
+        assert_eq!(config.defaults.policy.circuit_breaker.failure_threshold, 3);
         assert_eq!(
-            config.defaults.circuit_breaker.cooldown,
+            config.defaults.policy.circuit_breaker.cooldown,
             Duration::from_secs(600)
         );
         assert_eq!(
-            config.defaults.circuit_breaker.max_cooldown,
+            config.defaults.policy.circuit_breaker.max_cooldown,
             Duration::from_secs(600)
         );
         assert_eq!(config.discovery.refresh, Duration::from_secs(5));

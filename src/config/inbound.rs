@@ -980,15 +980,30 @@ redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
     }
 
     #[test]
-    fn api_key_names_and_roles_with_control_characters_are_refused() {
+    fn api_key_names_roles_and_scopes_with_control_characters_are_refused() {
         let text = format!("{LISTENER}inbound: {{ auth: {{ api_keys: {{}} }} }}");
+        let keys = "ok:k0, c\u{1}i:k1, bot:k2:ro\u{7f}le, etl:k3::sc\u{0}ope, ci:k4::a b";
+        let refused = |entry: usize| {
+            format!(
+                "OUTRIGGER_API_KEYS: entry {entry} is not name:key, name:key:role1|role2 or \
+                 name:key:role1|role2:scope1|scope2 (names, roles and scopes may not hold \
+                 control characters)"
+            )
+        };
         assert_eq!(
-            load(&text, &[("OUTRIGGER_API_KEYS", "ok:k0, c\u{1}i:k1, bot:k2:ro\u{7f}le")]).unwrap_err(),
-            vec![
-                "OUTRIGGER_API_KEYS: entry 1 is not name:key or name:key:role1|role2 (names and roles may not hold control characters)",
-                "OUTRIGGER_API_KEYS: entry 2 is not name:key or name:key:role1|role2 (names and roles may not hold control characters)",
-            ]
+            load(&text, &[("OUTRIGGER_API_KEYS", keys)]).unwrap_err(),
+            (1..=4).map(refused).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn an_api_key_may_carry_scopes_after_its_roles() {
+        let key = super::parse_api_key("etl:k3::reports:read|admin:write").expect("valid");
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("etl", "k3"));
+        assert!(key.roles.is_empty());
+        assert_eq!(key.scopes, ["reports:read", "admin:write"]);
+        let key = super::parse_api_key("ana:k4:analyst|viewer").expect("valid");
+        assert_eq!((key.roles.len(), key.scopes.len()), (2, 0));
     }
 
     #[test]

@@ -49,8 +49,8 @@ pub struct Config {
     pub listeners: Listeners,
     /// Where replicas come from.
     pub discovery: Discovery,
-    /// The policy every service starts from.
-    pub defaults: Policy,
+    /// The policy every service starts from, and what only `defaults` sets.
+    pub defaults: Defaults,
     /// The services apps may call.
     pub services: Vec<ServiceConfig>,
     /// Routes tried in order before the `Host` and `/<service>/` rules.
@@ -158,11 +158,6 @@ pub struct Policy {
     /// healthy. A timed-out try is retried only under this bound.
     #[serde(serialize_with = "as_optional_duration")]
     pub per_try_timeout: Option<Duration>,
-    /// Bound on opening a TCP connection to a replica (default 500ms): the
-    /// key is `defaults.connect_timeout` only, since the connection pool is
-    /// shared by all services, and each service's policy carries its value.
-    #[serde(serialize_with = "as_duration")]
-    pub connect_timeout: Duration,
     /// How a replica is chosen (default `least_load`).
     pub load_balancer: LoadBalancer,
     /// The breaker guarding each replica.
@@ -355,12 +350,34 @@ impl Default for ReloadConfig {
     }
 }
 
+/// The `defaults` section: the policy every service starts from, and the
+/// one key a service cannot set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Defaults {
+    /// The policy keys, each one a service may override.
+    #[serde(flatten)]
+    pub policy: Policy,
+    /// Bound on opening a TCP connection to a replica (default 500ms): set
+    /// here only, since every service shares the connection pool built at
+    /// start, whose connects it bounds.
+    #[serde(serialize_with = "as_duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            policy: Policy::default(),
+            connect_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
             timeout: Duration::from_secs(3),
             per_try_timeout: None,
-            connect_timeout: Duration::from_millis(500),
             load_balancer: LoadBalancer::LeastLoad,
             circuit_breaker: BreakerConfig {
                 failure_threshold: 5,
@@ -491,10 +508,15 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
         listeners
     });
     let discovery = discovery::read(top.raw_restart("discovery"), problems);
-    let mut defaults = top.section("defaults", &Policy::default(), problems, read_defaults);
+    let mut defaults = top.section("defaults", &Defaults::default(), problems, read_defaults);
     let mut discovery = discovery?;
-    env::apply(&mut defaults, &mut discovery, env, problems);
-    let services = read_services(top.raw("services"), &defaults, discovery.source, problems);
+    env::apply(&mut defaults.policy, &mut discovery, env, problems);
+    let services = read_services(
+        top.raw("services"),
+        &defaults.policy,
+        discovery.source,
+        problems,
+    );
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
     let routes = routes::read_routes(&mut top, &names, problems);
     let inbound = top.section("inbound", &None, problems, |t, _, problems| {
@@ -622,24 +644,21 @@ fn read_section<T>(
 
 /// Reads `defaults`: the policy keys, and `connect_timeout`, which only
 /// `defaults` has: the connection pool it bounds is built once at start and
-/// shared by every service, so each service's policy carries this value.
-fn read_defaults(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
+/// shared by every service.
+fn read_defaults(table: &mut Table, base: &Defaults, problems: &mut Problems) -> Defaults {
     let connect_timeout = table.get_restart_or("connect_timeout", base.connect_timeout, problems);
     positive(connect_timeout, &table.path_of("connect_timeout"), problems);
-    let base = Policy {
+    Defaults {
+        policy: read_policy_keys(table, &base.policy, problems),
         connect_timeout,
-        ..base.clone()
-    };
-    read_policy_keys(table, &base, problems)
+    }
 }
 
-/// Reads the policy keys of `table` (shared by `defaults` and each service),
-/// `connect_timeout` aside: it is taken from `base`.
+/// Reads the policy keys of `table` (shared by `defaults` and each service).
 fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -> Policy {
     let policy = Policy {
         timeout: table.get_or("timeout", base.timeout, problems),
         per_try_timeout: table.get_or("per_try_timeout", base.per_try_timeout, problems),
-        connect_timeout: base.connect_timeout,
         load_balancer: table.get_or("load_balancer", base.load_balancer, problems),
         circuit_breaker: table.section(
             "circuit_breaker",
@@ -988,7 +1007,7 @@ services:
         assert_eq!(policy.timeout, Duration::from_millis(500));
         assert_eq!(policy.circuit_breaker.failure_threshold, 7);
         assert_eq!(policy.circuit_breaker.cooldown, Duration::from_secs(1));
-        assert_eq!(config.defaults.timeout, Duration::from_secs(2));
+        assert_eq!(config.defaults.policy.timeout, Duration::from_secs(2));
     }
 
     #[test]
