@@ -18,7 +18,7 @@ discovery: { file: {}, registry: {}, dns: {}, kubernetes: {} }
 defaults: { circuit_breaker: {}, retry: {}, concurrency: {} }
 services: [{ circuit_breaker: {}, retry: {}, concurrency: {} }]
 inbound:
-  auth: { jwt: {}, api_keys: {}, rules: [{}] }
+  auth: { jwt: {}, api_keys: {}, rules: [{}], websocket_token: {} }
   cors: {}
   rate_limit: { routes: [{}] }
   concurrency: {}

@@ -26,7 +26,7 @@ pub use inbound::usable_name;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
     InboundConcurrency, InboundConfig, InboundListener, JwtConfig, JwtKeys, OnRedisError,
-    RateLimitConfig, RedisConfig, RouteLimit,
+    RateLimitConfig, RedisConfig, RouteLimit, WebSocketToken,
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
