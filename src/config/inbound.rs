@@ -183,6 +183,22 @@ pub struct AuthConfig {
     pub revocation_on_error_allow: bool,
     /// Per-route role and scope requirements (403 when unmet).
     pub rules: Vec<AccessRule>,
+    /// Where a browser's WebSocket handshake, which cannot set
+    /// `Authorization`, may carry its JWT; `None` when not configured
+    /// (then a handshake authenticates as any request does).
+    pub websocket_token: Option<WebSocketToken>,
+}
+
+/// Where a WebSocket handshake may carry its bearer JWT instead of
+/// `Authorization` (browsers cannot set headers on a WebSocket). Read only
+/// on upgrade requests, and taken out before the handshake reaches the app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebSocketToken {
+    /// The query parameter holding the token (`?access_token=<jwt>`).
+    pub query: Option<String>,
+    /// The subprotocol that announces the token in `Sec-WebSocket-Protocol`:
+    /// the entry after it is the token (`new WebSocket(url, [protocol, jwt])`).
+    pub protocol: Option<String>,
 }
 
 /// How bearer tokens are verified.
@@ -465,6 +481,15 @@ fn read_auth(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> AuthConfig
         })
     });
     let rules = t.tables("rules", problems, read_rule);
+    let websocket_token = t.section("websocket_token", &None, problems, |t, _, problems| {
+        read_websocket_token(t, problems)
+    });
+    if websocket_token.is_some() && jwt.is_none() {
+        problems.add(
+            &t.path_of("websocket_token"),
+            "needs inbound.auth.jwt: the token it carries is a bearer JWT",
+        );
+    }
     AuthConfig {
         jwt: jwt.flatten(),
         api_keys: api_keys.flatten(),
@@ -485,7 +510,47 @@ fn read_auth(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> AuthConfig
             }
         },
         rules,
+        websocket_token,
     }
+}
+
+/// Reads `inbound.auth.websocket_token`: a query parameter name, a
+/// subprotocol name, or both; each must be writable where it goes.
+fn read_websocket_token(t: &mut Table, problems: &mut Problems) -> Option<WebSocketToken> {
+    let query: Option<String> = t.get("query", problems);
+    if let Some(name) = &query {
+        let unusable = |c: char| !c.is_ascii_graphic() || matches!(c, '&' | '=' | '#' | '%' | '+');
+        if name.is_empty() || name.contains(unusable) {
+            problems.add(
+                &t.path_of("query"),
+                format!("\"{name}\" cannot name a query parameter: use letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+    let protocol: Option<String> = t.get("protocol", problems);
+    if let Some(name) = &protocol {
+        if !is_http_token(name) {
+            problems.add(
+                &t.path_of("protocol"),
+                format!("\"{name}\" is not a subprotocol name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~)"),
+            );
+        }
+    }
+    if query.is_none() && protocol.is_none() {
+        problems.add(
+            t.path(),
+            "name where browsers carry the token: query (a parameter), protocol (a subprotocol), or both",
+        );
+    }
+    Some(WebSocketToken { query, protocol })
+}
+
+/// Whether `text` is an HTTP token (RFC 9110 `tchar`s), as a subprotocol name must be.
+fn is_http_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn read_jwt(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<JwtConfig> {
@@ -1004,6 +1069,38 @@ redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
         assert_eq!(key.scopes, ["reports:read", "admin:write"]);
         let key = super::parse_api_key("ana:k4:analyst|viewer").expect("valid");
         assert_eq!((key.roles.len(), key.scopes.len()), (2, 0));
+    }
+
+    #[test]
+    fn websocket_token_places_are_checked_by_key_path() {
+        let text = format!(
+            "{LISTENER}inbound:\n  auth:\n    jwt: {{}}\n    websocket_token: {{ query: access_token, protocol: access_token }}"
+        );
+        let config = load(&text, &[("JWT_SECRET", "s")]).expect("valid");
+        let token = config
+            .inbound
+            .and_then(|i| i.auth.websocket_token)
+            .expect("set");
+        assert_eq!(
+            (token.query.as_deref(), token.protocol.as_deref()),
+            (Some("access_token"), Some("access_token"))
+        );
+        let text = format!(
+            "{LISTENER}inbound:\n  auth:\n    websocket_token: {{ query: \"a&b\", protocol: \"bearer token\" }}"
+        );
+        assert_eq!(
+            load(&text, &[]).unwrap_err(),
+            vec![
+                "inbound.auth.websocket_token.query: \"a&b\" cannot name a query parameter: use letters, digits, '-', '_' or '.'",
+                "inbound.auth.websocket_token.protocol: \"bearer token\" is not a subprotocol name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~)",
+                "inbound.auth.websocket_token: needs inbound.auth.jwt: the token it carries is a bearer JWT",
+            ]
+        );
+        let text = format!("{LISTENER}inbound:\n  auth:\n    jwt: {{}}\n    websocket_token: {{}}");
+        assert_eq!(
+            load(&text, &[("JWT_SECRET", "s")]).unwrap_err(),
+            vec!["inbound.auth.websocket_token: name where browsers carry the token: query (a parameter), protocol (a subprotocol), or both"]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ defaults: { circuit_breaker: {}, retry: {}, concurrency: {} }
 services: [{ circuit_breaker: {}, retry: {}, concurrency: {} }]
 routes: [{ match: {}, backends: [{}] }]
 inbound:
-  auth: { jwt: {}, api_keys: {}, rules: [{}] }
+  auth: { jwt: {}, api_keys: {}, rules: [{}], websocket_token: {} }
   cors: {}
   rate_limit: { routes: [{}] }
   concurrency: {}

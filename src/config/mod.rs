@@ -27,7 +27,7 @@ pub use inbound::usable_name;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
     InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig, JwtKeys,
-    OnRedisError, RateLimitConfig, RedisConfig, RouteLimit, Satisfy,
+    OnRedisError, RateLimitConfig, RedisConfig, RouteLimit, Satisfy, WebSocketToken,
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};

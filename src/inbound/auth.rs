@@ -17,7 +17,8 @@ use super::api_keys::ApiKeys;
 use super::gate::store_failed;
 use super::jwks::{FetchNow, JwksFetcher, StopRefreshing};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
-use crate::config::{AccessRule, AuthConfig, Satisfy};
+use super::websocket::{self, Carried};
+use crate::config::{AccessRule, AuthConfig, Satisfy, WebSocketToken};
 use crate::error::ProxyError;
 use crate::logging::summary;
 use crate::store::Store;
@@ -118,6 +119,8 @@ pub struct Authenticator {
     logout: Option<String>,
     /// Remove `Authorization` before forwarding.
     pub strip_authorization: bool,
+    /// Where a WebSocket handshake may carry its token instead.
+    websocket_token: Option<WebSocketToken>,
     validations: IntCounterVec,
 }
 
@@ -142,6 +145,7 @@ impl Authenticator {
             revocation_on_error_allow: config.revocation_on_error_allow,
             logout: config.logout.clone(),
             strip_authorization: config.strip_authorization,
+            websocket_token: config.websocket_token.clone(),
             validations,
         })
     }
@@ -154,21 +158,34 @@ impl Authenticator {
         }
     }
 
+    /// The token the WebSocket handshake `req` carries where
+    /// `inbound.auth.websocket_token` says, and the handshake without it;
+    /// `None` when it carries none or none is configured. Only for upgrade
+    /// requests: any other request carries its token in `Authorization`.
+    pub fn carried<'r>(&self, req: &'r HttpRequest) -> Result<Option<Carried<'r>>, ProxyError> {
+        match &self.websocket_token {
+            Some(config) => websocket::carried(config, req.uri(), req.headers()),
+            None => Ok(None),
+        }
+    }
+
     /// Who is calling `path` (the request's, as the listener's
-    /// `normal_path` made it), or why they may not.
+    /// `normal_path` made it), or why they may not; `carried` is the token
+    /// a WebSocket handshake carried instead of `Authorization`.
     pub async fn authenticate(
         &self,
         req: &HttpRequest,
         path: &str,
+        carried: Option<&str>,
     ) -> Result<Identity, ProxyError> {
-        self.one_credential_each(req.headers())?;
+        self.one_credential_each(req.headers(), carried.is_some())?;
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
         if self.verifier.is_none() && self.api_keys.is_none() {
             return Ok(Identity::anonymous(AuthMethod::None));
         }
-        let identity = if let Some(token) = bearer_token(req.headers()) {
+        let identity = if let Some(token) = carried.or_else(|| bearer_token(req.headers())) {
             self.check_token(token).await?
         } else if let Some((keys, presented)) = self.api_key(req.headers()) {
             let holder = keys
@@ -261,16 +278,20 @@ impl Authenticator {
     }
 
     /// Refuses (400) a request with two `Authorization` headers, or two of
-    /// the API key header: the sidecar would verify one while the app may
-    /// read the other. Checked on exempt paths too, where the app may
-    /// verify them itself.
-    fn one_credential_each(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+    /// the API key header, or either beside a token its WebSocket handshake
+    /// `carried`: the sidecar would verify one while the app may read the
+    /// other. Checked on exempt paths too, where the app may verify them
+    /// itself.
+    fn one_credential_each(&self, headers: &HeaderMap, carried: bool) -> Result<(), ProxyError> {
         let api_key = self.api_keys.as_ref().map(|keys| &keys.header);
         for name in std::iter::once(&header::AUTHORIZATION).chain(api_key) {
-            if headers.get_all(name).nth(1).is_some() {
-                return Err(ProxyError::BadRequest(format!(
-                    "the request has more than one {name} header; send one credential"
-                )));
+            let allowed = if carried { 0 } else { 1 };
+            if headers.get_all(name).nth(allowed).is_some() {
+                return Err(ProxyError::BadRequest(if carried {
+                    format!("the handshake carries a token (inbound.auth.websocket_token) and a {name} header; send one credential")
+                } else {
+                    format!("the request has more than one {name} header; send one credential")
+                }));
             }
         }
         Ok(())

@@ -9,11 +9,15 @@
 //! 1. check head: the head is within the listener's limits and the path
 //!    normalises (the later steps match, and forward, the normalised path);
 //! 2. CORS preflight: answered here;
-//! 3. authenticate: the caller is known and may call the path;
+//! 3. authenticate: the caller is known and may call the path (a
+//!    WebSocket handshake may carry its token where
+//!    `inbound.auth.websocket_token` says; it is taken out here);
 //! 4. rate limit: a caller over its limit gets 429;
-//! 5. cache lookup: a stored answer is served;
+//! 5. cache lookup: a stored answer is served (never for an upgrade);
 //! 6. concurrency: past an in-flight cap, 429;
-//! 7. forward: the body is read and the request sent to the app;
+//! 7. forward: the body is read and the request sent to the app; a
+//!    WebSocket handshake (any upgrade) instead opens a tunnel to the app,
+//!    which holds its step-6 slot while open, and ends the walk;
 //! 8. revoke on logout: a successful logout revokes the caller's token;
 //! 9. cache fill: the app's answer streams back, stored on the way when
 //!    step 5 missed;
@@ -30,14 +34,17 @@ mod gate;
 mod jwks;
 mod jwt;
 mod rate_limit;
+mod websocket;
 
 use std::borrow::Cow;
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderMap, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use arc_swap::ArcSwap;
 use log::{info, warn};
@@ -50,13 +57,15 @@ pub use gate::{store, Gate};
 pub use jwks::{FetchNow, JwksFetcher};
 pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
+pub use websocket::Carried;
 
 use crate::config::Config;
 use crate::error::ProxyError;
-use crate::http::client::{Peer, UpstreamResponse};
+use crate::http::client::{CallError, Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
+use crate::http::tunnel;
 use crate::metrics::RequestSeries;
 
 /// The `listener` label of this listener's metrics and log lines.
@@ -66,6 +75,8 @@ const APP: &str = "app";
 
 struct Worker {
     client: crate::http::client::Client,
+    /// Bound on connecting to the app for a tunnel (the client has its own).
+    connect_timeout: Duration,
     /// The gate in force; each request loads it once.
     gates: Arc<ArcSwap<Gate>>,
     front: Front,
@@ -85,6 +96,7 @@ pub fn server(
     listener::serve(&front.clone(), socket, config.workers, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
+            connect_timeout,
             gates: Arc::clone(&gates),
             requests: front.metrics().requests(LISTENER, APP),
             front: front.clone(),
@@ -140,8 +152,15 @@ impl<'a> Request<'a> {
     async fn take_steps(&mut self, payload: web::Payload) -> Step<HttpResponse> {
         let path = self.check_head()?;
         self.preflight()?;
-        let identity = self.authenticate(&path).await?;
+        let upgrade = forward::upgrade_requested(self.req.headers()).is_some();
+        let (identity, carried) = self.authenticate(&path, upgrade).await?;
         self.rate_limit(&path, &identity).await?;
+        if upgrade {
+            let slot = self.enter_caps(&path)?;
+            // Boxed: the rare upgrade's state would otherwise widen every request's future.
+            let tunnel = Box::pin(self.tunnel(payload, &path, &identity, carried, slot));
+            return ControlFlow::Continue(tunnel.await);
+        }
         let fill = self.look_up_cache(&path, &identity).await?;
         let slot = self.enter_caps(&path)?;
         let forwarded = self.forward(payload, &path, &identity).await?;
@@ -193,12 +212,28 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Step 3: the caller is known and may call `path`.
-    async fn authenticate(&self, path: &str) -> Step<Identity> {
-        match self.gate.authenticator.authenticate(self.req, path).await {
+    /// Step 3: the caller is known and may call `path`. An `upgrade`
+    /// handshake may carry its token where `inbound.auth.websocket_token`
+    /// says: then the handshake without it comes back for step 7.
+    async fn authenticate(
+        &self,
+        path: &str,
+        upgrade: bool,
+    ) -> Step<(Identity, Option<Carried<'a>>)> {
+        let authenticator = &self.gate.authenticator;
+        let carried = if upgrade {
+            match authenticator.carried(self.req) {
+                Ok(carried) => carried,
+                Err(refusal) => return ControlFlow::Break(self.refuse(&refusal)),
+            }
+        } else {
+            None
+        };
+        let token = carried.as_ref().map(|carried| &*carried.token);
+        match authenticator.authenticate(self.req, path, token).await {
             Ok(mut identity) => {
                 identity.client_ip = self.gate.client_ip(self.req);
-                ControlFlow::Continue(identity)
+                ControlFlow::Continue((identity, carried))
             }
             Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),
         }
@@ -273,14 +308,7 @@ impl<'a> Request<'a> {
             address: &gate.app,
             connections: None,
             path,
-            headers: HeaderPlan {
-                keep_host: true,
-                handshake: false,
-                identity: Some(&identity_headers),
-                strip_authorization: gate.authenticator.strip_authorization,
-                trust_forwarding: gate.trusts_forwarding(req),
-                trace: Some(self.arrival.hop()),
-            },
+            headers: self.plan(&identity_headers),
             timeout: gate.timeout,
         };
         let payload = LimitedPayload::new(payload, &self.worker.front.limits);
@@ -291,15 +319,77 @@ impl<'a> Request<'a> {
         let request_id = self.arrival.request_id();
         match forward::send(&self.worker.client, target, req, &mut body, request_id).await {
             Ok(forwarded) => ControlFlow::Continue(forwarded),
-            Err(error) => {
-                let app = format_args!("the app at {}", gate.app);
-                let peer = Peer {
-                    name: &app,
-                    bound: ("timeout", gate.timeout),
-                };
-                ControlFlow::Break(self.refuse(&error.refusal(req, peer)))
+            Err(error) => ControlFlow::Break(self.app_failed(error)),
+        }
+    }
+
+    /// Step 7 for an upgrade (a WebSocket): the handshake goes to the app
+    /// less the token it `carried`, and on 101 the bytes are relayed both
+    /// ways, `slot` held while the tunnel is open. When the token came in
+    /// `Sec-WebSocket-Protocol` and the app chooses no subprotocol, the
+    /// answer names the one that announced it, as the browser requires.
+    async fn tunnel(
+        &self,
+        payload: web::Payload,
+        path: &str,
+        identity: &Identity,
+        carried: Option<Carried<'_>>,
+        slot: Option<Slot>,
+    ) -> HttpResponse {
+        let (gate, req) = (self.gate, self.req);
+        let identity_headers = identity.headers();
+        let tunnel = tunnel::Tunnel {
+            address: &gate.app,
+            path,
+            query: carried
+                .as_ref()
+                .map_or(req.uri().query(), |carried| carried.query.as_deref()),
+            subprotocols: carried
+                .as_ref()
+                .and_then(|carried| carried.subprotocols.as_deref()),
+            headers: self.plan(&identity_headers),
+            connect_timeout: self.worker.connect_timeout,
+            answer_timeout: gate.timeout,
+        };
+        let handshake = match tunnel::open(tunnel, req, self.arrival.request_id()).await {
+            Ok(handshake) => handshake,
+            Err(error) => return self.app_failed(error),
+        };
+        let mut response = handshake.into_response(payload, slot, self.worker.front.stopping());
+        let chose_none = response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && !response.headers().contains_key(SEC_WEBSOCKET_PROTOCOL);
+        if let Some(announced) = carried.and_then(|carried| carried.announced) {
+            if chose_none {
+                response
+                    .headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, announced);
             }
         }
+        response
+    }
+
+    /// How the caller's headers become the app's: `Host` kept, the
+    /// caller's `identity_headers` set, `Authorization` stripped when
+    /// configured, forwarding headers trusted only from trusted proxies.
+    fn plan<'h>(&'h self, identity_headers: &'h HeaderMap) -> HeaderPlan<'h> {
+        HeaderPlan {
+            keep_host: true,
+            handshake: false,
+            identity: Some(identity_headers),
+            strip_authorization: self.gate.authenticator.strip_authorization,
+            trust_forwarding: self.gate.trusts_forwarding(self.req),
+            trace: Some(self.arrival.hop()),
+        }
+    }
+
+    /// The answer when the call to the app failed.
+    fn app_failed(&self, error: CallError) -> HttpResponse {
+        let app = format_args!("the app at {}", self.gate.app);
+        let peer = Peer {
+            name: &app,
+            bound: ("timeout", self.gate.timeout),
+        };
+        self.refuse(&error.refusal(self.req, peer))
     }
 
     /// Step 8: a successful logout revokes the caller's token.

@@ -340,6 +340,8 @@ async fn tunnel(
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
         path: outgoing.path,
+        query: outgoing.req.uri().query(),
+        subprotocols: None,
         headers: outgoing.plan,
         connect_timeout: worker.connect_timeout,
         answer_timeout: bound.wait,
@@ -353,7 +355,7 @@ async fn tunnel(
                 arrival.id(),
                 handshake.status()
             );
-            handshake.into_response(payload, (lease, slot))
+            handshake.into_response(payload, (lease, slot), worker.front.stopping())
         }
         Err(error) => {
             lease.report(error.kind().map_or(Answer::Cancelled, Answer::Error));

@@ -27,3 +27,4 @@ pub mod redis;
 pub mod registry;
 pub mod replica;
 pub mod sidecar;
+pub mod websocket;

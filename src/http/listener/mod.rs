@@ -43,6 +43,11 @@ use stream::{ClientStream, Timeouts};
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
 
+/// How long after the shutdown grace the listeners are stopped by force,
+/// at least: the time tunnels still open when the grace ran out have to
+/// send their close frames (`Stopping::grace_over`).
+const TUNNELS_CLOSE_TIME: Duration = Duration::from_millis(250);
+
 /// How long a client whose connection is closing gets to take the last
 /// bytes before the socket is dropped, and to close its side (the
 /// lingering close).
@@ -72,9 +77,11 @@ where
     B: MessageBody + 'static,
 {
     let (name, limits) = (front.listener, &front.limits);
-    // Whole seconds, rounded up: never before the grace the stop counts cuts from.
-    let grace = front.stopping().grace();
-    let shutdown_secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+    // Whole seconds, rounded up: never before the grace the stop counts
+    // cuts from, and late enough for the close frames of the WebSockets
+    // closed when it runs out.
+    let forced = front.stopping().grace() + TUNNELS_CLOSE_TIME;
+    let shutdown_secs = forced.as_secs() + u64::from(forced.subsec_nanos() > 0);
     let builder = actix_server::Server::build()
         .workers(workers as usize)
         .disable_signals()

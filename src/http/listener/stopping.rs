@@ -1,21 +1,23 @@
 //! How far a sidecar's stop has got, as its proxy listeners' workers see
 //! it: from the stop signal the listeners drain (every answer says
 //! `Connection: close`, so keep-alive clients reconnect elsewhere while the
-//! listener still serves); then they close, and a request still unanswered
-//! once `lifecycle.shutdown_grace` has run out is cut.
+//! listener still serves); then they close, and once
+//! `lifecycle.shutdown_grace` has run out a request still unanswered is cut
+//! and an open WebSocket is closed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 /// The stop of one sidecar, shared by both proxy listeners.
 pub struct Stopping {
     grace: Duration,
     draining: AtomicBool,
-    /// Reference point of `cut_from`.
-    epoch: Instant,
-    /// Nanoseconds after `epoch` from which a request dropped unanswered
-    /// was cut by the stop; `u64::MAX` until the listeners close.
-    cut_from: AtomicU64,
+    /// From when a request dropped unanswered was cut by the stop, and
+    /// open tunnels close; `None` until the listeners close.
+    cut_from: watch::Sender<Option<Instant>>,
 }
 
 impl Stopping {
@@ -25,8 +27,7 @@ impl Stopping {
         Stopping {
             grace,
             draining: AtomicBool::new(false),
-            epoch: Instant::now(),
-            cut_from: AtomicU64::new(u64::MAX),
+            cut_from: watch::Sender::new(None),
         }
     }
 
@@ -60,16 +61,47 @@ impl Stopping {
     }
 
     fn cut_from_now(&self, after: Duration) {
-        let at = self.epoch.elapsed().saturating_add(after);
-        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
-        self.cut_from.fetch_min(nanos, Ordering::Relaxed);
+        let at = Instant::now() + after;
+        self.cut_from.send_if_modified(|cut_from| {
+            let sooner = cut_from.is_none_or(|cut_from| at < cut_from);
+            if sooner {
+                *cut_from = Some(at);
+            }
+            sooner
+        });
     }
 
     /// Whether a request dropped unanswered now was cut by the stop, rather
     /// than left by its client (read only when a request is dropped).
     pub fn cutting(&self) -> bool {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        now >= self.cut_from.load(Ordering::Relaxed)
+        self.cut_from
+            .borrow()
+            .is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// Resolves once the grace after the listeners closed has run out (at
+    /// once after [`Stopping::hurry`]): what an open tunnel waits for to
+    /// close. Never resolves while the sidecar is not stopping.
+    pub fn grace_over(&self) -> impl Future<Output = ()> + 'static {
+        let mut cut_from = self.cut_from.subscribe();
+        async move {
+            loop {
+                let Some(at) = *cut_from.borrow_and_update() else {
+                    if cut_from.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    continue;
+                };
+                // A hurry moves the point sooner: wait for it or for the point.
+                let at = tokio::time::Instant::from_std(at);
+                match tokio::time::timeout_at(at, cut_from.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => tokio::time::sleep_until(at).await,
+                    Err(_) => {}
+                }
+                return;
+            }
+        }
     }
 }
 
@@ -87,5 +119,21 @@ mod tests {
         assert!(!stopping.cutting(), "the grace has an hour to run");
         stopping.hurry();
         assert!(stopping.cutting(), "a hurried stop cuts at once");
+    }
+
+    #[actix_rt::test]
+    async fn the_grace_is_over_only_once_it_ran_out_after_the_close() {
+        let stopping = Stopping::new(Duration::from_millis(50));
+        let over = stopping.grace_over();
+        stopping.drain();
+        let started = Instant::now();
+        stopping.close();
+        over.await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let hurried = Stopping::new(Duration::from_secs(3600));
+        let over = hurried.grace_over();
+        hurried.close();
+        hurried.hurry();
+        over.await;
     }
 }
