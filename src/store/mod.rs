@@ -1,6 +1,6 @@
-//! Where shared state lives: Redis when `redis.url` is set, in-process
-//! otherwise. Keys are namespaced `outrigger:<feature>:` and built from a
-//! hash of user input, never the input itself.
+//! Where shared state lives: Redis when a `redis` section (or `REDIS_URL`)
+//! is set, in-process otherwise. Keys are namespaced `outrigger:<feature>:`
+//! and built from a hash of user input, never the input itself.
 
 mod bounded;
 mod memory;
