@@ -80,11 +80,11 @@ async fn send(sidecar: &outrigger::Sidecar, method: &str, path: &str, token: &st
 
 #[actix_web::test]
 async fn a_cluster_keeps_the_cache_limits_and_revocations_with_users_spread_over_masters() {
-    let cluster = RedisCluster::start(3).await;
+    let mut cluster = RedisCluster::start(3).await;
     let app = Replica::start().await;
     let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let redis = format!(
-        "redis: {{ mode: cluster, urls: [{}], timeout: 500ms }}",
+        "redis: {{ mode: cluster, urls: [{}], timeout: 200ms }}",
         urls.join(", ")
     );
     let sidecars = [
@@ -155,6 +155,22 @@ async fn a_cluster_keeps_the_cache_limits_and_revocations_with_users_spread_over
             401,
             "every sidecar sees the revocation"
         );
+    }
+
+    // A master dies (no replica takes its slots): every user is still
+    // answered, uncached or counted in process where Redis cannot say.
+    cluster.masters[0].kill();
+    for user in 0..10 {
+        let token = bearer(&format!("user-{user}"));
+        let sidecar = &sidecars[user % 3];
+        let page = send(sidecar, "GET", "/items", &token).await;
+        assert_eq!(page.status, 200, "user-{user}'s page");
+        assert!(
+            matches!(page.cache.as_deref(), Some("HIT" | "BYPASS")),
+            "{:?}",
+            page.cache
+        );
+        assert_eq!(send(sidecar, "POST", "/reports", &token).await.status, 200);
     }
 }
 
