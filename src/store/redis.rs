@@ -1,10 +1,10 @@
 //! The Redis store (deadpool-redis): shared by every sidecar on the same
 //! Redis, whether one server, a cluster or a master behind sentinels
 //! ([`topology`]). Each operation touches one key, and keys carry a hash
-//! tag, so every script stays atomic on a cluster. Each call is bounded by `redis.timeout`, so a slow Redis costs
-//! milliseconds; Redis is guarded by its own circuit breaker, so a dead one
-//! is not asked on every request; every failure counts in
-//! `redis_errors_total{op}`.
+//! tag, so every script stays atomic on a cluster. Each call is bounded by
+//! `redis.timeout`, so a slow Redis costs milliseconds; Redis is guarded
+//! by its own circuit breaker, so a dead one is not asked on every
+//! request; every failure counts in `redis_errors_total{op}`.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -48,7 +48,7 @@ if oldest[2] then first = tonumber(oldest[2]) end
 return {allowed, count, first + window - now}
 ";
 
-/// Shared state in Redis, under `outrigger:<feature>:<hash>` keys.
+/// Shared state in Redis, under `outrigger:<feature>:{<hash>}` keys.
 pub struct RedisStore {
     pool: Pools,
     timeout: Duration,
