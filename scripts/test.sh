@@ -10,13 +10,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Real servers and tools the tests run: redis-server, openssl (real keys for
+# Real servers and tools the tests run: redis-server and redis-cli (one
+# Redis, a cluster and a sentinel), openssl (real keys for
 # JWT tests), dnsmasq (from dnsmasq-base, which has no system service) for
 # the DNS discovery tests, promtool plus a Prometheus server (the Debian
 # `prometheus` package ships both) to check /metrics, and nginx as an app
 # that normalises paths (the tests run their own, never the system service).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# redis-cli joins the test clusters; sentinels are `redis-server --sentinel`.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// Redis pool connections by state (`idle`, `in_use`).
     pub redis_pool_connections: IntGaugeVec,
+    /// Time each Redis call took, answered or failed, by operation.
+    pub redis_command_duration: HistogramVec,
     /// Pooled keep-alive connections to each replica by state (`idle`,
     /// `in_use`), over every outbound worker.
     pub upstream_connections: IntGaugeVec,
@@ -340,6 +342,11 @@ impl Metrics {
                 "redis_pool_connections",
                 "Redis pool connections by state.",
                 &["state"],
+            ),
+            redis_command_duration: histogram(
+                "redis_command_duration_seconds",
+                "Time a Redis call took, answered or failed (bounded by redis.timeout).",
+                &["op"],
             ),
             upstream_connections: gauge(
                 "upstream_connections",

@@ -305,19 +305,6 @@ pub struct CorsConfig {
     pub max_age: Duration,
 }
 
-/// Shared Redis for revocations (and later caches and limits).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RedisConfig {
-    /// `redis://host:port/db` (env `REDIS_URL`); a password in it is never shown.
-    #[serde(serialize_with = "redacted_url")]
-    pub url: String,
-    /// Connections kept (default 16).
-    pub pool_size: u32,
-    /// Bound on each Redis call, so a slow Redis costs milliseconds (default 50ms).
-    #[serde(serialize_with = "as_duration")]
-    pub timeout: Duration,
-}
-
 impl FromYaml for Algorithm {
     const EXPECTED: &'static str =
         "one of HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384, EdDSA";
@@ -341,16 +328,6 @@ fn algorithm_names<S: Serializer>(
 
 pub(super) fn redacted<T, S: Serializer>(_: &T, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str("<redacted>")
-}
-
-fn redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    match url.split_once('@') {
-        Some((credentials, rest)) => {
-            let scheme = credentials.split("//").next().unwrap_or("redis:");
-            serializer.serialize_str(&format!("{scheme}//<redacted>@{rest}"))
-        }
-        None => serializer.serialize_str(url),
-    }
 }
 
 /// Reads `listeners.inbound`.
@@ -877,41 +854,6 @@ fn read_cors(t: &mut Table, problems: &mut Problems) -> CorsConfig {
     }
 }
 
-/// Reads `redis`; `REDIS_URL` overrides the URL.
-pub(super) fn read_redis(
-    t: &mut Table,
-    env: Env<'_>,
-    problems: &mut Problems,
-) -> Option<RedisConfig> {
-    // The file's url is read even when REDIS_URL replaces it, so it is never "unknown".
-    let url = t.get::<String>("url", problems);
-    let url = match env("REDIS_URL").or(url) {
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Some(url),
-        Some(url) => {
-            problems.add(
-                &t.path_of("url"),
-                format!("expected redis://host:port/db, got \"{url}\""),
-            );
-            None
-        }
-        None => {
-            problems.add(
-                &t.path_of("url"),
-                "required when redis is configured (or set REDIS_URL)",
-            );
-            None
-        }
-    };
-    let timeout = t.get_or("timeout", Duration::from_millis(50), problems);
-    positive(timeout, &t.path_of("timeout"), problems);
-    let pool_size = t.get_or("pool_size", 16, problems);
-    Some(RedisConfig {
-        url: url?,
-        pool_size,
-        timeout,
-    })
-}
-
 /// A string or a list of strings.
 fn one_or_many(t: &mut Table, key: &str, problems: &mut Problems) -> Vec<String> {
     match t.raw(key) {
@@ -946,8 +888,7 @@ mod tests {
     revocation: true
     logout: /auth/logout
     rules: [{{ path: /admin, methods: [get], roles: [admin] }}]
-  cors: {{ origins: [\"https://a.example\"] }}
-redis: {{ url: \"redis://:pw@127.0.0.1:6379/0\" }}"
+  cors: {{ origins: [\"https://a.example\"] }}"
         );
         let config = load(
             &text,
@@ -965,11 +906,6 @@ redis: {{ url: \"redis://:pw@127.0.0.1:6379/0\" }}"
         assert_eq!(keys.keys.len(), 2);
         assert_eq!(keys.keys[0].roles, vec!["deploy", "read"]);
         assert_eq!(inbound.auth.rules[0].methods, vec!["GET"]);
-        let shown = serde_json::to_string(&config.redis).expect("json");
-        assert!(
-            !shown.contains("pw") && shown.contains("<redacted>"),
-            "{shown}"
-        );
         let shown = serde_json::to_string(&jwt.keys).expect("json");
         assert!(!shown.contains("s3cret"), "{shown}");
     }
@@ -980,8 +916,7 @@ redis: {{ url: \"redis://:pw@127.0.0.1:6379/0\" }}"
 inbound:
   auth:
     jwt: { algorithms: [HS256, RS256, none] }
-    rules: [{ roles: [a] }]
-redis: { url: \"http://nope\" }";
+    rules: [{ roles: [a] }]";
         assert_eq!(
             load(text, &[]).unwrap_err(),
             vec![
@@ -990,7 +925,6 @@ redis: { url: \"http://nope\" }";
                 "inbound.auth.jwt.algorithms: mix HS* with public-key algorithms and a public key could be used as an HMAC secret: pick one kind",
                 "inbound.auth.jwt.secret_env: the environment variable JWT_SECRET holding the HMAC secret is not set",
                 "inbound.auth.rules[0].path: required: the path prefix the rule covers",
-                "redis.url: expected redis://host:port/db, got \"http://nope\"",
             ]
         );
     }
@@ -1039,8 +973,13 @@ redis: {{ url: \"redis://file:6379/0\", pool_size: 4 }}"
         .expect("valid");
         let redis = config.redis.expect("redis");
         assert_eq!(
-            (redis.url.as_str(), redis.pool_size),
-            ("redis://env:6379/0", 4)
+            (redis.topology, redis.pool_size),
+            (
+                crate::config::RedisTopology::Standalone {
+                    url: "redis://env:6379/0".to_string()
+                },
+                4
+            )
         );
     }
 

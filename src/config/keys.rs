@@ -24,7 +24,7 @@ inbound:
   rate_limit: { routes: [{}] }
   concurrency: {}
   cache: { routes: [{}] }
-redis: {}
+redis: { sentinel: {} }
 lifecycle: {}
 reload: {}
 tracing: {}
@@ -84,6 +84,8 @@ mod tests {
             "defaults.connect_timeout",
             "discovery.dns.port",
             "redis.url",
+            "redis.mode",
+            "redis.sentinel.urls",
             "lifecycle.drain_delay",
             "reload.interval",
             "tracing.sample_rate",

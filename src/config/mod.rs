@@ -10,6 +10,7 @@ mod listener;
 mod locate;
 mod observability;
 mod reader;
+mod redis;
 mod routes;
 
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ pub use inbound::usable_name;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
     InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig, JwtKeys,
-    OnRedisError, RateLimitConfig, RedisConfig, RouteLimit, Satisfy, WebSocketToken,
+    OnRedisError, RateLimitConfig, RouteLimit, Satisfy, WebSocketToken,
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
@@ -36,6 +37,7 @@ pub use reader::{
     format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
 };
 pub(crate) use reader::{FromYaml, Problems, Table, OFF};
+pub use redis::{RedisConfig, RedisTopology, SentinelConfig};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
 
 /// How the config reader looks up an environment variable (overrides and
@@ -524,15 +526,11 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
     });
     let redis = match top.raw_restart("redis") {
         Some(value) => Table::open(value, "redis", problems).and_then(|mut t| {
-            let redis = inbound::read_redis(&mut t, env, problems);
+            let redis = redis::read_redis(&mut t, env, problems);
             t.finish(problems);
             redis
         }),
-        None => env("REDIS_URL").map(|url| RedisConfig {
-            url,
-            pool_size: 16,
-            timeout: Duration::from_millis(50),
-        }),
+        None => env("REDIS_URL").map(RedisConfig::standalone),
     };
     let observability = observability::read_observability(&mut top, problems);
     let workers = top.get_restart("workers", problems);

@@ -57,14 +57,9 @@ pub(super) fn store_failed(kind: &'static str) -> Topic<'static> {
 /// Redis when configured, else in process. Built once: a reload keeps it.
 pub fn store(redis: Option<&RedisConfig>, metrics: &Metrics) -> io::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match redis {
-        Some(redis) => Arc::new(
-            RedisStore::new(
-                redis,
-                metrics.redis_errors.clone(),
-                metrics.redis_pool_connections.clone(),
-            )
-            .map_err(|err| io::Error::other(err.0))?,
-        ),
+        Some(redis) => {
+            Arc::new(RedisStore::new(redis, metrics).map_err(|err| io::Error::other(err.0))?)
+        }
         None => Arc::new(MemoryStore::new()),
     };
     info!("inbound store: {}", store.kind());

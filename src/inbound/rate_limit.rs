@@ -16,7 +16,7 @@ use super::auth::Identity;
 use super::gate::{client_ip, store_failed};
 use crate::config::{OnRedisError, RateLimitConfig};
 use crate::logging::summary;
-use crate::store::{key, MemoryStore, Store, WindowCount};
+use crate::store::{key, owned_key, MemoryStore, Store, WindowCount};
 
 /// The verdict for one request, and what its headers say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,8 @@ impl RateLimiter {
     ) -> Option<Verdict> {
         let (scope, bucket, limit, window) = self.limit_for(path, identity)?;
         let subject = self.subject(req, identity);
-        let window_key = key("ratelimit", &format!("{bucket}\0{subject}"));
+        // The subject owns the key: its windows and usage share a slot.
+        let window_key = owned_key("ratelimit", &subject, bucket);
         let counted = match self.store.hit(&window_key, limit, window).await {
             Ok(count) => count,
             Err(err) => match self.config.on_redis_error {

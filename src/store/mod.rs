@@ -1,6 +1,6 @@
-//! Where shared state lives: Redis when `redis.url` is set, in-process
-//! otherwise. Keys are namespaced `outrigger:<feature>:` and built from a
-//! hash of user input, never the input itself.
+//! Where shared state lives: Redis when a `redis` section (or `REDIS_URL`)
+//! is set, in-process otherwise. Keys are namespaced `outrigger:<feature>:`
+//! and built from a hash of user input, never the input itself.
 
 mod bounded;
 mod memory;
@@ -80,17 +80,42 @@ pub struct WindowCount {
     pub reset_after: Duration,
 }
 
-/// The store key for `input` under `feature`: `outrigger:<feature>:<sha256 hex>`.
+/// The store key for `input` under `feature`:
+/// `outrigger:<feature>:{<sha256 hex>}`. The braces make the hash the key's
+/// hash tag: on a Redis Cluster its slot is the hash's, and a key from
+/// [`owned_key`] with the same `input` as owner lands in the same slot.
 pub fn key(feature: &str, input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
-    let mut key = String::with_capacity(11 + feature.len() + 1 + 64);
+    let mut key = String::with_capacity(10 + feature.len() + 3 + 64);
     key.push_str("outrigger:");
     key.push_str(feature);
-    key.push(':');
-    for byte in digest.iter() {
-        key.push_str(&format!("{byte:02x}"));
-    }
+    key.push_str(":{");
+    push_hex_digest(&mut key, input);
+    key.push('}');
     key
+}
+
+/// The store key for `part` of `owner`'s state under `feature`:
+/// `outrigger:<feature>:{<sha256 hex of owner>}:<sha256 hex of part>`.
+/// Every key of one owner (a user's windows, its usage record under
+/// [`key`]) shares the owner's hash tag, so a script over them stays in one
+/// slot of a cluster, while different owners spread over the slots.
+pub fn owned_key(feature: &str, owner: &str, part: &str) -> String {
+    let mut key = String::with_capacity(10 + feature.len() + 4 + 128);
+    key.push_str("outrigger:");
+    key.push_str(feature);
+    key.push_str(":{");
+    push_hex_digest(&mut key, owner);
+    key.push_str("}:");
+    push_hex_digest(&mut key, part);
+    key
+}
+
+fn push_hex_digest(key: &mut String, input: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in Sha256::digest(input.as_bytes()) {
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
 }
 
 /// Whole seconds for a Redis TTL: at least one.
@@ -105,14 +130,43 @@ mod tests {
     #[test]
     fn keys_are_namespaced_hashes_never_raw_input() {
         let key = key("revoked", "user-controlled \r\n value");
-        assert!(key.starts_with("outrigger:revoked:"));
-        assert_eq!(key.len(), "outrigger:revoked:".len() + 64);
+        assert!(key.starts_with("outrigger:revoked:{"));
+        assert!(key.ends_with('}'));
+        assert_eq!(key.len(), "outrigger:revoked:{}".len() + 64);
         assert!(!key.contains("user"));
         assert_eq!(
             key,
             super::key("revoked", "user-controlled \r\n value"),
             "stable"
         );
+        assert_eq!(
+            super::key("x", "abc"),
+            "outrigger:x:{ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad}",
+            "the sha-256 of the input, in lowercase hex"
+        );
+    }
+
+    /// The part of a key Redis Cluster hashes to pick its slot.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("a tag");
+        let close = open + key[open..].find('}').expect("a closed tag");
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn an_owners_keys_share_one_hash_tag_and_owners_differ() {
+        let window = owned_key("ratelimit", "user:ann", "/login");
+        let other_window = owned_key("ratelimit", "user:ann", "/search");
+        let usage = key("usage", "user:ann");
+        assert_eq!(hash_tag(&window), hash_tag(&usage));
+        assert_eq!(hash_tag(&window), hash_tag(&other_window));
+        assert_ne!(window, other_window);
+        assert_ne!(
+            hash_tag(&window),
+            hash_tag(&owned_key("ratelimit", "user:bob", "/login"))
+        );
+        assert!(!window.contains("ann") && !window.contains("login"));
+        assert_eq!(window.len(), "outrigger:ratelimit:{}:".len() + 128);
     }
 
     #[test]

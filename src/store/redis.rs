@@ -1,8 +1,10 @@
 //! The Redis store (deadpool-redis): shared by every sidecar on the same
-//! Redis. Each call is bounded by `redis.timeout`, so a slow Redis costs
-//! milliseconds; Redis is guarded by its own circuit breaker, so a dead one
-//! is not asked on every request; every failure counts in
-//! `redis_errors_total{op}`.
+//! Redis, whether one server, a cluster or a master behind sentinels
+//! ([`topology`]). Each operation touches one key, and keys carry a hash
+//! tag, so every script stays atomic on a cluster. Each call is bounded by
+//! `redis.timeout`, so a slow Redis costs milliseconds; Redis is guarded
+//! by its own circuit breaker, so a dead one is not asked on every
+//! request; every failure counts in `redis_errors_total{op}`.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -10,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use deadpool_redis::redis::{self, AsyncCommands, Script};
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{PoolConfig, Timeouts};
 use log::warn;
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -20,6 +22,11 @@ use super::{key, ttl_seconds, Store, StoreError, StoreFuture, WindowCount};
 use crate::config::RedisConfig;
 use crate::core::backoff::Backoff;
 use crate::core::breaker::{BreakerParams, BreakerState, CallResult, CircuitBreaker};
+use crate::metrics::Metrics;
+
+mod topology;
+
+use topology::Pools;
 
 /// The sliding window as one atomic script: drop what left the window,
 /// admit if there is room, and say how many are in it and when the oldest
@@ -41,37 +48,39 @@ if oldest[2] then first = tonumber(oldest[2]) end
 return {allowed, count, first + window - now}
 ";
 
-/// Shared state in Redis, under `outrigger:<feature>:<hash>` keys.
+/// Shared state in Redis, under `outrigger:<feature>:{<hash>}` keys.
 pub struct RedisStore {
-    pool: Pool,
+    pool: Pools,
     timeout: Duration,
     breaker: Mutex<CircuitBreaker>,
     window_script: Script,
     errors: IntCounterVec,
     connections: IntGaugeVec,
+    durations: HistogramVec,
 }
 
 impl RedisStore {
-    /// A pool for `config`; connections are made on first use.
-    pub fn new(
-        config: &RedisConfig,
-        errors: IntCounterVec,
-        connections: IntGaugeVec,
-    ) -> Result<Self, StoreError> {
-        let mut pool_config = Config::from_url(config.url.clone());
-        pool_config.pool = Some(PoolConfig {
-            max_size: config.pool_size as usize,
-            timeouts: Timeouts {
-                wait: Some(config.timeout),
-                create: Some(config.timeout),
-                recycle: Some(config.timeout),
+    /// A pool for `config`, counted in `metrics`; connections are made on
+    /// first use.
+    pub fn new(config: &RedisConfig, metrics: &Metrics) -> Result<Self, StoreError> {
+        let pool = Pools::new(
+            &config.topology,
+            PoolConfig {
+                max_size: config.pool_size as usize,
+                timeouts: Timeouts {
+                    wait: Some(config.timeout),
+                    create: Some(config.timeout),
+                    recycle: Some(config.timeout),
+                },
+                ..PoolConfig::default()
             },
-            ..PoolConfig::default()
-        });
-        let pool = pool_config
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|err| StoreError(format!("cannot set up the Redis pool: {err}")))?;
-        let cooldown = Backoff::new(Duration::from_secs(2), Duration::from_secs(30), 0.1)
+        )?;
+        // Short and capped low: a failover (a sentinel promoting a replica,
+        // a cluster moving a master) ends within seconds, and the sidecar
+        // must be back on the new master within seconds of it, not after a
+        // cooldown that grew while the old master was down. A dead Redis
+        // still costs one attempt every 5 s per sidecar.
+        let cooldown = Backoff::new(Duration::from_secs(1), Duration::from_secs(5), 0.1)
             .map_err(|err| StoreError(format!("the Redis breaker's cooldown: {err}")))?;
         let breaker = BreakerParams {
             failure_threshold: 3,
@@ -79,7 +88,10 @@ impl RedisStore {
             success_threshold: 1,
             cooldown,
         };
-        // Every operation's error series exists from the start, at 0, so a
+        let errors = metrics.redis_errors.clone();
+        let connections = metrics.redis_pool_connections.clone();
+        let durations = metrics.redis_command_duration.clone();
+        // Every operation's series exist from the start, at 0, so a
         // dashboard shows "no errors" rather than "no data".
         for op in [
             "is_revoked",
@@ -90,6 +102,7 @@ impl RedisStore {
             "cache_set",
         ] {
             errors.with_label_values(&[op]);
+            durations.with_label_values(&[op]);
         }
         for state in ["idle", "in_use"] {
             connections.with_label_values(&[state]);
@@ -104,6 +117,7 @@ impl RedisStore {
             window_script: Script::new(WINDOW_SCRIPT),
             errors,
             connections,
+            durations,
         })
     }
 
@@ -119,6 +133,7 @@ impl RedisStore {
                 "Redis is cut off by its circuit breaker".to_string(),
             ));
         }
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError(format!(
@@ -126,6 +141,9 @@ impl RedisStore {
                 self.timeout.as_millis()
             ))),
         };
+        self.durations
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             self.errors.with_label_values(&[op]).inc();
         }
@@ -180,7 +198,7 @@ fn micros_since_epoch() -> u64 {
 impl Store for RedisStore {
     fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.call("revoke", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             connection
                 .set_ex::<_, _, ()>(key("revoked", id), 1u8, ttl_seconds(ttl))
                 .await
@@ -190,7 +208,7 @@ impl Store for RedisStore {
 
     fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(self.call("is_revoked", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             connection
                 .exists(key("revoked", id))
                 .await
@@ -205,7 +223,7 @@ impl Store for RedisStore {
         window: Duration,
     ) -> StoreFuture<'a, WindowCount> {
         Box::pin(self.call("rate_limit", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             let now = micros_since_epoch();
             let member = format!("{now}-{}", rand::random::<u32>());
             let (allowed, count, reset_micros): (u8, u32, i64) = self
@@ -233,7 +251,7 @@ impl Store for RedisStore {
         window: Duration,
     ) -> StoreFuture<'a, ()> {
         Box::pin(self.call("usage", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             redis::pipe()
                 .atomic()
                 .hincr(key, endpoint, 1)
@@ -248,7 +266,7 @@ impl Store for RedisStore {
 
     fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>> {
         Box::pin(self.call("usage", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             let mut counts: Vec<(String, u64)> =
                 connection.hgetall(key).await.map_err(redis_error)?;
             counts.sort();
@@ -261,7 +279,7 @@ impl Store for RedisStore {
     /// whole; it counts as absent. A missing key reads as empty.
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(self.call("cache_get", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             let value: Vec<u8> = connection
                 .getrange(key, 0, max_len as isize)
                 .await
@@ -272,7 +290,7 @@ impl Store for RedisStore {
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.call("cache_set", async move {
-            let mut connection = self.pool.get().await.map_err(redis_error)?;
+            let mut connection = self.pool.get().await?;
             connection
                 .set_ex::<_, _, ()>(key, value.as_ref(), ttl_seconds(ttl))
                 .await
