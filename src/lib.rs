@@ -19,6 +19,7 @@ pub(crate) mod error;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod otlp;
+pub mod tls;
 pub mod trace;
 pub(crate) mod watch;
 

@@ -11,6 +11,7 @@ mod locate;
 mod observability;
 mod reader;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,6 +38,7 @@ pub use reader::{
 };
 pub(crate) use reader::{FromYaml, Problems, Table, OFF};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
+pub use tls::{endpoint_address, ServiceTls, TlsScope};
 
 /// How the config reader looks up an environment variable (overrides and
 /// secrets): the process environment for `run`, a table in tests.
@@ -308,10 +310,15 @@ pub struct ConcurrencyConfig {
 pub struct ServiceConfig {
     /// The name apps use: `/<name>/...`, `Host: <name>` or `http://<name>/...`.
     pub name: String,
-    /// `host:port` of each replica (static discovery).
+    /// `host:port` of each replica (static discovery), `https://host:port`
+    /// for one called over TLS.
     pub endpoints: Vec<String>,
     /// Drop `/<name>` from the path before forwarding (default true).
     pub strip_prefix: bool,
+    /// How its replicas are called over TLS (`tls:`, or the endpoints
+    /// written `https://`); `None`: plain text.
+    #[serde(skip_serializing_if = "tls::unwritten")]
+    pub tls: Option<ServiceTls>,
     /// This service's policy: `defaults` with this service's overrides.
     #[serde(flatten)]
     pub policy: Policy,
@@ -859,14 +866,17 @@ fn read_service(
         );
     }
     for (index, endpoint) in endpoints.iter().enumerate() {
-        if !is_host_port(endpoint) {
+        if !is_host_port(endpoint_address(endpoint)) {
             problems.add(
                 &format!("{}[{index}]", t.path_of("endpoints")),
-                format!("expected host:port like \"10.0.0.7:8080\", got \"{endpoint}\""),
+                format!(
+                    "expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"{endpoint}\""
+                ),
             );
         }
     }
     let strip_prefix = t.get_or("strip_prefix", true, problems);
+    let tls = tls::read_service_tls(&mut t, &endpoints, problems);
     t.refuse(
         "connect_timeout",
         "set it under defaults: the connection pool is shared by all services",
@@ -878,6 +888,7 @@ fn read_service(
         name: name?,
         endpoints,
         strip_prefix,
+        tls,
         policy,
     })
 }
