@@ -10,6 +10,7 @@ use support::apps::Nginx;
 use support::client::{client, get_json, get_text};
 use support::eventually::eventually;
 use support::metrics::metric;
+use support::raw::raw_exchange;
 use support::sidecar::sidecar_from;
 use support::tls::Certificates;
 
@@ -101,10 +102,49 @@ async fn calls_reach_an_https_replica_over_one_verified_pooled_connection() {
     })
     .await;
 
+    // An upgrade is never sent in plain text to a replica that wants TLS.
+    let upgrade = "GET /payments/ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let answer = actix_web::rt::task::spawn_blocking(move || raw_exchange(outbound, upgrade))
+        .await
+        .expect("the exchange");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("upstream_tls"), "{answer}");
+
     // server_name is sent as SNI and verified against the DNS SAN.
     let (status, _, body) = call(&format!("http://{outbound}/named/x")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.ends_with(" replica.test"), "{body}");
+}
+
+#[actix_web::test]
+async fn a_replica_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let client_pair = certificates.server("caller", "DNS:caller.test");
+    let ca = certificates.ca();
+    let replica = Nginx::start_tls(
+        &server.cert,
+        &server.key,
+        &format!(
+            "ssl_verify_client on;
+    ssl_client_certificate {};
+    location / {{ return 200 \"$ssl_client_s_dn\"; }}",
+            ca.display()
+        ),
+    )
+    .await;
+    let sidecar = sidecar_for(&format!(
+        "  - name: ledger
+    endpoints: [\"127.0.0.1:{}\"]
+    tls: {{ ca_file: \"{ca}\", client_cert_file: \"{}\", client_key_file: \"{}\" }}",
+        replica.port,
+        client_pair.cert.display(),
+        client_pair.key.display(),
+        ca = ca.display()
+    ))
+    .await;
+    let (status, _, body) = call(&format!("http://{}/ledger/x", sidecar.outbound_addr())).await;
+    assert_eq!((status, body.as_str()), (200, "CN=caller"));
 }
 
 #[actix_web::test]
@@ -194,5 +234,46 @@ async fn a_failed_handshake_is_retried_on_another_replica() {
         metric(&metrics, &series).is_some_and(|n| n >= 4.0),
         "the untrusted replica was tried and failed: {:?}",
         metric(&metrics, &series)
+    );
+}
+
+#[test]
+fn check_names_a_missing_or_unfitting_certificate_file_by_its_key() {
+    let certificates = Certificates::new();
+    let client = certificates.server("client", "DNS:client.test");
+    let other = certificates.server("other", "DNS:other.test");
+    let dir = support::files::TempDir::new();
+    let file = dir.path.join("tls.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:
+  - name: ledger
+    endpoints: [\"10.0.0.1:8443\"]
+    tls: {{ ca_file: /nonexistent/ca.pem }}
+  - name: pay
+    endpoints: [\"https://10.0.0.2:8443\"]
+    tls: {{ ca_file: \"{}\", client_cert_file: \"{}\", client_key_file: \"{}\" }}
+",
+            certificates.ca().display(),
+            client.cert.display(),
+            other.key.display()
+        ),
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outrigger"))
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("services[0].tls.ca_file: cannot read /nonexistent/ca.pem"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("services[1].tls.client_key_file: does not fit the certificate"),
+        "{stderr}"
     );
 }

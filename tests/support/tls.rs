@@ -34,7 +34,7 @@ impl Certificates {
         self.dir.path.join("ca.pem")
     }
 
-    /// A server certificate from the CA for `sans` (`DNS:name`,
+    /// A certificate from the CA for `sans` (for a server or a client) (`DNS:name`,
     /// `IP:127.0.0.1`, comma-separated).
     pub fn server(&self, file: &str, sans: &str) -> Pair {
         self.signed("ca", file, sans)
@@ -75,7 +75,7 @@ impl Certificates {
     fn signed(&self, ca: &str, file: &str, sans: &str) -> Pair {
         let dir = &self.dir.path;
         let extensions = format!(
-            "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+            "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
         );
         std::fs::write(dir.join(format!("{file}.ext")), extensions).expect("write extensions");
         openssl(
