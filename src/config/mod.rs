@@ -1065,7 +1065,7 @@ services:
                 "listeners.outbound.bind: expected an address like \"127.0.0.1:15001\", got \"nowhere\"",
                 "defaults.load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\"",
                 "defaults.retry.jitter: must be between 0 and 1, got 2",
-                "services[0].endpoints[1]: expected host:port like \"10.0.0.7:8080\", got \"bad\"",
+                "services[0].endpoints[1]: expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"bad\"",
                 "services[0].circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\"",
                 "services[0].colour: unknown key",
             ]
