@@ -7,11 +7,12 @@ mod support;
 
 use serde_json::Value;
 use support::apps::Nginx;
-use support::client::{client, get_json, get_text};
+use support::client::{client, get_json, get_text, post_json};
 use support::eventually::eventually;
+use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::raw::raw_exchange;
-use support::sidecar::sidecar_from;
+use support::sidecar::{sidecar_from, sidecar_from_file};
 use support::tls::Certificates;
 
 /// What each replica answers: its connection's serial number, whether the
@@ -242,7 +243,7 @@ fn check_names_a_missing_or_unfitting_certificate_file_by_its_key() {
     let certificates = Certificates::new();
     let client = certificates.server("client", "DNS:client.test");
     let other = certificates.server("other", "DNS:other.test");
-    let dir = support::files::TempDir::new();
+    let dir = TempDir::new();
     let file = dir.path.join("tls.yaml");
     std::fs::write(
         &file,
@@ -276,4 +277,40 @@ fn check_names_a_missing_or_unfitting_certificate_file_by_its_key() {
         stderr.contains("services[1].tls.client_key_file: does not fit the certificate"),
         "{stderr}"
     );
+}
+
+#[actix_web::test]
+async fn a_reload_that_changes_the_ca_file_is_used_by_the_next_call() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let replica = Nginx::start_tls(&server.cert, &server.key, ECHO_CONNECTION).await;
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let config = |ca: &std::path::Path| {
+        format!(
+            "workers: 1
+reload: {{ watch: false }}
+listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+services:
+  - name: api
+    endpoints: [\"127.0.0.1:{}\"]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 1000 }}
+    tls: {{ ca_file: \"{}\" }}
+",
+            replica.port,
+            ca.display()
+        )
+    };
+    std::fs::write(&path, config(&certificates.untrusted_ca())).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    let url = format!("http://{}/api/x", sidecar.outbound_addr());
+    let (status, reason, _) = call(&url).await;
+    assert_eq!((status, reason.as_str()), (502, "upstream_tls"));
+
+    swap_in(&path, &config(&certificates.ca()));
+    let (status, report) = post_json(&format!("http://{}/reload", sidecar.admin_addr())).await;
+    assert_eq!(status, 200, "{report}");
+    let (status, _, body) = call(&url).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -34,6 +34,11 @@ impl Certificates {
         self.dir.path.join("ca.pem")
     }
 
+    /// The other CA's certificate, which signs [`Certificates::untrusted`].
+    pub fn untrusted_ca(&self) -> PathBuf {
+        self.dir.path.join("other-ca.pem")
+    }
+
     /// A certificate from the CA for `sans` (for a server or a client) (`DNS:name`,
     /// `IP:127.0.0.1`, comma-separated).
     pub fn server(&self, file: &str, sans: &str) -> Pair {
