@@ -16,8 +16,11 @@ use std::sync::{Arc, OnceLock};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
+
+/// The name a replica's certificate is checked against (and sent as SNI).
+pub use rustls::pki_types::ServerName;
 
 /// Installs the process's one crypto provider, aws-lc-rs (the backend
 /// jsonwebtoken already uses), if none is yet, and returns the one in
@@ -75,10 +78,9 @@ impl fmt::Debug for Origination {
 
 impl Origination {
     /// Reads `files` into a verifying client configuration; `server_name`
-    /// (already checked with [`valid_server_name`]) replaces each
-    /// replica's host as the name sent and verified.
+    /// replaces each replica's host as the name sent and verified.
     pub fn build(
-        server_name: Option<&str>,
+        server_name: Option<ServerName<'static>>,
         files: &OriginationFiles<'_>,
     ) -> Result<Origination, FileError> {
         let roots = match files.ca_file {
@@ -103,9 +105,6 @@ impl Origination {
             // The reader refuses one without the other.
             _ => builder.with_no_client_auth(),
         };
-        let server_name = server_name.map(|name| {
-            ServerName::try_from(name.to_string()).expect("checked by valid_server_name")
-        });
         Ok(Origination {
             config: Arc::new(config),
             server_name,
@@ -130,10 +129,10 @@ impl Origination {
     }
 }
 
-/// Whether `name` can be sent as SNI and checked against a certificate (a
-/// DNS name or an IP literal).
-pub fn valid_server_name(name: &str) -> bool {
-    ServerName::try_from(name).is_ok()
+/// `name` as a name to send as SNI and check a certificate against (a DNS
+/// name or an IP literal), if it can be one.
+pub fn server_name(name: &str) -> Option<ServerName<'static>> {
+    ServerName::try_from(name.to_string()).ok()
 }
 
 /// The system's trust roots, read once per process. An unreadable system
@@ -199,7 +198,7 @@ mod tests {
             origination.server_name("[::1]").expect("an IP"),
             ServerName::try_from("::1").expect("an IP")
         );
-        let named = Origination::build(Some("api.example"), &OriginationFiles::default())
+        let named = Origination::build(server_name("api.example"), &OriginationFiles::default())
             .expect("system roots");
         assert_eq!(
             named.server_name("10.0.0.7").expect("configured"),

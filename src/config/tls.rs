@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_norway::Value;
 
 use super::reader::{Problems, Table};
-use crate::tls::{valid_server_name, FileError, Origination, OriginationFiles};
+use crate::tls::{server_name, FileError, Origination, OriginationFiles, ServerName};
 
 /// The scheme that turns TLS on for one static endpoint.
 const HTTPS: &str = "https://";
@@ -120,20 +120,22 @@ pub(super) fn read_service_tls(
 /// Reads a `tls:` block at `path` and builds its origination.
 fn read_block(value: &Value, path: &str, problems: &mut Problems) -> Option<ServiceTls> {
     let mut table = Table::open(value, path, problems)?;
-    let server_name: Option<String> = table.get("server_name", problems);
+    let name: Option<String> = table.get("server_name", problems);
     let ca_file: Option<String> = table.get("ca_file", problems);
     let client_cert_file: Option<String> = table.get("client_cert_file", problems);
     let client_key_file: Option<String> = table.get("client_key_file", problems);
     let mut usable = true;
-    if let Some(name) = &server_name {
-        if !valid_server_name(name) {
+    let checked = name.as_deref().and_then(|name| {
+        let checked = server_name(name);
+        if checked.is_none() {
             problems.add(
                 &table.path_of("server_name"),
                 format!("expected a DNS name or an IP address, got \"{name}\""),
             );
             usable = false;
         }
-    }
+        checked
+    });
     match (&client_cert_file, &client_key_file) {
         (Some(_), None) => {
             problems.add(
@@ -160,9 +162,9 @@ fn read_block(value: &Value, path: &str, problems: &mut Problems) -> Option<Serv
         client_cert_file: client_cert_file.as_deref(),
         client_key_file: client_key_file.as_deref(),
     };
-    let origination = build(server_name.as_deref(), &files, path, problems)?;
+    let origination = build(checked, &files, path, problems)?;
     Some(ServiceTls {
-        server_name,
+        server_name: name,
         ca_file,
         client_cert_file,
         client_key_file,
@@ -173,7 +175,7 @@ fn read_block(value: &Value, path: &str, problems: &mut Problems) -> Option<Serv
 
 /// Builds the origination, reporting a file that fails under its key.
 fn build(
-    server_name: Option<&str>,
+    server_name: Option<ServerName<'static>>,
     files: &OriginationFiles<'_>,
     path: &str,
     problems: &mut Problems,

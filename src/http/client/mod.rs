@@ -9,8 +9,9 @@
 //! the worker's connections share one codec configuration, and a pooled
 //! connection keeps its codec. A replica of a service with TLS is called
 //! over TLS (`stream.rs`) made as the service's `Origination` says, and its
-//! connections are pooled like plain ones: one handshake per connection. awc stays for the sidecar's own calls (registry,
-//! JWKS, OTLP), which are few.
+//! connections are pooled like plain ones: one handshake per connection.
+//! awc stays for the sidecar's own calls (registry, JWKS, OTLP), which are
+//! few.
 
 mod pool;
 mod response;
@@ -213,14 +214,14 @@ impl Client {
 
     /// Sends `head` with `body` to `address` (`host:port`) over a pooled
     /// connection or a new one (made within the connect timeout), in plain
-    /// text, or over TLS made as `origination` says. The
-    /// replica is timed, not the caller: `timeout` bounds each wait for the
-    /// replica to take body bytes and the wait for its answer head once the
-    /// body is complete, while the caller's pauses in its body are bounded
-    /// by its listener's `client_body_timeout`. A pooled connection that
-    /// turns out to have been closed by the replica is replaced by a new
-    /// one when the request can safely be sent again. The connection
-    /// counts in `gauges`, the replica's `upstream_connections`.
+    /// text, or over TLS made as `origination` says. The replica is timed,
+    /// not the caller: `timeout` bounds each wait for the replica to take
+    /// body bytes and the wait for its answer head once the body is
+    /// complete, while the caller's pauses in its body are bounded by its
+    /// listener's `client_body_timeout`. A pooled connection that turns out
+    /// to have been closed by the replica is replaced by a new one when the
+    /// request can safely be sent again. The connection counts in `gauges`,
+    /// the replica's `upstream_connections`.
     pub async fn send(
         &self,
         address: &str,
