@@ -31,6 +31,9 @@ pub enum ProxyError {
     NoHealthyReplica(String),
     /// The replica could not be connected to (502).
     UpstreamConnect(String),
+    /// The TLS handshake with the replica failed, or its certificate did
+    /// not verify (502).
+    UpstreamTls(String),
     /// The replica closed the connection before answering (502).
     UpstreamReset(String),
     /// The replica answered with invalid HTTP (502).
@@ -63,9 +66,10 @@ impl ProxyError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamConnect(_) | Self::UpstreamReset(_) | Self::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamConnect(_)
+            | Self::UpstreamTls(_)
+            | Self::UpstreamReset(_)
+            | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ConcurrencyLimit(_) | Self::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -84,6 +88,7 @@ impl ProxyError {
             Self::HeadersTooLarge(_) => "headers_too_large",
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
+            Self::UpstreamTls(_) => "upstream_tls",
             Self::UpstreamReset(_) => "upstream_reset",
             Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::Timeout(_) => "upstream_timeout",
@@ -105,6 +110,7 @@ impl ProxyError {
             | Self::HeadersTooLarge(m)
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
+            | Self::UpstreamTls(m)
             | Self::UpstreamReset(m)
             | Self::UpstreamProtocol(m)
             | Self::Timeout(m)
@@ -193,6 +199,7 @@ mod tests {
                 502,
                 "upstream_connect_failed",
             ),
+            (ProxyError::UpstreamTls("x".into()), 502, "upstream_tls"),
             (ProxyError::UpstreamReset("x".into()), 502, "upstream_reset"),
             (
                 ProxyError::UpstreamProtocol("x".into()),

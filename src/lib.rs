@@ -19,6 +19,7 @@ pub(crate) mod error;
 pub(crate) mod logging;
 pub mod metrics;
 pub(crate) mod otlp;
+pub mod tls;
 pub mod trace;
 pub(crate) mod watch;
 
@@ -102,6 +103,9 @@ impl Sidecar {
     }
 
     async fn launch(config: Config, file: Option<ConfigFile>) -> io::Result<Sidecar> {
+        // Before any TLS client (the replica client's, the Kubernetes
+        // source's) is built: one crypto provider for the whole process.
+        crate::tls::provider();
         // Every port is bound, and every fallible part built, before an
         // actor starts: an actor started but never polled panics when the
         // runtime that failed to start is dropped, burying the real error.

@@ -11,5 +11,7 @@ mod allocator;
 static ALLOCATOR: allocator::Mimalloc = allocator::Mimalloc;
 
 fn main() -> ExitCode {
+    // The one crypto provider every TLS connection of the process uses.
+    outrigger::tls::provider();
     Cli::parse().execute()
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Policy, RouteConfig, ServiceConfig};
+use crate::config::{Policy, RouteConfig, ServiceConfig, ServiceTls};
 use crate::core::retry_budget::RetryBudget;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::replica::Endpoint;
@@ -31,6 +31,8 @@ pub struct Settings {
     pub strip_prefix: bool,
     /// Timeouts, balancing, breaker, retries, concurrency.
     pub policy: Policy,
+    /// How its replicas are called over TLS; `None`: plain text.
+    pub tls: Option<ServiceTls>,
 }
 
 impl Settings {
@@ -39,6 +41,7 @@ impl Settings {
         Settings {
             strip_prefix: config.strip_prefix,
             policy: config.policy.clone(),
+            tls: config.tls.clone(),
         }
     }
 }

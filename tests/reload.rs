@@ -197,7 +197,7 @@ async fn an_invalid_edit_is_rejected_by_key_path_and_the_old_config_stays() {
     assert_eq!(
         errors,
         vec![
-            "services[0].endpoints[0]: expected host:port like \"10.0.0.7:8080\", got \"nowhere\"",
+            "services[0].endpoints[0]: expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"nowhere\"",
             "inbound.rate_limit.window: expected a duration like \"30s\", got \"soon\"",
         ]
     );

@@ -192,6 +192,7 @@ mod tests {
             name: "api".to_string(),
             endpoints: Vec::new(),
             strip_prefix: true,
+            tls: None,
             policy: Policy {
                 load_balancer,
                 slow_start,

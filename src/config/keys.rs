@@ -16,7 +16,7 @@ const EVERY_SECTION: &str = "
 listeners: { outbound: {}, admin: {}, inbound: {} }
 discovery: { file: {}, registry: {}, dns: {}, kubernetes: {} }
 defaults: { circuit_breaker: {}, retry: {}, concurrency: {} }
-services: [{ circuit_breaker: {}, retry: {}, concurrency: {} }]
+services: [{ circuit_breaker: {}, retry: {}, concurrency: {}, tls: {} }]
 routes: [{ match: {}, backends: [{}] }]
 inbound:
   auth: { jwt: {}, api_keys: {}, rules: [{}], websocket_token: {} }

@@ -12,6 +12,7 @@ mod observability;
 mod reader;
 mod redis;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,6 +40,7 @@ pub use reader::{
 pub(crate) use reader::{FromYaml, Problems, Table, OFF};
 pub use redis::{RedisConfig, RedisTopology, SentinelConfig};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
+pub use tls::{endpoint_address, ServiceTls, TlsScope};
 
 /// How the config reader looks up an environment variable (overrides and
 /// secrets): the process environment for `run`, a table in tests.
@@ -310,10 +312,15 @@ pub struct ConcurrencyConfig {
 pub struct ServiceConfig {
     /// The name apps use: `/<name>/...`, `Host: <name>` or `http://<name>/...`.
     pub name: String,
-    /// `host:port` of each replica (static discovery).
+    /// `host:port` of each replica (static discovery), `https://host:port`
+    /// for one called over TLS.
     pub endpoints: Vec<String>,
     /// Drop `/<name>` from the path before forwarding (default true).
     pub strip_prefix: bool,
+    /// How its replicas are called over TLS (`tls:`, or the endpoints
+    /// written `https://`); `None`: plain text.
+    #[serde(skip_serializing_if = "tls::unwritten")]
+    pub tls: Option<ServiceTls>,
     /// This service's policy: `defaults` with this service's overrides.
     #[serde(flatten)]
     pub policy: Policy,
@@ -857,14 +864,17 @@ fn read_service(
         );
     }
     for (index, endpoint) in endpoints.iter().enumerate() {
-        if !is_host_port(endpoint) {
+        if !is_host_port(endpoint_address(endpoint)) {
             problems.add(
                 &format!("{}[{index}]", t.path_of("endpoints")),
-                format!("expected host:port like \"10.0.0.7:8080\", got \"{endpoint}\""),
+                format!(
+                    "expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"{endpoint}\""
+                ),
             );
         }
     }
     let strip_prefix = t.get_or("strip_prefix", true, problems);
+    let tls = tls::read_service_tls(&mut t, &endpoints, problems);
     t.refuse(
         "connect_timeout",
         "set it under defaults: the connection pool is shared by all services",
@@ -876,6 +886,7 @@ fn read_service(
         name: name?,
         endpoints,
         strip_prefix,
+        tls,
         policy,
     })
 }
@@ -1052,7 +1063,7 @@ services:
                 "listeners.outbound.bind: expected an address like \"127.0.0.1:15001\", got \"nowhere\"",
                 "defaults.load_balancer: expected one of least_load, p2c_ewma, round_robin, got \"fastest\"",
                 "defaults.retry.jitter: must be between 0 and 1, got 2",
-                "services[0].endpoints[1]: expected host:port like \"10.0.0.7:8080\", got \"bad\"",
+                "services[0].endpoints[1]: expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"bad\"",
                 "services[0].circuit_breaker.cooldown: expected a duration like \"30s\", got \"thirty\"",
                 "services[0].colour: unknown key",
             ]

@@ -1,7 +1,9 @@
-//! The `static` source: the endpoints listed under `services[].endpoints`.
+//! The `static` source: the endpoints listed under `services[].endpoints`
+//! (an `https://` one by its `host:port`: its service's `ServiceTls` says
+//! it is called over TLS).
 
 use super::{DiscoveredEndpoint, DiscoverySource, Snapshot, SnapshotFuture};
-use crate::config::ServiceConfig;
+use crate::config::{endpoint_address, ServiceConfig};
 
 /// Replicas as the config file lists them; never changes.
 pub struct StaticSource {
@@ -14,7 +16,11 @@ impl StaticSource {
         let snapshot = services
             .iter()
             .map(|s| {
-                let endpoints = s.endpoints.iter().map(DiscoveredEndpoint::new).collect();
+                let endpoints = s
+                    .endpoints
+                    .iter()
+                    .map(|e| DiscoveredEndpoint::new(endpoint_address(e)))
+                    .collect();
                 (s.name.clone(), endpoints)
             })
             .collect();

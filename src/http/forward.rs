@@ -25,6 +25,7 @@ use super::client::{CallError, Client, OutgoingBody};
 use super::listener::{BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use crate::metrics::PoolGauges;
+use crate::tls::Origination;
 use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
 
 /// The scheme the caller used, as seen by the replica.
@@ -35,6 +36,8 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub struct Target<'a> {
     /// `host:port` of the replica.
     pub address: &'a str,
+    /// How to open TLS to it; `None`: plain text.
+    pub origination: Option<&'a Arc<Origination>>,
     /// The replica's `upstream_connections`, which the connection counts
     /// in; `None` for the app.
     pub connections: Option<&'a Arc<PoolGauges>>,
@@ -133,8 +136,9 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => {
-            let (address, connections) = (target.address, target.connections);
-            Either::Left(client.send(address, connections, head, outgoing, target.timeout))
+            let (address, tls) = (target.address, target.origination);
+            let (connections, timeout) = (target.connections, target.timeout);
+            Either::Left(client.send(address, tls, connections, head, outgoing, timeout))
         }
         Err(error) => Either::Right(ready(Err(error))),
     }

@@ -306,6 +306,7 @@ impl<'a> Request<'a> {
         let identity_headers = identity.headers();
         let target = Target {
             address: &gate.app,
+            origination: None,
             connections: None,
             path,
             headers: self.plan(&identity_headers),

@@ -196,8 +196,13 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let endpoint = Arc::clone(lease.endpoint());
         let try_started = Instant::now();
         let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
+        let origination = settings
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.for_replica(&endpoint.address));
         let target = Target {
             address: &endpoint.address,
+            origination,
             connections: Some(&endpoint.connections),
             path,
             headers: plan,
@@ -335,6 +340,15 @@ async fn tunnel(
         Err(error) => return outgoing.refuse(&error),
     };
     let endpoint = Arc::clone(lease.endpoint());
+    let tls = outgoing.settings.tls.as_ref();
+    if tls
+        .and_then(|tls| tls.for_replica(&endpoint.address))
+        .is_some()
+    {
+        // Never sent in plain text to a replica that wants TLS.
+        let why = format!("{endpoint} is called over TLS, which upgrades do not support yet");
+        return outgoing.refuse(&ProxyError::UpstreamTls(why));
+    }
     let policy = &outgoing.settings.policy;
     let bound = try_bound(policy, policy.timeout);
     let tunnel = tunnel::Tunnel {

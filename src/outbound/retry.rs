@@ -27,7 +27,9 @@ pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
 pub fn answer_is_retried(answer: Answer, per_try: bool, config: &RetryConfig) -> bool {
     let condition = match answer {
         Answer::Status(status) => RetryOn::Status(status),
-        Answer::Error(UpstreamError::Connect | UpstreamError::Reset) => RetryOn::ConnectError,
+        Answer::Error(UpstreamError::Connect | UpstreamError::Tls | UpstreamError::Reset) => {
+            RetryOn::ConnectError
+        }
         Answer::Error(UpstreamError::Timeout) if per_try => RetryOn::Timeout,
         Answer::Error(UpstreamError::Timeout) => return false,
         Answer::Error(UpstreamError::Protocol) => RetryOn::Status(502),

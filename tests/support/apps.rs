@@ -20,6 +20,21 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(server: &str) -> Nginx {
+        Nginx::launch("", server).await
+    }
+
+    /// Serves TLS with `cert` and `key` (PEM files) on its port.
+    pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path, server: &str) -> Nginx {
+        let server = format!(
+            "ssl_certificate {};\n    ssl_certificate_key {};\n    {server}",
+            cert.display(),
+            key.display()
+        );
+        Nginx::launch(" ssl", &server).await
+    }
+
+    /// Runs nginx with `listen 127.0.0.1:<port><listen>;` and `server`.
+    async fn launch(listen: &str, server: &str) -> Nginx {
         let dir = TempDir::new();
         let port = closed_port();
         let root = dir.path.display();
@@ -37,7 +52,7 @@ http {{
   uwsgi_temp_path {root}/uwsgi;
   scgi_temp_path {root}/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen};
     {server}
   }}
 }}

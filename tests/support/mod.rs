@@ -27,4 +27,5 @@ pub mod redis;
 pub mod registry;
 pub mod replica;
 pub mod sidecar;
+pub mod tls;
 pub mod websocket;

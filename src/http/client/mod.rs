@@ -7,11 +7,15 @@
 //! and timer on the worker (a wake-up of the event loop each time), two
 //! fresh 8 KiB buffers, and a hashed pool lookup behind a semaphore. Here
 //! the worker's connections share one codec configuration, and a pooled
-//! connection keeps its codec. awc stays for the sidecar's own calls (registry,
-//! JWKS, OTLP), which are few.
+//! connection keeps its codec. A replica of a service with TLS is called
+//! over TLS (`stream.rs`) made as the service's `Origination` says, and its
+//! connections are pooled like plain ones: one handshake per connection.
+//! awc stays for the sidecar's own calls (registry, JWKS, OTLP), which are
+//! few.
 
 mod pool;
 mod response;
+mod stream;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -41,9 +45,11 @@ use crate::config::format_duration;
 use crate::error::ProxyError;
 use crate::http::listener::{BodyError, LimitedPayload};
 use crate::metrics::PoolGauges;
+use crate::tls::Origination;
 pub use pool::MAX_IDLE_PER_REPLICA;
 use pool::{Connection, Counted, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
+use stream::Transport;
 
 /// One worker's client; not `Send` (it lives on its worker).
 pub struct Client {
@@ -86,6 +92,9 @@ impl OutgoingBody {
 pub enum UpstreamError {
     /// Connection refused, reset or not made in time.
     Connect,
+    /// The TLS handshake failed, or the replica's certificate did not
+    /// verify; the breaker and retries take it as a connect failure.
+    Tls,
     /// No response head within the try's timeout.
     Timeout,
     /// The connection closed or reset before a response head arrived.
@@ -99,6 +108,7 @@ impl UpstreamError {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
+            Self::Tls => "tls",
             Self::Timeout => "timeout",
             Self::Reset => "reset",
             Self::Protocol => "protocol",
@@ -118,6 +128,9 @@ pub enum CallError {
     Body(BodyError),
     /// No connection could be made within the connect timeout.
     Connect(io::Error),
+    /// The TLS handshake failed or the replica's certificate did not
+    /// verify (why, in words).
+    Tls(String),
     /// The peer took no body bytes, or sent no answer head after the
     /// body, within the call's timeout.
     Timeout,
@@ -145,6 +158,7 @@ impl CallError {
         match self {
             Self::Unsendable(_) | Self::Body(_) => None,
             Self::Connect(_) => Some(UpstreamError::Connect),
+            Self::Tls(_) => Some(UpstreamError::Tls),
             Self::Timeout => Some(UpstreamError::Timeout),
             Self::Closed(_) => Some(UpstreamError::Reset),
             Self::Protocol(_) => Some(UpstreamError::Protocol),
@@ -161,6 +175,7 @@ impl CallError {
             Self::Connect(err) => {
                 ProxyError::UpstreamConnect(format!("cannot connect to {name}: {err}"))
             }
+            Self::Tls(why) => ProxyError::UpstreamTls(format!("TLS to {name} failed: {why}")),
             Self::Timeout => {
                 let (key, limit) = peer.bound;
                 ProxyError::Timeout(format!(
@@ -198,24 +213,30 @@ impl Client {
     }
 
     /// Sends `head` with `body` to `address` (`host:port`) over a pooled
-    /// connection or a new one (made within the connect timeout). The
-    /// replica is timed, not the caller: `timeout` bounds each wait for the
-    /// replica to take body bytes and the wait for its answer head once the
-    /// body is complete, while the caller's pauses in its body are bounded
-    /// by its listener's `client_body_timeout`. A pooled connection that
-    /// turns out to have been closed by the replica is replaced by a new
-    /// one when the request can safely be sent again. The connection
-    /// counts in `gauges`, the replica's `upstream_connections`.
+    /// connection or a new one (made within the connect timeout), in plain
+    /// text, or over TLS made as `origination` says. The replica is timed,
+    /// not the caller: `timeout` bounds each wait for the replica to take
+    /// body bytes and the wait for its answer head once the body is
+    /// complete, while the caller's pauses in its body are bounded by its
+    /// listener's `client_body_timeout`. A pooled connection that turns out
+    /// to have been closed by the replica is replaced by a new one when the
+    /// request can safely be sent again. The connection counts in `gauges`,
+    /// the replica's `upstream_connections`.
     pub async fn send(
         &self,
         address: &str,
+        origination: Option<&Arc<Origination>>,
         gauges: Option<&Arc<PoolGauges>>,
         head: RequestHead,
         mut body: OutgoingBody,
         timeout: Duration,
     ) -> Result<UpstreamResponse, CallError> {
         let head = Rc::new(head);
-        let pooled = self.shared.pool.borrow_mut().take(address, gauges);
+        let pooled = self
+            .shared
+            .pool
+            .borrow_mut()
+            .take(address, origination, gauges);
         if let Some(mut connection) = pooled {
             match exchange(&mut connection.framed, &head, &mut body, timeout).await {
                 Ok(answer) => return Ok(self.answer(answer, connection)),
@@ -225,38 +246,41 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
-        let mut connection = self.connect(address, gauges).await?;
+        let mut connection = self.connect(address, origination, gauges).await?;
         let answer = exchange(&mut connection.framed, &head, &mut body, timeout).await?;
         Ok(self.answer(answer, connection))
     }
 
+    /// A new connection to `address`, its TLS handshake included when
+    /// `origination` asks for one, within the connect timeout.
     async fn connect(
         &self,
         address: &str,
+        origination: Option<&Arc<Origination>>,
         gauges: Option<&Arc<PoolGauges>>,
     ) -> Result<Connection, CallError> {
         let connecting = async {
-            // Discovery gives IP literals: no resolver call for those.
-            let socket = match address.parse::<SocketAddr>() {
-                Ok(literal) => TcpStream::connect(literal).await?,
-                Err(_) => TcpStream::connect(address).await?,
-            };
-            socket.set_nodelay(true)?;
-            Ok(socket)
+            let socket = open_socket(address).await.map_err(CallError::Connect)?;
+            match origination {
+                None => Ok(Transport::Plain(socket)),
+                Some(origination) => Transport::secure(socket, address, origination)
+                    .await
+                    .map_err(CallError::Tls),
+            }
         };
-        let socket = actix_rt::time::timeout(self.connect_timeout, connecting)
+        let stream = actix_rt::time::timeout(self.connect_timeout, connecting)
             .await
             .unwrap_or_else(|_| {
-                Err(io::Error::new(
+                Err(CallError::Connect(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "not connected within connect_timeout",
-                ))
-            })
-            .map_err(CallError::Connect)?;
+                )))
+            })?;
         let codec = ClientCodec::new(self.shared.config.clone());
         Ok(Connection::new(
-            Framed::new(socket, codec),
+            Framed::new(stream, codec),
             Rc::from(address),
+            origination.cloned(),
             Counted::in_use(gauges),
         ))
     }
@@ -271,6 +295,17 @@ impl Client {
             UpstreamResponse::streaming(head, connection, Rc::clone(&self.shared))
         }
     }
+}
+
+/// A TCP connection to `address`, without Nagle's delay.
+async fn open_socket(address: &str) -> io::Result<TcpStream> {
+    // Discovery gives IP literals: no resolver call for those.
+    let socket = match address.parse::<SocketAddr>() {
+        Ok(literal) => TcpStream::connect(literal).await?,
+        Err(_) => TcpStream::connect(address).await?,
+    };
+    socket.set_nodelay(true)?;
+    Ok(socket)
 }
 
 /// Whether sending a request with `method` twice has the effect of sending
@@ -294,7 +329,7 @@ fn resendable(method: &Method, body: &OutgoingBody) -> bool {
 /// (1xx) before it are passed over. The replica gets `timeout` for each
 /// wait on it (see [`Client::send`]).
 async fn exchange(
-    framed: &mut Framed<TcpStream, ClientCodec>,
+    framed: &mut Framed<Transport, ClientCodec>,
     head: &Rc<RequestHead>,
     body: &mut OutgoingBody,
     timeout: Duration,
@@ -330,7 +365,7 @@ async fn exchange(
 
 /// Flushes what is left of the request and reads the answer head.
 async fn answer_head(
-    mut framed: Pin<&mut Framed<TcpStream, ClientCodec>>,
+    mut framed: Pin<&mut Framed<Transport, ClientCodec>>,
 ) -> Result<ResponseHead, CallError> {
     poll_fn(|cx| framed.as_mut().flush(cx))
         .await
@@ -358,7 +393,7 @@ async fn answer_head(
 /// flushed whenever it fills, so no more than a buffer's worth is held.
 /// A replica that takes no bytes for `timeout` is timed out.
 async fn stream_body(
-    mut framed: Pin<&mut Framed<TcpStream, ClientCodec>>,
+    mut framed: Pin<&mut Framed<Transport, ClientCodec>>,
     payload: &mut Peekable<LimitedPayload>,
     timeout: Duration,
 ) -> Result<(), CallError> {

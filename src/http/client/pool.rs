@@ -1,6 +1,7 @@
 //! One worker's idle keep-alive connections, by replica address. The most
 //! recently used connection is taken first, so a burst's extra connections
-//! go unused and age out. An idle connection keeps only its socket and
+//! go unused and age out. A TLS connection is handed out only for calls
+//! made with the origination it was opened with. An idle connection keeps only its socket and
 //! codec, not its buffers (the read buffer alone grows to 32 KiB, and a
 //! burst's connections would hold theirs until they age out). A connection
 //! is handed out only when it is still open and has nothing unread; that
@@ -8,18 +9,17 @@
 //! since its last read. Each connection counts itself in its replica's
 //! `upstream_connections` gauges (idle or in use) until it closes.
 
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use actix_codec::{Framed, FramedParts};
 use actix_http::h1::ClientCodec;
 use foldhash::HashMap;
-use tokio::net::TcpStream;
 
+use super::stream::Transport;
 use crate::metrics::PoolGauges;
+use crate::tls::Origination;
 
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,10 +90,12 @@ impl Drop for Counted {
 
 /// A keep-alive connection to one replica.
 pub struct Connection {
-    /// The socket, framed by the HTTP/1 client codec.
-    pub framed: Framed<TcpStream, ClientCodec>,
+    /// The socket (or TLS over it), framed by the HTTP/1 client codec.
+    pub framed: Framed<Transport, ClientCodec>,
     /// The replica's `host:port`, the pool's key.
     pub address: Rc<str>,
+    /// The origination its TLS was opened with; `None`: plain text.
+    pub origination: Option<Arc<Origination>>,
     /// When it was last released to the pool.
     idle_since: Instant,
     /// Where it is counted in `upstream_connections`.
@@ -101,17 +103,30 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `framed`, a connection to `address` counted as `counted`, idle from now.
+    /// `framed`, a connection to `address` (over TLS opened with
+    /// `origination`) counted as `counted`, idle from now.
     pub fn new(
-        framed: Framed<TcpStream, ClientCodec>,
+        framed: Framed<Transport, ClientCodec>,
         address: Rc<str>,
+        origination: Option<Arc<Origination>>,
         counted: Counted,
     ) -> Connection {
         Connection {
             framed,
             address,
+            origination,
             idle_since: Instant::now(),
             counted,
+        }
+    }
+
+    /// Whether it was opened as a call made with `origination` asks:
+    /// plain text for `None`, else TLS with that very origination.
+    fn made_for(&self, origination: Option<&Arc<Origination>>) -> bool {
+        match (&self.origination, origination) {
+            (None, None) => true,
+            (Some(opened), Some(asked)) => Arc::ptr_eq(opened, asked),
+            _ => false,
         }
     }
 
@@ -123,19 +138,7 @@ impl Connection {
         {
             return false;
         }
-        let socket = self.framed.io_ref();
-        let mut cx = Context::from_waker(Waker::noop());
-        match socket.poll_read_ready(&mut cx) {
-            // Nothing has arrived since the last read drained the socket.
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Something arrived: an end of stream, a reset, or bytes no
-            // request asked for. Only a spurious wake-up leaves it usable.
-            Poll::Ready(Ok(())) => matches!(
-                socket.try_read(&mut [0u8; 1]),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+        self.framed.io_mut().quiet()
     }
 }
 
@@ -146,14 +149,21 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The most recently released usable connection to `address`, now in
-    /// use for the replica of `gauges`; the unusable ones met on the way
-    /// are closed.
-    pub fn take(&mut self, address: &str, gauges: Option<&Arc<PoolGauges>>) -> Option<Connection> {
+    /// The most recently released usable connection to `address` made
+    /// with `origination`, now in use for the replica of `gauges`; the
+    /// others met on the way are closed (one made otherwise is met only
+    /// when two services call one address differently, or after a reload
+    /// changed a service's TLS).
+    pub fn take(
+        &mut self,
+        address: &str,
+        origination: Option<&Arc<Origination>>,
+        gauges: Option<&Arc<PoolGauges>>,
+    ) -> Option<Connection> {
         let idle = self.idle.get_mut(address)?;
         let now = Instant::now();
         while let Some(mut connection) = idle.pop() {
-            if connection.usable(now) {
+            if connection.made_for(origination) && connection.usable(now) {
                 connection.counted.in_use_for(gauges);
                 return Some(connection);
             }
@@ -171,6 +181,7 @@ impl Pool {
         let Connection {
             framed,
             address,
+            origination,
             mut counted,
             ..
         } = connection;
@@ -182,7 +193,7 @@ impl Pool {
         if idle.len() < MAX_IDLE_PER_REPLICA {
             counted.idle();
             let framed = Framed::from_parts(FramedParts::new(parts.io, parts.codec));
-            idle.push(Connection::new(framed, address, counted));
+            idle.push(Connection::new(framed, address, origination, counted));
         }
     }
 
@@ -205,7 +216,7 @@ mod tests {
     use actix_http::{RequestHead, RequestHeadType, ServiceConfig};
     use std::pin::Pin;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A keep-alive connection to a listener of its own that has carried a
     /// request, and the listener's end.
@@ -217,7 +228,7 @@ mod tests {
         let config = actix_http::ServiceConfigBuilder::new()
             .keep_alive(actix_http::KeepAlive::Timeout(IDLE_TIMEOUT))
             .build();
-        let mut framed = Framed::new(socket, ClientCodec::new(config));
+        let mut framed = Framed::new(Transport::Plain(socket), ClientCodec::new(config));
         let request = (
             RequestHeadType::Owned(RequestHead::default()),
             BodySize::None,
@@ -226,7 +237,7 @@ mod tests {
             .write(Message::Item(request))
             .expect("encode a request");
         (
-            Connection::new(framed, Rc::from(address), Counted::in_use(None)),
+            Connection::new(framed, Rc::from(address), None, Counted::in_use(None)),
             peer,
         )
     }
@@ -236,7 +247,7 @@ mod tests {
     async fn handed_out_within(pool: &mut Pool, address: &str, expected: bool) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let taken = pool.take(address, None);
+            let taken = pool.take(address, None, None);
             let found = taken.is_some();
             if let Some(connection) = taken {
                 pool.put(connection);
@@ -253,13 +264,16 @@ mod tests {
         let (first, _first_peer) = connected().await;
         let (mut second, _second_peer) = connected().await;
         second.address = Rc::clone(&first.address);
-        let second_port = second.framed.io_ref().local_addr().expect("port");
+        let second_port = second.framed.io_ref().socket().local_addr().expect("port");
         let address = first.address.to_string();
         let mut pool = Pool::default();
         pool.put(first);
         pool.put(second);
-        let taken = pool.take(&address, None).expect("a connection");
-        assert_eq!(taken.framed.io_ref().local_addr().ok(), Some(second_port));
+        let taken = pool.take(&address, None, None).expect("a connection");
+        assert_eq!(
+            taken.framed.io_ref().socket().local_addr().ok(),
+            Some(second_port)
+        );
     }
 
     #[actix_rt::test]
@@ -306,12 +320,13 @@ mod tests {
         let fresh = Connection::new(
             Framed::new(socket, ClientCodec::new(ServiceConfig::default())),
             Rc::from(address.as_str()),
+            None,
             Counted::in_use(None),
         );
         let mut pool = Pool::default();
         pool.put(fresh);
         assert!(
-            pool.take(&address, None).is_none(),
+            pool.take(&address, None, None).is_none(),
             "a connection without keep-alive was kept"
         );
     }

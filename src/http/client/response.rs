@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_codec::Framed;
@@ -14,10 +15,11 @@ use actix_http::header::HeaderMap;
 use actix_http::{ResponseHead, StatusCode};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use tokio::net::TcpStream;
 
 use super::pool::{Connection, Counted};
+use super::stream::Transport;
 use super::Shared;
+use crate::tls::Origination;
 
 /// The answer head from a replica, with its body still to stream.
 pub struct UpstreamResponse {
@@ -28,8 +30,10 @@ pub struct UpstreamResponse {
 }
 
 struct Reading {
-    framed: Framed<TcpStream, ClientPayloadCodec>,
+    framed: Framed<Transport, ClientPayloadCodec>,
     address: Rc<str>,
+    /// The origination its TLS was opened with; `None`: plain text.
+    origination: Option<Arc<Origination>>,
     /// Where the connection is counted in `upstream_connections`.
     counted: Counted,
     /// Where the connection goes back to once the body ends.
@@ -58,6 +62,7 @@ impl UpstreamResponse {
         let Connection {
             framed,
             address,
+            origination,
             counted,
             ..
         } = connection;
@@ -66,6 +71,7 @@ impl UpstreamResponse {
             body: Some(Reading {
                 framed: framed.into_map_codec(|codec| codec.into_payload_codec()),
                 address,
+                origination,
                 counted,
                 shared,
                 ends_at_close,
@@ -148,9 +154,11 @@ impl Reading {
         let framed = self
             .framed
             .into_map_codec(|codec| codec.into_message_codec());
-        self.shared
-            .pool
-            .borrow_mut()
-            .put(Connection::new(framed, self.address, self.counted));
+        self.shared.pool.borrow_mut().put(Connection::new(
+            framed,
+            self.address,
+            self.origination,
+            self.counted,
+        ));
     }
 }

@@ -1,0 +1,151 @@
+//! The bytes under a replica connection: a TCP socket, or TLS over one
+//! (tokio-rustls, configured by the service's [`Origination`]). Both are
+//! framed and pooled alike; a plain connection costs one branch per read or
+//! write more than the socket alone, and a TLS one is boxed so the plain
+//! one stays small.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::Origination;
+
+/// A connection's byte stream.
+pub enum Transport {
+    /// Plain text.
+    Plain(TcpStream),
+    /// TLS, verified as the service's origination asks.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Opens TLS over `socket` to the replica at `address` (`host:port`):
+    /// the name sent and verified is the origination's, else the host.
+    /// The error says why the handshake or the verification failed.
+    pub async fn secure(
+        socket: TcpStream,
+        address: &str,
+        origination: &Origination,
+    ) -> Result<Transport, String> {
+        let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+        let name = origination.server_name(host)?;
+        let connector = TlsConnector::from(Arc::clone(origination.config()));
+        match connector.connect(name, socket).await {
+            Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
+            Err(err) => Err(handshake_failure(&err)),
+        }
+    }
+
+    /// The TCP socket underneath.
+    #[cfg(test)]
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Whether an idle connection is still fit for a request: nothing has
+    /// arrived on it since its last read but what TLS itself sends (a
+    /// session ticket, a key update: rustls takes those in). An end of
+    /// stream, a reset or bytes no request asked for make it unfit. Costs
+    /// no system call unless the socket has signalled something since its
+    /// last read.
+    pub fn quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self {
+            Transport::Plain(socket) => match socket.poll_read_ready(&mut cx) {
+                // Nothing has arrived since the last read drained the socket.
+                Poll::Pending => true,
+                Poll::Ready(Err(_)) => false,
+                // Something arrived: only a spurious wake-up leaves it usable.
+                Poll::Ready(Ok(())) => matches!(
+                    socket.try_read(&mut [0u8; 1]),
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock
+                ),
+            },
+            Transport::Tls(tls) => {
+                let mut byte = [0u8; 1];
+                let mut unasked = ReadBuf::new(&mut byte);
+                // Pending: no plaintext, no end, no error.
+                Pin::new(&mut **tls)
+                    .poll_read(&mut cx, &mut unasked)
+                    .is_pending()
+            }
+        }
+    }
+}
+
+/// Why a handshake failed, in words: rustls's error (a certificate for
+/// another name, an unknown issuer, an alert from the replica) when there
+/// is one, else the socket's.
+fn handshake_failure(err: &io::Error) -> String {
+    match err.get_ref() {
+        Some(inner) => inner.to_string(),
+        None => err.to_string(),
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(socket) => Pin::new(socket).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(socket) => Pin::new(socket).poll_write(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(socket) => Pin::new(socket).poll_write_vectored(cx, bufs),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Transport::Plain(socket) => socket.is_write_vectored(),
+            Transport::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(socket) => Pin::new(socket).poll_flush(cx),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(socket) => Pin::new(socket).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
