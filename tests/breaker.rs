@@ -7,20 +7,13 @@ use std::time::{Duration, Instant};
 
 use outrigger::discovery::{ApplySnapshot, DiscoveredEndpoint};
 use serde_json::Value;
-use support::client::{client, get_json, get_text, send_ok, status_of};
+use support::admin::breaker_state;
+use support::client::{client, get_json, get_text, send_ok, status_and_header, status_of};
 use support::eventually::eventually;
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::Replica;
 use support::sidecar::sidecar;
-
-async fn breaker_state(admin: &str, key: &str) -> String {
-    let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;
-    body["circuit_breakers"][key]["state"]
-        .as_str()
-        .unwrap_or("missing")
-        .to_string()
-}
 
 #[actix_web::test]
 async fn a_failing_replica_is_cut_off_probed_and_readmitted() {
@@ -285,13 +278,7 @@ async fn an_admin_reset_closes_open_breakers() {
 
 /// GETs `url` and returns the status and the `x-outrigger` reason, if any.
 async fn answer_of(url: &str) -> (u16, Option<String>) {
-    let response = client().get(url).send().await.expect("an answer");
-    let reason = response
-        .headers()
-        .get("x-outrigger")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (response.status().as_u16(), reason)
+    status_and_header(url, "x-outrigger").await
 }
 
 /// Sends requests to `url` one after another until `until`, asserting each

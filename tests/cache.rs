@@ -17,7 +17,7 @@ use support::process::SidecarProcess;
 use support::raw::raw_header;
 use support::redis::RedisServer;
 use support::replica::Replica;
-use support::sidecar::{listeners_with_inbound, sidecar_from};
+use support::sidecar::{listeners_with_inbound, sidecar_from, JWT_OR_API_KEY};
 
 /// The sidecar's `redis.timeout`.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(200);
@@ -84,9 +84,7 @@ async fn an_api_key_and_a_token_of_the_same_name_do_not_share_answers() {
     let yaml = format!(
         "{}
 inbound:
-  auth:
-    jwt: {{ algorithms: [HS256] }}
-    api_keys: {{ header: x-api-key }}
+{JWT_OR_API_KEY}
   cache: {{ default_ttl: 60s }}",
         listeners_with_inbound(app.endpoint())
     );

@@ -113,8 +113,7 @@ const ABOVE_HTTP: [&str; 10] = [
 #[test]
 fn http_imports_nothing_from_the_layers_above() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join(HTTP), &mut files);
+    let files = layer_files(root, &[HTTP]);
     assert!(files.len() >= 10, "the modules under {HTTP}: {files:?}");
     let problems = imports_up(root, &files, &ABOVE_HTTP);
     assert!(
@@ -126,13 +125,14 @@ fn http_imports_nothing_from_the_layers_above() {
 
 /// The shared layer: what every other layer may use (config, errors and
 /// their answers, observability), from the crate root.
-const SHARED: [&str; 8] = [
+const SHARED: [&str; 9] = [
     "src/config",
     "src/error.rs",
     "src/logging",
     "src/logging.rs",
     "src/metrics.rs",
     "src/otlp.rs",
+    "src/tls.rs",
     "src/trace.rs",
     "src/watch.rs",
 ];
@@ -140,16 +140,7 @@ const SHARED: [&str; 8] = [
 #[test]
 fn the_shared_layer_imports_nothing_from_the_layers_above() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    for part in SHARED {
-        let path = root.join(part);
-        if path.is_dir() {
-            rust_files(&path, &mut files);
-        } else {
-            assert!(path.is_file(), "{part} is where the shared layer lists it");
-            files.push(path);
-        }
-    }
+    let files = layer_files(root, &SHARED);
     let mut above = vec!["http"];
     above.extend(ABOVE_HTTP);
     let problems = imports_up(root, &files, &above);
@@ -181,6 +172,21 @@ fn the_check_catches_each_way_up_from_http() {
         lines("use super::super::forward::Target;", 3),
         Vec::<usize>::new()
     );
+}
+
+/// The Rust files of a layer's `parts` (folders and files, from `root`).
+fn layer_files(root: &Path, parts: &[&str]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for part in parts {
+        let path = root.join(part);
+        if path.is_dir() {
+            rust_files(&path, &mut files);
+        } else {
+            assert!(path.is_file(), "{part} is where its layer lists it");
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// Each import in `files` (under `root`) from a module of `above`, as

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::client::{client, get_json, get_text, post_json, status_of, Load};
+use support::client::{get_json, get_text, post_json, status_and_header, status_of, Load};
 use support::eventually::eventually;
 use support::files::{swap_in, TempDir};
 use support::metrics::metric;
@@ -46,13 +46,7 @@ async fn reloads(admin: &str, result: &str) -> f64 {
 
 /// Status and `X-RateLimit-Limit` of a GET to `url`.
 async fn limited(url: &str) -> (u16, Option<String>) {
-    let response = client().get(url).send().await.expect("an answer");
-    let limit = response
-        .headers()
-        .get("x-ratelimit-limit")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    (response.status().as_u16(), limit)
+    status_and_header(url, "x-ratelimit-limit").await
 }
 
 #[actix_web::test]

@@ -9,7 +9,7 @@ use support::files::TempDir;
 use support::ports::closed_port;
 use support::process::SidecarProcess;
 use support::replica::Replica;
-use support::sidecar::{listeners_with_inbound, sidecar_from};
+use support::sidecar::{listeners_with_inbound, sidecar_from, JWT_OR_API_KEY};
 
 const JWT_SECRET: &str = "jwt-secret-0f9a8b7c";
 const API_KEY: &str = "api-key-5e4d3c2b";
@@ -28,9 +28,7 @@ async fn get_config_redacts_every_secret() {
     let yaml = format!(
         "{}
 inbound:
-  auth:
-    jwt: {{ algorithms: [HS256] }}
-    api_keys: {{ header: x-api-key }}
+{JWT_OR_API_KEY}
 redis: {{ url: \"redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0\" }}
 ",
         listeners_with_inbound(app.endpoint()),

@@ -6,8 +6,9 @@
 mod support;
 
 use serde_json::Value;
+use support::admin::breaker_state;
 use support::apps::Nginx;
-use support::client::{client, get_json, get_text, post_json};
+use support::client::{client, get_text, post_json};
 use support::eventually::eventually;
 use support::files::{swap_in, TempDir};
 use support::metrics::metric;
@@ -50,14 +51,6 @@ async fn call(url: &str) -> (u16, String, String) {
         reason,
         String::from_utf8_lossy(&body).into_owned(),
     )
-}
-
-async fn breaker_state(admin: &str, key: &str) -> String {
-    let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;
-    body["circuit_breakers"][key]["state"]
-        .as_str()
-        .unwrap_or("missing")
-        .to_string()
 }
 
 #[actix_web::test]

@@ -85,11 +85,16 @@ pub struct WindowCount {
 /// hash tag: on a Redis Cluster its slot is the hash's, and a key from
 /// [`owned_key`] with the same `input` as owner lands in the same slot.
 pub fn key(feature: &str, input: &str) -> String {
-    let mut key = String::with_capacity(10 + feature.len() + 3 + 64);
+    tagged(feature, input, 0)
+}
+
+/// `outrigger:<feature>:{<sha256 hex of tag>}`, with room for `more` bytes.
+fn tagged(feature: &str, tag: &str, more: usize) -> String {
+    let mut key = String::with_capacity(10 + feature.len() + 3 + 64 + more);
     key.push_str("outrigger:");
     key.push_str(feature);
     key.push_str(":{");
-    push_hex_digest(&mut key, input);
+    push_hex_digest(&mut key, tag);
     key.push('}');
     key
 }
@@ -100,12 +105,8 @@ pub fn key(feature: &str, input: &str) -> String {
 /// [`key`]) shares the owner's hash tag, so a script over them stays in one
 /// slot of a cluster, while different owners spread over the slots.
 pub fn owned_key(feature: &str, owner: &str, part: &str) -> String {
-    let mut key = String::with_capacity(10 + feature.len() + 4 + 128);
-    key.push_str("outrigger:");
-    key.push_str(feature);
-    key.push_str(":{");
-    push_hex_digest(&mut key, owner);
-    key.push_str("}:");
+    let mut key = tagged(feature, owner, 1 + 64);
+    key.push(':');
     push_hex_digest(&mut key, part);
     key
 }

@@ -1,6 +1,6 @@
-//! What a running sidecar's admin listener reports about discovery:
-//! sync counts, the replicas a service has, and the checks that a failed
-//! discovery read kept the last good set.
+//! What a running sidecar's admin listener reports: discovery sync counts,
+//! the replicas a service has, the checks that a failed discovery read
+//! kept the last good set, and a breaker's state.
 
 use serde_json::Value;
 
@@ -32,4 +32,14 @@ pub async fn assert_last_set_kept(admin: &str, url: &str, service: &str, replica
     let metrics = get_text(&format!("{admin}/metrics")).await;
     let series = format!("outrigger_discovery_replicas{{service=\"{service}\"}}");
     assert_eq!(metric(&metrics, &series), Some(replicas as f64));
+}
+
+/// The state of the breaker `key` (`service/replica`) as `GET
+/// /circuit-breakers` on `admin` shows it, or `missing`.
+pub async fn breaker_state(admin: &str, key: &str) -> String {
+    let (_, body) = get_json(&format!("{admin}/circuit-breakers")).await;
+    body["circuit_breakers"][key]["state"]
+        .as_str()
+        .unwrap_or("missing")
+        .to_string()
 }

@@ -47,6 +47,17 @@ pub async fn post_json(url: &str) -> (u16, Value) {
     (response.status().as_u16(), json)
 }
 
+/// GETs `url`: the status and the value of the answer's `header`, if any.
+pub async fn status_and_header(url: &str, header: &str) -> (u16, Option<String>) {
+    let response = client().get(url).send().await.expect("an answer");
+    let value = response
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (response.status().as_u16(), value)
+}
+
 /// GETs `url` and returns the body as text.
 pub async fn get_text(url: &str) -> String {
     let mut response = client().get(url).send().await.expect("an answer");

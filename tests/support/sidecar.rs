@@ -78,3 +78,9 @@ async fn ready(started: std::io::Result<Sidecar>) -> Sidecar {
     .await;
     sidecar
 }
+
+/// An `inbound:` section's `auth` that takes an HS256 token (`JWT_SECRET`)
+/// or an API key in `x-api-key` (`OUTRIGGER_API_KEYS`), indented for it.
+pub const JWT_OR_API_KEY: &str = "  auth:
+    jwt: { algorithms: [HS256] }
+    api_keys: { header: x-api-key }";

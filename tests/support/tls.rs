@@ -127,8 +127,9 @@ impl Certificates {
     }
 }
 
-/// Runs `openssl` with `args` in `dir`; panics with its output on failure.
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl` with `args` in `dir` and returns what it printed;
+/// panics with its errors on failure.
+pub fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
     let output = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -139,4 +140,5 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    output.stdout
 }
