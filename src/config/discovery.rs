@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_norway::Value;
 
-use super::reader::{FromYaml, Problems, Table};
+use super::reader::{config_words, Problems, Table};
 use super::{as_duration, positive};
 
 /// Which discovery source feeds the supervisor, and how often it is asked.
@@ -46,32 +46,13 @@ pub enum SourceKind {
     Kubernetes,
 }
 
-impl SourceKind {
-    /// The name config files and the `source` metric label use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Static => "static",
-            Self::File => "file",
-            Self::Registry => "registry",
-            Self::Dns => "dns",
-            Self::Kubernetes => "kubernetes",
-        }
-    }
-}
-
-impl FromYaml for SourceKind {
-    const EXPECTED: &'static str = "one of static, file, registry, dns, kubernetes";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        match value.as_str()? {
-            "static" => Some(Self::Static),
-            "file" => Some(Self::File),
-            "registry" => Some(Self::Registry),
-            "dns" => Some(Self::Dns),
-            "kubernetes" => Some(Self::Kubernetes),
-            _ => None,
-        }
-    }
-}
+config_words!(SourceKind {
+    Static => "static",
+    File => "file",
+    Registry => "registry",
+    Dns => "dns",
+    Kubernetes => "kubernetes",
+});
 
 /// Settings of the `file` source.
 #[derive(Debug, Clone, PartialEq, Serialize)]

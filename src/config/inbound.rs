@@ -11,7 +11,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
-use super::reader::{FromYaml, Problems, Table};
+use super::reader::{config_words, FromYaml, Problems, Table};
 use super::{as_duration, positive, Env, ListenerLimits};
 
 /// The inbound listener: where callers from outside the pod arrive.
@@ -142,17 +142,11 @@ pub enum OnRedisError {
     Deny,
 }
 
-impl FromYaml for OnRedisError {
-    const EXPECTED: &'static str = "one of local, allow, deny";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        match value.as_str()? {
-            "local" => Some(Self::Local),
-            "allow" => Some(Self::Allow),
-            "deny" => Some(Self::Deny),
-            _ => None,
-        }
-    }
-}
+config_words!(OnRedisError {
+    Local => "local",
+    Allow => "allow",
+    Deny => "deny",
+});
 
 /// In-flight caps on the inbound side.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -284,16 +278,10 @@ pub enum Satisfy {
     Any,
 }
 
-impl FromYaml for Satisfy {
-    const EXPECTED: &'static str = "all or any";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        match value.as_str()? {
-            "all" => Some(Self::All),
-            "any" => Some(Self::Any),
-            _ => None,
-        }
-    }
-}
+config_words!(Satisfy {
+    All => "all",
+    Any => "any",
+});
 
 /// Which browser origins may call the app.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -34,10 +34,10 @@ pub use inbound::{
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
+pub(crate) use reader::{config_words, FromYaml, Problems, Table, OFF};
 pub use reader::{
     format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
 };
-pub(crate) use reader::{FromYaml, Problems, Table, OFF};
 pub use redis::{RedisConfig, RedisTopology, SentinelConfig};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
 pub use tls::{endpoint_address, ServiceTls, TlsScope};
@@ -196,26 +196,11 @@ pub enum LoadBalancer {
     RoundRobin,
 }
 
-impl LoadBalancer {
-    /// The name config files use (`least_load`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::LeastLoad => "least_load",
-            Self::P2cEwma => "p2c_ewma",
-            Self::RoundRobin => "round_robin",
-        }
-    }
-}
-
-impl FromYaml for LoadBalancer {
-    const EXPECTED: &'static str = "one of least_load, p2c_ewma, round_robin";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        let name = value.as_str()?;
-        [Self::LeastLoad, Self::P2cEwma, Self::RoundRobin]
-            .into_iter()
-            .find(|balancer| balancer.as_str() == name)
-    }
-}
+config_words!(LoadBalancer {
+    LeastLoad => "least_load",
+    P2cEwma => "p2c_ewma",
+    RoundRobin => "round_robin",
+});
 
 /// Circuit breaker settings for each replica.
 #[derive(Debug, Clone, PartialEq, Serialize)]

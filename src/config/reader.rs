@@ -257,6 +257,35 @@ macro_rules! from_yaml_by {
     };
 }
 
+/// An enum written as one of a few words, each word listed once: `as_str`
+/// (its spelling in summaries, metric labels and messages) and its
+/// `FromYaml`, which refuses any other word by naming the words.
+macro_rules! config_words {
+    ($type:ident { $first:ident => $first_word:literal $(, $variant:ident => $word:literal)* $(,)? }) => {
+        impl $type {
+            /// The word a config file writes for it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    Self::$first => $first_word,
+                    $(Self::$variant => $word,)*
+                }
+            }
+        }
+
+        impl $crate::config::FromYaml for $type {
+            const EXPECTED: &'static str = concat!("one of ", $first_word $(, ", ", $word)*);
+            fn from_yaml(value: &serde_norway::Value) -> Option<Self> {
+                match value.as_str()? {
+                    $first_word => Some(Self::$first),
+                    $($word => Some(Self::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use config_words;
+
 from_yaml_by!(u64, "a whole number", Value::as_u64);
 from_yaml_by!(f64, "a number", Value::as_f64);
 from_yaml_by!(bool, "true or false", Value::as_bool);

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
-use serde_norway::Value;
 
-use super::reader::{FromYaml, Problems, Table};
+use super::reader::{config_words, Problems, Table};
 use super::{as_duration, positive, Env};
 
 /// Shared Redis for revocations, rate-limit windows and the cache.
@@ -79,17 +78,11 @@ enum Mode {
     Sentinel,
 }
 
-impl FromYaml for Mode {
-    const EXPECTED: &'static str = "one of standalone, cluster, sentinel";
-    fn from_yaml(value: &Value) -> Option<Self> {
-        match value.as_str()? {
-            "standalone" => Some(Self::Standalone),
-            "cluster" => Some(Self::Cluster),
-            "sentinel" => Some(Self::Sentinel),
-            _ => None,
-        }
-    }
-}
+config_words!(Mode {
+    Standalone => "standalone",
+    Cluster => "cluster",
+    Sentinel => "sentinel",
+});
 
 /// Reads `redis`; `REDIS_URL` overrides the URL of a standalone Redis.
 pub(super) fn read_redis(
@@ -128,7 +121,10 @@ pub(super) fn read_redis(
         };
         problems.add(
             &t.path_of("url"),
-            format!("names one server, which this mode does not use: {instead}"),
+            format!(
+                "names one server, which mode {} does not use: {instead}",
+                mode.as_str()
+            ),
         );
     }
     let topology = match mode {
@@ -320,7 +316,7 @@ mod tests {
         assert_eq!(
             errors("redis: { mode: cluster, url: \"redis://a:1\" }"),
             vec![
-                "redis.url: names one server, which this mode does not use: list the seed nodes under urls",
+                "redis.url: names one server, which mode cluster does not use: list the seed nodes under urls",
                 "redis.urls: required: a list of the seed nodes (redis://host:port)",
             ]
         );
