@@ -157,6 +157,16 @@ fn review_services(object: &mut Mapping, options: &Options, found: &mut Found) {
 /// Where an object is and what is wrong with it.
 type ObjectError = (String, String);
 
+/// An object's `metadata.name`, or `(unnamed)`, as notes and errors name it.
+fn object_name(object: &Mapping) -> String {
+    object
+        .get("metadata")
+        .and_then(|metadata| metadata.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("(unnamed)")
+        .to_string()
+}
+
 /// Injects one object (or each item of a `List`); other kinds pass through.
 fn inject_object(
     object: &mut Mapping,
@@ -164,12 +174,7 @@ fn inject_object(
     found: &mut Found,
 ) -> Result<(), ObjectError> {
     let kind = text(object.get("kind")).to_string();
-    let name = object
-        .get("metadata")
-        .and_then(|metadata| metadata.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("(unnamed)")
-        .to_string();
+    let name = object_name(object);
     if kind.ends_with("List") {
         return inject_list(object, options, found);
     }

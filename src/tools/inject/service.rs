@@ -9,6 +9,8 @@
 
 use serde_norway::{Mapping, Value};
 
+use super::object_name;
+
 /// The inbound listener's port in the injected sidecar. A number, not the
 /// port's name: a named `targetPort` is looked up in the pod's regular
 /// containers, and a native sidecar is an init container.
@@ -23,12 +25,7 @@ pub(super) fn review(
     injected: &[Mapping],
     retarget: bool,
 ) -> Option<String> {
-    let name = service
-        .get("metadata")
-        .and_then(|metadata| metadata.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("(unnamed)")
-        .to_string();
+    let name = object_name(service);
     let spec = service.get_mut("spec")?.as_mapping_mut()?;
     let selector = spec.get("selector")?.as_mapping()?;
     if selector.is_empty() || !injected.iter().any(|labels| selects(selector, labels)) {
