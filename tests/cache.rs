@@ -283,14 +283,22 @@ inbound: {{ cache: {{}} }}",
     let sidecar = sidecar_from(&yaml, &[]).await;
     let addr = sidecar.inbound_addr().expect("inbound");
     let started = Instant::now();
-    let response = client()
+    let mut response = client()
         .get(format!("http://{addr}/stalls"))
+        .insert_header(("x-request-id", "fill-1"))
         .send()
         .await
         .expect("an answer");
     assert_eq!(response.status().as_u16(), 504);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    let reason = response.headers().get("x-outrigger").map(|v| v.as_bytes());
+    assert_eq!(reason, Some(&b"upstream_timeout"[..]));
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(
+        body["request_id"], "fill-1",
+        "answered like any refusal, with the request's id: {body}"
+    );
 }
 
 /// The sidecar binary caching for `app` with `cache` (the YAML flow
