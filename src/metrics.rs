@@ -77,6 +77,9 @@ pub struct Metrics {
     pub redis_pool_connections: IntGaugeVec,
     /// Time each Redis call took, answered or failed, by operation.
     pub redis_command_duration: HistogramVec,
+    /// Times the sidecar found a new master through the sentinels (a
+    /// failover it followed).
+    pub redis_failovers: IntCounter,
     /// Pooled keep-alive connections to each replica by state (`idle`,
     /// `in_use`), over every outbound worker.
     pub upstream_connections: IntGaugeVec,
@@ -347,6 +350,10 @@ impl Metrics {
                 "redis_command_duration_seconds",
                 "Time a Redis call took, answered or failed (bounded by redis.timeout).",
                 &["op"],
+            ),
+            redis_failovers: plain_counter(
+                "redis_failovers_total",
+                "Times the sentinels named a new master and the sidecar moved to it.",
             ),
             upstream_connections: gauge(
                 "upstream_connections",

@@ -135,6 +135,13 @@ pub fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
 }
 
+/// The PEM text of the CA file at `path`, once it is known to hold usable
+/// CA certificates: for a client that takes its roots as PEM (Redis).
+pub fn ca_pem(path: &str) -> Result<Vec<u8>, String> {
+    roots_from(path)?;
+    std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}"))
+}
+
 /// The system's trust roots, read once per process. An unreadable system
 /// store leaves it empty, so every verification fails closed.
 fn system_roots() -> Arc<RootCertStore> {

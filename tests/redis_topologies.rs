@@ -2,7 +2,7 @@
 //! three masters (the cache, per-user limits and revocations behave as on
 //! one Redis, with users spread over the masters) and a master behind a
 //! sentinel (found through it, and followed through a failover without a
-//! failed request).
+//! failed request); and Redis over TLS with a password.
 
 mod support;
 
@@ -11,9 +11,10 @@ use serde_json::json;
 use support::client::{client, get_text, x_cache};
 use support::eventually::eventually;
 use support::metrics::metric;
-use support::redis::{RedisCluster, RedisSentinel, MASTER_NAME};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, MASTER_NAME};
 use support::replica::Replica;
 use support::sidecar::{listeners_with_inbound, sidecar_from};
+use support::tls::Certificates;
 
 const ENV: [(&str, &str); 1] = [("JWT_SECRET", "topology-secret")];
 
@@ -184,16 +185,93 @@ async fn limits_shared(one: &outrigger::Sidecar, two: &outrigger::Sidecar, token
     matches!((first.remaining, second.remaining), (Some(a), Some(b)) if b + 1 == a)
 }
 
+/// Clients sending limited and cached GETs through `sidecars` as 16 users
+/// until stopped; every answer that is not a 200 is kept as a failure.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<actix_rt::task::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Traffic {
+    fn start(sidecars: &[&outrigger::Sidecar]) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addrs: Vec<_> = sidecars
+            .iter()
+            .map(|s| s.inbound_addr().expect("inbound"))
+            .collect();
+        let tasks = (0..16)
+            .map(|user| {
+                let (stop, addr) = (stop.clone(), addrs[user % addrs.len()]);
+                actix_rt::spawn(async move {
+                    let (client, token) = (client(), bearer(&format!("load-{user}")));
+                    let (mut sent, mut failures) = (0, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        for path in ["/items", "/roomy"] {
+                            let answer = client
+                                .get(format!("http://{addr}{path}"))
+                                .insert_header(("authorization", token.as_str()))
+                                .send()
+                                .await;
+                            sent += 1;
+                            match answer.map(|a| a.status().as_u16()) {
+                                Ok(200) => {}
+                                other => failures.push(format!("{path}: {other:?}")),
+                            }
+                        }
+                    }
+                    (sent, failures)
+                })
+            })
+            .collect();
+        Traffic { stop, tasks }
+    }
+
+    /// Stops the clients: how many requests they sent, and the failures.
+    async fn stop(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (mut sent, mut failures) = (0, Vec::new());
+        for task in self.tasks {
+            let (count, failed) = task.await.expect("a client task");
+            sent += count;
+            failures.extend(failed);
+        }
+        (sent, failures)
+    }
+}
+
+/// Whether a page one sidecar caches is a HIT on the other: the cache is
+/// shared again. Each try is a new user's page.
+async fn cache_shared(one: &outrigger::Sidecar, two: &outrigger::Sidecar, user: &str) -> bool {
+    let token = bearer(user);
+    send(one, "GET", "/items", &token).await;
+    send(two, "GET", "/items", &token).await.cache.as_deref() == Some("HIT")
+}
+
 #[actix_web::test]
-async fn the_master_is_found_through_the_sentinel_and_followed_through_a_failover() {
-    let mut group = RedisSentinel::start().await;
+async fn a_master_killed_under_traffic_fails_no_request_and_the_sentinel_names_the_next() {
+    // TLS everywhere; the master and its replica ask for the password, the
+    // sentinel asks for none.
+    let certificates = Certificates::new();
+    let pair = certificates.server("redis", "IP:127.0.0.1");
+    let ca = certificates.ca();
+    let mut group = RedisSentinel::start_secured(&Secured {
+        pair: &pair,
+        ca: &ca,
+        password: PASSWORD,
+    })
+    .await;
     let app = Replica::start().await;
+    // A new connection asks the sentinel, checks the master's role on a
+    // connection of its own and opens one: three TLS handshakes, which a
+    // debug build on a busy machine takes 200 ms for.
     let redis = format!(
-        "redis: {{ mode: sentinel, sentinel: {{ master_name: {MASTER_NAME}, urls: [\"{}\"] }}, timeout: 200ms }}",
-        group.url()
+        "redis: {{ mode: sentinel, sentinel: {{ master_name: {MASTER_NAME}, urls: [\"{}\"] }}, ca_file: \"{}\", password_env: REDIS_PASSWORD, timeout: 1s }}",
+        group.url(),
+        ca.display()
     );
-    let one = sidecar_from(&config(&app, &redis), &ENV).await;
-    let two = sidecar_from(&config(&app, &redis), &ENV).await;
+    let env = [ENV[0], ("REDIS_PASSWORD", PASSWORD)];
+    let one = sidecar_from(&config(&app, &redis), &env).await;
+    let two = sidecar_from(&config(&app, &redis), &env).await;
     let ana = bearer("ana");
     assert!(
         limits_shared(&one, &two, &ana).await,
@@ -201,17 +279,118 @@ async fn the_master_is_found_through_the_sentinel_and_followed_through_a_failove
     );
     assert!(group.master.dbsize() > 0, "the windows live on the master");
 
+    let traffic = Traffic::start(&[&one, &two]);
+    let started = std::time::Instant::now();
+    eventually("the traffic's pages are cached", || async {
+        cache_shared(&one, &two, "before").await
+    })
+    .await;
     // SIGKILL: the master's connections break at once, and the sentinel
     // promotes the replica once the master has been silent for 500 ms.
     group.master.kill();
+    eventually("the sentinel promotes the replica", || async {
+        group.master_port() == Some(group.replica.port)
+    })
+    .await;
+    // Within 10 s (eventually's deadline) of the promotion.
+    let mut tries = 0;
     eventually(
-        "limits are shared again, on the promoted replica",
-        || async { limits_shared(&one, &two, &ana).await },
+        "limits and pages are shared again, on the promoted replica",
+        || {
+            tries += 1;
+            let (one, two, ana) = (&one, &two, &ana);
+            async move {
+                limits_shared(one, two, ana).await
+                    && cache_shared(one, two, &format!("after-{tries}")).await
+            }
+        },
     )
     .await;
-    assert_eq!(
-        group.master_port(),
-        Some(group.replica.port),
-        "the sentinel promoted the replica"
+    let (sent, failures) = traffic.stop().await;
+    let rate = f64::from(sent) / started.elapsed().as_secs_f64();
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        rate > 100.0,
+        "the traffic ran at {rate:.0} requests a second"
+    );
+    for sidecar in [&one, &two] {
+        let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+        assert_eq!(
+            metric(&metrics, "outrigger_redis_failovers_total"),
+            Some(1.0),
+            "each sidecar followed the failover once"
+        );
+    }
+    eprintln!("{sent} requests at {rate:.0}/s, none failed");
+}
+
+/// The test Redis's password.
+const PASSWORD: &str = "s3cret-for-redis";
+
+#[actix_web::test]
+async fn redis_over_tls_with_a_password_is_shared_and_a_wrong_ca_is_an_outage() {
+    let certificates = Certificates::new();
+    let pair = certificates.server("redis", "IP:127.0.0.1");
+    let ca = certificates.ca();
+    let server = RedisServer::start_secured(&Secured {
+        pair: &pair,
+        ca: &ca,
+        password: PASSWORD,
+    })
+    .await;
+    let app = Replica::start().await;
+    let redis = |url: &str, ca: &std::path::Path, password: &str| {
+        format!(
+            "redis: {{ url: \"{url}\", ca_file: \"{}\", {password} timeout: 200ms }}",
+            ca.display()
+        )
+    };
+    let env = [ENV[0], ("REDIS_PASSWORD", PASSWORD)];
+    // The password in the URL for one, from the environment for the other.
+    let in_url = format!("rediss://:{PASSWORD}@127.0.0.1:{}/0", server.port);
+    let one = sidecar_from(&config(&app, &redis(&in_url, &ca, "")), &env).await;
+    let from_env = redis(&server.tls_url(), &ca, "password_env: REDIS_PASSWORD,");
+    let two = sidecar_from(&config(&app, &from_env), &env).await;
+    let ana = bearer("ana");
+    assert!(
+        limits_shared(&one, &two, &ana).await,
+        "both sidecars count in the one Redis"
+    );
+    let first = send(&one, "GET", "/items", &ana).await;
+    assert_eq!((first.status, first.cache.as_deref()), (200, Some("MISS")));
+    eventually("the other sidecar hits ana's cached /items", || async {
+        send(&two, "GET", "/items", &ana).await.cache.as_deref() == Some("HIT")
+    })
+    .await;
+    assert!(server.dbsize() > 0, "the windows and the page live in it");
+    for sidecar in [&one, &two] {
+        let shown = get_text(&format!("http://{}/config", sidecar.admin_addr())).await;
+        assert!(
+            shown.contains("\"ca_file\"") && !shown.contains(PASSWORD),
+            "the password is never shown: {shown}"
+        );
+    }
+
+    // A CA that did not sign the server's certificate: Redis is out, as
+    // when it is down: pages uncached, limits counted in process.
+    let wrong = redis(
+        &server.tls_url(),
+        &certificates.untrusted_ca(),
+        "password_env: REDIS_PASSWORD,",
+    );
+    let three = sidecar_from(&config(&app, &wrong), &env).await;
+    for _ in 0..3 {
+        let page = send(&three, "GET", "/items", &ana).await;
+        assert_eq!((page.status, page.cache.as_deref()), (200, Some("BYPASS")));
+        assert_eq!(send(&three, "POST", "/reports", &ana).await.status, 200);
+    }
+    let metrics = get_text(&format!("http://{}/metrics", three.admin_addr())).await;
+    assert!(
+        metric(&metrics, "outrigger_redis_errors_total{op=\"cache_get\"}") >= Some(1.0),
+        "the refused handshakes count as Redis errors"
     );
 }

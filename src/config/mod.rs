@@ -38,7 +38,7 @@ pub(crate) use reader::{config_words, FromYaml, Problems, Table, OFF};
 pub use reader::{
     format_duration, parse_duration, ConfigError, KeyLog, Position, ReloadClass, SecretEnv,
 };
-pub use redis::{RedisConfig, RedisTopology, SentinelConfig};
+pub use redis::{RedisConfig, RedisTopology, Secret, SentinelConfig};
 pub use routes::{Backend, PathMatch, PathPattern, RouteConfig, RouteMatch, RouteTo};
 pub use tls::{endpoint_address, ServiceTls, TlsScope};
 

@@ -21,6 +21,17 @@ pub struct RedisConfig {
     /// Bound on each Redis call, so a slow Redis costs milliseconds (default 50ms).
     #[serde(serialize_with = "as_duration")]
     pub timeout: Duration,
+    /// CA certificates (PEM) a `rediss://` server's certificate must lead
+    /// to; the system's roots when `None`.
+    pub ca_file: Option<String>,
+    /// The environment variable the data nodes' password was read from
+    /// (`redis.password_env`); the password itself is never shown.
+    pub password_env: Option<String>,
+    /// That variable's value, for every data node (the server, each
+    /// cluster node, the master found through sentinels); it replaces a
+    /// password written in a URL.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 impl RedisConfig {
@@ -31,7 +42,38 @@ impl RedisConfig {
             topology: RedisTopology::Standalone { url },
             pool_size: 16,
             timeout: Duration::from_millis(50),
+            ca_file: None,
+            password_env: None,
+            password: None,
         }
+    }
+
+    /// Whether the servers are reached over TLS (`rediss://`; the reader
+    /// refuses a mix of schemes in one list).
+    pub fn tls(&self) -> bool {
+        let first = match &self.topology {
+            RedisTopology::Standalone { url } => Some(url),
+            RedisTopology::Cluster { urls } => urls.first(),
+            RedisTopology::Sentinel { sentinel } => sentinel.urls.first(),
+        };
+        first.is_some_and(|url| url.starts_with("rediss://"))
+    }
+}
+
+/// A password read from the environment: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The password, to send to Redis.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -65,9 +107,20 @@ pub enum RedisTopology {
 pub struct SentinelConfig {
     /// The name the sentinels monitor the master under.
     pub master_name: String,
-    /// The sentinels (`redis://host:26379`); the first that answers is used.
+    /// The sentinels (`redis://host:26379`); the first that answers is
+    /// used. They are asked with the credentials of the first URL that
+    /// carries some, and over TLS when they are `rediss://`, as is the
+    /// master then.
     #[serde(serialize_with = "redacted_urls")]
     pub urls: Vec<String>,
+    /// The environment variable the sentinels' own password was read from
+    /// (`redis.sentinel.password_env`); none by default, as Redis ships
+    /// sentinels. Name the same variable as `redis.password_env` when the
+    /// sentinels share the data nodes' password.
+    pub password_env: Option<String>,
+    /// That variable's value; it replaces a password in the URLs.
+    #[serde(skip)]
+    pub password: Option<Secret>,
 }
 
 /// `redis.mode`.
@@ -96,11 +149,13 @@ pub(super) fn read_redis(
     let url = t.get::<String>("url", problems);
     let urls = t.list::<String>("urls", problems);
     let sentinel = t.section("sentinel", &None, problems, |t, _, problems| {
-        Some(read_sentinel(t, problems))
+        Some(read_sentinel(t, env, problems))
     });
     let timeout = t.get_or("timeout", Duration::from_millis(50), problems);
     positive(timeout, &t.path_of("timeout"), problems);
     let pool_size = t.get_or("pool_size", 16, problems);
+    let ca_file = t.get::<String>("ca_file", problems);
+    let (password_env, password) = read_password(t, env, problems);
     let mode = mode.unwrap_or(Mode::Standalone);
     if mode != Mode::Cluster && urls.is_some() {
         problems.add(
@@ -158,15 +213,87 @@ pub(super) fn read_redis(
             }
         },
     };
-    Some(RedisConfig {
+    let config = RedisConfig {
         topology,
         pool_size,
         timeout,
-    })
+        ca_file,
+        password_env,
+        password,
+    };
+    check_tls(&config, t, problems);
+    Some(config)
+}
+
+/// Reads `password_env` of `t`: the variable's name and its value, which
+/// must be set and not empty.
+fn read_password(
+    t: &mut Table,
+    env: Env<'_>,
+    problems: &mut Problems,
+) -> (Option<String>, Option<Secret>) {
+    let Some(name) = t.get::<String>("password_env", problems) else {
+        return (None, None);
+    };
+    let password = match env(&name) {
+        Some(value) if !value.is_empty() => Some(Secret(value)),
+        Some(_) => {
+            problems.add(
+                &t.path_of("password_env"),
+                format!("the environment variable {name} is empty"),
+            );
+            None
+        }
+        None => {
+            problems.add(
+                &t.path_of("password_env"),
+                format!("the environment variable {name} is not set"),
+            );
+            None
+        }
+    };
+    (Some(name), password)
+}
+
+/// Refuses a TLS setting that cannot be what was meant: URLs of one list
+/// that mix `redis://` and `rediss://`, a `ca_file` with no `rediss://`
+/// URL to use it, an unusable `ca_file`, and `#insecure` (no certificate
+/// check), which the sidecar does not offer.
+fn check_tls(config: &RedisConfig, t: &Table, problems: &mut Problems) {
+    let (key, urls): (&str, &[String]) = match &config.topology {
+        RedisTopology::Standalone { url } => ("url", std::slice::from_ref(url)),
+        RedisTopology::Cluster { urls } => ("urls", urls),
+        RedisTopology::Sentinel { sentinel } => ("sentinel.urls", &sentinel.urls),
+    };
+    let tls = config.tls();
+    if urls.iter().any(|url| url.starts_with("rediss://") != tls) {
+        problems.add(
+            &t.path_of(key),
+            "mixes redis:// and rediss://: every node is reached the same way",
+        );
+    }
+    if urls.iter().any(|url| url.contains('#')) {
+        problems.add(
+            &t.path_of(key),
+            "has a #fragment (such as #insecure): certificates are always checked, against ca_file",
+        );
+    }
+    match &config.ca_file {
+        Some(_) if !tls => problems.add(
+            &t.path_of("ca_file"),
+            "is used for rediss:// URLs only, and none is one",
+        ),
+        Some(path) => {
+            if let Err(why) = crate::tls::ca_pem(path) {
+                problems.add(&t.path_of("ca_file"), why);
+            }
+        }
+        None => {}
+    }
 }
 
 /// Reads `redis.sentinel`; `None` (with the problems recorded) when a part is missing or bad.
-fn read_sentinel(t: &mut Table, problems: &mut Problems) -> Option<SentinelConfig> {
+fn read_sentinel(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<SentinelConfig> {
     let master_name = match t.get::<String>("master_name", problems) {
         Some(name) if !name.is_empty() => Some(name),
         Some(_) => {
@@ -183,9 +310,12 @@ fn read_sentinel(t: &mut Table, problems: &mut Problems) -> Option<SentinelConfi
     };
     let urls = t.list::<String>("urls", problems);
     let urls = checked_urls(urls, &t.path_of("urls"), "the sentinels", problems);
+    let (password_env, password) = read_password(t, env, problems);
     Some(SentinelConfig {
         master_name: master_name?,
         urls: urls?,
+        password_env,
+        password,
     })
 }
 
@@ -253,7 +383,7 @@ fn redacted_urls<S: Serializer>(urls: &[String], serializer: S) -> Result<S::Ok,
 
 #[cfg(test)]
 mod tests {
-    use super::{RedisTopology, SentinelConfig};
+    use super::{RedisTopology, Secret, SentinelConfig};
     use crate::config::tests::load;
 
     #[test]
@@ -301,8 +431,79 @@ mod tests {
                 sentinel: SentinelConfig {
                     master_name: "mymaster".to_string(),
                     urls: vec!["redis://10.0.0.5:26379".to_string()],
+                    password_env: None,
+                    password: None,
                 }
             }
+        );
+    }
+
+    #[test]
+    fn passwords_come_from_the_environment_and_are_never_shown() {
+        let config = load(
+            "redis: { mode: sentinel, password_env: DATA_PW, sentinel: { master_name: m, urls: [\"rediss://10.0.0.5:26379\"], password_env: SENTINEL_PW } }",
+            &[("DATA_PW", "data-secret"), ("SENTINEL_PW", "sentinel-secret")],
+        )
+        .expect("valid");
+        let redis = config.redis.expect("redis");
+        assert!(redis.tls());
+        assert_eq!(
+            redis.password.as_ref().map(Secret::expose),
+            Some("data-secret")
+        );
+        let RedisTopology::Sentinel { sentinel } = &redis.topology else {
+            panic!("sentinel mode: {:?}", redis.topology);
+        };
+        assert_eq!(
+            sentinel.password.as_ref().map(Secret::expose),
+            Some("sentinel-secret")
+        );
+        let shown = format!("{} {redis:?}", serde_json::to_string(&redis).expect("json"));
+        assert!(
+            shown.contains("\"password_env\":\"DATA_PW\"")
+                && !shown.contains("data-secret")
+                && !shown.contains("sentinel-secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn tls_and_password_mistakes_name_their_key_path() {
+        let errors = |text: &str, env: &[(&str, &str)]| load(text, env).unwrap_err();
+        assert_eq!(
+            errors("redis: { url: \"rediss://a:1\", password_env: NOPE }", &[]),
+            vec!["redis.password_env: the environment variable NOPE is not set"]
+        );
+        assert_eq!(
+            errors(
+                "redis: { url: \"rediss://a:1\", password_env: EMPTY }",
+                &[("EMPTY", "")]
+            ),
+            vec!["redis.password_env: the environment variable EMPTY is empty"]
+        );
+        assert_eq!(
+            errors("redis: { url: \"redis://a:1\", ca_file: /etc/ca.pem }", &[]),
+            vec!["redis.ca_file: is used for rediss:// URLs only, and none is one"]
+        );
+        let missing = errors(
+            "redis: { url: \"rediss://a:1\", ca_file: /nonexistent/ca.pem }",
+            &[],
+        );
+        assert!(
+            missing.len() == 1
+                && missing[0].starts_with("redis.ca_file: cannot read /nonexistent/ca.pem"),
+            "{missing:?}"
+        );
+        assert_eq!(
+            errors(
+                "redis: { mode: cluster, urls: [\"rediss://a:1\", \"redis://b:2\"] }",
+                &[]
+            ),
+            vec!["redis.urls: mixes redis:// and rediss://: every node is reached the same way"]
+        );
+        assert_eq!(
+            errors("redis: { url: \"rediss://a:1/#insecure\" }", &[]),
+            vec!["redis.url: has a #fragment (such as #insecure): certificates are always checked, against ca_file"]
         );
     }
 

@@ -64,7 +64,7 @@ impl RedisStore {
     /// first use.
     pub fn new(config: &RedisConfig, metrics: &Metrics) -> Result<Self, StoreError> {
         let pool = Pools::new(
-            &config.topology,
+            config,
             PoolConfig {
                 max_size: config.pool_size as usize,
                 timeouts: Timeouts {
@@ -74,6 +74,7 @@ impl RedisStore {
                 },
                 ..PoolConfig::default()
             },
+            metrics.redis_failovers.clone(),
         )?;
         // Short and capped low: a failover (a sentinel promoting a replica,
         // a cluster moving a master) ends within seconds, and the sidecar

@@ -3,17 +3,74 @@
 //! create`, and a master with a replica watched by a sentinel
 //! (`redis-server --sentinel`).
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::child::OwnedChild;
 use super::eventually::eventually;
 use super::files::TempDir;
 use super::ports::closed_port;
+use super::tls::Pair;
 
 /// A private `redis-server` on a free loopback port, killed when dropped.
 pub struct RedisServer {
     pub port: u16,
     child: OwnedChild,
+    /// What `redis-cli` needs to reach it (TLS, the password), if anything.
+    access: Vec<String>,
+}
+
+/// A server reached over TLS only, with a certificate from the test CA
+/// (`ca`), that asks for `password`.
+pub struct Secured<'a> {
+    pub pair: &'a Pair,
+    pub ca: &'a Path,
+    pub password: &'a str,
+}
+
+impl Secured<'_> {
+    /// The server's arguments: no plain port, TLS on `port` (for
+    /// replication too), and the password, which a replica also gives its
+    /// master.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&self.pair.cert),
+            "--tls-key-file",
+            &path(&self.pair.key),
+            "--tls-ca-cert-file",
+            &path(self.ca),
+            "--tls-auth-clients",
+            "no",
+            "--tls-replication",
+            "yes",
+            "--requirepass",
+            self.password,
+            "--masterauth",
+            self.password,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
+
+    /// `redis-cli`'s arguments to reach such a server.
+    fn cli_args(&self) -> Vec<String> {
+        let password = ["--no-auth-warning", "-a", self.password].map(str::to_string);
+        [self.tls_cli_args(), password.to_vec()].concat()
+    }
+
+    /// `redis-cli`'s arguments to reach such a server's sentinel, which
+    /// asks for no password.
+    fn tls_cli_args(&self) -> Vec<String> {
+        ["--tls", "--cacert", &self.ca.display().to_string()]
+            .map(str::to_string)
+            .to_vec()
+    }
 }
 
 impl RedisServer {
@@ -47,8 +104,20 @@ impl RedisServer {
         RedisServer::start_with(port, &[]).await
     }
 
+    /// A server that speaks only TLS and asks for a password.
+    pub async fn start_secured(secured: &Secured<'_>) -> RedisServer {
+        let port = closed_port();
+        RedisServer::start_accessed(port, &secured.server_args(port), secured.cli_args()).await
+    }
+
     /// A server on `port` with `extra` arguments after the test defaults.
     async fn start_with(port: u16, extra: &[String]) -> RedisServer {
+        RedisServer::start_accessed(port, extra, Vec::new()).await
+    }
+
+    /// A server on `port` with `extra` arguments, which `redis-cli` reaches
+    /// with `access`.
+    async fn start_accessed(port: u16, extra: &[String], access: Vec<String>) -> RedisServer {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -67,6 +136,7 @@ impl RedisServer {
         let server = RedisServer {
             port,
             child: OwnedChild::new(child),
+            access,
         };
         eventually("redis-server answers PING", || async { server.ping() }).await;
         server
@@ -76,13 +146,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The URL of a [`RedisServer::start_secured`] one, without the password.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
+    }
+
     fn ping(&self) -> bool {
-        answers_ping(self.port)
+        if self.access.is_empty() {
+            answers_ping(self.port)
+        } else {
+            self.cli(&["PING"]) == "PONG"
+        }
     }
 
     /// Runs `redis-cli` against this server; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(self.port, args)
+        let access: Vec<&str> = self.access.iter().map(String::as_str).collect();
+        cli(self.port, &[&access[..], args].concat())
     }
 
     /// How many keys the server holds.
@@ -190,6 +270,8 @@ pub struct RedisSentinel {
     pub master: RedisServer,
     pub replica: RedisServer,
     pub port: u16,
+    access: Vec<String>,
+    tls: bool,
     _sentinel: OwnedChild,
     _dir: TempDir,
 }
@@ -197,16 +279,34 @@ pub struct RedisSentinel {
 impl RedisSentinel {
     /// Starts the three, once the replica is in sync and the sentinel knows it.
     pub async fn start() -> RedisSentinel {
+        RedisSentinel::start_as(None).await
+    }
+
+    /// Like [`RedisSentinel::start`], every one speaking only TLS; the
+    /// master and the replica ask for the password, the sentinel (as Redis
+    /// ships it) for none.
+    pub async fn start_secured(secured: &Secured<'_>) -> RedisSentinel {
+        RedisSentinel::start_as(Some(secured)).await
+    }
+
+    async fn start_as(secured: Option<&Secured<'_>>) -> RedisSentinel {
         // Replication writes an RDB file even without --save: in here.
         let dir = TempDir::new();
         let dir_arg = ["--dir".to_string(), dir.path.display().to_string()];
         // The replica's first sync starts at once, not after the default 5 s.
         let no_delay = ["--repl-diskless-sync-delay", "0"].map(str::to_string);
-        let master =
-            RedisServer::start_with(closed_port(), &[&dir_arg[..], &no_delay[..]].concat()).await;
+        let server = |port: u16, extra: Vec<String>| async move {
+            match secured {
+                Some(secured) => {
+                    let args = [&secured.server_args(port)[..], &extra[..]].concat();
+                    RedisServer::start_accessed(port, &args, secured.cli_args()).await
+                }
+                None => RedisServer::start_with(port, &extra).await,
+            }
+        };
+        let master = server(closed_port(), [&dir_arg[..], &no_delay[..]].concat()).await;
         let replica_of = ["--replicaof", "127.0.0.1", &master.port.to_string()].map(str::to_string);
-        let replica =
-            RedisServer::start_with(closed_port(), &[&dir_arg[..], &replica_of[..]].concat()).await;
+        let replica = server(closed_port(), [&dir_arg[..], &replica_of[..]].concat()).await;
         eventually("the replica is in sync", || async {
             replica
                 .cli(&["INFO", "replication"])
@@ -214,6 +314,25 @@ impl RedisSentinel {
         })
         .await;
         let port = closed_port();
+        // TLS to the sentinel and from it to the master and the replica,
+        // which it asks with their password.
+        let secured_lines = secured.map_or_else(String::new, |secured| {
+            format!(
+                "port 0
+tls-port {port}
+tls-cert-file {cert}
+tls-key-file {key}
+tls-ca-cert-file {ca}
+tls-auth-clients no
+tls-replication yes
+sentinel auth-pass {MASTER_NAME} {password}
+",
+                cert = secured.pair.cert.display(),
+                key = secured.pair.key.display(),
+                ca = secured.ca.display(),
+                password = secured.password,
+            )
+        });
         // The sentinel rewrites its config file, so it gets its own.
         let config = dir.path.join("sentinel.conf");
         std::fs::write(
@@ -226,7 +345,7 @@ sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 1
 sentinel down-after-milliseconds {MASTER_NAME} 500
 sentinel failover-timeout {MASTER_NAME} 2000
 sentinel parallel-syncs {MASTER_NAME} 1
-",
+{secured_lines}",
                 dir = dir.path.display(),
                 master = master.port,
             ),
@@ -242,11 +361,14 @@ sentinel parallel-syncs {MASTER_NAME} 1
             master,
             replica,
             port,
+            access: secured.map(Secured::tls_cli_args).unwrap_or_default(),
+            tls: secured.is_some(),
             _sentinel: OwnedChild::new(sentinel),
             _dir: dir,
         };
         eventually("the sentinel knows the replica", || async {
-            cli(group.port, &["SENTINEL", "REPLICAS", MASTER_NAME])
+            group
+                .cli(&["SENTINEL", "REPLICAS", MASTER_NAME])
                 .contains(&group.replica.port.to_string())
         })
         .await;
@@ -255,15 +377,19 @@ sentinel parallel-syncs {MASTER_NAME} 1
 
     /// The sentinel's URL, as `redis.sentinel.urls` lists it.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port of the master the sentinel names now.
     pub fn master_port(&self) -> Option<u16> {
-        let answer = cli(
-            self.port,
-            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME],
-        );
+        let answer = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME]);
         answer.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Runs `redis-cli` against the sentinel.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let access: Vec<&str> = self.access.iter().map(String::as_str).collect();
+        cli(self.port, &[&access[..], args].concat())
     }
 }
