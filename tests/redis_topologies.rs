@@ -394,3 +394,45 @@ async fn redis_over_tls_with_a_password_is_shared_and_a_wrong_ca_is_an_outage() 
         "the refused handshakes count as Redis errors"
     );
 }
+
+#[actix_web::test]
+async fn a_cluster_over_tls_with_a_password_is_shared_over_its_masters() {
+    let certificates = Certificates::new();
+    let pair = certificates.server("redis", "IP:127.0.0.1");
+    let ca = certificates.ca();
+    let cluster = RedisCluster::start_secured(
+        3,
+        &Secured {
+            pair: &pair,
+            ca: &ca,
+            password: PASSWORD,
+        },
+    )
+    .await;
+    let app = Replica::start().await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    // A new cluster connection makes a TLS handshake with each master.
+    let redis = format!(
+        "redis: {{ mode: cluster, urls: [{}], ca_file: \"{}\", password_env: REDIS_PASSWORD, timeout: 1s }}",
+        urls.join(", "),
+        ca.display()
+    );
+    let env = [ENV[0], ("REDIS_PASSWORD", PASSWORD)];
+    let one = sidecar_from(&config(&app, &redis), &env).await;
+    let two = sidecar_from(&config(&app, &redis), &env).await;
+    for user in 0..10 {
+        let token = bearer(&format!("user-{user}"));
+        assert!(limits_shared(&one, &two, &token).await, "user-{user}");
+        let first = send(&one, "GET", "/items", &token).await;
+        assert_eq!((first.status, first.cache.as_deref()), (200, Some("MISS")));
+        eventually("the other sidecar hits the page", || async {
+            send(&two, "GET", "/items", &token).await.cache.as_deref() == Some("HIT")
+        })
+        .await;
+    }
+    let sizes: Vec<u64> = cluster.masters.iter().map(|m| m.dbsize()).collect();
+    assert!(
+        sizes.iter().filter(|&&size| size > 0).count() >= 2,
+        "users' keys spread over the masters: {sizes:?}"
+    );
+}

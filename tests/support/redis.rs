@@ -199,6 +199,7 @@ fn cli(port: u16, args: &[&str]) -> String {
 /// directory for `nodes.conf`; killed when dropped.
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
+    tls: bool,
     _dirs: Vec<TempDir>,
 }
 
@@ -206,6 +207,16 @@ impl RedisCluster {
     /// `count` masters (at least 3) on free ports, joined and sharing every
     /// slot, once `cluster info` says ok on each.
     pub async fn start(count: usize) -> RedisCluster {
+        RedisCluster::start_as(count, None).await
+    }
+
+    /// Like [`RedisCluster::start`], every node speaking only TLS (the
+    /// cluster bus too) and asking for the password.
+    pub async fn start_secured(count: usize, secured: &Secured<'_>) -> RedisCluster {
+        RedisCluster::start_as(count, Some(secured)).await
+    }
+
+    async fn start_as(count: usize, secured: Option<&Secured<'_>>) -> RedisCluster {
         let mut masters = Vec::new();
         let mut dirs = Vec::new();
         for _ in 0..count {
@@ -222,7 +233,15 @@ impl RedisCluster {
                 &dir.path.display().to_string(),
             ]
             .map(str::to_string);
-            masters.push(RedisServer::start_with(closed_port(), &extra).await);
+            let port = closed_port();
+            masters.push(match secured {
+                Some(secured) => {
+                    let tls_bus = ["--tls-cluster", "yes"].map(str::to_string);
+                    let args = [&secured.server_args(port)[..], &tls_bus, &extra].concat();
+                    RedisServer::start_accessed(port, &args, secured.cli_args()).await
+                }
+                None => RedisServer::start_with(port, &extra).await,
+            });
             dirs.push(dir);
         }
         let nodes: Vec<String> = masters
@@ -233,6 +252,7 @@ impl RedisCluster {
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(secured.map(Secured::cli_args).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .status()
@@ -240,6 +260,7 @@ impl RedisCluster {
         assert!(created.success(), "redis-cli --cluster create failed");
         let cluster = RedisCluster {
             masters,
+            tls: secured.is_some(),
             _dirs: dirs,
         };
         eventually("every node says cluster_state:ok", || async {
@@ -254,9 +275,10 @@ impl RedisCluster {
 
     /// The masters' URLs, as `redis.urls` lists them.
     pub fn urls(&self) -> Vec<String> {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         self.masters
             .iter()
-            .map(|m| format!("redis://127.0.0.1:{}", m.port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.port))
             .collect()
     }
 }
