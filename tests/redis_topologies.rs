@@ -175,6 +175,66 @@ async fn a_cluster_keeps_the_cache_limits_and_revocations_with_users_spread_over
     }
 }
 
+#[actix_web::test]
+async fn moving_a_masters_slots_under_traffic_fails_no_request() {
+    let cluster = RedisCluster::start(3).await;
+    let app = Replica::start().await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    // Roomy: the client's slot-map refresh after a MOVED can take a debug
+    // build past 200 ms, which is not what this test is about.
+    let redis = format!(
+        "redis: {{ mode: cluster, urls: [{}], timeout: 1s }}",
+        urls.join(", ")
+    );
+    let one = sidecar_from(&config(&app, &redis), &ENV).await;
+    let two = sidecar_from(&config(&app, &redis), &ENV).await;
+    let traffic = Traffic::start(&[&one, &two]);
+    eventually("the traffic's pages are cached", || async {
+        cache_shared(&one, &two, "before").await
+    })
+    .await;
+    // 3,000 of the first master's 5,461 slots: of the traffic's keys there
+    // (about 15), some are in them (all stay out with a chance near 0.45^15).
+    let keys = cluster.masters[0].dbsize();
+    cluster.move_slots(0, 1, 3000).await;
+    let left = cluster.masters[0].dbsize();
+    assert!(
+        left < keys,
+        "keys moved off the first master: {keys} -> {left}"
+    );
+    let mut tries = 0;
+    eventually("limits and pages are shared after the move", || {
+        tries += 1;
+        let (one, two, ana) = (&one, &two, bearer("ana"));
+        async move {
+            limits_shared(one, two, &ana).await
+                && cache_shared(one, two, &format!("moved-{tries}")).await
+        }
+    })
+    .await;
+    let (sent, failures) = traffic.stop().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} failed: {failures:?}",
+        failures.len()
+    );
+    // Not one Redis call failed: every operation followed ASK and MOVED.
+    for sidecar in [&one, &two] {
+        let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+        for op in [
+            "is_revoked",
+            "rate_limit",
+            "usage",
+            "cache_get",
+            "cache_set",
+        ] {
+            let series = format!("outrigger_redis_errors_total{{op=\"{op}\"}}");
+            assert_eq!(metric(&metrics, &series), Some(0.0), "{series}");
+        }
+    }
+    eprintln!("{sent} requests while slots moved ({keys} -> {left} keys on the first master)");
+}
+
 /// Whether two sidecars count in one window: the second sees one fewer left.
 async fn limits_shared(one: &outrigger::Sidecar, two: &outrigger::Sidecar, token: &str) -> bool {
     let first = send(one, "GET", "/roomy", token).await;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
-use deadpool_redis::redis::{self, AsyncCommands, Script};
+use deadpool_redis::redis::{AsyncCommands, Script};
 use deadpool_redis::{PoolConfig, Timeouts};
 use log::warn;
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
@@ -48,12 +48,23 @@ if oldest[2] then first = tonumber(oldest[2]) end
 return {allowed, count, first + window - now}
 ";
 
+/// One usage count and the record's expiry as one script: a single command,
+/// so a cluster client follows MOVED and ASK for it while its slot moves
+/// (a MULTI/EXEC pipeline's redirections come back inside the aborted
+/// transaction, which the client does not follow). KEYS[1] the record;
+/// ARGV endpoint, TTL (s).
+const USAGE_SCRIPT: &str = r"
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+";
+
 /// Shared state in Redis, under `outrigger:<feature>:{<hash>}` keys.
 pub struct RedisStore {
     pool: Pools,
     timeout: Duration,
     breaker: Mutex<CircuitBreaker>,
     window_script: Script,
+    usage_script: Script,
     errors: IntCounterVec,
     connections: IntGaugeVec,
     durations: HistogramVec,
@@ -116,6 +127,7 @@ impl RedisStore {
                 SmallRng::from_rng(&mut rand::rng()),
             )),
             window_script: Script::new(WINDOW_SCRIPT),
+            usage_script: Script::new(USAGE_SCRIPT),
             errors,
             connections,
             durations,
@@ -253,13 +265,11 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(self.call("usage", async move {
             let mut connection = self.pool.get().await?;
-            redis::pipe()
-                .atomic()
-                .hincr(key, endpoint, 1)
-                .ignore()
-                .expire(key, ttl_seconds(window) as i64)
-                .ignore()
-                .query_async::<()>(&mut connection)
+            self.usage_script
+                .key(key)
+                .arg(endpoint)
+                .arg(ttl_seconds(window))
+                .invoke_async::<()>(&mut connection)
                 .await
                 .map_err(redis_error)
         }))

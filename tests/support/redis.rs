@@ -273,6 +273,28 @@ impl RedisCluster {
         cluster
     }
 
+    /// Moves `slots` slots of master `from` to master `to` with `redis-cli
+    /// --cluster reshard` (keys migrate, clients meet ASK and MOVED), on a
+    /// thread of its own so the test's runtime goes on meanwhile.
+    pub async fn move_slots(&self, from: usize, to: usize, slots: u16) {
+        let id = |m: &RedisServer| m.cli(&["CLUSTER", "MYID"]);
+        let (from_id, to_id) = (id(&self.masters[from]), id(&self.masters[to]));
+        let entry = format!("127.0.0.1:{}", self.masters[to].port);
+        let moved = actix_rt::task::spawn_blocking(move || {
+            Command::new("redis-cli")
+                .args(["--cluster", "reshard", &entry])
+                .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+                .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .expect("run redis-cli --cluster reshard")
+        })
+        .await
+        .expect("the reshard thread");
+        assert!(moved.success(), "redis-cli --cluster reshard failed");
+    }
+
     /// The masters' URLs, as `redis.urls` lists them.
     pub fn urls(&self) -> Vec<String> {
         let scheme = if self.tls { "rediss" } else { "redis" };
