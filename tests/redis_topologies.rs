@@ -388,6 +388,51 @@ async fn a_master_killed_under_traffic_fails_no_request_and_the_sentinel_names_t
     eprintln!("{sent} requests at {rate:.0}/s, none failed");
 }
 
+#[actix_web::test]
+async fn a_failover_that_keeps_the_old_master_running_is_followed_too() {
+    let group = RedisSentinel::start().await;
+    let app = Replica::start().await;
+    let redis = format!(
+        "redis: {{ mode: sentinel, sentinel: {{ master_name: {MASTER_NAME}, urls: [\"{}\"] }}, timeout: 200ms }}",
+        group.url()
+    );
+    let one = sidecar_from(&config(&app, &redis), &ENV).await;
+    let two = sidecar_from(&config(&app, &redis), &ENV).await;
+    let ana = bearer("ana");
+    eventually(
+        "the sidecars share the master the sentinel names",
+        || async { limits_shared(&one, &two, &ana).await },
+    )
+    .await;
+    // SENTINEL FAILOVER: the replica is promoted. The old master keeps
+    // running, and the sidecars' connections to it; the sentinel demotes
+    // it to a replica of the new one once it has seen it claim to be
+    // master for a while (up to 20 s), which the test does at once, as the
+    // sentinel would.
+    assert_eq!(group.cli(&["SENTINEL", "FAILOVER", MASTER_NAME]), "OK");
+    eventually("the sentinel names the replica", || async {
+        group.master_port() == Some(group.replica.port)
+    })
+    .await;
+    let new_master = group.replica.port.to_string();
+    assert_eq!(
+        group.master.cli(&["REPLICAOF", "127.0.0.1", &new_master]),
+        "OK"
+    );
+    eventually("limits are shared again, on the new master", || async {
+        limits_shared(&one, &two, &ana).await
+    })
+    .await;
+    for sidecar in [&one, &two] {
+        let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+        assert_eq!(
+            metric(&metrics, "outrigger_redis_failovers_total"),
+            Some(1.0),
+            "each sidecar moved to the new master once"
+        );
+    }
+}
+
 /// The test Redis's password.
 const PASSWORD: &str = "s3cret-for-redis";
 
