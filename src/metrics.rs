@@ -77,6 +77,9 @@ pub struct Metrics {
     pub redis_pool_connections: IntGaugeVec,
     /// Time each Redis call took, answered or failed, by operation.
     pub redis_command_duration: HistogramVec,
+    /// Syncs of approximate rate limits with the store, by result (`ok`,
+    /// `error`), timed from their start to their answer taken.
+    pub rate_limit_sync_duration: HistogramVec,
     /// Pooled keep-alive connections to each replica by state (`idle`,
     /// `in_use`), over every outbound worker.
     pub upstream_connections: IntGaugeVec,
@@ -347,6 +350,11 @@ impl Metrics {
                 "redis_command_duration_seconds",
                 "Time a Redis call took, answered or failed (bounded by redis.timeout).",
                 &["op"],
+            ),
+            rate_limit_sync_duration: histogram(
+                "rate_limit_sync_duration_seconds",
+                "Syncs of approximate rate limits with the store, from their start to their answer taken.",
+                &["result"],
             ),
             upstream_connections: gauge(
                 "upstream_connections",
