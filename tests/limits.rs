@@ -393,3 +393,60 @@ async fn an_approximate_limit_stays_within_its_bound_across_sidecars_and_spares_
         "a user known to be over the limit costs no Redis call"
     );
 }
+
+/// Syncs of approximate limits a sidecar counted with `result`.
+async fn syncs(sidecar: &outrigger::Sidecar, result: &str) -> f64 {
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let series = format!("outrigger_rate_limit_sync_duration_seconds_count{{result=\"{result}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn an_approximate_limit_counts_in_process_while_redis_is_down_and_syncs_again_after() {
+    let mut redis = RedisServer::start().await;
+    let app = Replica::start().await;
+    let limits = "  rate_limit:\n    routes: [{ path: /search, limit: 5, mode: approximate }]";
+    let sidecar = sidecar_from(&config(&app, limits, Some(&redis)), &KEYS).await;
+    for _ in 0..2 {
+        assert_eq!(
+            send(&sidecar, "GET", "/search", Some("k-ana")).await.status,
+            200
+        );
+    }
+    eventually("the hits reach Redis", || async {
+        hits_in_redis(&redis) == 2
+    })
+    .await;
+
+    redis.kill();
+    let statuses = std::cell::RefCell::new(Vec::new());
+    eventually(
+        "while Redis is down the limit is kept in process",
+        || async {
+            let answer = send(&sidecar, "GET", "/search", Some("k-ana")).await;
+            statuses.borrow_mut().push(answer.status);
+            answer.status == 429 && syncs(&sidecar, "error").await > 0.0
+        },
+    )
+    .await;
+    let statuses = statuses.into_inner();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "every request is answered: {statuses:?}"
+    );
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (5..=3 + 5).contains(&admitted),
+        "at most the 3 left of the shared count, then 5 counted in process from zero: {statuses:?}"
+    );
+
+    redis.restart().await;
+    let failed = syncs(&sidecar, "error").await;
+    let synced = syncs(&sidecar, "ok").await;
+    eventually("the key syncs with Redis again", || async {
+        let status = send(&sidecar, "GET", "/search", Some("k-ana")).await.status;
+        status == 200 && syncs(&sidecar, "ok").await > synced && hits_in_redis(&redis) > 0
+    })
+    .await;
+    assert!(syncs(&sidecar, "error").await >= failed);
+}
