@@ -72,7 +72,7 @@ if #members > 0 then redis.call('ZADD', key, unpack(members)) end
 local count = redis.call('ZCARD', key)
 if count > 0 then redis.call('PEXPIRE', key, math.ceil(window / 1000)) end
 local full_for = 0
-if count >= limit then
+if limit > 0 and count >= limit then
   local last_over = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
   full_for = tonumber(last_over[2]) + window - now
 end

@@ -32,8 +32,8 @@ use crate::store::{key, Bounded, HitBatch, Store, WindowCount};
 const TRACKED_KEYS: usize = 100_000;
 
 /// A key's hits are sent once they reach this fraction of its limit,
-/// before `sync_interval` ends: a sidecar never holds more than 1% of a
-/// limit unknown to the others.
+/// before `sync_interval` ends: a sidecar holds about 1% of a limit
+/// unknown to the others, plus what it admits while a sync is on its way.
 const SYNC_SHARE: u32 = 100;
 
 /// Distinct endpoints a key's usage record gathers between two syncs;
