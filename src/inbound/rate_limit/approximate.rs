@@ -15,7 +15,8 @@
 //! used making room, and a key leaves a window after its last hit.
 
 use std::mem;
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -56,7 +57,18 @@ pub(super) enum Tally {
 pub(super) struct Approximate {
     shared: Arc<Shared>,
     store: Arc<dyn Store>,
-    started: Once,
+    /// Whether the sync task runs; it clears it when it ends, however.
+    syncing: Arc<AtomicBool>,
+}
+
+/// Held by the sync task: clears `syncing` when the task ends or is
+/// dropped with the worker it ran on, so the next hit starts another.
+struct Syncing(Arc<AtomicBool>);
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// What requests and the sync task share.
@@ -103,8 +115,8 @@ struct Due {
 
 impl Approximate {
     /// Local counts synced with `store` at least every `interval`, each
-    /// sync timed in `syncs` by result; syncing starts with the first hit
-    /// (on the runtime of the thread taking it).
+    /// sync timed in `syncs` by result; syncing starts with the first hit,
+    /// on the worker taking it (and again on another if that one stops).
     pub(super) fn new(store: Arc<dyn Store>, interval: Duration, syncs: &HistogramVec) -> Self {
         Approximate {
             shared: Arc::new(Shared {
@@ -116,7 +128,7 @@ impl Approximate {
                 failed: syncs.with_label_values(&["error"]),
             }),
             store,
-            started: Once::new(),
+            syncing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -130,13 +142,21 @@ impl Approximate {
         limit: u32,
         window: Duration,
     ) -> Tally {
-        self.started.call_once(|| {
-            actix_rt::spawn(sync_forever(
-                Arc::downgrade(&self.shared),
-                Arc::clone(&self.shared.wake),
-                Arc::clone(&self.store),
-            ));
-        });
+        if !self.syncing.load(Ordering::Acquire)
+            && self
+                .syncing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let running = Syncing(Arc::clone(&self.syncing));
+            let shared = Arc::downgrade(&self.shared);
+            let wake = Arc::clone(&self.shared.wake);
+            let store = Arc::clone(&self.store);
+            actix_rt::spawn(async move {
+                let _running = running;
+                sync_forever(shared, wake, store).await;
+            });
+        }
         let now = Instant::now();
         let (tally, queue, wake) = {
             let Ok(mut keys) = self.shared.keys.lock() else {
@@ -383,6 +403,38 @@ mod tests {
         }
         assert_eq!(tracked.attempts.len(), ENDPOINTS_PER_SYNC);
         assert_eq!(tracked.attempts[0], (Box::from("/e0"), 2));
+    }
+
+    #[test]
+    fn syncing_starts_again_when_the_worker_it_ran_on_stops() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::new());
+        let opts = prometheus::HistogramOpts::new("syncs", "syncs");
+        let syncs = HistogramVec::new(opts, &["result"]).expect("a histogram");
+        let approximate = Approximate::new(Arc::clone(&store), Duration::from_millis(10), &syncs);
+        let hit = || approximate.hit("k", "user:ana", "/search", 100, Duration::from_secs(60));
+        actix_rt::System::new().block_on(async {
+            assert!(matches!(hit(), Tally::Counted(c) if c.allowed));
+        });
+        // That worker's runtime is gone, and its sync task with it.
+        assert!(!approximate.syncing.load(Ordering::Acquire));
+        actix_rt::System::new().block_on(async {
+            assert!(matches!(hit(), Tally::Counted(c) if c.allowed));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while syncs.with_label_values(&["ok"]).get_sample_count() == 0 {
+                assert!(Instant::now() < deadline, "the hits are sent");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let asked = HitBatch {
+                window_key: "k",
+                limit: 100,
+                window: Duration::from_secs(60),
+                hits: 0,
+                usage_key: "u",
+                attempts: &[],
+            };
+            let load = store.add_hits(&asked).await.expect("the in-process store");
+            assert_eq!(load.count, 2, "both hits, in one sync");
+        });
     }
 
     #[test]
