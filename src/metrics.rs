@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Times the sidecar found a new master through the sentinels (a
     /// failover it followed).
     pub redis_failovers: IntCounter,
+    /// Syncs of approximate rate limits with the store, by result (`ok`,
+    /// `error`), timed from their start to their answer taken.
+    pub rate_limit_sync_duration: HistogramVec,
     /// Pooled keep-alive connections to each replica by state (`idle`,
     /// `in_use`), over every outbound worker.
     pub upstream_connections: IntGaugeVec,
@@ -354,6 +357,11 @@ impl Metrics {
             redis_failovers: plain_counter(
                 "redis_failovers_total",
                 "Times the sentinels named a new master and the sidecar moved to it.",
+            ),
+            rate_limit_sync_duration: histogram(
+                "rate_limit_sync_duration_seconds",
+                "Syncs of approximate rate limits with the store, from their start to their answer taken.",
+                &["result"],
             ),
             upstream_connections: gauge(
                 "upstream_connections",

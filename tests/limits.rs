@@ -244,3 +244,209 @@ async fn without_redis_the_limit_denies_or_allows_as_configured() {
         );
     }
 }
+
+/// GETs of `path` by user ana, `per_lane` on each of `LANES` connections to
+/// every sidecar at once, as fast as they are answered: how many were let
+/// through, and the rate each sidecar took (requests a second).
+async fn hammer(sidecars: &[outrigger::Sidecar], path: &str, per_lane: usize) -> (usize, f64) {
+    const LANES: usize = 8;
+    let started = std::time::Instant::now();
+    let lanes = sidecars.iter().flat_map(|sidecar| {
+        let url = format!("http://{}{path}", sidecar.inbound_addr().expect("inbound"));
+        (0..LANES).map(move |_| {
+            let url = url.clone();
+            async move {
+                let client = client();
+                let mut admitted = 0;
+                for _ in 0..per_lane {
+                    let status = client
+                        .get(&url)
+                        .insert_header(("x-api-key", "k-ana"))
+                        .send()
+                        .await
+                        .expect("an answer")
+                        .status()
+                        .as_u16();
+                    assert!(status == 200 || status == 429, "answered {status}");
+                    admitted += usize::from(status == 200);
+                }
+                admitted
+            }
+        })
+    });
+    let admitted = futures_util::future::join_all(lanes).await.iter().sum();
+    let rate = (LANES * per_lane) as f64 / started.elapsed().as_secs_f64();
+    (admitted, rate)
+}
+
+/// Script calls Redis has run (`EVALSHA` and `EVAL`), from `INFO commandstats`.
+fn script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// The upper bound of the histogram bucket holding a sidecar's slowest
+/// sync of approximate limits (seconds).
+fn slowest_sync(metrics: &str) -> f64 {
+    let series = "outrigger_rate_limit_sync_duration_seconds";
+    let syncs =
+        metric(metrics, &format!("{series}_count{{result=\"ok\"}}")).expect("syncs counted");
+    assert!(syncs > 0.0, "the sidecar synced");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(&format!("{series}_bucket{{result=\"ok\",le=\"")))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.parse::<f64>().ok()?, count.parse::<f64>().ok()?))
+        })
+        .find(|(_, count)| *count >= syncs)
+        .map(|(le, _)| le)
+        .expect("a bucket holds every sync")
+}
+
+/// Hits in every rate-limit window Redis holds.
+fn hits_in_redis(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["--scan", "--pattern", "outrigger:ratelimit:*"])
+        .lines()
+        .filter_map(|key| redis.cli(&["ZCARD", key]).parse::<u64>().ok())
+        .sum()
+}
+
+#[actix_web::test]
+async fn an_approximate_limit_stays_within_its_bound_across_sidecars_and_spares_redis() {
+    const LIMIT: usize = 100;
+    const SIDECARS: usize = 3;
+    const PER_LANE: usize = 90; // 3 sidecars x 8 lanes x 90 = 2,160 requests a phase
+    let redis = RedisServer::start().await;
+    let app = Replica::start().await;
+    let limits = "  rate_limit:
+    routes:
+      - { path: /exact, limit: 100 }
+      - { path: /search, limit: 100, mode: approximate }";
+    // A timeout no call reaches on a loaded machine: this test is about
+    // sharing, not about Redis failing (where each sidecar counts alone).
+    let yaml = format!(
+        "{}redis: {{ url: \"{}\", timeout: 10s }}",
+        config(&app, limits, None),
+        redis.url()
+    );
+    let mut sidecars = Vec::new();
+    for _ in 0..SIDECARS {
+        sidecars.push(sidecar_from(&yaml, &KEYS).await);
+    }
+
+    let before = script_calls(&redis);
+    let (exact, _) = hammer(&sidecars, "/exact", PER_LANE).await;
+    let exact_calls = script_calls(&redis) - before;
+    assert_eq!(exact, LIMIT, "the exact limit is exact across sidecars");
+
+    let before = script_calls(&redis);
+    let (approximate, rate) = hammer(&sidecars, "/search", PER_LANE).await;
+    eventually("every admitted hit reaches Redis", || async {
+        hits_in_redis(&redis) == (LIMIT + approximate) as u64
+    })
+    .await;
+    let approximate_calls = script_calls(&redis) - before;
+    assert!(
+        approximate_calls * 10 <= exact_calls,
+        "{approximate_calls} Redis script calls where the exact limit made {exact_calls}"
+    );
+    // The bound of docs/guide/inbound.md: limit + 2 (K - 1) B, where a
+    // sidecar holds B = min(limit / 100, r S) + 2 r T hits Redis has not
+    // counted, T being its slowest sync (here 1 + 2 r T: 1% of 100 is 1).
+    let mut slowest: f64 = 0.0;
+    for sidecar in &sidecars {
+        let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+        slowest = slowest.max(slowest_sync(&metrics));
+    }
+    let held = 1.0 + 2.0 * rate * slowest;
+    let bound = LIMIT as f64 + 2.0 * (SIDECARS - 1) as f64 * held;
+    assert!(
+        (LIMIT..=bound as usize).contains(&approximate),
+        "{approximate} let through at {rate:.0} requests/s a sidecar, syncs within {slowest}s: \
+         at least the limit, at most {bound:.0}"
+    );
+
+    let before = script_calls(&redis);
+    for sidecar in &sidecars {
+        let refused = send(sidecar, "GET", "/search", Some("k-ana")).await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        assert!(refused
+            .retry_after
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s))));
+    }
+    assert_eq!(
+        script_calls(&redis),
+        before,
+        "a user known to be over the limit costs no Redis call"
+    );
+}
+
+/// Syncs of approximate limits a sidecar counted with `result`.
+async fn syncs(sidecar: &outrigger::Sidecar, result: &str) -> f64 {
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let series = format!("outrigger_rate_limit_sync_duration_seconds_count{{result=\"{result}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn an_approximate_limit_counts_in_process_while_redis_is_down_and_syncs_again_after() {
+    let mut redis = RedisServer::start().await;
+    let app = Replica::start().await;
+    let limits = "  rate_limit:\n    routes: [{ path: /search, limit: 5, mode: approximate }]";
+    let sidecar = sidecar_from(&config(&app, limits, Some(&redis)), &KEYS).await;
+    for _ in 0..2 {
+        assert_eq!(
+            send(&sidecar, "GET", "/search", Some("k-ana")).await.status,
+            200
+        );
+    }
+    eventually("the hits reach Redis", || async {
+        hits_in_redis(&redis) == 2
+    })
+    .await;
+
+    redis.kill();
+    let statuses = std::cell::RefCell::new(Vec::new());
+    eventually(
+        "while Redis is down the limit is kept in process",
+        || async {
+            let answer = send(&sidecar, "GET", "/search", Some("k-ana")).await;
+            statuses.borrow_mut().push(answer.status);
+            answer.status == 429 && syncs(&sidecar, "error").await > 0.0
+        },
+    )
+    .await;
+    let statuses = statuses.into_inner();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "every request is answered: {statuses:?}"
+    );
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (5..=3 + 5).contains(&admitted),
+        "at most the 3 left of the shared count, then 5 counted in process from zero: {statuses:?}"
+    );
+
+    redis.restart().await;
+    let failed = syncs(&sidecar, "error").await;
+    let synced = syncs(&sidecar, "ok").await;
+    eventually("the key syncs with Redis again", || async {
+        let status = send(&sidecar, "GET", "/search", Some("k-ana")).await.status;
+        status == 200 && syncs(&sidecar, "ok").await > synced && hits_in_redis(&redis) > 0
+    })
+    .await;
+    assert!(syncs(&sidecar, "error").await >= failed);
+}

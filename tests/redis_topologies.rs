@@ -20,7 +20,8 @@ const ENV: [(&str, &str); 1] = [("JWT_SECRET", "topology-secret")];
 
 /// A sidecar's config: JWTs with revocation (let through while Redis
 /// cannot say, so a failover fails no request), 5 reports a minute per
-/// user, 1,000 roomy calls, a GET cache, and `redis`.
+/// user, 1,000 roomy calls, 5 searches counted approximately, a GET
+/// cache, and `redis`.
 fn config(app: &Replica, redis: &str) -> String {
     format!(
         "{}
@@ -32,10 +33,13 @@ inbound:
     revocation_on_error: allow
   rate_limit:
     window: 1m
-    routes: [{{ path: /reports, limit: 5 }}, {{ path: /roomy, limit: 1000 }}]
+    routes:
+      - {{ path: /reports, limit: 5 }}
+      - {{ path: /roomy, limit: 1000 }}
+      - {{ path: /search, limit: 5, mode: approximate }}
   cache:
     default_ttl: 60s
-    bypass: [/auth, /roomy, /reports]
+    bypass: [/auth, /roomy, /reports, /search]
 {redis}",
         listeners_with_inbound(app.endpoint())
     )
@@ -130,6 +134,36 @@ async fn a_cluster_keeps_the_cache_limits_and_revocations_with_users_spread_over
         Some(3.0),
         "each of this sidecar's three counted reports is timed"
     );
+
+    // An approximate limit's syncs run on the cluster too: the window and
+    // the usage record they update share the user's slot.
+    for attempt in 0..9 {
+        let status = send(&sidecars[attempt % 3], "GET", "/search", &ana)
+            .await
+            .status;
+        assert!(
+            status == 200 || status == 429,
+            "search {attempt} answered {status}"
+        );
+    }
+    eventually(
+        "every sidecar syncs its searches with the cluster",
+        || async {
+            let mut synced = true;
+            for sidecar in &sidecars {
+                let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+                let syncs = |result: &str| {
+                    let series = format!(
+                        "outrigger_rate_limit_sync_duration_seconds_count{{result=\"{result}\"}}"
+                    );
+                    metric(&metrics, &series).unwrap_or(0.0)
+                };
+                synced &= syncs("ok") > 0.0 && syncs("error") == 0.0;
+            }
+            synced
+        },
+    )
+    .await;
 
     // Ten more users, each with a cached page and a rate-limit window.
     for user in 0..10 {

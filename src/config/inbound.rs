@@ -116,6 +116,13 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// What to do when Redis cannot be asked (default `local`).
     pub on_redis_error: OnRedisError,
+    /// How the role limits (`roles`, `default`, `anonymous`) are counted
+    /// across sidecars (default `exact`).
+    pub mode: LimitMode,
+    /// How long an `approximate` limit's hits may stay unsent to Redis
+    /// (default 100ms).
+    #[serde(serialize_with = "as_duration")]
+    pub sync_interval: Duration,
 }
 
 /// A limit for one route.
@@ -128,7 +135,27 @@ pub struct RouteLimit {
     /// Its own window (default: the rate limit's).
     #[serde(serialize_with = "as_duration")]
     pub window: Duration,
+    /// How it is counted across sidecars (default `exact`).
+    pub mode: LimitMode,
 }
+
+/// How a limit is counted across the sidecars sharing Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    /// Every limited request waits for one atomic Redis call: never over
+    /// the limit.
+    Exact,
+    /// Counted in this process and sent to Redis in the background: no
+    /// request waits for Redis, and a key over its limit costs no Redis
+    /// call, at the price of a bounded excess (docs/guide/inbound.md).
+    Approximate,
+}
+
+config_words!(LimitMode {
+    Exact => "exact",
+    Approximate => "approximate",
+});
 
 /// The rate limiter's behaviour while Redis is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -768,6 +795,7 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
         let prefix: Option<String> = route.get("path", problems);
         let limit: Option<u32> = route.get("limit", problems);
         let own_window = route.get_or("window", window, problems);
+        let mode = route.get_or("mode", LimitMode::Exact, problems);
         if prefix.is_none() || limit.is_none() {
             problems.add(route.path(), "each route needs path and limit");
         }
@@ -775,9 +803,12 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
             path: prefix?,
             limit: limit?,
             window: own_window,
+            mode,
         })
     });
     let trusted_proxies = read_ips(t, "trusted_proxies", problems);
+    let sync_interval = t.get_or("sync_interval", Duration::from_millis(100), problems);
+    positive(sync_interval, &t.path_of("sync_interval"), problems);
     RateLimitConfig {
         window,
         roles,
@@ -785,6 +816,8 @@ fn read_rate_limit(t: &mut Table, problems: &mut Problems) -> RateLimitConfig {
         routes,
         trusted_proxies,
         on_redis_error: t.get_or("on_redis_error", OnRedisError::Local, problems),
+        mode: t.get_or("mode", LimitMode::Exact, problems),
+        sync_interval,
     }
 }
 
@@ -860,8 +893,9 @@ fn trim_newline(mut secret: Vec<u8>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::usable_name;
+    use super::{usable_name, LimitMode};
     use crate::config::tests::load;
+    use std::time::Duration;
 
     const LISTENER: &str = "listeners: { inbound: { app: \"http://127.0.0.1:8080\" } }\n";
 
@@ -913,6 +947,36 @@ inbound:
                 "inbound.auth.jwt.algorithms: mix HS* with public-key algorithms and a public key could be used as an HMAC secret: pick one kind",
                 "inbound.auth.jwt.secret_env: the environment variable JWT_SECRET holding the HMAC secret is not set",
                 "inbound.auth.rules[0].path: required: the path prefix the rule covers",
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_are_exact_unless_a_rule_says_approximate() {
+        let text = format!(
+            "{LISTENER}inbound:
+  rate_limit:
+    roles: {{ viewer: 50 }}
+    mode: approximate
+    sync_interval: 250ms
+    routes: [{{ path: /login, limit: 5 }}, {{ path: /search, limit: 1000, mode: approximate }}]"
+        );
+        let config = load(&text, &[]).expect("valid");
+        let limits = config.inbound.and_then(|i| i.rate_limit).expect("limits");
+        assert_eq!(
+            (limits.mode, limits.sync_interval),
+            (LimitMode::Approximate, Duration::from_millis(250))
+        );
+        let modes: Vec<_> = limits.routes.iter().map(|r| r.mode).collect();
+        assert_eq!(modes, [LimitMode::Exact, LimitMode::Approximate]);
+        let text = format!(
+            "{LISTENER}inbound: {{ rate_limit: {{ sync_interval: 0s, routes: [{{ path: /a, limit: 1, mode: roughly }}] }} }}"
+        );
+        assert_eq!(
+            load(&text, &[]).unwrap_err(),
+            vec![
+                "inbound.rate_limit.routes[0].mode: expected one of exact, approximate, got \"roughly\"",
+                "inbound.rate_limit.sync_interval: must be longer than 0s",
             ]
         );
     }

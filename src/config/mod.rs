@@ -26,6 +26,7 @@ pub use discovery::{
     Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
 };
 pub use inbound::usable_name;
+pub use inbound::LimitMode;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
     InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig, JwtKeys,

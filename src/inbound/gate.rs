@@ -100,13 +100,10 @@ impl Gate {
         };
         let limiter = match same_part(old, inbound, |c| &c.rate_limit, previous) {
             Some(gate) => gate.limiter.clone(),
-            None => inbound.rate_limit.clone().map(|limits| {
-                Arc::new(RateLimiter::new(
-                    limits,
-                    Arc::clone(store),
-                    metrics.rate_limited.clone(),
-                ))
-            }),
+            None => inbound
+                .rate_limit
+                .clone()
+                .map(|limits| Arc::new(RateLimiter::new(limits, Arc::clone(store), metrics))),
         };
         let caps = match same_part(old, inbound, |c| &c.concurrency, previous) {
             Some(gate) => gate.caps.clone(),

@@ -1,8 +1,12 @@
 //! Sliding-window rate limits on the inbound side: per route where a route
 //! limit matches, else per role; keyed by the caller's identity, or by
-//! client address for anonymous callers. Counted in the shared store (exact
-//! across workers and across sidecars sharing Redis); while Redis is down,
+//! client address for anonymous callers. An `exact` limit is counted in the
+//! shared store on every request (exact across workers and across sidecars
+//! sharing Redis); an `approximate` one in this process, synced with the
+//! store in the background ([`approximate`]). While Redis is down,
 //! `on_redis_error` decides (by default: count in this process).
+
+mod approximate;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,9 +18,11 @@ use prometheus::IntCounterVec;
 
 use super::auth::Identity;
 use super::gate::{client_ip, store_failed};
-use crate::config::{OnRedisError, RateLimitConfig};
+use crate::config::{LimitMode, OnRedisError, RateLimitConfig};
 use crate::logging::summary;
+use crate::metrics::Metrics;
 use crate::store::{key, owned_key, MemoryStore, Store, WindowCount};
+use approximate::{Approximate, Tally};
 
 /// The verdict for one request, and what its headers say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,17 +81,44 @@ pub struct RateLimiter {
     store: Arc<dyn Store>,
     /// Counts while Redis is down (`on_redis_error: local`).
     local: MemoryStore,
+    /// Where `approximate` limits count, when a rule has one.
+    approximate: Option<Approximate>,
     limited: IntCounterVec,
 }
 
+/// The limit that applies to a request.
+struct Rule<'a> {
+    /// `route` or `role`.
+    scope: &'static str,
+    /// What the window is kept for: the route's path, or `role`.
+    bucket: &'a str,
+    limit: u32,
+    window: Duration,
+    mode: LimitMode,
+}
+
 impl RateLimiter {
-    /// A limiter counting in `store`; refusals are counted in `limited`.
-    pub fn new(config: RateLimitConfig, store: Arc<dyn Store>, limited: IntCounterVec) -> Self {
+    /// A limiter counting in `store`; refusals and syncs are counted in
+    /// `metrics`.
+    pub fn new(config: RateLimitConfig, store: Arc<dyn Store>, metrics: &Metrics) -> Self {
+        let approximate = (config.mode == LimitMode::Approximate
+            || config
+                .routes
+                .iter()
+                .any(|route| route.mode == LimitMode::Approximate))
+        .then(|| {
+            Approximate::new(
+                Arc::clone(&store),
+                config.sync_interval,
+                &metrics.rate_limit_sync_duration,
+            )
+        });
         RateLimiter {
             config,
             store,
             local: MemoryStore::new(),
-            limited,
+            approximate,
+            limited: metrics.rate_limited.clone(),
         }
     }
 
@@ -98,50 +131,100 @@ impl RateLimiter {
         identity: &Identity,
         request_id: &str,
     ) -> Option<Verdict> {
-        let (scope, bucket, limit, window) = self.limit_for(path, identity)?;
+        let rule = self.limit_for(path, identity)?;
         let subject = self.subject(req, identity);
         // The subject owns the key: its windows and usage share a slot.
-        let window_key = owned_key("ratelimit", &subject, bucket);
-        let counted = match self.store.hit(&window_key, limit, window).await {
-            Ok(count) => count,
-            Err(err) => match self.config.on_redis_error {
-                OnRedisError::Local => {
-                    if summary::first(store_failed("rate_limit_counted_in_process")) {
-                        warn!("request {request_id}: rate limit counted in process: {err}");
+        let window_key = owned_key("ratelimit", &subject, rule.bucket);
+        let approximate = self
+            .approximate
+            .as_ref()
+            .filter(|_| rule.mode == LimitMode::Approximate);
+        let counted = match approximate {
+            // Its attempts reach the usage record with its next sync.
+            Some(approximate) => {
+                match approximate.hit(&window_key, &subject, path, rule.limit, rule.window) {
+                    Tally::Counted(counted) => counted,
+                    Tally::Offline => {
+                        self.record_usage_locally(&subject, path, rule.window).await;
+                        let reason = "the last sync of its key failed";
+                        self.fallback(&window_key, &rule, request_id, reason)
+                            .await?
                     }
-                    self.local.hit(&window_key, limit, window).await.ok()?
                 }
-                OnRedisError::Allow => {
-                    if summary::first(store_failed("rate_limit_skipped")) {
-                        warn!("request {request_id}: rate limit skipped: {err}");
-                    }
-                    return None;
-                }
-                OnRedisError::Deny => WindowCount {
-                    allowed: false,
-                    count: limit,
-                    reset_after: window,
-                },
-            },
+            }
+            None => {
+                let counted = match self.store.hit(&window_key, rule.limit, rule.window).await {
+                    Ok(count) => count,
+                    Err(err) => self.fallback(&window_key, &rule, request_id, err).await?,
+                };
+                self.record_usage(&subject, path, rule.window, request_id)
+                    .await;
+                counted
+            }
         };
-        // The endpoint itself, not its limit's bucket: at most `limit`
-        // distinct paths a window, since each one is counted against it.
-        let usage_key = key("usage", &subject);
+        if !counted.allowed {
+            self.limited.with_label_values(&[rule.scope]).inc();
+        }
+        Some(Verdict {
+            allowed: counted.allowed,
+            limit: rule.limit,
+            remaining: rule.limit.saturating_sub(counted.count),
+            reset_after: counted.reset_after,
+            window: rule.window,
+            scope: rule.scope,
+        })
+    }
+
+    /// Counts a hit the store could not take as `on_redis_error` says:
+    /// `None` when the request goes on without a limit.
+    async fn fallback(
+        &self,
+        window_key: &str,
+        rule: &Rule<'_>,
+        request_id: &str,
+        err: impl std::fmt::Display,
+    ) -> Option<WindowCount> {
+        match self.config.on_redis_error {
+            OnRedisError::Local => {
+                if summary::first(store_failed("rate_limit_counted_in_process")) {
+                    warn!("request {request_id}: rate limit counted in process: {err}");
+                }
+                self.local
+                    .hit(window_key, rule.limit, rule.window)
+                    .await
+                    .ok()
+            }
+            OnRedisError::Allow => {
+                if summary::first(store_failed("rate_limit_skipped")) {
+                    warn!("request {request_id}: rate limit skipped: {err}");
+                }
+                None
+            }
+            OnRedisError::Deny => Some(WindowCount {
+                allowed: false,
+                count: rule.limit,
+                reset_after: rule.window,
+            }),
+        }
+    }
+
+    /// Adds the attempt on the endpoint itself, not its limit's bucket, to
+    /// the subject's usage record: at most `limit` distinct paths a window,
+    /// since each one is counted against it.
+    async fn record_usage(&self, subject: &str, path: &str, window: Duration, request_id: &str) {
+        let usage_key = key("usage", subject);
         if let Err(err) = self.store.record_usage(&usage_key, path, window).await {
             let _ = self.local.record_usage(&usage_key, path, window).await;
             log::debug!("request {request_id}: usage kept in process: {err}");
         }
-        if !counted.allowed {
-            self.limited.with_label_values(&[scope]).inc();
-        }
-        Some(Verdict {
-            allowed: counted.allowed,
-            limit,
-            remaining: limit.saturating_sub(counted.count),
-            reset_after: counted.reset_after,
-            window,
-            scope,
-        })
+    }
+
+    /// Adds the attempt to the subject's usage record in this process only.
+    async fn record_usage_locally(&self, subject: &str, path: &str, window: Duration) {
+        let _ = self
+            .local
+            .record_usage(&key("usage", subject), path, window)
+            .await;
     }
 
     /// Attempts per endpoint of user `id` within the window.
@@ -161,19 +244,21 @@ impl RateLimiter {
         }
     }
 
-    /// The limit on `path` for `identity`: (scope, bucket, limit, window).
-    fn limit_for<'a>(
-        &'a self,
-        path: &str,
-        identity: &Identity,
-    ) -> Option<(&'static str, &'a str, u32, Duration)> {
+    /// The limit on `path` for `identity`.
+    fn limit_for<'a>(&'a self, path: &str, identity: &Identity) -> Option<Rule<'a>> {
         if let Some(route) = self
             .config
             .routes
             .iter()
             .find(|route| path.starts_with(&route.path))
         {
-            return Some(("route", route.path.as_str(), route.limit, route.window));
+            return Some(Rule {
+                scope: "route",
+                bucket: route.path.as_str(),
+                limit: route.limit,
+                window: route.window,
+                mode: route.mode,
+            });
         }
         let role_limit = |role: &str| {
             self.config
@@ -192,7 +277,13 @@ impl RateLimiter {
                 .max()
                 .or(self.config.default)
         }?;
-        Some(("role", "role", limit, self.config.window))
+        Some(Rule {
+            scope: "role",
+            bucket: "role",
+            limit,
+            window: self.config.window,
+            mode: self.config.mode,
+        })
     }
 
     /// Who is counted: the user, or the client address when anonymous.

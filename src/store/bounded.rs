@@ -92,6 +92,16 @@ impl<V> Bounded<V> {
         self.slots[slot].as_ref().map(|slot| &slot.value)
     }
 
+    /// The live entry under `key`, to change in place; it becomes the most
+    /// recently used.
+    pub fn get_mut(&mut self, key: &str, now: Instant) -> Option<Item<'_, V>> {
+        let slot = self.find(key, now)?;
+        self.slots[slot].as_mut().map(|slot| Item {
+            value: &mut slot.value,
+            until: &mut slot.until,
+        })
+    }
+
     /// The live entry under `key`, or a new one made by `make` weighing
     /// `bytes` and expiring at `now` until the caller sets `until`; `None`
     /// when a new one could never fit.

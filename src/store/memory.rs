@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix_web::web::Bytes;
 
 use super::bounded::Bounded;
-use super::{key, Store, StoreError, StoreFuture, WindowCount};
+use super::{key, HitBatch, Store, StoreError, StoreFuture, WindowCount, WindowLoad};
 
 /// Entries kept per map at most.
 const CAPACITY: usize = 100_000;
@@ -34,6 +34,62 @@ struct HitLog {
     buckets: VecDeque<(Instant, Instant, u32)>,
     /// The hits in all buckets.
     total: u64,
+}
+
+impl HitLog {
+    /// Drops the buckets whose last hit left the window by `now`.
+    fn slide(&mut self, window: Duration, now: Instant) {
+        while let Some(&(_, last, hits)) = self.buckets.front() {
+            if now.duration_since(last) < window {
+                break;
+            }
+            self.buckets.pop_front();
+            self.total -= u64::from(hits);
+        }
+    }
+
+    /// Adds `hits` at `now`, to the newest bucket while it is narrower
+    /// than a bucket's width.
+    fn add(&mut self, hits: u32, window: Duration, now: Instant) {
+        if hits == 0 {
+            return;
+        }
+        let width = window / BUCKETS_PER_WINDOW;
+        match self.buckets.back_mut() {
+            Some((first, last, held)) if now.duration_since(*first) < width => {
+                *last = now;
+                *held += hits;
+            }
+            _ => self.buckets.push_back((now, now, hits)),
+        }
+        self.total += u64::from(hits);
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.total).unwrap_or(u32::MAX)
+    }
+
+    /// Until the oldest bucket leaves the window.
+    fn reset_after(&self, window: Duration, now: Instant) -> Duration {
+        self.buckets.front().map_or(window, |(_, last, _)| {
+            (*last + window).saturating_duration_since(now)
+        })
+    }
+
+    /// Until fewer than `limit` hits are left in the window.
+    fn full_for(&self, limit: u32, window: Duration, now: Instant) -> Duration {
+        let mut left = self.total;
+        for (_, last, hits) in &self.buckets {
+            if left < u64::from(limit) {
+                break;
+            }
+            left -= u64::from(*hits);
+            if left < u64::from(limit) {
+                return (*last + window).saturating_duration_since(now);
+            }
+        }
+        Duration::ZERO
+    }
 }
 
 /// Revocations, windows and usage kept in this process only, each map
@@ -87,6 +143,45 @@ impl MemoryStore {
         window: Duration,
         now: Instant,
     ) -> Result<WindowCount, StoreError> {
+        self.with_log(key, window, now, |log| {
+            let allowed = log.total < u64::from(limit);
+            if allowed {
+                log.add(1, window, now);
+            }
+            WindowCount {
+                allowed,
+                count: log.count(),
+                reset_after: log.reset_after(window, now),
+            }
+        })
+    }
+
+    /// Adds a batch of hits already admitted, and its attempts.
+    fn add_hits_at(&self, batch: &HitBatch<'_>, now: Instant) -> Result<WindowLoad, StoreError> {
+        let window = batch.window;
+        let load = self.with_log(batch.window_key, window, now, |log| {
+            log.add(batch.hits, window, now);
+            WindowLoad {
+                count: log.count(),
+                full_for: log.full_for(batch.limit, window, now),
+                reset_after: log.reset_after(window, now),
+            }
+        })?;
+        for (endpoint, attempts) in batch.attempts {
+            self.record_usage_at(batch.usage_key, endpoint, *attempts, window, now)?;
+        }
+        Ok(load)
+    }
+
+    /// Runs `change` on the log of `key`, slid to `now`, and keeps the log
+    /// as long as its newest hit is in the window.
+    fn with_log<T>(
+        &self,
+        key: &str,
+        window: Duration,
+        now: Instant,
+        change: impl FnOnce(&mut HitLog) -> T,
+    ) -> Result<T, StoreError> {
         let mut windows = lock(&self.windows)?;
         let Some(item) = windows.entry(key, now, 1, HitLog::default) else {
             return Err(StoreError(
@@ -94,49 +189,26 @@ impl MemoryStore {
             ));
         };
         let log = item.value;
-        while let Some(&(_, last, hits)) = log.buckets.front() {
-            if now.duration_since(last) < window {
-                break;
-            }
-            log.buckets.pop_front();
-            log.total -= u64::from(hits);
-        }
-        let allowed = log.total < u64::from(limit);
-        if allowed {
-            let width = window / BUCKETS_PER_WINDOW;
-            match log.buckets.back_mut() {
-                Some((first, last, hits)) if now.duration_since(*first) < width => {
-                    *last = now;
-                    *hits += 1;
-                }
-                _ => log.buckets.push_back((now, now, 1)),
-            }
-            log.total += 1;
-        }
-        let reset_after = log.buckets.front().map_or(window, |(_, last, _)| {
-            (*last + window).saturating_duration_since(now)
-        });
+        log.slide(window, now);
+        let result = change(log);
         *item.until = log
             .buckets
             .back()
             .map_or(now, |(_, last, _)| *last + window);
-        Ok(WindowCount {
-            allowed,
-            count: u32::try_from(log.total).unwrap_or(u32::MAX),
-            reset_after,
-        })
+        Ok(result)
     }
 
     fn record_usage_at(
         &self,
         key: &str,
         endpoint: &str,
+        attempts: u32,
         window: Duration,
         now: Instant,
     ) -> Result<(), StoreError> {
         let mut usage = lock(&self.usage)?;
         if let Some(record) = usage.entry(key, now, 1, HashMap::new) {
-            *record.value.entry(endpoint.to_string()).or_default() += 1;
+            *record.value.entry(endpoint.to_string()).or_default() += u64::from(attempts);
             *record.until = now + window;
         }
         Ok(())
@@ -174,13 +246,17 @@ impl Store for MemoryStore {
         ready(self.hit_at(key, limit, window, Instant::now()))
     }
 
+    fn add_hits<'a>(&'a self, batch: &'a HitBatch<'a>) -> StoreFuture<'a, WindowLoad> {
+        ready(self.add_hits_at(batch, Instant::now()))
+    }
+
     fn record_usage<'a>(
         &'a self,
         key: &'a str,
         endpoint: &'a str,
         window: Duration,
     ) -> StoreFuture<'a, ()> {
-        ready(self.record_usage_at(key, endpoint, window, Instant::now()))
+        ready(self.record_usage_at(key, endpoint, 1, window, Instant::now()))
     }
 
     fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>> {
@@ -387,16 +463,49 @@ mod tests {
         let t0 = Instant::now();
         for _ in 0..3 {
             store
-                .record_usage_at("u", "/login", secs(60), t0)
+                .record_usage_at("u", "/login", 1, secs(60), t0)
                 .expect("record");
         }
         store
-            .record_usage_at("u", "role", secs(60), t0)
+            .record_usage_at("u", "role", 1, secs(60), t0)
             .expect("record");
         assert_eq!(
             store.usage_at("u", t0 + secs(1)).expect("read"),
             vec![("/login".to_string(), 3), ("role".to_string(), 1)]
         );
         assert!(store.usage_at("u", t0 + secs(61)).expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_batch_adds_every_hit_and_says_how_long_the_window_stays_full() {
+        let store = MemoryStore::new();
+        let t0 = Instant::now();
+        let attempts = [(Box::from("/search"), 9)];
+        let batch = |hits| HitBatch {
+            window_key: "k",
+            limit: 5,
+            window: secs(60),
+            hits,
+            usage_key: "u",
+            attempts: &attempts,
+        };
+        let first = store.add_hits_at(&batch(3), t0).expect("add");
+        assert_eq!((first.count, first.full_for), (3, Duration::ZERO));
+        let over = store.add_hits_at(&batch(4), t0 + secs(10)).expect("add");
+        assert_eq!(
+            over.count, 7,
+            "hits past the limit are kept: they were served"
+        );
+        assert_eq!(
+            (over.full_for, over.reset_after),
+            (secs(50), secs(50)),
+            "below the limit once the first batch leaves"
+        );
+        let asked = store.add_hits_at(&batch(0), t0 + secs(61)).expect("ask");
+        assert_eq!((asked.count, asked.full_for), (4, Duration::ZERO));
+        assert_eq!(
+            store.usage_at("u", t0 + secs(61)).expect("read"),
+            vec![("/search".to_string(), 27)]
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use sha2::{Digest, Sha256};
 
+pub use bounded::Bounded;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -47,6 +48,10 @@ pub trait Store: Send + Sync {
         limit: u32,
         window: Duration,
     ) -> StoreFuture<'a, WindowCount>;
+    /// Adds the hits one sidecar already admitted to a sliding window, all
+    /// of them (they were served), and the attempts behind them to the
+    /// usage record, in one atomic call: how approximate limits catch up.
+    fn add_hits<'a>(&'a self, batch: &'a HitBatch<'a>) -> StoreFuture<'a, WindowLoad>;
     /// Adds one attempt to `endpoint` in the usage record `key`, kept for `window`.
     fn record_usage<'a>(
         &'a self,
@@ -77,6 +82,35 @@ pub struct WindowCount {
     /// Requests admitted in the window, this one included when allowed.
     pub count: u32,
     /// Until the oldest admitted request leaves the window.
+    pub reset_after: Duration,
+}
+
+/// Hits admitted in one process, sent to the shared window in one call
+/// ([`Store::add_hits`]).
+#[derive(Debug, Clone, Copy)]
+pub struct HitBatch<'a> {
+    /// The window ([`owned_key`]).
+    pub window_key: &'a str,
+    /// Requests allowed per window, to say when it is full.
+    pub limit: u32,
+    /// The window's length.
+    pub window: Duration,
+    /// Admitted hits to add; 0 only asks how full the window is.
+    pub hits: u32,
+    /// The owner's usage record ([`key`], the same hash tag as the window).
+    pub usage_key: &'a str,
+    /// Attempts per endpoint to add to the usage record.
+    pub attempts: &'a [(Box<str>, u32)],
+}
+
+/// A sliding window after a [`HitBatch`] was added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLoad {
+    /// Hits in the window, from every process sharing it.
+    pub count: u32,
+    /// Until the window holds fewer than its limit (zero when it does now).
+    pub full_for: Duration,
+    /// Until its oldest hit leaves (the window's length when it is empty).
     pub reset_after: Duration,
 }
 

@@ -18,7 +18,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::{key, ttl_seconds, Store, StoreError, StoreFuture, WindowCount};
+use super::{key, ttl_seconds, HitBatch, Store, StoreError, StoreFuture, WindowCount, WindowLoad};
 use crate::config::RedisConfig;
 use crate::core::backoff::Backoff;
 use crate::core::breaker::{BreakerParams, BreakerState, CallResult, CircuitBreaker};
@@ -58,6 +58,42 @@ redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 ";
 
+/// A batch of hits one sidecar already admitted (approximate limits), as
+/// one atomic script: slide the window, add every hit (past the limit too:
+/// they were served), say how many are in it, how long it stays full and
+/// when the oldest leaves, and add the attempts to the usage record.
+/// KEYS[1] the window, KEYS[2] the usage record (same hash tag); ARGV now
+/// (µs), window (µs), limit, hits, member prefix, usage TTL (s), then
+/// endpoint and attempts pairs.
+const BATCH_SCRIPT: &str = r"
+local key, usage = KEYS[1], KEYS[2]
+local now, window, limit, hits = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', key, 0, now - window)
+local members = {}
+for i = 1, hits do
+  members[#members + 1] = now
+  members[#members + 1] = ARGV[5] .. ':' .. i
+  if #members >= 256 then
+    redis.call('ZADD', key, unpack(members))
+    members = {}
+  end
+end
+if #members > 0 then redis.call('ZADD', key, unpack(members)) end
+local count = redis.call('ZCARD', key)
+if count > 0 then redis.call('PEXPIRE', key, math.ceil(window / 1000)) end
+local full_for = 0
+if limit > 0 and count >= limit then
+  local last_over = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  full_for = tonumber(last_over[2]) + window - now
+end
+local reset = window
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+if oldest[2] then reset = tonumber(oldest[2]) + window - now end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', usage, ARGV[i], ARGV[i + 1]) end
+if #ARGV > 6 then redis.call('EXPIRE', usage, ARGV[6]) end
+return {count, full_for, reset}
+";
+
 /// Shared state in Redis, under `outrigger:<feature>:{<hash>}` keys.
 pub struct RedisStore {
     pool: Pools,
@@ -65,6 +101,7 @@ pub struct RedisStore {
     breaker: Mutex<CircuitBreaker>,
     window_script: Script,
     usage_script: Script,
+    batch_script: Script,
     errors: IntCounterVec,
     connections: IntGaugeVec,
     durations: HistogramVec,
@@ -128,6 +165,7 @@ impl RedisStore {
             )),
             window_script: Script::new(WINDOW_SCRIPT),
             usage_script: Script::new(USAGE_SCRIPT),
+            batch_script: Script::new(BATCH_SCRIPT),
             errors,
             connections,
             durations,
@@ -253,6 +291,35 @@ impl Store for RedisStore {
                 allowed: allowed == 1,
                 count,
                 reset_after: Duration::from_micros(reset_micros.max(0) as u64),
+            })
+        }))
+    }
+
+    fn add_hits<'a>(&'a self, batch: &'a HitBatch<'a>) -> StoreFuture<'a, WindowLoad> {
+        Box::pin(self.call("rate_limit", async move {
+            let mut connection = self.pool.get().await?;
+            let now = micros_since_epoch();
+            let mut invocation = self.batch_script.key(batch.window_key);
+            invocation
+                .key(batch.usage_key)
+                .arg(now)
+                .arg(batch.window.as_micros() as u64)
+                .arg(batch.limit)
+                .arg(batch.hits)
+                .arg(format!("{now}-{}", rand::random::<u32>()))
+                .arg(ttl_seconds(batch.window));
+            for (endpoint, attempts) in batch.attempts {
+                invocation.arg(endpoint.as_ref()).arg(*attempts);
+            }
+            let (count, full_for, reset_after): (u32, i64, i64) = invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            let micros = |n: i64| Duration::from_micros(n.max(0) as u64);
+            Ok(WindowLoad {
+                count,
+                full_for: micros(full_for),
+                reset_after: micros(reset_after),
             })
         }))
     }
