@@ -132,6 +132,15 @@ impl Framing {
         }
     }
 
+    /// No scan: the connection's bytes are not HTTP/1 (an HTTP/2 client's
+    /// frames, which the HTTP/2 server checks itself).
+    pub fn off() -> Framing {
+        Framing {
+            state: State::Done,
+            ..Framing::new(None)
+        }
+    }
+
     /// Whether part of a request head after the connection's first has
     /// arrived and the rest has not (the parser times only the first head).
     pub fn later_head_under_way(&self) -> bool {
