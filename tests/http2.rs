@@ -190,3 +190,53 @@ inbound:
     assert!(http1.status_line.starts_with("HTTP/1.1 200"), "{http1:?}");
     assert_eq!(http1.header("x-cache"), Some("HIT"), "one cache for both");
 }
+
+/// A client that opens streams and resets each at once (the rapid reset
+/// attack, CVE-2023-44487) on one connection: however many it opens, no
+/// more than `http2_max_concurrent_streams` reach the replica, and the
+/// sidecar serves other clients meanwhile.
+#[actix_web::test]
+async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
+    let replica = Replica::start().await;
+    // Each started call waits here, longer than the flood lasts, holding
+    // its place among the streams.
+    replica.delay(std::time::Duration::from_secs(2));
+    let limits = ", http2_max_concurrent_streams: 8";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    let connection = actix_rt::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..2000 {
+        let Ok(ready) = client.ready().await else {
+            break; // the sidecar closed the connection
+        };
+        client = ready;
+        let request = http::Request::get("http://budgeting/items")
+            .body(())
+            .expect("a request");
+        let Ok((_answer, mut stream)) = client.send_request(request, true) else {
+            break;
+        };
+        // The HEADERS go out before the reset (a stream reset while its
+        // HEADERS wait is never sent at all).
+        actix_rt::task::yield_now().await;
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    assert!(opened > 8, "the flood got past the limit: {opened} streams");
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+    // The other client's call is answered after the flood's calls started.
+    let started = replica.hits() - 1;
+    assert!(
+        started <= 8,
+        "{started} calls started by {opened} reset streams"
+    );
+    connection.abort();
+}
