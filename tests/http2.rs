@@ -9,8 +9,10 @@ mod support;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use support::client::get_text;
 use support::files::TempDir;
 use support::h2c::{curl, h2c, h2load};
+use support::metrics::metric_sum;
 use support::replica::{header_seen, Replica};
 use support::sidecar::{listeners_with_inbound, sidecar_from};
 
@@ -28,7 +30,11 @@ services:
 #[actix_web::test]
 async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
     let replica = Replica::start().await;
-    let sidecar = sidecar_from(&outbound_config(&replica, ", max_body_bytes: 4096"), &[]).await;
+    let sidecar = sidecar_from(
+        &outbound_config(&replica, ", max_body_bytes: 4096, max_header_bytes: 8192"),
+        &[],
+    )
+    .await;
     let base = format!("http://{}", sidecar.outbound_addr());
 
     let answer = h2c(
@@ -95,6 +101,12 @@ async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
     .await;
     assert_eq!(streamed.status(), 200, "{streamed:?}");
     assert_eq!(streamed.json()["body_bytes"], 2500);
+    // A head over max_header_bytes is refused per stream.
+    let big = format!("x-big: {}", "b".repeat(10 * 1024));
+    let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &big]).await;
+    assert_eq!(answer.status(), 431, "{answer:?}");
+    assert_eq!(answer.header("x-outrigger"), Some("headers_too_large"));
+
     // Over max_body_bytes: refused from its content-length, before a byte
     // of it is read or forwarded.
     let scratch = TempDir::new();
@@ -120,6 +132,17 @@ async fn h2load_streams_many_requests_over_few_connections() {
     assert_eq!(report.succeeded, 2000, "{report:?}");
     assert_eq!(report.status_2xx, 2000, "{report:?}");
     assert_eq!(replica.hits(), 2000);
+    // Counted in the same series as HTTP/1.1 requests: no protocol label.
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let labels = [
+        ("listener", "outbound"),
+        ("service", "budgeting"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        metric_sum(&metrics, "outrigger_http_requests_total", &labels),
+        2000.0
+    );
 }
 
 #[actix_web::test]

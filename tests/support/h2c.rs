@@ -48,7 +48,7 @@ impl CurlAnswer {
 /// `stdin` as its input; the answer it printed.
 pub async fn curl(args: &[&str], stdin: Option<Vec<u8>>) -> CurlAnswer {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let shown = args.join(" ");
+    let shown: String = args.join(" ").chars().take(200).collect();
     let output = actix_rt::task::spawn_blocking(move || {
         let mut child = Command::new("curl")
             .args(["-sS", "-i", "--max-time", "10"])
