@@ -263,3 +263,34 @@ async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
     );
     connection.abort();
 }
+
+/// The listener waits for a client's first bytes to tell its protocol; that
+/// wait counts against `client_header_timeout` for an HTTP/1.1 client's
+/// first head, which is cut as long after connecting as before HTTP/2 was
+/// taken (not the timeout again after its first byte).
+#[actix_web::test]
+async fn the_wait_for_the_first_bytes_counts_against_the_first_head() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let replica = Replica::start().await;
+    let limits = ", client_header_timeout: 1s";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let connected = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    // The client is slow on purpose: this is what is timed.
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    slow.write_all(b"GET /budgeting/items HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("the start of a head");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    let cut = connected.elapsed();
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(1300)).contains(&cut),
+        "cut {cut:?} after connecting, client_header_timeout 1s"
+    );
+    assert_eq!(replica.hits(), 0);
+}

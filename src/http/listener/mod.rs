@@ -117,11 +117,17 @@ where
         let accept = fn_service(move |io: TcpStream| {
             let refused = refused.clone();
             async move {
+                let accepted = tokio::time::Instant::now();
                 let peer = io.peer_addr().ok();
                 let protocol = protocol::detect(&io, timeouts.header)
                     .await
                     .map_err(DispatchError::Io)?;
-                let io = ClientStream::new(io, protocol, name, peer, refused, timeouts);
+                let mut io = ClientStream::new(io, protocol, name, peer, refused, timeouts);
+                // A client that kept its first bytes back: what it waited
+                // counts against its first head.
+                if protocol == Protocol::Http1 && accepted.elapsed() > protocol::RECHECK {
+                    io.time_first_head(accepted);
+                }
                 Ok::<_, DispatchError>((io, protocol, peer))
             }
         });

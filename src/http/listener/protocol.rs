@@ -16,7 +16,7 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How often a connection whose bytes so far begin the preface is looked
 /// at again for the rest (a peek returns at once while bytes wait unread,
 /// so it cannot wait for more by itself).
-const RECHECK: Duration = Duration::from_millis(5);
+pub const RECHECK: Duration = Duration::from_millis(5);
 
 /// The protocol of the client on `io`: HTTP/2 once its first bytes are the
 /// whole preface, HTTP/1.1 as soon as one differs from it (or the client

@@ -23,6 +23,7 @@ use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, Framing, ScanVerdict};
@@ -118,6 +119,16 @@ impl ClientStream {
         }
     }
 
+    /// Times the first request head from `accepted`, when the connection
+    /// was accepted: the parser times it only from when it starts, after
+    /// the wait for the client's first bytes that told its protocol, and
+    /// the two together must not give a client more than
+    /// `client_header_timeout`.
+    pub fn time_first_head(&mut self, accepted: Instant) {
+        self.head
+            .start(self.timeouts.header.saturating_sub(accepted.elapsed()));
+    }
+
     /// The protocol its client speaks.
     pub fn protocol(&self) -> Protocol {
         self.protocol
@@ -148,7 +159,7 @@ impl ClientStream {
     ) -> io::Result<()> {
         if self.framing.later_head_under_way() {
             self.head.start(self.timeouts.header);
-        } else {
+        } else if !self.framing.first_head_under_way() {
             self.head.stop();
         }
         match read {
