@@ -2,8 +2,10 @@
 //! targets) on both proxy listeners, beside HTTP/1.1 on the same port:
 //! curl and h2load as the clients, requests forwarded to HTTP/1.1 replicas
 //! and apps with every feature of an HTTP/1.1 request (routing by
-//! `:authority` as by `Host`, JWT, the GET cache, body limits), and the
-//! per-connection stream limit that bounds a flood of streams.
+//! `:authority` as by `Host`, JWT, rate limits, the GET cache, head and body
+//! limits, metrics), the per-connection stream limit that bounds a flood
+//! of streams, and the protocol detection's wait counted against a slow
+//! HTTP/1.1 client's first head.
 
 mod support;
 
@@ -178,14 +180,15 @@ fn bearer(user: &str) -> String {
 }
 
 #[actix_web::test]
-async fn the_inbound_listener_takes_http2_with_auth_and_the_cache() {
+async fn the_inbound_listener_takes_http2_with_auth_limits_and_the_cache() {
     let app = Replica::start().await;
     let yaml = format!(
         "{}
 inbound:
   auth:
     jwt: {{ algorithms: [HS256] }}
-  cache: {{ default_ttl: 60s }}",
+  cache: {{ default_ttl: 60s }}
+  rate_limit: {{ window: 1m, default: 3 }}",
         listeners_with_inbound(app.endpoint())
     );
     let sidecar = sidecar_from(&yaml, &[("JWT_SECRET", "h2-secret")]).await;
@@ -212,6 +215,13 @@ inbound:
     let http1 = curl(&["--http1.1", "-H", &token, &url], None).await;
     assert!(http1.status_line.starts_with("HTTP/1.1 200"), "{http1:?}");
     assert_eq!(http1.header("x-cache"), Some("HIT"), "one cache for both");
+    let limited = h2c(&url, &["-H", &token]).await;
+    assert_eq!(
+        limited.status(),
+        429,
+        "one rate limit for both: {limited:?}"
+    );
+    assert_eq!(limited.header("x-outrigger"), Some("rate_limited"));
 }
 
 /// A client that opens streams and resets each at once (the rapid reset
