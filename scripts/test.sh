@@ -2,7 +2,7 @@
 # Runs every check CI runs: formatting, lints, docs, the dependency policy
 # (deny.toml), unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl,
-# dnsmasq, prometheus and nginx via apt-get, kubernetes-validate, pyjwt and
+# dnsmasq, prometheus, nginx, curl and h2load via apt-get, kubernetes-validate, pyjwt and
 # cryptography via pip, rustfmt/clippy via rustup, cargo-deny via cargo
 # install); Rust crates come through cargo.
 set -euo pipefail
@@ -24,6 +24,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# curl speaks HTTP/2 with prior knowledge; h2load (nghttp2-client) sends
+# many HTTP/2 streams over few connections (tests/http2.rs).
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -52,6 +52,10 @@ pub struct ListenerLimits {
     /// Open connections one worker thread holds at once; more wait in the
     /// accept backlog (default 10000; the listener holds workers times this).
     pub max_connections: u32,
+    /// Streams of one HTTP/2 connection that may wait for their answer at
+    /// once; a stream past them is answered 429 at once, before any work
+    /// (default 250).
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for ListenerLimits {
@@ -64,6 +68,7 @@ impl Default for ListenerLimits {
             client_write_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             max_connections: 10_000,
+            http2_max_concurrent_streams: 250,
         }
     }
 }
@@ -94,6 +99,11 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
         ),
         keep_alive: t.get_restart_or("keep_alive", base.keep_alive, problems),
         max_connections: t.get_restart_or("max_connections", base.max_connections, problems),
+        http2_max_concurrent_streams: t.get_restart_or(
+            "http2_max_concurrent_streams",
+            base.http2_max_concurrent_streams,
+            problems,
+        ),
     };
     if !(MIN_HEADER_BYTES..=PARSER_HEAD_LIMIT).contains(&limits.max_header_bytes) {
         problems.add(
@@ -127,6 +137,12 @@ pub(super) fn read_limits(t: &mut Table, problems: &mut Problems) -> ListenerLim
     );
     if limits.max_connections == 0 {
         problems.add(&t.path_of("max_connections"), "must be at least 1");
+    }
+    if limits.http2_max_concurrent_streams == 0 {
+        problems.add(
+            &t.path_of("http2_max_concurrent_streams"),
+            "must be at least 1",
+        );
     }
     limits
 }
@@ -170,6 +186,7 @@ mod tests {
     client_body_timeout: 2s
     client_write_timeout: 2m
     max_connections: 500
+    http2_max_concurrent_streams: 64
 ",
             &[],
         )
@@ -187,6 +204,8 @@ mod tests {
         assert_eq!(outbound.client_write_timeout, Duration::from_secs(30));
         assert_eq!(inbound.max_connections, 500);
         assert_eq!(inbound.max_body_bytes, None);
+        assert_eq!(inbound.http2_max_concurrent_streams, 64);
+        assert_eq!(outbound.http2_max_concurrent_streams, 250);
     }
 
     #[test]
@@ -194,7 +213,7 @@ mod tests {
         let errors = load(
             "listeners:
   outbound: { max_header_bytes: 200000, max_body_bytes: 0, client_header_timeout: 0s, client_body_timeout: 0s }
-  inbound: { app: \"http://127.0.0.1:8080\", max_connections: 0, keep_alive: forever, max_body_bytes: lots, client_write_timeout: 0s }
+  inbound: { app: \"http://127.0.0.1:8080\", max_connections: 0, keep_alive: forever, max_body_bytes: lots, client_write_timeout: 0s, http2_max_concurrent_streams: 0 }
   admin: { bind: here }
 ",
             &[],
@@ -212,6 +231,7 @@ mod tests {
                 "listeners.inbound.keep_alive: expected a duration like \"30s\", got \"forever\"",
                 "listeners.inbound.client_write_timeout: must be longer than 0s",
                 "listeners.inbound.max_connections: must be at least 1",
+                "listeners.inbound.http2_max_concurrent_streams: must be at least 1",
             ]
         );
     }

@@ -13,11 +13,11 @@ use actix_http::error::PayloadError;
 use actix_http::RequestHead;
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::Uri;
+use actix_web::http::{Method, Uri, Version};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either};
-use futures_util::stream::Peekable;
+use futures_util::stream::{FusedStream, Peekable};
 use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
@@ -106,8 +106,13 @@ impl RequestBody {
         };
         let mut payload = payload.peekable();
         if !replayable {
-            if let Some(Err(err)) = Pin::new(&mut payload).next_if(Result::is_err).await {
-                return Err(err);
+            match Pin::new(&mut payload).next_if(Result::is_err).await {
+                Some(Err(err)) => return Err(err),
+                // An HTTP/2 body without a length that ended at once.
+                None if matches!(length, BodyLength::Unknown) && payload.is_terminated() => {
+                    return Ok(RequestBody::Empty)
+                }
+                _ => {}
             }
             return Ok(RequestBody::Streaming(Some(payload), length));
         }
@@ -270,6 +275,9 @@ pub enum BodyLength {
     Sized(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
+    /// An HTTP/2 body without `Content-Length`: it ends with its stream
+    /// (sent on chunked to an HTTP/1.1 replica).
+    Unknown,
 }
 
 fn body_length(req: &HttpRequest) -> BodyLength {
@@ -283,6 +291,11 @@ fn body_length(req: &HttpRequest) -> BodyLength {
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         return BodyLength::Chunked;
+    }
+    // HTTP/2 frames a body by its stream, not by a header; a GET or HEAD
+    // has none, as over HTTP/1.1.
+    if req.version() == Version::HTTP_2 && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return BodyLength::Unknown;
     }
     BodyLength::None
 }

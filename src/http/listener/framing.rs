@@ -132,12 +132,26 @@ impl Framing {
         }
     }
 
+    /// No scan: the connection's bytes are not HTTP/1 (an HTTP/2 client's
+    /// frames, which the HTTP/2 server checks itself).
+    pub fn off() -> Framing {
+        Framing {
+            state: State::Done,
+            ..Framing::new(None)
+        }
+    }
+
     /// Whether part of a request head after the connection's first has
     /// arrived and the rest has not (the parser times only the first head).
     pub fn later_head_under_way(&self) -> bool {
         self.state == State::Head
             && self.heads_done > 0
             && (self.head.started || self.line_len > 0 || self.after_cr)
+    }
+
+    /// Whether the connection's first request head has not ended yet.
+    pub fn first_head_under_way(&self) -> bool {
+        self.state == State::Head && self.heads_done == 0
     }
 
     /// Whether a request body has started and not ended.
@@ -400,13 +414,17 @@ mod tests {
     #[test]
     fn a_later_head_is_under_way_from_its_first_byte_to_its_end() {
         let mut framing = Framing::default();
+        assert!(framing.first_head_under_way(), "from connecting");
         framing.scan(&mut b"GET /a HTTP/1.1\r\nHost: a".to_vec());
         assert!(
             !framing.later_head_under_way(),
             "the first head is the parser's"
         );
+        assert!(framing.first_head_under_way());
         framing.scan(&mut b"\r\n\r\n".to_vec());
         assert!(!framing.later_head_under_way(), "idle between requests");
+        assert!(!framing.first_head_under_way());
+        assert!(!Framing::off().first_head_under_way(), "not HTTP/1");
         framing.scan(&mut b"G".to_vec());
         assert!(framing.later_head_under_way());
         framing.scan(&mut b"ET /b HTTP/1.1\r\nHost: a\r\n\r\n".to_vec());

@@ -4,15 +4,17 @@
 //! spell a framing header with other separators, header names with `_` that
 //! a CGI-style app reads as a header the sidecar sets, a `Content-Length` over
 //! the body limit, a `GET` or `HEAD` that declares a body, and an
-//! absolute-form target whose authority is not the `Host`. One pass over
-//! the parsed headers; nothing is allocated unless the target is in
-//! absolute form.
+//! absolute-form target whose authority is not the `Host`; and, on an
+//! HTTP/2 connection, a stream past the connection's
+//! `http2_max_concurrent_streams`. One pass over the parsed headers;
+//! nothing is allocated unless the target is in absolute form.
 
 use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use actix_web::http::uri::{Authority, Uri};
 use actix_web::http::Method;
 use actix_web::HttpRequest;
 
+use super::http2::Streams;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
 
@@ -30,8 +32,21 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// (`Transfer-Encoding`, or a `Content-Length` other than 0: such a body has
 /// no meaning, and servers disagree on whether to read it) and for an
 /// absolute-form target
-/// (`GET http://a/ HTTP/1.1`) whose authority differs from `Host`.
+/// (`GET http://a/ HTTP/1.1`) whose authority differs from `Host`; 429 for
+/// a request on an HTTP/2 connection that already has
+/// `http2_max_concurrent_streams` others waiting for their answer (so a
+/// client that resets its streams as fast as it opens them, the rapid reset
+/// attack, starts no more work than that at once).
 pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
+    if let Some(streams) = req.conn_data::<Streams>() {
+        let waiting = streams.waiting();
+        if waiting > limits.http2_max_concurrent_streams {
+            return Err(ProxyError::ConcurrencyLimit(format!(
+                "this HTTP/2 connection has {} other streams waiting for their answer, the most http2_max_concurrent_streams allows",
+                waiting - 1
+            )));
+        }
+    }
     let uri = req.uri();
     let mut size = req.method().as_str().len() + target_len(uri) + REQUEST_LINE_OVERHEAD;
     let (mut not_utf8, mut lookalike, mut alias) = (None, None, None);

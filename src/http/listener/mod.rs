@@ -1,5 +1,7 @@
 //! What the two proxy listeners (outbound, inbound) share about serving
-//! HTTP to clients they do not trust: one server builder that applies
+//! HTTP to clients they do not trust: HTTP/1.1 and HTTP/2 with prior
+//! knowledge on one port, told apart by a connection's first bytes; one
+//! server builder that applies
 //! `listeners.<name>.*` limits (head, body and write timeouts, keep-alive,
 //! connections per worker), the strict checks of each request head, the one
 //! rule for request paths, the request body limit, how the listeners drain
@@ -11,7 +13,9 @@ mod deadline;
 mod framing;
 mod front;
 mod head;
+mod http2;
 mod path;
+mod protocol;
 mod stopping;
 mod stream;
 
@@ -25,11 +29,13 @@ use actix_http::error::DispatchError;
 use actix_http::{HttpService, Protocol, Request, Response};
 use actix_rt::net::TcpStream;
 use actix_service::{
-    fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt,
+    apply_fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
+    ServiceFactoryExt,
 };
 use actix_web::dev::{AppConfig, Extensions, Server};
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
+use futures_util::future::Either;
 use log::{info, warn};
 
 pub use body::{BodyError, LimitedPayload};
@@ -54,8 +60,11 @@ const TUNNELS_CLOSE_TIME: Duration = Duration::from_millis(250);
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves the listener of `front` on `socket` (from [`listen`]) and applies
-/// its limits to every client connection, whose bytes pass the bare-LF check before the parser
-/// (refusals counted in `http_heads_refused_total`); `factory` builds each
+/// its limits to every client connection, HTTP/1.1 or HTTP/2 by its first
+/// bytes; an HTTP/1 connection's bytes pass the bare-LF check before the parser
+/// (refusals counted in `http_heads_refused_total`), an HTTP/2 connection's
+/// requests are made to read as HTTP/1.1 ones and its streams counted
+/// against `http2_max_concurrent_streams`; `factory` builds each
 /// worker's app, run on `workers` threads. The server runs once awaited or
 /// spawned; it stops on its handle (signals are the caller's), giving
 /// in-flight requests the shutdown grace of `front`'s stop.
@@ -106,9 +115,21 @@ where
             .into_factory()
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
-            let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone(), timeouts);
-            std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
+            let refused = refused.clone();
+            async move {
+                let accepted = tokio::time::Instant::now();
+                let peer = io.peer_addr().ok();
+                let protocol = protocol::detect(&io, timeouts.header)
+                    .await
+                    .map_err(DispatchError::Io)?;
+                let mut io = ClientStream::new(io, protocol, name, peer, refused, timeouts);
+                // A client that kept its first bytes back: what it waited
+                // counts against its first head.
+                if protocol == Protocol::Http1 && accepted.elapsed() > protocol::RECHECK {
+                    io.time_first_head(accepted);
+                }
+                Ok::<_, DispatchError>((io, protocol, peer))
+            }
         });
         let http = HttpService::build()
             .graceful_shutdown_signal(move || {
@@ -123,10 +144,28 @@ where
                     data.insert(ip);
                 }
                 data.insert(io.chunk_verdict());
+                if io.protocol() == Protocol::Http2 {
+                    data.insert(http2::Streams::default());
+                }
             })
             // The app config only feeds `connection_info()` fallbacks, which
             // the proxies do not use: they route on the request's own target.
-            .finish(map_config(app, |_| AppConfig::default()));
+            .finish(apply_fn_factory(
+                map_config(app, |_| AppConfig::default()),
+                |mut req: Request, app| {
+                    // An HTTP/1 request goes to the app as it came.
+                    match http2::receive(&mut req) {
+                        None => Either::Left(app.call(req)),
+                        Some(streams) => {
+                            let call = app.call(req);
+                            Either::Right(async move {
+                                let _waiting = streams.enter();
+                                call.await
+                            })
+                        }
+                    }
+                },
+            ));
         accept.and_then(http)
     })?;
     Ok(builder.run())

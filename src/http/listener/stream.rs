@@ -1,5 +1,7 @@
 //! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP parser reads them, and which times what the parser does not: its
+//! HTTP/1 parser reads them (an HTTP/2 connection's are not scanned: the
+//! HTTP/2 server checks its frames), and which times what the parser does
+//! not: its
 //! later request heads get the same `client_header_timeout` the parser
 //! gives the first one (a client could otherwise trickle every later head
 //! forever), a pause in a request body closes the connection after
@@ -16,10 +18,12 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use actix_http::Protocol;
 use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, Framing, ScanVerdict};
@@ -27,6 +31,7 @@ use super::framing::{ChunkRefusal, Framing, ScanVerdict};
 /// One client's TCP connection, scanned as it is read.
 pub struct ClientStream {
     io: TcpStream,
+    protocol: Protocol,
     framing: Framing,
     listener: &'static str,
     peer: Option<SocketAddr>,
@@ -82,19 +87,25 @@ pub struct Timeouts {
 }
 
 impl ClientStream {
-    /// Wraps a connection accepted by `listener` from `peer`; `refused`
-    /// counts the heads poisoned on it; a client is cut off when it
-    /// takes longer than `timeouts` say.
+    /// Wraps a connection accepted by `listener` from `peer`, whose client
+    /// speaks `protocol`; `refused` counts the heads poisoned on it; a
+    /// client is cut off when it takes longer than `timeouts` say.
     pub fn new(
         io: TcpStream,
+        protocol: Protocol,
         listener: &'static str,
         peer: Option<SocketAddr>,
         refused: IntCounter,
         timeouts: Timeouts,
     ) -> ClientStream {
+        let framing = match protocol {
+            Protocol::Http1 => Framing::new(timeouts.max_body_bytes),
+            _ => Framing::off(),
+        };
         ClientStream {
             io,
-            framing: Framing::new(timeouts.max_body_bytes),
+            protocol,
+            framing,
             listener,
             peer,
             refused,
@@ -106,6 +117,21 @@ impl ClientStream {
             shut: false,
             linger: Pause::default(),
         }
+    }
+
+    /// Times the first request head from `accepted`, when the connection
+    /// was accepted: the parser times it only from when it starts, after
+    /// the wait for the client's first bytes that told its protocol, and
+    /// the two together must not give a client more than
+    /// `client_header_timeout`.
+    pub fn time_first_head(&mut self, accepted: Instant) {
+        self.head
+            .start(self.timeouts.header.saturating_sub(accepted.elapsed()));
+    }
+
+    /// The protocol its client speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The chunk-size refusal of this connection, for its requests.
@@ -133,7 +159,7 @@ impl ClientStream {
     ) -> io::Result<()> {
         if self.framing.later_head_under_way() {
             self.head.start(self.timeouts.header);
-        } else {
+        } else if !self.framing.first_head_under_way() {
             self.head.stop();
         }
         match read {

@@ -1,0 +1,306 @@
+//! HTTP/2 with prior knowledge (h2c, what gRPC clients use for `http://`
+//! targets) on both proxy listeners, beside HTTP/1.1 on the same port:
+//! curl and h2load as the clients, requests forwarded to HTTP/1.1 replicas
+//! and apps with every feature of an HTTP/1.1 request (routing by
+//! `:authority` as by `Host`, JWT, rate limits, the GET cache, head and body
+//! limits, metrics), the per-connection stream limit that bounds a flood
+//! of streams, and the protocol detection's wait counted against a slow
+//! HTTP/1.1 client's first head.
+
+mod support;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+use support::client::get_text;
+use support::files::TempDir;
+use support::h2c::{curl, h2c, h2load};
+use support::metrics::metric_sum;
+use support::replica::{header_seen, Replica};
+use support::sidecar::{listeners_with_inbound, sidecar_from};
+
+fn outbound_config(replica: &Replica, limits: &str) -> String {
+    format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+  - {{ name: budgeting, endpoints: [\"{}\"] }}",
+        replica.endpoint()
+    )
+}
+
+#[actix_web::test]
+async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
+    let replica = Replica::start().await;
+    let sidecar = sidecar_from(
+        &outbound_config(&replica, ", max_body_bytes: 4096, max_header_bytes: 8192"),
+        &[],
+    )
+    .await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+
+    let answer = h2c(
+        &format!("{base}/budgeting/items?page=2"),
+        &[
+            "-H",
+            "cookie: a=1",
+            "-H",
+            "cookie: b=2",
+            "-H",
+            "te: trailers",
+        ],
+    )
+    .await;
+    assert_eq!(answer.status_line, "HTTP/2 200", "{answer:?}");
+    assert!(answer.header("x-request-id").is_some());
+    let echo = answer.json();
+    assert_eq!(echo["path"], "/items");
+    assert_eq!(echo["query"], "page=2");
+    assert_eq!(
+        header_seen(&echo, "host").as_deref(),
+        Some(replica.endpoint().as_str()),
+        "routed by path: the replica's address is its Host"
+    );
+    assert_eq!(header_seen(&echo, "cookie").as_deref(), Some("a=1; b=2"));
+    assert_eq!(header_seen(&echo, "te"), None, "te is hop-by-hop");
+    assert!(header_seen(&echo, "x-request-id").is_some());
+    assert!(header_seen(&echo, "traceparent").is_some());
+
+    // :authority routes as Host does, and is passed on as the Host.
+    let connect_to = format!("budgeting:80:{}", sidecar.outbound_addr());
+    let answer = h2c("http://budgeting/items", &["--connect-to", &connect_to]).await;
+    assert_eq!(answer.status_line, "HTTP/2 200", "{answer:?}");
+    let echo = answer.json();
+    assert_eq!(echo["path"], "/items");
+    assert_eq!(header_seen(&echo, "host").as_deref(), Some("budgeting"));
+    let answer = h2c(
+        "http://nowhere/items",
+        &["--connect-to", &connect_to.replace("budgeting", "nowhere")],
+    )
+    .await;
+    assert_eq!(answer.status(), 404);
+    assert_eq!(answer.header("x-outrigger"), Some("unknown_service"));
+
+    // A body with a length, and one streamed without (curl reading stdin).
+    let answer = h2c(
+        &format!("{base}/budgeting/upload"),
+        &["--data-binary", &"x".repeat(3000)],
+    )
+    .await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.json()["body_bytes"], 3000);
+    let streamed = curl(
+        &[
+            "--http2-prior-knowledge",
+            "-T",
+            "-",
+            "-X",
+            "POST",
+            &format!("{base}/budgeting/upload"),
+        ],
+        Some(vec![b'y'; 2500]),
+    )
+    .await;
+    assert_eq!(streamed.status(), 200, "{streamed:?}");
+    assert_eq!(streamed.json()["body_bytes"], 2500);
+    // A head over max_header_bytes is refused per stream.
+    let big = format!("x-big: {}", "b".repeat(10 * 1024));
+    let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &big]).await;
+    assert_eq!(answer.status(), 431, "{answer:?}");
+    assert_eq!(answer.header("x-outrigger"), Some("headers_too_large"));
+
+    // Over max_body_bytes: refused from its content-length, before a byte
+    // of it is read or forwarded.
+    let scratch = TempDir::new();
+    let large = scratch.path.join("large");
+    std::fs::write(&large, vec![b'z'; 10_000]).expect("write the body");
+    let url = format!("{base}/budgeting/upload");
+    let report = h2load(&url, 1, 1, 1, Some(&large)).await;
+    assert_eq!(report.status_4xx, 1, "413: {report:?}");
+
+    // An HTTP/1.1 client on the same port is served as before.
+    let answer = curl(&["--http1.1", &format!("{base}/budgeting/items")], None).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(replica.hits(), 5, "the refused body reached no replica");
+}
+
+#[actix_web::test]
+async fn h2load_streams_many_requests_over_few_connections() {
+    let replica = Replica::start().await;
+    let sidecar = sidecar_from(&outbound_config(&replica, ""), &[]).await;
+    let url = format!("http://{}/budgeting/items", sidecar.outbound_addr());
+    // 80 at once, within the service's concurrency.max_in_flight (100).
+    let report = h2load(&url, 2000, 4, 20, None).await;
+    assert_eq!(report.succeeded, 2000, "{report:?}");
+    assert_eq!(report.status_2xx, 2000, "{report:?}");
+    assert_eq!(replica.hits(), 2000);
+    // Counted in the same series as HTTP/1.1 requests: no protocol label.
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let labels = [
+        ("listener", "outbound"),
+        ("service", "budgeting"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        metric_sum(&metrics, "outrigger_http_requests_total", &labels),
+        2000.0
+    );
+}
+
+#[actix_web::test]
+async fn streams_past_the_connection_limit_are_refused_at_once() {
+    let replica = Replica::start().await;
+    replica.delay(std::time::Duration::from_millis(500));
+    let limits = ", http2_max_concurrent_streams: 4";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let url = format!("http://{}/budgeting/items", sidecar.outbound_addr());
+    // 20 streams at once on one connection: 4 reach the replica.
+    let report = h2load(&url, 20, 1, 20, None).await;
+    assert_eq!(
+        (report.status_2xx, report.status_4xx),
+        (4, 16),
+        "{report:?}"
+    );
+    assert_eq!(replica.hits(), 4);
+    // Another connection is served meanwhile, and so is an HTTP/1.1 client.
+    let answer = h2c(&url, &[]).await;
+    assert_eq!(answer.status(), 200);
+    let answer = curl(&["--http1.1", &url], None).await;
+    assert_eq!(answer.status(), 200);
+}
+
+fn bearer(user: &str) -> String {
+    let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 600});
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(b"h2-secret"),
+    );
+    format!("authorization: Bearer {}", token.expect("signs"))
+}
+
+#[actix_web::test]
+async fn the_inbound_listener_takes_http2_with_auth_limits_and_the_cache() {
+    let app = Replica::start().await;
+    let yaml = format!(
+        "{}
+inbound:
+  auth:
+    jwt: {{ algorithms: [HS256] }}
+  cache: {{ default_ttl: 60s }}
+  rate_limit: {{ window: 1m, default: 3 }}",
+        listeners_with_inbound(app.endpoint())
+    );
+    let sidecar = sidecar_from(&yaml, &[("JWT_SECRET", "h2-secret")]).await;
+    let url = format!("http://{}/items", sidecar.inbound_addr().expect("inbound"));
+
+    let refused = h2c(&url, &[]).await;
+    assert_eq!(refused.status_line, "HTTP/2 401", "{refused:?}");
+    assert_eq!(app.hits(), 0);
+
+    let token = bearer("ana");
+    let first = h2c(&url, &["-H", &token]).await;
+    assert_eq!(first.status_line, "HTTP/2 200", "{first:?}");
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let echo = first.json();
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-user").as_deref(),
+        Some("ana")
+    );
+    let again = h2c(&url, &["-H", &token]).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.header("x-cache"), Some("HIT"), "{again:?}");
+    assert_eq!(app.hits(), 1);
+
+    let http1 = curl(&["--http1.1", "-H", &token, &url], None).await;
+    assert!(http1.status_line.starts_with("HTTP/1.1 200"), "{http1:?}");
+    assert_eq!(http1.header("x-cache"), Some("HIT"), "one cache for both");
+    let limited = h2c(&url, &["-H", &token]).await;
+    assert_eq!(
+        limited.status(),
+        429,
+        "one rate limit for both: {limited:?}"
+    );
+    assert_eq!(limited.header("x-outrigger"), Some("rate_limited"));
+}
+
+/// A client that opens streams and resets each at once (the rapid reset
+/// attack, CVE-2023-44487) on one connection: however many it opens, no
+/// more than `http2_max_concurrent_streams` reach the replica, and the
+/// sidecar serves other clients meanwhile.
+#[actix_web::test]
+async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
+    let replica = Replica::start().await;
+    // Each started call waits here, longer than the flood lasts, holding
+    // its place among the streams.
+    replica.delay(std::time::Duration::from_secs(2));
+    let limits = ", http2_max_concurrent_streams: 8";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    let connection = actix_rt::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..2000 {
+        let Ok(ready) = client.ready().await else {
+            break; // the sidecar closed the connection
+        };
+        client = ready;
+        let request = http::Request::get("http://budgeting/items")
+            .body(())
+            .expect("a request");
+        let Ok((_answer, mut stream)) = client.send_request(request, true) else {
+            break;
+        };
+        // The HEADERS go out before the reset (a stream reset while its
+        // HEADERS wait is never sent at all).
+        actix_rt::task::yield_now().await;
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    assert!(opened > 8, "the flood got past the limit: {opened} streams");
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+    // The other client's call is answered after the flood's calls started.
+    let started = replica.hits() - 1;
+    assert!(
+        started <= 8,
+        "{started} calls started by {opened} reset streams"
+    );
+    connection.abort();
+}
+
+/// The listener waits for a client's first bytes to tell its protocol; that
+/// wait counts against `client_header_timeout` for an HTTP/1.1 client's
+/// first head, which is cut as long after connecting as before HTTP/2 was
+/// taken (not the timeout again after its first byte).
+#[actix_web::test]
+async fn the_wait_for_the_first_bytes_counts_against_the_first_head() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let replica = Replica::start().await;
+    let limits = ", client_header_timeout: 1s";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let connected = Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    // The client is slow on purpose: this is what is timed.
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    slow.write_all(b"GET /budgeting/items HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("the start of a head");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    let cut = connected.elapsed();
+    assert!(read.is_ok(), "the connection was closed");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(1300)).contains(&cut),
+        "cut {cut:?} after connecting, client_header_timeout 1s"
+    );
+    assert_eq!(replica.hits(), 0);
+}
