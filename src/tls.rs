@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -133,6 +134,38 @@ impl Origination {
 /// name or an IP literal), if it can be one.
 pub fn server_name(name: &str) -> Option<ServerName<'static>> {
     ServerName::try_from(name.to_string()).ok()
+}
+
+/// A verifying client configuration for the sidecar's own calls to an
+/// `https://` URL (a JWKS, the registry, the OTLP collector): the CA
+/// certificates in `ca_file`, else the system's roots, and no client
+/// certificate. The name checked is the URL's host, which the HTTP client
+/// sends as SNI.
+pub fn call_config(ca_file: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+    let files = OriginationFiles {
+        ca_file,
+        ..OriginationFiles::default()
+    };
+    match Origination::build(None, &files) {
+        Ok(origination) => Ok(Arc::clone(origination.config())),
+        Err(FileError::Ca(why) | FileError::ClientCert(why) | FileError::ClientKey(why)) => {
+            Err(why)
+        }
+    }
+}
+
+/// The HTTP client of one of the sidecar's own calls: each request bounded
+/// by `timeout`, and `https://` URLs spoken with `tls` (without it, such a
+/// URL fails to connect, so nothing goes out in plain text to a TLS port).
+/// Made on the thread that uses it (an awc client is not `Send`).
+pub fn call_client(timeout: Duration, tls: Option<&Arc<ClientConfig>>) -> awc::Client {
+    let builder = awc::Client::builder().timeout(timeout);
+    match tls {
+        Some(config) => builder
+            .connector(awc::Connector::new().rustls_0_23(Arc::clone(config)))
+            .finish(),
+        None => builder.finish(),
+    }
 }
 
 /// The system's trust roots, read once per process. An unreadable system

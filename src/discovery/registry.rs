@@ -23,6 +23,7 @@ use super::{DiscoveredEndpoint, DiscoverySource, FeedbackFuture, Snapshot, Snaps
 use crate::config::RegistryDiscovery;
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
+use crate::tls::call_client;
 
 /// Bound on each call to the registry.
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ impl RegistrySource {
     /// A source reading `{url}/services`; builds its HTTP client, so it must
     /// be created on the arbiter the supervisor runs on.
     pub fn new(config: &RegistryDiscovery) -> Self {
-        let client = awc::Client::builder().timeout(REGISTRY_TIMEOUT).finish();
+        let client = call_client(REGISTRY_TIMEOUT, config.tls.config());
         let ids = Rc::new(RefCell::new(Ids::new()));
         RegistrySource {
             url: config.url.clone(),
