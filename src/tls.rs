@@ -168,6 +168,24 @@ pub fn call_client(timeout: Duration, tls: Option<&Arc<ClientConfig>>) -> awc::C
     }
 }
 
+/// What a replica a discovery source lists as `https://` is called with
+/// when its service has no `tls:` block: the system's roots, and each
+/// replica's host as the name. Built once per process; `Err` says why it
+/// cannot be (no usable trust roots on this system).
+pub fn system_origination() -> Result<Arc<Origination>, String> {
+    static SYSTEM: OnceLock<Result<Arc<Origination>, String>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(
+            || match Origination::build(None, &OriginationFiles::default()) {
+                Ok(origination) => Ok(Arc::new(origination)),
+                Err(
+                    FileError::Ca(why) | FileError::ClientCert(why) | FileError::ClientKey(why),
+                ) => Err(why),
+            },
+        )
+        .clone()
+}
+
 /// The system's trust roots, read once per process. An unreadable system
 /// store leaves it empty, so every verification fails closed.
 fn system_roots() -> Arc<RootCertStore> {

@@ -13,6 +13,7 @@ use support::eventually::eventually;
 use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::raw::raw_exchange;
+use support::registry::Registry;
 use support::sidecar::{sidecar_from, sidecar_from_file};
 use support::tls::Certificates;
 
@@ -306,4 +307,77 @@ services:
     assert_eq!(status, 200, "{report}");
     let (status, _, body) = call(&url).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Whether `(status, reason, body)` is a TLS failure against the system's
+/// roots, which do not hold the test CA: proof that TLS was spoken and the
+/// certificate verified, where plain text would have got nginx's 400.
+fn verified_against_the_system_roots(answer: &(u16, String, String)) -> bool {
+    let (status, reason, body) = answer;
+    (*status, reason.as_str()) == (502, "upstream_tls") && body.contains("UnknownIssuer")
+}
+
+#[actix_web::test]
+async fn https_endpoints_from_the_file_and_the_registry_are_called_over_tls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let replica = Nginx::start_tls(&server.cert, &server.key, ECHO_CONNECTION).await;
+    let https = format!("https://127.0.0.1:{}", replica.port);
+    let dir = TempDir::new();
+    let endpoints = dir.path.join("endpoints.yaml");
+    std::fs::write(
+        &endpoints,
+        format!(
+            "api: [\"{https}\"]\nplain: [\"{}\"]\nledger: [{{ address: \"{https}\" }}]\n",
+            replica.endpoint()
+        ),
+    )
+    .expect("write the endpoints file");
+    let from_file = sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+discovery: {{ source: file, file: {{ path: \"{}\" }} }}
+defaults: {{ retry: {{ attempts: 1 }} }}
+services:
+  - name: api
+  - name: plain
+  - name: ledger
+    tls: {{ ca_file: \"{}\" }}",
+            endpoints.display(),
+            certificates.ca().display()
+        ),
+        &[],
+    )
+    .await;
+    let outbound = from_file.outbound_addr();
+    let api = call(&format!("http://{outbound}/api/x")).await;
+    assert!(verified_against_the_system_roots(&api), "{api:?}");
+    let plain = call(&format!("http://{outbound}/plain/x")).await;
+    assert_eq!(
+        plain.0, 400,
+        "nginx refuses plain text on its TLS port: {plain:?}"
+    );
+    let ledger = call(&format!("http://{outbound}/ledger/x")).await;
+    assert_eq!(ledger.0, 200, "the service's tls block is used: {ledger:?}");
+
+    let registry = Registry::start().await;
+    registry.register_url("api-1", "api", &https);
+    let from_registry = sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+discovery: {{ source: registry, refresh: 200ms, registry: {{ url: \"{}\" }} }}
+defaults: {{ retry: {{ attempts: 1 }} }}
+services:
+  - name: api",
+            registry.url
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/api/x", from_registry.outbound_addr());
+    eventually(
+        "the registry's https replica is called over TLS",
+        || async { verified_against_the_system_roots(&call(&url).await) },
+    )
+    .await;
 }
