@@ -16,6 +16,7 @@ use support::raw::raw_exchange;
 use support::registry::Registry;
 use support::sidecar::{sidecar_from, sidecar_from_file};
 use support::tls::Certificates;
+use support::websocket::{close, round_trip, EchoApp};
 
 /// What each replica answers: its connection's serial number, whether the
 /// TLS session was resumed, and the name the client asked for (SNI).
@@ -96,14 +97,6 @@ async fn calls_reach_an_https_replica_over_one_verified_pooled_connection() {
         metric(&get_text(&format!("{admin}/metrics")).await, &series) == Some(1.0)
     })
     .await;
-
-    // An upgrade is never sent in plain text to a replica that wants TLS.
-    let upgrade = "GET /payments/ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let answer = actix_web::rt::task::spawn_blocking(move || raw_exchange(outbound, upgrade))
-        .await
-        .expect("the exchange");
-    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
-    assert!(answer.contains("upstream_tls"), "{answer}");
 
     // server_name is sent as SNI and verified against the DNS SAN.
     let (status, _, body) = call(&format!("http://{outbound}/named/x")).await;
@@ -380,4 +373,58 @@ services:
         || async { verified_against_the_system_roots(&call(&url).await) },
     )
     .await;
+}
+
+#[actix_web::test]
+async fn a_websocket_to_an_https_replica_is_tunnelled_over_verified_tls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let app = EchoApp::start();
+    // nginx ends TLS and passes the upgrade on to the echo app.
+    let replica = Nginx::start_tls(
+        &server.cert,
+        &server.key,
+        &format!(
+            "location / {{ proxy_pass http://{}; proxy_http_version 1.1; \
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; }}",
+            app.endpoint()
+        ),
+    )
+    .await;
+    let sidecar = sidecar_for(&format!(
+        "  - name: chat
+    endpoints: [\"https://127.0.0.1:{port}\"]
+    tls: {{ ca_file: \"{}\" }}
+  - name: stranger
+    endpoints: [\"https://127.0.0.1:{port}\"]
+    tls: {{ ca_file: \"{}\" }}",
+        certificates.ca().display(),
+        certificates.untrusted_ca().display(),
+        port = replica.port,
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+
+    let (response, mut connection) = client()
+        .ws(format!("ws://{outbound}/chat/ws"))
+        .connect()
+        .await
+        .expect("the handshake through TLS");
+    assert_eq!(response.status().as_u16(), 101);
+    for text in ["over", "tls"] {
+        round_trip(&mut connection, text).await;
+    }
+    close(&mut connection).await;
+    assert_eq!(app.seen().len(), 1, "the app saw the handshake");
+
+    // A certificate that does not verify: refused, never sent in plain text.
+    let upgrade = "GET /stranger/ws HTTP/1.1\r\nHost: stranger\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let answer = actix_web::rt::task::spawn_blocking(move || raw_exchange(outbound, upgrade))
+        .await
+        .expect("the exchange");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.contains("upstream_tls") && answer.contains("UnknownIssuer"),
+        "{answer}"
+    );
 }

@@ -349,15 +349,11 @@ async fn tunnel(
         Err(error) => return outgoing.refuse(&error),
     };
     let endpoint = Arc::clone(lease.endpoint());
-    if origination(outgoing.settings, &endpoint).is_some() {
-        // Never sent in plain text to a replica that wants TLS.
-        let why = format!("{endpoint} is called over TLS, which upgrades do not support yet");
-        return outgoing.refuse(&ProxyError::UpstreamTls(why));
-    }
     let policy = &outgoing.settings.policy;
     let bound = try_bound(policy, policy.timeout);
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
+        origination: origination(outgoing.settings, &endpoint),
         path: outgoing.path,
         query: outgoing.req.uri().query(),
         subprotocols: None,
