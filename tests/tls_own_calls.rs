@@ -12,14 +12,14 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::apps::Nginx;
-use support::client::{client, send_ok};
+use support::client::{client, post_json, send_ok};
 use support::eventually::eventually;
-use support::files::TempDir;
+use support::files::{swap_in, TempDir};
 use support::keys::{ed25519_jwk, key_pair};
 use support::ports::closed_port;
 use support::registry::Registry;
 use support::replica::Replica;
-use support::sidecar::{listeners_with_inbound, sidecar_from};
+use support::sidecar::{listeners_with_inbound, sidecar_from, sidecar_from_file};
 use support::tls::Certificates;
 
 /// The status and `error` of a GET of `/a` on the sidecar's inbound
@@ -37,25 +37,50 @@ async fn inbound_call(sidecar: &outrigger::Sidecar, authorization: &str) -> (u16
     (response.status().as_u16(), error)
 }
 
+/// An identity provider: nginx with TLS (a certificate from `certificates`'
+/// CA for 127.0.0.1) serving a JWKS at `/jwks.json`, and a token it verifies.
+struct Idp {
+    nginx: Nginx,
+    bearer: String,
+    _keys: TempDir,
+}
+
+impl Idp {
+    async fn start(certificates: &Certificates) -> Idp {
+        let server = certificates.server("idp", "DNS:idp.test,IP:127.0.0.1");
+        let keys = TempDir::new();
+        let pair = key_pair(&keys, "ed25519");
+        let jwks = json!({"keys": [ed25519_jwk("k1", &pair)]});
+        let nginx = Nginx::start_tls(
+            &server.cert,
+            &server.key,
+            &format!(
+                "location = /jwks.json {{ default_type application/json; return 200 '{jwks}'; }}"
+            ),
+        )
+        .await;
+        let claims = json!({"sub": "ana", "exp": jsonwebtoken::get_current_timestamp() + 600});
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("k1".to_string());
+        let key = EncodingKey::from_ed_pem(&pair.private_pem).expect("key");
+        let bearer = format!("Bearer {}", encode(&header, &claims, &key).expect("signs"));
+        Idp {
+            nginx,
+            bearer,
+            _keys: keys,
+        }
+    }
+
+    fn jwks_url(&self) -> String {
+        format!("https://127.0.0.1:{}/jwks.json", self.nginx.port)
+    }
+}
+
 #[actix_web::test]
 async fn a_jwks_over_https_verifies_tokens_with_its_ca_file_and_is_unreachable_without() {
     let certificates = Certificates::new();
-    let server = certificates.server("idp", "DNS:idp.test,IP:127.0.0.1");
-    let dir = TempDir::new();
-    let pair = key_pair(&dir, "ed25519");
-    let jwks = json!({"keys": [ed25519_jwk("k1", &pair)]});
-    let idp = Nginx::start_tls(
-        &server.cert,
-        &server.key,
-        &format!("location = /jwks.json {{ default_type application/json; return 200 '{jwks}'; }}"),
-    )
-    .await;
-    let claims = json!({"sub": "ana", "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let mut header = Header::new(Algorithm::EdDSA);
-    header.kid = Some("k1".to_string());
-    let key = EncodingKey::from_ed_pem(&pair.private_pem).expect("key");
-    let bearer = format!("Bearer {}", encode(&header, &claims, &key).expect("signs"));
-
+    let idp = Idp::start(&certificates).await;
+    let bearer = idp.bearer.clone();
     let app = Replica::start().await;
     let sidecar_for = |url: String, ca: &std::path::Path| {
         let yaml = format!(
@@ -65,7 +90,7 @@ async fn a_jwks_over_https_verifies_tokens_with_its_ca_file_and_is_unreachable_w
         );
         async move { sidecar_from(&yaml, &[]).await }
     };
-    let https = format!("https://127.0.0.1:{}/jwks.json", idp.port);
+    let https = idp.jwks_url();
     let trusting = sidecar_for(https.clone(), &certificates.ca()).await;
     eventually("the JWKS is fetched over TLS", || async {
         inbound_call(&trusting, &bearer).await.0 == 200
@@ -171,6 +196,34 @@ services:
     .await;
     eventually("the spans reach the collector over TLS", || async {
         collector.bodies().contains("outbound api")
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_reload_that_changes_the_jwks_ca_file_is_used_at_once() {
+    let certificates = Certificates::new();
+    let idp = Idp::start(&certificates).await;
+    let app = Replica::start().await;
+    let dir = TempDir::new();
+    let path = dir.path.join("sidecar.yaml");
+    let config = |ca: &std::path::Path| {
+        format!(
+            "reload: {{ watch: false }}\n{}\ninbound:\n  auth:\n    jwt: {{ algorithms: [EdDSA], jwks_url: \"{}\", ca_file: \"{}\" }}\n",
+            listeners_with_inbound(app.endpoint()),
+            idp.jwks_url(),
+            ca.display()
+        )
+    };
+    std::fs::write(&path, config(&certificates.untrusted_ca())).expect("write");
+    let sidecar = sidecar_from_file(&path).await;
+    assert_eq!(inbound_call(&sidecar, &idp.bearer).await.0, 401);
+
+    swap_in(&path, &config(&certificates.ca()));
+    let (status, report) = post_json(&format!("http://{}/reload", sidecar.admin_addr())).await;
+    assert_eq!(status, 200, "{report}");
+    eventually("the new CA file verifies the JWKS server", || async {
+        inbound_call(&sidecar, &idp.bearer).await.0 == 200
     })
     .await;
 }
