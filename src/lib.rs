@@ -131,12 +131,11 @@ impl Sidecar {
         )));
         let stopping = Arc::new(Stopping::new(config.lifecycle.shutdown_grace));
         let shutdown = Arc::new(Notify::new());
-        let spans = config
-            .observability
-            .tracing
+        let tracing = &config.observability.tracing;
+        let spans = tracing
             .otlp_endpoint
             .clone()
-            .map(otlp::Exporter::start);
+            .map(|endpoint| otlp::Exporter::start(endpoint, tracing.otlp_tls.config().cloned()));
         // What each listener's workers share to receive requests and record answers.
         let front = |listener, limits| {
             let metrics = Arc::clone(&metrics);

@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::ClientConfig;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::tls::call_client;
 use crate::trace::{hex, Hop};
 
 /// Spans waiting for export; beyond this, new ones are dropped.
@@ -98,9 +100,10 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts the export thread posting to `endpoint`; it ends once every
-    /// `Exporter` is dropped and the last spans are sent.
-    pub fn start(endpoint: String) -> Exporter {
+    /// Starts the export thread posting to `endpoint` (an `https://` one
+    /// spoken with `tls`); it ends once every `Exporter` is dropped and the
+    /// last spans are sent.
+    pub fn start(endpoint: String, tls: Option<Arc<ClientConfig>>) -> Exporter {
         let (queue, spans) = mpsc::channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&dropped);
@@ -108,7 +111,8 @@ impl Exporter {
         // The awc client is !Send: it is made on the export thread itself.
         arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
-                run(spans, endpoint, counter).await;
+                let client = call_client(EXPORT_TIMEOUT, tls.as_ref());
+                run(spans, client, endpoint, counter).await;
                 actix_rt::Arbiter::current().stop();
             });
         });
@@ -123,8 +127,12 @@ impl Exporter {
     }
 }
 
-async fn run(mut spans: mpsc::Receiver<Span>, endpoint: String, dropped: Arc<AtomicU64>) {
-    let client = awc::Client::builder().timeout(EXPORT_TIMEOUT).finish();
+async fn run(
+    mut spans: mpsc::Receiver<Span>,
+    client: awc::Client,
+    endpoint: String,
+    dropped: Arc<AtomicU64>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while spans.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let body = json!({"resourceSpans": [{

@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -140,6 +141,56 @@ pub fn server_name(name: &str) -> Option<ServerName<'static>> {
 pub fn ca_pem(path: &str) -> Result<Vec<u8>, String> {
     roots_from(path)?;
     std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}"))
+}
+
+/// A verifying client configuration for the sidecar's own calls to an
+/// `https://` URL (a JWKS, the registry, the OTLP collector): the CA
+/// certificates in `ca_file`, else the system's roots, and no client
+/// certificate. The name checked is the URL's host, which the HTTP client
+/// sends as SNI.
+pub fn call_config(ca_file: Option<&str>) -> Result<Arc<ClientConfig>, String> {
+    let files = OriginationFiles {
+        ca_file,
+        ..OriginationFiles::default()
+    };
+    match Origination::build(None, &files) {
+        Ok(origination) => Ok(Arc::clone(origination.config())),
+        Err(FileError::Ca(why) | FileError::ClientCert(why) | FileError::ClientKey(why)) => {
+            Err(why)
+        }
+    }
+}
+
+/// The HTTP client of one of the sidecar's own calls: each request bounded
+/// by `timeout`, and `https://` URLs spoken with `tls` (without it, such a
+/// URL fails to connect, so nothing goes out in plain text to a TLS port).
+/// Made on the thread that uses it (an awc client is not `Send`).
+pub fn call_client(timeout: Duration, tls: Option<&Arc<ClientConfig>>) -> awc::Client {
+    let builder = awc::Client::builder().timeout(timeout);
+    match tls {
+        Some(config) => builder
+            .connector(awc::Connector::new().rustls_0_23(Arc::clone(config)))
+            .finish(),
+        None => builder.finish(),
+    }
+}
+
+/// What a replica a discovery source lists as `https://` is called with
+/// when its service has no `tls:` block: the system's roots, and each
+/// replica's host as the name. Built once per process; `Err` says why it
+/// cannot be (no usable trust roots on this system).
+pub fn system_origination() -> Result<Arc<Origination>, String> {
+    static SYSTEM: OnceLock<Result<Arc<Origination>, String>> = OnceLock::new();
+    SYSTEM
+        .get_or_init(
+            || match Origination::build(None, &OriginationFiles::default()) {
+                Ok(origination) => Ok(Arc::new(origination)),
+                Err(
+                    FileError::Ca(why) | FileError::ClientCert(why) | FileError::ClientKey(why),
+                ) => Err(why),
+            },
+        )
+        .clone()
 }
 
 /// The system's trust roots, read once per process. An unreadable system

@@ -1,6 +1,7 @@
 //! The `dns` source against a real DNS server (dnsmasq on a loopback port):
-//! replicas follow changing A records within their TTL, and SRV records
-//! give each replica its port and weight.
+//! replicas follow changing A records within their TTL, SRV records give
+//! each replica its port and weight, and those of the `https` service are
+//! called over TLS.
 
 mod support;
 
@@ -8,13 +9,15 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use support::admin::{discovery_syncs, first_service_replicas};
+use support::apps::Nginx;
 use support::child::OwnedChild;
-use support::client::{send_ok, status_of};
+use support::client::{get_json, send_ok, status_of};
 use support::eventually::eventually;
 use support::files::TempDir;
 use support::ports::closed_port;
 use support::replica::Replica;
 use support::sidecar::sidecar_with;
+use support::tls::Certificates;
 
 /// dnsmasq answering from a hosts file it re-reads on SIGHUP, with 1 s TTLs.
 struct Dnsmasq {
@@ -142,4 +145,29 @@ async fn srv_records_give_each_replica_its_port_and_weight() {
     assert_eq!(replicas.len(), 1);
     assert_eq!(replicas[0]["address"], upstream.endpoint());
     assert_eq!(replicas[0]["weight"], 5);
+}
+
+#[actix_web::test]
+async fn srv_records_of_the_https_service_are_called_over_tls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("pay-1", "DNS:pay-1.test,IP:127.0.0.1");
+    let replica = Nginx::start_tls(&server.cert, &server.key, "location / { return 200; }").await;
+    let dns = Dnsmasq::start(
+        "127.0.0.1 pay-1.test\n",
+        &[format!(
+            "--srv-host=_https._tcp.pay.test,pay-1.test,{},0,1",
+            replica.port
+        )],
+    );
+    let sidecar = sidecar_with(
+        &dns.discovery("srv: _https._tcp"),
+        "  - { name: pay, retry: { attempts: 1 } }",
+    )
+    .await;
+    // The test CA is not among the system's roots: TLS was spoken and the
+    // certificate checked, where plain text would have got nginx's 400.
+    let (status, body) = get_json(&format!("http://{}/pay/x", sidecar.outbound_addr())).await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("UnknownIssuer"), "{error}");
 }

@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use outrigger::config::usable_name;
-use outrigger::config::{Config, JwtConfig, JwtKeys};
+use outrigger::config::{CallTls, Config, JwtConfig, JwtKeys};
 use outrigger::inbound::Verifier;
 use outrigger::metrics::Metrics;
 use outrigger::outbound::resolve;
@@ -391,6 +391,7 @@ fn verifier() -> Verifier {
         leeway: Duration::from_secs(30),
         roles_claim: "roles".to_string(),
         jwks_refresh: Duration::from_secs(600),
+        jwks_tls: CallTls::default(),
     })
     .expect("a verifier")
 }

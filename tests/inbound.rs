@@ -16,7 +16,7 @@ use support::apps::WsgiApp;
 use support::client::{client, get_text};
 use support::eventually::eventually;
 use support::files::TempDir;
-use support::keys::{key_pair, KeyPair};
+use support::keys::{ed25519_jwk, key_pair, KeyPair};
 use support::metrics::metric;
 use support::redis::RedisServer;
 use support::replica::{header_seen, Replica};
@@ -504,11 +504,6 @@ impl Jwks {
     fn fetches(&self) -> usize {
         *self.fetches.lock().expect("lock")
     }
-}
-
-fn ed25519_jwk(kid: &str, pair: &KeyPair) -> Value {
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pair.raw_public);
-    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x, "alg": "EdDSA", "use": "sig"})
 }
 
 #[actix_web::test]

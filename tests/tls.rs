@@ -13,8 +13,10 @@ use support::eventually::eventually;
 use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::raw::raw_exchange;
+use support::registry::Registry;
 use support::sidecar::{sidecar_from, sidecar_from_file};
 use support::tls::Certificates;
+use support::websocket::{close, round_trip, EchoApp};
 
 /// What each replica answers: its connection's serial number, whether the
 /// TLS session was resumed, and the name the client asked for (SNI).
@@ -95,14 +97,6 @@ async fn calls_reach_an_https_replica_over_one_verified_pooled_connection() {
         metric(&get_text(&format!("{admin}/metrics")).await, &series) == Some(1.0)
     })
     .await;
-
-    // An upgrade is never sent in plain text to a replica that wants TLS.
-    let upgrade = "GET /payments/ws HTTP/1.1\r\nHost: payments\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let answer = actix_web::rt::task::spawn_blocking(move || raw_exchange(outbound, upgrade))
-        .await
-        .expect("the exchange");
-    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
-    assert!(answer.contains("upstream_tls"), "{answer}");
 
     // server_name is sent as SNI and verified against the DNS SAN.
     let (status, _, body) = call(&format!("http://{outbound}/named/x")).await;
@@ -306,4 +300,131 @@ services:
     assert_eq!(status, 200, "{report}");
     let (status, _, body) = call(&url).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Whether `(status, reason, body)` is a TLS failure against the system's
+/// roots, which do not hold the test CA: proof that TLS was spoken and the
+/// certificate verified, where plain text would have got nginx's 400.
+fn verified_against_the_system_roots(answer: &(u16, String, String)) -> bool {
+    let (status, reason, body) = answer;
+    (*status, reason.as_str()) == (502, "upstream_tls") && body.contains("UnknownIssuer")
+}
+
+#[actix_web::test]
+async fn https_endpoints_from_the_file_and_the_registry_are_called_over_tls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let replica = Nginx::start_tls(&server.cert, &server.key, ECHO_CONNECTION).await;
+    let https = format!("https://127.0.0.1:{}", replica.port);
+    let dir = TempDir::new();
+    let endpoints = dir.path.join("endpoints.yaml");
+    std::fs::write(
+        &endpoints,
+        format!(
+            "api: [\"{https}\"]\nplain: [\"{}\"]\nledger: [{{ address: \"{https}\" }}]\n",
+            replica.endpoint()
+        ),
+    )
+    .expect("write the endpoints file");
+    let from_file = sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+discovery: {{ source: file, file: {{ path: \"{}\" }} }}
+defaults: {{ retry: {{ attempts: 1 }} }}
+services:
+  - name: api
+  - name: plain
+  - name: ledger
+    tls: {{ ca_file: \"{}\" }}",
+            endpoints.display(),
+            certificates.ca().display()
+        ),
+        &[],
+    )
+    .await;
+    let outbound = from_file.outbound_addr();
+    let api = call(&format!("http://{outbound}/api/x")).await;
+    assert!(verified_against_the_system_roots(&api), "{api:?}");
+    let plain = call(&format!("http://{outbound}/plain/x")).await;
+    assert_eq!(
+        plain.0, 400,
+        "nginx refuses plain text on its TLS port: {plain:?}"
+    );
+    let ledger = call(&format!("http://{outbound}/ledger/x")).await;
+    assert_eq!(ledger.0, 200, "the service's tls block is used: {ledger:?}");
+
+    let registry = Registry::start().await;
+    registry.register_url("api-1", "api", &https);
+    let from_registry = sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+discovery: {{ source: registry, refresh: 200ms, registry: {{ url: \"{}\" }} }}
+defaults: {{ retry: {{ attempts: 1 }} }}
+services:
+  - name: api",
+            registry.url
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/api/x", from_registry.outbound_addr());
+    eventually(
+        "the registry's https replica is called over TLS",
+        || async { verified_against_the_system_roots(&call(&url).await) },
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn a_websocket_to_an_https_replica_is_tunnelled_over_verified_tls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let app = EchoApp::start();
+    // nginx ends TLS and passes the upgrade on to the echo app.
+    let replica = Nginx::start_tls(
+        &server.cert,
+        &server.key,
+        &format!(
+            "location / {{ proxy_pass http://{}; proxy_http_version 1.1; \
+             proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; }}",
+            app.endpoint()
+        ),
+    )
+    .await;
+    let sidecar = sidecar_for(&format!(
+        "  - name: chat
+    endpoints: [\"https://127.0.0.1:{port}\"]
+    tls: {{ ca_file: \"{}\" }}
+  - name: stranger
+    endpoints: [\"https://127.0.0.1:{port}\"]
+    tls: {{ ca_file: \"{}\" }}",
+        certificates.ca().display(),
+        certificates.untrusted_ca().display(),
+        port = replica.port,
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+
+    let (response, mut connection) = client()
+        .ws(format!("ws://{outbound}/chat/ws"))
+        .connect()
+        .await
+        .expect("the handshake through TLS");
+    assert_eq!(response.status().as_u16(), 101);
+    for text in ["over", "tls"] {
+        round_trip(&mut connection, text).await;
+    }
+    close(&mut connection).await;
+    assert_eq!(app.seen().len(), 1, "the app saw the handshake");
+
+    // A certificate that does not verify: refused, never sent in plain text.
+    let upgrade = "GET /stranger/ws HTTP/1.1\r\nHost: stranger\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let answer = actix_web::rt::task::spawn_blocking(move || raw_exchange(outbound, upgrade))
+        .await
+        .expect("the exchange");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.contains("upstream_tls") && answer.contains("UnknownIssuer"),
+        "{answer}"
+    );
 }

@@ -204,6 +204,7 @@ mod tests {
             Replica::spawn(
                 Arc::clone(&service.name),
                 address,
+                None,
                 &config.policy,
                 joins_later,
                 Arc::clone(&metrics),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_norway::Value;
 
+use super::call_tls::{read_call_url, CallTls};
 use super::reader::{config_words, Problems, Table};
 use super::{as_duration, positive};
 
@@ -72,10 +73,13 @@ impl Default for FileDiscovery {
 /// Settings of the `registry` source.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegistryDiscovery {
-    /// The registry's base URL, `http://` only (default `http://service-discovery:9000`).
+    /// The registry's base URL, `http://` or `https://` (default `http://service-discovery:9000`).
     pub url: String,
     /// Deregister a replica from the registry when its breaker opens (default true).
     pub deregister_on_trip: bool,
+    /// How an `https://` registry is verified: `ca_file`, or the system's roots.
+    #[serde(rename = "ca_file")]
+    pub tls: CallTls,
 }
 
 impl Default for RegistryDiscovery {
@@ -83,6 +87,7 @@ impl Default for RegistryDiscovery {
         RegistryDiscovery {
             url: "http://service-discovery:9000".to_string(),
             deregister_on_trip: true,
+            tls: CallTls::default(),
         }
     }
 }
@@ -174,18 +179,17 @@ fn read_registry(
     problems: &mut Problems,
 ) -> RegistryDiscovery {
     let url: String = t.get("url", problems).unwrap_or_else(|| base.url.clone());
-    let rest = url.strip_prefix("http://").unwrap_or("");
-    if rest.is_empty() || rest.starts_with('/') {
-        problems.add(
-            &t.path_of("url"),
-            format!(
-                "expected an http:// URL like \"http://service-discovery:9000\", got \"{url}\""
-            ),
-        );
-    }
+    let tls = read_call_url(
+        t,
+        Some(&url),
+        ("url", "ca_file"),
+        "http://service-discovery:9000",
+        problems,
+    );
     RegistryDiscovery {
         url: url.trim_end_matches('/').to_string(),
         deregister_on_trip: t.get_or("deregister_on_trip", base.deregister_on_trip, problems),
+        tls,
     }
 }
 
@@ -278,16 +282,16 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_source_needs_a_plain_http_url() {
+    fn the_registry_source_needs_an_http_or_https_url() {
         let config = valid(
             "discovery: { source: registry, registry: { url: \"http://reg:9000/\", deregister_on_trip: false } }",
         );
         assert_eq!(config.discovery.registry.url, "http://reg:9000");
         assert!(!config.discovery.registry.deregister_on_trip);
         assert_eq!(
-            errors("discovery: { registry: { url: \"https://reg\", deregister_on_trip: yes } }"),
+            errors("discovery: { registry: { url: \"reg:9000\", deregister_on_trip: yes } }"),
             vec![
-                "discovery.registry.url: expected an http:// URL like \"http://service-discovery:9000\", got \"https://reg\"",
+                "discovery.registry.url: expected an http:// or https:// URL like \"http://service-discovery:9000\", got \"reg:9000\"",
                 "discovery.registry.deregister_on_trip: expected true or false, got \"yes\"",
             ]
         );

@@ -11,6 +11,7 @@ use jsonwebtoken::Algorithm;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
+use super::call_tls::{read_call_url, CallTls};
 use super::reader::{config_words, FromYaml, Problems, Table};
 use super::{as_duration, positive, Env, ListenerLimits};
 
@@ -242,6 +243,9 @@ pub struct JwtConfig {
     /// How often a JWKS is fetched again (default 10m).
     #[serde(serialize_with = "as_duration")]
     pub jwks_refresh: Duration,
+    /// How an `https://` JWKS URL is verified: `ca_file`, or the system's roots.
+    #[serde(rename = "ca_file")]
+    pub jwks_tls: CallTls,
 }
 
 /// Where JWT verification keys come from.
@@ -568,6 +572,13 @@ fn read_jwt(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<JwtC
     let secret_file: Option<String> = t.get("secret_file", problems);
     let public_key_file: Option<String> = t.get("public_key_file", problems);
     let jwks_url: Option<String> = t.get("jwks_url", problems);
+    let jwks_tls = read_call_url(
+        t,
+        jwks_url.as_deref(),
+        ("jwks_url", "ca_file"),
+        "https://idp.example/.well-known/jwks.json",
+        problems,
+    );
     let keys = if hmac {
         if let Some(file) = secret_file {
             match std::fs::read(&file) {
@@ -599,21 +610,7 @@ fn read_jwt(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<JwtC
     } else {
         match (public_key_file, jwks_url) {
             (Some(file), None) => Some(JwtKeys::PublicKeyFile(PathBuf::from(file))),
-            (None, Some(url)) if url.starts_with("http://") => Some(JwtKeys::JwksUrl(url)),
-            (None, Some(url)) if url.starts_with("https://") => {
-                problems.add(
-                    &t.path_of("jwks_url"),
-                    "https needs TLS, which this build does not include: serve the JWKS over http inside the cluster",
-                );
-                None
-            }
-            (None, Some(url)) => {
-                problems.add(
-                    &t.path_of("jwks_url"),
-                    format!("expected an http:// URL, got \"{url}\""),
-                );
-                None
-            }
+            (None, Some(url)) => Some(JwtKeys::JwksUrl(url)),
             _ => {
                 problems.add(
                     &t.path_of("public_key_file"),
@@ -640,6 +637,7 @@ fn read_jwt(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> Option<JwtC
         leeway,
         roles_claim,
         jwks_refresh,
+        jwks_tls,
     })
 }
 

@@ -2,6 +2,7 @@
 //! environment overrides. `Config::from_yaml` is the only way in, so every
 //! config the sidecar runs with has passed the same checks as `outrigger check`.
 
+mod call_tls;
 mod discovery;
 mod env;
 mod inbound;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
+pub use call_tls::CallTls;
 pub use discovery::{
     Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
 };

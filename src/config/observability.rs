@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_norway::Value;
 
+use super::call_tls::{read_call_url, CallTls};
 use super::reader::{FromYaml, Problems, Table};
 
 /// How requests are traced and logged.
@@ -31,6 +32,9 @@ pub struct TracingConfig {
     /// Where sampled spans are posted as OTLP/HTTP JSON, e.g.
     /// `http://127.0.0.1:4318/v1/traces` (default none: no export).
     pub otlp_endpoint: Option<String>,
+    /// How an `https://` endpoint is verified: `otlp_ca_file`, or the system's roots.
+    #[serde(rename = "otlp_ca_file")]
+    pub otlp_tls: CallTls,
 }
 
 /// Which requests get an access log line.
@@ -63,6 +67,7 @@ impl Default for ObservabilityConfig {
             tracing: TracingConfig {
                 sample_rate: 0.01,
                 otlp_endpoint: None,
+                otlp_tls: CallTls::default(),
             },
             access_log: AccessLog::Errors,
             log_summary_interval: Duration::from_secs(10),
@@ -102,19 +107,20 @@ fn read_tracing(t: &mut Table, base: &TracingConfig, problems: &mut Problems) ->
             format!("must be between 0 and 1, got {sample_rate}"),
         );
     }
-    let otlp_endpoint: Option<String> = t.get("otlp_endpoint", problems);
-    if let Some(url) = &otlp_endpoint {
-        let valid = url.starts_with("http://") && url.parse::<actix_web::http::Uri>().is_ok();
-        if !valid {
-            problems.add(
-                &t.path_of("otlp_endpoint"),
-                format!("expected an http:// URL like \"http://127.0.0.1:4318/v1/traces\", got \"{url}\""),
-            );
-        }
-    }
+    let otlp_endpoint: Option<String> = t
+        .get("otlp_endpoint", problems)
+        .or_else(|| base.otlp_endpoint.clone());
+    let otlp_tls = read_call_url(
+        t,
+        otlp_endpoint.as_deref(),
+        ("otlp_endpoint", "otlp_ca_file"),
+        "http://127.0.0.1:4318/v1/traces",
+        problems,
+    );
     TracingConfig {
         sample_rate,
-        otlp_endpoint: otlp_endpoint.or_else(|| base.otlp_endpoint.clone()),
+        otlp_endpoint,
+        otlp_tls,
     }
 }
 
@@ -169,7 +175,7 @@ mod tests {
             .err(),
             Some(vec![
                 "tracing.sample_rate: must be between 0 and 1, got 2".to_string(),
-                "tracing.otlp_endpoint: expected an http:// URL like \"http://127.0.0.1:4318/v1/traces\", got \"x\""
+                "tracing.otlp_endpoint: expected an http:// or https:// URL like \"http://127.0.0.1:4318/v1/traces\", got \"x\""
                     .to_string(),
                 "tracing.colour: unknown key".to_string(),
                 "access_log: expected true, false or errors, got \"sometimes\"".to_string(),

@@ -1,6 +1,8 @@
 //! The `dns` source: each service's replicas are the A/AAAA records of
 //! `<service><suffix>` (a Kubernetes headless Service) on the configured
 //! port, or its SRV records (`<srv>.<service><suffix>`) when `srv` is set.
+//! An SRV name for the `https` service (`_https._tcp`, a Kubernetes port
+//! named `https`) lists replicas called over TLS.
 //!
 //! TTL-aware: the resolver caches each answer for its TTL, and the next
 //! read comes when the shortest TTL runs out (at least [`MIN_INTERVAL`]
@@ -170,8 +172,10 @@ async fn resolve_ip(resolver: &TokioResolver, name: &str, port: u16) -> Resolved
 }
 
 /// SRV records give each target's port and weight (0 counts as 1); the
-/// targets of the lowest priority are then resolved to their addresses.
+/// targets of the lowest priority are then resolved to their addresses,
+/// called over TLS when `name` is for the `https` service.
 async fn resolve_srv(resolver: &TokioResolver, name: &str) -> Resolved {
+    let tls = name.starts_with("_https.");
     let lookup = resolver.srv_lookup(name).await?;
     let mut valid_until = lookup.valid_until();
     let records: Vec<_> = lookup
@@ -194,6 +198,7 @@ async fn resolve_srv(resolver: &TokioResolver, name: &str) -> Resolved {
         valid_until = valid_until.min(target_until);
         endpoints.extend(targets.into_iter().map(|target| DiscoveredEndpoint {
             weight: u32::from(srv.weight.max(1)),
+            tls,
             ..target
         }));
     }

@@ -9,6 +9,7 @@
 //! budgeting:
 //!   - "10.0.0.7:8080"
 //!   - { address: "10.0.0.8:8080", weight: 2, zone: eu-west-1a, ready: false }
+//!   - "https://10.0.0.9:8443"        # called over TLS
 //! ```
 
 use std::path::PathBuf;
@@ -115,14 +116,17 @@ pub fn parse(text: &str) -> Result<Snapshot, String> {
 
 fn read_endpoint(item: &Value, path: &str, problems: &mut Problems) -> Option<DiscoveredEndpoint> {
     let endpoint = match item {
-        Value::String(address) => DiscoveredEndpoint::new(address.as_str()),
+        Value::String(address) => DiscoveredEndpoint::written(address),
         other => {
             let mut t = Table::open(other, path, problems)?;
             let Some(address) = t.get::<String>("address", problems) else {
-                problems.add(&t.path_of("address"), "required: host:port of the replica");
+                problems.add(
+                    &t.path_of("address"),
+                    "required: host:port (or https://host:port) of the replica",
+                );
                 return None;
             };
-            let base = DiscoveredEndpoint::new(address);
+            let base = DiscoveredEndpoint::written(&address);
             let endpoint = DiscoveredEndpoint {
                 weight: t.get("weight", problems).unwrap_or(base.weight),
                 zone: t.get("zone", problems),
@@ -137,7 +141,7 @@ fn read_endpoint(item: &Value, path: &str, problems: &mut Problems) -> Option<Di
         problems.add(
             path,
             format!(
-                "expected host:port like \"10.0.0.7:8080\", got \"{}\"",
+                "expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"{}\"",
                 endpoint.address
             ),
         );
@@ -153,7 +157,7 @@ mod tests {
     #[test]
     fn both_endpoint_forms_parse() {
         let snapshot = parse(
-            "api:\n  - \"10.0.0.7:8080\"\n  - { address: \"10.0.0.8:8080\", weight: 3, zone: z1, ready: false }\nweb: []",
+            "api:\n  - \"10.0.0.7:8080\"\n  - { address: \"10.0.0.8:8080\", weight: 3, zone: z1, ready: false }\n  - \"https://10.0.0.9:8443\"\n  - { address: \"https://[::1]:8443\" }\nweb: []",
         )
         .expect("valid");
         let api = &snapshot["api"];
@@ -165,7 +169,18 @@ mod tests {
                 weight: 3,
                 zone: Some("z1".to_string()),
                 ready: false,
+                tls: false,
             }
+        );
+        assert_eq!(
+            (
+                api[2].address.as_str(),
+                api[2].tls,
+                api[3].address.as_str(),
+                api[3].tls
+            ),
+            ("10.0.0.9:8443", true, "[::1]:8443", true),
+            "https:// is called over TLS"
         );
         assert!(snapshot["web"].is_empty());
     }
@@ -178,8 +193,8 @@ mod tests {
         .expect_err("invalid");
         assert_eq!(
             error,
-            "api[0]: expected host:port like \"10.0.0.7:8080\", got \"nowhere\"; \
-             api[1].address: required: host:port of the replica; \
+            "api[0]: expected host:port like \"10.0.0.7:8080\" or https://host:port, got \"nowhere\"; \
+             api[1].address: required: host:port (or https://host:port) of the replica; \
              api[2].color: unknown key; \
              web: expected a list of endpoints"
         );

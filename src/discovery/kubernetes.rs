@@ -199,7 +199,7 @@ fn endpoints(slices: &[&EndpointSlice]) -> Vec<DiscoveredEndpoint> {
     let mut endpoints = Vec::new();
     let mut fallback = Vec::new();
     for slice in slices {
-        let Some(port) = slice_port(slice) else {
+        let Some((port, tls)) = slice_port(slice) else {
             continue;
         };
         for endpoint in &slice.endpoints {
@@ -222,6 +222,7 @@ fn endpoints(slices: &[&EndpointSlice]) -> Vec<DiscoveredEndpoint> {
             endpoints.push(DiscoveredEndpoint {
                 zone: endpoint.zone.clone(),
                 ready,
+                tls,
                 ..DiscoveredEndpoint::new(address)
             });
         }
@@ -234,14 +235,21 @@ fn endpoints(slices: &[&EndpointSlice]) -> Vec<DiscoveredEndpoint> {
     endpoints
 }
 
-/// The slice's port named `http`, or its first one.
-fn slice_port(slice: &EndpointSlice) -> Option<i32> {
+/// The slice's port named `http`, or its first one, and whether it speaks
+/// HTTPS: its `appProtocol` is `https`, or, without one, its name is
+/// `https` or starts with `https-` (the convention meshes read).
+fn slice_port(slice: &EndpointSlice) -> Option<(i32, bool)> {
     let ports = slice.ports.as_ref()?;
-    ports
+    let port = ports
         .iter()
         .find(|p| p.name.as_deref() == Some("http"))
-        .or_else(|| ports.first())
-        .and_then(|p| p.port)
+        .or_else(|| ports.first())?;
+    let tls = match (port.app_protocol.as_deref(), port.name.as_deref()) {
+        (Some(protocol), _) => protocol.eq_ignore_ascii_case("https"),
+        (None, Some(name)) => name == "https" || name.starts_with("https-"),
+        (None, None) => false,
+    };
+    Some((port.port?, tls))
 }
 
 #[cfg(test)]
@@ -302,6 +310,40 @@ mod tests {
                 ("10.0.0.1:8080".to_string(), false),
                 ("10.0.0.2:8080".to_string(), true),
             ]
+        );
+    }
+
+    #[test]
+    fn an_https_port_is_called_over_tls() {
+        let tls_of = |ports: serde_json::Value| {
+            let slice: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {"name": "api-x", "labels": {SERVICE_LABEL: "api"}},
+                "addressType": "IPv4",
+                "ports": ports,
+                "endpoints": [{"addresses": ["10.0.0.1"]}],
+            }))
+            .expect("a valid slice");
+            let slices = BTreeMap::from([(slice_name(&slice), slice)]);
+            let api = &snapshot(&slices, &["api".to_string()])["api"][0];
+            (api.address.clone(), api.tls)
+        };
+        assert_eq!(
+            tls_of(json!([{"name": "https", "port": 8443}])),
+            ("10.0.0.1:8443".to_string(), true)
+        );
+        assert_eq!(
+            tls_of(json!([{"name": "web", "port": 8443, "appProtocol": "https"}])),
+            ("10.0.0.1:8443".to_string(), true)
+        );
+        assert_eq!(
+            tls_of(json!([{"name": "https-web", "port": 8443, "appProtocol": "http"}])),
+            ("10.0.0.1:8443".to_string(), false),
+            "appProtocol says, when it is set"
+        );
+        assert_eq!(
+            tls_of(json!([{"name": "https", "port": 8443}, {"name": "http", "port": 8080}])),
+            ("10.0.0.1:8080".to_string(), false),
+            "the http port is preferred"
         );
     }
 

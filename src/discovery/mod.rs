@@ -30,6 +30,7 @@ use crate::config::{Config, SourceKind};
 use crate::metrics::Metrics;
 use crate::replica::{Endpoint, Replica};
 use crate::service::{LiveServices, Placement, Revision, Service, ServiceTable};
+use crate::tls::{system_origination, Origination};
 
 /// One replica as a source lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +43,57 @@ pub struct DiscoveredEndpoint {
     pub zone: Option<String>,
     /// Whether it may get traffic; a replica that is not ready is drained.
     pub ready: bool,
+    /// Whether the source says it speaks HTTPS (an `https://` URL, an
+    /// `https` port or SRV name): it is called over TLS, with its service's
+    /// `tls:` block or else the system's roots, never in plain text.
+    pub tls: bool,
 }
 
 impl DiscoveredEndpoint {
-    /// A ready endpoint at `address` with weight 1 and no zone.
+    /// A ready plain-text endpoint at `address` with weight 1 and no zone.
     pub fn new(address: impl Into<String>) -> Self {
         DiscoveredEndpoint {
             address: address.into(),
             weight: 1,
             zone: None,
             ready: true,
+            tls: false,
+        }
+    }
+
+    /// An endpoint as a list writes it: `host:port`, or `https://host:port`
+    /// for one called over TLS.
+    pub fn written(text: &str) -> Self {
+        match text.strip_prefix(HTTPS) {
+            Some(address) => DiscoveredEndpoint {
+                tls: true,
+                ..DiscoveredEndpoint::new(address)
+            },
+            None => DiscoveredEndpoint::new(text),
+        }
+    }
+}
+
+/// The scheme that marks an endpoint as speaking HTTPS.
+const HTTPS: &str = "https://";
+
+/// What the replica `discovered` of `service` is called with: `Some(None)`
+/// for plain text, `Some(Some(_))` for TLS with the system's roots (its
+/// service's `tls:` block, when it has one, is used instead at each call),
+/// `None` when it is listed as HTTPS and this system has no roots to verify
+/// it with: it is left out with a warning rather than called in plain text.
+fn replica_tls(service: &str, discovered: &DiscoveredEndpoint) -> Option<Option<Arc<Origination>>> {
+    if !discovered.tls {
+        return Some(None);
+    }
+    match system_origination() {
+        Ok(origination) => Some(Some(origination)),
+        Err(why) => {
+            warn!(
+                "service {service}: https://{} left out: no trust roots to verify it with ({why})",
+                discovered.address
+            );
+            None
         }
     }
 }
@@ -224,11 +266,23 @@ impl Supervisor {
             if next.iter().any(|e| &*e.address == address) {
                 continue;
             }
-            let endpoint = match kept.remove(address) {
-                Some(endpoint) => Arc::clone(endpoint),
+            let Some(tls) = replica_tls(&service.name, discovered) else {
+                continue;
+            };
+            // A replica whose scheme changed is a new one; the old one drains.
+            let reusable = kept
+                .get(address)
+                .filter(|e| e.tls.is_some() == tls.is_some())
+                .map(|e| Arc::clone(e));
+            let endpoint = match reusable {
+                Some(endpoint) => {
+                    kept.remove(address);
+                    endpoint
+                }
                 None => Replica::spawn(
                     Arc::clone(&service.name),
                     address,
+                    tls,
                     &settings.policy,
                     service.synced(),
                     Arc::clone(&self.metrics),

@@ -23,6 +23,7 @@ use super::{DiscoveredEndpoint, DiscoverySource, FeedbackFuture, Snapshot, Snaps
 use crate::config::RegistryDiscovery;
 use crate::metrics::Metrics;
 use crate::service::ServiceTable;
+use crate::tls::call_client;
 
 /// Bound on each call to the registry.
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,7 +42,7 @@ impl RegistrySource {
     /// A source reading `{url}/services`; builds its HTTP client, so it must
     /// be created on the arbiter the supervisor runs on.
     pub fn new(config: &RegistryDiscovery) -> Self {
-        let client = awc::Client::builder().timeout(REGISTRY_TIMEOUT).finish();
+        let client = call_client(REGISTRY_TIMEOUT, config.tls.config());
         let ids = Rc::new(RefCell::new(Ids::new()));
         RegistrySource {
             url: config.url.clone(),
@@ -169,10 +170,10 @@ fn entry(
             .find_map(|k| fields.get(*k).and_then(|v| v.as_str()))
             .map(str::to_string)
     };
-    let address = match (text(&["url", "address"]), text(&["host"])) {
-        (Some(url), _) => authority(&url),
+    let (address, tls) = match (text(&["url", "address"]), text(&["host"])) {
+        (Some(url), _) => authority(&url)?,
         (None, Some(host)) => match fields.get("port").and_then(|p| p.as_u64()) {
-            Some(port) => format!("{host}:{port}"),
+            Some(port) => (format!("{host}:{port}"), false),
             None => return Err(format!("replica {host} has no port")),
         },
         (None, None) => return Err("a replica has no address".to_string()),
@@ -193,6 +194,7 @@ fn entry(
             .and_then(|w| u32::try_from(w).ok())
             .unwrap_or(base.weight),
         zone: text(&["zone"]),
+        tls,
         ..base
     };
     Ok(Entry {
@@ -202,19 +204,31 @@ fn entry(
     })
 }
 
-/// `http://10.0.0.7:8080/x` -> `10.0.0.7:8080`; a URL without a port gets
-/// its scheme's.
-fn authority(url: &str) -> String {
+/// `http://10.0.0.7:8080/x` -> `10.0.0.7:8080`, and whether it is called
+/// over TLS (`https://`); a URL without a port gets its scheme's, one
+/// without a scheme is `http://`. Any other scheme is refused: its replica
+/// could be neither called as it asks nor left to plain text.
+fn authority(url: &str) -> Result<(String, bool), String> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => {
+            return Err(format!(
+                "replica {url}: expected an http:// or https:// URL"
+            ))
+        }
+    };
     let authority = rest.split('/').next().unwrap_or(rest);
     let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, port)| port.parse::<u16>().is_ok());
-    match (has_port, scheme) {
+    let address = match (has_port, tls) {
         (true, _) => authority.to_string(),
-        (false, "https") => format!("{authority}:443"),
-        (false, _) => format!("{authority}:80"),
-    }
+        (false, true) => format!("{authority}:443"),
+        (false, false) => format!("{authority}:80"),
+    };
+    Ok((address, tls))
 }
 
 #[cfg(test)]
@@ -268,6 +282,32 @@ mod tests {
         );
         assert_eq!(ids[&("api".to_string(), "10.0.0.7:8080".to_string())], "a1");
         assert_eq!(ids[&("web".to_string(), "web.local:80".to_string())], "w1");
+    }
+
+    #[test]
+    fn an_https_url_is_called_over_tls_on_its_port() {
+        let (snapshot, _) = parse(&json!({"pay": [
+            {"url": "https://api.pay.example/v1"},
+            {"url": "HTTPS://10.0.0.9:8443"},
+            {"url": "http://10.0.0.7"},
+        ]}))
+        .expect("valid");
+        let seen: Vec<(&str, bool)> = snapshot["pay"]
+            .iter()
+            .map(|e| (e.address.as_str(), e.tls))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("api.pay.example:443", true),
+                ("10.0.0.9:8443", true),
+                ("10.0.0.7:80", false)
+            ]
+        );
+        assert!(
+            parse(&json!({"pay": [{"url": "grpcs://10.0.0.9:8443"}]})).is_err(),
+            "a scheme that is neither is refused"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Protocol upgrades (WebSocket): the handshake is relayed to a replica
-//! (or, inbound, the app) over a connection of its own, and once it
+//! (or, inbound, the app) over a connection of its own (TLS when the
+//! replica is called over TLS), and once it
 //! switches protocols the bytes are relayed both ways until either side
 //! closes, or until the shutdown grace of a stopping sidecar runs out: then
 //! each side of a WebSocket gets a close frame (1001, going away) between
@@ -9,6 +10,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -19,13 +21,12 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::{select, Either};
 use futures_util::{Stream, StreamExt};
 use log::debug;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::client::CallError;
+use super::client::{open_transport, CallError};
 use super::forward::{copy_request_headers, is_hop_by_hop, HeaderPlan};
 use super::listener::Stopping;
+use crate::tls::Origination;
 
 /// The largest response head a replica may send before switching protocols.
 const MAX_HEAD: usize = 64 * 1024;
@@ -34,10 +35,17 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The close code of a WebSocket closed by the sidecar's stop: going away.
 const GOING_AWAY: [u8; 2] = 1001u16.to_be_bytes();
 
+/// The replica's side of a tunnel, read by the relay to the caller.
+type ReadSide = Box<dyn AsyncRead + Unpin>;
+/// The replica's side of a tunnel, written by the relay from the caller.
+type WriteSide = Box<dyn AsyncWrite + Unpin>;
+
 /// Where and how to open the tunnel.
 pub struct Tunnel<'a> {
     /// `host:port` of the replica.
     pub address: &'a str,
+    /// How the replica is called over TLS; `None`: plain text.
+    pub origination: Option<&'a Arc<Origination>>,
     /// Path to request, without the query.
     pub path: &'a str,
     /// The query to request: the caller's, or what the listener left of it.
@@ -61,8 +69,8 @@ pub struct Handshake {
     headers: HeaderMap,
     /// Bytes read past the head (the start of the body or of the new protocol).
     early: Bytes,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ReadSide,
+    writer: WriteSide,
 }
 
 impl Handshake {
@@ -126,18 +134,9 @@ pub async fn open(
     req: &HttpRequest,
     request_id: &HeaderValue,
 ) -> Result<Handshake, CallError> {
-    let connect = TcpStream::connect(tunnel.address);
-    let stream = match tokio::time::timeout(tunnel.connect_timeout, connect).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => return Err(CallError::Connect(err)),
-        Err(_) => {
-            return Err(CallError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "not connected within connect_timeout",
-            )))
-        }
-    };
-    let (mut reader, mut writer) = stream.into_split();
+    let transport =
+        open_transport(tunnel.address, tunnel.origination, tunnel.connect_timeout).await?;
+    let (mut reader, mut writer) = transport.into_split();
     let head = request_head(&tunnel, req, request_id);
     writer.write_all(&head).await.map_err(CallError::Closed)?;
     let read = read_head(&mut reader);
@@ -193,9 +192,7 @@ fn request_head(tunnel: &Tunnel<'_>, req: &HttpRequest, request_id: &HeaderValue
     head
 }
 
-async fn read_head(
-    reader: &mut OwnedReadHalf,
-) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
+async fn read_head(reader: &mut ReadSide) -> Result<(StatusCode, HeaderMap, Bytes), CallError> {
     let mut buffer = BytesMut::with_capacity(4096);
     loop {
         if let Some(end) = find_head_end(&buffer) {
@@ -305,7 +302,7 @@ impl Closing {
 /// `guard` until the replica closes, or the tunnel closes as `closing` says.
 fn relay_from<G: Unpin + 'static>(
     early: Bytes,
-    reader: OwnedReadHalf,
+    reader: ReadSide,
     guard: G,
     closing: Option<Closing>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
@@ -346,7 +343,7 @@ fn relay_from<G: Unpin + 'static>(
 struct Relay<G> {
     /// Bytes read with the handshake's answer, not yet relayed.
     early: Option<Bytes>,
-    reader: OwnedReadHalf,
+    reader: ReadSide,
     _guard: G,
     closing: Option<Closing>,
     /// The grace is over: the tunnel closes at the current frame's end.
@@ -389,7 +386,7 @@ impl<G> Relay<G> {
 /// Writes the caller's bytes to the replica until the caller closes, or
 /// the tunnel closes as `closing` says, then closes the replica's side so
 /// it can finish too.
-async fn relay_to(mut payload: Payload, mut writer: OwnedWriteHalf, mut closing: Closing) {
+async fn relay_to(mut payload: Payload, mut writer: WriteSide, mut closing: Closing) {
     let mut ending = false;
     loop {
         let next = if ending {

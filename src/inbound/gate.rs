@@ -209,9 +209,15 @@ fn authenticator(
     };
     let jwks = match (&verifier, &auth.jwt) {
         (Some(verifier), Some(jwt)) => match &jwt.keys {
-            JwtKeys::JwksUrl(url) => {
-                Some(JwksFetcher::new(url.clone(), jwt.jwks_refresh, Arc::clone(verifier)).start())
-            }
+            JwtKeys::JwksUrl(url) => Some(
+                JwksFetcher::new(
+                    url.clone(),
+                    jwt.jwks_refresh,
+                    jwt.jwks_tls.config(),
+                    Arc::clone(verifier),
+                )
+                .start(),
+            ),
             _ => None,
         },
         _ => None,

@@ -1,14 +1,18 @@
-//! Keeps a verifier's JWKS fresh: fetched with awc at start and every
-//! `jwks_refresh`, fetched early (at most every few seconds) when a token
-//! names an unknown `kid`, and the last good set kept when a fetch fails.
+//! Keeps a verifier's JWKS fresh: fetched with awc (over TLS for an
+//! `https://` URL) at start and every `jwks_refresh`, fetched early (at
+//! most every few seconds) when a token names an unknown `kid`, and the
+//! last good set kept when a fetch fails, whether the server is down or
+//! its certificate is not trusted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use log::{info, warn};
+use rustls::ClientConfig;
 
 use super::jwt::Verifier;
+use crate::tls::call_client;
 
 /// Early fetches for unknown `kid`s are at most this frequent.
 const MIN_REFETCH: Duration = Duration::from_secs(5);
@@ -31,9 +35,15 @@ pub struct JwksFetcher {
 }
 
 impl JwksFetcher {
-    /// A fetcher for `url`, every `refresh`, into `verifier`.
-    pub fn new(url: String, refresh: Duration, verifier: Arc<Verifier>) -> Self {
-        let client = awc::Client::builder().timeout(FETCH_TIMEOUT).finish();
+    /// A fetcher for `url`, every `refresh`, into `verifier`; an `https://`
+    /// URL is spoken with `tls`.
+    pub fn new(
+        url: String,
+        refresh: Duration,
+        tls: Option<&Arc<ClientConfig>>,
+        verifier: Arc<Verifier>,
+    ) -> Self {
+        let client = call_client(FETCH_TIMEOUT, tls);
         JwksFetcher {
             url,
             refresh,

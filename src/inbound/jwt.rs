@@ -359,6 +359,7 @@ fn names(claim: &Value, usable: impl Fn(&str) -> bool) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CallTls;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
     use std::time::Duration;
@@ -372,6 +373,7 @@ mod tests {
             leeway: Duration::from_secs(5),
             roles_claim: "roles".to_string(),
             jwks_refresh: Duration::from_secs(600),
+            jwks_tls: CallTls::default(),
         }
     }
 

@@ -341,6 +341,7 @@ impl<'a> Request<'a> {
         let identity_headers = identity.headers();
         let tunnel = tunnel::Tunnel {
             address: &gate.app,
+            origination: None,
             path,
             query: carried
                 .as_ref()

@@ -32,6 +32,7 @@ use crate::logging::summary::{self, Topic};
 use crate::metrics::RequestSeries;
 use crate::replica::{Answer, Endpoint, Lease};
 use crate::service::{InFlight, LiveServices, Service, Settings};
+use crate::tls::Origination;
 
 /// The `listener` label of this listener's metrics and log lines.
 pub const LISTENER: &str = "outbound";
@@ -196,10 +197,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let endpoint = Arc::clone(lease.endpoint());
         let try_started = Instant::now();
         let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
-        let origination = settings
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.for_replica(&endpoint.address));
+        let origination = origination(settings, &endpoint);
         let target = Target {
             address: &endpoint.address,
             origination,
@@ -290,6 +288,17 @@ impl TryBound {
 
 /// The bound of a try with `remaining` of the request's `timeout` left:
 /// `per_try_timeout` when it is set and shorter, else the remainder.
+/// How a call to `endpoint` is made over TLS: as its service's `tls` says
+/// (a block, or its static endpoint written `https://`), else as its
+/// discovery source listed it; `None`: plain text.
+fn origination<'a>(settings: &'a Settings, endpoint: &'a Endpoint) -> Option<&'a Arc<Origination>> {
+    settings
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.for_replica(&endpoint.address))
+        .or(endpoint.tls.as_ref())
+}
+
 fn try_bound(policy: &Policy, remaining: Duration) -> TryBound {
     match policy.per_try_timeout {
         Some(per_try) if per_try < remaining => TryBound {
@@ -340,19 +349,11 @@ async fn tunnel(
         Err(error) => return outgoing.refuse(&error),
     };
     let endpoint = Arc::clone(lease.endpoint());
-    let tls = outgoing.settings.tls.as_ref();
-    if tls
-        .and_then(|tls| tls.for_replica(&endpoint.address))
-        .is_some()
-    {
-        // Never sent in plain text to a replica that wants TLS.
-        let why = format!("{endpoint} is called over TLS, which upgrades do not support yet");
-        return outgoing.refuse(&ProxyError::UpstreamTls(why));
-    }
     let policy = &outgoing.settings.policy;
     let bound = try_bound(policy, policy.timeout);
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
+        origination: origination(outgoing.settings, &endpoint),
         path: outgoing.path,
         query: outgoing.req.uri().query(),
         subprotocols: None,

@@ -98,6 +98,7 @@ mod tests {
             Replica::spawn(
                 Arc::from("api"),
                 address,
+                None,
                 &policy,
                 false,
                 Arc::clone(&metrics),
@@ -133,6 +134,7 @@ mod tests {
         let endpoint = Replica::spawn(
             Arc::from("api"),
             "127.0.0.1:1",
+            None,
             &Policy::default(),
             false,
             metrics,
@@ -163,6 +165,7 @@ mod tests {
         let endpoint = Replica::spawn(
             Arc::from("api"),
             "127.0.0.1:1",
+            None,
             &Policy::default(),
             false,
             Arc::new(Metrics::new()),

@@ -32,6 +32,7 @@ use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
 use crate::http::client::UpstreamError;
 use crate::metrics::{Metrics, PoolGauges, ReplicaMetrics};
+use crate::tls::Origination;
 
 /// How often a draining replica checks whether its last call finished.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -52,6 +53,9 @@ pub struct Endpoint {
     pub status: ReplicaStatus,
     /// Its `upstream_connections`, which the workers' pools count in.
     pub connections: Arc<PoolGauges>,
+    /// How it is called over TLS when its source lists it as HTTPS and its
+    /// service's `tls` does not cover it; `None`: as the service says.
+    pub tls: Option<Arc<Origination>>,
     actor: Addr<Replica>,
 }
 
@@ -239,12 +243,15 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Starts the actor for `address` of `service` on the current arbiter and
-    /// returns the endpoint balancers will pick. With `ramp_now`, the replica
-    /// joins an already-serving set and starts with a slow-start ramp.
+    /// Starts the actor for `address` of `service` (called over TLS with
+    /// `tls` when its service's `tls` does not say otherwise) on the current
+    /// arbiter and returns the endpoint balancers will pick. With `ramp_now`,
+    /// the replica joins an already-serving set and starts with a slow-start
+    /// ramp.
     pub fn spawn(
         service: Arc<str>,
         address: &str,
+        tls: Option<Arc<Origination>>,
         policy: &Policy,
         ramp_now: bool,
         metrics: Arc<Metrics>,
@@ -259,6 +266,7 @@ impl Replica {
             address: Arc::from(address),
             status: ReplicaStatus::new(series.load.clone(), series.rejected.clone()),
             connections: Arc::clone(&series.connections),
+            tls,
             actor: context.address(),
         });
         if ramp_now && !policy.slow_start.is_zero() {

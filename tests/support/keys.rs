@@ -1,5 +1,8 @@
 //! Key pairs made by openssl, for the JWT tests.
 
+use base64::Engine;
+use serde_json::{json, Value};
+
 use super::files::TempDir;
 use super::tls::openssl;
 
@@ -43,4 +46,11 @@ pub fn key_pair(dir: &TempDir, kind: &str) -> KeyPair {
         public_path,
         raw_public: der[der.len().saturating_sub(32)..].to_vec(),
     }
+}
+
+/// The JWK of an Ed25519 pair (made with `key_pair(dir, "ed25519...")`),
+/// for a JWKS document.
+pub fn ed25519_jwk(kid: &str, pair: &KeyPair) -> Value {
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pair.raw_public);
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x, "alg": "EdDSA", "use": "sig"})
 }

@@ -61,10 +61,16 @@ impl Registry {
 
     /// Lists `replica` as replica `id` of `service`, healthy.
     pub fn register(&self, id: &str, service: &str, replica: &Replica) {
+        self.register_url(id, service, &replica.endpoint());
+    }
+
+    /// Lists replica `id` of `service` at `address`, `host:port` or a URL
+    /// such as `https://host:port`, healthy.
+    pub fn register_url(&self, id: &str, service: &str, address: &str) {
         let entry = (
             id.to_string(),
             service.to_string(),
-            replica.endpoint(),
+            address.to_string(),
             true,
         );
         self.state.replicas.lock().expect("lock").push(entry);
@@ -119,7 +125,12 @@ async fn list(state: web::Data<RegistryState>) -> HttpResponse {
     if state.seed_shape.load(Ordering::SeqCst) {
         let mut services = serde_json::Map::new();
         for (id, service, address, healthy) in replicas {
-            let entry = json!({"URL": format!("http://{address}"), "RequestCount": count(&id), "Healthy": healthy});
+            let url = if address.contains("://") {
+                address
+            } else {
+                format!("http://{address}")
+            };
+            let entry = json!({"URL": url, "RequestCount": count(&id), "Healthy": healthy});
             let by_id = services.entry(service).or_insert_with(|| json!({}));
             by_id[id] = entry;
         }
@@ -128,6 +139,10 @@ async fn list(state: web::Data<RegistryState>) -> HttpResponse {
         let services: Vec<Value> = replicas
             .into_iter()
             .map(|(id, service, address, healthy)| {
+                if address.contains("://") {
+                    return json!({"id": id, "name": service, "url": address,
+                                  "request_count": count(&id), "healthy": healthy});
+                }
                 let (host, port) = address.rsplit_once(':').expect("host:port");
                 json!({"id": id, "name": service, "host": host, "port": port.parse::<u16>().expect("port"),
                        "request_count": count(&id), "healthy": healthy})

@@ -49,7 +49,7 @@ use crate::tls::Origination;
 pub use pool::MAX_IDLE_PER_REPLICA;
 use pool::{Connection, Counted, Pool, IDLE_TIMEOUT};
 pub use response::UpstreamResponse;
-use stream::Transport;
+pub(crate) use stream::Transport;
 
 /// One worker's client; not `Send` (it lives on its worker).
 pub struct Client {
@@ -259,23 +259,7 @@ impl Client {
         origination: Option<&Arc<Origination>>,
         gauges: Option<&Arc<PoolGauges>>,
     ) -> Result<Connection, CallError> {
-        let connecting = async {
-            let socket = open_socket(address).await.map_err(CallError::Connect)?;
-            match origination {
-                None => Ok(Transport::Plain(socket)),
-                Some(origination) => Transport::secure(socket, address, origination)
-                    .await
-                    .map_err(CallError::Tls),
-            }
-        };
-        let stream = actix_rt::time::timeout(self.connect_timeout, connecting)
-            .await
-            .unwrap_or_else(|_| {
-                Err(CallError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "not connected within connect_timeout",
-                )))
-            })?;
+        let stream = open_transport(address, origination, self.connect_timeout).await?;
         let codec = ClientCodec::new(self.shared.config.clone());
         Ok(Connection::new(
             Framed::new(stream, codec),
@@ -295,6 +279,33 @@ impl Client {
             UpstreamResponse::streaming(head, connection, Rc::clone(&self.shared))
         }
     }
+}
+
+/// A connection to `address`, its TLS handshake included when `origination`
+/// asks for one, within `connect_timeout`: what a pooled connection and an
+/// upgrade tunnel are made on.
+pub(crate) async fn open_transport(
+    address: &str,
+    origination: Option<&Arc<Origination>>,
+    connect_timeout: Duration,
+) -> Result<Transport, CallError> {
+    let connecting = async {
+        let socket = open_socket(address).await.map_err(CallError::Connect)?;
+        match origination {
+            None => Ok(Transport::Plain(socket)),
+            Some(origination) => Transport::secure(socket, address, origination)
+                .await
+                .map_err(CallError::Tls),
+        }
+    };
+    actix_rt::time::timeout(connect_timeout, connecting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CallError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "not connected within connect_timeout",
+            )))
+        })
 }
 
 /// A TCP connection to `address`, without Nagle's delay.

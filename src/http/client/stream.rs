@@ -42,6 +42,22 @@ impl Transport {
         }
     }
 
+    /// Its two halves, to read and write from separate tasks (an upgrade
+    /// tunnel): the socket's own for plain text, tokio's split for TLS,
+    /// whose reads and writes share one session.
+    pub fn into_split(self) -> (Box<dyn AsyncRead + Unpin>, Box<dyn AsyncWrite + Unpin>) {
+        match self {
+            Transport::Plain(socket) => {
+                let (reader, writer) = socket.into_split();
+                (Box::new(reader), Box::new(writer))
+            }
+            tls @ Transport::Tls(_) => {
+                let (reader, writer) = tokio::io::split(tls);
+                (Box::new(reader), Box::new(writer))
+            }
+        }
+    }
+
     /// The TCP socket underneath.
     #[cfg(test)]
     pub fn socket(&self) -> &TcpStream {
