@@ -131,6 +131,10 @@ pub enum CallError {
     /// The TLS handshake failed or the replica's certificate did not
     /// verify (why, in words).
     Tls(String),
+    /// The replica's certificate verified, but its SPIFFE ID is not the
+    /// one the meshed service expects (why, in words); the breaker and
+    /// retries take it as a TLS failure.
+    Identity(String),
     /// The peer took no body bytes, or sent no answer head after the
     /// body, within the call's timeout.
     Timeout,
@@ -158,7 +162,7 @@ impl CallError {
         match self {
             Self::Unsendable(_) | Self::Body(_) => None,
             Self::Connect(_) => Some(UpstreamError::Connect),
-            Self::Tls(_) => Some(UpstreamError::Tls),
+            Self::Tls(_) | Self::Identity(_) => Some(UpstreamError::Tls),
             Self::Timeout => Some(UpstreamError::Timeout),
             Self::Closed(_) => Some(UpstreamError::Reset),
             Self::Protocol(_) => Some(UpstreamError::Protocol),
@@ -176,6 +180,9 @@ impl CallError {
                 ProxyError::UpstreamConnect(format!("cannot connect to {name}: {err}"))
             }
             Self::Tls(why) => ProxyError::UpstreamTls(format!("TLS to {name} failed: {why}")),
+            Self::Identity(why) => {
+                ProxyError::UpstreamIdentity(format!("{name} is not the peer expected: {why}"))
+            }
             Self::Timeout => {
                 let (key, limit) = peer.bound;
                 ProxyError::Timeout(format!(
@@ -260,12 +267,16 @@ impl Client {
         gauges: Option<&Arc<PoolGauges>>,
     ) -> Result<Connection, CallError> {
         let connecting = async {
-            let socket = open_socket(address).await.map_err(CallError::Connect)?;
             match origination {
-                None => Ok(Transport::Plain(socket)),
-                Some(origination) => Transport::secure(socket, address, origination)
-                    .await
-                    .map_err(CallError::Tls),
+                None => {
+                    let socket = open_socket(address).await.map_err(CallError::Connect)?;
+                    Ok(Transport::Plain(socket))
+                }
+                Some(origination) => {
+                    let dialled = origination.dial(address);
+                    let socket = open_socket(&dialled).await.map_err(CallError::Connect)?;
+                    Transport::secure(socket, address, origination).await
+                }
             }
         };
         let stream = actix_rt::time::timeout(self.connect_timeout, connecting)

@@ -12,12 +12,14 @@ mod framing;
 mod front;
 mod head;
 mod path;
+mod secure;
 mod stopping;
 mod stream;
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::body::MessageBody;
@@ -36,9 +38,12 @@ pub use body::{BodyError, LimitedPayload};
 pub use front::{Arrival, Front};
 pub use head::check_head;
 pub use path::normal_path;
+pub use secure::PeerIdentity;
 pub use stopping::Stopping;
 
 use stream::{ClientStream, Timeouts};
+
+use crate::tls::Termination;
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
@@ -54,7 +59,8 @@ const TUNNELS_CLOSE_TIME: Duration = Duration::from_millis(250);
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves the listener of `front` on `socket` (from [`listen`]) and applies
-/// its limits to every client connection, whose bytes pass the bare-LF check before the parser
+/// its limits to every client connection, taken in plain text or over TLS
+/// as `tls` says (`secure.rs`), whose bytes pass the bare-LF check before the parser
 /// (refusals counted in `http_heads_refused_total`); `factory` builds each
 /// worker's app, run on `workers` threads. The server runs once awaited or
 /// spawned; it stops on its handle (signals are the caller's), giving
@@ -63,6 +69,7 @@ pub fn serve<F, I, S, B>(
     front: &Front,
     socket: std::net::TcpListener,
     workers: u32,
+    tls: Option<Arc<Termination>>,
     factory: F,
 ) -> io::Result<Server>
 where
@@ -101,14 +108,18 @@ where
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
     let builder = builder.listen(name, socket, move || {
-        let (stopping, refused) = (stopping.clone(), refused.clone());
+        let (stopping, refused, tls) = (stopping.clone(), refused.clone(), tls.clone());
         let app = factory()
             .into_factory()
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
-            let peer = io.peer_addr().ok();
-            let io = ClientStream::new(io, name, peer, refused.clone(), timeouts);
-            std::future::ready(Ok::<_, DispatchError>((io, Protocol::Http1, peer)))
+            let (refused, tls) = (refused.clone(), tls.clone());
+            async move {
+                let peer = io.peer_addr().ok();
+                let wire = secure::accept(io, tls.as_ref(), peer, header_timeout).await?;
+                let io = ClientStream::new(wire, name, peer, refused, timeouts);
+                Ok::<_, DispatchError>((io, Protocol::Http1, peer))
+            }
         });
         let http = HttpService::build()
             .graceful_shutdown_signal(move || {
@@ -121,6 +132,9 @@ where
             .on_connect_ext(|io: &ClientStream, data: &mut Extensions| {
                 if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
                     data.insert(ip);
+                }
+                if let Some(identity) = io.peer_identity() {
+                    data.insert(identity.clone());
                 }
                 data.insert(io.chunk_verdict());
             })

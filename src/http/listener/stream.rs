@@ -1,5 +1,6 @@
-//! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP parser reads them, and which times what the parser does not: its
+//! A client connection (plain or TLS: the bytes scanned are the decrypted
+//! ones) whose incoming bytes pass [`Framing`] before the HTTP parser reads
+//! them, and which times what the parser does not: its
 //! later request heads get the same `client_header_timeout` the parser
 //! gives the first one (a client could otherwise trickle every later head
 //! forever), a pause in a request body closes the connection after
@@ -16,20 +17,22 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, Framing, ScanVerdict};
+use super::secure::{ClientWire, PeerIdentity};
 
-/// One client's TCP connection, scanned as it is read.
+/// One client's connection, scanned as it is read.
 pub struct ClientStream {
-    io: TcpStream,
+    io: ClientWire,
     framing: Framing,
     listener: &'static str,
     peer: Option<SocketAddr>,
+    /// The caller's verified mesh identity, on a mutual TLS connection.
+    identity: Option<PeerIdentity>,
     refused: IntCounter,
     timeouts: Timeouts,
     /// The later request head under way.
@@ -82,11 +85,12 @@ pub struct Timeouts {
 }
 
 impl ClientStream {
-    /// Wraps a connection accepted by `listener` from `peer`; `refused`
-    /// counts the heads poisoned on it; a client is cut off when it
-    /// takes longer than `timeouts` say.
+    /// Wraps a connection accepted by `listener` from `peer` (with its
+    /// verified `identity`, over mutual TLS); `refused` counts the heads
+    /// poisoned on it; a client is cut off when it takes longer than
+    /// `timeouts` say.
     pub fn new(
-        io: TcpStream,
+        (io, identity): (ClientWire, Option<PeerIdentity>),
         listener: &'static str,
         peer: Option<SocketAddr>,
         refused: IntCounter,
@@ -97,6 +101,7 @@ impl ClientStream {
             framing: Framing::new(timeouts.max_body_bytes),
             listener,
             peer,
+            identity,
             refused,
             timeouts,
             head: Pause::default(),
@@ -116,6 +121,11 @@ impl ClientStream {
     /// The address of the client at the other end, when it was known.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The client's verified mesh identity, on a mutual TLS connection.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     fn peer(&self) -> String {

@@ -1,0 +1,297 @@
+//! Mutual TLS between sidecars (issue 26, item 3): two real sidecars, A
+//! (`frontend`) and B (`catalog`), with identities from one test CA. The
+//! app behind A calls `catalog` through A, which calls B's inbound listener
+//! over mutual TLS; B tells its app who called. Clients without a mesh
+//! certificate, or with one from another CA, are refused by B's handshake.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use outrigger::Sidecar;
+use serde_json::Value;
+use support::client::client;
+use support::ports::closed_port;
+use support::replica::{header_seen, Replica};
+use support::sidecar::sidecar_from;
+use support::tls::{Certificates, Pair};
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
+const PEER_IDENTITY: &str = "x-outrigger-peer-identity";
+
+/// The mesh's certificates: `frontend` and `catalog` from the mesh's CA,
+/// and an `intruder` with the frontend's ID from a CA the mesh does not
+/// trust.
+struct Mesh {
+    certificates: Certificates,
+    frontend: Pair,
+    catalog: Pair,
+    intruder: Pair,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let certificates = Certificates::new();
+        let frontend = certificates.server("frontend", &format!("URI:{FRONTEND}"));
+        let catalog = certificates.server("catalog", &format!("URI:{CATALOG}"));
+        let intruder = certificates.untrusted("intruder", &format!("URI:{FRONTEND}"));
+        Mesh {
+            certificates,
+            frontend,
+            catalog,
+            intruder,
+        }
+    }
+
+    /// The `mesh:` section for the identity `pair`, meshed calls going to
+    /// `inbound_port`.
+    fn section(&self, pair: &Pair, inbound_port: u16) -> String {
+        format!(
+            "mesh:\n  identity: {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }}\n  inbound_port: {inbound_port}\n",
+            pair.cert.display(),
+            pair.key.display(),
+            self.certificates.ca().display()
+        )
+    }
+}
+
+/// B: the catalog's sidecar, its inbound listener on `port` in `mode`, in
+/// front of `app`, with more `inbound:` YAML and `env` as its environment.
+async fn catalog_sidecar(
+    mesh: &Mesh,
+    port: u16,
+    mode: &str,
+    app: &Replica,
+    (inbound, env): (&str, &[(&str, &str)]),
+) -> Sidecar {
+    sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:{port}\", app: \"http://{}\", tls: {{ mode: {mode} }} }}
+{}inbound:
+{inbound}
+",
+            app.endpoint(),
+            mesh.section(&mesh.catalog, port)
+        ),
+        env,
+    )
+    .await
+}
+
+/// A: the frontend's sidecar, calling `catalog` (the replica at
+/// `catalog_app`, reached on B's inbound `port`) over mutual TLS, with
+/// more YAML for the service.
+async fn frontend_sidecar(mesh: &Mesh, port: u16, catalog_app: &Replica, service: &str) -> Sidecar {
+    sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+{}services:
+  - name: catalog
+    endpoints: [\"{}\"]
+    mesh: true
+{service}",
+            mesh.section(&mesh.frontend, port),
+            catalog_app.endpoint()
+        ),
+        &[],
+    )
+    .await
+}
+
+/// The status, `x-outrigger` reason and JSON body (`Null` if none) of a
+/// GET through `sidecar`'s outbound listener, sent with `headers`.
+async fn call(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> (u16, String, Value) {
+    let mut request = client().get(format!("http://{}{path}", sidecar.outbound_addr()));
+    for header in headers {
+        request = request.insert_header(*header);
+    }
+    let mut response = request.send().await.expect("an answer from A");
+    let reason = response
+        .headers()
+        .get("x-outrigger")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response.body().await.expect("a body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (response.status().as_u16(), reason, json)
+}
+
+/// What curl got from `url` with `args` (a client certificate, ...): the
+/// status and the JSON body, or curl's error when no HTTP answer came.
+fn curl(url: &str, args: &[&str]) -> Result<(u16, Value), String> {
+    let output = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "5", "-w", "\n%{http_code}", "-H"])
+        .arg(format!(
+            "{PEER_IDENTITY}: spiffe://cluster.local/ns/shop/sa/spoofed"
+        ))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "curl failed: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let (body, status) = stdout.rsplit_once('\n').expect("curl wrote the status");
+    let status = status.trim().parse().expect("a status code");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// curl's arguments for the client certificate `pair`.
+fn with_certificate(pair: &Pair) -> [String; 4] {
+    [
+        "--cert".to_string(),
+        pair.cert.display().to_string(),
+        "--key".to_string(),
+        pair.key.display().to_string(),
+    ]
+}
+
+fn inbound(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[actix_web::test]
+async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let _b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
+    let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
+
+    let spoofed = [(PEER_IDENTITY, "spiffe://cluster.local/ns/shop/sa/admin")];
+    let (status, reason, echo) = call(&a, "/catalog/items", &spoofed).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "{echo}");
+    assert_eq!(echo["path"], "/items");
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY).as_deref(),
+        Some(FRONTEND),
+        "B's app sees A's verified identity, not the app's own copy: {echo}"
+    );
+    let hits = app.hits();
+
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(
+        plain.is_err(),
+        "plain text is refused in mesh mode: {plain:?}"
+    );
+    let url = format!("https://{}/items", inbound(port));
+    let anonymous = curl(&url, &[]);
+    assert!(
+        anonymous.is_err(),
+        "TLS without a client certificate: {anonymous:?}"
+    );
+    let intruder = curl(
+        &url,
+        &with_certificate(&mesh.intruder)
+            .each_ref()
+            .map(String::as_str),
+    );
+    assert!(
+        intruder.is_err(),
+        "a certificate from another CA: {intruder:?}"
+    );
+    assert_eq!(app.hits(), hits, "no refused client reached the app");
+
+    let member = curl(
+        &url,
+        &with_certificate(&mesh.frontend)
+            .each_ref()
+            .map(String::as_str),
+    );
+    let (status, echo) = member.expect("a mesh certificate is taken");
+    assert_eq!(status, 200);
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+}
+
+#[actix_web::test]
+async fn permissive_takes_mutual_tls_and_plain_text_on_one_port() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let _b = catalog_sidecar(&mesh, port, "permissive", &app, ("  {}", &[])).await;
+
+    let (status, echo) =
+        curl(&format!("http://{}/items", inbound(port)), &[]).expect("plain text is taken");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY),
+        None,
+        "a plain-text caller's own copy is dropped: {echo}"
+    );
+    let certificate = with_certificate(&mesh.frontend);
+    let (status, echo) = curl(
+        &format!("https://{}/items", inbound(port)),
+        &certificate.each_ref().map(String::as_str),
+    )
+    .expect("mutual TLS is taken");
+    assert_eq!(status, 200);
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+}
+
+#[actix_web::test]
+async fn b_refuses_an_identity_its_rules_do_not_allow_and_a_refuses_a_wrong_peer() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let rules = "  authorization:
+    - { path: \"/admin/\", identities: [\"spiffe://cluster.local/ns/ops/sa/console\"] }
+    - { path: \"/\", identities: [\"spiffe://cluster.local/ns/shop/sa/frontend\"] }";
+    let _b = catalog_sidecar(&mesh, port, "mesh", &app, (rules, &[])).await;
+    let a = frontend_sidecar(&mesh, port, &app, "").await;
+    let (status, reason, _) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (200, ""),
+        "any ID of the trust domain by default"
+    );
+    let (status, reason, body) = call(&a, "/catalog/admin/users", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (403, "forbidden_identity"),
+        "B's refusal reaches A's app unchanged: {body}"
+    );
+    let hits = app.hits();
+
+    let expects_payments = "    identity: \"spiffe://cluster.local/ns/shop/sa/payments\"\n";
+    let wary = frontend_sidecar(&mesh, port, &app, expects_payments).await;
+    let (status, reason, body) = call(&wary, "/catalog/items", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (502, "upstream_identity"),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(CATALOG)),
+        "the answer names the identity B presented: {body}"
+    );
+    assert_eq!(app.hits(), hits, "nothing reached B's app");
+}
+
+#[actix_web::test]
+async fn a_verified_mesh_identity_needs_no_credentials_when_exempt_mesh() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let auth = "  auth: { jwt: { algorithms: [HS256] }, exempt_mesh: true }";
+    let env = [("JWT_SECRET", "mesh-secret")];
+    let _b = catalog_sidecar(&mesh, port, "permissive", &app, (auth, &env)).await;
+    let a = frontend_sidecar(&mesh, port, &app, "").await;
+    let (status, _, echo) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-auth").as_deref(),
+        Some("mesh")
+    );
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]).expect("an answer");
+    assert_eq!(plain.0, 401, "a plain-text caller still needs a token");
+}
