@@ -2,7 +2,7 @@
 # Runs every check CI runs: formatting, lints, docs, the dependency policy
 # (deny.toml), unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl,
-# dnsmasq, prometheus and nginx via apt-get, kubernetes-validate, pyjwt and
+# dnsmasq, prometheus, nginx and curl via apt-get, kubernetes-validate, pyjwt and
 # cryptography via pip, rustfmt/clippy via rustup, cargo-deny via cargo
 # install); Rust crates come through cargo.
 set -euo pipefail
@@ -15,7 +15,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # JWT tests), dnsmasq (from dnsmasq-base, which has no system service) for
 # the DNS discovery tests, promtool plus a Prometheus server (the Debian
 # `prometheus` package ships both) to check /metrics, and nginx as an app
-# that normalises paths (the tests run their own, never the system service).
+# that normalises paths (the tests run their own, never the system service),
+# and curl as a TLS client from outside the mesh (tests/mesh.rs).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # redis-cli joins the test clusters; sentinels are `redis-server --sentinel`.
@@ -24,6 +25,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -295,3 +295,29 @@ async fn a_verified_mesh_identity_needs_no_credentials_when_exempt_mesh() {
     let plain = curl(&format!("http://{}/items", inbound(port)), &[]).expect("an answer");
     assert_eq!(plain.0, 401, "a plain-text caller still needs a token");
 }
+
+#[actix_web::test]
+async fn edge_serves_tls_without_asking_for_a_client_certificate() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let edge = format!(
+        "edge, cert_file: \"{}\", key_file: \"{}\"",
+        mesh.catalog.cert.display(),
+        mesh.catalog.key.display()
+    );
+    let _b = catalog_sidecar(&mesh, port, &edge, &app, ("  {}", &[])).await;
+    let (status, echo) = curl(&format!("https://{}/items", inbound(port)), &[])
+        .expect("server TLS without a client certificate");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY),
+        None,
+        "no mesh identity: {echo}"
+    );
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(
+        plain.is_err(),
+        "plain text is refused in edge mode: {plain:?}"
+    );
+}

@@ -41,9 +41,11 @@ pub struct IdentityConfig {
     pub key_file: String,
     /// The mesh's trust bundle (PEM CA certificates).
     pub ca_file: String,
-    /// The identity read from the files.
+    /// The identity read from the files; `None` only where the config is
+    /// checked without them (`outrigger check` in CI, the files mounted
+    /// where the sidecar runs): such a config is for showing, never running.
     #[serde(skip)]
-    pub loaded: Arc<MeshIdentity>,
+    pub loaded: Option<Arc<MeshIdentity>>,
 }
 
 /// Two identities are the same when their files are (re-reading changed
@@ -148,9 +150,26 @@ fn read_identity(t: &mut Table, problems: &mut Problems) -> Option<IdentityConfi
         key_file: &key_file,
         ca_file: &ca_file,
     };
-    let loaded = match MeshIdentity::load(files) {
-        Ok(identity) => Arc::new(identity),
-        Err(error) => {
+    let absent = [
+        ("cert_file", &cert_file),
+        ("key_file", &key_file),
+        ("ca_file", &ca_file),
+    ]
+    .into_iter()
+    .find(|(_, file)| !std::path::Path::new(file).exists());
+    let loaded = match (MeshIdentity::load(files), absent) {
+        (Ok(identity), _) => Some(Arc::new(identity)),
+        // Mounted where the sidecar runs (a CSI volume, a Secret): where
+        // the config is only checked, a file's absence is a warning, and
+        // the config goes on without the identity (for showing only).
+        (Err(_), Some((key, file))) => {
+            let message = format!("{file} does not exist (mounted where the sidecar runs?)");
+            if !problems.missing_secret(&t.path_of(key), message) {
+                return None;
+            }
+            None
+        }
+        (Err(error), None) => {
             let (key, why) = file_key(error);
             problems.add(&t.path_of(key), why);
             return None;
@@ -239,7 +258,10 @@ pub(super) fn terminate(
                 );
                 return;
             };
-            match identity.loaded.server_config() {
+            let Some(loaded) = &identity.loaded else {
+                return; // Checked without its files: warned about.
+            };
+            match loaded.server_config() {
                 Ok(config) => config,
                 Err(why) => return problems.add("mesh.identity", why),
             }
@@ -318,7 +340,9 @@ fn mesh_tls(
         );
         return None;
     };
-    let origination = identity.loaded.origination(expected, mesh.inbound_port);
+    // Checked without its files (warned about): nothing to call with.
+    let loaded = identity.loaded.as_ref()?;
+    let origination = loaded.origination(expected, mesh.inbound_port);
     Some(ServiceTls {
         server_name: None,
         ca_file: None,
@@ -334,7 +358,9 @@ fn mesh_tls(
 
 #[cfg(test)]
 mod tests {
+    use super::super::reader::SecretEnv;
     use super::super::tests::errors;
+    use super::super::Config;
 
     const INBOUND: &str =
         "listeners:\n  inbound: { app: \"http://127.0.0.1:8080\", tls: { mode: MODE } }\n";
@@ -384,6 +410,20 @@ mod tests {
             "/nonexistent/tls.crt"
         ));
         assert!(found(unreadable, "mesh.inbound_port", "1 to 65535"));
+    }
+
+    #[test]
+    fn identity_files_absent_where_the_config_is_checked_are_a_warning() {
+        let text = "mesh:\n  identity: { cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key, ca_file: /nonexistent/ca.crt }\nlisteners:\n  inbound: { app: \"http://127.0.0.1:8080\", tls: { mode: mesh } }\nservices:\n  - { name: catalog, endpoints: [\"127.0.0.1:9000\"], mesh: true }\n";
+        let checked = Config::read(text, &|_| None, SecretEnv::Optional);
+        assert!(checked.outcome.is_ok(), "{:?}", checked.outcome);
+        assert!(
+            checked.warnings.iter().any(
+                |w| w.path == "mesh.identity.cert_file" && w.message.contains("does not exist")
+            ),
+            "{:?}",
+            checked.warnings
+        );
     }
 
     #[test]
