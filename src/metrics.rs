@@ -89,6 +89,9 @@ pub struct Metrics {
     pub discovery_replicas: IntGaugeVec,
     /// Config reloads by result (`ok`, `invalid`, `restart_needed`).
     pub config_reloads: IntCounterVec,
+    /// TLS handshakes on the listeners, by listener and result (`ok`,
+    /// `no_client_cert`, `unknown_ca`, `expired`, `bad_identity`, `protocol`).
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// The methods whose `http_requests_total` series are kept once first used.
@@ -371,6 +374,11 @@ impl Metrics {
                 "config_reloads_total",
                 "Config reloads by result: ok, invalid (rejected), restart_needed (applied but for keys that need a restart).",
                 &["result"],
+            ),
+            tls_handshakes: counter(
+                "tls_handshakes_total",
+                "TLS handshakes on the listeners by result: ok, no_client_cert, unknown_ca, expired, bad_identity, protocol.",
+                &["listener", "result"],
             ),
             registry,
         }

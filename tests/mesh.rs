@@ -11,7 +11,8 @@ use std::process::Command;
 
 use outrigger::Sidecar;
 use serde_json::Value;
-use support::client::client;
+use support::client::{client, get_text};
+use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::{header_seen, Replica};
 use support::sidecar::sidecar_from;
@@ -147,13 +148,13 @@ fn curl(url: &str, args: &[&str]) -> Result<(u16, Value), String> {
 }
 
 /// curl's arguments for the client certificate `pair`.
-fn with_certificate(pair: &Pair) -> [String; 4] {
-    [
-        "--cert".to_string(),
-        pair.cert.display().to_string(),
-        "--key".to_string(),
-        pair.key.display().to_string(),
-    ]
+fn with_certificate(pair: &Pair) -> [&str; 4] {
+    let utf8 = "a UTF-8 scratch path";
+    let (cert, key) = (
+        pair.cert.to_str().expect(utf8),
+        pair.key.to_str().expect(utf8),
+    );
+    ["--cert", cert, "--key", key]
 }
 
 fn inbound(port: u16) -> SocketAddr {
@@ -165,7 +166,7 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
     let mesh = Mesh::new();
     let app = Replica::start().await;
     let port = closed_port();
-    let _b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
+    let b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
     let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
 
     let spoofed = [(PEER_IDENTITY, "spiffe://cluster.local/ns/shop/sa/admin")];
@@ -190,27 +191,41 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
         anonymous.is_err(),
         "TLS without a client certificate: {anonymous:?}"
     );
-    let intruder = curl(
-        &url,
-        &with_certificate(&mesh.intruder)
-            .each_ref()
-            .map(String::as_str),
-    );
+    let intruder = curl(&url, &with_certificate(&mesh.intruder));
     assert!(
         intruder.is_err(),
         "a certificate from another CA: {intruder:?}"
     );
+    let outsider = mesh
+        .certificates
+        .server("outsider", "URI:spiffe://other.example/ns/shop/sa/frontend");
+    let outsider = curl(&url, &with_certificate(&outsider));
+    assert!(
+        outsider.is_err(),
+        "the mesh's CA but another trust domain: {outsider:?}"
+    );
     assert_eq!(app.hits(), hits, "no refused client reached the app");
 
-    let member = curl(
-        &url,
-        &with_certificate(&mesh.frontend)
-            .each_ref()
-            .map(String::as_str),
-    );
+    let member = curl(&url, &with_certificate(&mesh.frontend));
     let (status, echo) = member.expect("a mesh certificate is taken");
     assert_eq!(status, 200);
     assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+
+    let metrics = get_text(&format!("http://{}/metrics", b.admin_addr())).await;
+    let handshakes = |result: &str| {
+        let series =
+            format!("outrigger_tls_handshakes_total{{listener=\"inbound\",result=\"{result}\"}}");
+        metric(&metrics, &series).unwrap_or(0.0)
+    };
+    assert_eq!(
+        handshakes("ok"),
+        2.0,
+        "A's pooled connection and curl's: {metrics}"
+    );
+    assert_eq!(handshakes("protocol"), 1.0, "plain text");
+    assert_eq!(handshakes("no_client_cert"), 1.0);
+    assert_eq!(handshakes("unknown_ca"), 1.0, "the intruder");
+    assert_eq!(handshakes("bad_identity"), 1.0, "the outsider");
 }
 
 #[actix_web::test]
@@ -228,10 +243,9 @@ async fn permissive_takes_mutual_tls_and_plain_text_on_one_port() {
         None,
         "a plain-text caller's own copy is dropped: {echo}"
     );
-    let certificate = with_certificate(&mesh.frontend);
     let (status, echo) = curl(
         &format!("https://{}/items", inbound(port)),
-        &certificate.each_ref().map(String::as_str),
+        &with_certificate(&mesh.frontend),
     )
     .expect("mutual TLS is taken");
     assert_eq!(status, 200);

@@ -41,6 +41,7 @@ pub use path::normal_path;
 pub use secure::PeerIdentity;
 pub use stopping::Stopping;
 
+use secure::Secure;
 use stream::{ClientStream, Timeouts};
 
 use crate::tls::Termination;
@@ -107,16 +108,17 @@ where
         .metrics()
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
+    let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
     let builder = builder.listen(name, socket, move || {
-        let (stopping, refused, tls) = (stopping.clone(), refused.clone(), tls.clone());
+        let (stopping, refused, secure) = (stopping.clone(), refused.clone(), secure.clone());
         let app = factory()
             .into_factory()
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
-            let (refused, tls) = (refused.clone(), tls.clone());
+            let (refused, secure) = (refused.clone(), secure.clone());
             async move {
                 let peer = io.peer_addr().ok();
-                let wire = secure::accept(io, tls.as_ref(), peer, header_timeout).await?;
+                let wire = secure::accept(io, secure.as_deref(), peer, header_timeout).await?;
                 let io = ClientStream::new(wire, name, peer, refused, timeouts);
                 Ok::<_, DispatchError>((io, Protocol::Http1, peer))
             }
