@@ -9,14 +9,15 @@ mod support;
 use std::net::SocketAddr;
 use std::process::Command;
 
+use outrigger::config::Config;
 use outrigger::Sidecar;
 use serde_json::Value;
-use support::client::{client, get_text};
+use support::client::{client, get_json, get_text};
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::{header_seen, Replica};
 use support::sidecar::sidecar_from;
-use support::tls::{Certificates, Pair};
+use support::tls::{openssl, Certificates, Pair};
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
@@ -334,4 +335,39 @@ async fn edge_serves_tls_without_asking_for_a_client_certificate() {
         plain.is_err(),
         "plain text is refused in edge mode: {plain:?}"
     );
+}
+
+#[actix_web::test]
+async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let a = frontend_sidecar(&mesh, closed_port(), &app, "").await;
+    let (status, shown) = get_json(&format!("http://{}/identity", a.admin_addr())).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["spiffe_id"], FRONTEND);
+    let dir = mesh.frontend.cert.parent().expect("a scratch directory");
+    let cert = mesh.frontend.cert.to_str().expect("a UTF-8 scratch path");
+    let printed = openssl(dir, &["x509", "-in", cert, "-noout", "-serial"]);
+    let serial = String::from_utf8_lossy(&printed);
+    let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
+    assert_eq!(shown["serial"], serial.as_str());
+    assert!(
+        shown["not_after"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{shown}"
+    );
+
+    let stale = mesh
+        .certificates
+        .expired("stale", &format!("URI:{FRONTEND}"));
+    let yaml = format!(
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{}",
+        mesh.section(&stale, 15006)
+    );
+    let config = Config::from_yaml(&yaml, &|_| None).expect("an expired chain still loads");
+    let expired = Sidecar::start(config).await.expect("starts");
+    let (status, body) = get_json(&format!("http://{}/ready", expired.admin_addr())).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["identity_expired"].is_string(), "{body}");
 }

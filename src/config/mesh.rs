@@ -23,6 +23,13 @@ pub struct MeshConfig {
     pub inbound_port: u16,
 }
 
+impl MeshConfig {
+    /// The identity read from `mesh.identity`, when there is one.
+    pub fn loaded_identity(&self) -> Option<&MeshIdentity> {
+        self.identity.as_ref()?.loaded.as_deref()
+    }
+}
+
 impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig {

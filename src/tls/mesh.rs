@@ -10,7 +10,9 @@
 //! [`WrongIdentity`] the replica client tells from other TLS failures.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, WebPkiServerVerifier};
@@ -55,6 +57,10 @@ pub enum IdentityError {
 /// This pod's mesh identity, read once at start.
 pub struct MeshIdentity {
     spiffe_id: String,
+    /// The leaf's serial number, lowercase hex without separators.
+    serial: String,
+    /// When the leaf expires.
+    not_after: SystemTime,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     bundle: Arc<RootCertStore>,
@@ -73,13 +79,19 @@ impl MeshIdentity {
     /// leaf; checks that the key is the certificate's.
     pub fn load(files: IdentityFiles<'_>) -> Result<MeshIdentity, IdentityError> {
         let chain = certificates_from(files.cert_file).map_err(IdentityError::Cert)?;
-        let spiffe_id = spiffe_id(&chain[0]).map_err(|why| {
-            IdentityError::Cert(format!("{}: the first certificate {why}", files.cert_file))
-        })?;
+        let unusable =
+            |why| IdentityError::Cert(format!("{}: the first certificate {why}", files.cert_file));
+        let leaf = parse(&chain[0]).map_err(unusable)?;
+        let spiffe_id = spiffe_id_of(&leaf).map_err(unusable)?;
+        let serial = serial_hex(leaf.raw_serial());
+        let expiry = u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or_default();
+        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(expiry);
         let key = key_from(files.key_file).map_err(IdentityError::Key)?;
         let bundle = Arc::new(roots_from(files.ca_file).map_err(IdentityError::Ca)?);
         let identity = MeshIdentity {
             spiffe_id,
+            serial,
+            not_after,
             chain,
             key,
             bundle,
@@ -94,6 +106,16 @@ impl MeshIdentity {
     /// The SPIFFE ID this pod presents.
     pub fn spiffe_id(&self) -> &str {
         &self.spiffe_id
+    }
+
+    /// The serial number of this pod's certificate, lowercase hex.
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// When this pod's certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
     }
 
     /// The trust domain of this pod's ID, which callers' IDs must share.
@@ -153,6 +175,18 @@ impl MeshIdentity {
     }
 }
 
+/// A certificate's serial number (its DER integer's bytes) as lowercase
+/// hex without separators or the sign byte DER adds (as `openssl x509
+/// -serial` prints it).
+fn serial_hex(raw: &[u8]) -> String {
+    let significant = raw.iter().position(|byte| *byte != 0);
+    let digits = &raw[significant.unwrap_or(raw.len().saturating_sub(1))..];
+    digits.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
 /// Whether `id` is written as a SPIFFE ID: `spiffe://<trust domain>/<path>`
 /// with a non-empty trust domain and path.
 pub fn is_spiffe_id(id: &str) -> bool {
@@ -179,8 +213,18 @@ pub fn peer_identity(certificates: Option<&[CertificateDer<'_>]>) -> Option<Stri
 
 /// The one SPIFFE ID in the URI SANs of `certificate`, or why it has none.
 fn spiffe_id(certificate: &CertificateDer<'_>) -> Result<String, String> {
-    let (_, parsed) =
-        X509Certificate::from_der(certificate).map_err(|err| format!("cannot be parsed: {err}"))?;
+    spiffe_id_of(&parse(certificate)?)
+}
+
+/// `certificate` parsed, or why it cannot be.
+fn parse<'a>(certificate: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
+    X509Certificate::from_der(certificate)
+        .map(|(_, parsed)| parsed)
+        .map_err(|err| format!("cannot be parsed: {err}"))
+}
+
+/// The one SPIFFE ID in the URI SANs of `parsed`, or why it has none.
+fn spiffe_id_of(parsed: &X509Certificate<'_>) -> Result<String, String> {
     let names = parsed
         .subject_alternative_name()
         .map_err(|err| format!("has an unreadable subjectAltName: {err}"))?
@@ -412,6 +456,13 @@ pub fn edge_server_config(cert_file: &str, key_file: &str) -> Result<ServerConfi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_are_lowercase_hex_without_the_sign_byte() {
+        assert_eq!(serial_hex(&[0x00, 0x8a, 0x01]), "8a01");
+        assert_eq!(serial_hex(&[0x33, 0xc1]), "33c1");
+        assert_eq!(serial_hex(&[0x00]), "00");
+    }
 
     #[test]
     fn spiffe_ids_have_a_trust_domain_and_a_path() {
