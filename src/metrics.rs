@@ -92,6 +92,9 @@ pub struct Metrics {
     /// TLS handshakes on the listeners, by listener and result (`ok`,
     /// `no_client_cert`, `unknown_ca`, `expired`, `bad_identity`, `protocol`).
     pub tls_handshakes: IntCounterVec,
+    /// When each certificate the sidecar presents expires (Unix seconds),
+    /// by the key that names it (`mesh.identity`).
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 /// The methods whose `http_requests_total` series are kept once first used.
@@ -379,6 +382,11 @@ impl Metrics {
                 "tls_handshakes_total",
                 "TLS handshakes on the listeners by result: ok, no_client_cert, unknown_ca, expired, bad_identity, protocol.",
                 &["listener", "result"],
+            ),
+            tls_certificate_expiry: gauge(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each certificate the sidecar presents expires, in Unix seconds, by the key that names it.",
+                &["name"],
             ),
             registry,
         }

@@ -357,6 +357,17 @@ async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready
             .is_some_and(|t| t.ends_with('Z')),
         "{shown}"
     );
+    let metrics = get_text(&format!("http://{}/metrics", a.admin_addr())).await;
+    let expiry = "outrigger_tls_certificate_expiry_timestamp_seconds{name=\"mesh.identity\"}";
+    let in_a_day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+        + 86_400.0;
+    assert!(
+        metric(&metrics, expiry).is_some_and(|at| at > in_a_day && at < in_a_day + 86_400.0),
+        "the certificate is valid for two days: {metrics}"
+    );
 
     let stale = mesh
         .certificates
