@@ -17,6 +17,7 @@ mod pool;
 mod response;
 mod stream;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::poll_fn;
@@ -267,16 +268,12 @@ impl Client {
         gauges: Option<&Arc<PoolGauges>>,
     ) -> Result<Connection, CallError> {
         let connecting = async {
+            // A meshed replica is called on the mesh's inbound port.
+            let dialled = origination.map_or(Cow::Borrowed(address), |o| o.dial(address));
+            let socket = open_socket(&dialled).await.map_err(CallError::Connect)?;
             match origination {
-                None => {
-                    let socket = open_socket(address).await.map_err(CallError::Connect)?;
-                    Ok(Transport::Plain(socket))
-                }
-                Some(origination) => {
-                    let dialled = origination.dial(address);
-                    let socket = open_socket(&dialled).await.map_err(CallError::Connect)?;
-                    Transport::secure(socket, address, origination).await
-                }
+                None => Ok(Transport::Plain(socket)),
+                Some(origination) => Transport::secure(socket, address, origination).await,
             }
         };
         let stream = actix_rt::time::timeout(self.connect_timeout, connecting)
