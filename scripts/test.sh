@@ -15,7 +15,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # JWT tests), dnsmasq (from dnsmasq-base, which has no system service) for
 # the DNS discovery tests, promtool plus a Prometheus server (the Debian
 # `prometheus` package ships both) to check /metrics, and nginx as an app
-# that normalises paths (the tests run their own, never the system service).
+# that normalises paths (the tests run their own, never the system service),
+# and curl as a TLS client from outside the mesh (tests/mesh.rs).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # redis-cli joins the test clusters; sentinels are `redis-server --sentinel`.

@@ -86,6 +86,7 @@ fn routes(app: &mut web::ServiceConfig) {
     app.route("/", web::get().to(index))
         .route("/live", web::get().to(live))
         .route("/ready", web::get().to(ready))
+        .route("/identity", web::get().to(identity))
         .route("/services", web::get().to(services))
         .route("/circuit-breakers", web::get().to(circuit_breakers))
         .route("/circuit-breakers/reset", web::post().to(reset_breakers))
@@ -148,10 +149,11 @@ async fn index(state: web::Data<AdminState>) -> HttpResponse {
         "service": "outrigger",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
-        "links": ["/live", "/ready", "/metrics", "/services", "/circuit-breakers", "/config", "/log-level"],
+        "links": ["/live", "/ready", "/metrics", "/services", "/circuit-breakers", "/config", "/identity", "/log-level"],
         "endpoints": {
             "GET /live": "the process is up",
-            "GET /ready": "200 once every service has had a discovery sync",
+            "GET /ready": "200 once every service has had a discovery sync (503 while the mesh identity is expired)",
+            "GET /identity": "the mesh identity in use: spiffe_id, serial, not_after",
             "GET /metrics": "Prometheus metrics",
             "GET /services": "services and their replicas with load, latency and breaker state",
             "GET /circuit-breakers": "every replica's breaker figures; ?by=service for each service's",
@@ -173,6 +175,18 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
+    let config = state.config.load();
+    let expired = config
+        .mesh
+        .loaded_identity()
+        .map(|identity| identity.not_after())
+        .filter(|not_after| *not_after <= SystemTime::now());
+    if let Some(not_after) = expired {
+        return HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready",
+            "identity_expired": rfc3339(not_after),
+        }));
+    }
     let table = state.table.load();
     let pending: Vec<&str> = table
         .iter()
@@ -184,6 +198,20 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     } else {
         HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not_ready", "waiting_for": pending}))
+    }
+}
+
+/// The mesh identity in use (`mesh.identity`): its SPIFFE ID, the serial
+/// of its certificate (lowercase hex) and when it expires; 404 when there
+/// is none.
+async fn identity(state: web::Data<AdminState>) -> HttpResponse {
+    match state.config.load().mesh.loaded_identity() {
+        Some(identity) => HttpResponse::Ok().json(json!({
+            "spiffe_id": identity.spiffe_id(),
+            "serial": identity.serial(),
+            "not_after": rfc3339(identity.not_after()),
+        })),
+        None => HttpResponse::NotFound().json(json!({"error": "no mesh.identity is configured"})),
     }
 }
 

@@ -15,6 +15,9 @@ pub enum ProxyError {
     Unauthorized(String),
     /// The caller lacks a role or scope the route needs (403).
     Forbidden(String),
+    /// The caller's mesh identity (or its lack of one) is not among those
+    /// `inbound.authorization` allows for the path (403).
+    ForbiddenIdentity(String),
     /// Credentials cannot be checked right now (503).
     AuthUnavailable(String),
     /// The request could not be turned into an upstream request, or its
@@ -34,6 +37,9 @@ pub enum ProxyError {
     /// The TLS handshake with the replica failed, or its certificate did
     /// not verify (502).
     UpstreamTls(String),
+    /// The replica's certificate verified but carries another SPIFFE ID
+    /// than the meshed service expects (502).
+    UpstreamIdentity(String),
     /// The replica closed the connection before answering (502).
     UpstreamReset(String),
     /// The replica answered with invalid HTTP (502).
@@ -59,7 +65,7 @@ impl ProxyError {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ForbiddenIdentity(_) => StatusCode::FORBIDDEN,
             Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,6 +74,7 @@ impl ProxyError {
             Self::NoHealthyReplica(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect(_)
             | Self::UpstreamTls(_)
+            | Self::UpstreamIdentity(_)
             | Self::UpstreamReset(_)
             | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -81,6 +88,7 @@ impl ProxyError {
             Self::UnknownService => "unknown_service",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::ForbiddenIdentity(_) => "forbidden_identity",
             Self::AuthUnavailable(_) => "auth_unavailable",
             Self::BadRequest(_) => "bad_request",
             Self::BodyTooLarge(_) => "body_too_large",
@@ -89,6 +97,7 @@ impl ProxyError {
             Self::NoHealthyReplica(_) => "no_healthy_replica",
             Self::UpstreamConnect(_) => "upstream_connect_failed",
             Self::UpstreamTls(_) => "upstream_tls",
+            Self::UpstreamIdentity(_) => "upstream_identity",
             Self::UpstreamReset(_) => "upstream_reset",
             Self::UpstreamProtocol(_) => "upstream_protocol_error",
             Self::Timeout(_) => "upstream_timeout",
@@ -103,6 +112,7 @@ impl ProxyError {
             Self::UnknownService => "no configured service matches the path, Host or authority",
             Self::Unauthorized(m)
             | Self::Forbidden(m)
+            | Self::ForbiddenIdentity(m)
             | Self::AuthUnavailable(m)
             | Self::BadRequest(m)
             | Self::BodyTooLarge(m)
@@ -111,6 +121,7 @@ impl ProxyError {
             | Self::NoHealthyReplica(m)
             | Self::UpstreamConnect(m)
             | Self::UpstreamTls(m)
+            | Self::UpstreamIdentity(m)
             | Self::UpstreamReset(m)
             | Self::UpstreamProtocol(m)
             | Self::Timeout(m)
@@ -200,6 +211,16 @@ mod tests {
                 "upstream_connect_failed",
             ),
             (ProxyError::UpstreamTls("x".into()), 502, "upstream_tls"),
+            (
+                ProxyError::UpstreamIdentity("x".into()),
+                502,
+                "upstream_identity",
+            ),
+            (
+                ProxyError::ForbiddenIdentity("x".into()),
+                403,
+                "forbidden_identity",
+            ),
             (ProxyError::UpstreamReset("x".into()), 502, "upstream_reset"),
             (
                 ProxyError::UpstreamProtocol("x".into()),

@@ -50,7 +50,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
@@ -124,6 +124,15 @@ impl Sidecar {
         listener::raise_open_files_limit(client_connections(&config));
         logging::summary::start(config.observability.log_summary_interval);
         let metrics = Arc::new(Metrics::new());
+        if let Some(identity) = config.mesh.loaded_identity() {
+            let expiry = identity.not_after().duration_since(UNIX_EPOCH);
+            metrics
+                .tls_certificate_expiry
+                .with_label_values(&["mesh.identity"])
+                .set(expiry.map_or(0, |since| {
+                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                }));
+        }
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,
             &config.routes,

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub discovery_replicas: IntGaugeVec,
     /// Config reloads by result (`ok`, `invalid`, `restart_needed`).
     pub config_reloads: IntCounterVec,
+    /// TLS handshakes on the listeners, by listener and result (`ok`,
+    /// `no_client_cert`, `unknown_ca`, `expired`, `bad_identity`, `protocol`).
+    pub tls_handshakes: IntCounterVec,
+    /// When each certificate the sidecar presents expires (Unix seconds),
+    /// by the key that names it (`mesh.identity`).
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 /// The methods whose `http_requests_total` series are kept once first used.
@@ -386,6 +392,16 @@ impl Metrics {
                 "config_reloads_total",
                 "Config reloads by result: ok, invalid (rejected), restart_needed (applied but for keys that need a restart).",
                 &["result"],
+            ),
+            tls_handshakes: counter(
+                "tls_handshakes_total",
+                "TLS handshakes on the listeners by result: ok, no_client_cert, unknown_ca, expired, bad_identity, protocol.",
+                &["listener", "result"],
+            ),
+            tls_certificate_expiry: gauge(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each certificate the sidecar presents expires, in Unix seconds, by the key that names it.",
+                &["name"],
             ),
             registry,
         }

@@ -9,7 +9,13 @@
 //! a later step adds here (a mesh identity as the client certificate, a
 //! peer identity check in the verifier, files reloaded when they rotate)
 //! reaches every TLS connection without the client changing.
+//!
+//! The mesh's identity (`mesh.rs`) makes the originations of meshed
+//! services and the server configuration of the inbound listener.
 
+mod mesh;
+
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,6 +25,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
+
+pub use mesh::{
+    edge_server_config, is_spiffe_id, peer_identity, wrong_identity_of, IdentityError,
+    IdentityFiles, MeshIdentity, Termination, WrongIdentity,
+};
 
 /// The name a replica's certificate is checked against (and sent as SNI).
 pub use rustls::pki_types::ServerName;
@@ -67,12 +78,16 @@ pub enum FileError {
 pub struct Origination {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
+    /// The port called instead of each replica's own (a meshed service's
+    /// replicas take mutual TLS on `mesh.inbound_port`).
+    port: Option<u16>,
 }
 
 impl fmt::Debug for Origination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Origination")
             .field("server_name", &self.server_name)
+            .field("port", &self.port)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +124,17 @@ impl Origination {
         Ok(Origination {
             config: Arc::new(config),
             server_name,
+            port: None,
         })
+    }
+
+    /// Where a connection to the replica at `address` (`host:port`) is
+    /// made: the address itself, or its host with the origination's port.
+    pub fn dial<'a>(&self, address: &'a str) -> Cow<'a, str> {
+        match (self.port, address.rsplit_once(':')) {
+            (Some(port), Some((host, _))) => Cow::Owned(format!("{host}:{port}")),
+            _ => Cow::Borrowed(address),
+        }
     }
 
     /// The client configuration every connection is made with.

@@ -11,9 +11,11 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::client::{client, get_json, status_of, x_cache};
 use support::eventually::eventually;
+use support::ports::closed_port;
 use support::registry::Registry;
 use support::replica::{header_seen, Replica};
 use support::sidecar::sidecar_from;
+use support::tls::{Certificates, Pair};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sidecar-config/examples");
 const SECRET: &str = "examples-secret";
@@ -316,4 +318,46 @@ async fn gateway_routes_external_callers_after_auth_and_internal_ones_without() 
         (50..=150).contains(&canaries),
         "canary got {canaries} of 1000"
     );
+}
+
+#[actix_web::test]
+async fn mesh_calls_the_catalog_over_mutual_tls_and_tells_it_who_called() {
+    let certificates = Certificates::new();
+    let frontend =
+        certificates.server("frontend", "URI:spiffe://cluster.local/ns/shop/sa/frontend");
+    let catalog = certificates.server("catalog", "URI:spiffe://cluster.local/ns/shop/sa/catalog");
+    let app = Replica::start().await;
+    let port = closed_port();
+    let path = |file: &std::path::Path| file.to_str().expect("a UTF-8 scratch path").to_string();
+    // The example twice: as the frontend pod, and as the catalog pod it
+    // calls, whose inbound listener takes the mesh port.
+    let pod = |identity: &Pair| {
+        runnable("mesh.yaml", &app, None)
+            .replace("/var/run/outrigger/identity/tls.crt", &path(&identity.cert))
+            .replace("/var/run/outrigger/identity/tls.key", &path(&identity.key))
+            .replace(
+                "/var/run/outrigger/identity/ca.crt",
+                &path(&certificates.ca()),
+            )
+            .replace("inbound_port: 15006", &format!("inbound_port: {port}"))
+    };
+    let catalog_pod = pod(&catalog).replace(
+        "\n    bind: \"127.0.0.1:0\"",
+        &format!("\n    bind: \"127.0.0.1:{port}\""),
+    );
+    let _catalog = sidecar_from(&catalog_pod, &[]).await;
+    let frontend = sidecar_from(&pod(&frontend), &[]).await;
+    let base = format!("http://{}/catalog", frontend.outbound_addr());
+    let (status, echo) = get_json(&format!("{base}/items")).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-peer-identity").as_deref(),
+        Some("spiffe://cluster.local/ns/shop/sa/frontend")
+    );
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-auth").as_deref(),
+        Some("mesh")
+    );
+    let (status, _) = get_json(&format!("{base}/admin/users")).await;
+    assert_eq!(status, 403, "only the ops console may call /admin/");
 }

@@ -125,13 +125,14 @@ fn http_imports_nothing_from_the_layers_above() {
 
 /// The shared layer: what every other layer may use (config, errors and
 /// their answers, observability), from the crate root.
-const SHARED: [&str; 9] = [
+const SHARED: [&str; 10] = [
     "src/config",
     "src/error.rs",
     "src/logging",
     "src/logging.rs",
     "src/metrics.rs",
     "src/otlp.rs",
+    "src/tls",
     "src/tls.rs",
     "src/trace.rs",
     "src/watch.rs",

@@ -193,6 +193,7 @@ mod tests {
             endpoints: Vec::new(),
             strip_prefix: true,
             tls: None,
+            identity: None,
             policy: Policy {
                 load_balancer,
                 slow_start,

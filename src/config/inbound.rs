@@ -29,6 +29,8 @@ pub struct InboundListener {
     /// Per-client bounds (`max_header_bytes`, `max_body_bytes`, ...).
     #[serde(flatten)]
     pub limits: ListenerLimits,
+    /// Plain text, mutual TLS between sidecars, both, or server TLS.
+    pub tls: super::ListenerTls,
 }
 
 /// Where the inbound listener sends the requests it admits.
@@ -70,6 +72,19 @@ pub struct InboundConfig {
     /// `X-Real-IP` and `Forwarded` headers reach the app; from any other
     /// peer they are replaced or dropped (none by default).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Which mesh identities may call which paths: the first rule whose
+    /// path prefix matches decides; a path no rule matches is open.
+    pub authorization: Vec<IdentityRule>,
+}
+
+/// The mesh identities that may call a path prefix (403
+/// `forbidden_identity` for any other caller, plain-text ones included).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IdentityRule {
+    /// Path prefix the rule covers.
+    pub path: String,
+    /// The SPIFFE IDs allowed.
+    pub identities: Vec<String>,
 }
 
 /// The inbound GET response cache.
@@ -200,6 +215,9 @@ pub struct AuthConfig {
     pub logout: Option<String>,
     /// Remove `Authorization` before forwarding to the app (default false).
     pub strip_authorization: bool,
+    /// A caller with a verified mesh identity needs no JWT or API key
+    /// (default false).
+    pub exempt_mesh: bool,
     /// Let tokens through when the revocation store cannot be asked
     /// (`revocation_on_error: allow`); by default (`deny`) they are refused with 503.
     pub revocation_on_error_allow: bool,
@@ -393,11 +411,18 @@ pub(super) fn read_listener(
     let timeout = t.get_or("timeout", Duration::from_secs(30), problems);
     positive(timeout, &t.path_of("timeout"), problems);
     let limits = super::listener::read_limits(t, problems);
+    let tls = t.section_restart(
+        "tls",
+        &super::ListenerTls::default(),
+        problems,
+        super::mesh::read_listener_tls,
+    );
     Some(InboundListener {
         bind: bind?,
         target: target?,
         timeout,
         limits,
+        tls,
     })
 }
 
@@ -440,7 +465,37 @@ pub(super) fn read_inbound(t: &mut Table, env: Env<'_>, problems: &mut Problems)
         concurrency,
         cache,
         trusted_proxies: read_ips(t, "trusted_proxies", problems),
+        authorization: t.tables("authorization", problems, read_identity_rule),
     }
+}
+
+/// Reads one `inbound.authorization` rule: a path prefix and SPIFFE IDs.
+fn read_identity_rule(t: &mut Table, problems: &mut Problems) -> Option<IdentityRule> {
+    let path: Option<String> = t.get("path", problems);
+    match &path {
+        None => problems.add(
+            &t.path_of("path"),
+            "required: the path prefix the rule covers",
+        ),
+        Some(prefix) if !prefix.starts_with('/') => problems.add(
+            &t.path_of("path"),
+            format!("expected a path prefix starting with /, got \"{prefix}\""),
+        ),
+        Some(_) => {}
+    }
+    let identities: Vec<String> = t.list("identities", problems).unwrap_or_default();
+    for (index, id) in identities.iter().enumerate() {
+        if !crate::tls::is_spiffe_id(id) {
+            problems.add(
+                &format!("{}[{index}]", t.path_of("identities")),
+                format!("expected a SPIFFE ID like \"spiffe://cluster.local/ns/shop/sa/frontend\", got \"{id}\""),
+            );
+        }
+    }
+    Some(IdentityRule {
+        path: path?,
+        identities,
+    })
 }
 
 /// The list of IP addresses at `key` (none when absent); each entry that
@@ -493,6 +548,7 @@ fn read_auth(t: &mut Table, env: Env<'_>, problems: &mut Problems) -> AuthConfig
         revocation: t.get_or("revocation", false, problems),
         logout: t.get("logout", problems),
         strip_authorization: t.get_or("strip_authorization", false, problems),
+        exempt_mesh: t.get_or("exempt_mesh", false, problems),
         revocation_on_error_allow: match t.get::<String>("revocation_on_error", problems).as_deref()
         {
             None | Some("deny") => false,

@@ -13,18 +13,20 @@ use super::reader::{KeyLog, Problems};
 /// knows whether the file has it or not, so reading this logs them all; a
 /// new section needs a line here for its keys to be listed.
 const EVERY_SECTION: &str = "
-listeners: { outbound: {}, admin: {}, inbound: {} }
+listeners: { outbound: {}, admin: {}, inbound: { tls: {} } }
 discovery: { file: {}, registry: {}, dns: {}, kubernetes: {} }
 defaults: { circuit_breaker: {}, retry: {}, concurrency: {} }
 services: [{ circuit_breaker: {}, retry: {}, concurrency: {}, tls: {} }]
 routes: [{ match: {}, backends: [{}] }]
 inbound:
   auth: { jwt: {}, api_keys: {}, rules: [{}], websocket_token: {} }
+  authorization: [{}]
   cors: {}
   rate_limit: { routes: [{}] }
   concurrency: {}
   cache: { routes: [{}] }
 redis: { sentinel: {} }
+mesh: { identity: {} }
 lifecycle: {}
 reload: {}
 tracing: {}

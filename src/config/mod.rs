@@ -9,6 +9,7 @@ mod inbound;
 mod keys;
 mod listener;
 mod locate;
+mod mesh;
 mod observability;
 mod reader;
 mod redis;
@@ -31,11 +32,12 @@ pub use inbound::usable_name;
 pub use inbound::LimitMode;
 pub use inbound::{
     AccessRule, ApiKey, ApiKeysConfig, AuthConfig, CacheConfig, CacheRoute, CorsConfig,
-    InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig, JwtKeys,
-    OnRedisError, RateLimitConfig, RouteLimit, Satisfy, WebSocketToken,
+    IdentityRule, InboundConcurrency, InboundConfig, InboundListener, InboundTarget, JwtConfig,
+    JwtKeys, OnRedisError, RateLimitConfig, RouteLimit, Satisfy, WebSocketToken,
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
+pub use mesh::{IdentityConfig, ListenerTls, MeshConfig, TlsMode};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub(crate) use reader::{config_words, FromYaml, Problems, Table, OFF};
 pub use reader::{
@@ -66,6 +68,8 @@ pub struct Config {
     /// Who may call the app through the inbound listener; `Some` exactly
     /// when `listeners.inbound` is set.
     pub inbound: Option<InboundConfig>,
+    /// This pod's mesh identity and the port meshed calls go to.
+    pub mesh: MeshConfig,
     /// Shared Redis; without it, in-process stores are used.
     pub redis: Option<RedisConfig>,
     /// How the sidecar stops.
@@ -185,6 +189,9 @@ pub struct Policy {
     /// Requests slower than this are logged at warn (default 1s).
     #[serde(serialize_with = "as_duration")]
     pub slow_request_threshold: Duration,
+    /// Call the replicas over mutual TLS with the mesh identity, on
+    /// `mesh.inbound_port` (default false).
+    pub mesh: bool,
 }
 
 /// Replica selection strategies.
@@ -309,6 +316,10 @@ pub struct ServiceConfig {
     /// written `https://`); `None`: plain text.
     #[serde(skip_serializing_if = "tls::unwritten")]
     pub tls: Option<ServiceTls>,
+    /// The SPIFFE ID a meshed service's replicas must present; `None`:
+    /// any ID of the mesh's trust domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// This service's policy: `defaults` with this service's overrides.
     #[serde(flatten)]
     pub policy: Policy,
@@ -405,6 +416,7 @@ impl Default for Policy {
             slow_start: Duration::from_secs(10),
             max_ejection_percent: 50,
             slow_request_threshold: Duration::from_secs(1),
+            mesh: false,
         }
     }
 }
@@ -508,10 +520,12 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
     let mut defaults = top.section("defaults", &Defaults::default(), problems, read_defaults);
     let mut discovery = discovery?;
     env::apply(&mut defaults.policy, &mut discovery, env, problems);
+    let mesh = top.section_restart("mesh", &MeshConfig::default(), problems, mesh::read_mesh);
     let services = read_services(
         top.raw("services"),
         &defaults.policy,
         discovery.source,
+        &mesh,
         problems,
     );
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
@@ -562,7 +576,10 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
         },
     );
     top.finish(problems);
-    let listeners = listeners?;
+    let mut listeners = listeners?;
+    if let Some(inbound) = &mut listeners.inbound {
+        mesh::terminate(&mut inbound.tls, &mesh, "listeners.inbound.tls", problems);
+    }
     let inbound = match (&listeners.inbound, inbound) {
         (Some(_), inbound) => Some(inbound.unwrap_or_default()),
         (None, Some(_))
@@ -583,6 +600,7 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
         services,
         routes,
         inbound,
+        mesh,
         redis,
         lifecycle,
         reload,
@@ -672,6 +690,7 @@ fn read_policy_keys(table: &mut Table, base: &Policy, problems: &mut Problems) -
             base.slow_request_threshold,
             problems,
         ),
+        mesh: table.get_or("mesh", base.mesh, problems),
     };
     if policy.max_ejection_percent > 100 {
         problems.add(
@@ -789,6 +808,7 @@ fn read_services(
     value: Option<&Value>,
     defaults: &Policy,
     source: SourceKind,
+    mesh: &MeshConfig,
     problems: &mut Problems,
 ) -> Vec<ServiceConfig> {
     let items = match value {
@@ -802,7 +822,7 @@ fn read_services(
     let mut services: Vec<ServiceConfig> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let path = format!("services[{index}]");
-        let Some(service) = read_service(item, &path, defaults, source, problems) else {
+        let Some(service) = read_service(item, &path, defaults, source, mesh, problems) else {
             continue;
         };
         if services.iter().any(|s| s.name == service.name) {
@@ -821,6 +841,7 @@ fn read_service(
     path: &str,
     defaults: &Policy,
     source: SourceKind,
+    mesh: &MeshConfig,
     problems: &mut Problems,
 ) -> Option<ServiceConfig> {
     let mut t = Table::open(value, path, problems)?;
@@ -869,12 +890,14 @@ fn read_service(
         problems,
     );
     let policy = read_policy_keys(&mut t, defaults, problems);
+    let (identity, mesh_tls) = mesh::read_service_mesh(&mut t, policy.mesh, &tls, mesh, problems);
     t.finish(problems);
     Some(ServiceConfig {
         name: name?,
         endpoints,
         strip_prefix,
-        tls,
+        tls: mesh_tls.or(tls),
+        identity,
         policy,
     })
 }

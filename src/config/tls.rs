@@ -41,6 +41,15 @@ pub enum TlsScope {
     Every,
     /// Only these `host:port` addresses: static endpoints written `https://`.
     Only(Vec<String>),
+    /// Every replica, as a meshed service's: mutual TLS with the mesh
+    /// identity on `port` (`mesh.inbound_port`), the replica presenting
+    /// `identity` (any ID of the trust domain when `None`).
+    Mesh {
+        /// `services[].identity`.
+        identity: Option<String>,
+        /// `mesh.inbound_port`.
+        port: u16,
+    },
 }
 
 /// Two settings are the same when their keys and scope are: the files are
@@ -61,7 +70,7 @@ impl ServiceTls {
     /// requests never get here.
     pub fn for_replica(&self, address: &str) -> Option<&Arc<Origination>> {
         let applies = match &self.scope {
-            TlsScope::Every => true,
+            TlsScope::Every | TlsScope::Mesh { .. } => true,
             TlsScope::Only(addresses) => addresses.iter().any(|a| a == address),
         };
         applies.then_some(&self.origination)
@@ -69,7 +78,7 @@ impl ServiceTls {
 }
 
 /// Whether no `tls:` block was written: `GET /config` leaves it out (the
-/// `https://` endpoints say it).
+/// `https://` endpoints, or `mesh: true`, say it).
 pub(super) fn unwritten(tls: &Option<ServiceTls>) -> bool {
     !matches!(
         tls,

@@ -4,6 +4,7 @@
 //! (`tests/layers.rs` checks it).
 //!
 //! Inside, each module uses only those listed before it:
+//! - `wire`: the bytes under a connection, plain or TLS, either side;
 //! - `request_id`: the `x-request-id` every answer carries;
 //! - `access`: what is recorded once a request is answered;
 //! - `listener`: serving clients we do not trust (limits, head and path
@@ -21,3 +22,4 @@ pub mod forward;
 pub(crate) mod listener;
 pub(crate) mod request_id;
 pub(crate) mod tunnel;
+pub(crate) mod wire;

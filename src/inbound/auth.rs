@@ -1,4 +1,5 @@
-//! Who is calling, and may they: exempt paths, bearer JWTs, API keys,
+//! Who is calling, and may they: the caller's mesh identity and the
+//! `inbound.authorization` rules, exempt paths, bearer JWTs, API keys,
 //! revocation, and role/scope rules. Every refusal is counted in
 //! `jwt_validations_total` (or its rule's 403) and logged with its reason,
 //! never with the credential.
@@ -18,8 +19,9 @@ use super::gate::store_failed;
 use super::jwks::{FetchNow, JwksFetcher, StopRefreshing};
 use super::jwt::{JwtRejection, TokenClaims, Verifier};
 use super::websocket::{self, Carried};
-use crate::config::{AccessRule, AuthConfig, Satisfy, WebSocketToken};
+use crate::config::{AccessRule, AuthConfig, IdentityRule, Satisfy, WebSocketToken};
 use crate::error::ProxyError;
+use crate::http::listener::PeerIdentity;
 use crate::logging::summary;
 use crate::store::Store;
 
@@ -32,6 +34,8 @@ pub enum AuthMethod {
     ApiKey,
     /// The path is exempt.
     Exempt,
+    /// The caller's verified mesh identity (`inbound.auth.exempt_mesh`).
+    Mesh,
     /// No authentication is configured.
     None,
 }
@@ -43,6 +47,7 @@ impl AuthMethod {
             Self::Jwt => "jwt",
             Self::ApiKey => "api_key",
             Self::Exempt => "exempt",
+            Self::Mesh => "mesh",
             Self::None => "none",
         }
     }
@@ -66,6 +71,9 @@ pub struct Identity {
     /// `inbound.trusted_proxies` in `X-Forwarded-For`
     /// (`x-outrigger-client-ip`).
     pub client_ip: Option<IpAddr>,
+    /// The SPIFFE ID the caller's certificate verified with, over mutual
+    /// TLS (`x-outrigger-peer-identity`).
+    pub peer: Option<PeerIdentity>,
 }
 
 impl Identity {
@@ -77,6 +85,7 @@ impl Identity {
             method,
             revocable: None,
             client_ip: None,
+            peer: None,
         }
     }
 
@@ -103,13 +112,46 @@ impl Identity {
         if let Some(ip) = self.client_ip {
             set("x-outrigger-client-ip", &ip.to_string());
         }
+        if let Some(peer) = &self.peer {
+            headers.insert(X_OUTRIGGER_PEER_IDENTITY, peer.0.clone());
+        }
         headers
+    }
+}
+
+/// The header that tells the app the caller's verified mesh identity.
+const X_OUTRIGGER_PEER_IDENTITY: HeaderName = HeaderName::from_static("x-outrigger-peer-identity");
+
+/// Whether the caller with the mesh identity `peer` (`None`: plain text or
+/// no client certificate) may call `path`: the first of `rules` whose
+/// prefix `path` starts with decides, and a path none matches is open.
+pub fn authorize_peer(
+    rules: &[IdentityRule],
+    peer: Option<&PeerIdentity>,
+    path: &str,
+) -> Result<(), ProxyError> {
+    let Some(rule) = rules.iter().find(|rule| path.starts_with(&rule.path)) else {
+        return Ok(());
+    };
+    match peer {
+        Some(peer) if rule.identities.iter().any(|id| id == peer.as_str()) => Ok(()),
+        Some(peer) => Err(ProxyError::ForbiddenIdentity(format!(
+            "{} may not call {}",
+            peer.as_str(),
+            rule.path
+        ))),
+        None => Err(ProxyError::ForbiddenIdentity(format!(
+            "{} needs a caller with a mesh identity",
+            rule.path
+        ))),
     }
 }
 
 /// Checks inbound callers against the auth config.
 pub struct Authenticator {
     exempt: Vec<String>,
+    /// A verified mesh identity needs no credentials.
+    exempt_mesh: bool,
     verifier: Option<Arc<Verifier>>,
     jwks: Option<Addr<JwksFetcher>>,
     api_keys: Option<ApiKeys>,
@@ -137,6 +179,7 @@ impl Authenticator {
         let api_keys = config.api_keys.as_ref().map(ApiKeys::new).transpose()?;
         Ok(Authenticator {
             exempt: config.exempt.clone(),
+            exempt_mesh: config.exempt_mesh,
             verifier,
             jwks,
             api_keys,
@@ -182,6 +225,9 @@ impl Authenticator {
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
+        if self.exempt_mesh && req.conn_data::<PeerIdentity>().is_some() {
+            return Ok(Identity::anonymous(AuthMethod::Mesh));
+        }
         if self.verifier.is_none() && self.api_keys.is_none() {
             return Ok(Identity::anonymous(AuthMethod::None));
         }
@@ -198,6 +244,7 @@ impl Authenticator {
                 method: AuthMethod::ApiKey,
                 revocable: None,
                 client_ip: None,
+                peer: None,
             }
         } else {
             return Err(self.refuse(JwtRejection::Missing));
@@ -274,6 +321,7 @@ impl Authenticator {
             method: AuthMethod::Jwt,
             revocable: Some(revocable),
             client_ip: None,
+            peer: None,
         })
     }
 
@@ -440,6 +488,29 @@ mod tests {
     }
 
     #[test]
+    fn the_first_identity_rule_whose_prefix_matches_decides() {
+        let rule = |path: &str, ids: &[&str]| IdentityRule {
+            path: path.to_string(),
+            identities: ids.iter().map(|id| id.to_string()).collect(),
+        };
+        let console = "spiffe://cluster.local/ns/ops/sa/console";
+        let rules = [rule("/admin/", &[console]), rule("/", &[])];
+        let peer = |id: &'static str| PeerIdentity(HeaderValue::from_static(id));
+        assert!(authorize_peer(&rules, Some(&peer(console)), "/admin/users").is_ok());
+        let frontend = peer("spiffe://cluster.local/ns/shop/sa/frontend");
+        let refused = authorize_peer(&rules, Some(&frontend), "/admin/users");
+        assert_eq!(refused.map_err(|e| e.reason()), Err("forbidden_identity"));
+        assert!(
+            authorize_peer(&rules, None, "/items").is_err(),
+            "the catch-all allows no one"
+        );
+        assert!(
+            authorize_peer(&rules[..1], None, "/items").is_ok(),
+            "no rule: open"
+        );
+    }
+
+    #[test]
     fn identity_headers_carry_user_roles_scopes_and_method() {
         let identity = Identity {
             user: "ana".to_string(),
@@ -448,8 +519,17 @@ mod tests {
             method: AuthMethod::Jwt,
             revocable: None,
             client_ip: Some(IpAddr::from([203, 0, 113, 7])),
+            peer: Some(PeerIdentity(HeaderValue::from_static(
+                "spiffe://cluster.local/ns/shop/sa/frontend",
+            ))),
         };
         let headers = identity.headers();
+        assert_eq!(
+            headers
+                .get("x-outrigger-peer-identity")
+                .and_then(|v| v.to_str().ok()),
+            Some("spiffe://cluster.local/ns/shop/sa/frontend")
+        );
         let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         assert_eq!(get("x-outrigger-user"), Some("ana"));
         assert_eq!(get("x-outrigger-roles"), Some("admin,viewer"));
@@ -467,6 +547,7 @@ mod tests {
             method: AuthMethod::ApiKey,
             revocable: None,
             client_ip: None,
+            peer: None,
         };
         let rule = |satisfy| AccessRule {
             path: "/reports".to_string(),

@@ -40,7 +40,7 @@ pub struct Gate {
     /// Bound on the app's answer head.
     pub timeout: Duration,
     /// The config the parts were built from.
-    config: InboundConfig,
+    pub config: InboundConfig,
 }
 
 /// The summary topic of `kind`, a store failure the inbound side works
@@ -146,6 +146,10 @@ impl Gate {
             (
                 "inbound.trusted_proxies",
                 old.trusted_proxies != next.trusted_proxies,
+            ),
+            (
+                "inbound.authorization",
+                old.authorization != next.authorization,
             ),
         ]
         .into_iter()

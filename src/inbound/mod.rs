@@ -9,8 +9,9 @@
 //! 1. check head: the head is within the listener's limits and the path
 //!    normalises (the later steps match, and forward, the normalised path);
 //! 2. CORS preflight: answered here;
-//! 3. authenticate: the caller is known and may call the path (a
-//!    WebSocket handshake may carry its token where
+//! 3. authenticate: the caller's mesh identity may call the path
+//!    (`inbound.authorization`), the caller is known and may call the path
+//!    (a WebSocket handshake may carry its token where
 //!    `inbound.auth.websocket_token` says; it is taken out here);
 //! 4. rate limit: a caller over its limit gets 429;
 //! 5. cache lookup: a stored answer is served (never for an upgrade);
@@ -63,7 +64,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
-use crate::http::listener::{self, Arrival, Front, LimitedPayload};
+use crate::http::listener::{self, Arrival, Front, LimitedPayload, PeerIdentity};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
 use crate::metrics::RequestSeries;
@@ -93,7 +94,12 @@ pub fn server(
     gates: Arc<ArcSwap<Gate>>,
 ) -> io::Result<Server> {
     let connect_timeout = config.defaults.connect_timeout;
-    listener::serve(&front.clone(), socket, config.workers, move || {
+    let tls = config
+        .listeners
+        .inbound
+        .as_ref()
+        .and_then(|inbound| inbound.tls.termination.clone());
+    listener::serve(&front.clone(), socket, config.workers, tls, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
             connect_timeout,
@@ -212,7 +218,8 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Step 3: the caller is known and may call `path`. An `upgrade`
+    /// Step 3: the caller's mesh identity (over mutual TLS) may call
+    /// `path`, and the caller is known and may call it. An `upgrade`
     /// handshake may carry its token where `inbound.auth.websocket_token`
     /// says: then the handshake without it comes back for step 7.
     async fn authenticate(
@@ -220,6 +227,10 @@ impl<'a> Request<'a> {
         path: &str,
         upgrade: bool,
     ) -> Step<(Identity, Option<Carried<'a>>)> {
+        let peer = self.req.conn_data::<PeerIdentity>();
+        if let Err(refusal) = auth::authorize_peer(&self.gate.config.authorization, peer, path) {
+            return ControlFlow::Break(self.refuse(&refusal));
+        }
         let authenticator = &self.gate.authenticator;
         let carried = if upgrade {
             match authenticator.carried(self.req) {
@@ -233,6 +244,7 @@ impl<'a> Request<'a> {
         match authenticator.authenticate(self.req, path, token).await {
             Ok(mut identity) => {
                 identity.client_ip = self.gate.client_ip(self.req);
+                identity.peer = peer.cloned();
                 ControlFlow::Continue((identity, carried))
             }
             Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),

@@ -62,7 +62,7 @@ pub fn server(
         .metrics()
         .upstream_connections_idle_max
         .set(idle_max as i64);
-    listener::serve(&front.clone(), socket, config.workers, move || {
+    listener::serve(&front.clone(), socket, config.workers, None, move || {
         let worker = Worker {
             client: crate::http::client::Client::new(connect_timeout),
             connect_timeout,

@@ -42,12 +42,17 @@ impl Certificates {
     /// A certificate from the CA for `sans` (for a server or a client) (`DNS:name`,
     /// `IP:127.0.0.1`, comma-separated).
     pub fn server(&self, file: &str, sans: &str) -> Pair {
-        self.signed("ca", file, sans)
+        self.signed("ca", file, sans, "2")
     }
 
     /// A server certificate for `sans` from the CA nothing trusts.
     pub fn untrusted(&self, file: &str, sans: &str) -> Pair {
-        self.signed("other-ca", file, sans)
+        self.signed("other-ca", file, sans, "2")
+    }
+
+    /// A certificate from the CA for `sans` that expired a day ago.
+    pub fn expired(&self, file: &str, sans: &str) -> Pair {
+        self.signed("ca", file, sans, "-1")
     }
 
     fn make_ca(&self, name: &str) {
@@ -77,7 +82,8 @@ impl Certificates {
         );
     }
 
-    fn signed(&self, ca: &str, file: &str, sans: &str) -> Pair {
+    /// A certificate from `ca` valid for `days` from now (negative: expired).
+    fn signed(&self, ca: &str, file: &str, sans: &str, days: &str) -> Pair {
         let dir = &self.dir.path;
         let extensions = format!(
             "subjectAltName={sans}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n"
@@ -106,7 +112,7 @@ impl Certificates {
                 "x509",
                 "-req",
                 "-days",
-                "2",
+                days,
                 "-in",
                 &format!("{file}.csr"),
                 "-CA",

@@ -17,6 +17,7 @@ mod pool;
 mod response;
 mod stream;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::poll_fn;
@@ -131,6 +132,10 @@ pub enum CallError {
     /// The TLS handshake failed or the replica's certificate did not
     /// verify (why, in words).
     Tls(String),
+    /// The replica's certificate verified, but its SPIFFE ID is not the
+    /// one the meshed service expects (why, in words); the breaker and
+    /// retries take it as a TLS failure.
+    Identity(String),
     /// The peer took no body bytes, or sent no answer head after the
     /// body, within the call's timeout.
     Timeout,
@@ -158,7 +163,7 @@ impl CallError {
         match self {
             Self::Unsendable(_) | Self::Body(_) => None,
             Self::Connect(_) => Some(UpstreamError::Connect),
-            Self::Tls(_) => Some(UpstreamError::Tls),
+            Self::Tls(_) | Self::Identity(_) => Some(UpstreamError::Tls),
             Self::Timeout => Some(UpstreamError::Timeout),
             Self::Closed(_) => Some(UpstreamError::Reset),
             Self::Protocol(_) => Some(UpstreamError::Protocol),
@@ -176,6 +181,9 @@ impl CallError {
                 ProxyError::UpstreamConnect(format!("cannot connect to {name}: {err}"))
             }
             Self::Tls(why) => ProxyError::UpstreamTls(format!("TLS to {name} failed: {why}")),
+            Self::Identity(why) => {
+                ProxyError::UpstreamIdentity(format!("{name} is not the peer expected: {why}"))
+            }
             Self::Timeout => {
                 let (key, limit) = peer.bound;
                 ProxyError::Timeout(format!(
@@ -281,8 +289,9 @@ impl Client {
     }
 }
 
-/// A connection to `address`, its TLS handshake included when `origination`
-/// asks for one, within `connect_timeout`: what a pooled connection and an
+/// A connection to `address` (to its host on the mesh's inbound port for a
+/// meshed replica), its TLS handshake included when `origination` asks for
+/// one, within `connect_timeout`: what a pooled connection and an
 /// upgrade tunnel are made on.
 pub(crate) async fn open_transport(
     address: &str,
@@ -290,12 +299,12 @@ pub(crate) async fn open_transport(
     connect_timeout: Duration,
 ) -> Result<Transport, CallError> {
     let connecting = async {
-        let socket = open_socket(address).await.map_err(CallError::Connect)?;
+        // A meshed replica is called on the mesh's inbound port.
+        let dialled = origination.map_or(Cow::Borrowed(address), |o| o.dial(address));
+        let socket = open_socket(&dialled).await.map_err(CallError::Connect)?;
         match origination {
             None => Ok(Transport::Plain(socket)),
-            Some(origination) => Transport::secure(socket, address, origination)
-                .await
-                .map_err(CallError::Tls),
+            Some(origination) => Transport::secure(socket, address, origination).await,
         }
     };
     actix_rt::time::timeout(connect_timeout, connecting)

@@ -1,8 +1,6 @@
 //! The bytes under a replica connection: a TCP socket, or TLS over one
-//! (tokio-rustls, configured by the service's [`Origination`]). Both are
-//! framed and pooled alike; a plain connection costs one branch per read or
-//! write more than the socket alone, and a TLS one is boxed so the plain
-//! one stays small.
+//! (tokio-rustls, configured by the service's [`Origination`]), read and
+//! written as a [`Wire`]. Both are framed and pooled alike.
 
 use std::io;
 use std::pin::Pin;
@@ -14,27 +12,27 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::tls::Origination;
+use super::CallError;
+use crate::http::wire::Wire;
+use crate::tls::{wrong_identity_of, Origination};
 
-/// A connection's byte stream.
-pub enum Transport {
-    /// Plain text.
-    Plain(TcpStream),
-    /// TLS, verified as the service's origination asks.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A replica connection's byte stream: plain text, or TLS verified as the
+/// service's origination asks.
+pub type Transport = Wire<TlsStream<TcpStream>>;
 
 impl Transport {
     /// Opens TLS over `socket` to the replica at `address` (`host:port`):
     /// the name sent and verified is the origination's, else the host.
-    /// The error says why the handshake or the verification failed.
+    /// The error says why the handshake or the verification failed:
+    /// [`CallError::Identity`] when the replica's chain verified but its
+    /// SPIFFE ID is not the one asked for, [`CallError::Tls`] otherwise.
     pub async fn secure(
         socket: TcpStream,
         address: &str,
         origination: &Origination,
-    ) -> Result<Transport, String> {
+    ) -> Result<Transport, CallError> {
         let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-        let name = origination.server_name(host)?;
+        let name = origination.server_name(host).map_err(CallError::Tls)?;
         let connector = TlsConnector::from(Arc::clone(origination.config()));
         match connector.connect(name, socket).await {
             Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
@@ -98,70 +96,18 @@ impl Transport {
     }
 }
 
-/// Why a handshake failed, in words: rustls's error (a certificate for
-/// another name, an unknown issuer, an alert from the replica) when there
-/// is one, else the socket's.
-fn handshake_failure(err: &io::Error) -> String {
+/// Why a handshake failed: a replica with another identity, or in words
+/// rustls's error (a certificate for another name, an unknown issuer, an
+/// alert from the replica) when there is one, else the socket's.
+fn handshake_failure(err: &io::Error) -> CallError {
+    let rustls_error = err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if let Some(wrong) = rustls_error.and_then(wrong_identity_of) {
+        return CallError::Identity(wrong.to_string());
+    }
     match err.get_ref() {
-        Some(inner) => inner.to_string(),
-        None => err.to_string(),
-    }
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(socket) => Pin::new(socket).poll_read(cx, buf),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(socket) => Pin::new(socket).poll_write(cx, buf),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(socket) => Pin::new(socket).poll_write_vectored(cx, bufs),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Transport::Plain(socket) => socket.is_write_vectored(),
-            Transport::Tls(tls) => tls.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(socket) => Pin::new(socket).poll_flush(cx),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(socket) => Pin::new(socket).poll_shutdown(cx),
-            Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
-        }
+        Some(inner) => CallError::Tls(inner.to_string()),
+        None => CallError::Tls(err.to_string()),
     }
 }

@@ -16,12 +16,14 @@ mod head;
 mod http2;
 mod path;
 mod protocol;
+mod secure;
 mod stopping;
 mod stream;
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::body::MessageBody;
@@ -42,9 +44,13 @@ pub use body::{BodyError, LimitedPayload};
 pub use front::{Arrival, Front};
 pub use head::check_head;
 pub use path::normal_path;
+pub use secure::PeerIdentity;
 pub use stopping::Stopping;
 
+use secure::Secure;
 use stream::{ClientStream, Timeouts};
+
+use crate::tls::Termination;
 
 /// Connections the kernel queues before they are accepted.
 const BACKLOG: u32 = 1024;
@@ -60,11 +66,13 @@ const TUNNELS_CLOSE_TIME: Duration = Duration::from_millis(250);
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves the listener of `front` on `socket` (from [`listen`]) and applies
-/// its limits to every client connection, HTTP/1.1 or HTTP/2 by its first
-/// bytes; an HTTP/1 connection's bytes pass the bare-LF check before the parser
-/// (refusals counted in `http_heads_refused_total`), an HTTP/2 connection's
-/// requests are made to read as HTTP/1.1 ones and its streams counted
-/// against `http2_max_concurrent_streams`; `factory` builds each
+/// its limits to every client connection, taken in plain text or over TLS
+/// as `tls` says (`secure.rs`), HTTP/1.1 or HTTP/2 by its first bytes; an
+/// HTTP/1 connection's bytes (decrypted ones over TLS) pass the bare-LF
+/// check before the parser (refusals counted in
+/// `http_heads_refused_total`), an HTTP/2 connection's requests are made to
+/// read as HTTP/1.1 ones and its streams counted against
+/// `http2_max_concurrent_streams`; `factory` builds each
 /// worker's app, run on `workers` threads. The server runs once awaited or
 /// spawned; it stops on its handle (signals are the caller's), giving
 /// in-flight requests the shutdown grace of `front`'s stop.
@@ -72,6 +80,7 @@ pub fn serve<F, I, S, B>(
     front: &Front,
     socket: std::net::TcpListener,
     workers: u32,
+    tls: Option<Arc<Termination>>,
     factory: F,
 ) -> io::Result<Server>
 where
@@ -109,22 +118,27 @@ where
         .metrics()
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
+    let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
     let builder = builder.listen(name, socket, move || {
-        let (stopping, refused) = (stopping.clone(), refused.clone());
+        let (stopping, refused, secure) = (stopping.clone(), refused.clone(), secure.clone());
         let app = factory()
             .into_factory()
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
-            let refused = refused.clone();
+            let (refused, secure) = (refused.clone(), secure.clone());
             async move {
                 let accepted = tokio::time::Instant::now();
                 let peer = io.peer_addr().ok();
+                // A TLS client's first byte is no preface's: HTTP/1.1 (ALPN
+                // `h2` is not offered yet).
                 let protocol = protocol::detect(&io, timeouts.header)
                     .await
                     .map_err(DispatchError::Io)?;
-                let mut io = ClientStream::new(io, protocol, name, peer, refused, timeouts);
-                // A client that kept its first bytes back: what it waited
-                // counts against its first head.
+                let wire = secure::accept(io, secure.as_deref(), peer, header_timeout).await?;
+                let mut io = ClientStream::new(wire, protocol, name, peer, refused, timeouts);
+                // A client that kept its first bytes back, or took its time
+                // over the handshake: what it waited counts against its
+                // first head.
                 if protocol == Protocol::Http1 && accepted.elapsed() > protocol::RECHECK {
                     io.time_first_head(accepted);
                 }
@@ -142,6 +156,9 @@ where
             .on_connect_ext(|io: &ClientStream, data: &mut Extensions| {
                 if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
                     data.insert(ip);
+                }
+                if let Some(identity) = io.peer_identity() {
+                    data.insert(identity.clone());
                 }
                 data.insert(io.chunk_verdict());
                 if io.protocol() == Protocol::Http2 {

@@ -1,7 +1,7 @@
-//! A client connection whose incoming bytes pass [`Framing`] before the
-//! HTTP/1 parser reads them (an HTTP/2 connection's are not scanned: the
-//! HTTP/2 server checks its frames), and which times what the parser does
-//! not: its
+//! A client connection (plain or TLS: the bytes scanned are the decrypted
+//! ones) whose incoming bytes pass [`Framing`] before the HTTP/1 parser
+//! reads them (an HTTP/2 connection's are not scanned: the HTTP/2 server
+//! checks its frames), and which times what the parser does not: its
 //! later request heads get the same `client_header_timeout` the parser
 //! gives the first one (a client could otherwise trickle every later head
 //! forever), a pause in a request body closes the connection after
@@ -19,7 +19,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use actix_http::Protocol;
-use actix_rt::net::TcpStream;
 use log::warn;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,14 +26,17 @@ use tokio::time::Instant;
 
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, Framing, ScanVerdict};
+use super::secure::{ClientWire, PeerIdentity};
 
-/// One client's TCP connection, scanned as it is read.
+/// One client's connection, scanned as it is read.
 pub struct ClientStream {
-    io: TcpStream,
+    io: ClientWire,
     protocol: Protocol,
     framing: Framing,
     listener: &'static str,
     peer: Option<SocketAddr>,
+    /// The caller's verified mesh identity, on a mutual TLS connection.
+    identity: Option<PeerIdentity>,
     refused: IntCounter,
     timeouts: Timeouts,
     /// The later request head under way.
@@ -87,11 +89,12 @@ pub struct Timeouts {
 }
 
 impl ClientStream {
-    /// Wraps a connection accepted by `listener` from `peer`, whose client
-    /// speaks `protocol`; `refused` counts the heads poisoned on it; a
-    /// client is cut off when it takes longer than `timeouts` say.
+    /// Wraps a connection accepted by `listener` from `peer` (with its
+    /// verified `identity`, over mutual TLS), whose client speaks
+    /// `protocol`; `refused` counts the heads poisoned on it; a client is
+    /// cut off when it takes longer than `timeouts` say.
     pub fn new(
-        io: TcpStream,
+        (io, identity): (ClientWire, Option<PeerIdentity>),
         protocol: Protocol,
         listener: &'static str,
         peer: Option<SocketAddr>,
@@ -108,6 +111,7 @@ impl ClientStream {
             framing,
             listener,
             peer,
+            identity,
             refused,
             timeouts,
             head: Pause::default(),
@@ -142,6 +146,11 @@ impl ClientStream {
     /// The address of the client at the other end, when it was known.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// The client's verified mesh identity, on a mutual TLS connection.
+    pub fn peer_identity(&self) -> Option<&PeerIdentity> {
+        self.identity.as_ref()
     }
 
     fn peer(&self) -> String {

@@ -1,0 +1,384 @@
+//! Mutual TLS between sidecars (issue 26, item 3): two real sidecars, A
+//! (`frontend`) and B (`catalog`), with identities from one test CA. The
+//! app behind A calls `catalog` through A, which calls B's inbound listener
+//! over mutual TLS; B tells its app who called. Clients without a mesh
+//! certificate, or with one from another CA, are refused by B's handshake.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use outrigger::config::Config;
+use outrigger::Sidecar;
+use serde_json::Value;
+use support::client::{client, get_json, get_text};
+use support::metrics::metric;
+use support::ports::closed_port;
+use support::replica::{header_seen, Replica};
+use support::sidecar::sidecar_from;
+use support::tls::{openssl, Certificates, Pair};
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const CATALOG: &str = "spiffe://cluster.local/ns/shop/sa/catalog";
+const PEER_IDENTITY: &str = "x-outrigger-peer-identity";
+
+/// The mesh's certificates: `frontend` and `catalog` from the mesh's CA,
+/// and an `intruder` with the frontend's ID from a CA the mesh does not
+/// trust.
+struct Mesh {
+    certificates: Certificates,
+    frontend: Pair,
+    catalog: Pair,
+    intruder: Pair,
+}
+
+impl Mesh {
+    fn new() -> Mesh {
+        let certificates = Certificates::new();
+        let frontend = certificates.server("frontend", &format!("URI:{FRONTEND}"));
+        let catalog = certificates.server("catalog", &format!("URI:{CATALOG}"));
+        let intruder = certificates.untrusted("intruder", &format!("URI:{FRONTEND}"));
+        Mesh {
+            certificates,
+            frontend,
+            catalog,
+            intruder,
+        }
+    }
+
+    /// The `mesh:` section for the identity `pair`, meshed calls going to
+    /// `inbound_port`.
+    fn section(&self, pair: &Pair, inbound_port: u16) -> String {
+        format!(
+            "mesh:\n  identity: {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\" }}\n  inbound_port: {inbound_port}\n",
+            pair.cert.display(),
+            pair.key.display(),
+            self.certificates.ca().display()
+        )
+    }
+}
+
+/// B: the catalog's sidecar, its inbound listener on `port` in `mode`, in
+/// front of `app`, with more `inbound:` YAML and `env` as its environment.
+async fn catalog_sidecar(
+    mesh: &Mesh,
+    port: u16,
+    mode: &str,
+    app: &Replica,
+    (inbound, env): (&str, &[(&str, &str)]),
+) -> Sidecar {
+    sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:{port}\", app: \"http://{}\", tls: {{ mode: {mode} }} }}
+{}inbound:
+{inbound}
+",
+            app.endpoint(),
+            mesh.section(&mesh.catalog, port)
+        ),
+        env,
+    )
+    .await
+}
+
+/// A: the frontend's sidecar, calling `catalog` (the replica at
+/// `catalog_app`, reached on B's inbound `port`) over mutual TLS, with
+/// more YAML for the service.
+async fn frontend_sidecar(mesh: &Mesh, port: u16, catalog_app: &Replica, service: &str) -> Sidecar {
+    sidecar_from(
+        &format!(
+            "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}
+{}services:
+  - name: catalog
+    endpoints: [\"{}\"]
+    mesh: true
+{service}",
+            mesh.section(&mesh.frontend, port),
+            catalog_app.endpoint()
+        ),
+        &[],
+    )
+    .await
+}
+
+/// The status, `x-outrigger` reason and JSON body (`Null` if none) of a
+/// GET through `sidecar`'s outbound listener, sent with `headers`.
+async fn call(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> (u16, String, Value) {
+    let mut request = client().get(format!("http://{}{path}", sidecar.outbound_addr()));
+    for header in headers {
+        request = request.insert_header(*header);
+    }
+    let mut response = request.send().await.expect("an answer from A");
+    let reason = response
+        .headers()
+        .get("x-outrigger")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response.body().await.expect("a body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (response.status().as_u16(), reason, json)
+}
+
+/// What curl got from `url` with `args` (a client certificate, ...): the
+/// status and the JSON body, or curl's error when no HTTP answer came.
+fn curl(url: &str, args: &[&str]) -> Result<(u16, Value), String> {
+    let output = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "5", "-w", "\n%{http_code}", "-H"])
+        .arg(format!(
+            "{PEER_IDENTITY}: spiffe://cluster.local/ns/shop/sa/spoofed"
+        ))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl (scripts/test.sh installs it)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "curl failed: {}{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let (body, status) = stdout.rsplit_once('\n').expect("curl wrote the status");
+    let status = status.trim().parse().expect("a status code");
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+/// curl's arguments for the client certificate `pair`.
+fn with_certificate(pair: &Pair) -> [&str; 4] {
+    let utf8 = "a UTF-8 scratch path";
+    let (cert, key) = (
+        pair.cert.to_str().expect(utf8),
+        pair.key.to_str().expect(utf8),
+    );
+    ["--cert", cert, "--key", key]
+}
+
+fn inbound(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[actix_web::test]
+async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
+    let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
+
+    let spoofed = [(PEER_IDENTITY, "spiffe://cluster.local/ns/shop/sa/admin")];
+    let (status, reason, echo) = call(&a, "/catalog/items", &spoofed).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "{echo}");
+    assert_eq!(echo["path"], "/items");
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY).as_deref(),
+        Some(FRONTEND),
+        "B's app sees A's verified identity, not the app's own copy: {echo}"
+    );
+    let hits = app.hits();
+
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(
+        plain.is_err(),
+        "plain text is refused in mesh mode: {plain:?}"
+    );
+    let url = format!("https://{}/items", inbound(port));
+    let anonymous = curl(&url, &[]);
+    assert!(
+        anonymous.is_err(),
+        "TLS without a client certificate: {anonymous:?}"
+    );
+    let intruder = curl(&url, &with_certificate(&mesh.intruder));
+    assert!(
+        intruder.is_err(),
+        "a certificate from another CA: {intruder:?}"
+    );
+    let outsider = mesh
+        .certificates
+        .server("outsider", "URI:spiffe://other.example/ns/shop/sa/frontend");
+    let outsider = curl(&url, &with_certificate(&outsider));
+    assert!(
+        outsider.is_err(),
+        "the mesh's CA but another trust domain: {outsider:?}"
+    );
+    assert_eq!(app.hits(), hits, "no refused client reached the app");
+
+    let member = curl(&url, &with_certificate(&mesh.frontend));
+    let (status, echo) = member.expect("a mesh certificate is taken");
+    assert_eq!(status, 200);
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+
+    let metrics = get_text(&format!("http://{}/metrics", b.admin_addr())).await;
+    let handshakes = |result: &str| {
+        let series =
+            format!("outrigger_tls_handshakes_total{{listener=\"inbound\",result=\"{result}\"}}");
+        metric(&metrics, &series).unwrap_or(0.0)
+    };
+    assert_eq!(
+        handshakes("ok"),
+        2.0,
+        "A's pooled connection and curl's: {metrics}"
+    );
+    assert_eq!(handshakes("protocol"), 1.0, "plain text");
+    assert_eq!(handshakes("no_client_cert"), 1.0);
+    assert_eq!(handshakes("unknown_ca"), 1.0, "the intruder");
+    assert_eq!(handshakes("bad_identity"), 1.0, "the outsider");
+}
+
+#[actix_web::test]
+async fn permissive_takes_mutual_tls_and_plain_text_on_one_port() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let _b = catalog_sidecar(&mesh, port, "permissive", &app, ("  {}", &[])).await;
+
+    let (status, echo) =
+        curl(&format!("http://{}/items", inbound(port)), &[]).expect("plain text is taken");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY),
+        None,
+        "a plain-text caller's own copy is dropped: {echo}"
+    );
+    let (status, echo) = curl(
+        &format!("https://{}/items", inbound(port)),
+        &with_certificate(&mesh.frontend),
+    )
+    .expect("mutual TLS is taken");
+    assert_eq!(status, 200);
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+}
+
+#[actix_web::test]
+async fn b_refuses_an_identity_its_rules_do_not_allow_and_a_refuses_a_wrong_peer() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let rules = "  authorization:
+    - { path: \"/admin/\", identities: [\"spiffe://cluster.local/ns/ops/sa/console\"] }
+    - { path: \"/\", identities: [\"spiffe://cluster.local/ns/shop/sa/frontend\"] }";
+    let _b = catalog_sidecar(&mesh, port, "mesh", &app, (rules, &[])).await;
+    let a = frontend_sidecar(&mesh, port, &app, "").await;
+    let (status, reason, _) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (200, ""),
+        "any ID of the trust domain by default"
+    );
+    let (status, reason, body) = call(&a, "/catalog/admin/users", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (403, "forbidden_identity"),
+        "B's refusal reaches A's app unchanged: {body}"
+    );
+    let hits = app.hits();
+
+    let expects_payments = "    identity: \"spiffe://cluster.local/ns/shop/sa/payments\"\n";
+    let wary = frontend_sidecar(&mesh, port, &app, expects_payments).await;
+    let (status, reason, body) = call(&wary, "/catalog/items", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (502, "upstream_identity"),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(CATALOG)),
+        "the answer names the identity B presented: {body}"
+    );
+    assert_eq!(app.hits(), hits, "nothing reached B's app");
+}
+
+#[actix_web::test]
+async fn a_verified_mesh_identity_needs_no_credentials_when_exempt_mesh() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let auth = "  auth: { jwt: { algorithms: [HS256] }, exempt_mesh: true }";
+    let env = [("JWT_SECRET", "mesh-secret")];
+    let _b = catalog_sidecar(&mesh, port, "permissive", &app, (auth, &env)).await;
+    let a = frontend_sidecar(&mesh, port, &app, "").await;
+    let (status, _, echo) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        header_seen(&echo, "x-outrigger-auth").as_deref(),
+        Some("mesh")
+    );
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]).expect("an answer");
+    assert_eq!(plain.0, 401, "a plain-text caller still needs a token");
+}
+
+#[actix_web::test]
+async fn edge_serves_tls_without_asking_for_a_client_certificate() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let edge = format!(
+        "edge, cert_file: \"{}\", key_file: \"{}\"",
+        mesh.catalog.cert.display(),
+        mesh.catalog.key.display()
+    );
+    let _b = catalog_sidecar(&mesh, port, &edge, &app, ("  {}", &[])).await;
+    let (status, echo) = curl(&format!("https://{}/items", inbound(port)), &[])
+        .expect("server TLS without a client certificate");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY),
+        None,
+        "no mesh identity: {echo}"
+    );
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(
+        plain.is_err(),
+        "plain text is refused in edge mode: {plain:?}"
+    );
+}
+
+#[actix_web::test]
+async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let a = frontend_sidecar(&mesh, closed_port(), &app, "").await;
+    let (status, shown) = get_json(&format!("http://{}/identity", a.admin_addr())).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["spiffe_id"], FRONTEND);
+    let dir = mesh.frontend.cert.parent().expect("a scratch directory");
+    let cert = mesh.frontend.cert.to_str().expect("a UTF-8 scratch path");
+    let printed = openssl(dir, &["x509", "-in", cert, "-noout", "-serial"]);
+    let serial = String::from_utf8_lossy(&printed);
+    let serial = serial.trim().trim_start_matches("serial=").to_lowercase();
+    assert_eq!(shown["serial"], serial.as_str());
+    assert!(
+        shown["not_after"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{shown}"
+    );
+    let metrics = get_text(&format!("http://{}/metrics", a.admin_addr())).await;
+    let expiry = "outrigger_tls_certificate_expiry_timestamp_seconds{name=\"mesh.identity\"}";
+    let in_a_day = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+        + 86_400.0;
+    assert!(
+        metric(&metrics, expiry).is_some_and(|at| at > in_a_day && at < in_a_day + 86_400.0),
+        "the certificate is valid for two days: {metrics}"
+    );
+
+    let stale = mesh
+        .certificates
+        .expired("stale", &format!("URI:{FRONTEND}"));
+    let yaml = format!(
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{}",
+        mesh.section(&stale, 15006)
+    );
+    let config = Config::from_yaml(&yaml, &|_| None).expect("an expired chain still loads");
+    let expired = Sidecar::start(config).await.expect("starts");
+    let (status, body) = get_json(&format!("http://{}/ready", expired.admin_addr())).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["identity_expired"].is_string(), "{body}");
+}
