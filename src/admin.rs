@@ -179,7 +179,7 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     let expired = config
         .mesh
         .loaded_identity()
-        .map(|identity| identity.not_after())
+        .map(|identity| identity.chain().not_after())
         .filter(|not_after| *not_after <= SystemTime::now());
     if let Some(not_after) = expired {
         return HttpResponse::ServiceUnavailable().json(json!({
@@ -205,11 +205,17 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
 /// of its certificate (lowercase hex) and when it expires; 404 when there
 /// is none.
 async fn identity(state: web::Data<AdminState>) -> HttpResponse {
-    match state.config.load().mesh.loaded_identity() {
-        Some(identity) => HttpResponse::Ok().json(json!({
-            "spiffe_id": identity.spiffe_id(),
-            "serial": identity.serial(),
-            "not_after": rfc3339(identity.not_after()),
+    match state
+        .config
+        .load()
+        .mesh
+        .loaded_identity()
+        .map(|identity| identity.chain())
+    {
+        Some(chain) => HttpResponse::Ok().json(json!({
+            "spiffe_id": chain.spiffe_id(),
+            "serial": chain.serial(),
+            "not_after": rfc3339(chain.not_after()),
         })),
         None => HttpResponse::NotFound().json(json!({"error": "no mesh.identity is configured"})),
     }
@@ -512,7 +518,7 @@ fn breaker_json(report: &BreakerReport) -> Value {
 }
 
 /// Formats a wall-clock time as RFC 3339 in UTC with milliseconds.
-fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     let since_epoch = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

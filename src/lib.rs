@@ -50,7 +50,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
@@ -125,13 +125,7 @@ impl Sidecar {
         logging::summary::start(config.observability.log_summary_interval);
         let metrics = Arc::new(Metrics::new());
         if let Some(identity) = config.mesh.loaded_identity() {
-            let expiry = identity.not_after().duration_since(UNIX_EPOCH);
-            metrics
-                .tls_certificate_expiry
-                .with_label_values(&["mesh.identity"])
-                .set(expiry.map_or(0, |since| {
-                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-                }));
+            crate::tls::rotation::watch(Arc::clone(identity), Arc::clone(&metrics));
         }
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,

@@ -101,6 +101,9 @@ pub struct Metrics {
     /// When each certificate the sidecar presents expires (Unix seconds),
     /// by the key that names it (`mesh.identity`).
     pub tls_certificate_expiry: IntGaugeVec,
+    /// Re-reads of rotated certificate files by result (`ok`: the new
+    /// chain is in use; `error`: it could not be, the old one stays).
+    pub tls_certificate_reloads: IntCounterVec,
 }
 
 /// The methods whose `http_requests_total` series are kept once first used.
@@ -402,6 +405,11 @@ impl Metrics {
                 "tls_certificate_expiry_timestamp_seconds",
                 "When each certificate the sidecar presents expires, in Unix seconds, by the key that names it.",
                 &["name"],
+            ),
+            tls_certificate_reloads: counter(
+                "tls_certificate_reloads_total",
+                "Re-reads of rotated certificate files by result: ok (the new chain is in use), error (unusable: the old chain stays).",
+                &["result"],
             ),
             registry,
         }

@@ -11,9 +11,11 @@
 //! reaches every TLS connection without the client changing.
 //!
 //! The mesh's identity (`mesh.rs`) makes the originations of meshed
-//! services and the server configuration of the inbound listener.
+//! services and the server configuration of the inbound listener;
+//! `rotation.rs` watches its files and puts a rotated chain in use.
 
 mod mesh;
+pub mod rotation;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -27,7 +29,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
 pub use mesh::{
-    edge_server_config, is_spiffe_id, peer_identity, wrong_identity_of, IdentityError,
+    edge_server_config, is_spiffe_id, peer_identity, wrong_identity_of, Chain, IdentityError,
     IdentityFiles, MeshIdentity, Termination, WrongIdentity,
 };
 

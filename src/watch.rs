@@ -78,6 +78,12 @@ impl FileWatch {
         due
     }
 
+    /// Whether a change was seen on the last poll that has not held still
+    /// yet: a file that is still being written or swapped.
+    pub fn settling(&self) -> bool {
+        self.pending.is_some()
+    }
+
     fn stamp(&self) -> Option<Stamp> {
         let meta = std::fs::metadata(&self.path).ok()?;
         Some(Stamp {

@@ -3,16 +3,21 @@
 //! app behind A calls `catalog` through A, which calls B's inbound listener
 //! over mutual TLS; B tells its app who called. Clients without a mesh
 //! certificate, or with one from another CA, are refused by B's handshake.
+//! B's certificate files rotate under A's traffic (issue 26, item 4).
 
 mod support;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::rc::Rc;
 
 use outrigger::config::Config;
 use outrigger::Sidecar;
 use serde_json::Value;
 use support::client::{client, get_json, get_text};
+use support::eventually::eventually;
+use support::files::swap_in;
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::{header_seen, Replica};
@@ -381,4 +386,169 @@ async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready
     let (status, body) = get_json(&format!("http://{}/ready", expired.admin_addr())).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["identity_expired"].is_string(), "{body}");
+}
+
+/// The serial (lowercase hex) of the certificate B's inbound listener
+/// presents to a new mutual TLS handshake, as `openssl s_client` sees it
+/// with the frontend's certificate.
+fn presented_serial(mesh: &Mesh, port: u16) -> String {
+    let utf8 = "a UTF-8 scratch path";
+    let handshake = Command::new("openssl")
+        .args(["s_client", "-connect", &inbound(port).to_string()])
+        .args(["-cert", mesh.frontend.cert.to_str().expect(utf8)])
+        .args(["-key", mesh.frontend.key.to_str().expect(utf8)])
+        .args(["-CAfile", mesh.certificates.ca().to_str().expect(utf8)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl x509");
+    std::io::Write::write_all(
+        x509.stdin.as_mut().expect("x509's stdin"),
+        &handshake.stdout,
+    )
+    .expect("hand s_client's output to x509");
+    let printed = x509.wait_with_output().expect("openssl x509 ends");
+    serial_of(&printed.stdout)
+}
+
+/// The serial in `openssl x509 -serial`'s output, as `GET /identity` shows it.
+fn serial_of(printed: &[u8]) -> String {
+    let printed = String::from_utf8_lossy(printed);
+    printed.trim().trim_start_matches("serial=").to_lowercase()
+}
+
+/// The serial of the certificate in `pair`.
+fn serial_in(pair: &Pair) -> String {
+    let dir = pair.cert.parent().expect("a scratch directory");
+    let cert = pair.cert.to_str().expect("a UTF-8 scratch path");
+    serial_of(&openssl(dir, &["x509", "-in", cert, "-noout", "-serial"]))
+}
+
+/// Puts the chain and key of `next` in the place of `pair`'s files, each
+/// by an atomic rename, as a Secret or cert-manager's CSI driver does.
+fn rotate(pair: &Pair, next: &Pair) {
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("read a PEM file");
+    swap_in(&pair.cert, &read(&next.cert));
+    swap_in(&pair.key, &read(&next.key));
+}
+
+/// `outrigger_tls_certificate_reloads_total{result}` on `sidecar`.
+async fn reloads(sidecar: &Sidecar, result: &str) -> f64 {
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let series = format!("outrigger_tls_certificate_reloads_total{{result=\"{result}\"}}");
+    metric(&metrics, &series).unwrap_or(0.0)
+}
+
+#[actix_web::test]
+async fn a_rotated_certificate_is_presented_without_a_restart_or_a_failed_call() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
+    let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
+    let before = serial_in(&mesh.catalog);
+    assert_eq!(presented_serial(&mesh, port), before);
+
+    // Steady traffic from A's app to B's, on several connections at once.
+    let running = Rc::new(Cell::new(true));
+    let (sent, failed) = (Rc::new(Cell::new(0_u32)), Rc::new(Cell::new(0_u32)));
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let (running, sent, failed) = (running.clone(), sent.clone(), failed.clone());
+            let url = format!("http://{}/catalog/items", a.outbound_addr());
+            actix_rt::spawn(async move {
+                while running.get() {
+                    let ok = client()
+                        .get(&url)
+                        .send()
+                        .await
+                        .is_ok_and(|response| response.status() == 200);
+                    sent.set(sent.get() + 1);
+                    failed.set(failed.get() + u32::from(!ok));
+                }
+            })
+        })
+        .collect();
+    eventually("A's traffic flows", || {
+        let sent = sent.clone();
+        async move { sent.get() >= 50 }
+    })
+    .await;
+
+    let next = mesh
+        .certificates
+        .server("catalog-next", &format!("URI:{CATALOG}"));
+    let after = serial_in(&next);
+    assert_ne!(after, before, "a new serial, the same identity");
+    rotate(&mesh.catalog, &next);
+    eventually("a new handshake presents the new serial", || {
+        let presented = presented_serial(&mesh, port);
+        let after = after.clone();
+        async move { presented == after }
+    })
+    .await;
+    // A's traffic goes on across the swap, then ends.
+    let during = sent.get();
+    eventually("more of A's traffic flows after the swap", || {
+        let sent = sent.clone();
+        async move { sent.get() >= during + 50 }
+    })
+    .await;
+    running.set(false);
+    for caller in callers {
+        caller.await.expect("a caller ends");
+    }
+    assert_eq!(
+        failed.get(),
+        0,
+        "of {} calls across the rotation",
+        sent.get()
+    );
+    assert_eq!(reloads(&b, "ok").await, 1.0);
+    assert_eq!(reloads(&b, "error").await, 0.0);
+    let (_, shown) = get_json(&format!("http://{}/identity", b.admin_addr())).await;
+    assert_eq!(shown["serial"], after.as_str(), "GET /identity: {shown}");
+    let (status, reason, _) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "A still calls B");
+}
+
+#[actix_web::test]
+async fn a_broken_rotation_keeps_the_chain_in_use_and_is_counted() {
+    let mesh = Mesh::new();
+    let app = Replica::start().await;
+    let port = closed_port();
+    let b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
+    let serial = serial_in(&mesh.catalog);
+
+    swap_in(
+        &mesh.catalog.cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    eventually("the broken file is counted", || async {
+        reloads(&b, "error").await == 1.0
+    })
+    .await;
+    assert_eq!(presented_serial(&mesh, port), serial, "the old chain stays");
+    let a = frontend_sidecar(&mesh, port, &app, "").await;
+    let (status, reason, body) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "{body}");
+
+    // A certificate whose key is not the one beside it: kept out too.
+    let other = mesh
+        .certificates
+        .server("catalog-other", &format!("URI:{CATALOG}"));
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).expect("read a PEM file");
+    swap_in(&mesh.catalog.cert, &read(&other.cert));
+    eventually("the mismatched key is counted", || async {
+        reloads(&b, "error").await == 2.0
+    })
+    .await;
+    assert_eq!(presented_serial(&mesh, port), serial);
+    assert_eq!(reloads(&b, "ok").await, 0.0);
 }

@@ -25,8 +25,8 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// The identity read from `mesh.identity`, when there is one.
-    pub fn loaded_identity(&self) -> Option<&MeshIdentity> {
-        self.identity.as_ref()?.loaded.as_deref()
+    pub fn loaded_identity(&self) -> Option<&Arc<MeshIdentity>> {
+        self.identity.as_ref()?.loaded.as_ref()
     }
 }
 
@@ -165,7 +165,7 @@ fn read_identity(t: &mut Table, problems: &mut Problems) -> Option<IdentityConfi
     .into_iter()
     .find(|(_, file)| !std::path::Path::new(file).exists());
     let loaded = match (MeshIdentity::load(files), absent) {
-        (Ok(identity), _) => Some(Arc::new(identity)),
+        (Ok(identity), _) => Some(identity),
         // Mounted where the sidecar runs (a CSI volume, a Secret): where
         // the config is only checked, a file's absence is a warning, and
         // the config goes on without the identity (for showing only).
@@ -268,10 +268,7 @@ pub(super) fn terminate(
             let Some(loaded) = &identity.loaded else {
                 return; // Checked without its files: warned about.
             };
-            match loaded.server_config() {
-                Ok(config) => config,
-                Err(why) => return problems.add("mesh.identity", why),
-            }
+            loaded.server_config()
         }
         TlsMode::Edge => {
             let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {

@@ -11,14 +11,19 @@
 
 use std::fmt;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{verify_server_cert_signed_by_trust_anchor, WebPkiServerVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::client::{
+    verify_server_cert_signed_by_trust_anchor, ResolvesClientCert, WebPkiServerVerifier,
+};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -54,30 +59,35 @@ pub enum IdentityError {
     Ca(String),
 }
 
-/// This pod's mesh identity, read once at start.
-pub struct MeshIdentity {
+/// One version of this pod's identity files, read and checked: the chain
+/// and key presented, and the bundle peers are verified against.
+pub struct Chain {
     spiffe_id: String,
     /// The leaf's serial number, lowercase hex without separators.
     serial: String,
     /// When the leaf expires.
     not_after: SystemTime,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    certified: Arc<CertifiedKey>,
     bundle: Arc<RootCertStore>,
+    /// Callers' chains checked against the bundle (a certificate required).
+    callers: Arc<dyn ClientCertVerifier>,
+    /// Replicas' chains checked against the bundle (signatures).
+    replicas: Arc<WebPkiServerVerifier>,
 }
 
-impl fmt::Debug for MeshIdentity {
+impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MeshIdentity")
+        f.debug_struct("Chain")
             .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
             .finish_non_exhaustive()
     }
 }
 
-impl MeshIdentity {
+impl Chain {
     /// Reads the chain, key and bundle, and the SPIFFE ID of the chain's
     /// leaf; checks that the key is the certificate's.
-    pub fn load(files: IdentityFiles<'_>) -> Result<MeshIdentity, IdentityError> {
+    fn read(files: IdentityFiles<'_>) -> Result<Chain, IdentityError> {
         let chain = certificates_from(files.cert_file).map_err(IdentityError::Cert)?;
         let unusable =
             |why| IdentityError::Cert(format!("{}: the first certificate {why}", files.cert_file));
@@ -88,19 +98,33 @@ impl MeshIdentity {
         let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(expiry);
         let key = key_from(files.key_file).map_err(IdentityError::Key)?;
         let bundle = Arc::new(roots_from(files.ca_file).map_err(IdentityError::Ca)?);
-        let identity = MeshIdentity {
+        let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|err| {
+            IdentityError::Key(format!(
+                "{}: does not fit the certificate: {err}",
+                files.key_file
+            ))
+        })?;
+        let unverifiable = |err| {
+            IdentityError::Ca(format!(
+                "{}: cannot verify peers with this trust bundle: {err}",
+                files.ca_file
+            ))
+        };
+        let callers = WebPkiClientVerifier::builder_with_provider(Arc::clone(&bundle), provider())
+            .build()
+            .map_err(unverifiable)?;
+        let replicas = WebPkiServerVerifier::builder_with_provider(Arc::clone(&bundle), provider())
+            .build()
+            .map_err(unverifiable)?;
+        Ok(Chain {
             spiffe_id,
             serial,
             not_after,
-            chain,
-            key,
+            certified: Arc::new(certified),
             bundle,
-        };
-        // Building a server configuration checks that the key fits.
-        identity
-            .server_config()
-            .map_err(|why| IdentityError::Key(format!("{}: {why}", files.key_file)))?;
-        Ok(identity)
+            callers,
+            replicas,
+        })
     }
 
     /// The SPIFFE ID this pod presents.
@@ -122,56 +146,140 @@ impl MeshIdentity {
     pub fn trust_domain(&self) -> &str {
         trust_domain(&self.spiffe_id)
     }
+}
 
-    /// A server configuration for the inbound listener: this identity's
-    /// chain, and a client certificate required from the bundle, carrying
-    /// a SPIFFE ID of this trust domain.
-    pub fn server_config(&self) -> Result<ServerConfig, String> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(Arc::clone(&self.bundle), provider())
-                .build()
-                .map_err(|err| format!("cannot verify callers with the trust bundle: {err}"))?;
-        let verifier = ClientIdentityVerifier {
-            inner,
-            trust_domain: self.trust_domain().to_string(),
-        };
+/// This pod's mesh identity: the [`Chain`] in use, swapped for a new one
+/// when the files rotate ([`MeshIdentity::reload`]). Every handshake, in
+/// and out, reads the chain in use when it starts, without a lock;
+/// connections made with an older chain keep it until they close.
+pub struct MeshIdentity {
+    cert_file: String,
+    key_file: String,
+    ca_file: String,
+    current: ArcSwap<Chain>,
+}
+
+impl fmt::Debug for MeshIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("current", &self.current.load())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshIdentity {
+    /// The identity in `files`, read (and checked) once per process: a
+    /// config read again (a reload) gets the identity already in use,
+    /// which rotation keeps current.
+    pub fn load(files: IdentityFiles<'_>) -> Result<Arc<MeshIdentity>, IdentityError> {
+        static IN_USE: Mutex<Vec<Weak<MeshIdentity>>> = Mutex::new(Vec::new());
+        let mut in_use = IN_USE.lock().unwrap_or_else(PoisonError::into_inner);
+        in_use.retain(|identity| identity.strong_count() > 0);
+        let same = in_use.iter().filter_map(Weak::upgrade).find(|identity| {
+            identity.cert_file == files.cert_file
+                && identity.key_file == files.key_file
+                && identity.ca_file == files.ca_file
+        });
+        if let Some(identity) = same {
+            return Ok(identity);
+        }
+        let identity = Arc::new(MeshIdentity {
+            cert_file: files.cert_file.to_string(),
+            key_file: files.key_file.to_string(),
+            ca_file: files.ca_file.to_string(),
+            current: ArcSwap::from_pointee(Chain::read(files)?),
+        });
+        in_use.push(Arc::downgrade(&identity));
+        Ok(identity)
+    }
+
+    /// The files the identity is read from.
+    pub fn files(&self) -> IdentityFiles<'_> {
+        IdentityFiles {
+            cert_file: &self.cert_file,
+            key_file: &self.key_file,
+            ca_file: &self.ca_file,
+        }
+    }
+
+    /// The chain in use.
+    pub fn chain(&self) -> Arc<Chain> {
+        self.current.load_full()
+    }
+
+    /// Reads the files again and puts the new chain in use, unless it
+    /// cannot be used (unreadable, not PEM, a key that does not fit, no
+    /// SPIFFE ID, or expired): then the chain in use stays, and the error
+    /// says why.
+    pub fn reload(&self) -> Result<Arc<Chain>, IdentityError> {
+        let chain = Chain::read(self.files())?;
+        if chain.not_after <= SystemTime::now() {
+            return Err(IdentityError::Cert(format!(
+                "{}: the certificate expired at {}",
+                self.cert_file,
+                crate::admin::rfc3339(chain.not_after)
+            )));
+        }
+        let chain = Arc::new(chain);
+        self.current.store(Arc::clone(&chain));
+        Ok(chain)
+    }
+
+    /// A server configuration for the inbound listener: the chain in use
+    /// at each handshake, and a client certificate required from its
+    /// bundle, carrying a SPIFFE ID of its trust domain.
+    pub fn server_config(self: &Arc<Self>) -> ServerConfig {
+        let live = Arc::new(Live(Arc::clone(self)));
         ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the provider supports the default protocol versions")
-            .with_client_cert_verifier(Arc::new(verifier))
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|err| format!("the key does not fit the certificate: {err}"))
+            .with_client_cert_verifier(Arc::clone(&live) as Arc<dyn ClientCertVerifier>)
+            .with_cert_resolver(live)
     }
 
-    /// How a meshed service's replicas are called: mutual TLS with this
-    /// identity, on `inbound_port` instead of each replica's own port, the
-    /// replica's certificate from the bundle with the SPIFFE ID `expected`
-    /// (any of this trust domain when `None`).
-    pub fn origination(&self, expected: Option<&str>, inbound_port: u16) -> Origination {
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::clone(&self.bundle), provider())
-                .build()
-                .expect("the bundle was checked usable when the identity was loaded");
+    /// How a meshed service's replicas are called: mutual TLS with the
+    /// chain in use, on `inbound_port` instead of each replica's own port,
+    /// the replica's certificate from the bundle with the SPIFFE ID
+    /// `expected` (any of this pod's trust domain when `None`).
+    pub fn origination(self: &Arc<Self>, expected: Option<&str>, inbound_port: u16) -> Origination {
         let verifier = ServerIdentityVerifier {
-            inner,
-            bundle: Arc::clone(&self.bundle),
-            expected: match expected {
-                Some(id) => Expected::Exactly(id.to_string()),
-                None => Expected::TrustDomain(self.trust_domain().to_string()),
-            },
+            identity: Arc::clone(self),
+            expected: expected.map(str::to_string),
         };
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the provider supports the default protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .expect("the key was checked against the certificate when loaded");
+            .with_client_cert_resolver(Arc::new(Live(Arc::clone(self))));
         Origination {
             config: Arc::new(config),
             server_name: None,
             port: Some(inbound_port),
         }
+    }
+}
+
+/// The chain in use, as rustls asks for it at each handshake: the
+/// certificate presented (to callers and to replicas) and the verifier of
+/// callers' certificates.
+#[derive(Debug)]
+struct Live(Arc<MeshIdentity>);
+
+impl ResolvesServerCert for Live {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.current.load().certified))
+    }
+}
+
+impl ResolvesClientCert for Live {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0.current.load().certified))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -299,13 +407,13 @@ fn check_identity(id: Result<String, String>, expected: &Expected) -> Result<(),
     }
 }
 
-/// Verifies a replica's chain against the bundle as WebPKI does, and its
-/// SPIFFE ID in place of the name check.
+/// Verifies a replica's chain against the bundle in use as WebPKI does,
+/// and its SPIFFE ID (`expected`, or any of the trust domain) in place of
+/// the name check.
 #[derive(Debug)]
 struct ServerIdentityVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    bundle: Arc<RootCertStore>,
-    expected: Expected,
+    identity: Arc<MeshIdentity>,
+    expected: Option<String>,
 }
 
 impl ServerCertVerifier for ServerIdentityVerifier {
@@ -317,15 +425,20 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain = self.identity.current.load();
         let parsed = ParsedCertificate::try_from(end_entity)?;
         verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.bundle,
+            &chain.bundle,
             intermediates,
             now,
             provider().signature_verification_algorithms.all,
         )?;
-        check_identity(spiffe_id(end_entity), &self.expected)?;
+        let expected = match &self.expected {
+            Some(id) => Expected::Exactly(id.clone()),
+            None => Expected::TrustDomain(chain.trust_domain().to_string()),
+        };
+        check_identity(spiffe_id(end_entity), &expected)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -335,7 +448,8 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let chain = self.identity.current.load();
+        chain.replicas.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -344,25 +458,27 @@ impl ServerCertVerifier for ServerIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let chain = self.identity.current.load();
+        chain.replicas.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.identity
+            .current
+            .load()
+            .replicas
+            .supported_verify_schemes()
     }
 }
 
-/// Verifies a caller's chain against the bundle (a client certificate is
-/// required), then that its SPIFFE ID is of the trust domain.
-#[derive(Debug)]
-struct ClientIdentityVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
-}
-
-impl ClientCertVerifier for ClientIdentityVerifier {
+/// Verifies a caller's chain against the bundle in use (a client
+/// certificate is required), then that its SPIFFE ID is of this pod's
+/// trust domain.
+impl ClientCertVerifier for Live {
+    /// No hints: they would have to outlive a rotation of the bundle, and
+    /// a mesh client presents its one certificate whatever is hinted.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -371,10 +487,11 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
+        let chain = self.0.current.load();
+        let verified = chain
+            .callers
             .verify_client_cert(end_entity, intermediates, now)?;
-        let expected = Expected::TrustDomain(self.trust_domain.clone());
+        let expected = Expected::TrustDomain(chain.trust_domain().to_string());
         check_identity(spiffe_id(end_entity), &expected)?;
         Ok(verified)
     }
@@ -385,7 +502,8 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let chain = self.0.current.load();
+        chain.callers.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -394,11 +512,12 @@ impl ClientCertVerifier for ClientIdentityVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let chain = self.0.current.load();
+        chain.callers.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.0.current.load().callers.supported_verify_schemes()
     }
 }
 
