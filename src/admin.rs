@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use crate::config::{format_duration, Config};
 use crate::inbound::Gate;
-use crate::logging;
+use crate::logging::{self, rfc3339};
 use crate::metrics::Metrics;
 use crate::reload::{Reload, ReloadResult, Reloader, Trigger};
 use crate::replica::{BreakerReport, BreakerState, Endpoint};
@@ -517,43 +517,11 @@ fn breaker_json(report: &BreakerReport) -> Value {
     })
 }
 
-/// Formats a wall-clock time as RFC 3339 in UTC with milliseconds.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    let since_epoch = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since_epoch.as_secs();
-    let (days, day_secs) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::service::ServiceTable;
     use actix_web::test::{self, TestRequest};
-    use std::time::Duration;
 
     async fn answer(token: Option<&str>, req: TestRequest) -> (u16, Value) {
         let env = |name: &str| {
@@ -652,15 +620,5 @@ mod tests {
             403,
             "no token configured: an empty bearer is no key"
         );
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc() {
-        let at = |secs: u64, millis: u64| {
-            SystemTime::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis)
-        };
-        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(at(951_782_400, 5)), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(at(1_795_467_845, 123)), "2026-11-23T21:04:05.123Z");
     }
 }

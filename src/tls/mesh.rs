@@ -218,7 +218,7 @@ impl MeshIdentity {
             return Err(IdentityError::Cert(format!(
                 "{}: the certificate expired at {}",
                 self.cert_file,
-                crate::admin::rfc3339(chain.not_after)
+                crate::logging::rfc3339(chain.not_after)
             )));
         }
         let chain = Arc::new(chain);
