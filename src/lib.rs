@@ -125,7 +125,12 @@ impl Sidecar {
         logging::summary::start(config.observability.log_summary_interval);
         let metrics = Arc::new(Metrics::new());
         if let Some(identity) = config.mesh.loaded_identity() {
-            crate::tls::rotation::watch(Arc::clone(identity), Arc::clone(&metrics));
+            crate::tls::rotation::watch(Arc::clone(identity) as _, Arc::clone(&metrics));
+        }
+        let edge = inbound_listener
+            .and_then(|(listener, _)| listener.tls.termination.as_ref()?.edge_certificate());
+        if let Some(certificate) = edge {
+            crate::tls::rotation::watch(Arc::clone(certificate) as _, Arc::clone(&metrics));
         }
         let table = Arc::new(LiveServices::new(ServiceTable::new(
             &config.services,

@@ -99,7 +99,7 @@ pub struct Metrics {
     /// `no_client_cert`, `unknown_ca`, `expired`, `bad_identity`, `protocol`).
     pub tls_handshakes: IntCounterVec,
     /// When each certificate the sidecar presents expires (Unix seconds),
-    /// by the key that names it (`mesh.identity`).
+    /// by the key that names it (`mesh.identity`, `listeners.inbound.tls`).
     pub tls_certificate_expiry: IntGaugeVec,
     /// Re-reads of rotated certificate files by result (`ok`: the new
     /// chain is in use; `error`: it could not be, the old one stays).

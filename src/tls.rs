@@ -12,9 +12,13 @@
 //!
 //! The mesh's identity (`mesh.rs`) makes the originations of meshed
 //! services and the server configuration of the inbound listener;
-//! `rotation.rs` watches its files and puts a rotated chain in use.
+//! `rotation.rs` watches its files, and the `edge` mode's certificate's
+//! (`edge.rs`), and puts a rotated chain in use; `presented.rs` reads a
+//! chain and key for both.
 
+mod edge;
 mod mesh;
+mod presented;
 pub mod rotation;
 
 use std::borrow::Cow;
@@ -28,9 +32,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
+pub use edge::EdgeCertificate;
 pub use mesh::{
-    edge_server_config, is_spiffe_id, peer_identity, wrong_identity_of, Chain, IdentityError,
-    IdentityFiles, MeshIdentity, Termination, WrongIdentity,
+    is_spiffe_id, peer_identity, wrong_identity_of, Chain, IdentityError, IdentityFiles,
+    MeshIdentity, Termination, WrongIdentity,
 };
 
 /// The name a replica's certificate is checked against (and sent as SNI).

@@ -326,7 +326,7 @@ async fn edge_serves_tls_without_asking_for_a_client_certificate() {
         mesh.catalog.cert.display(),
         mesh.catalog.key.display()
     );
-    let _b = catalog_sidecar(&mesh, port, &edge, &app, ("  {}", &[])).await;
+    let b = catalog_sidecar(&mesh, port, &edge, &app, ("  {}", &[])).await;
     let (status, echo) = curl(&format!("https://{}/items", inbound(port)), &[])
         .expect("server TLS without a client certificate");
     assert_eq!(status, 200);
@@ -340,6 +340,27 @@ async fn edge_serves_tls_without_asking_for_a_client_certificate() {
         plain.is_err(),
         "plain text is refused in edge mode: {plain:?}"
     );
+
+    // The edge certificate rotates as the mesh identity does.
+    let next = mesh
+        .certificates
+        .server("edge-next", &format!("URI:{CATALOG}"));
+    let after = serial_in(&next);
+    rotate(&mesh.catalog, &next);
+    eventually("the edge listener presents the new serial", || {
+        let presented = presented_serial(&mesh, port);
+        let after = after.clone();
+        async move { presented == after }
+    })
+    .await;
+    assert_eq!(
+        reloads(&b, "ok").await,
+        2.0,
+        "the edge certificate, and B's mesh identity read from the same files"
+    );
+    let (status, _) = curl(&format!("https://{}/items", inbound(port)), &[])
+        .expect("served with the new certificate");
+    assert_eq!(status, 200);
 }
 
 #[actix_web::test]
@@ -389,8 +410,8 @@ async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready
 }
 
 /// The serial (lowercase hex) of the certificate B's inbound listener
-/// presents to a new mutual TLS handshake, as `openssl s_client` sees it
-/// with the frontend's certificate.
+/// presents to a new handshake, as `openssl s_client` sees it with the
+/// frontend's certificate.
 fn presented_serial(mesh: &Mesh, port: u16) -> String {
     let utf8 = "a UTF-8 scratch path";
     let handshake = Command::new("openssl")

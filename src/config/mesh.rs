@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use super::reader::{config_words, Problems, Table};
 use super::tls::{ServiceTls, TlsScope};
 use crate::tls::{
-    edge_server_config, is_spiffe_id, IdentityError, IdentityFiles, MeshIdentity, Termination,
+    is_spiffe_id, EdgeCertificate, IdentityError, IdentityFiles, MeshIdentity, Termination,
 };
 
 /// The `mesh` section.
@@ -252,7 +252,7 @@ pub(super) fn terminate(
     path: &str,
     problems: &mut Problems,
 ) {
-    let config = match tls.mode {
+    let termination = match tls.mode {
         TlsMode::Off => return,
         TlsMode::Mesh | TlsMode::Permissive => {
             let Some(identity) = &mesh.identity else {
@@ -268,14 +268,14 @@ pub(super) fn terminate(
             let Some(loaded) = &identity.loaded else {
                 return; // Checked without its files: warned about.
             };
-            loaded.server_config()
+            Termination::new(loaded.server_config(), tls.mode == TlsMode::Permissive)
         }
         TlsMode::Edge => {
             let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
                 return; // Reported as required.
             };
-            match edge_server_config(cert, key) {
-                Ok(config) => config,
+            match EdgeCertificate::load(cert, key) {
+                Ok(certificate) => Termination::edge(certificate),
                 Err(error) => {
                     let (key, why) = file_key(error);
                     return problems.add(&format!("{path}.{key}"), why);
@@ -283,10 +283,7 @@ pub(super) fn terminate(
             }
         }
     };
-    tls.termination = Some(Arc::new(Termination::new(
-        config,
-        tls.mode == TlsMode::Permissive,
-    )));
+    tls.termination = Some(Arc::new(termination));
 }
 
 /// Reads a service's `identity` (the SPIFFE ID its replicas must present)

@@ -10,9 +10,8 @@
 //! [`WrongIdentity`] the replica client tells from other TLS failures.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
@@ -32,7 +31,9 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
-use super::{certificates_from, key_from, provider, roots_from, Origination};
+use super::edge::EdgeCertificate;
+use super::presented::Presented;
+use super::{provider, roots_from, Origination};
 
 /// The scheme of a SPIFFE ID.
 const SPIFFE: &str = "spiffe://";
@@ -63,11 +64,7 @@ pub enum IdentityError {
 /// and key presented, and the bundle peers are verified against.
 pub struct Chain {
     spiffe_id: String,
-    /// The leaf's serial number, lowercase hex without separators.
-    serial: String,
-    /// When the leaf expires.
-    not_after: SystemTime,
-    certified: Arc<CertifiedKey>,
+    presented: Presented,
     bundle: Arc<RootCertStore>,
     /// Callers' chains checked against the bundle (a certificate required).
     callers: Arc<dyn ClientCertVerifier>,
@@ -79,7 +76,7 @@ impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chain")
             .field("spiffe_id", &self.spiffe_id)
-            .field("serial", &self.serial)
+            .field("serial", &self.presented.serial())
             .finish_non_exhaustive()
     }
 }
@@ -88,22 +85,11 @@ impl Chain {
     /// Reads the chain, key and bundle, and the SPIFFE ID of the chain's
     /// leaf; checks that the key is the certificate's.
     fn read(files: IdentityFiles<'_>) -> Result<Chain, IdentityError> {
-        let chain = certificates_from(files.cert_file).map_err(IdentityError::Cert)?;
-        let unusable =
-            |why| IdentityError::Cert(format!("{}: the first certificate {why}", files.cert_file));
-        let leaf = parse(&chain[0]).map_err(unusable)?;
-        let spiffe_id = spiffe_id_of(&leaf).map_err(unusable)?;
-        let serial = serial_hex(leaf.raw_serial());
-        let expiry = u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or_default();
-        let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(expiry);
-        let key = key_from(files.key_file).map_err(IdentityError::Key)?;
-        let bundle = Arc::new(roots_from(files.ca_file).map_err(IdentityError::Ca)?);
-        let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|err| {
-            IdentityError::Key(format!(
-                "{}: does not fit the certificate: {err}",
-                files.key_file
-            ))
+        let presented = Presented::read(files.cert_file, files.key_file)?;
+        let spiffe_id = spiffe_id(presented.leaf()).map_err(|why| {
+            IdentityError::Cert(format!("{}: the first certificate {why}", files.cert_file))
         })?;
+        let bundle = Arc::new(roots_from(files.ca_file).map_err(IdentityError::Ca)?);
         let unverifiable = |err| {
             IdentityError::Ca(format!(
                 "{}: cannot verify peers with this trust bundle: {err}",
@@ -118,9 +104,7 @@ impl Chain {
             .map_err(unverifiable)?;
         Ok(Chain {
             spiffe_id,
-            serial,
-            not_after,
-            certified: Arc::new(certified),
+            presented,
             bundle,
             callers,
             replicas,
@@ -134,12 +118,12 @@ impl Chain {
 
     /// The serial number of this pod's certificate, lowercase hex.
     pub fn serial(&self) -> &str {
-        &self.serial
+        self.presented.serial()
     }
 
     /// When this pod's certificate expires.
     pub fn not_after(&self) -> SystemTime {
-        self.not_after
+        self.presented.not_after()
     }
 
     /// The trust domain of this pod's ID, which callers' IDs must share.
@@ -213,14 +197,8 @@ impl MeshIdentity {
     /// SPIFFE ID, or expired): then the chain in use stays, and the error
     /// says why.
     pub fn reload(&self) -> Result<Arc<Chain>, IdentityError> {
-        let chain = Chain::read(self.files())?;
-        if chain.not_after <= SystemTime::now() {
-            return Err(IdentityError::Cert(format!(
-                "{}: the certificate expired at {}",
-                self.cert_file,
-                crate::logging::rfc3339(chain.not_after)
-            )));
-        }
+        let mut chain = Chain::read(self.files())?;
+        chain.presented = chain.presented.unexpired(&self.cert_file)?;
         let chain = Arc::new(chain);
         self.current.store(Arc::clone(&chain));
         Ok(chain)
@@ -269,30 +247,18 @@ struct Live(Arc<MeshIdentity>);
 
 impl ResolvesServerCert for Live {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.0.current.load().certified))
+        Some(self.0.current.load().presented.certified())
     }
 }
 
 impl ResolvesClientCert for Live {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(&self.0.current.load().certified))
+        Some(self.0.current.load().presented.certified())
     }
 
     fn has_certs(&self) -> bool {
         true
     }
-}
-
-/// A certificate's serial number (its DER integer's bytes) as lowercase
-/// hex without separators or the sign byte DER adds (as `openssl x509
-/// -serial` prints it).
-fn serial_hex(raw: &[u8]) -> String {
-    let significant = raw.iter().position(|byte| *byte != 0);
-    let digits = &raw[significant.unwrap_or(raw.len().saturating_sub(1))..];
-    digits.iter().fold(String::new(), |mut hex, byte| {
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
 }
 
 /// Whether `id` is written as a SPIFFE ID: `spiffe://<trust domain>/<path>`
@@ -325,7 +291,9 @@ fn spiffe_id(certificate: &CertificateDer<'_>) -> Result<String, String> {
 }
 
 /// `certificate` parsed, or why it cannot be.
-fn parse<'a>(certificate: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
+pub(super) fn parse<'a>(
+    certificate: &'a CertificateDer<'_>,
+) -> Result<X509Certificate<'a>, String> {
     X509Certificate::from_der(certificate)
         .map(|(_, parsed)| parsed)
         .map_err(|err| format!("cannot be parsed: {err}"))
@@ -526,6 +494,8 @@ impl ClientCertVerifier for Live {
 pub struct Termination {
     config: Arc<ServerConfig>,
     accepts_plain: bool,
+    /// `edge`: the certificate presented, watched for rotation.
+    edge: Option<Arc<EdgeCertificate>>,
 }
 
 impl fmt::Debug for Termination {
@@ -543,7 +513,22 @@ impl Termination {
         Termination {
             config: Arc::new(config),
             accepts_plain,
+            edge: None,
         }
+    }
+
+    /// Server TLS alone (`edge`) with `certificate`; plain text refused.
+    pub fn edge(certificate: Arc<EdgeCertificate>) -> Termination {
+        Termination {
+            config: Arc::new(certificate.server_config()),
+            accepts_plain: false,
+            edge: Some(certificate),
+        }
+    }
+
+    /// `edge`: the certificate presented.
+    pub fn edge_certificate(&self) -> Option<&Arc<EdgeCertificate>> {
+        self.edge.as_ref()
     }
 
     /// The server configuration handshakes are made with.
@@ -557,31 +542,9 @@ impl Termination {
     }
 }
 
-/// A server configuration for server TLS alone (`edge`): the chain in
-/// `cert_file` with the key in `key_file`, no client certificate asked.
-pub fn edge_server_config(cert_file: &str, key_file: &str) -> Result<ServerConfig, IdentityError> {
-    let chain = certificates_from(cert_file).map_err(IdentityError::Cert)?;
-    let key = key_from(key_file).map_err(IdentityError::Key)?;
-    ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("the provider supports the default protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|err| {
-            IdentityError::Key(format!("{key_file}: does not fit the certificate: {err}"))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn serials_are_lowercase_hex_without_the_sign_byte() {
-        assert_eq!(serial_hex(&[0x00, 0x8a, 0x01]), "8a01");
-        assert_eq!(serial_hex(&[0x33, 0xc1]), "33c1");
-        assert_eq!(serial_hex(&[0x00]), "00");
-    }
 
     #[test]
     fn spiffe_ids_have_a_trust_domain_and_a_path() {

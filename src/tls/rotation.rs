@@ -1,38 +1,91 @@
-//! Rotation of the mesh identity: its three files are watched (a `stat`
+//! Rotation of the certificates the sidecar presents, the mesh identity
+//! and the `edge` mode's ([`Rotating`]): their files are watched (a `stat`
 //! per file and [`POLL`], as [`FileWatch`] does, so an atomic rename, an
 //! edit in place and a Kubernetes `..data` symlink swap are all seen), and
 //! once every change has held still the files are read again and the new
-//! chain put in use ([`MeshIdentity::reload`]): new handshakes, in and
-//! out, present it within about two polls; connections already open keep
-//! theirs. A new chain that cannot be used leaves the old one in use and
-//! says why in the log. `tls_certificate_reloads_total{result}` counts
-//! both, and `tls_certificate_expiry_timestamp_seconds{name="mesh.identity"}`
-//! follows the chain in use.
+//! chain put in use: new handshakes, in and out, present it within about
+//! two polls; connections already open keep theirs. A new chain that
+//! cannot be used leaves the old one in use and says why in the log.
+//! `tls_certificate_reloads_total{result}` counts both, and
+//! `tls_certificate_expiry_timestamp_seconds{name}` follows the chain in
+//! use.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 
-use super::{Chain, IdentityError, MeshIdentity};
+use super::{EdgeCertificate, IdentityError, MeshIdentity};
 use crate::metrics::Metrics;
 use crate::watch::FileWatch;
 
 /// How often the identity files are looked at.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// The `name` label of the identity's expiry gauge: the key naming it.
-const NAME: &str = "mesh.identity";
+/// A certificate the sidecar presents, read from files and put in use
+/// anew when they change.
+pub trait Rotating: Send + Sync + 'static {
+    /// The key naming it: the expiry gauge's `name` and the log's subject.
+    fn name(&self) -> &'static str;
+    /// The files it is read from.
+    fn watched_files(&self) -> Vec<&str>;
+    /// The serial (lowercase hex) and expiry of the certificate in use.
+    fn in_use(&self) -> (String, SystemTime);
+    /// Reads the files again and puts them in use, or says why they
+    /// cannot be (the certificate in use stays).
+    fn read_again(&self) -> Result<(), IdentityError>;
+}
 
-/// Shows the expiry of the chain `identity` has in use, then watches its
-/// files on the running actix system for as long as it runs.
-pub fn watch(identity: Arc<MeshIdentity>, metrics: Arc<Metrics>) {
-    show_expiry(&identity.chain(), &metrics);
+impl Rotating for MeshIdentity {
+    fn name(&self) -> &'static str {
+        "mesh.identity"
+    }
+
+    fn watched_files(&self) -> Vec<&str> {
+        let files = self.files();
+        vec![files.cert_file, files.key_file, files.ca_file]
+    }
+
+    fn in_use(&self) -> (String, SystemTime) {
+        let chain = self.chain();
+        (chain.serial().to_string(), chain.not_after())
+    }
+
+    fn read_again(&self) -> Result<(), IdentityError> {
+        self.reload().map(drop)
+    }
+}
+
+impl Rotating for EdgeCertificate {
+    fn name(&self) -> &'static str {
+        "listeners.inbound.tls"
+    }
+
+    fn watched_files(&self) -> Vec<&str> {
+        self.files().to_vec()
+    }
+
+    fn in_use(&self) -> (String, SystemTime) {
+        let presented = self.presented();
+        (presented.serial().to_string(), presented.not_after())
+    }
+
+    fn read_again(&self) -> Result<(), IdentityError> {
+        self.reload().map(drop)
+    }
+}
+
+/// Shows the expiry of the certificate in use, then watches its files on
+/// the running actix system for as long as it runs.
+pub fn watch(certificate: Arc<dyn Rotating>, metrics: Arc<Metrics>) {
+    show_expiry(&*certificate, &metrics);
     let [ok, error] =
         ["ok", "error"].map(|result| metrics.tls_certificate_reloads.with_label_values(&[result]));
-    let files = identity.files();
-    let mut watches = [files.cert_file, files.key_file, files.ca_file]
-        .map(|file| FileWatch::new(file.into(), None));
+    let mut watches: Vec<FileWatch> = certificate
+        .watched_files()
+        .into_iter()
+        .map(|file| FileWatch::new(file.into(), None))
+        .collect();
     for watch in &mut watches {
         // The versions read at start are the ones in use.
         watch.due();
@@ -52,24 +105,21 @@ pub fn watch(identity: Arc<MeshIdentity>, metrics: Arc<Metrics>) {
                 continue;
             }
             changed = false;
-            match identity.reload() {
-                Ok(chain) => {
-                    info!(
-                        "mesh.identity rotated: {} serial {} now in use",
-                        chain.spiffe_id(),
-                        chain.serial()
-                    );
-                    show_expiry(&chain, &metrics);
+            let name = certificate.name();
+            match certificate.read_again() {
+                Ok(()) => {
+                    let (serial, _) = certificate.in_use();
+                    info!("{name} rotated: serial {serial} now in use");
+                    show_expiry(&*certificate, &metrics);
                     ok.inc();
                 }
                 Err(err) => {
-                    let in_use = identity.chain();
+                    let (serial, _) = certificate.in_use();
                     let (IdentityError::Cert(why)
                     | IdentityError::Key(why)
                     | IdentityError::Ca(why)) = err;
                     warn!(
-                        "mesh.identity: the changed files cannot be used, serial {} stays in use: {why}",
-                        in_use.serial()
+                        "{name}: the changed files cannot be used, serial {serial} stays in use: {why}"
                     );
                     error.inc();
                 }
@@ -78,12 +128,14 @@ pub fn watch(identity: Arc<MeshIdentity>, metrics: Arc<Metrics>) {
     });
 }
 
-/// Sets the expiry gauge to `chain`'s not-after, in Unix seconds.
-fn show_expiry(chain: &Chain, metrics: &Metrics) {
-    let expiry = chain.not_after().duration_since(UNIX_EPOCH);
+/// Sets the expiry gauge of `certificate` to its not-after in use, in
+/// Unix seconds.
+fn show_expiry(certificate: &dyn Rotating, metrics: &Metrics) {
+    let (_, not_after) = certificate.in_use();
+    let expiry = not_after.duration_since(UNIX_EPOCH);
     metrics
         .tls_certificate_expiry
-        .with_label_values(&[NAME])
+        .with_label_values(&[certificate.name()])
         .set(expiry.map_or(0, |since| {
             i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
         }));
