@@ -37,6 +37,7 @@ pub use mesh::{
     is_spiffe_id, peer_identity, wrong_identity_of, Chain, IdentityError, IdentityFiles,
     MeshIdentity, Termination, WrongIdentity,
 };
+pub use presented::expired;
 
 /// The name a replica's certificate is checked against (and sent as SNI).
 pub use rustls::pki_types::ServerName;

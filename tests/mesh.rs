@@ -573,3 +573,31 @@ async fn a_broken_rotation_keeps_the_chain_in_use_and_is_counted() {
     assert_eq!(presented_serial(&mesh, port), serial);
     assert_eq!(reloads(&b, "ok").await, 0.0);
 }
+
+#[test]
+fn check_names_an_expired_identity_file_and_when_it_expired() {
+    let mesh = Mesh::new();
+    let stale = mesh
+        .certificates
+        .expired("stale", &format!("URI:{FRONTEND}"));
+    let check = |pair: &Pair| {
+        let file = pair.cert.with_extension("yaml");
+        std::fs::write(&file, mesh.section(pair, 15006)).expect("write the config");
+        let output = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run check");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stderr)
+    };
+    let (code, stderr) = check(&stale);
+    assert_eq!(code, Some(1), "{stderr}");
+    let named = format!(
+        "mesh.identity.cert_file: {}: the certificate expired at ",
+        stale.cert.display()
+    );
+    assert!(stderr.contains(&named), "{stderr}");
+    let (code, stderr) = check(&mesh.frontend);
+    assert_eq!(code, Some(0), "a valid identity passes: {stderr}");
+}

@@ -48,13 +48,10 @@ impl Presented {
     /// `self`, unless its certificate (from `cert_file`) has expired: a
     /// rotation never puts an expired chain in use.
     pub fn unexpired(self, cert_file: &str) -> Result<Presented, IdentityError> {
-        if self.not_after <= SystemTime::now() {
-            return Err(IdentityError::Cert(format!(
-                "{cert_file}: the certificate expired at {}",
-                crate::logging::rfc3339(self.not_after)
-            )));
+        match expired(cert_file, self.not_after) {
+            Some(why) => Err(IdentityError::Cert(why)),
+            None => Ok(self),
         }
-        Ok(self)
     }
 
     /// The chain and key handshakes are made with.
@@ -78,6 +75,18 @@ impl Presented {
     pub fn not_after(&self) -> SystemTime {
         self.not_after
     }
+}
+
+/// Why the certificate in `cert_file`, valid until `not_after`, can no
+/// longer be presented (naming the file and when it expired); `None`
+/// while it is valid.
+pub fn expired(cert_file: &str, not_after: SystemTime) -> Option<String> {
+    (not_after <= SystemTime::now()).then(|| {
+        format!(
+            "{cert_file}: the certificate expired at {}",
+            crate::logging::rfc3339(not_after)
+        )
+    })
 }
 
 /// A certificate's serial number (its DER integer's bytes) as lowercase

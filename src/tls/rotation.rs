@@ -1,6 +1,6 @@
 //! Rotation of the certificates the sidecar presents, the mesh identity
 //! and the `edge` mode's ([`Rotating`]): their files are watched (a `stat`
-//! per file and [`POLL`], as [`FileWatch`] does, so an atomic rename, an
+//! per file and [`POLL`], as `FileWatch` does, so an atomic rename, an
 //! edit in place and a Kubernetes `..data` symlink swap are all seen), and
 //! once every change has held still the files are read again and the new
 //! chain put in use: new handshakes, in and out, present it within about
@@ -27,7 +27,7 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub trait Rotating: Send + Sync + 'static {
     /// The key naming it: the expiry gauge's `name` and the log's subject.
     fn name(&self) -> &'static str;
-    /// The files it is read from.
+    /// The files it is read from, the certificate chain's first.
     fn watched_files(&self) -> Vec<&str>;
     /// The serial (lowercase hex) and expiry of the certificate in use.
     fn in_use(&self) -> (String, SystemTime);

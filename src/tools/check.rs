@@ -9,11 +9,14 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use crate::config::{
     format_duration, Config, ConfigError, InboundConfig, InboundTarget, RouteConfig, RouteTo,
     SecretEnv, SourceKind,
 };
+use crate::tls::expired;
+use crate::tls::rotation::Rotating;
 
 /// Checks the config at `path`; with `strict_env`, a missing secret
 /// variable is an error. Exit 0 with a summary on stdout, or 1 with every
@@ -27,6 +30,10 @@ pub(crate) fn check(path: &Path, strict_env: bool) -> ExitCode {
     let checked = Config::check_file(path, &|name| std::env::var(name).ok(), secrets);
     let outcome = checked
         .outcome
+        .and_then(|config| match expired_certificates(&config) {
+            expired if expired.is_empty() => Ok(config),
+            expired => Err(expired),
+        })
         .map_err(|errors| report(path, &errors, Severity::Error));
     if !checked.warnings.is_empty() {
         report(path, &checked.warnings, Severity::Warning);
@@ -41,6 +48,35 @@ pub(crate) fn check(path: &Path, strict_env: bool) -> ExitCode {
         }
         Err(()) => ExitCode::FAILURE,
     }
+}
+
+/// The certificates the sidecar would present that have expired, each
+/// under its `cert_file` key with the file and when it expired. `run`
+/// starts with one (not ready, waiting for a rotation); a check before a
+/// deploy refuses it.
+fn expired_certificates(config: &Config) -> Vec<ConfigError> {
+    let mesh = config
+        .mesh
+        .loaded_identity()
+        .map(|identity| Arc::clone(identity) as Arc<dyn Rotating>);
+    let edge = config
+        .listeners
+        .inbound
+        .as_ref()
+        .and_then(|inbound| inbound.tls.termination.as_ref()?.edge_certificate())
+        .map(|certificate| Arc::clone(certificate) as Arc<dyn Rotating>);
+    mesh.into_iter()
+        .chain(edge)
+        .filter_map(|certificate| {
+            let (_, not_after) = certificate.in_use();
+            let cert_file = certificate.watched_files()[0];
+            Some(ConfigError {
+                path: format!("{}.cert_file", certificate.name()),
+                message: expired(cert_file, not_after)?,
+                position: None,
+            })
+        })
+        .collect()
 }
 
 /// Whether a reported item stops the config from being used.
