@@ -4,7 +4,8 @@
 //! tag, so every script stays atomic on a cluster. Each call is bounded by
 //! `redis.timeout`, so a slow Redis costs milliseconds; Redis is guarded
 //! by its own circuit breaker, so a dead one is not asked on every
-//! request; every failure counts in `redis_errors_total{op}`.
+//! request; every failure counts in `redis_errors_total{op, role}`, the
+//! role being that of the nodes the calls go to.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -105,6 +106,8 @@ pub struct RedisStore {
     errors: IntCounterVec,
     connections: IntGaugeVec,
     durations: HistogramVec,
+    /// The `role` label of `errors` and `connections`.
+    role: &'static str,
 }
 
 impl RedisStore {
@@ -140,6 +143,7 @@ impl RedisStore {
         let errors = metrics.redis_errors.clone();
         let connections = metrics.redis_pool_connections.clone();
         let durations = metrics.redis_command_duration.clone();
+        let role = pool.role().label();
         // Every operation's series exist from the start, at 0, so a
         // dashboard shows "no errors" rather than "no data".
         for op in [
@@ -150,11 +154,11 @@ impl RedisStore {
             "cache_get",
             "cache_set",
         ] {
-            errors.with_label_values(&[op]);
+            errors.with_label_values(&[op, role]);
             durations.with_label_values(&[op]);
         }
         for state in ["idle", "in_use"] {
-            connections.with_label_values(&[state]);
+            connections.with_label_values(&[state, role]);
         }
         Ok(RedisStore {
             pool,
@@ -169,6 +173,7 @@ impl RedisStore {
             errors,
             connections,
             durations,
+            role,
         })
     }
 
@@ -179,7 +184,7 @@ impl RedisStore {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         if !self.admits() {
-            self.errors.with_label_values(&[op]).inc();
+            self.errors.with_label_values(&[op, self.role]).inc();
             return Err(StoreError(
                 "Redis is cut off by its circuit breaker".to_string(),
             ));
@@ -196,15 +201,15 @@ impl RedisStore {
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            self.errors.with_label_values(&[op]).inc();
+            self.errors.with_label_values(&[op, self.role]).inc();
         }
         self.record(result.is_ok());
         let status = self.pool.status();
         self.connections
-            .with_label_values(&["idle"])
+            .with_label_values(&["idle", self.role])
             .set(status.available as i64);
         self.connections
-            .with_label_values(&["in_use"])
+            .with_label_values(&["in_use", self.role])
             .set((status.size - status.available) as i64);
         result
     }
