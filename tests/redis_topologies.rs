@@ -11,7 +11,7 @@ use serde_json::json;
 use support::client::{client, get_text, x_cache};
 use support::eventually::eventually;
 use support::metrics::{metric, metric_sum};
-use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, MASTER_NAME};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, SlowDoor, MASTER_NAME};
 use support::replica::Replica;
 use support::sidecar::{listeners_with_inbound, sidecar_from};
 use support::tls::Certificates;
@@ -486,6 +486,27 @@ async fn a_failover_that_keeps_the_old_master_running_is_followed_too() {
         );
         assert!(pooled(&metrics, "master") >= 1.0, "{metrics}");
     }
+}
+
+#[actix_web::test]
+async fn connections_slower_to_make_than_the_timeout_are_made_and_used() {
+    // Every new connection takes 300 ms (a far handshake), every call may
+    // take 100 ms: the calls that find no connection give up, but the one
+    // they started is made in the background and pooled for the next.
+    let server = RedisServer::start().await;
+    let door = SlowDoor::start(&server, std::time::Duration::from_millis(300)).await;
+    let app = Replica::start().await;
+    let redis = format!("redis: {{ url: \"{}\", timeout: 100ms }}", door.url());
+    let sidecar = sidecar_from(&config(&app, &redis), &ENV).await;
+    let ana = bearer("ana");
+    let first = send(&sidecar, "GET", "/items", &ana).await;
+    assert_eq!(first.status, 200, "answered while Redis is out of reach");
+    eventually("ana's page is cached in Redis and hit", || async {
+        send(&sidecar, "GET", "/items", &ana).await.cache.as_deref() == Some("HIT")
+    })
+    .await;
+    let keys = server.cli(&["-n", "1", "DBSIZE"]);
+    assert_ne!(keys, "0", "the page and the window live in database 1");
 }
 
 /// The test Redis's password.

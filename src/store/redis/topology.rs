@@ -27,7 +27,8 @@ use tokio::sync::Mutex;
 use crate::config::{RedisConfig, RedisTopology, Secret};
 use crate::store::StoreError;
 
-/// The connection pool of one topology.
+/// The connection pool of one topology (a clone shares it).
+#[derive(Clone)]
 pub(super) enum Pools {
     Standalone(deadpool_redis::Pool),
     Cluster(managed::Pool<ClusterManager>),
