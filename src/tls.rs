@@ -66,6 +66,8 @@ pub enum FileError {
 /// the name verified, shared by every worker's connections to them.
 pub struct Origination {
     config: Arc<ClientConfig>,
+    /// The same, offering `h2` by ALPN: for replicas called over HTTP/2.
+    http2: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
 }
 
@@ -106,8 +108,11 @@ impl Origination {
             // The reader refuses one without the other.
             _ => builder.with_no_client_auth(),
         };
+        let mut http2 = config.clone();
+        http2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Origination {
             config: Arc::new(config),
+            http2: Arc::new(http2),
             server_name,
         })
     }
@@ -115,6 +120,12 @@ impl Origination {
     /// The client configuration every connection is made with.
     pub fn config(&self) -> &Arc<ClientConfig> {
         &self.config
+    }
+
+    /// The client configuration of HTTP/2 connections: the same, with
+    /// `h2` offered by ALPN (HTTP/1 connections offer nothing, as before).
+    pub fn http2_config(&self) -> &Arc<ClientConfig> {
+        &self.http2
     }
 
     /// The name to send (SNI) and verify for a replica at `host` (a name or

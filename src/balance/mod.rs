@@ -193,6 +193,7 @@ mod tests {
             endpoints: Vec::new(),
             strip_prefix: true,
             tls: None,
+            protocol: crate::config::ReplicaProtocol::Auto,
             policy: Policy {
                 load_balancer,
                 slow_start,

@@ -11,8 +11,10 @@
 //! over TLS (`stream.rs`) made as the service's `Origination` says, and its
 //! connections are pooled like plain ones: one handshake per connection.
 //! awc stays for the sidecar's own calls (registry, JWKS, OTLP), which are
-//! few.
+//! few. Replicas of a service called over HTTP/2 get streams on one
+//! multiplexed connection per worker instead (`http2.rs`).
 
+mod http2;
 mod pool;
 mod response;
 mod stream;
@@ -57,10 +59,12 @@ pub struct Client {
     connect_timeout: Duration,
 }
 
-/// What a worker's calls share: the codec configuration and the pool.
+/// What a worker's calls share: the codec configuration and the pools.
 struct Shared {
     config: ServiceConfig,
     pool: RefCell<Pool>,
+    /// The HTTP/2 connections.
+    http2: RefCell<http2::Pool>,
 }
 
 /// A request body as the client sends it.
@@ -136,7 +140,8 @@ pub enum CallError {
     Timeout,
     /// The connection failed or closed before the answer head.
     Closed(io::Error),
-    /// The answer was not valid HTTP/1.
+    /// The answer was not valid HTTP/1, or the replica broke the HTTP/2
+    /// protocol.
     Protocol(String),
 }
 
@@ -187,7 +192,7 @@ impl CallError {
                 "{name} closed the connection before answering: {err}"
             )),
             Self::Protocol(why) => {
-                ProxyError::UpstreamProtocol(format!("{name} answered with invalid HTTP/1: {why}"))
+                ProxyError::UpstreamProtocol(format!("{name} answered with invalid HTTP: {why}"))
             }
         }
     }
@@ -204,6 +209,7 @@ impl Client {
         let shared = Rc::new(Shared {
             config,
             pool: RefCell::new(Pool::default()),
+            http2: RefCell::new(http2::Pool::default()),
         });
         actix_rt::spawn(sweep_idle(Rc::downgrade(&shared)));
         Client {
@@ -249,6 +255,21 @@ impl Client {
         let mut connection = self.connect(address, origination, gauges).await?;
         let answer = exchange(&mut connection.framed, &head, &mut body, timeout).await?;
         Ok(self.answer(answer, connection))
+    }
+
+    /// Sends `head` with `body` to `address` over HTTP/2, as a stream on
+    /// the worker's multiplexed connection to it (a new one when it has
+    /// none with room); otherwise as [`Client::send`] does.
+    pub async fn send_http2(
+        &self,
+        address: &str,
+        origination: Option<&Arc<Origination>>,
+        gauges: Option<&Arc<PoolGauges>>,
+        head: RequestHead,
+        body: OutgoingBody,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, CallError> {
+        http2::send(self, address, origination, gauges, head, body, timeout).await
     }
 
     /// A new connection to `address`, its TLS handshake included when
@@ -450,5 +471,6 @@ async fn sweep_idle(shared: Weak<Shared>) {
             return;
         };
         shared.pool.borrow_mut().sweep();
+        shared.http2.borrow_mut().sweep();
     }
 }
