@@ -8,8 +8,8 @@
 //! HTTP/1.1 client's first head. Replicas called over HTTP/2
 //! (`services[].protocol`): an HTTP/2-only replica reached by HTTP/2 and
 //! HTTP/1.1 callers, streams sharing a connection per worker up to the
-//! replica's stream limit, a replica killed mid-stream, and the breaker of a
-//! dead one.
+//! replica's stream limit, a GOAWAY that drains a connection, a replica
+//! killed mid-stream, and the breaker of a dead one.
 
 mod support;
 
@@ -452,6 +452,32 @@ async fn a_replica_killed_mid_stream_ends_only_the_streams_on_it() {
     let answer = h2c(&format!("{base}/living/items"), &[]).await;
     assert_eq!(answer.status(), 200, "{answer:?}");
     assert_eq!(living.connections(), 1);
+}
+
+#[actix_web::test]
+async fn a_goaway_drains_its_connection_and_new_requests_take_a_new_one() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("api", "http2", &replica)]).await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+    let url = format!("{base}/api/hold");
+    let held = actix_rt::spawn(async move { curl_exit(&["--http2-prior-knowledge", &url]).await });
+    eventually("the held answer has started", || async {
+        replica.held() == 1
+    })
+    .await;
+    replica.go_away();
+    let next = format!("{base}/api/items");
+    eventually("a new request is answered after the GOAWAY", || async {
+        h2c(&next, &[]).await.status() == 200 && replica.connections() == 2
+    })
+    .await;
+    replica.release();
+    let (code, printed) = held.await.expect("joins");
+    assert_eq!(
+        (code, printed.as_str()),
+        (Some(0), "first\nlast\n"),
+        "the stream the GOAWAY allowed finished"
+    );
 }
 
 #[actix_web::test]

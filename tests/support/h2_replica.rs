@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web::Bytes;
-use futures_util::future::select;
+use futures_util::future::{select, Either};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
@@ -28,6 +28,7 @@ pub struct H2Replica {
     address: SocketAddr,
     counts: Arc<Counts>,
     release: Arc<Notify>,
+    going_away: Arc<Notify>,
     kill: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -48,8 +49,13 @@ impl H2Replica {
         let address = listener.local_addr().expect("address");
         let counts = Arc::new(Counts::default());
         let release = Arc::new(Notify::new());
+        let going_away = Arc::new(Notify::new());
         let (kill, killed) = oneshot::channel();
-        let (served_counts, served_release) = (Arc::clone(&counts), Arc::clone(&release));
+        let served = Served {
+            counts: Arc::clone(&counts),
+            release: Arc::clone(&release),
+            going_away: Arc::clone(&going_away),
+        };
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -57,7 +63,7 @@ impl H2Replica {
                 .expect("a runtime");
             runtime.block_on(async move {
                 let listener = TcpListener::from_std(listener).expect("listener");
-                let serving = serve(listener, max_streams, served_counts, served_release);
+                let serving = serve(listener, max_streams, served);
                 let _ = select(killed, Box::pin(serving)).await;
             });
             // Dropping the runtime drops every connection and stream.
@@ -66,6 +72,7 @@ impl H2Replica {
             address,
             counts,
             release,
+            going_away,
             kill: Some(kill),
             thread: Some(thread),
         }
@@ -96,6 +103,11 @@ impl H2Replica {
         self.release.notify_waiters();
     }
 
+    /// Sends every open connection a GOAWAY and lets it drain.
+    pub fn go_away(&self) {
+        self.going_away.notify_waiters();
+    }
+
     /// Dies at once: its connections close with their streams unfinished.
     pub fn kill(&mut self) {
         if let Some(kill) = self.kill.take() {
@@ -113,19 +125,23 @@ impl Drop for H2Replica {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    max_streams: Option<u32>,
+/// What the serving tasks share with the handle.
+#[derive(Clone)]
+struct Served {
     counts: Arc<Counts>,
     release: Arc<Notify>,
-) {
+    going_away: Arc<Notify>,
+}
+
+async fn serve(listener: TcpListener, max_streams: Option<u32>, served: Served) {
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             continue;
         };
-        counts.connections.fetch_add(1, Ordering::SeqCst);
-        let (counts, release) = (Arc::clone(&counts), Arc::clone(&release));
+        served.counts.connections.fetch_add(1, Ordering::SeqCst);
+        let served = served.clone();
         tokio::spawn(async move {
+            let going_away = served.going_away.notified();
             let mut builder = h2::server::Builder::new();
             if let Some(max) = max_streams {
                 builder.max_concurrent_streams(max);
@@ -133,11 +149,28 @@ async fn serve(
             let Ok(mut connection) = builder.handshake::<_, Bytes>(socket).await else {
                 return;
             };
-            while let Some(Ok((request, respond))) = connection.accept().await {
-                counts.requests.fetch_add(1, Ordering::SeqCst);
-                let (counts, release) = (Arc::clone(&counts), Arc::clone(&release));
+            let mut going_away = Some(Box::pin(going_away));
+            loop {
+                let next = match going_away.as_mut() {
+                    Some(told) => {
+                        match select(Box::pin(connection.accept()), told.as_mut()).await {
+                            Either::Left((next, _)) => next,
+                            Either::Right(_) => None,
+                        }
+                    }
+                    None => connection.accept().await,
+                };
+                let Some(Ok((request, respond))) = next else {
+                    if going_away.take().is_some() {
+                        connection.graceful_shutdown();
+                        continue;
+                    }
+                    return;
+                };
+                served.counts.requests.fetch_add(1, Ordering::SeqCst);
+                let served = served.clone();
                 tokio::spawn(async move {
-                    let _ = answer(request, respond, &counts, &release).await;
+                    let _ = answer(request, respond, &served.counts, &served.release).await;
                 });
             }
         });

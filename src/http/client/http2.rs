@@ -198,11 +198,13 @@ pub(super) async fn send(
         if let Some((sender, slot)) = pooled {
             match open_stream(sender, request()?, &body) {
                 Ok(stream) => break (stream, slot),
-                Err(err) => {
+                // Told to go away, or gone: nothing was sent.
+                Err(err) if err.is_go_away() || err.is_io() => {
                     debug!("an HTTP/2 connection to {address} takes no new stream ({err}); trying another");
                     slot.0.closed.set(true);
                     continue;
                 }
+                Err(err) => return Err(call_error(err)),
             }
         }
         // No room: wait for the connection being made, if any, for up to
