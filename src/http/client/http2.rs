@@ -176,8 +176,8 @@ impl Pool {
 
 /// Sends `head` with `body` to `address` as a stream on a pooled HTTP/2
 /// connection of `client`, or on a new one (made within its connect
-/// timeout); `timeout`
-/// bounds each wait for the replica as in [`super::Client::send`].
+/// timeout); `timeout` bounds each wait for the replica as in
+/// [`Client::send`].
 pub(super) async fn send(
     client: &Client,
     address: &str,
