@@ -8,11 +8,13 @@
 //! HTTP/1.1 client's first head. Replicas called over HTTP/2
 //! (`services[].protocol`): an HTTP/2-only replica reached by HTTP/2 and
 //! HTTP/1.1 callers, streams sharing a connection per worker up to the
-//! replica's stream limit, a GOAWAY that drains a connection, a replica
+//! replica's stream limit, a request body and its answer streaming at once,
+//! a GOAWAY that drains a connection, a replica
 //! killed mid-stream, and the breaker of a dead one.
 
 mod support;
 
+use actix_web::web::Bytes;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use outrigger::Sidecar;
 use serde_json::json;
@@ -452,6 +454,56 @@ async fn a_replica_killed_mid_stream_ends_only_the_streams_on_it() {
     let answer = h2c(&format!("{base}/living/items"), &[]).await;
     assert_eq!(answer.status(), 200, "{answer:?}");
     assert_eq!(living.connections(), 1);
+}
+
+/// What a wait that ran out says: `what` did not come while the caller
+/// held back the rest of its body.
+fn not_in_time<T>(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> T {
+    move |_| panic!("{what} did not come within 5s: the body and answer did not stream at once")
+}
+
+#[actix_web::test]
+async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("echo", "http2", &replica)]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{addr}/echo/echo"))
+        .body(())
+        .expect("a request");
+    let (answer, mut sending) = client.send_request(request, false).expect("a stream");
+    let five_seconds = std::time::Duration::from_secs(5);
+    sending
+        .send_data(Bytes::from_static(b"ping 1"), false)
+        .expect("send");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the answer head"))
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    let mut received = answer.into_body();
+    let first = actix_rt::time::timeout(five_seconds, received.data())
+        .await
+        .unwrap_or_else(not_in_time("the first echo"));
+    assert_eq!(
+        first.and_then(Result::ok),
+        Some(Bytes::from_static(b"ping 1"))
+    );
+    // Only now, with the first piece echoed, does the caller send the rest.
+    sending
+        .send_data(Bytes::from_static(b"ping 2"), true)
+        .expect("send");
+    let mut rest = Vec::new();
+    while let Some(chunk) = actix_rt::time::timeout(five_seconds, received.data())
+        .await
+        .unwrap_or_else(not_in_time("the rest"))
+    {
+        rest.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    assert_eq!(rest, b"ping 2");
 }
 
 #[actix_web::test]

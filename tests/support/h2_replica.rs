@@ -193,6 +193,15 @@ async fn answer(
         released.await;
         return sending.send_data(Bytes::from_static(b"last\n"), true);
     }
+    if path == "/echo" {
+        let mut sending = respond.send_response(http::Response::new(()), false)?;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            sending.send_data(chunk, false)?;
+        }
+        return sending.send_data(Bytes::new(), true);
+    }
     let mut body_bytes = 0;
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
