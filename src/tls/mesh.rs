@@ -167,11 +167,7 @@ impl MeshIdentity {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .expect("the key was checked against the certificate when loaded");
-        Origination {
-            config: Arc::new(config),
-            server_name: None,
-            port: Some(inbound_port),
-        }
+        Origination::new(config, None, Some(inbound_port))
     }
 }
 
@@ -419,8 +415,9 @@ impl fmt::Debug for Termination {
 
 impl Termination {
     /// Connections taken with `config`, and plain ones too when
-    /// `accepts_plain`.
-    pub fn new(config: ServerConfig, accepts_plain: bool) -> Termination {
+    /// `accepts_plain`; `h2` and `http/1.1` are offered by ALPN.
+    pub fn new(mut config: ServerConfig, accepts_plain: bool) -> Termination {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Termination {
             config: Arc::new(config),
             accepts_plain,
