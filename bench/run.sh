@@ -4,6 +4,8 @@
 #
 #   bench/run.sh                 3 interleaved rounds (about 12 minutes)
 #   bench/run.sh --quick         1 round of short runs (about 1.5 minutes)
+#   bench/run.sh --inbound       the inbound listener with JWT, rate limit and
+#                                cache: no Redis, standalone Redis, 3-master cluster
 #   bench/run.sh --help          every option
 #
 # Installs what it needs the first time (wrk and nginx from apt, oha with
@@ -38,6 +40,7 @@ apt_install() {
 
 install_tools() {
     apt_install wrk nginx
+    case " $* " in *" --inbound "*) apt_install redis-server ;; esac
     mkdir -p "$tools"
     if [ ! -x "$tools/bin/oha" ] && ! command -v oha >/dev/null 2>&1; then
         # Plain HTTP only: native-tls keeps the build free of cmake.
@@ -62,6 +65,6 @@ install_tools() {
 
 case " $* " in
     *" --help "* | *" -h "*) ;;
-    *) [ "${BENCH_SKIP_INSTALL:-0}" = "1" ] || install_tools ;;
+    *) [ "${BENCH_SKIP_INSTALL:-0}" = "1" ] || install_tools "$@" ;;
 esac
 exec python3 "$here/lib/bench.py" "$@"

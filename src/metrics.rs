@@ -71,9 +71,9 @@ pub struct Metrics {
     pub cache_misses: IntCounter,
     /// Cache lookups or stores that failed (the request went to the app).
     pub cache_errors: IntCounter,
-    /// Redis calls that failed, by operation.
+    /// Redis calls that failed, by operation and node role.
     pub redis_errors: IntCounterVec,
-    /// Redis pool connections by state (`idle`, `in_use`).
+    /// Redis pool connections by state (`idle`, `in_use`) and node role.
     pub redis_pool_connections: IntGaugeVec,
     /// Time each Redis call took, answered or failed, by operation.
     pub redis_command_duration: HistogramVec,
@@ -343,7 +343,11 @@ impl Metrics {
                 "Request heads refused before they were parsed (400, connection closed).",
                 &["listener", "reason"],
             ),
-            redis_errors: counter("redis_errors_total", "Redis calls that failed.", &["op"]),
+            redis_errors: counter(
+                "redis_errors_total",
+                "Redis calls that failed, by the role of the node they were for.",
+                &["op", "role"],
+            ),
             cache_hits: plain_counter("cache_hits_total", "GET answers served from the cache."),
             cache_misses: plain_counter(
                 "cache_misses_total",
@@ -355,8 +359,8 @@ impl Metrics {
             ),
             redis_pool_connections: gauge(
                 "redis_pool_connections",
-                "Redis pool connections by state.",
-                &["state"],
+                "Redis pool connections by state and the role of the node they reach.",
+                &["state", "role"],
             ),
             redis_command_duration: histogram(
                 "redis_command_duration_seconds",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Policy, RouteConfig, ServiceConfig, ServiceTls};
+use crate::config::{Policy, ReplicaProtocol, RouteConfig, ServiceConfig, ServiceTls};
 use crate::core::retry_budget::RetryBudget;
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::replica::Endpoint;
@@ -33,6 +33,8 @@ pub struct Settings {
     pub policy: Policy,
     /// How its replicas are called over TLS; `None`: plain text.
     pub tls: Option<ServiceTls>,
+    /// The HTTP version its replicas are called with.
+    pub protocol: ReplicaProtocol,
 }
 
 impl Settings {
@@ -42,6 +44,7 @@ impl Settings {
             strip_prefix: config.strip_prefix,
             policy: config.policy.clone(),
             tls: config.tls.clone(),
+            protocol: config.protocol,
         }
     }
 }

@@ -85,6 +85,8 @@ pub enum FileError {
 /// the name verified, shared by every worker's connections to them.
 pub struct Origination {
     config: Arc<ClientConfig>,
+    /// The same, offering `h2` by ALPN: for replicas called over HTTP/2.
+    http2: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
     /// The port called instead of each replica's own (a meshed service's
     /// replicas take mutual TLS on `mesh.inbound_port`).
@@ -129,11 +131,26 @@ impl Origination {
             // The reader refuses one without the other.
             _ => builder.with_no_client_auth(),
         };
-        Ok(Origination {
+        Ok(Origination::new(config, server_name, None))
+    }
+
+    /// An origination that connects with `config` (and, for HTTP/2, the
+    /// same offering `h2` by ALPN), checks `server_name` (else each
+    /// replica's host) and calls `port` instead of each replica's own when
+    /// set.
+    fn new(
+        config: ClientConfig,
+        server_name: Option<ServerName<'static>>,
+        port: Option<u16>,
+    ) -> Origination {
+        let mut http2 = config.clone();
+        http2.alpn_protocols = vec![b"h2".to_vec()];
+        Origination {
             config: Arc::new(config),
+            http2: Arc::new(http2),
             server_name,
-            port: None,
-        })
+            port,
+        }
     }
 
     /// Where a connection to the replica at `address` (`host:port`) is
@@ -148,6 +165,12 @@ impl Origination {
     /// The client configuration every connection is made with.
     pub fn config(&self) -> &Arc<ClientConfig> {
         &self.config
+    }
+
+    /// The client configuration of HTTP/2 connections: the same, with
+    /// `h2` offered by ALPN (HTTP/1 connections offer nothing, as before).
+    pub fn http2_config(&self) -> &Arc<ClientConfig> {
+        &self.http2
     }
 
     /// The name to send (SNI) and verify for a replica at `host` (a name or

@@ -5,26 +5,38 @@
 //! `:authority` as by `Host`, JWT, rate limits, the GET cache, head and body
 //! limits, metrics), the per-connection stream limit that bounds a flood
 //! of streams, and the protocol detection's wait counted against a slow
-//! HTTP/1.1 client's first head.
+//! HTTP/1.1 client's first head. Replicas called over HTTP/2
+//! (`services[].protocol`): an HTTP/2-only replica reached by HTTP/2 and
+//! HTTP/1.1 callers, streams sharing a connection per worker up to the
+//! replica's stream limit, a request body and its answer streaming at once,
+//! a GOAWAY that drains a connection, a replica
+//! killed mid-stream, and the breaker of a dead one.
 
 mod support;
 
+use actix_web::web::Bytes;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use outrigger::Sidecar;
 use serde_json::json;
 use support::client::get_text;
+use support::eventually::eventually;
 use support::files::TempDir;
-use support::h2c::{curl, h2c, h2load};
-use support::metrics::metric_sum;
+use support::h2_replica::H2Replica;
+use support::h2c::{curl, curl_exit, h2c, h2load};
+use support::metrics::{metric, metric_sum};
 use support::replica::{header_seen, Replica};
 use support::sidecar::{listeners_with_inbound, sidecar_from};
 
+/// The outbound listener in front of `replica`, which speaks only
+/// HTTP/1.1 (`protocol: http1`: HTTP/2 callers' requests too go out over
+/// HTTP/1.1).
 fn outbound_config(replica: &Replica, limits: &str) -> String {
     format!(
         "listeners:
   outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
   admin: {{ bind: \"127.0.0.1:0\" }}
 services:
-  - {{ name: budgeting, endpoints: [\"{}\"] }}",
+  - {{ name: budgeting, protocol: http1, endpoints: [\"{}\"] }}",
         replica.endpoint()
     )
 }
@@ -303,4 +315,265 @@ async fn the_wait_for_the_first_bytes_counts_against_the_first_head() {
         "cut {cut:?} after connecting, client_header_timeout 1s"
     );
     assert_eq!(replica.hits(), 0);
+}
+
+/// A sidecar with `workers` outbound workers and one service per
+/// `(name, protocol, replica)`.
+async fn sidecar_for(workers: u32, services: &[(&str, &str, &H2Replica)]) -> Sidecar {
+    let services: String = services
+        .iter()
+        .map(|(name, protocol, replica)| {
+            format!(
+                "\n  - {{ name: {name}, protocol: {protocol}, endpoints: [\"{}\"] }}",
+                replica.endpoint()
+            )
+        })
+        .collect();
+    sidecar_from(
+        &format!(
+            "workers: {workers}
+listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:{services}"
+        ),
+        &[],
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn an_http2_only_replica_is_called_over_http2_as_the_protocol_says() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("same", "auto", &replica), ("h2", "http2", &replica)]).await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+
+    // auto: an HTTP/2 caller's request goes out over HTTP/2.
+    let answer = h2c(&format!("{base}/same/items?page=2"), &["-H", "x-kept: yes"]).await;
+    assert_eq!(answer.status_line, "HTTP/2 200", "{answer:?}");
+    let echo = answer.json();
+    assert_eq!(echo["path"], "/items");
+    assert_eq!(echo["authority"], replica.endpoint());
+    assert_eq!(header_seen(&echo, "x-kept").as_deref(), Some("yes"));
+    assert!(header_seen(&echo, "x-request-id").is_some());
+    let upload = format!("{base}/same/upload");
+    let answer = h2c(&upload, &["--data-binary", &"x".repeat(100_000)]).await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.json()["body_bytes"], 100_000);
+
+    // http2: an HTTP/1.1 caller's request too, its body streamed.
+    let answer = curl(&["--http1.1", &format!("{base}/h2/items")], None).await;
+    assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(answer.json()["path"], "/items");
+    let streamed = curl(
+        &[
+            "--http1.1",
+            "-H",
+            "expect:",
+            "-T",
+            "-",
+            "-X",
+            "POST",
+            &format!("{base}/h2/upload"),
+        ],
+        Some(vec![b'y'; 300_000]),
+    )
+    .await;
+    assert_eq!(streamed.status(), 200, "{streamed:?}");
+    assert_eq!(streamed.json()["body_bytes"], 300_000);
+
+    // auto: an HTTP/1.1 caller's request goes out over HTTP/1.1, which this
+    // replica does not speak.
+    let answer = curl(&["--http1.1", &format!("{base}/same/items")], None).await;
+    assert_eq!(answer.status(), 502, "{answer:?}");
+    assert_eq!(replica.requests(), 4);
+}
+
+#[actix_web::test]
+async fn http2_streams_share_a_connection_per_worker_until_the_replica_s_stream_limit() {
+    let unlimited = H2Replica::start(None);
+    let limited = H2Replica::start(Some(5));
+    let sidecar = sidecar_for(
+        2,
+        &[("wide", "http2", &unlimited), ("narrow", "http2", &limited)],
+    )
+    .await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+
+    // 80 streams at once over 4 client connections, spread over 2 workers.
+    let report = h2load(&format!("{base}/wide/slow"), 400, 4, 20, None).await;
+    assert_eq!(report.status_2xx, 400, "{report:?}");
+    assert!(
+        (1..=2).contains(&unlimited.connections()),
+        "{} connections for 2 workers",
+        unlimited.connections()
+    );
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let labels = [("service", "wide"), ("replica", &*unlimited.endpoint())];
+    let counted = metric_sum(&metrics, "outrigger_upstream_connections", &labels);
+    assert_eq!(counted, unlimited.connections() as f64, "{metrics}");
+
+    // 20 streams at once from one client (one worker): 5 to a connection.
+    let report = h2load(&format!("{base}/narrow/slow"), 100, 1, 20, None).await;
+    assert_eq!(report.status_2xx, 100, "{report:?}");
+    let connections = limited.connections();
+    assert!((2..=4).contains(&connections), "{connections} connections");
+}
+
+#[actix_web::test]
+async fn a_replica_killed_mid_stream_ends_only_the_streams_on_it() {
+    let mut dying = H2Replica::start(None);
+    let living = H2Replica::start(None);
+    let sidecar = sidecar_for(
+        1,
+        &[("dying", "http2", &dying), ("living", "http2", &living)],
+    )
+    .await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+    let call = |service: &str| {
+        let url = format!("{base}/{service}/hold");
+        actix_rt::spawn(async move { curl_exit(&["--http2-prior-knowledge", &url]).await })
+    };
+    let (cut, finished) = (call("dying"), call("living"));
+    eventually("both answers have started", || async {
+        dying.held() == 1 && living.held() == 1
+    })
+    .await;
+    dying.kill();
+    let (code, printed) = cut.await.expect("joins");
+    assert_eq!(
+        code,
+        Some(92),
+        "the answer was cut (stream reset): {printed:?}"
+    );
+    assert!(!printed.contains("last"), "{printed:?}");
+    living.release();
+    let (code, printed) = finished.await.expect("joins");
+    assert_eq!((code, printed.as_str()), (Some(0), "first\nlast\n"));
+    // The connection to the living replica carries the next call.
+    let answer = h2c(&format!("{base}/living/items"), &[]).await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(living.connections(), 1);
+}
+
+/// What a wait that ran out says: `what` did not come while the caller
+/// held back the rest of its body.
+fn not_in_time<T>(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> T {
+    move |_| panic!("{what} did not come within 5s: the body and answer did not stream at once")
+}
+
+#[actix_web::test]
+async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("echo", "http2", &replica)]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{addr}/echo/echo"))
+        .body(())
+        .expect("a request");
+    let (answer, mut sending) = client.send_request(request, false).expect("a stream");
+    let five_seconds = std::time::Duration::from_secs(5);
+    sending
+        .send_data(Bytes::from_static(b"ping 1"), false)
+        .expect("send");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the answer head"))
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    let mut received = answer.into_body();
+    let first = actix_rt::time::timeout(five_seconds, received.data())
+        .await
+        .unwrap_or_else(not_in_time("the first echo"));
+    assert_eq!(
+        first.and_then(Result::ok),
+        Some(Bytes::from_static(b"ping 1"))
+    );
+    // Only now, with the first piece echoed, does the caller send the rest.
+    sending
+        .send_data(Bytes::from_static(b"ping 2"), true)
+        .expect("send");
+    let mut rest = Vec::new();
+    while let Some(chunk) = actix_rt::time::timeout(five_seconds, received.data())
+        .await
+        .unwrap_or_else(not_in_time("the rest"))
+    {
+        rest.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    assert_eq!(rest, b"ping 2");
+}
+
+#[actix_web::test]
+async fn a_goaway_drains_its_connection_and_new_requests_take_a_new_one() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("api", "http2", &replica)]).await;
+    let base = format!("http://{}", sidecar.outbound_addr());
+    let url = format!("{base}/api/hold");
+    let held = actix_rt::spawn(async move { curl_exit(&["--http2-prior-knowledge", &url]).await });
+    eventually("the held answer has started", || async {
+        replica.held() == 1
+    })
+    .await;
+    replica.go_away();
+    let next = format!("{base}/api/items");
+    eventually("a new request is answered after the GOAWAY", || async {
+        h2c(&next, &[]).await.status() == 200 && replica.connections() == 2
+    })
+    .await;
+    replica.release();
+    let (code, printed) = held.await.expect("joins");
+    assert_eq!(
+        (code, printed.as_str()),
+        (Some(0), "first\nlast\n"),
+        "the stream the GOAWAY allowed finished"
+    );
+}
+
+#[actix_web::test]
+async fn the_breaker_opens_on_a_dead_http2_replica() {
+    let mut replica = H2Replica::start(None);
+    let sidecar = sidecar_from(
+        &format!(
+            "workers: 1
+listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+  - name: api
+    protocol: http2
+    endpoints: [\"{}\"]
+    retry: {{ attempts: 1 }}
+    circuit_breaker: {{ failure_threshold: 2, cooldown: 1m }}",
+            replica.endpoint()
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/api/items", sidecar.outbound_addr());
+    let answer = curl(&["--http1.1", &url], None).await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    replica.kill();
+    let mut reasons = Vec::new();
+    for _ in 0..4 {
+        let answer = curl(&["--http1.1", &url], None).await;
+        reasons.push((
+            answer.status(),
+            answer.header("x-outrigger").map(str::to_string),
+        ));
+    }
+    assert_eq!(
+        reasons.last(),
+        Some(&(503, Some("no_healthy_replica".to_string()))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[0].0 == 502,
+        "the first call after the death fails as a connection failure: {reasons:?}"
+    );
+    let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    let transitions = "outrigger_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}";
+    assert_eq!(metric(&metrics, transitions), Some(1.0), "{metrics}");
 }

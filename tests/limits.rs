@@ -171,7 +171,7 @@ async fn sidecars_sharing_redis_share_the_limit_and_survive_its_outage() {
         .filter_map(|op| {
             metric(
                 &metrics,
-                &format!("outrigger_redis_errors_total{{op=\"{op}\"}}"),
+                &format!("outrigger_redis_errors_total{{op=\"{op}\",role=\"standalone\"}}"),
             )
         })
         .sum();

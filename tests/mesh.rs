@@ -184,6 +184,15 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
         Some(FRONTEND),
         "B's app sees A's verified identity, not the app's own copy: {echo}"
     );
+    // An HTTP/2 caller's request crosses the mesh over HTTP/2 (protocol
+    // auto): B's inbound chooses `h2` by ALPN.
+    let over_h2 = curl(
+        &format!("http://{}/catalog/items", a.outbound_addr()),
+        &["--http2-prior-knowledge"],
+    );
+    let (status, echo) = over_h2.expect("an HTTP/2 answer through the mesh");
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
     let hits = app.hits();
 
     let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
@@ -225,8 +234,8 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
     };
     assert_eq!(
         handshakes("ok"),
-        2.0,
-        "A's pooled connection and curl's: {metrics}"
+        3.0,
+        "A's pooled HTTP/1.1 and HTTP/2 connections, and curl's: {metrics}"
     );
     assert_eq!(handshakes("protocol"), 1.0, "plain text");
     assert_eq!(handshakes("no_client_cert"), 1.0);
@@ -340,6 +349,27 @@ async fn edge_serves_tls_without_asking_for_a_client_certificate() {
         plain.is_err(),
         "plain text is refused in edge mode: {plain:?}"
     );
+    for (asked, spoken) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let version = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version}",
+            ])
+            .arg(asked)
+            .arg(format!("https://{}/items", inbound(port)))
+            .output()
+            .expect("run curl");
+        assert_eq!(
+            String::from_utf8_lossy(&version.stdout),
+            spoken,
+            "{asked}: the protocol chosen by ALPN is the one served"
+        );
+    }
 
     // The edge certificate rotates as the mesh identity does.
     let next = mesh

@@ -208,7 +208,7 @@ async fn after_a_scripted_scenario_every_counter_has_its_value_and_promtool_pass
         ("outrigger_cache_hits_total".to_string(), 1.0),
         ("outrigger_cache_misses_total".to_string(), 2.0),
         ("outrigger_rate_limited_total{scope=\"route\"}".to_string(), 1.0),
-        ("outrigger_redis_errors_total{op=\"cache_get\"}".to_string(), 0.0),
+        ("outrigger_redis_errors_total{op=\"cache_get\",role=\"standalone\"}".to_string(), 0.0),
         ("outrigger_http_requests_in_progress{listener=\"outbound\"}".to_string(), 0.0),
         ("outrigger_discovery_replicas{service=\"retried\"}".to_string(), 2.0),
         ("outrigger_http_request_duration_seconds_count{listener=\"outbound\",service=\"api\"}".to_string(), 3.0),

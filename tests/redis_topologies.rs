@@ -10,8 +10,8 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::client::{client, get_text, x_cache};
 use support::eventually::eventually;
-use support::metrics::metric;
-use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, MASTER_NAME};
+use support::metrics::{metric, metric_sum};
+use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, SlowDoor, MASTER_NAME};
 use support::replica::Replica;
 use support::sidecar::{listeners_with_inbound, sidecar_from};
 use support::tls::Certificates;
@@ -262,11 +262,21 @@ async fn moving_a_masters_slots_under_traffic_fails_no_request() {
             "cache_get",
             "cache_set",
         ] {
-            let series = format!("outrigger_redis_errors_total{{op=\"{op}\"}}");
+            let series = format!("outrigger_redis_errors_total{{op=\"{op}\",role=\"master\"}}");
             assert_eq!(metric(&metrics, &series), Some(0.0), "{series}");
         }
+        assert!(pooled(&metrics, "master") >= 1.0, "{metrics}");
     }
     eprintln!("{sent} requests while slots moved ({keys} -> {left} keys on the first master)");
+}
+
+/// The pool's connections to nodes of `role`, idle or in use.
+fn pooled(metrics: &str, role: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "outrigger_redis_pool_connections",
+        &[("role", role)],
+    )
 }
 
 /// Whether two sidecars count in one window: the second sees one fewer left.
@@ -443,7 +453,12 @@ async fn a_failover_that_keeps_the_old_master_running_is_followed_too() {
     // it to a replica of the new one once it has seen it claim to be
     // master for a while (up to 20 s), which the test does at once, as the
     // sentinel would.
-    assert_eq!(group.cli(&["SENTINEL", "FAILOVER", MASTER_NAME]), "OK");
+    // Refused (NOGOODSLAVE) until the sentinel has seen the replica's link
+    // to the master up, which it learns from the master's INFO.
+    eventually("the sentinel starts the failover", || async {
+        group.cli(&["SENTINEL", "FAILOVER", MASTER_NAME]) == "OK"
+    })
+    .await;
     eventually("the sentinel names the replica", || async {
         group.master_port() == Some(group.replica.port)
     })
@@ -464,7 +479,39 @@ async fn a_failover_that_keeps_the_old_master_running_is_followed_too() {
             Some(1.0),
             "each sidecar moved to the new master once"
         );
+        // The master the sentinels name is the role its calls and
+        // connections are counted under.
+        assert!(
+            metric(
+                &metrics,
+                "outrigger_redis_errors_total{op=\"rate_limit\",role=\"master\"}"
+            )
+            .is_some(),
+            "{metrics}"
+        );
+        assert!(pooled(&metrics, "master") >= 1.0, "{metrics}");
     }
+}
+
+#[actix_web::test]
+async fn connections_slower_to_make_than_the_timeout_are_made_and_used() {
+    // Every new connection takes 300 ms (a far handshake), every call may
+    // take 100 ms: the calls that find no connection give up, but the one
+    // they started is made in the background and pooled for the next.
+    let server = RedisServer::start().await;
+    let door = SlowDoor::start(&server, std::time::Duration::from_millis(300)).await;
+    let app = Replica::start().await;
+    let redis = format!("redis: {{ url: \"{}\", timeout: 100ms }}", door.url());
+    let sidecar = sidecar_from(&config(&app, &redis), &ENV).await;
+    let ana = bearer("ana");
+    let first = send(&sidecar, "GET", "/items", &ana).await;
+    assert_eq!(first.status, 200, "answered while Redis is out of reach");
+    eventually("ana's page is cached in Redis and hit", || async {
+        send(&sidecar, "GET", "/items", &ana).await.cache.as_deref() == Some("HIT")
+    })
+    .await;
+    let keys = server.cli(&["-n", "1", "DBSIZE"]);
+    assert_ne!(keys, "0", "the page and the window live in database 1");
 }
 
 /// The test Redis's password.
@@ -529,9 +576,14 @@ async fn redis_over_tls_with_a_password_is_shared_and_a_wrong_ca_is_an_outage() 
     }
     let metrics = get_text(&format!("http://{}/metrics", three.admin_addr())).await;
     assert!(
-        metric(&metrics, "outrigger_redis_errors_total{op=\"cache_get\"}") >= Some(1.0),
+        metric(
+            &metrics,
+            "outrigger_redis_errors_total{op=\"cache_get\",role=\"standalone\"}"
+        ) >= Some(1.0),
         "the refused handshakes count as Redis errors"
     );
+    let metrics = get_text(&format!("http://{}/metrics", one.admin_addr())).await;
+    assert!(pooled(&metrics, "standalone") >= 1.0, "{metrics}");
 }
 
 #[actix_web::test]

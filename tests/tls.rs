@@ -1,7 +1,8 @@
 //! Calls to HTTPS replicas (issue 26, item 1): the app calls plain HTTP
 //! through the outbound listener and the sidecar opens TLS to nginx
 //! replicas with certificates from a test CA, verifies them, pools the
-//! connections, and treats a failed handshake as a connect failure.
+//! connections, and treats a failed handshake as a connect failure; a
+//! service called over HTTP/2 offers `h2` by ALPN (issue 27, item 2).
 
 mod support;
 
@@ -427,4 +428,51 @@ async fn a_websocket_to_an_https_replica_is_tunnelled_over_verified_tls() {
         answer.contains("upstream_tls") && answer.contains("UnknownIssuer"),
         "{answer}"
     );
+}
+
+#[actix_web::test]
+async fn a_service_called_over_http2_offers_h2_by_alpn_and_multiplexes_its_calls() {
+    let certificates = Certificates::new();
+    let server = certificates.server("replica", "IP:127.0.0.1");
+    let protocol = "location / { return 200 \"$server_protocol $connection\"; }";
+    let both = Nginx::start_tls_http2(&server.cert, &server.key, protocol).await;
+    let http1_only = Nginx::start_tls(&server.cert, &server.key, protocol).await;
+    let ca = certificates.ca();
+    let sidecar = sidecar_for(&format!(
+        "  - name: grpc
+    protocol: http2
+    endpoints: [\"127.0.0.1:{both}\"]
+    tls: {{ ca_file: \"{ca}\" }}
+  - name: rest
+    protocol: http1
+    endpoints: [\"127.0.0.1:{both}\"]
+    tls: {{ ca_file: \"{ca}\" }}
+  - name: old
+    protocol: http2
+    endpoints: [\"127.0.0.1:{http1_only}\"]
+    tls: {{ ca_file: \"{ca}\" }}",
+        both = both.port,
+        http1_only = http1_only.port,
+        ca = ca.display()
+    ))
+    .await;
+    let outbound = sidecar.outbound_addr();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let (status, _, body) = call(&format!("http://{outbound}/grpc/x")).await;
+        assert_eq!(status, 200, "{body}");
+        seen.push(body);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "one HTTP/2 connection: {seen:?}");
+    assert!(seen[0].starts_with("HTTP/2.0 "), "{seen:?}");
+    // HTTP/1 connections offer no ALPN, so nginx speaks HTTP/1.1 on them.
+    let (status, _, body) = call(&format!("http://{outbound}/rest/x")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("HTTP/1.1 "), "{body}");
+    // A replica that does not choose h2 is refused, not sent HTTP/2 blind.
+    let (status, reason, body) = call(&format!("http://{outbound}/old/x")).await;
+    assert_eq!((status, reason.as_str()), (502, "upstream_tls"), "{body}");
+    // (nginx ends the handshake with an alert: it has no protocol in common)
+    assert!(body.contains("NoApplicationProtocol"), "{body}");
 }

@@ -11,12 +11,22 @@ and of the direct path measured in the same round: on a shared machine the
 absolute numbers drift between rounds, those ratios much less. Medians
 over rounds go to a markdown table (stdout and summary.md) and CSV.
 
-Python 3 standard library only.
+With --inbound it measures the inbound listener instead, in front of one
+replica as the pod's app, with what a service turns on there: RS256 JWTs
+(a key made with openssl), a per-user rate limit too high to refuse and
+the GET cache. It runs with no Redis (the in-process store), a standalone
+Redis and a 3-master Redis cluster, all three started here; the ratios are
+to the run without Redis, and the Redis servers' CPU per request is shown
+beside the sidecar's.
+
+Python 3 standard library only (and openssl, redis-server, redis-cli for
+--inbound).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import os
@@ -40,6 +50,10 @@ LISTEN = 19090
 ADMIN = 19091
 PREFIX = "/echo/"
 REFERENCE = "envoy-c1"
+# --inbound: the Redis servers, and what the figures are divided by.
+REDIS_PORT = 19379
+CLUSTER_PORTS = [19380, 19381, 19382]
+INBOUND_REFERENCE = "inbound-local"
 
 
 def note(text: str) -> None:
@@ -128,22 +142,23 @@ def field_kib(status: str, key: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+def get(url: str, timeout: float = 1.0, headers: Optional[dict[str, str]] = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, answer.read()
     except urllib.error.HTTPError as err:
         return err.code, b""
 
 
-def first_ok(url: str, proc: Process, within: float) -> float:
+def first_ok(url: str, proc: Process, within: float, headers: Optional[dict[str, str]] = None) -> float:
     """Seconds from the process's start to the first 200 from url."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"exited with {proc.popen.returncode}; see {proc.log}")
         try:
-            if get(url, timeout=0.5)[0] == 200:
+            if get(url, timeout=0.5, headers=headers)[0] == 200:
                 return time.monotonic() - proc.started
         except OSError:
             pass
@@ -173,6 +188,28 @@ services:
   - name: echo
     endpoints: [{upstream_list()}]
 """
+
+
+def inbound_config(workers: int, public_key: Path, redis: str) -> str:
+    # The inbound listener in front of the first replica (the pod's app):
+    # RS256 JWTs, a per-user limit no run reaches (exact: one Redis call
+    # per request when there is a Redis) and the GET cache (each user's
+    # answers apart), with every other default on as for outbound.
+    return f"""workers: {workers}
+listeners:
+  outbound: {{ bind: "127.0.0.1:{LISTEN + 2}" }}
+  inbound: {{ bind: "127.0.0.1:{LISTEN}", app: "http://127.0.0.1:{UPSTREAM_PORTS[0]}" }}
+  admin: {{ bind: "127.0.0.1:{ADMIN}" }}
+lifecycle: {{ drain_delay: 0s }}
+inbound:
+  auth:
+    jwt: {{ algorithms: [RS256], public_key_file: "{public_key}" }}
+  rate_limit:
+    window: 1m
+    default: 100000000
+  cache:
+    default_ttl: 60s
+{redis}"""
 
 
 def envoy_config(_workers: int) -> str:
@@ -271,6 +308,10 @@ class Proxy:
 def proxies(args) -> dict[str, Proxy]:
     w = args.workers
     envoy = args.envoy_bin
+    outrigger = lambda run, cfg: [str(args.outrigger_bin), "run", "--config", str(cfg)]
+    ready = f"http://127.0.0.1:{ADMIN}/ready"
+    cluster = ", ".join(f'"redis://127.0.0.1:{port}"' for port in CLUSTER_PORTS)
+    inbound = lambda redis: lambda run: inbound_config(w, args.public_key, redis)
     return {
         "direct": Proxy("direct", 0, None),
         "outrigger": Proxy(
@@ -288,7 +329,74 @@ def proxies(args) -> dict[str, Proxy]:
             "nginx", w, lambda run, cfg: ["nginx", "-p", str(run), "-c", str(cfg),
                                           "-e", str(run / "error.log"), "-g", "daemon off;"],
             lambda run: nginx_config(w, run)),
+        # --inbound
+        "inbound-local": Proxy("inbound-local", w, outrigger, inbound(""), ready, "yaml"),
+        "inbound-redis": Proxy(
+            "inbound-redis", w, outrigger,
+            inbound(f'redis: {{ url: "redis://127.0.0.1:{REDIS_PORT}/0" }}\n'), ready, "yaml"),
+        "inbound-cluster": Proxy(
+            "inbound-cluster", w, outrigger,
+            inbound(f"redis: {{ mode: cluster, urls: [{cluster}] }}\n"), ready, "yaml"),
     }
+
+
+# ---------------------------------------------------------------- --inbound
+
+def redis_ping(port: int) -> bool:
+    out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True)
+    return out.stdout.strip() == "PONG"
+
+
+def start_redis(run: Path) -> dict[str, list["Process"]]:
+    """A standalone Redis and a cluster of three masters, empty and not
+    persisting: the Redis processes behind each inbound proxy."""
+    def server(port: int, *extra: str) -> Process:
+        data = run / f"redis-{port}"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = Process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", str(data), *extra], run / f"redis-{port}.log")
+        deadline = time.monotonic() + 10
+        while not redis_ping(port):
+            if time.monotonic() > deadline or not proc.alive():
+                raise RuntimeError(f"redis-server on {port} did not start; see {proc.log}")
+            time.sleep(0.05)
+        return proc
+
+    standalone = server(REDIS_PORT)
+    masters = [server(port, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+               for port in CLUSTER_PORTS]
+    subprocess.run(["redis-cli", "--cluster", "create",
+                    *(f"127.0.0.1:{port}" for port in CLUSTER_PORTS),
+                    "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 20
+    for port in CLUSTER_PORTS:
+        while "cluster_state:ok" not in subprocess.run(
+                ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, text=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster is not ok on {port}")
+            time.sleep(0.1)
+    return {"inbound-redis": [standalone], "inbound-cluster": masters}
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def rs256_token(run: Path) -> tuple[Path, str]:
+    """An RSA key made with openssl: its public half's path, and a token it
+    signed for one user, valid for a day."""
+    key, public = run / "jwt-key.pem", run / "jwt-public.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(key)], check=True, capture_output=True)
+    subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-out", str(public)],
+                   check=True, capture_output=True)
+    header = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    claims = b64url(json.dumps({"sub": "bench-user", "exp": int(time.time()) + 86400}).encode())
+    signed = f"{header}.{claims}".encode()
+    signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(key)], input=signed,
+                               check=True, capture_output=True).stdout
+    return public, f"{header}.{claims}.{b64url(signature)}"
 
 
 # ---------------------------------------------------------------- load
@@ -297,8 +405,13 @@ LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1e6}
 
 
-def run_wrk(url: str, connections: int, seconds: float) -> dict:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s", url]
+def header_argv(headers: dict[str, str]) -> list[str]:
+    return [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+
+
+def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str]) -> dict:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s",
+            *header_argv(headers), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", out)
     if not total:
@@ -316,12 +429,12 @@ def run_wrk(url: str, connections: int, seconds: float) -> dict:
     }
 
 
-def run_oha(oha: str, url: str, rate: int, seconds: float) -> dict:
+def run_oha(oha: str, url: str, rate: int, seconds: float, headers: dict[str, str]) -> dict:
     # Requests still in flight when the time is up are waited for, not
     # cancelled: oha would count each cancelled one as an error.
     argv = [oha, "-z", f"{seconds:g}s", "-q", str(rate), "-c", "16", "--latency-correction",
             "--wait-ongoing-requests-after-deadline",
-            "--no-tui", "--output-format", "json", "--worker-threads", "1", url]
+            "--no-tui", "--output-format", "json", "--worker-threads", "1", *header_argv(headers), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     data = json.loads(out[out.index("{"):])
     codes = data.get("statusCodeDistribution", {})
@@ -352,23 +465,33 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
         config.write_text(proxy.config(run) if proxy.config else "")
         url = f"http://127.0.0.1:{LISTEN}{PREFIX}"
         proc = Process(proxy.argv(run, config), run / "log", cwd=run)
-        startup_ms = 1000 * first_ok(proxy.ready_url or url, proc, 20)
-        if proxy.ready_url:
-            first_ok(url, proc, 5)
+        try:
+            startup_ms = 1000 * first_ok(proxy.ready_url or url, proc, 20, args.headers)
+            if proxy.ready_url:
+                first_ok(url, proc, 5, args.headers)
+        except Exception:
+            proc.stop()  # the next proxy needs its ports
+            raise
         time.sleep(1)
         rss_rest = proc.memory_kib()[0]
+    # --inbound: the Redis servers behind the proxy, their CPU counted apart.
+    backing = args.backing.get(proxy.name, [])
+    headers = args.headers
     try:
-        status, body = get(url)
+        status, body = get(url, headers=headers)
         if status != 200 or body != b"ok\n":
             raise RuntimeError(f"GET {url}: {status} {body!r}")
-        run_wrk(url, 16, args.warmup)
-        runs = [(f"c{c}", lambda c=c: run_wrk(url, c, args.duration)) for c in args.connections]
+        run_wrk(url, 16, args.warmup, headers)
+        runs = [(f"c{c}", lambda c=c: run_wrk(url, c, args.duration, headers)) for c in args.connections]
         if args.rate and args.oha_bin:
-            runs.append((f"rate{args.rate}", lambda: run_oha(args.oha_bin, url, args.rate, args.duration)))
+            runs.append((f"rate{args.rate}",
+                         lambda: run_oha(args.oha_bin, url, args.rate, args.duration, headers)))
         for label, load in runs:
             before = proc.cpu_seconds() if proc else None
+            redis_before = sum(sum(p.cpu_seconds()) for p in backing)
             figures = load()
             after = proc.cpu_seconds() if proc else None
+            redis_cpu = sum(sum(p.cpu_seconds()) for p in backing) - redis_before
             rss, peak = proc.memory_kib() if proc else (None, None)
             user = system = None
             if proc:
@@ -376,6 +499,7 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
                 user, system = (1e6 * (a - b) / requests for a, b in zip(after, before))
             row = dict(base, load=label, **figures,
                        cpu_us_per_req=None if proc is None else user + system,
+                       redis_cpu_us_per_req=1e6 * redis_cpu / max(figures["requests"], 1) if backing else None,
                        user_us_per_req=user, sys_us_per_req=system,
                        startup_ms=startup_ms, rss_rest_kib=rss_rest, rss_peak_kib=peak)
             rows.append(row)
@@ -429,7 +553,7 @@ def same_round_ratio(rows, name, load, key, base) -> Optional[float]:
     return statistics.median(ratios) if ratios else None
 
 
-def summarize(rows: list[dict], names: list[str]) -> list[dict]:
+def summarize(rows: list[dict], names: list[str], reference: str) -> list[dict]:
     out = []
     loads = list(dict.fromkeys(r["load"] for r in rows))
     for name in names:
@@ -444,12 +568,12 @@ def summarize(rows: list[dict], names: list[str]) -> list[dict]:
                      and r["p50_us"] is not None and d["p50_us"] is not None]
             entry = {"proxy": name, "load": load, "rounds": len(mine), "workers": mine[0]["workers"]}
             for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "user_us_per_req",
-                        "sys_us_per_req", "errors", "startup_ms", "rss_rest_kib", "rss_peak_kib"):
+                        "sys_us_per_req", "redis_cpu_us_per_req", "errors", "startup_ms", "rss_rest_kib", "rss_peak_kib"):
                 entry[key] = med(key)
             entry["added_p50_us"] = statistics.median(added) if added and name != "direct" else None
             for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req",
                         "rss_rest_kib", "rss_peak_kib", "startup_ms"):
-                entry[f"{key}_vs_envoy"] = same_round_ratio(rows, name, load, key, REFERENCE)
+                entry[f"{key}_vs_envoy"] = same_round_ratio(rows, name, load, key, reference)
                 entry[f"{key}_vs_direct"] = same_round_ratio(rows, name, load, key, "direct")
             out.append(entry)
     return out
@@ -464,11 +588,12 @@ def markdown(args, summary: list[dict], started: str) -> str:
     lines = [f"## bench/run.sh, {started}, {model.group(1) if model else '?'}, {os.cpu_count()} CPUs",
              "",
              f"{args.rounds} round(s), proxies interleaved; {args.duration:g} s per run; medians over "
-             f"rounds. In brackets: the same figure divided by {REFERENCE}'s in the same round "
+             f"rounds. In brackets: the same figure divided by {args.reference}'s in the same round "
              "(req/s: higher is better; everything else: lower is better).", "",
              "| proxy | workers | " + " | ".join(f"c{c} req/s" for c in args.connections)
              + " | c1 p50 added µs | c64 p99 µs | CPU µs/req c64 |"
              + (f" {args.rate}/s p50 / p99 / p99.9 µs | CPU µs/req at {args.rate}/s |" if args.oha_bin and args.rate else "")
+             + (f" Redis CPU µs/req at {args.rate}/s |" if args.inbound and args.oha_bin and args.rate else "")
              + " RSS rest / peak MiB | start to ready ms |",
              ]
     columns = lines[-1].count("|") - 1
@@ -490,6 +615,8 @@ def markdown(args, summary: list[dict], started: str) -> str:
             cells.append(" / ".join(fmt(r and r[k]) for k in ("p50_us", "p99_us", "p999_us"))
                          + ratio(r, "p99_us_vs_envoy"))
             cells.append(fmt(r and r["cpu_us_per_req"], 1) + ratio(r, "cpu_us_per_req_vs_envoy"))
+            if args.inbound:
+                cells.append(fmt(r and r["redis_cpu_us_per_req"], 1))
         rest, peak = (s or {}).get("rss_rest_kib"), (s or {}).get("rss_peak_kib")
         cells.append("–" if rest is None else f"{rest / 1024:.1f} / {max(peak or 0, rest) / 1024:.1f}")
         cells.append(fmt(s and s["startup_ms"]))
@@ -504,6 +631,12 @@ def markdown(args, summary: list[dict], started: str) -> str:
               for s in summary if s.get("errors")]
     if errors:
         lines += ["", "Errors: " + "; ".join(errors)]
+    if args.inbound:
+        lines += ["", "Inbound listener in front of one replica (direct: that replica alone): RS256 JWT, "
+                      "a per-user limit of 100,000,000 a minute (exact), the GET cache; one user, so one "
+                      "window and one cached answer (on one master of the cluster). inbound-local: no "
+                      "Redis (in-process store); inbound-redis: a standalone Redis; inbound-cluster: "
+                      "3 masters. Redis CPU: the Redis servers' own, beside the sidecar's."]
     busy = os.getloadavg()[0]
     lines += ["", f"Load average at the end: {busy:.1f} (over {os.cpu_count()} CPUs: other work "
                   "running alongside makes every figure noisier)." if busy > 0.5 * (os.cpu_count() or 1)
@@ -527,16 +660,29 @@ def parse(argv: list[str]):
     ap.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
     ap.add_argument("--warmup", type=float, default=2, help="warm-up seconds after each start (default 2)")
     ap.add_argument("--connections", default="1,16,64", help="closed-loop connection counts (default 1,16,64)")
-    ap.add_argument("--rate", type=int, default=5000, help="fixed-rate req/s with oha; 0: none (default 5000)")
+    ap.add_argument("--rate", type=int, default=None,
+                    help="fixed-rate req/s with oha; 0: none (default 5000, 1000 with --inbound)")
     ap.add_argument("--workers", type=int, default=1,
                     help="workers of outrigger and nginx (default 1; Envoy runs as c1 and c2)")
-    ap.add_argument("--proxies", default="direct,outrigger,envoy-c1,envoy-c2,nginx",
-                    help="which to run, in this order (default: all five)")
+    ap.add_argument("--proxies", default=None,
+                    help="which to run, in this order (default: all five; with --inbound: direct, "
+                         "inbound-local, inbound-redis, inbound-cluster)")
+    ap.add_argument("--inbound", action="store_true",
+                    help="the inbound listener with JWT, rate limit and cache, without Redis, "
+                         "with a standalone Redis and with a 3-master cluster")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s runs, 1 s warm-up")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory (default bench/results)")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
+    if args.rate is None:
+        args.rate = 1000 if args.inbound else 5000
+    if args.proxies is None:
+        args.proxies = ("direct,inbound-local,inbound-redis,inbound-cluster" if args.inbound
+                        else "direct,outrigger,envoy-c1,envoy-c2,nginx")
+    args.reference = INBOUND_REFERENCE if args.inbound else REFERENCE
+    # Set in main for --inbound: the request headers, the JWT key, the Redis servers.
+    args.headers, args.public_key, args.backing = {}, None, {}
     args.connections = [int(c) for c in args.connections.split(",")]
     tools = BENCH / ".tools"
     # Absolute: each proxy starts in its own run directory.
@@ -575,6 +721,11 @@ def main(argv: list[str]) -> int:
     failures = []
     try:
         (results / "run").mkdir()
+        if args.inbound:
+            args.public_key, token = rs256_token(results / "run")
+            args.headers = {"authorization": f"Bearer {token}"}
+            if any(known[n].name in ("inbound-redis", "inbound-cluster") for n in names):
+                args.backing = start_redis(results / "run")
         for port in UPSTREAM_PORTS:
             upstreams.append(Process([str(binary), str(port)], results / "run" / f"upstream-{port}.log"))
             first_ok(f"http://127.0.0.1:{port}/__count", upstreams[-1], 10)
@@ -595,11 +746,12 @@ def main(argv: list[str]) -> int:
     if not rows:
         print("\n".join(failures), file=sys.stderr)
         return 1
-    summary = summarize(rows, names)
+    summary = summarize(rows, names, args.reference)
     write_csv(results / "raw.csv", rows)
     write_csv(results / "summary.csv", summary)
     text = markdown(args, summary, started)
-    text += spread(split, known)
+    if not args.inbound:  # inbound calls one replica
+        text += spread(split, known)
     if failures:
         text += "\nFailed: " + "; ".join(failures) + "\n"
     (results / "summary.md").write_text(text)

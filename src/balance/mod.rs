@@ -194,6 +194,7 @@ mod tests {
             strip_prefix: true,
             tls: None,
             identity: None,
+            protocol: crate::config::ReplicaProtocol::Auto,
             policy: Policy {
                 load_balancer,
                 slow_start,

@@ -212,6 +212,26 @@ config_words!(LoadBalancer {
     RoundRobin => "round_robin",
 });
 
+/// The HTTP version a service's replicas are called with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaProtocol {
+    /// The caller's: a request that arrived over HTTP/2 goes out over
+    /// HTTP/2, an HTTP/1 one over HTTP/1.1.
+    Auto,
+    /// HTTP/1.1 whatever the caller spoke.
+    Http1,
+    /// HTTP/2 whatever the caller spoke: prior knowledge in plain text,
+    /// `h2` by ALPN over TLS.
+    Http2,
+}
+
+config_words!(ReplicaProtocol {
+    Auto => "auto",
+    Http1 => "http1",
+    Http2 => "http2",
+});
+
 /// Circuit breaker settings for each replica.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakerConfig {
@@ -320,6 +340,8 @@ pub struct ServiceConfig {
     /// any ID of the mesh's trust domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The HTTP version its replicas are called with (default `auto`).
+    pub protocol: ReplicaProtocol,
     /// This service's policy: `defaults` with this service's overrides.
     #[serde(flatten)]
     pub policy: Policy,
@@ -884,6 +906,7 @@ fn read_service(
     }
     let strip_prefix = t.get_or("strip_prefix", true, problems);
     let tls = tls::read_service_tls(&mut t, &endpoints, problems);
+    let protocol = t.get_or("protocol", ReplicaProtocol::Auto, problems);
     t.refuse(
         "connect_timeout",
         "set it under defaults: the connection pool is shared by all services",
@@ -898,6 +921,7 @@ fn read_service(
         strip_prefix,
         tls: mesh_tls.or(tls),
         identity,
+        protocol,
         policy,
     })
 }
@@ -979,6 +1003,30 @@ mod tests {
         let api = config.service("api").expect("api");
         assert!(api.strip_prefix);
         assert_eq!(api.policy, Policy::default());
+    }
+
+    #[test]
+    fn a_services_protocol_is_auto_unless_it_says_http1_or_http2() {
+        let file = |protocol: &str| {
+            format!("services: [{{name: api, endpoints: [\"127.0.0.1:9000\"]{protocol}}}]")
+        };
+        let protocol_of = |text: &str| {
+            let config = Config::from_yaml(text, &no_env).expect("valid");
+            config.service("api").expect("api").protocol
+        };
+        assert_eq!(protocol_of(&file("")), ReplicaProtocol::Auto);
+        assert_eq!(
+            protocol_of(&file(", protocol: http1")),
+            ReplicaProtocol::Http1
+        );
+        assert_eq!(
+            protocol_of(&file(", protocol: http2")),
+            ReplicaProtocol::Http2
+        );
+        assert_eq!(
+            errors(&file(", protocol: h2c")),
+            vec!["services[0].protocol: expected one of auto, http1, http2, got \"h2c\""]
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, OutgoingBody};
 use super::listener::{BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
+use crate::config::ReplicaProtocol;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
 use crate::trace::{Hop, TRACEPARENT, TRACESTATE};
@@ -48,6 +49,8 @@ pub struct Target<'a> {
     /// Bound on each wait for the replica: taking body bytes, and its
     /// answer head once the body is complete.
     pub timeout: Duration,
+    /// The HTTP version to call it with.
+    pub protocol: ReplicaProtocol,
 }
 
 /// How the caller's headers are turned into the replica's.
@@ -129,7 +132,8 @@ impl RequestBody {
     }
 }
 
-/// Sends `req` with `body` to the replica. The request head is made at
+/// Sends `req` with `body` to the replica, over HTTP/2 when its protocol
+/// says so (`auto`: when `req` came over HTTP/2). The request head is made at
 /// once; the future returned is only the client's call (see
 /// `Client::send` for why it is not an `async fn`).
 pub fn send<'a>(
@@ -139,11 +143,23 @@ pub fn send<'a>(
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
+    let http2 = match target.protocol {
+        ReplicaProtocol::Http1 => false,
+        ReplicaProtocol::Http2 => true,
+        ReplicaProtocol::Auto => req.version() == Version::HTTP_2,
+    };
     match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => {
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
-            Either::Left(client.send(address, tls, connections, head, outgoing, timeout))
+            if http2 {
+                let call = client.send_http2(address, tls, connections, head, outgoing, timeout);
+                // Boxed: HTTP/2's state would otherwise widen every call's future.
+                Either::Left(Either::Right(Box::pin(call)))
+            } else {
+                let call = client.send(address, tls, connections, head, outgoing, timeout);
+                Either::Left(Either::Left(call))
+            }
         }
         Err(error) => Either::Right(ready(Err(error))),
     }

@@ -60,7 +60,7 @@ pub use jwt::{JwtRejection, TokenClaims, Verifier};
 pub use rate_limit::{RateLimiter, Verdict};
 pub use websocket::Carried;
 
-use crate::config::Config;
+use crate::config::{Config, ReplicaProtocol};
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
@@ -323,6 +323,8 @@ impl<'a> Request<'a> {
             path,
             headers: self.plan(&identity_headers),
             timeout: gate.timeout,
+            // The app is called over HTTP/1.1 whatever the caller spoke.
+            protocol: ReplicaProtocol::Http1,
         };
         let payload = LimitedPayload::new(payload, &self.worker.front.limits);
         let mut body = match RequestBody::read(req, payload, None).await {

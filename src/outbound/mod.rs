@@ -205,6 +205,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             path,
             headers: plan,
             timeout: bound.wait,
+            protocol: settings.protocol,
         };
         let result = forward::send(&worker.client, target, req, &mut body, request_id).await;
         let answer = match &result {

@@ -2,9 +2,11 @@
 //! Redis, whether one server, a cluster or a master behind sentinels
 //! ([`topology`]). Each operation touches one key, and keys carry a hash
 //! tag, so every script stays atomic on a cluster. Each call is bounded by
-//! `redis.timeout`, so a slow Redis costs milliseconds; Redis is guarded
+//! `redis.timeout`, so a slow Redis costs milliseconds (new connections
+//! are made apart, with a bound of their own); Redis is guarded
 //! by its own circuit breaker, so a dead one is not asked on every
-//! request; every failure counts in `redis_errors_total{op}`.
+//! request; every failure counts in `redis_errors_total{op, role}`, the
+//! role being that of the nodes the calls go to.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -26,7 +28,15 @@ use crate::metrics::Metrics;
 
 mod topology;
 
-use topology::Pools;
+use topology::{Connection, Pools};
+
+/// The least time a new connection is given to be made: TCP, a TLS
+/// handshake, and in sentinel mode the sentinel's lookup and the master's
+/// `ROLE` check (three handshakes), which can take longer than a call may
+/// wait. Connections are made in the background (`RedisStore::connection`),
+/// so no request waits for this long; it only ends a connection that is
+/// not coming.
+const CONNECT_TIMEOUT_FLOOR: Duration = Duration::from_secs(2);
 
 /// The sliding window as one atomic script: drop what left the window,
 /// admit if there is room, and say how many are in it and when the oldest
@@ -105,6 +115,8 @@ pub struct RedisStore {
     errors: IntCounterVec,
     connections: IntGaugeVec,
     durations: HistogramVec,
+    /// The `role` label of `errors` and `connections`.
+    role: &'static str,
 }
 
 impl RedisStore {
@@ -117,7 +129,7 @@ impl RedisStore {
                 max_size: config.pool_size as usize,
                 timeouts: Timeouts {
                     wait: Some(config.timeout),
-                    create: Some(config.timeout),
+                    create: Some(config.timeout.max(CONNECT_TIMEOUT_FLOOR)),
                     recycle: Some(config.timeout),
                 },
                 ..PoolConfig::default()
@@ -140,6 +152,7 @@ impl RedisStore {
         let errors = metrics.redis_errors.clone();
         let connections = metrics.redis_pool_connections.clone();
         let durations = metrics.redis_command_duration.clone();
+        let role = pool.role().label();
         // Every operation's series exist from the start, at 0, so a
         // dashboard shows "no errors" rather than "no data".
         for op in [
@@ -150,11 +163,11 @@ impl RedisStore {
             "cache_get",
             "cache_set",
         ] {
-            errors.with_label_values(&[op]);
+            errors.with_label_values(&[op, role]);
             durations.with_label_values(&[op]);
         }
         for state in ["idle", "in_use"] {
-            connections.with_label_values(&[state]);
+            connections.with_label_values(&[state, role]);
         }
         Ok(RedisStore {
             pool,
@@ -169,6 +182,7 @@ impl RedisStore {
             errors,
             connections,
             durations,
+            role,
         })
     }
 
@@ -179,7 +193,7 @@ impl RedisStore {
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         if !self.admits() {
-            self.errors.with_label_values(&[op]).inc();
+            self.errors.with_label_values(&[op, self.role]).inc();
             return Err(StoreError(
                 "Redis is cut off by its circuit breaker".to_string(),
             ));
@@ -196,17 +210,32 @@ impl RedisStore {
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            self.errors.with_label_values(&[op]).inc();
+            self.errors.with_label_values(&[op, self.role]).inc();
         }
         self.record(result.is_ok());
         let status = self.pool.status();
         self.connections
-            .with_label_values(&["idle"])
+            .with_label_values(&["idle", self.role])
             .set(status.available as i64);
         self.connections
-            .with_label_values(&["in_use"])
+            .with_label_values(&["in_use", self.role])
             .set((status.size - status.available) as i64);
         result
+    }
+
+    /// A pooled connection. With none idle, it is made in a task of its
+    /// own, bounded by the connect timeout rather than by the call's: a
+    /// call that gives up at `redis.timeout` leaves the connection to be
+    /// pooled for the next call, so a handshake slower than the timeout
+    /// delays Redis by one handshake instead of cutting it off for good.
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        if self.pool.status().available > 0 {
+            return self.pool.get().await;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.get().await })
+            .await
+            .unwrap_or_else(|err| Err(StoreError(format!("Redis: making a connection: {err}"))))
     }
 
     fn admits(&self) -> bool {
@@ -249,7 +278,7 @@ fn micros_since_epoch() -> u64 {
 impl Store for RedisStore {
     fn revoke<'a>(&'a self, id: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.call("revoke", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             connection
                 .set_ex::<_, _, ()>(key("revoked", id), 1u8, ttl_seconds(ttl))
                 .await
@@ -259,7 +288,7 @@ impl Store for RedisStore {
 
     fn is_revoked<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(self.call("is_revoked", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             connection
                 .exists(key("revoked", id))
                 .await
@@ -274,7 +303,7 @@ impl Store for RedisStore {
         window: Duration,
     ) -> StoreFuture<'a, WindowCount> {
         Box::pin(self.call("rate_limit", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             let now = micros_since_epoch();
             let member = format!("{now}-{}", rand::random::<u32>());
             let (allowed, count, reset_micros): (u8, u32, i64) = self
@@ -297,7 +326,7 @@ impl Store for RedisStore {
 
     fn add_hits<'a>(&'a self, batch: &'a HitBatch<'a>) -> StoreFuture<'a, WindowLoad> {
         Box::pin(self.call("rate_limit", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             let now = micros_since_epoch();
             let mut invocation = self.batch_script.key(batch.window_key);
             invocation
@@ -331,7 +360,7 @@ impl Store for RedisStore {
         window: Duration,
     ) -> StoreFuture<'a, ()> {
         Box::pin(self.call("usage", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             self.usage_script
                 .key(key)
                 .arg(endpoint)
@@ -344,7 +373,7 @@ impl Store for RedisStore {
 
     fn usage<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Vec<(String, u64)>> {
         Box::pin(self.call("usage", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             let mut counts: Vec<(String, u64)> =
                 connection.hgetall(key).await.map_err(redis_error)?;
             counts.sort();
@@ -357,7 +386,7 @@ impl Store for RedisStore {
     /// whole; it counts as absent. A missing key reads as empty.
     fn get<'a>(&'a self, key: &'a str, max_len: usize) -> StoreFuture<'a, Option<Bytes>> {
         Box::pin(self.call("cache_get", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             let value: Vec<u8> = connection
                 .getrange(key, 0, max_len as isize)
                 .await
@@ -368,7 +397,7 @@ impl Store for RedisStore {
 
     fn set<'a>(&'a self, key: &'a str, value: Bytes, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.call("cache_set", async move {
-            let mut connection = self.pool.get().await?;
+            let mut connection = self.connection().await?;
             connection
                 .set_ex::<_, _, ()>(key, value.as_ref(), ttl_seconds(ttl))
                 .await

@@ -231,11 +231,7 @@ impl MeshIdentity {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(Live(Arc::clone(self))));
-        Origination {
-            config: Arc::new(config),
-            server_name: None,
-            port: Some(inbound_port),
-        }
+        Origination::new(config, None, Some(inbound_port))
     }
 }
 
@@ -510,19 +506,26 @@ impl Termination {
     /// Connections taken with `config`, and plain ones too when
     /// `accepts_plain`.
     pub fn new(config: ServerConfig, accepts_plain: bool) -> Termination {
-        Termination {
-            config: Arc::new(config),
-            accepts_plain,
-            edge: None,
-        }
+        Termination::offering_h2(config, accepts_plain, None)
     }
 
     /// Server TLS alone (`edge`) with `certificate`; plain text refused.
     pub fn edge(certificate: Arc<EdgeCertificate>) -> Termination {
+        Termination::offering_h2(certificate.server_config(), false, Some(certificate))
+    }
+
+    /// Every termination offers `h2` and `http/1.1` by ALPN: the listener
+    /// serves the one the client chose.
+    fn offering_h2(
+        mut config: ServerConfig,
+        accepts_plain: bool,
+        edge: Option<Arc<EdgeCertificate>>,
+    ) -> Termination {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Termination {
-            config: Arc::new(certificate.server_config()),
-            accepts_plain: false,
-            edge: Some(certificate),
+            config: Arc::new(config),
+            accepts_plain,
+            edge,
         }
     }
 

@@ -25,12 +25,31 @@ impl Nginx {
 
     /// Serves TLS with `cert` and `key` (PEM files) on its port.
     pub async fn start_tls(cert: &std::path::Path, key: &std::path::Path, server: &str) -> Nginx {
+        Nginx::launch_tls(" ssl", cert, key, server).await
+    }
+
+    /// Serves TLS as [`Nginx::start_tls`] does, offering HTTP/2 (`h2`)
+    /// beside HTTP/1.1 by ALPN.
+    pub async fn start_tls_http2(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        server: &str,
+    ) -> Nginx {
+        Nginx::launch_tls(" ssl http2", cert, key, server).await
+    }
+
+    async fn launch_tls(
+        listen: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        server: &str,
+    ) -> Nginx {
         let server = format!(
             "ssl_certificate {};\n    ssl_certificate_key {};\n    {server}",
             cert.display(),
             key.display()
         );
-        Nginx::launch(" ssl", &server).await
+        Nginx::launch(listen, &server).await
     }
 
     /// Runs nginx with `listen 127.0.0.1:<port><listen>;` and `server`.

@@ -156,3 +156,20 @@ pub async fn h2load(
         status_5xx: codes[3],
     }
 }
+
+/// Runs `curl -sS` with `args` and returns its exit code and what it
+/// printed, for an answer that may break off (curl then exits non-zero).
+pub async fn curl_exit(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = actix_rt::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .expect("curl runs (apt-get install curl)")
+    })
+    .await
+    .expect("joins");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code(), printed)
+}

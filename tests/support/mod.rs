@@ -17,6 +17,7 @@ pub mod client;
 pub mod eventually;
 pub mod faults;
 pub mod files;
+pub mod h2_replica;
 pub mod h2c;
 pub mod keep_alive;
 pub mod keys;

@@ -173,6 +173,54 @@ impl RedisServer {
     }
 }
 
+/// A door in front of a Redis that holds each new connection for `delay`
+/// before it lets its bytes through, both ways: connections slow to make
+/// (a far TLS handshake, three in sentinel mode) on plain loopback, with
+/// every command on a made connection as fast as Redis answers it. Closed
+/// when dropped.
+pub struct SlowDoor {
+    pub port: u16,
+    accepting: tokio::task::AbortHandle,
+}
+
+impl SlowDoor {
+    pub async fn start(to: &RedisServer, delay: std::time::Duration) -> SlowDoor {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the door");
+        let port = listener.local_addr().expect("the door's address").port();
+        let redis = to.port;
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", redis)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        SlowDoor {
+            port,
+            accepting: accepting.abort_handle(),
+        }
+    }
+
+    /// Its URL, for database 1: the client selects it when it connects, so
+    /// making a connection waits for Redis's first answer, through the door.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/1", self.port)
+    }
+}
+
+impl Drop for SlowDoor {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
 fn answers_ping(port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {

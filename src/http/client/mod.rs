@@ -11,8 +11,10 @@
 //! over TLS (`stream.rs`) made as the service's `Origination` says, and its
 //! connections are pooled like plain ones: one handshake per connection.
 //! awc stays for the sidecar's own calls (registry, JWKS, OTLP), which are
-//! few.
+//! few. Replicas of a service called over HTTP/2 get streams on one
+//! multiplexed connection per worker instead (`http2.rs`).
 
+mod http2;
 mod pool;
 mod response;
 mod stream;
@@ -58,10 +60,12 @@ pub struct Client {
     connect_timeout: Duration,
 }
 
-/// What a worker's calls share: the codec configuration and the pool.
+/// What a worker's calls share: the codec configuration and the pools.
 struct Shared {
     config: ServiceConfig,
     pool: RefCell<Pool>,
+    /// The HTTP/2 connections.
+    http2: RefCell<http2::Pool>,
 }
 
 /// A request body as the client sends it.
@@ -141,7 +145,8 @@ pub enum CallError {
     Timeout,
     /// The connection failed or closed before the answer head.
     Closed(io::Error),
-    /// The answer was not valid HTTP/1.
+    /// The answer was not valid HTTP/1, or the replica broke the HTTP/2
+    /// protocol.
     Protocol(String),
 }
 
@@ -195,7 +200,7 @@ impl CallError {
                 "{name} closed the connection before answering: {err}"
             )),
             Self::Protocol(why) => {
-                ProxyError::UpstreamProtocol(format!("{name} answered with invalid HTTP/1: {why}"))
+                ProxyError::UpstreamProtocol(format!("{name} answered with invalid HTTP: {why}"))
             }
         }
     }
@@ -212,6 +217,7 @@ impl Client {
         let shared = Rc::new(Shared {
             config,
             pool: RefCell::new(Pool::default()),
+            http2: RefCell::new(http2::Pool::default()),
         });
         actix_rt::spawn(sweep_idle(Rc::downgrade(&shared)));
         Client {
@@ -259,6 +265,21 @@ impl Client {
         Ok(self.answer(answer, connection))
     }
 
+    /// Sends `head` with `body` to `address` over HTTP/2, as a stream on
+    /// the worker's multiplexed connection to it (a new one when it has
+    /// none with room); otherwise as [`Client::send`] does.
+    pub async fn send_http2(
+        &self,
+        address: &str,
+        origination: Option<&Arc<Origination>>,
+        gauges: Option<&Arc<PoolGauges>>,
+        head: RequestHead,
+        body: OutgoingBody,
+        timeout: Duration,
+    ) -> Result<UpstreamResponse, CallError> {
+        http2::send(self, address, origination, gauges, head, body, timeout).await
+    }
+
     /// A new connection to `address`, its TLS handshake included when
     /// `origination` asks for one, within the connect timeout.
     async fn connect(
@@ -299,9 +320,7 @@ pub(crate) async fn open_transport(
     connect_timeout: Duration,
 ) -> Result<Transport, CallError> {
     let connecting = async {
-        // A meshed replica is called on the mesh's inbound port.
-        let dialled = origination.map_or(Cow::Borrowed(address), |o| o.dial(address));
-        let socket = open_socket(&dialled).await.map_err(CallError::Connect)?;
+        let socket = dial(address, origination).await?;
         match origination {
             None => Ok(Transport::Plain(socket)),
             Some(origination) => Transport::secure(socket, address, origination).await,
@@ -315,6 +334,17 @@ pub(crate) async fn open_transport(
                 "not connected within connect_timeout",
             )))
         })
+}
+
+/// The TCP connection a call to the replica at `address` is made on: to
+/// the address itself, or for a meshed replica to its host on the mesh's
+/// inbound port (`Origination::dial`).
+async fn dial(
+    address: &str,
+    origination: Option<&Arc<Origination>>,
+) -> Result<TcpStream, CallError> {
+    let dialled = origination.map_or(Cow::Borrowed(address), |o| o.dial(address));
+    open_socket(&dialled).await.map_err(CallError::Connect)
 }
 
 /// A TCP connection to `address`, without Nagle's delay.
@@ -459,5 +489,6 @@ async fn sweep_idle(shared: Weak<Shared>) {
             return;
         };
         shared.pool.borrow_mut().sweep();
+        shared.http2.borrow_mut().sweep();
     }
 }

@@ -47,7 +47,7 @@ impl Counted {
     }
 
     /// Moves the connection from in use to idle.
-    fn idle(&mut self) {
+    pub(super) fn idle(&mut self) {
         self.count(-1);
         self.idle = true;
         self.count(1);
@@ -56,7 +56,7 @@ impl Counted {
     /// Moves the connection from idle to in use for the replica of
     /// `gauges` (a connection is pooled by address, which two services may
     /// share: the handles are cloned only then).
-    fn in_use_for(&mut self, gauges: Option<&Arc<PoolGauges>>) {
+    pub(super) fn in_use_for(&mut self, gauges: Option<&Arc<PoolGauges>>) {
         self.count(-1);
         let same = match (&self.gauges, gauges) {
             (Some(counted), Some(asked)) => Arc::ptr_eq(counted, asked),

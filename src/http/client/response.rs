@@ -1,7 +1,7 @@
 //! A replica's answer: its head, and its body as a stream read straight
 //! off the connection. Once the body has been read to its end the
 //! connection goes back to the worker's pool; a body dropped early or cut
-//! closes it.
+//! closes it. An HTTP/2 answer's body comes off its stream (`http2.rs`).
 
 use std::pin::Pin;
 use std::rc::Rc;
@@ -16,6 +16,7 @@ use actix_http::{ResponseHead, StatusCode};
 use actix_web::web::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
+use super::http2::Receiving;
 use super::pool::{Connection, Counted};
 use super::stream::Transport;
 use super::Shared;
@@ -24,9 +25,21 @@ use crate::tls::Origination;
 /// The answer head from a replica, with its body still to stream.
 pub struct UpstreamResponse {
     head: ResponseHead,
-    /// The body still on the connection; `None` when there is none or its
-    /// end was read.
-    body: Option<Reading>,
+    body: Body,
+}
+
+/// Where the rest of an answer's body is.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "HTTP/1 is the hot path: boxing its body would allocate per answer"
+)]
+enum Body {
+    /// There is none, or its end was read.
+    Done,
+    /// On an HTTP/1 connection.
+    Http1(Reading),
+    /// On an HTTP/2 stream.
+    Http2(Receiving),
 }
 
 struct Reading {
@@ -46,7 +59,18 @@ struct Reading {
 impl UpstreamResponse {
     /// An answer whose body is already over (none, or a `HEAD`'s).
     pub(super) fn without_body(head: ResponseHead) -> UpstreamResponse {
-        UpstreamResponse { head, body: None }
+        UpstreamResponse {
+            head,
+            body: Body::Done,
+        }
+    }
+
+    /// An HTTP/2 answer whose body comes off its stream.
+    pub(super) fn http2(head: ResponseHead, body: Receiving) -> UpstreamResponse {
+        UpstreamResponse {
+            head,
+            body: Body::Http2(body),
+        }
     }
 
     /// An answer whose body is read from `connection` as it is streamed.
@@ -68,7 +92,7 @@ impl UpstreamResponse {
         } = connection;
         UpstreamResponse {
             head,
-            body: Some(Reading {
+            body: Body::Http1(Reading {
                 framed: framed.into_map_codec(|codec| codec.into_payload_codec()),
                 address,
                 origination,
@@ -115,8 +139,10 @@ impl Stream for UpstreamResponse {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let Some(reading) = &mut this.body else {
-            return Poll::Ready(None);
+        let reading = match &mut this.body {
+            Body::Http1(reading) => reading,
+            Body::Http2(receiving) => return Pin::new(receiving).poll_next(cx),
+            Body::Done => return Poll::Ready(None),
         };
         let item = match Pin::new(&mut reading.framed).next_item(cx) {
             Poll::Pending => return Poll::Pending,
@@ -125,18 +151,18 @@ impl Stream for UpstreamResponse {
         match item {
             Some(Ok(Some(chunk))) => Poll::Ready(Some(Ok(chunk))),
             Some(Ok(None)) => {
-                if let Some(done) = this.body.take() {
+                if let Body::Http1(done) = std::mem::replace(&mut this.body, Body::Done) {
                     done.release();
                 }
                 Poll::Ready(None)
             }
             Some(Err(err)) => {
-                this.body = None;
+                this.body = Body::Done;
                 Poll::Ready(Some(Err(err)))
             }
             None => {
                 let ends_at_close = reading.ends_at_close;
-                this.body = None;
+                this.body = Body::Done;
                 if ends_at_close {
                     Poll::Ready(None)
                 } else {

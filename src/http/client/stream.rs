@@ -10,6 +10,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 use super::CallError;
@@ -31,9 +32,36 @@ impl Transport {
         address: &str,
         origination: &Origination,
     ) -> Result<Transport, CallError> {
+        Self::handshake(socket, address, origination, origination.config()).await
+    }
+
+    /// Opens TLS as [`Transport::secure`] does, offering `h2` by ALPN; a
+    /// replica that does not choose it is refused (it would not take the
+    /// HTTP/2 preface).
+    pub async fn secure_http2(
+        socket: TcpStream,
+        address: &str,
+        origination: &Origination,
+    ) -> Result<Transport, CallError> {
+        let transport =
+            Self::handshake(socket, address, origination, origination.http2_config()).await?;
+        match &transport {
+            Transport::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => Ok(transport),
+            _ => Err(CallError::Tls(
+                "the replica did not choose h2 by ALPN (protocol: http2)".to_string(),
+            )),
+        }
+    }
+
+    async fn handshake(
+        socket: TcpStream,
+        address: &str,
+        origination: &Origination,
+        config: &Arc<ClientConfig>,
+    ) -> Result<Transport, CallError> {
         let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
         let name = origination.server_name(host).map_err(CallError::Tls)?;
-        let connector = TlsConnector::from(Arc::clone(origination.config()));
+        let connector = TlsConnector::from(Arc::clone(config));
         match connector.connect(name, socket).await {
             Ok(tls) => Ok(Transport::Tls(Box::new(tls))),
             Err(err) => Err(handshake_failure(&err)),

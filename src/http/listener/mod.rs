@@ -129,12 +129,13 @@ where
             async move {
                 let accepted = tokio::time::Instant::now();
                 let peer = io.peer_addr().ok();
-                // A TLS client's first byte is no preface's: HTTP/1.1 (ALPN
-                // `h2` is not offered yet).
-                let protocol = protocol::detect(&io, timeouts.header)
+                // A TLS client's first byte is no preface's: its protocol
+                // is the one its handshake chose by ALPN.
+                let detected = protocol::detect(&io, timeouts.header)
                     .await
                     .map_err(DispatchError::Io)?;
                 let wire = secure::accept(io, secure.as_deref(), peer, header_timeout).await?;
+                let protocol = secure::protocol(&wire.0, detected);
                 let mut io = ClientStream::new(wire, protocol, name, peer, refused, timeouts);
                 // A client that kept its first bytes back, or took its time
                 // over the handshake: what it waited counts against its

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::Protocol;
 use actix_rt::net::TcpStream;
 use actix_web::http::header::HeaderValue;
 use log::warn;
@@ -151,6 +152,15 @@ impl Handshake {
 /// Takes the client on `io` (from `peer`) as `secure` says (plain text
 /// when `None`), the handshake bounded by `within`; the stream and the
 /// caller's verified identity, or why the client was refused.
+/// The protocol a connection speaks: HTTP/2 when its TLS handshake chose
+/// `h2` by ALPN, else the one its first bytes showed (`detected`).
+pub fn protocol(wire: &ClientWire, detected: Protocol) -> Protocol {
+    match wire {
+        Wire::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => Protocol::Http2,
+        _ => detected,
+    }
+}
+
 pub async fn accept(
     io: TcpStream,
     secure: Option<&Secure>,

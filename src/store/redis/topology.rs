@@ -27,7 +27,8 @@ use tokio::sync::Mutex;
 use crate::config::{RedisConfig, RedisTopology, Secret};
 use crate::store::StoreError;
 
-/// The connection pool of one topology.
+/// The connection pool of one topology (a clone shares it).
+#[derive(Clone)]
 pub(super) enum Pools {
     Standalone(deadpool_redis::Pool),
     Cluster(managed::Pool<ClusterManager>),
@@ -40,6 +41,26 @@ pub(super) enum Connection {
     Standalone(deadpool_redis::Connection),
     Cluster(Object<ClusterManager>),
     Sentinel(Object<SentinelManager>),
+}
+
+/// The role of the Redis nodes a store's calls go to, as its metrics'
+/// `role` label says it: `standalone` for one server, `master` for a
+/// cluster's masters (every data node a cluster client addresses is one)
+/// and for the master the sentinels name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    Standalone,
+    Master,
+}
+
+impl Role {
+    /// The metrics' label value.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Master => "master",
+        }
+    }
 }
 
 impl Pools {
@@ -181,6 +202,14 @@ impl Pools {
                 .map_err(|err| err.to_string()),
         };
         connection.map_err(|err| StoreError(format!("Redis: {err}")))
+    }
+
+    /// The role of the nodes this pool's connections reach.
+    pub(super) fn role(&self) -> Role {
+        match self {
+            Pools::Standalone(_) => Role::Standalone,
+            Pools::Cluster(_) | Pools::Sentinel(_) => Role::Master,
+        }
     }
 
     /// Connections kept and idle.
