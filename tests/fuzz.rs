@@ -17,7 +17,7 @@ use outrigger::inbound::Verifier;
 use outrigger::metrics::Metrics;
 use outrigger::outbound::resolve;
 use outrigger::service::ServiceTable;
-use outrigger::tools::inject::{inject, Options};
+use outrigger::tools::inject::{inject, MeshCerts, Options};
 use proptest::prelude::*;
 use serde_norway::{Mapping, Number, Value};
 
@@ -604,6 +604,9 @@ fn options(legacy: bool, retarget_service: bool) -> Options {
         legacy,
         proxy_env: true,
         retarget_service,
+        // Half the cases mount the mesh identity as well.
+        mesh: legacy,
+        mesh_certs: MeshCerts::Csi,
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Pod, PodSpec, PodTemplateSpec, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Service, ServiceAccount, Volume,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -183,6 +183,7 @@ fn check_other(object: &Value) {
         "Service" => drop(strict::<Service>(object)),
         "ConfigMap" => drop(strict::<ConfigMap>(object)),
         "ServiceAccount" => drop(strict::<ServiceAccount>(object)),
+        "Namespace" => drop(strict::<Namespace>(object)),
         "Role" => drop(strict::<Role>(object)),
         "RoleBinding" => drop(strict::<RoleBinding>(object)),
         "PodMonitor" => {
@@ -591,6 +592,81 @@ fn inject_says_which_services_bypass_the_inbound_listener_and_retargets_them_whe
     );
 }
 
+/// Where `--mesh` mounts the identity files; `mesh.identity` in
+/// sidecar-config/examples/mesh.yaml points at them.
+const IDENTITY_DIR: &str = "/var/run/outrigger/identity";
+
+/// Injects deployment.yaml with `--mesh` and `args`, checks each pod has
+/// the sidecar as usual (the mesh inbound port 15006 among its ports) with
+/// the identity mounted read-only at [`IDENTITY_DIR`], and every other
+/// field as it was; returns each pod's identity volume.
+fn meshed(args: &[&str]) -> Vec<Volume> {
+    let mut volumes = Vec::new();
+    for (mut before, mut after) in injected_pairs("deployment.yaml", &[&["--mesh"], args].concat())
+    {
+        let (meta, spec) = after.pod();
+        let sidecar = assert_injected(meta, spec, false, "outrigger-config");
+        let mounts = sidecar.volume_mounts.unwrap();
+        let mount = mounts
+            .iter()
+            .find(|mount| mount.mount_path == IDENTITY_DIR)
+            .unwrap_or_else(|| panic!("no mount at {IDENTITY_DIR}: {mounts:#?}"));
+        assert_eq!(mount.read_only, Some(true));
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|volume| volume.name == mount.name)
+            .unwrap()
+            .clone();
+        retain_or_none(&mut spec.volumes, |v| v.name != volume.name);
+        strip(&mut after, &mut before);
+        assert_eq!(after, before, "fields other than the sidecar's changed");
+        volumes.push(volume);
+    }
+    volumes
+}
+
+#[test]
+fn mesh_mounts_a_csi_driver_spiffe_identity_by_default() {
+    for volume in meshed(&[]) {
+        let csi = volume.csi.expect("a CSI volume");
+        assert_eq!(csi.driver, "spiffe.csi.cert-manager.io");
+        assert_eq!(csi.read_only, Some(true));
+        // The sidecar runs as group 65532, not root: it must read its key.
+        let attributes = csi.volume_attributes.unwrap();
+        assert_eq!(attributes["spiffe.csi.cert-manager.io/fs-group"], "65532");
+        assert!(volume.secret.is_none());
+    }
+    let without = inject(&[sample("deployment.yaml").to_str().unwrap()], "");
+    assert!(!without.contains(IDENTITY_DIR), "mounted without --mesh");
+}
+
+#[test]
+fn mesh_certs_secret_mounts_that_secret_instead() {
+    for volume in meshed(&["--mesh-certs", "secret:web-identity"]) {
+        let secret = volume.secret.expect("a Secret volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("web-identity"));
+        assert!(volume.csi.is_none());
+    }
+    for (args, expected) in [
+        (
+            &["--mesh", "--mesh-certs", "secret:Web_Id"][..],
+            "not a Secret name",
+        ),
+        (
+            &["--mesh", "--mesh-certs", "spire"],
+            "expected csi or secret:<name>",
+        ),
+        (&["--mesh-certs", "secret:web-identity"], "--mesh"),
+    ] {
+        let output = outrigger(&[&["inject"], args, &["-"]].concat(), "");
+        assert_eq!(output.status.code(), Some(2), "{args:?} accepted");
+        let error = String::from_utf8(output.stderr).unwrap();
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+}
+
 #[test]
 fn image_config_map_and_service_account_come_from_the_flags() {
     let args = [
@@ -742,6 +818,62 @@ fn the_k8s_deployment_sidecar_is_exactly_what_inject_adds() {
     assert_eq!(*injected, strict::<Deployment>(deployment));
 }
 
+/// The example namespace in the mesh, k8s/mesh: each app's sidecar is
+/// what `inject --mesh` adds with the app's ConfigMap, and each ConfigMap
+/// source is a valid config that turns the mesh on.
+#[test]
+fn the_k8s_mesh_example_is_two_apps_as_inject_mesh_makes_them() {
+    let objects = kustomization_objects("k8s/mesh");
+    let mut kinds: Vec<&str> = objects.iter().map(kind).collect();
+    kinds.sort_unstable();
+    let expected = [
+        "Deployment",
+        "Deployment",
+        "Namespace",
+        "Service",
+        "ServiceAccount",
+        "ServiceAccount",
+    ];
+    assert_eq!(kinds, expected);
+    for object in &objects {
+        let Some(Workload::Deployment(deployment)) = Workload::parse(object) else {
+            check_other(object);
+            continue;
+        };
+        let mut bare = object.clone();
+        let pod = bare["spec"]["template"]["spec"].as_object_mut().unwrap();
+        pod.remove("initContainers");
+        let volumes = pod.remove("volumes").unwrap();
+        let config_map = volumes[0]["configMap"]["name"].as_str().unwrap();
+        let args = ["--mesh", "--config-map", config_map, "-"];
+        let injected = documents(&inject(&args, &bare.to_string()));
+        assert_eq!(
+            Workload::parse(&injected[0]),
+            Some(Workload::Deployment(deployment))
+        );
+    }
+    let kustomization =
+        documents(&std::fs::read_to_string(repo("k8s/mesh/kustomization.yaml")).unwrap());
+    let generators = kustomization[0]["configMapGenerator"].as_array().unwrap();
+    assert_eq!(generators.len(), 2);
+    for generator in generators {
+        let source = generator["files"][0].as_str().unwrap();
+        let (key, file) = source.split_once('=').unwrap();
+        assert_eq!(key, "sidecar.yaml");
+        let path = repo("k8s/mesh").join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("/var/run/outrigger/identity/tls.crt") && text.contains("mode: mesh")
+        );
+        let output = outrigger(&["check", "--config", path.to_str().unwrap()], "");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[test]
 fn k8s_rbac_allows_only_reading_endpointslices_for_the_app_account() {
     let objects = kustomization_objects("k8s");
@@ -829,6 +961,8 @@ fn kubernetes_validate_strict_accepts_inject_output_and_k8s() {
             &[][..],
             &["--legacy"],
             &["--proxy-env", "--service-account", "mesh"],
+            &["--mesh"],
+            &["--legacy", "--mesh", "--mesh-certs", "secret:web-identity"],
         ] {
             let output = inject(&[flags, &[path.to_str().unwrap()]].concat(), "");
             checked.extend(objects(&documents(&output)));
@@ -837,6 +971,7 @@ fn kubernetes_validate_strict_accepts_inject_output_and_k8s() {
     let base = kustomization_objects("k8s").into_iter();
     checked.extend(
         base.chain(kustomization_objects("k8s/redis"))
+            .chain(kustomization_objects("k8s/mesh"))
             .filter(|o| kind(o) != "PodMonitor"),
     );
     let stream: Vec<String> = checked.iter().map(Value::to_string).collect();

@@ -10,8 +10,11 @@
 //! callers to an injected pod are looked at after every workload is
 //! injected (`service`), wherever they are in the stream.
 
+mod mesh;
 mod pod;
 mod service;
+
+pub use mesh::MeshCerts;
 
 use std::fmt;
 
@@ -44,6 +47,16 @@ pub struct Options {
     /// stderr: their callers bypass the inbound listener.
     #[arg(long)]
     pub retarget_service: bool,
+    /// Put the pods in the mesh: mount their identity (`--mesh-certs`)
+    /// read-only at /var/run/outrigger/identity (tls.crt, tls.key, ca.crt),
+    /// where the ConfigMap's `mesh.identity` must point; its
+    /// `listeners.inbound.tls.mode` takes mutual TLS on port 15006.
+    #[arg(long)]
+    pub mesh: bool,
+    /// Where the mesh identity comes from: `csi` (cert-manager's
+    /// csi-driver-spiffe) or `secret:<name>` (a Secret with those files).
+    #[arg(long, default_value = "csi", requires = "mesh")]
+    pub mesh_certs: MeshCerts,
 }
 
 /// The injected stream, and what the user should know about it.

@@ -4,6 +4,7 @@
 
 use serde_norway::{Mapping, Value};
 
+use super::mesh::{identity_mount, identity_volume, IDENTITY_VOLUME};
 use super::{shape, Options};
 
 /// The sidecar container's name; a pod that has a container or init
@@ -118,10 +119,12 @@ fn inject_spec(
     if has_sidecar(spec)? {
         return Ok(false);
     }
-    if has_named(list(spec, "volumes")?, CONFIG_VOLUME) {
-        return Err(format!(
-            "volumes: a volume named {CONFIG_VOLUME} exists but no {SIDECAR_NAME} container"
-        ));
+    for volume in [CONFIG_VOLUME, IDENTITY_VOLUME] {
+        if has_named(list(spec, "volumes")?, volume) {
+            return Err(format!(
+                "volumes: a volume named {volume} exists but no {SIDECAR_NAME} container"
+            ));
+        }
     }
     if options.proxy_env {
         for (index, container) in list(spec, "containers")?.iter_mut().enumerate() {
@@ -144,6 +147,9 @@ fn inject_spec(
         list(spec, "initContainers")?.insert(0, sidecar);
     }
     list(spec, "volumes")?.push(config_volume(&options.config_map));
+    if options.mesh {
+        list(spec, "volumes")?.push(identity_volume(&options.mesh_certs));
+    }
     if let Some(account) = &options.service_account {
         spec.insert("serviceAccountName".into(), account.as_str().into());
     }
@@ -157,6 +163,9 @@ fn sidecar(options: &Options) -> Result<Value, String> {
     container.insert("image".into(), options.image.as_str().into());
     if options.legacy {
         container.shift_remove("restartPolicy");
+    }
+    if options.mesh {
+        list(&mut container, "volumeMounts")?.push(identity_mount());
     }
     Ok(Value::Mapping(container))
 }
@@ -283,6 +292,7 @@ fn mapping<'a>(map: &'a mut Mapping, key: &str) -> Result<&'a mut Mapping, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tools::inject::MeshCerts;
 
     fn options() -> Options {
         Options {
@@ -292,6 +302,8 @@ mod tests {
             legacy: false,
             proxy_env: false,
             retarget_service: false,
+            mesh: false,
+            mesh_certs: MeshCerts::Csi,
         }
     }
 
