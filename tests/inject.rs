@@ -638,8 +638,21 @@ fn mesh_mounts_a_csi_driver_spiffe_identity_by_default() {
         assert_eq!(attributes["spiffe.csi.cert-manager.io/fs-group"], "65532");
         assert!(volume.secret.is_none());
     }
-    let without = inject(&[sample("deployment.yaml").to_str().unwrap()], "");
-    assert!(!without.contains(IDENTITY_DIR), "mounted without --mesh");
+    let deployment = std::fs::read_to_string(sample("deployment.yaml")).unwrap();
+    assert!(
+        !inject(&["-"], &deployment).contains(IDENTITY_DIR),
+        "mounted without --mesh"
+    );
+    // inject cannot see the config, so it says what the config must do.
+    let output = outrigger(
+        &["inject", "--mesh", "--config-map", "web-config", "-"],
+        &deployment,
+    );
+    let notes = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        notes.contains("the ConfigMap web-config's sidecar.yaml must set mesh.identity"),
+        "{notes}"
+    );
 }
 
 #[test]

@@ -106,6 +106,17 @@ pub(super) fn identity_mount() -> Value {
     Value::Mapping(mount)
 }
 
+/// The note `--mesh` leaves: `inject` mounts the identity but cannot see
+/// the config (the ConfigMap is not its input), which must use it.
+pub(super) fn config_note(config_map: &str) -> String {
+    format!(
+        "--mesh: the ConfigMap {config_map}'s sidecar.yaml must set mesh.identity \
+         (cert_file, key_file, ca_file: tls.crt, tls.key, ca.crt under {IDENTITY_DIR}) \
+         and listeners.inbound.tls.mode: mesh (or permissive), as \
+         sidecar-config/examples/mesh.yaml does"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

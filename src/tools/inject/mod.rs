@@ -74,6 +74,8 @@ pub struct Injected {
 struct Found {
     /// The labels of each injected pod template.
     labels: Vec<Mapping>,
+    /// Whether the stream has a workload (for `--mesh`'s note).
+    workloads: bool,
     notes: Vec<String>,
 }
 
@@ -143,6 +145,9 @@ pub fn inject(input: &str, options: &Options) -> Result<Injected, InjectError> {
         })?;
         printed.push(text);
     }
+    if options.mesh && found.workloads {
+        found.notes.push(mesh::config_note(&options.config_map));
+    }
     Ok(Injected {
         yaml: printed.join("---\n"),
         notes: found.notes,
@@ -201,6 +206,7 @@ fn inject_object(
     let prefix: String = template.iter().map(|key| format!("{key}.")).collect();
     let mut notes = Vec::new();
     pod::inject(pod, options, &mut notes).map_err(|message| here(format!("{prefix}{message}")))?;
+    found.workloads = true;
     found.notes.extend(
         notes
             .into_iter()
