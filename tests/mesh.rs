@@ -15,7 +15,7 @@ use std::rc::Rc;
 use outrigger::config::Config;
 use outrigger::Sidecar;
 use serde_json::Value;
-use support::client::{client, get_json, get_text};
+use support::client::{client, get_json, get_text, reason};
 use support::eventually::eventually;
 use support::files::swap_in;
 use support::metrics::metric;
@@ -118,12 +118,7 @@ async fn call(sidecar: &Sidecar, path: &str, headers: &[(&str, &str)]) -> (u16, 
         request = request.insert_header(*header);
     }
     let mut response = request.send().await.expect("an answer from A");
-    let reason = response
-        .headers()
-        .get("x-outrigger")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let reason = reason(&response);
     let body = response.body().await.expect("a body");
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
     (response.status().as_u16(), reason, json)

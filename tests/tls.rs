@@ -9,7 +9,7 @@ mod support;
 use serde_json::Value;
 use support::admin::breaker_state;
 use support::apps::Nginx;
-use support::client::{client, get_text, post_json};
+use support::client::{client, get_text, post_json, reason};
 use support::eventually::eventually;
 use support::files::{swap_in, TempDir};
 use support::metrics::metric;
@@ -42,12 +42,7 @@ services:
 /// The status, `x-outrigger` reason and body of a GET to `url`.
 async fn call(url: &str) -> (u16, String, String) {
     let mut response = client().get(url).send().await.expect("an answer");
-    let reason = response
-        .headers()
-        .get("x-outrigger")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let reason = reason(&response);
     let body = response.body().await.expect("a body");
     (
         response.status().as_u16(),

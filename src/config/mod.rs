@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::Version;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
@@ -231,6 +232,18 @@ config_words!(ReplicaProtocol {
     Http1 => "http1",
     Http2 => "http2",
 });
+
+impl ReplicaProtocol {
+    /// Whether a request the caller sent over `version` goes out over
+    /// HTTP/2.
+    pub fn calls_http2(self, version: Version) -> bool {
+        match self {
+            ReplicaProtocol::Http1 => false,
+            ReplicaProtocol::Http2 => true,
+            ReplicaProtocol::Auto => version == Version::HTTP_2,
+        }
+    }
+}
 
 /// Circuit breaker settings for each replica.
 #[derive(Debug, Clone, PartialEq, Serialize)]

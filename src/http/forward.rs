@@ -143,11 +143,7 @@ pub fn send<'a>(
     body: &mut RequestBody,
     request_id: &HeaderValue,
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
-    let http2 = match target.protocol {
-        ReplicaProtocol::Http1 => false,
-        ReplicaProtocol::Http2 => true,
-        ReplicaProtocol::Auto => req.version() == Version::HTTP_2,
-    };
+    let http2 = target.protocol.calls_http2(req.version());
     match outgoing_request(&target, req, body, request_id) {
         Ok((head, outgoing)) => {
             let (address, tls) = (target.address, target.origination);

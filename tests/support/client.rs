@@ -65,6 +65,17 @@ pub async fn get_text(url: &str) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The reason the sidecar gave in an answer's `x-outrigger` header; empty
+/// when it gave none (a replica's own answer).
+pub fn reason<S>(response: &awc::ClientResponse<S>) -> String {
+    response
+        .headers()
+        .get("x-outrigger")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The `X-Cache` header of an answer, when it has one.
 pub fn x_cache<S>(response: &awc::ClientResponse<S>) -> Option<String> {
     response
