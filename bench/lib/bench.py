@@ -19,8 +19,16 @@ Redis and a 3-master Redis cluster, all three started here; the ratios are
 to the run without Redis, and the Redis servers' CPU per request is shown
 beside the sidecar's.
 
+With --http2 the callers speak HTTP/2 with prior knowledge (h2c) and every
+proxy calls the replicas over HTTP/2: h2load drives the closed-loop runs
+with --streams concurrent streams on each connection, oha --http2 the
+fixed-rate ones. With --grpc the call is a unary gRPC call (a POST of one
+gRPC message, answered with one message and `grpc-status` in trailers),
+over HTTP/2 the same way. nginx, which proxies HTTP/2 to replicas only as
+gRPC, is left out of both.
+
 Python 3 standard library only (and openssl, redis-server, redis-cli for
---inbound).
+--inbound; h2load for --http2 and --grpc).
 """
 
 from __future__ import annotations
@@ -54,6 +62,10 @@ REFERENCE = "envoy-c1"
 REDIS_PORT = 19379
 CLUSTER_PORTS = [19380, 19381, 19382]
 INBOUND_REFERENCE = "inbound-local"
+# --grpc: the method called (after the routing prefix), and one gRPC
+# message (uncompressed, 5 bytes) as the request body.
+GRPC_METHOD = "bench.Echo/Unary"
+GRPC_REQUEST = b"\x00\x00\x00\x00\x05hello"
 
 
 def note(text: str) -> None:
@@ -212,7 +224,15 @@ inbound:
 {redis}"""
 
 
-def envoy_config(_workers: int) -> str:
+def envoy_config(_workers: int, http2: bool = False) -> str:
+    # --http2, --grpc: the listener takes either protocol, the cluster is
+    # called over HTTP/2 with prior knowledge.
+    codec = "AUTO" if http2 else "HTTP1"
+    upstream_http2 = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }""" if http2 else ""
     hosts = "\n".join(
         f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"
         for port in UPSTREAM_PORTS)
@@ -225,7 +245,7 @@ def envoy_config(_workers: int) -> str:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
-          codec_type: HTTP1
+          codec_type: {codec}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -245,7 +265,7 @@ def envoy_config(_workers: int) -> str:
   - name: echo
     type: STATIC
     connect_timeout: 0.5s
-    lb_policy: LEAST_REQUEST
+    lb_policy: LEAST_REQUEST{upstream_http2}
     outlier_detection: {{ consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }}
     load_assignment:
       cluster_name: echo
@@ -312,6 +332,7 @@ def proxies(args) -> dict[str, Proxy]:
     ready = f"http://127.0.0.1:{ADMIN}/ready"
     cluster = ", ".join(f'"redis://127.0.0.1:{port}"' for port in CLUSTER_PORTS)
     inbound = lambda redis: lambda run: inbound_config(w, args.public_key, redis)
+    http2 = args.protocol != "http1"
     return {
         "direct": Proxy("direct", 0, None),
         "outrigger": Proxy(
@@ -320,11 +341,11 @@ def proxies(args) -> dict[str, Proxy]:
         "envoy-c1": Proxy(
             "envoy-c1", 1, lambda run, cfg: [envoy, "-c", str(cfg), "--concurrency", "1",
                                              "--disable-hot-restart", "--log-level", "error"],
-            lambda run: envoy_config(1), ext="yaml"),
+            lambda run: envoy_config(1, http2), ext="yaml"),
         "envoy-c2": Proxy(
             "envoy-c2", 2, lambda run, cfg: [envoy, "-c", str(cfg), "--concurrency", "2",
                                              "--disable-hot-restart", "--log-level", "error"],
-            lambda run: envoy_config(2), ext="yaml"),
+            lambda run: envoy_config(2, http2), ext="yaml"),
         "nginx": Proxy(
             "nginx", w, lambda run, cfg: ["nginx", "-p", str(run), "-c", str(cfg),
                                           "-e", str(run / "error.log"), "-g", "daemon off;"],
@@ -429,11 +450,39 @@ def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str])
     }
 
 
-def run_oha(oha: str, url: str, rate: int, seconds: float, headers: dict[str, str]) -> dict:
+H2LOAD_TOTALS = re.compile(r"finished in ([\d.]+)s, ([\d.]+) req/s")
+H2LOAD_COUNTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded")
+H2LOAD_STATUS = re.compile(r"status codes: (\d+) 2xx")
+
+
+def run_h2load(url: str, connections: int, streams: int, seconds: float, headers: dict[str, str],
+               body: Optional[Path]) -> dict:
+    """Closed loop over HTTP/2: `connections` connections with `streams`
+    streams in flight on each (h2load gives no percentiles)."""
+    argv = ["h2load", "-t1", f"-c{connections}", f"-m{streams}", f"-D{seconds:g}",
+            *header_argv(headers), *(["-d", str(body)] if body else []), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    totals, counts = H2LOAD_TOTALS.search(out), H2LOAD_COUNTS.search(out)
+    if not totals or not counts:
+        raise RuntimeError(f"h2load printed no totals:\n{out}")
+    done = int(counts.group(2))
+    ok = H2LOAD_STATUS.search(out)
+    return {
+        "requests": done, "rps": float(totals.group(2)),
+        "p50_us": None, "p99_us": None, "p999_us": None,
+        "errors": done - (int(ok.group(1)) if ok else 0),
+    }
+
+
+def run_oha(oha: str, url: str, rate: int, seconds: float, headers: dict[str, str],
+            http2: bool = False, body: Optional[Path] = None) -> dict:
     # Requests still in flight when the time is up are waited for, not
-    # cancelled: oha would count each cancelled one as an error.
-    argv = [oha, "-z", f"{seconds:g}s", "-q", str(rate), "-c", "16", "--latency-correction",
-            "--wait-ongoing-requests-after-deadline",
+    # cancelled: oha would count each cancelled one as an error. Over
+    # HTTP/2, 2 connections carry 8 streams each.
+    workers = ["--http2", "-c", "2", "-p", "8"] if http2 else ["-c", "16"]
+    request = ["-m", "POST", "-D", str(body)] if body else []
+    argv = [oha, "-z", f"{seconds:g}s", "-q", str(rate), *workers, "--latency-correction",
+            "--wait-ongoing-requests-after-deadline", *request,
             "--no-tui", "--output-format", "json", "--worker-threads", "1", *header_argv(headers), url]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
     data = json.loads(out[out.index("{"):])
@@ -478,14 +527,23 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
     backing = args.backing.get(proxy.name, [])
     headers = args.headers
     try:
-        status, body = get(url, headers=headers)
+        # A plain GET (--grpc too: the replicas answer it as such).
+        status, body = get(url, headers=headers if args.protocol != "grpc" else None)
         if status != 200 or body != b"ok\n":
             raise RuntimeError(f"GET {url}: {status} {body!r}")
-        run_wrk(url, 16, args.warmup, headers)
-        runs = [(f"c{c}", lambda c=c: run_wrk(url, c, args.duration, headers)) for c in args.connections]
+        if args.protocol == "http1":
+            closed_loop = lambda c, seconds: run_wrk(url, c, seconds, headers)
+        else:
+            if args.protocol == "grpc":
+                url += GRPC_METHOD
+            closed_loop = lambda c, seconds: run_h2load(url, c, args.streams, seconds, headers,
+                                                        args.grpc_body)
+        closed_loop(min(args.connections), args.warmup)
+        runs = [(f"c{c}", lambda c=c: closed_loop(c, args.duration)) for c in args.connections]
         if args.rate and args.oha_bin:
             runs.append((f"rate{args.rate}",
-                         lambda: run_oha(args.oha_bin, url, args.rate, args.duration, headers)))
+                         lambda: run_oha(args.oha_bin, url, args.rate, args.duration, headers,
+                                         args.protocol != "http1", args.grpc_body)))
         for label, load in runs:
             before = proc.cpu_seconds() if proc else None
             redis_before = sum(sum(p.cpu_seconds()) for p in backing)
@@ -583,6 +641,7 @@ def markdown(args, summary: list[dict], started: str) -> str:
     by = {(s["proxy"], s["load"]): s for s in summary}
     names = list(dict.fromkeys(s["proxy"] for s in summary))
     ratio = lambda s, key: "" if not s or s.get(key) is None else f" ({s[key]:.2f}x)"
+    streams = "" if args.protocol == "http1" else f"×{args.streams}"
     cpu = open("/proc/cpuinfo").read()
     model = re.search(r"model name\s*:\s*(.*)", cpu)
     lines = [f"## bench/run.sh, {started}, {model.group(1) if model else '?'}, {os.cpu_count()} CPUs",
@@ -590,8 +649,8 @@ def markdown(args, summary: list[dict], started: str) -> str:
              f"{args.rounds} round(s), proxies interleaved; {args.duration:g} s per run; medians over "
              f"rounds. In brackets: the same figure divided by {args.reference}'s in the same round "
              "(req/s: higher is better; everything else: lower is better).", "",
-             "| proxy | workers | " + " | ".join(f"c{c} req/s" for c in args.connections)
-             + " | c1 p50 added µs | c64 p99 µs | CPU µs/req c64 |"
+             "| proxy | workers | " + " | ".join(f"c{c}{streams} req/s" for c in args.connections)
+             + f" | c1 p50 added µs | c{args.connections[-1]} p99 µs | CPU µs/req c{args.connections[-1]} |"
              + (f" {args.rate}/s p50 / p99 / p99.9 µs | CPU µs/req at {args.rate}/s |" if args.oha_bin and args.rate else "")
              + (f" Redis CPU µs/req at {args.rate}/s |" if args.inbound and args.oha_bin and args.rate else "")
              + " RSS rest / peak MiB | start to ready ms |",
@@ -631,6 +690,14 @@ def markdown(args, summary: list[dict], started: str) -> str:
               for s in summary if s.get("errors")]
     if errors:
         lines += ["", "Errors: " + "; ".join(errors)]
+    if args.protocol != "http1":
+        lines += ["", ("Unary gRPC calls" if args.protocol == "grpc" else "GET requests")
+                  + f" over HTTP/2 with prior knowledge, to the proxy and from it to the replicas: "
+                  f"closed loop with h2load, c<N>{streams} = N connections with {args.streams} streams "
+                  "in flight on each (h2load reports no percentiles); fixed rate with oha --http2, "
+                  "2 connections of 8 streams." + (" Each call is routed by its path's first "
+                  "segment (/echo/bench.Echo/Unary), answered with one message and grpc-status 0 "
+                  "in trailers." if args.protocol == "grpc" else "")]
     if args.inbound:
         lines += ["", "Inbound listener in front of one replica (direct: that replica alone): RS256 JWT, "
                       "a per-user limit of 100,000,000 a minute (exact), the GET cache; one user, so one "
@@ -659,7 +726,8 @@ def parse(argv: list[str]):
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--duration", type=float, default=10, help="seconds per run (default 10)")
     ap.add_argument("--warmup", type=float, default=2, help="warm-up seconds after each start (default 2)")
-    ap.add_argument("--connections", default="1,16,64", help="closed-loop connection counts (default 1,16,64)")
+    ap.add_argument("--connections", default=None,
+                    help="closed-loop connection counts (default 1,16,64; 1,4 with --http2 or --grpc)")
     ap.add_argument("--rate", type=int, default=None,
                     help="fixed-rate req/s with oha; 0: none (default 5000, 1000 with --inbound)")
     ap.add_argument("--workers", type=int, default=1,
@@ -670,19 +738,32 @@ def parse(argv: list[str]):
     ap.add_argument("--inbound", action="store_true",
                     help="the inbound listener with JWT, rate limit and cache, without Redis, "
                          "with a standalone Redis and with a 3-master cluster")
+    ap.add_argument("--http2", action="store_true",
+                    help="HTTP/2 (h2c) from the callers and to the replicas: h2load and oha --http2")
+    ap.add_argument("--grpc", action="store_true",
+                    help="unary gRPC calls over HTTP/2 (as --http2, with a gRPC request and answer)")
+    ap.add_argument("--streams", type=int, default=16,
+                    help="--http2, --grpc: streams in flight per connection (default 16)")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s runs, 1 s warm-up")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory (default bench/results)")
     args = ap.parse_args(argv)
+    if sum((args.inbound, args.http2, args.grpc)) > 1:
+        ap.error("--inbound, --http2 and --grpc are separate runs: choose one")
+    args.protocol = "grpc" if args.grpc else "http2" if args.http2 else "http1"
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
     if args.rate is None:
         args.rate = 1000 if args.inbound else 5000
+    if args.connections is None:
+        args.connections = "1,16,64" if args.protocol == "http1" else "1,4"
     if args.proxies is None:
         args.proxies = ("direct,inbound-local,inbound-redis,inbound-cluster" if args.inbound
-                        else "direct,outrigger,envoy-c1,envoy-c2,nginx")
+                        else "direct,outrigger,envoy-c1,envoy-c2,nginx" if args.protocol == "http1"
+                        else "direct,outrigger,envoy-c1,envoy-c2")
     args.reference = INBOUND_REFERENCE if args.inbound else REFERENCE
-    # Set in main for --inbound: the request headers, the JWT key, the Redis servers.
-    args.headers, args.public_key, args.backing = {}, None, {}
+    # Set in main for --inbound: the request headers, the JWT key, the Redis servers;
+    # for --grpc: the headers and the request body's file.
+    args.headers, args.public_key, args.backing, args.grpc_body = {}, None, {}, None
     args.connections = [int(c) for c in args.connections.split(",")]
     tools = BENCH / ".tools"
     # Absolute: each proxy starts in its own run directory.
@@ -721,6 +802,10 @@ def main(argv: list[str]) -> int:
     failures = []
     try:
         (results / "run").mkdir()
+        if args.protocol == "grpc":
+            args.grpc_body = results / "run" / "grpc-request"
+            args.grpc_body.write_bytes(GRPC_REQUEST)
+            args.headers = {"content-type": "application/grpc", "te": "trailers"}
         if args.inbound:
             args.public_key, token = rs256_token(results / "run")
             args.headers = {"authorization": f"Bearer {token}"}
