@@ -17,7 +17,7 @@ use outrigger::Sidecar;
 use serde_json::Value;
 use support::client::{client, get_json, get_text, reason};
 use support::eventually::eventually;
-use support::files::swap_in;
+use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::{header_seen, Replica};
@@ -236,6 +236,48 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
     assert_eq!(handshakes("no_client_cert"), 1.0);
     assert_eq!(handshakes("unknown_ca"), 1.0, "the intruder");
     assert_eq!(handshakes("bad_identity"), 1.0, "the outsider");
+}
+
+/// A pod `outrigger inject --mesh` put in the mesh: its config says
+/// nothing of TLS, the environment inject sets on the sidecar names the
+/// identity's directory (`tls.crt`, `tls.key`, `ca.crt`, as mounted) and
+/// the inbound listener's mode.
+#[actix_web::test]
+async fn injects_environment_puts_a_sidecar_in_the_mesh() {
+    let mesh = Mesh::new();
+    let mounted = TempDir::new();
+    for (from, name) in [
+        (&mesh.catalog.cert, "tls.crt"),
+        (&mesh.catalog.key, "tls.key"),
+        (&mesh.certificates.ca(), "ca.crt"),
+    ] {
+        std::fs::copy(from, mounted.path.join(name)).expect("copy an identity file");
+    }
+    let app = Replica::start().await;
+    let port = closed_port();
+    let dir = mounted.path.to_str().expect("a UTF-8 path");
+    let _b = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:{port}\", app: \"http://{}\" }}
+",
+            app.endpoint()
+        ),
+        &[
+            ("OUTRIGGER_MESH_IDENTITY_DIR", dir),
+            ("OUTRIGGER_INBOUND_TLS_MODE", "mesh"),
+        ],
+    )
+    .await;
+    let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
+
+    let (status, reason, echo) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "{echo}");
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(plain.is_err(), "plain text is refused: {plain:?}");
 }
 
 #[actix_web::test]
