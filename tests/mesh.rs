@@ -216,6 +216,11 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
         outsider.is_err(),
         "the mesh's CA but another trust domain: {outsider:?}"
     );
+    let stale = mesh
+        .certificates
+        .expired("stale", &format!("URI:{FRONTEND}"));
+    let stale = curl(&url, &with_certificate(&stale));
+    assert!(stale.is_err(), "an expired certificate: {stale:?}");
     assert_eq!(app.hits(), hits, "no refused client reached the app");
 
     let member = curl(&url, &with_certificate(&mesh.frontend));
@@ -238,6 +243,7 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
     assert_eq!(handshakes("no_client_cert"), 1.0);
     assert_eq!(handshakes("unknown_ca"), 1.0, "the intruder");
     assert_eq!(handshakes("bad_identity"), 1.0, "the outsider");
+    assert_eq!(handshakes("expired"), 1.0, "the stale certificate");
 }
 
 /// A pod `outrigger inject --mesh` put in the mesh: its config says
