@@ -910,6 +910,11 @@ fn the_k8s_mesh_example_is_two_apps_as_inject_mesh_makes_them() {
             .unwrap();
         let said = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{said}");
+        let summary = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            summary.contains("inbound 0.0.0.0:15006 (app 127.0.0.1:8080, tls mesh)"),
+            "{summary}"
+        );
         assert!(
             said.contains("OUTRIGGER_MESH_IDENTITY_DIR (mesh.identity.cert_file): /var/run/outrigger/identity/tls.crt does not exist"),
             "{said}"
