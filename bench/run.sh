@@ -6,6 +6,9 @@
 #   bench/run.sh --quick         1 round of short runs (about 1.5 minutes)
 #   bench/run.sh --inbound       the inbound listener with JWT, rate limit and
 #                                cache: no Redis, standalone Redis, 3-master cluster
+#   bench/run.sh --mesh          the app's call across two sidecars: Outrigger with
+#                                mutual TLS, two Envoys with the same mutual TLS,
+#                                Outrigger in plain text
 #   bench/run.sh --help          every option
 #
 # Installs what it needs the first time (wrk and nginx from apt, oha with
@@ -41,6 +44,7 @@ apt_install() {
 install_tools() {
     apt_install wrk nginx
     case " $* " in *" --inbound "*) apt_install redis-server ;; esac
+    case " $* " in *" --mesh "*) apt_install openssl ;; esac
     mkdir -p "$tools"
     if [ ! -x "$tools/bin/oha" ] && ! command -v oha >/dev/null 2>&1; then
         # Plain HTTP only: native-tls keeps the build free of cmake.
