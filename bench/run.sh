@@ -6,6 +6,9 @@
 #   bench/run.sh --quick         1 round of short runs (about 1.5 minutes)
 #   bench/run.sh --inbound       the inbound listener with JWT, rate limit and
 #                                cache: no Redis, standalone Redis, 3-master cluster
+#   bench/run.sh --mesh          the app's call across two sidecars: Outrigger with
+#                                mutual TLS, two Envoys with the same mutual TLS,
+#                                Outrigger in plain text
 #   bench/run.sh --http2         HTTP/2 (h2c) from callers and to replicas, many
 #                                streams over few connections (h2load, oha --http2)
 #   bench/run.sh --grpc          unary gRPC calls over HTTP/2, the same way
@@ -44,6 +47,7 @@ apt_install() {
 install_tools() {
     apt_install wrk nginx
     case " $* " in *" --inbound "*) apt_install redis-server ;; esac
+    case " $* " in *" --mesh "*) apt_install openssl ;; esac
     case " $* " in
         *" --http2 "* | *" --grpc "*) command -v h2load >/dev/null 2>&1 || apt_install nghttp2-client ;;
     esac

@@ -590,22 +590,43 @@ fn inject_says_which_services_bypass_the_inbound_listener_and_retargets_them_whe
         retargeted,
         "a second pass changes nothing"
     );
+    // In the mesh, the retargeted Service's callers must speak mutual TLS.
+    let output = outrigger(&["inject", "--mesh", "--retarget-service", "-"], SERVICES);
+    let notes = String::from_utf8_lossy(&output.stderr);
+    assert!(notes.lines().any(|line| line.starts_with("outrigger inject: (stdin): Service web: port http (80 -> 8080) now targets")
+        && line.ends_with("in the mesh it takes only mutual TLS, so the Service's callers must be meshed sidecars, or the config sets listeners.inbound.tls.mode: permissive for the others")), "{notes}");
 }
 
 /// Where `--mesh` mounts the identity files; `mesh.identity` in
 /// sidecar-config/examples/mesh.yaml points at them.
 const IDENTITY_DIR: &str = "/var/run/outrigger/identity";
 
+/// The sidecar's environment in the mesh: its identity in [`IDENTITY_DIR`],
+/// mutual TLS on its inbound listener.
+const MESH_ENV: [(&str, &str); 2] = [
+    ("OUTRIGGER_MESH_IDENTITY_DIR", IDENTITY_DIR),
+    ("OUTRIGGER_INBOUND_TLS_MODE", "mesh"),
+];
+
 /// Injects deployment.yaml with `--mesh` and `args`, checks each pod has
 /// the sidecar as usual (the mesh inbound port 15006 among its ports) with
-/// the identity mounted read-only at [`IDENTITY_DIR`], and every other
-/// field as it was; returns each pod's identity volume.
+/// the identity mounted read-only at [`IDENTITY_DIR`] and [`MESH_ENV`] in
+/// its environment, and every other field as it was; returns each pod's
+/// identity volume.
 fn meshed(args: &[&str]) -> Vec<Volume> {
     let mut volumes = Vec::new();
     for (mut before, mut after) in injected_pairs("deployment.yaml", &[&["--mesh"], args].concat())
     {
         let (meta, spec) = after.pod();
         let sidecar = assert_injected(meta, spec, false, "outrigger-config");
+        for (name, value) in MESH_ENV {
+            let set = sidecar.env.iter().flatten().find(|var| var.name == name);
+            assert_eq!(
+                set.and_then(|var| var.value.as_deref()),
+                Some(value),
+                "{name}"
+            );
+        }
         let mounts = sidecar.volume_mounts.unwrap();
         let mount = mounts
             .iter()
@@ -639,18 +660,20 @@ fn mesh_mounts_a_csi_driver_spiffe_identity_by_default() {
         assert!(volume.secret.is_none());
     }
     let deployment = std::fs::read_to_string(sample("deployment.yaml")).unwrap();
+    let plain = inject(&["-"], &deployment);
     assert!(
-        !inject(&["-"], &deployment).contains(IDENTITY_DIR),
+        !plain.contains(IDENTITY_DIR) && !plain.contains(MESH_ENV[1].0),
         "mounted without --mesh"
     );
-    // inject cannot see the config, so it says what the config must do.
+    // inject cannot see the config, so it says what is left to it.
     let output = outrigger(
         &["inject", "--mesh", "--config-map", "web-config", "-"],
         &deployment,
     );
     let notes = String::from_utf8(output.stderr).unwrap();
     assert!(
-        notes.contains("the ConfigMap web-config's sidecar.yaml must set mesh.identity"),
+        notes.contains("the ConfigMap's own mesh.identity and listeners.inbound.tls.mode win")
+            && notes.contains("in the ConfigMap web-config's sidecar.yaml"),
         "{notes}"
     );
 }
@@ -833,7 +856,10 @@ fn the_k8s_deployment_sidecar_is_exactly_what_inject_adds() {
 
 /// The example namespace in the mesh, k8s/mesh: each app's sidecar is
 /// what `inject --mesh` adds with the app's ConfigMap, and each ConfigMap
-/// source is a valid config that turns the mesh on.
+/// source, which says nothing of the identity or the inbound listener's
+/// TLS, is a valid config in the mesh with the environment inject sets
+/// (`check` without the files warns that they are mounted where the
+/// sidecar runs).
 #[test]
 fn the_k8s_mesh_example_is_two_apps_as_inject_mesh_makes_them() {
     let objects = kustomization_objects("k8s/mesh");
@@ -875,14 +901,23 @@ fn the_k8s_mesh_example_is_two_apps_as_inject_mesh_makes_them() {
         assert_eq!(key, "sidecar.yaml");
         let path = repo("k8s/mesh").join(file);
         let text = std::fs::read_to_string(&path).unwrap();
+        let config = &documents(&text)[0];
+        assert!(config["mesh"].is_null() && config["listeners"]["inbound"]["tls"].is_null());
+        let output = Command::new(env!("CARGO_BIN_EXE_outrigger"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .envs(MESH_ENV)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{said}");
+        let summary = String::from_utf8_lossy(&output.stdout);
         assert!(
-            text.contains("/var/run/outrigger/identity/tls.crt") && text.contains("mode: mesh")
+            summary.contains("inbound 0.0.0.0:15006 (app 127.0.0.1:8080, tls mesh)"),
+            "{summary}"
         );
-        let output = outrigger(&["check", "--config", path.to_str().unwrap()], "");
         assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+            said.contains("OUTRIGGER_MESH_IDENTITY_DIR (mesh.identity.cert_file): /var/run/outrigger/identity/tls.crt does not exist"),
+            "{said}"
         );
     }
 }

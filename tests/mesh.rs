@@ -3,7 +3,8 @@
 //! app behind A calls `catalog` through A, which calls B's inbound listener
 //! over mutual TLS; B tells its app who called. Clients without a mesh
 //! certificate, or with one from another CA, are refused by B's handshake.
-//! B's certificate files rotate under A's traffic (issue 26, item 4).
+//! Both sidecars' certificate files rotate under A's traffic (issue 26,
+//! item 4).
 
 mod support;
 
@@ -11,13 +12,14 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::rc::Rc;
+use std::time::Duration;
 
 use outrigger::config::Config;
 use outrigger::Sidecar;
 use serde_json::Value;
 use support::client::{client, get_json, get_text, reason};
 use support::eventually::eventually;
-use support::files::swap_in;
+use support::files::{swap_in, TempDir};
 use support::metrics::metric;
 use support::ports::closed_port;
 use support::replica::{header_seen, Replica};
@@ -214,6 +216,11 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
         outsider.is_err(),
         "the mesh's CA but another trust domain: {outsider:?}"
     );
+    let stale = mesh
+        .certificates
+        .expired("stale", &format!("URI:{FRONTEND}"));
+    let stale = curl(&url, &with_certificate(&stale));
+    assert!(stale.is_err(), "an expired certificate: {stale:?}");
     assert_eq!(app.hits(), hits, "no refused client reached the app");
 
     let member = curl(&url, &with_certificate(&mesh.frontend));
@@ -236,6 +243,49 @@ async fn a_meshed_call_carries_the_callers_identity_and_strangers_are_refused() 
     assert_eq!(handshakes("no_client_cert"), 1.0);
     assert_eq!(handshakes("unknown_ca"), 1.0, "the intruder");
     assert_eq!(handshakes("bad_identity"), 1.0, "the outsider");
+    assert_eq!(handshakes("expired"), 1.0, "the stale certificate");
+}
+
+/// A pod `outrigger inject --mesh` put in the mesh: its config says
+/// nothing of TLS, the environment inject sets on the sidecar names the
+/// identity's directory (`tls.crt`, `tls.key`, `ca.crt`, as mounted) and
+/// the inbound listener's mode.
+#[actix_web::test]
+async fn injects_environment_puts_a_sidecar_in_the_mesh() {
+    let mesh = Mesh::new();
+    let mounted = TempDir::new();
+    for (from, name) in [
+        (&mesh.catalog.cert, "tls.crt"),
+        (&mesh.catalog.key, "tls.key"),
+        (&mesh.certificates.ca(), "ca.crt"),
+    ] {
+        std::fs::copy(from, mounted.path.join(name)).expect("copy an identity file");
+    }
+    let app = Replica::start().await;
+    let port = closed_port();
+    let dir = mounted.path.to_str().expect("a UTF-8 path");
+    let _b = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+  inbound: {{ bind: \"127.0.0.1:{port}\", app: \"http://{}\" }}
+",
+            app.endpoint()
+        ),
+        &[
+            ("OUTRIGGER_MESH_IDENTITY_DIR", dir),
+            ("OUTRIGGER_INBOUND_TLS_MODE", "mesh"),
+        ],
+    )
+    .await;
+    let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
+
+    let (status, reason, echo) = call(&a, "/catalog/items", &[]).await;
+    assert_eq!((status, reason.as_str()), (200, ""), "{echo}");
+    assert_eq!(header_seen(&echo, PEER_IDENTITY).as_deref(), Some(FRONTEND));
+    let plain = curl(&format!("http://{}/items", inbound(port)), &[]);
+    assert!(plain.is_err(), "plain text is refused: {plain:?}");
 }
 
 #[actix_web::test]
@@ -434,19 +484,40 @@ async fn the_admin_api_shows_the_identity_in_use_and_an_expired_one_is_not_ready
     assert!(body["identity_expired"].is_string(), "{body}");
 }
 
+/// What `openssl s_client` prints of a handshake with B's inbound
+/// listener with the frontend's certificate and `args`, and an HTTP/1.0
+/// request whose answer it waits for (so the session tickets B sends after
+/// the handshake are in by the time it ends).
+fn s_client(mesh: &Mesh, port: u16, args: &[&str]) -> Vec<u8> {
+    let utf8 = "a UTF-8 scratch path";
+    let mut handshake = Command::new("openssl")
+        .args([
+            "s_client",
+            "-ign_eof",
+            "-connect",
+            &inbound(port).to_string(),
+        ])
+        .args(["-cert", mesh.frontend.cert.to_str().expect(utf8)])
+        .args(["-key", mesh.frontend.key.to_str().expect(utf8)])
+        .args(["-CAfile", mesh.certificates.ca().to_str().expect(utf8)])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    std::io::Write::write_all(handshake.stdin.as_mut().expect("s_client's stdin"), request)
+        .expect("send a request through s_client");
+    let printed = handshake.wait_with_output().expect("openssl s_client ends");
+    printed.stdout
+}
+
 /// The serial (lowercase hex) of the certificate B's inbound listener
 /// presents to a new handshake, as `openssl s_client` sees it with the
 /// frontend's certificate.
 fn presented_serial(mesh: &Mesh, port: u16) -> String {
-    let utf8 = "a UTF-8 scratch path";
-    let handshake = Command::new("openssl")
-        .args(["s_client", "-connect", &inbound(port).to_string()])
-        .args(["-cert", mesh.frontend.cert.to_str().expect(utf8)])
-        .args(["-key", mesh.frontend.key.to_str().expect(utf8)])
-        .args(["-CAfile", mesh.certificates.ca().to_str().expect(utf8)])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl s_client");
+    let handshake = s_client(mesh, port, &[]);
     let mut x509 = Command::new("openssl")
         .args(["x509", "-noout", "-serial"])
         .stdin(Stdio::piped())
@@ -454,11 +525,8 @@ fn presented_serial(mesh: &Mesh, port: u16) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("run openssl x509");
-    std::io::Write::write_all(
-        x509.stdin.as_mut().expect("x509's stdin"),
-        &handshake.stdout,
-    )
-    .expect("hand s_client's output to x509");
+    std::io::Write::write_all(x509.stdin.as_mut().expect("x509's stdin"), &handshake)
+        .expect("hand s_client's output to x509");
     let printed = x509.wait_with_output().expect("openssl x509 ends");
     serial_of(&printed.stdout)
 }
@@ -491,25 +559,46 @@ async fn reloads(sidecar: &Sidecar, result: &str) -> f64 {
     metric(&metrics, &series).unwrap_or(0.0)
 }
 
+/// How long A's app sends its steady load through to B in the rotation
+/// test, and how fast: the issue's 500 req/s for 20 s. A debug build with
+/// both sidecars and the callers in one process sustained it on a 2-core
+/// machine while other builds ran (10,010 calls in 20 s); the test asks
+/// for at least half, so a busier machine does not fail it for being slow.
+const LOAD: Duration = Duration::from_secs(20);
+const RATE: u32 = 500;
+
+/// Rotation under load (issue 26, item 4): while A's app sends [`RATE`]
+/// req/s through A to B for [`LOAD`], A's certificate files are replaced,
+/// then B's. No call fails, B takes A's new certificate on A's next
+/// connection, new handshakes to B present B's new serial (as `openssl
+/// s_client` sees it), and both sidecars go on without a restart. TLS
+/// sessions belong to the chain that made them: a session made with an
+/// old chain is not resumed, either way, once it has rotated (a resumed
+/// session shows no certificate, so it would carry the old one on). A's
+/// next certificate names the pod `frontend-next`, so that B's app, which
+/// is told the caller's ID and not its serial, can tell which one a
+/// connection presented.
 #[actix_web::test]
-async fn a_rotated_certificate_is_presented_without_a_restart_or_a_failed_call() {
+async fn certificates_rotated_under_load_fail_no_call() {
     let mesh = Mesh::new();
     let app = Replica::start().await;
     let port = closed_port();
     let b = catalog_sidecar(&mesh, port, "mesh", &app, ("  {}", &[])).await;
     let a = frontend_sidecar(&mesh, port, &app, &format!("    identity: \"{CATALOG}\"\n")).await;
-    let before = serial_in(&mesh.catalog);
-    assert_eq!(presented_serial(&mesh, port), before);
+    assert_eq!(presented_serial(&mesh, port), serial_in(&mesh.catalog));
 
-    // Steady traffic from A's app to B's, on several connections at once.
+    // A's app: 10 callers, each at a tenth of the rate.
+    let started = actix_rt::time::Instant::now();
     let running = Rc::new(Cell::new(true));
     let (sent, failed) = (Rc::new(Cell::new(0_u32)), Rc::new(Cell::new(0_u32)));
-    let callers: Vec<_> = (0..8)
+    let callers: Vec<_> = (0..10)
         .map(|_| {
             let (running, sent, failed) = (running.clone(), sent.clone(), failed.clone());
             let url = format!("http://{}/catalog/items", a.outbound_addr());
             actix_rt::spawn(async move {
+                let mut pace = actix_rt::time::interval(Duration::from_secs(10) / RATE);
                 while running.get() {
+                    pace.tick().await;
                     let ok = client()
                         .get(&url)
                         .send()
@@ -521,47 +610,89 @@ async fn a_rotated_certificate_is_presented_without_a_restart_or_a_failed_call()
             })
         })
         .collect();
-    eventually("A's traffic flows", || {
+    eventually("A's load flows", || {
         let sent = sent.clone();
-        async move { sent.get() >= 50 }
+        async move { sent.get() >= RATE }
     })
     .await;
 
-    let next = mesh
+    const FRONTEND_NEXT: &str = "spiffe://cluster.local/ns/shop/sa/frontend-next";
+    let next_a = mesh
+        .certificates
+        .server("frontend-next", &format!("URI:{FRONTEND_NEXT}"));
+    rotate(&mesh.frontend, &next_a);
+    eventually("A puts its new certificate in use", || async {
+        reloads(&a, "ok").await == 1.0
+    })
+    .await;
+    // A's pooled HTTP/1.1 connections keep the old certificate; the first
+    // HTTP/2 caller's request opens a new connection to B, which must not
+    // resume a session A's old certificate made.
+    let over_h2 = curl(
+        &format!("http://{}/catalog/items", a.outbound_addr()),
+        &["--http2-prior-knowledge"],
+    );
+    let (status, echo) = over_h2.expect("an HTTP/2 answer through the mesh");
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        header_seen(&echo, PEER_IDENTITY).as_deref(),
+        Some(FRONTEND_NEXT),
+        "B sees A's new certificate: {echo}"
+    );
+
+    // Two sessions B would resume (a ticket is taken once), until its
+    // chain rotates: one resumed now, one after.
+    let scratch = TempDir::new();
+    let [now, later] = ["now.pem", "later.pem"].map(|name| {
+        let session = scratch.path.join(name);
+        let session = session.to_str().expect("a UTF-8 scratch path").to_string();
+        s_client(&mesh, port, &["-sess_out", &session]);
+        session
+    });
+    let resumed = |session: &str| {
+        let printed = s_client(&mesh, port, &["-sess_in", session]);
+        String::from_utf8_lossy(&printed).contains("Reused, TLS")
+    };
+    assert!(resumed(&now), "B resumes a session");
+
+    let next_b = mesh
         .certificates
         .server("catalog-next", &format!("URI:{CATALOG}"));
-    let after = serial_in(&next);
-    assert_ne!(after, before, "a new serial, the same identity");
-    rotate(&mesh.catalog, &next);
-    eventually("a new handshake presents the new serial", || {
+    let b_serial = serial_in(&next_b);
+    assert_ne!(
+        b_serial,
+        serial_in(&mesh.catalog),
+        "a new serial, the same ID"
+    );
+    rotate(&mesh.catalog, &next_b);
+    eventually("a new handshake to B presents B's new serial", || {
         let presented = presented_serial(&mesh, port);
-        let after = after.clone();
-        async move { presented == after }
+        let b_serial = b_serial.clone();
+        async move { presented == b_serial }
     })
     .await;
-    // A's traffic goes on across the swap, then ends.
-    let during = sent.get();
-    eventually("more of A's traffic flows after the swap", || {
-        let sent = sent.clone();
-        async move { sent.get() >= during + 50 }
-    })
-    .await;
+    assert!(
+        !resumed(&later),
+        "a session of B's old chain is not resumed"
+    );
+
+    actix_rt::time::sleep_until(started + LOAD).await;
     running.set(false);
     for caller in callers {
         caller.await.expect("a caller ends");
     }
-    assert_eq!(
-        failed.get(),
-        0,
-        "of {} calls across the rotation",
-        sent.get()
+    let (sent, failed) = (sent.get(), failed.get());
+    assert_eq!(failed, 0, "of {sent} calls across both rotations");
+    let wanted = RATE * u32::try_from(LOAD.as_secs()).expect("seconds") / 2;
+    assert!(
+        sent >= wanted,
+        "{sent} calls in {LOAD:?}: the load ran short"
     );
-    assert_eq!(reloads(&b, "ok").await, 1.0);
-    assert_eq!(reloads(&b, "error").await, 0.0);
-    let (_, shown) = get_json(&format!("http://{}/identity", b.admin_addr())).await;
-    assert_eq!(shown["serial"], after.as_str(), "GET /identity: {shown}");
-    let (status, reason, _) = call(&a, "/catalog/items", &[]).await;
-    assert_eq!((status, reason.as_str()), (200, ""), "A still calls B");
+    for (sidecar, serial) in [(&b, &b_serial), (&a, &serial_in(&next_a))] {
+        assert_eq!(reloads(sidecar, "ok").await, 1.0);
+        let (_, shown) = get_json(&format!("http://{}/identity", sidecar.admin_addr())).await;
+        assert_eq!(shown["serial"], serial.as_str(), "GET /identity: {shown}");
+    }
 }
 
 #[actix_web::test]

@@ -19,6 +19,13 @@ Redis and a 3-master Redis cluster, all three started here; the ratios are
 to the run without Redis, and the Redis servers' CPU per request is shown
 beside the sidecar's.
 
+With --mesh it measures the app's call crossing two sidecars, A's outbound
+listener to B's inbound listener in front of one replica: Outrigger with
+mutual TLS between them (identities made with openssl), two Envoys with
+the same static mutual TLS and the same certificates, and the Outrigger
+pair in plain text. Each pair's two processes are counted together (CPU
+and memory), and the ratios are to the Envoy pair.
+
 With --http2 the callers speak HTTP/2 with prior knowledge (h2c) and every
 proxy calls the replicas over HTTP/2: h2load drives the closed-loop runs
 with --streams concurrent streams on each connection, oha --http2 the
@@ -28,7 +35,7 @@ over HTTP/2 the same way. nginx, which proxies HTTP/2 to replicas only as
 gRPC, is left out of both.
 
 Python 3 standard library only (and openssl, redis-server, redis-cli for
---inbound; h2load for --http2 and --grpc).
+--inbound, openssl for --mesh, h2load for --http2 and --grpc).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -62,6 +70,14 @@ REFERENCE = "envoy-c1"
 REDIS_PORT = 19379
 CLUSTER_PORTS = [19380, 19381, 19382]
 INBOUND_REFERENCE = "inbound-local"
+# --mesh: sidecar B's ports (A takes LISTEN and ADMIN), the identities, and
+# what the figures are divided by.
+MESH_INBOUND = 19095
+MESH_B_OUTBOUND = 19096
+MESH_B_ADMIN = 19097
+MESH_A_ID = "spiffe://cluster.local/ns/bench/sa/frontend"
+MESH_B_ID = "spiffe://cluster.local/ns/bench/sa/catalog"
+MESH_REFERENCE = "envoy-mtls"
 # --grpc: the method called (after the routing prefix), and one gRPC
 # message (uncompressed, 5 bytes) as the request body.
 GRPC_METHOD = "bench.Echo/Unary"
@@ -225,28 +241,38 @@ inbound:
 
 
 def envoy_config(_workers: int, http2: bool = False) -> str:
-    # --http2, --grpc: the listener takes either protocol, the cluster is
-    # called over HTTP/2 with prior knowledge.
+    return envoy_proxy(LISTEN, UPSTREAM_PORTS, http2=http2)
+
+
+def envoy_proxy(listen: int, ports: list[int], prefix: str = PREFIX, retries: bool = True,
+                downstream_tls: str = "", upstream_tls: str = "", headers: str = "",
+                http2: bool = False) -> str:
+    """An Envoy from listen to the replicas on ports, the prefix rewritten to
+    "/"; TLS blocks and HTTP connection manager settings indented to fit.
+    With http2 (--http2, --grpc) the listener takes either protocol and the
+    replicas are called over HTTP/2 with prior knowledge."""
     codec = "AUTO" if http2 else "HTTP1"
-    upstream_http2 = """
-    typed_extension_protocol_options:
+    upstream_http2 = """    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }""" if http2 else ""
+        explicit_http_config: { http2_protocol_options: {} }
+""" if http2 else ""
     hosts = "\n".join(
         f"        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}"
-        for port in UPSTREAM_PORTS)
+        for port in ports)
+    retry = "\n                  retry_policy: { retry_on: 5xx, num_retries: 2 }" if retries else ""
+    downstream_tls += "      " if downstream_tls else ""
     return f"""static_resources:
   listeners:
-  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {LISTEN} }} }}
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
     filter_chains:
-    - filters:
+    - {downstream_tls}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           codec_type: {codec}
-          http_filters:
+{headers}          http_filters:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -255,17 +281,16 @@ def envoy_config(_workers: int, http2: bool = False) -> str:
             - name: all
               domains: ["*"]
               routes:
-              - match: {{ prefix: "{PREFIX}" }}
+              - match: {{ prefix: "{prefix}" }}
                 route:
                   cluster: echo
                   prefix_rewrite: "/"
-                  timeout: 3s
-                  retry_policy: {{ retry_on: 5xx, num_retries: 2 }}
+                  timeout: 3s{retry}
   clusters:
   - name: echo
     type: STATIC
     connect_timeout: 0.5s
-    lb_policy: LEAST_REQUEST{upstream_http2}
+{upstream_tls}{upstream_http2}    lb_policy: LEAST_REQUEST
     outlier_detection: {{ consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50 }}
     load_assignment:
       cluster_name: echo
@@ -273,6 +298,112 @@ def envoy_config(_workers: int, http2: bool = False) -> str:
       - lb_endpoints:
 {hosts}
 """
+
+
+# ---------------------------------------------------------------- --mesh
+
+def mesh_certificates(run: Path) -> dict[str, Path]:
+    """The mesh's CA and the two identities it signs (SPIFFE IDs in URI
+    SANs, P-256 keys), made with openssl as the tests make theirs."""
+    def openssl(*argv: str) -> None:
+        subprocess.run(["openssl", *argv], cwd=run, check=True, capture_output=True)
+
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *curve, "-days", "2", "-subj", "/CN=Bench mesh CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", "ca.key", "-out", "ca.pem")
+    for name, spiffe_id in (("a", MESH_A_ID), ("b", MESH_B_ID)):
+        (run / f"{name}.ext").write_text(
+            f"subjectAltName=URI:{spiffe_id}\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n")
+        openssl("req", *curve, "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        openssl("x509", "-req", "-days", "2", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {name: run / name for name in ("ca.pem", "a.pem", "a.key", "b.pem", "b.key")}
+
+
+def mesh_identity(certs: dict[str, Path], who: str) -> str:
+    return (f'mesh:\n  identity: {{ cert_file: "{certs[who + ".pem"]}", key_file: "{certs[who + ".key"]}", '
+            f'ca_file: "{certs["ca.pem"]}" }}\n  inbound_port: {MESH_INBOUND}\n')
+
+
+def outrigger_a(workers: int, certs: Optional[dict[str, Path]]) -> str:
+    # The app's sidecar: outbound as in outrigger_config, calling echo on
+    # B's inbound listener; meshed, the replica's host at mesh.inbound_port,
+    # B's identity required.
+    service = (f'    endpoints: ["127.0.0.1:{UPSTREAM_PORTS[0]}"]\n    mesh: true\n    identity: "{MESH_B_ID}"\n'
+               if certs else f'    endpoints: ["127.0.0.1:{MESH_INBOUND}"]\n')
+    return f"""workers: {workers}
+listeners:
+  outbound: {{ bind: "127.0.0.1:{LISTEN}" }}
+  admin: {{ bind: "127.0.0.1:{ADMIN}" }}
+lifecycle: {{ drain_delay: 0s }}
+{mesh_identity(certs, "a") if certs else ""}defaults:
+  timeout: 3s
+  load_balancer: least_load
+  retry: {{ attempts: 3, on: [connect_error, timeout, 500, 502, 503, 504] }}
+services:
+  - name: echo
+{service}"""
+
+
+def outrigger_b(workers: int, certs: Optional[dict[str, Path]]) -> str:
+    # The replica's sidecar: its inbound listener in front of the first
+    # replica, mutual TLS required when meshed (any identity of the mesh).
+    tls = ", tls: { mode: mesh }" if certs else ""
+    return f"""workers: {workers}
+listeners:
+  outbound: {{ bind: "127.0.0.1:{MESH_B_OUTBOUND}" }}
+  inbound: {{ bind: "127.0.0.1:{MESH_INBOUND}", app: "http://127.0.0.1:{UPSTREAM_PORTS[0]}"{tls} }}
+  admin: {{ bind: "127.0.0.1:{MESH_B_ADMIN}" }}
+lifecycle: {{ drain_delay: 0s }}
+{mesh_identity(certs, "b") if certs else ""}"""
+
+
+def envoy_tls(certs: dict[str, Path], who: str, context: str, indent: str, extra: str) -> str:
+    """A transport_socket block with who's certificate and the mesh's CA."""
+    lines = f"""transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context}
+{extra}    common_tls_context:
+      tls_certificates:
+      - certificate_chain: {{ filename: "{certs[who + ".pem"]}" }}
+        private_key: {{ filename: "{certs[who + ".key"]}" }}
+      validation_context:
+        trusted_ca: {{ filename: "{certs["ca.pem"]}" }}
+"""
+    return "".join(indent + line + "\n" for line in lines.splitlines()).lstrip()
+
+
+def envoy_a(certs: dict[str, Path]) -> str:
+    # A: the app's calls to B over mutual TLS, B's identity required, with
+    # the route's retries and the cluster's outlier detection as envoy_config.
+    match = (f'            match_typed_subject_alt_names: [{{ san_type: URI, matcher: {{ exact: "{MESH_B_ID}" }} }}]\n')
+    upstream = "    " + envoy_tls(certs, "a", "UpstreamTlsContext", "    ", "") + match
+    return envoy_proxy(LISTEN, [MESH_INBOUND], upstream_tls=upstream)
+
+
+def envoy_b(certs: dict[str, Path]) -> str:
+    # B: mutual TLS required (any identity of the mesh), the caller's
+    # SPIFFE ID passed to the app (x-forwarded-client-cert), no retries.
+    downstream = envoy_tls(certs, "b", "DownstreamTlsContext", "      ",
+                           "    require_client_certificate: true\n")
+    headers = ("          forward_client_cert_details: SANITIZE_SET\n"
+               "          set_current_client_cert_details: { uri: true }\n")
+    return envoy_proxy(MESH_INBOUND, [UPSTREAM_PORTS[0]], prefix="/", retries=False,
+                       downstream_tls=downstream, headers=headers)
+
+
+def second_config(config: Path) -> Path:
+    """Where a pair's second process (B) has its config, beside A's."""
+    return config.with_stem(config.stem + "-b")
+
+
+def pair_argv(first: list[str], second: list[str]) -> list[str]:
+    """Both processes of a pair in one session (a shell waiting on both), so
+    their CPU and memory are read, and they are stopped, together."""
+    return ["sh", "-c", f"{shlex.join(second)} & {shlex.join(first)} & wait"]
 
 
 def nginx_config(workers: int, run: Path) -> str:
@@ -323,6 +454,8 @@ class Proxy:
     ready_url: Optional[str] = None
     # The config file's extension (Envoy reads a .yaml as YAML, else JSON).
     ext: str = "conf"
+    # A pair (--mesh): the second process's config (written to second_config).
+    second: Optional[Callable[[Path], str]] = None
 
 
 def proxies(args) -> dict[str, Proxy]:
@@ -332,6 +465,10 @@ def proxies(args) -> dict[str, Proxy]:
     ready = f"http://127.0.0.1:{ADMIN}/ready"
     cluster = ", ".join(f'"redis://127.0.0.1:{port}"' for port in CLUSTER_PORTS)
     inbound = lambda redis: lambda run: inbound_config(w, args.public_key, redis)
+    outrigger_pair = lambda run, cfg: pair_argv(outrigger(run, cfg), outrigger(run, second_config(cfg)))
+    envoy_argv = lambda cfg: [envoy, "-c", str(cfg), "--concurrency", str(w),
+                              "--disable-hot-restart", "--log-level", "error"]
+    envoy_pair = lambda run, cfg: pair_argv(envoy_argv(cfg), envoy_argv(second_config(cfg)))
     http2 = args.protocol != "http1"
     return {
         "direct": Proxy("direct", 0, None),
@@ -358,6 +495,16 @@ def proxies(args) -> dict[str, Proxy]:
         "inbound-cluster": Proxy(
             "inbound-cluster", w, outrigger,
             inbound(f"redis: {{ mode: cluster, urls: [{cluster}] }}\n"), ready, "yaml"),
+        # --mesh: pairs, ready when a call crosses both
+        "outrigger-mtls": Proxy(
+            "outrigger-mtls", w, outrigger_pair, lambda run: outrigger_a(w, args.mesh_certs), None, "yaml",
+            lambda run: outrigger_b(w, args.mesh_certs)),
+        "outrigger-plain": Proxy(
+            "outrigger-plain", w, outrigger_pair, lambda run: outrigger_a(w, None), None, "yaml",
+            lambda run: outrigger_b(w, None)),
+        "envoy-mtls": Proxy(
+            "envoy-mtls", w, envoy_pair, lambda run: envoy_a(args.mesh_certs), None, "yaml",
+            lambda run: envoy_b(args.mesh_certs)),
     }
 
 
@@ -515,6 +662,8 @@ def bench_one(args, proxy: Proxy, round_no: int, results: Path) -> list[dict]:
         run.mkdir(parents=True, exist_ok=True)
         config = run / f"{proxy.name}.{proxy.ext}"
         config.write_text(proxy.config(run) if proxy.config else "")
+        if proxy.second:
+            second_config(config).write_text(proxy.second(run))
         url = f"http://127.0.0.1:{LISTEN}{PREFIX}"
         proc = Process(proxy.argv(run, config), run / "log", cwd=run)
         try:
@@ -624,14 +773,16 @@ def summarize(rows: list[dict], names: list[str], reference: str) -> list[dict]:
                 continue
             med = lambda key: statistics.median([r[key] for r in mine if r.get(key) is not None] or [0]) \
                 if any(r.get(key) is not None for r in mine) else None
-            added = [r["p50_us"] - d["p50_us"] for r in mine for d in rows
-                     if d["proxy"] == "direct" and d["load"] == load and d["round"] == r["round"]
-                     and r["p50_us"] is not None and d["p50_us"] is not None]
+            added = lambda key: [r[key] - d[key] for r in mine for d in rows
+                                 if d["proxy"] == "direct" and d["load"] == load and d["round"] == r["round"]
+                                 and r[key] is not None and d[key] is not None]
             entry = {"proxy": name, "load": load, "rounds": len(mine), "workers": mine[0]["workers"]}
             for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "user_us_per_req",
                         "sys_us_per_req", "redis_cpu_us_per_req", "errors", "startup_ms", "rss_rest_kib", "rss_peak_kib"):
                 entry[key] = med(key)
-            entry["added_p50_us"] = statistics.median(added) if added and name != "direct" else None
+            for key in ("p50_us", "p99_us"):
+                entry[f"added_{key}"] = (statistics.median(added(key)) if added(key) and name != "direct"
+                                         else None)
             for key in ("rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req",
                         "rss_rest_kib", "rss_peak_kib", "startup_ms"):
                 entry[f"{key}_vs_envoy"] = same_round_ratio(rows, name, load, key, reference)
@@ -640,7 +791,7 @@ def summarize(rows: list[dict], names: list[str], reference: str) -> list[dict]:
     return out
 
 
-def markdown(args, summary: list[dict], started: str) -> str:
+def markdown(args, rows: list[dict], summary: list[dict], started: str) -> str:
     by = {(s["proxy"], s["load"]): s for s in summary}
     names = list(dict.fromkeys(s["proxy"] for s in summary))
     ratio = lambda s, key: "" if not s or s.get(key) is None else f" ({s[key]:.2f}x)"
@@ -656,6 +807,7 @@ def markdown(args, summary: list[dict], started: str) -> str:
              + f" | c1 p50 added µs | c{args.connections[-1]} p99 µs | CPU µs/req c{args.connections[-1]} |"
              + (f" {args.rate}/s p50 / p99 / p99.9 µs | CPU µs/req at {args.rate}/s |" if args.oha_bin and args.rate else "")
              + (f" Redis CPU µs/req at {args.rate}/s |" if args.inbound and args.oha_bin and args.rate else "")
+             + (f" p50 / p99 added µs at {args.rate}/s |" if args.mesh and args.oha_bin and args.rate else "")
              + " RSS rest / peak MiB | start to ready ms |",
              ]
     columns = lines[-1].count("|") - 1
@@ -679,6 +831,8 @@ def markdown(args, summary: list[dict], started: str) -> str:
             cells.append(fmt(r and r["cpu_us_per_req"], 1) + ratio(r, "cpu_us_per_req_vs_envoy"))
             if args.inbound:
                 cells.append(fmt(r and r["redis_cpu_us_per_req"], 1))
+            if args.mesh:
+                cells.append(" / ".join(fmt(r and r[k]) for k in ("added_p50_us", "added_p99_us")))
         rest, peak = (s or {}).get("rss_rest_kib"), (s or {}).get("rss_peak_kib")
         cells.append("–" if rest is None else f"{rest / 1024:.1f} / {max(peak or 0, rest) / 1024:.1f}")
         cells.append(fmt(s and s["startup_ms"]))
@@ -707,6 +861,19 @@ def markdown(args, summary: list[dict], started: str) -> str:
                       "window and one cached answer (on one master of the cluster). inbound-local: no "
                       "Redis (in-process store); inbound-redis: a standalone Redis; inbound-cluster: "
                       "3 masters. Redis CPU: the Redis servers' own, beside the sidecar's."]
+    if args.mesh:
+        lines += ["", "The app's call across two sidecars, A's outbound listener to B's inbound listener in "
+                      "front of one replica (direct: that replica alone); each pair's two processes counted "
+                      "together (CPU, RSS), each with the workers given. outrigger-mtls: mutual TLS between "
+                      "A and B (A requires B's SPIFFE ID, B any of the mesh's); envoy-mtls: two Envoys with "
+                      "the same certificates and checks in a static config; outrigger-plain: the Outrigger "
+                      "pair in plain text."]
+        overhead = [f"{label} {value:.2f}x" for load, label in ((top, top), (rate, f"at {args.rate}/s"))
+                    if (value := same_round_ratio(rows, "outrigger-mtls", load, "cpu_us_per_req",
+                                                  "outrigger-plain")) is not None]
+        if overhead:
+            lines += ["", "CPU µs per request of outrigger-mtls over outrigger-plain in the same round: "
+                          + "; ".join(overhead) + "."]
     busy = os.getloadavg()[0]
     lines += ["", f"Load average at the end: {busy:.1f} (over {os.cpu_count()} CPUs: other work "
                   "running alongside makes every figure noisier)." if busy > 0.5 * (os.cpu_count() or 1)
@@ -732,15 +899,20 @@ def parse(argv: list[str]):
     ap.add_argument("--connections", default=None,
                     help="closed-loop connection counts (default 1,16,64; 1,4 with --http2 or --grpc)")
     ap.add_argument("--rate", type=int, default=None,
-                    help="fixed-rate req/s with oha; 0: none (default 5000, 1000 with --inbound)")
+                    help="fixed-rate req/s with oha; 0: none (default 5000, 1000 with --inbound, "
+                         "2000 with --mesh)")
     ap.add_argument("--workers", type=int, default=1,
                     help="workers of outrigger and nginx (default 1; Envoy runs as c1 and c2)")
     ap.add_argument("--proxies", default=None,
                     help="which to run, in this order (default: all five; with --inbound: direct, "
-                         "inbound-local, inbound-redis, inbound-cluster)")
+                         "inbound-local, inbound-redis, inbound-cluster; with --mesh: direct, "
+                         "outrigger-mtls, outrigger-plain, envoy-mtls)")
     ap.add_argument("--inbound", action="store_true",
                     help="the inbound listener with JWT, rate limit and cache, without Redis, "
                          "with a standalone Redis and with a 3-master cluster")
+    ap.add_argument("--mesh", action="store_true",
+                    help="the app's call across two sidecars: Outrigger with mutual TLS, two Envoys "
+                         "with the same static mutual TLS, and Outrigger in plain text")
     ap.add_argument("--http2", action="store_true",
                     help="HTTP/2 (h2c) from the callers and to the replicas: h2load and oha --http2")
     ap.add_argument("--grpc", action="store_true",
@@ -750,23 +922,26 @@ def parse(argv: list[str]):
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s runs, 1 s warm-up")
     ap.add_argument("--out", default=str(BENCH / "results"), help="results directory (default bench/results)")
     args = ap.parse_args(argv)
-    if sum((args.inbound, args.http2, args.grpc)) > 1:
-        ap.error("--inbound, --http2 and --grpc are separate runs: choose one")
+    if sum((args.inbound, args.mesh, args.http2, args.grpc)) > 1:
+        ap.error("--inbound, --mesh, --http2 and --grpc are separate runs: choose one")
     args.protocol = "grpc" if args.grpc else "http2" if args.http2 else "http1"
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2.0, 1.0
     if args.rate is None:
-        args.rate = 1000 if args.inbound else 5000
+        args.rate = 1000 if args.inbound else 2000 if args.mesh else 5000
     if args.connections is None:
         args.connections = "1,16,64" if args.protocol == "http1" else "1,4"
     if args.proxies is None:
         args.proxies = ("direct,inbound-local,inbound-redis,inbound-cluster" if args.inbound
+                        else "direct,outrigger-mtls,outrigger-plain,envoy-mtls" if args.mesh
                         else "direct,outrigger,envoy-c1,envoy-c2,nginx" if args.protocol == "http1"
                         else "direct,outrigger,envoy-c1,envoy-c2")
-    args.reference = INBOUND_REFERENCE if args.inbound else REFERENCE
-    # Set in main for --inbound: the request headers, the JWT key, the Redis servers;
-    # for --grpc: the headers and the request body's file.
-    args.headers, args.public_key, args.backing, args.grpc_body = {}, None, {}, None
+    args.reference = INBOUND_REFERENCE if args.inbound else MESH_REFERENCE if args.mesh else REFERENCE
+    # Set in main for --inbound: the request headers, the JWT key, the Redis
+    # servers; for --mesh: the certificates; for --grpc: the headers and the
+    # request body's file.
+    args.headers, args.public_key, args.backing, args.mesh_certs = {}, None, {}, None
+    args.grpc_body = None
     args.connections = [int(c) for c in args.connections.split(",")]
     tools = BENCH / ".tools"
     # Absolute: each proxy starts in its own run directory.
@@ -814,6 +989,8 @@ def main(argv: list[str]) -> int:
             args.headers = {"authorization": f"Bearer {token}"}
             if any(known[n].name in ("inbound-redis", "inbound-cluster") for n in names):
                 args.backing = start_redis(results / "run")
+        if args.mesh:
+            args.mesh_certs = mesh_certificates(results / "run")
         for port in UPSTREAM_PORTS:
             upstreams.append(Process([str(binary), str(port)], results / "run" / f"upstream-{port}.log"))
             first_ok(f"http://127.0.0.1:{port}/__count", upstreams[-1], 10)
@@ -837,8 +1014,8 @@ def main(argv: list[str]) -> int:
     summary = summarize(rows, names, args.reference)
     write_csv(results / "raw.csv", rows)
     write_csv(results / "summary.csv", summary)
-    text = markdown(args, summary, started)
-    if not args.inbound:  # inbound calls one replica
+    text = markdown(args, rows, summary, started)
+    if not (args.inbound or args.mesh):  # these call one replica
         text += spread(split, known)
     if failures:
         text += "\nFailed: " + "; ".join(failures) + "\n"

@@ -13,6 +13,11 @@ use crate::tls::{
     is_spiffe_id, EdgeCertificate, IdentityError, IdentityFiles, MeshIdentity, Termination,
 };
 
+/// The names of the identity files in a directory, as cert-manager's
+/// csi-driver-spiffe and a Secret of cert-manager's `Certificate` write
+/// them: the chain, its key, the trust bundle.
+pub const IDENTITY_FILE_NAMES: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
+
 /// The `mesh` section.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MeshConfig {
@@ -151,7 +156,38 @@ fn read_identity(t: &mut Table, problems: &mut Problems) -> Option<IdentityConfi
     let cert_file = required("cert_file", "this pod's certificate chain (PEM)");
     let key_file = required("key_file", "the certificate's private key (PEM)");
     let ca_file = required("ca_file", "the mesh's trust bundle (PEM)");
-    let (cert_file, key_file, ca_file) = (cert_file?, key_file?, ca_file?);
+    load_identity(
+        [cert_file?, key_file?, ca_file?],
+        &|key| t.path_of(key),
+        problems,
+    )
+}
+
+/// The identity in the directory `dir` names (from
+/// `OUTRIGGER_MESH_IDENTITY_DIR`): [`IDENTITY_FILE_NAMES`] in it, each
+/// problem named by the variable and the key the file stands for.
+pub(super) fn identity_in_dir(
+    variable: &str,
+    dir: &str,
+    problems: &mut Problems,
+) -> Option<IdentityConfig> {
+    let dir = std::path::Path::new(dir);
+    let [cert_file, key_file, ca_file] =
+        IDENTITY_FILE_NAMES.map(|name| dir.join(name).to_string_lossy().into_owned());
+    load_identity(
+        [cert_file, key_file, ca_file],
+        &|key| format!("{variable} (mesh.identity.{key})"),
+        problems,
+    )
+}
+
+/// Loads the identity in `[cert_file, key_file, ca_file]`, a problem with
+/// a file reported under `path_of` its key.
+fn load_identity(
+    [cert_file, key_file, ca_file]: [String; 3],
+    path_of: &dyn Fn(&str) -> String,
+    problems: &mut Problems,
+) -> Option<IdentityConfig> {
     let files = IdentityFiles {
         cert_file: &cert_file,
         key_file: &key_file,
@@ -171,14 +207,14 @@ fn read_identity(t: &mut Table, problems: &mut Problems) -> Option<IdentityConfi
         // the config goes on without the identity (for showing only).
         (Err(_), Some((key, file))) => {
             let message = format!("{file} does not exist (mounted where the sidecar runs?)");
-            if !problems.missing_secret(&t.path_of(key), message) {
+            if !problems.missing_secret(&path_of(key), message) {
                 return None;
             }
             None
         }
         (Err(error), None) => {
             let (key, why) = file_key(error);
-            problems.add(&t.path_of(key), why);
+            problems.add(&path_of(key), why);
             return None;
         }
     };

@@ -29,6 +29,7 @@ pub use call_tls::CallTls;
 pub use discovery::{
     Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
 };
+pub use env::{INBOUND_TLS_MODE, MESH_IDENTITY_DIR};
 pub use inbound::usable_name;
 pub use inbound::LimitMode;
 pub use inbound::{
@@ -38,6 +39,7 @@ pub use inbound::{
 };
 pub use keys::accepted as accepted_keys;
 pub use listener::{ListenerLimits, PARSER_HEAD_LIMIT};
+pub use mesh::IDENTITY_FILE_NAMES;
 pub use mesh::{IdentityConfig, ListenerTls, MeshConfig, TlsMode};
 pub use observability::{AccessLog, ObservabilityConfig, TracingConfig};
 pub(crate) use reader::{config_words, FromYaml, Problems, Table, OFF};
@@ -555,7 +557,11 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
     let mut defaults = top.section("defaults", &Defaults::default(), problems, read_defaults);
     let mut discovery = discovery?;
     env::apply(&mut defaults.policy, &mut discovery, env, problems);
-    let mesh = top.section_restart("mesh", &MeshConfig::default(), problems, mesh::read_mesh);
+    let mut mesh = top.section_restart("mesh", &MeshConfig::default(), problems, mesh::read_mesh);
+    if !written(root, &["mesh", "identity"]) {
+        mesh.identity = env::mesh_identity(env, problems);
+    }
+    let inbound_tls_mode = env::inbound_tls_mode(env, problems);
     let services = read_services(
         top.raw("services"),
         &defaults.policy,
@@ -613,6 +619,11 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
     top.finish(problems);
     let mut listeners = listeners?;
     if let Some(inbound) = &mut listeners.inbound {
+        if let Some(mode) = inbound_tls_mode {
+            if !written(root, &["listeners", "inbound", "tls", "mode"]) {
+                inbound.tls.mode = mode;
+            }
+        }
         mesh::terminate(&mut inbound.tls, &mesh, "listeners.inbound.tls", problems);
     }
     let inbound = match (&listeners.inbound, inbound) {
@@ -649,6 +660,14 @@ fn read_config(root: &Value, env: Env<'_>, problems: &mut Problems) -> Option<Co
 /// the affinity mask and a cgroup CPU quota, so a pod limited to 1 CPU gets 1.
 fn default_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+}
+
+/// True when the document writes the key at `path` (an environment
+/// override fills in only what the file leaves out).
+fn written(root: &Value, path: &[&str]) -> bool {
+    path.iter()
+        .try_fold(root, |value, key| value.get(key))
+        .is_some()
 }
 
 fn read_listeners(value: Option<&Value>, problems: &mut Problems) -> Option<Listeners> {

@@ -17,15 +17,20 @@ use arc_swap::ArcSwap;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
-    verify_server_cert_signed_by_trust_anchor, ResolvesClientCert, WebPkiServerVerifier,
+    verify_server_cert_signed_by_trust_anchor, ClientSessionMemoryCache, ClientSessionStore,
+    ResolvesClientCert, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+    WebPkiServerVerifier,
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, ParsedCertificate, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
-    RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, NamedGroup,
+    OtherError, RootCertStore, ServerConfig, SignatureScheme,
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -70,7 +75,19 @@ pub struct Chain {
     callers: Arc<dyn ClientCertVerifier>,
     /// Replicas' chains checked against the bundle (signatures).
     replicas: Arc<WebPkiServerVerifier>,
+    /// TLS sessions with replicas that this chain made, to resume: a
+    /// rotated chain starts with none, so a replica's next connection from
+    /// this pod presents the new certificate instead of resuming a session
+    /// the old one made.
+    replica_sessions: ClientSessionMemoryCache,
+    /// TLS sessions callers made with this chain, to resume: a rotated
+    /// chain starts with none, so every caller's next connection is
+    /// verified against the new bundle and shows its own new certificate.
+    caller_sessions: Arc<ServerSessionMemoryCache>,
 }
+
+/// Sessions kept for resumption per chain, each way (rustls' default).
+const SESSIONS: usize = 256;
 
 impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,6 +125,8 @@ impl Chain {
             bundle,
             callers,
             replicas,
+            replica_sessions: ClientSessionMemoryCache::new(SESSIONS),
+            caller_sessions: ServerSessionMemoryCache::new(SESSIONS),
         })
     }
 
@@ -205,15 +224,18 @@ impl MeshIdentity {
     }
 
     /// A server configuration for the inbound listener: the chain in use
-    /// at each handshake, and a client certificate required from its
-    /// bundle, carrying a SPIFFE ID of its trust domain.
+    /// at each handshake (and its sessions to resume), and a client
+    /// certificate required from its bundle, carrying a SPIFFE ID of its
+    /// trust domain.
     pub fn server_config(self: &Arc<Self>) -> ServerConfig {
         let live = Arc::new(Live(Arc::clone(self)));
-        ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the provider supports the default protocol versions")
             .with_client_cert_verifier(Arc::clone(&live) as Arc<dyn ClientCertVerifier>)
-            .with_cert_resolver(live)
+            .with_cert_resolver(Arc::clone(&live) as Arc<dyn ResolvesServerCert>);
+        config.session_storage = live;
+        config
     }
 
     /// How a meshed service's replicas are called: mutual TLS with the
@@ -225,19 +247,21 @@ impl MeshIdentity {
             identity: Arc::clone(self),
             expected: expected.map(str::to_string),
         };
-        let config = ClientConfig::builder_with_provider(provider())
+        let live = Arc::new(Live(Arc::clone(self)));
+        let mut config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .expect("the provider supports the default protocol versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(Live(Arc::clone(self))));
+            .with_client_cert_resolver(Arc::clone(&live) as Arc<dyn ResolvesClientCert>);
+        config.resumption = Resumption::store(live);
         Origination::new(config, None, Some(inbound_port))
     }
 }
 
 /// The chain in use, as rustls asks for it at each handshake: the
-/// certificate presented (to callers and to replicas) and the verifier of
-/// callers' certificates.
+/// certificate presented (to callers and to replicas), the verifier of
+/// callers' certificates, and the sessions to resume, each way.
 #[derive(Debug)]
 struct Live(Arc<MeshIdentity>);
 
@@ -253,6 +277,72 @@ impl ResolvesClientCert for Live {
     }
 
     fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Sessions with replicas belong to the chain that made them.
+impl ClientSessionStore for Live {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        let chain = self.0.current.load();
+        chain.replica_sessions.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        let chain = self.0.current.load();
+        chain.replica_sessions.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        let chain = self.0.current.load();
+        chain.replica_sessions.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        let chain = self.0.current.load();
+        chain.replica_sessions.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        let chain = self.0.current.load();
+        chain.replica_sessions.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        let chain = self.0.current.load();
+        chain
+            .replica_sessions
+            .insert_tls13_ticket(server_name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        let chain = self.0.current.load();
+        chain.replica_sessions.take_tls13_ticket(server_name)
+    }
+}
+
+/// Sessions with callers belong to the chain they were made with.
+impl StoresServerSessions for Live {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.current.load().caller_sessions.put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.current.load().caller_sessions.get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.current.load().caller_sessions.take(key)
+    }
+
+    fn can_cache(&self) -> bool {
         true
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::config::{
     format_duration, Config, ConfigError, InboundConfig, InboundTarget, RouteConfig, RouteTo,
-    SecretEnv, SourceKind,
+    SecretEnv, SourceKind, TlsMode,
 };
 use crate::tls::expired;
 use crate::tls::rotation::Rotating;
@@ -119,10 +119,16 @@ pub(crate) fn summary(path: &Path, config: &Config) -> String {
     let listeners = &config.listeners;
     let _ = writeln!(out, "{}: ok", path.display());
     let inbound = match &listeners.inbound {
-        Some(inbound) => match &inbound.target {
-            InboundTarget::App(app) => format!(", inbound {} (app {app})", inbound.bind),
-            InboundTarget::Routes => format!(", inbound {} (routes)", inbound.bind),
-        },
+        Some(inbound) => {
+            let tls = match inbound.tls.mode {
+                TlsMode::Off => String::new(),
+                mode => format!(", tls {}", mode.as_str()),
+            };
+            match &inbound.target {
+                InboundTarget::App(app) => format!(", inbound {} (app {app}{tls})", inbound.bind),
+                InboundTarget::Routes => format!(", inbound {} (routes{tls})", inbound.bind),
+            }
+        }
         None => String::new(),
     };
     let _ = writeln!(

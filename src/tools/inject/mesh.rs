@@ -1,15 +1,20 @@
 //! `--mesh`: the pod's mesh identity. The sidecar reads its certificate
-//! chain, key and the mesh's trust bundle from files (`mesh.identity` in
-//! its config); here they are mounted, read-only, at [`IDENTITY_DIR`] as
-//! `tls.crt`, `tls.key` and `ca.crt`, the names both sources write:
-//! cert-manager's csi-driver-spiffe (the default: a short-lived certificate
-//! for the pod's service account, renewed in place) or a Secret (as
-//! cert-manager's `Certificate` writes it).
+//! chain, key and the mesh's trust bundle from files; here they are
+//! mounted, read-only, at [`IDENTITY_DIR`] as `tls.crt`, `tls.key` and
+//! `ca.crt` ([`crate::config::IDENTITY_FILE_NAMES`]), the names both
+//! sources write: cert-manager's csi-driver-spiffe (the default: a
+//! short-lived certificate for the pod's service account, renewed in
+//! place) or a Secret (as cert-manager's `Certificate` writes it). The
+//! sidecar's environment ([`sidecar_env`]) points `mesh.identity` there and
+//! turns the inbound listener's mutual TLS on, where its config does not
+//! say otherwise.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde_norway::{Mapping, Value};
+
+use crate::config::{INBOUND_TLS_MODE, MESH_IDENTITY_DIR};
 
 /// The pod volume holding the identity files.
 pub(super) const IDENTITY_VOLUME: &str = "outrigger-identity";
@@ -106,14 +111,25 @@ pub(super) fn identity_mount() -> Value {
     Value::Mapping(mount)
 }
 
-/// The note `--mesh` leaves: `inject` mounts the identity but cannot see
-/// the config (the ConfigMap is not its input), which must use it.
+/// The sidecar's environment in the mesh: its identity in [`IDENTITY_DIR`]
+/// and mutual TLS required on its inbound listener, each taken only where
+/// the config leaves it out (a namespace migrating sets `permissive`).
+pub(super) fn sidecar_env() -> [(&'static str, &'static str); 2] {
+    [
+        (MESH_IDENTITY_DIR, IDENTITY_DIR),
+        (INBOUND_TLS_MODE, "mesh"),
+    ]
+}
+
+/// The note `--mesh` leaves: `inject` cannot see the config (the ConfigMap
+/// is not its input), where the calls that go over mutual TLS are chosen.
 pub(super) fn config_note(config_map: &str) -> String {
     format!(
-        "--mesh: the ConfigMap {config_map}'s sidecar.yaml must set mesh.identity \
-         (cert_file, key_file, ca_file: tls.crt, tls.key, ca.crt under {IDENTITY_DIR}) \
-         and listeners.inbound.tls.mode: mesh (or permissive), as \
-         sidecar-config/examples/mesh.yaml does"
+        "--mesh: the sidecar takes its identity from {IDENTITY_DIR} and only mutual TLS on \
+         its inbound listener ({MESH_IDENTITY_DIR}, {INBOUND_TLS_MODE}=mesh; the ConfigMap's \
+         own mesh.identity and listeners.inbound.tls.mode win); in the ConfigMap {config_map}'s \
+         sidecar.yaml, listeners.inbound must be set and the services called over mutual TLS \
+         need mesh: true"
     )
 }
 

@@ -49,8 +49,9 @@ pub struct Options {
     pub retarget_service: bool,
     /// Put the pods in the mesh: mount their identity (`--mesh-certs`)
     /// read-only at /var/run/outrigger/identity (tls.crt, tls.key, ca.crt),
-    /// where the ConfigMap's `mesh.identity` must point; its
-    /// `listeners.inbound.tls.mode` takes mutual TLS on port 15006.
+    /// and tell the sidecar to use it and to take only mutual TLS on its
+    /// inbound listener (15006), unless the ConfigMap's sidecar.yaml sets
+    /// `mesh.identity` or `listeners.inbound.tls.mode` itself.
     #[arg(long)]
     pub mesh: bool,
     /// Where the mesh identity comes from: `csi` (cert-manager's
@@ -158,7 +159,7 @@ pub fn inject(input: &str, options: &Options) -> Result<Injected, InjectError> {
 fn review_services(object: &mut Mapping, options: &Options, found: &mut Found) {
     let kind = text(object.get("kind"));
     if kind == "Service" && api_group(text(object.get("apiVersion"))).is_empty() {
-        if let Some(note) = service::review(object, &found.labels, options.retarget_service) {
+        if let Some(note) = service::review(object, &found.labels, options) {
             found.notes.push(note);
         }
     } else if kind.ends_with("List") {

@@ -4,7 +4,7 @@
 
 use serde_norway::{Mapping, Value};
 
-use super::mesh::{identity_mount, identity_volume, IDENTITY_VOLUME};
+use super::mesh::{identity_mount, identity_volume, sidecar_env, IDENTITY_VOLUME};
 use super::{shape, Options};
 
 /// The sidecar container's name; a pod that has a container or init
@@ -166,6 +166,8 @@ fn sidecar(options: &Options) -> Result<Value, String> {
     }
     if options.mesh {
         list(&mut container, "volumeMounts")?.push(identity_mount());
+        let env = list(&mut container, "env")?;
+        env.extend(sidecar_env().map(|(name, value)| variable(name, value)));
     }
     Ok(Value::Mapping(container))
 }

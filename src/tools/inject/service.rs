@@ -5,11 +5,12 @@
 //! not in its input), and retargeting a Service without it refuses every
 //! caller, so moving the Service is asked for with `--retarget-service`;
 //! without it, each such Service is named in a note saying callers bypass
-//! the listener.
+//! the listener. With `--mesh` the listener takes only mutual TLS, which
+//! the note on a retargeted Service says of its callers.
 
 use serde_norway::{Mapping, Value};
 
-use super::object_name;
+use super::{object_name, Options};
 
 /// The inbound listener's port in the injected sidecar. A number, not the
 /// port's name: a named `targetPort` is looked up in the pod's regular
@@ -17,13 +18,13 @@ use super::object_name;
 pub(super) const INBOUND_PORT: u64 = 15006;
 
 /// Looks at one Service given the labels of every injected pod template;
-/// retargets it when `retarget` and it has exactly one port. Returns a note
-/// for the user, or `None` when the Service selects no injected pod or
-/// already targets the inbound listener.
+/// retargets it when `--retarget-service` was given and it has exactly one
+/// port. Returns a note for the user, or `None` when the Service selects no
+/// injected pod or already targets the inbound listener.
 pub(super) fn review(
     service: &mut Mapping,
     injected: &[Mapping],
-    retarget: bool,
+    options: &Options,
 ) -> Option<String> {
     let name = object_name(service);
     let spec = service.get_mut("spec")?.as_mapping_mut()?;
@@ -41,7 +42,7 @@ pub(super) fn review(
     }
     let described: Vec<String> = ports.iter().map(describe).collect();
     let listed = described.join(", ");
-    if !retarget {
+    if !options.retarget_service {
         return Some(format!(
             "Service {name}: callers of {listed} still reach the app directly, bypassing the \
              sidecar's inbound listener (authentication, rate limits, cache); once the config sets \
@@ -64,9 +65,15 @@ pub(super) fn review(
         .map(scalar)
         .unwrap_or_default();
     port.insert("targetPort".into(), inbound);
+    let meshed = if options.mesh {
+        "; in the mesh it takes only mutual TLS, so the Service's callers must be meshed \
+         sidecars, or the config sets listeners.inbound.tls.mode: permissive for the others"
+    } else {
+        ""
+    };
     Some(format!(
         "Service {name}: {listed} now targets the sidecar's inbound listener ({INBOUND_PORT}); \
-         the config must set listeners.inbound with app: \"http://127.0.0.1:{app_port}\""
+         the config must set listeners.inbound with app: \"http://127.0.0.1:{app_port}\"{meshed}"
     ))
 }
 
