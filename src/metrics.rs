@@ -12,6 +12,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::core::grpc::GrpcCode;
+
 /// Histogram buckets suited to a sidecar: 50µs to 10s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -104,7 +106,13 @@ pub struct Metrics {
     /// Re-reads of rotated certificate files by result (`ok`: the new
     /// chain is in use; `error`: it could not be, the old one stays).
     pub tls_certificate_reloads: IntCounterVec,
+    /// Answers to gRPC requests (relayed or the sidecar's own), by
+    /// listener, service and `grpc-status` code name.
+    pub grpc_responses: IntCounterVec,
 }
+
+/// How many gRPC status codes there are (OK = 0 ... UNAUTHENTICATED = 16).
+const GRPC_CODES: usize = 17;
 
 /// The methods whose `http_requests_total` series are kept once first used.
 const COMMON_METHODS: [Method; 6] = [
@@ -132,6 +140,10 @@ pub struct RequestSeries {
     durations: HistogramVec,
     duration: OnceLock<Histogram>,
     common: Box<[OnceLock<IntCounter>]>,
+    grpc_family: IntCounterVec,
+    /// The `grpc_responses_total` series by code number, each resolved
+    /// when first counted.
+    grpc: [OnceLock<IntCounter>; GRPC_CODES],
 }
 
 impl RequestSeries {
@@ -164,6 +176,16 @@ impl RequestSeries {
                 .inc(),
             _ => self.family.with_label_values(&labels()).inc(),
         }
+    }
+
+    /// Counts one answer to a gRPC request with `grpc-status` `code`.
+    pub fn record_grpc(&self, code: GrpcCode) {
+        self.grpc[code.number() as usize]
+            .get_or_init(|| {
+                self.grpc_family
+                    .with_label_values(&[self.listener, &*self.service, code.name()])
+            })
+            .inc();
     }
 }
 
@@ -415,6 +437,11 @@ impl Metrics {
                 "Re-reads of rotated certificate files by result: ok (the new chain is in use), error (unusable: the old chain stays).",
                 &["result"],
             ),
+            grpc_responses: counter(
+                "grpc_responses_total",
+                "Answers to gRPC requests (relayed or the sidecar's own) by grpc-status code name.",
+                &["listener", "service", "code"],
+            ),
             registry,
         }
     }
@@ -430,6 +457,8 @@ impl Metrics {
             common: (0..COMMON_METHODS.len() * COMMON_STATUSES.len())
                 .map(|_| OnceLock::new())
                 .collect(),
+            grpc_family: self.grpc_responses.clone(),
+            grpc: std::array::from_fn(|_| OnceLock::new()),
         }
     }
 
