@@ -3,8 +3,10 @@
 //! `traceparent` set (`b3` passes untouched), bodies streamed
 //! in both directions and never buffered whole.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,7 +24,8 @@ use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, OutgoingBody};
-use super::listener::{BodyError, LimitedPayload, PeerIp};
+use super::grpc::GRPC_TIMEOUT;
+use super::listener::{BodyCopy, BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use crate::config::ReplicaProtocol;
 use crate::metrics::PoolGauges;
@@ -73,6 +76,9 @@ pub struct HeaderPlan<'a> {
     /// This hop's trace context: its `traceparent` replaces the caller's,
     /// and the caller's `tracestate` is dropped when the trace restarted.
     pub trace: Option<&'a Hop>,
+    /// The `grpc-timeout` the replica is told (what is left of a gRPC
+    /// caller's deadline), replacing the caller's.
+    pub grpc_timeout: Option<&'a HeaderValue>,
 }
 
 /// A request body: none, small enough to keep and send again, or streamed
@@ -83,14 +89,22 @@ pub enum RequestBody {
     /// The whole body, kept so a retry can send it again.
     Replayable(Bytes),
     /// The body as it arrives, its first bytes already in; `None` once a
-    /// try has taken it.
-    Streaming(Option<Peekable<LimitedPayload>>, BodyLength),
+    /// try has taken it. With a copy (a body of unannounced length that
+    /// may be retried), it can be sent again once it ended within the
+    /// replay limit.
+    Streaming(
+        Option<Peekable<LimitedPayload>>,
+        BodyLength,
+        Option<Rc<RefCell<BodyCopy>>>,
+    ),
 }
 
 impl RequestBody {
     /// Reads the body of `req`: kept in memory when it has a Content-Length
     /// of at most `replay_limit` bytes (when retries are possible at all),
-    /// otherwise left to stream once its first bytes are in, so that a
+    /// otherwise left to stream once its first bytes are in (an HTTP/2 body
+    /// without a length, as gRPC sends, streams with a copy kept up to
+    /// `replay_limit`: see [`RequestBody::replayable`]), so that a
     /// client that stalls or whose body is refused from the start holds no
     /// replica's connection and reaches no replica. A declared empty body
     /// (`Content-Length: 0`) is always kept: there is nothing to stream, and
@@ -107,6 +121,11 @@ impl RequestBody {
             (BodyLength::Sized(n), Some(limit)) => n <= u64::from(limit),
             _ => false,
         };
+        let mut payload = payload;
+        let copy = match (length, replay_limit) {
+            (BodyLength::Unknown, Some(limit)) => Some(payload.keep_copy(limit)),
+            _ => None,
+        };
         let mut payload = payload.peekable();
         if !replayable {
             match Pin::new(&mut payload).next_if(Result::is_err).await {
@@ -117,7 +136,7 @@ impl RequestBody {
                 }
                 _ => {}
             }
-            return Ok(RequestBody::Streaming(Some(payload), length));
+            return Ok(RequestBody::Streaming(Some(payload), length, copy));
         }
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -126,8 +145,16 @@ impl RequestBody {
         Ok(RequestBody::Replayable(body.freeze()))
     }
 
-    /// Whether another try can send this body again.
-    pub fn replayable(&self) -> bool {
+    /// Whether another try can send this body again: a streamed body
+    /// only when its copy holds all of it (it ended within the replay
+    /// limit while the try sent it), which it becomes.
+    pub fn replayable(&mut self) -> bool {
+        if let RequestBody::Streaming(_, _, Some(copy)) = self {
+            let whole = copy.borrow_mut().take_whole();
+            if let Some(whole) = whole {
+                *self = RequestBody::Replayable(whole);
+            }
+        }
         !matches!(self, RequestBody::Streaming(..))
     }
 }
@@ -172,6 +199,9 @@ fn outgoing_request(
     head.method = req.method().clone();
     head.uri = upstream_uri(target.path, req.uri().query())?;
     copy_request_headers(req, &mut head.headers, &target.headers, request_id);
+    if let Some(budget) = target.headers.grpc_timeout {
+        head.headers.insert(GRPC_TIMEOUT.clone(), budget.clone());
+    }
     if !target.headers.keep_host {
         let host = HeaderValue::from_str(target.address).map_err(|_| {
             CallError::Unsendable(format!("{} is not a valid Host", target.address))
@@ -182,7 +212,7 @@ fn outgoing_request(
     let outgoing = match body {
         RequestBody::Empty => OutgoingBody::Empty,
         RequestBody::Replayable(bytes) => OutgoingBody::Full(bytes.clone()),
-        RequestBody::Streaming(payload, length) => {
+        RequestBody::Streaming(payload, length, _) => {
             let payload = payload.take().ok_or_else(|| {
                 CallError::Unsendable("the request body was already sent".to_string())
             })?;

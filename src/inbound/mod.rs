@@ -395,6 +395,8 @@ impl<'a> Request<'a> {
             strip_authorization: self.gate.authenticator.strip_authorization,
             trust_forwarding: self.gate.trusts_forwarding(self.req),
             trace: Some(self.arrival.hop()),
+            // A gRPC caller's grpc-timeout reaches the app as the caller sent it.
+            grpc_timeout: None,
         }
     }
 

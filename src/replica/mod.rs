@@ -26,7 +26,7 @@ pub use crate::core::breaker::{
     BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker,
 };
 
-use crate::config::{BreakerConfig, Policy};
+use crate::config::{BreakerConfig, GrpcCode, Policy};
 use crate::core::backoff::Backoff;
 use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
@@ -99,6 +99,15 @@ impl Endpoint {
 pub enum Answer {
     /// The replica answered with this status.
     Status(u16),
+    /// The replica answered a gRPC request (HTTP 200) with this
+    /// `grpc-status`, which `circuit_breaker.grpc_failures` counts as a
+    /// `failure` or not.
+    Grpc {
+        /// The code.
+        code: GrpcCode,
+        /// Whether it is one of the service's `grpc_failures`.
+        failure: bool,
+    },
     /// The replica could not be reached or gave no usable answer.
     Error(UpstreamError),
     /// The caller went away first.
@@ -113,16 +122,18 @@ impl Answer {
             Answer::Status(status) if status >= 500 || status == 429 => {
                 latency.max(FAILURE_PENALTY)
             }
-            Answer::Error(_) => latency.max(FAILURE_PENALTY),
+            Answer::Grpc { failure: true, .. } | Answer::Error(_) => latency.max(FAILURE_PENALTY),
             _ => latency,
         }
     }
 
-    /// How the breaker counts it: 5xx and errors fail, other statuses succeed.
+    /// How the breaker counts it: 5xx, gRPC failures and errors fail,
+    /// other statuses and codes succeed.
     pub fn call_result(self) -> CallResult {
         match self {
             Answer::Status(status) if status >= 500 => CallResult::Failure,
-            Answer::Status(_) => CallResult::Success,
+            Answer::Status(_) | Answer::Grpc { failure: false, .. } => CallResult::Success,
+            Answer::Grpc { failure: true, .. } => CallResult::Failure,
             Answer::Error(_) => CallResult::Failure,
             Answer::Cancelled => CallResult::Cancelled,
         }
@@ -294,17 +305,22 @@ impl Replica {
         self.endpoint.to_string()
     }
 
+    fn count_status(&mut self, status: u16) {
+        let (service, replica) = (&*self.endpoint.service, &*self.endpoint.address);
+        let family = &self.metrics.upstream_requests;
+        series_of(&mut self.statuses_seen, status, || {
+            family.with_label_values(&[service, replica, &status.to_string()])
+        })
+        .inc();
+    }
+
     fn count_answer(&mut self, answer: Answer) {
         let service = &*self.endpoint.service;
         let replica = &*self.endpoint.address;
         match answer {
-            Answer::Status(status) => {
-                let family = &self.metrics.upstream_requests;
-                series_of(&mut self.statuses_seen, status, || {
-                    family.with_label_values(&[service, replica, &status.to_string()])
-                })
-                .inc();
-            }
+            Answer::Status(status) => self.count_status(status),
+            // A gRPC answer is an HTTP 200 (its code is `grpc_responses_total`'s).
+            Answer::Grpc { .. } => self.count_status(200),
             Answer::Error(kind) => {
                 let family = &self.metrics.upstream_errors;
                 series_of(&mut self.errors_seen, kind, || {

@@ -40,7 +40,7 @@ use actix_web::HttpRequest;
 use futures_util::future::Either;
 use log::{info, warn};
 
-pub use body::{BodyError, LimitedPayload};
+pub use body::{BodyCopy, BodyError, LimitedPayload};
 pub use front::{Arrival, Front};
 pub use head::check_head;
 pub use path::normal_path;
