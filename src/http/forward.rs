@@ -172,10 +172,14 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     let http2 = target.protocol.calls_http2(req.version());
     match outgoing_request(&target, req, body, request_id) {
-        Ok((head, outgoing)) => {
+        Ok((mut head, outgoing)) => {
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
             if http2 {
+                if takes_trailers(req.headers()) {
+                    head.headers
+                        .insert(header::TE, HeaderValue::from_static("trailers"));
+                }
                 let call = client.send_http2(address, tls, connections, head, outgoing, timeout);
                 // Boxed: HTTP/2's state would otherwise widen every call's future.
                 Either::Left(Either::Right(Box::pin(call)))
@@ -186,6 +190,19 @@ pub fn send<'a>(
         }
         Err(error) => Either::Right(ready(Err(error))),
     }
+}
+
+/// Whether the caller said it takes trailers (`te: trailers`), which a
+/// call over HTTP/2 passes on: it is the one `te` HTTP/2 allows, and gRPC
+/// servers refuse a call without it. (Over HTTP/1.1 `te` is hop-by-hop.)
+fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).any(|value| {
+        value.to_str().is_ok_and(|codings| {
+            codings
+                .split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
 }
 
 /// The head and body to send the replica for `req`.
