@@ -323,8 +323,13 @@ impl<'a> Request<'a> {
             path,
             headers: self.plan(&identity_headers),
             timeout: gate.timeout,
-            // The app is called over HTTP/1.1 whatever the caller spoke.
-            protocol: ReplicaProtocol::Http1,
+            // The app is called over HTTP/1.1 whatever the caller spoke,
+            // but a gRPC call, which only HTTP/2 carries.
+            protocol: if self.arrival.grpc() {
+                ReplicaProtocol::Http2
+            } else {
+                ReplicaProtocol::Http1
+            },
         };
         let payload = LimitedPayload::new(payload, &self.worker.front.limits);
         let mut body = match RequestBody::read(req, payload, None).await {
