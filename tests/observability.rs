@@ -199,7 +199,7 @@ async fn after_a_scripted_scenario_every_counter_has_its_value_and_promtool_pass
         (http("outbound", "limited", 429), 1.0),
         (http("outbound", "gone", 502), 1.0),
         (http("inbound", "app", 401), 1.0),
-        (format!("outrigger_grpc_responses_total{{code=\"UNIMPLEMENTED\",listener=\"outbound\",service=\"unknown\"}}"), 1.0),
+        ("outrigger_grpc_responses_total{code=\"UNIMPLEMENTED\",listener=\"outbound\",service=\"unknown\"}".to_string(), 1.0),
         (upstream("api", &ok, 200), 3.0),
         (upstream("flaky", &failing, 503), 2.0),
         (upstream("retried", &failing, 503), 1.0),

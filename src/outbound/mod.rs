@@ -526,3 +526,46 @@ fn log_if_slow(policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_earlier_of_timeout_and_the_callers_deadline_bounds_a_try() {
+        let policy = Policy::default();
+        let started = Instant::now();
+        let plain = Deadline::of(&policy, None, started);
+        let bound = plain.try_bound(&policy, started);
+        assert_eq!((bound.wait, bound.key.0), (policy.timeout, "timeout"));
+        assert!(
+            plain.caller_budget(started).is_none(),
+            "no grpc-timeout set"
+        );
+
+        let short = Deadline::of(&policy, Some((started + ms(200), ms(200))), started);
+        let bound = short.try_bound(&policy, started + ms(50));
+        assert_eq!(bound.wait, ms(150));
+        assert_eq!(bound.key, ("grpc-timeout", ms(200)));
+        let told = short.caller_budget(started + ms(50)).expect("a budget");
+        assert_eq!(grpc::timeout_in(&header_map(told)), Some(ms(150)));
+
+        // A longer caller deadline: timeout bounds the wait, the replica
+        // is still told the caller's.
+        let long = Deadline::of(&policy, Some((started + ms(60_000), ms(60_000))), started);
+        let bound = long.try_bound(&policy, started);
+        assert_eq!((bound.wait, bound.key.0), (policy.timeout, "timeout"));
+        let told = long.caller_budget(started).expect("a budget");
+        assert_eq!(grpc::timeout_in(&header_map(told)), Some(ms(60_000)));
+    }
+
+    fn header_map(grpc_timeout: HeaderValue) -> actix_web::http::header::HeaderMap {
+        let mut headers = actix_web::http::header::HeaderMap::new();
+        headers.insert(grpc::GRPC_TIMEOUT.clone(), grpc_timeout);
+        headers
+    }
+}
