@@ -6,6 +6,8 @@
 //! Inside, each module uses only those listed before it:
 //! - `wire`: the bytes under a connection, plain or TLS, either side;
 //! - `request_id`: the `x-request-id` every answer carries;
+//! - `trailers`: the slot for a message's trailers, filled when its body
+//!   ends;
 //! - `access`: what is recorded once a request is answered;
 //! - `listener`: serving clients we do not trust (limits, head and path
 //!   checks, the request body limit, draining and stopping);
@@ -21,5 +23,6 @@ pub(crate) mod client;
 pub mod forward;
 pub(crate) mod listener;
 pub(crate) mod request_id;
+pub(crate) mod trailers;
 pub(crate) mod tunnel;
 pub(crate) mod wire;
