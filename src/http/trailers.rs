@@ -24,6 +24,12 @@ impl Trailers {
         *self.0.borrow_mut() = Some(trailers);
     }
 
+    /// A copy of the trailers, once the body ended with some (a request
+    /// body sent again on a retry sends them again).
+    pub fn get(&self) -> Option<HeaderMap> {
+        self.0.borrow().clone()
+    }
+
     /// The trailers, once the body ended with some; the slot is empty after.
     pub fn take(&self) -> Option<HeaderMap> {
         self.0.borrow_mut().take()
