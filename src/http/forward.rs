@@ -1,7 +1,9 @@
 //! The HTTP call to a replica and the way its answer streams back: hop-by-hop
 //! headers dropped, `X-Forwarded-*`, `x-request-id` and this hop's
 //! `traceparent` set (`b3` passes untouched), bodies streamed
-//! in both directions and never buffered whole.
+//! in both directions and never buffered whole. Over HTTP/2, trailers pass
+//! both ways (the request's after its body, the replica's on the answer
+//! given to the listener) and the caller's `te: trailers` goes on.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -12,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_http::error::PayloadError;
-use actix_http::RequestHead;
+use actix_http::{HttpMessage, RequestHead};
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, Uri, Version};
@@ -23,10 +25,11 @@ use futures_util::stream::{FusedStream, Peekable};
 use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
-use super::client::{CallError, Client, OutgoingBody};
+use super::client::{CallError, Client, Http2Body, OutgoingBody};
 use super::grpc::GRPC_TIMEOUT;
 use super::listener::{BodyCopy, BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
+use super::trailers::Trailers;
 use crate::config::ReplicaProtocol;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
@@ -172,19 +175,16 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     let http2 = target.protocol.calls_http2(req.version());
     match outgoing_request(&target, req, body, request_id) {
-        Ok((mut head, outgoing)) => {
+        Ok((mut head, body)) => {
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
             if http2 {
-                if takes_trailers(req.headers()) {
-                    head.headers
-                        .insert(header::TE, HeaderValue::from_static("trailers"));
-                }
-                let call = client.send_http2(address, tls, connections, head, outgoing, timeout);
+                let body = pass_trailers(req, &mut head, body);
+                let call = client.send_http2(address, tls, connections, head, body, timeout);
                 // Boxed: HTTP/2's state would otherwise widen every call's future.
                 Either::Left(Either::Right(Box::pin(call)))
             } else {
-                let call = client.send(address, tls, connections, head, outgoing, timeout);
+                let call = client.send(address, tls, connections, head, body, timeout);
                 Either::Left(Either::Left(call))
             }
         }
@@ -192,9 +192,23 @@ pub fn send<'a>(
     }
 }
 
-/// Whether the caller said it takes trailers (`te: trailers`), which a
-/// call over HTTP/2 passes on: it is the one `te` HTTP/2 allows, and gRPC
-/// servers refuse a call without it. (Over HTTP/1.1 `te` is hop-by-hop.)
+/// What an HTTP/2 call passes on that an HTTP/1 call does not: the
+/// caller's `te: trailers` (gRPC servers ask for it; other `te` values stay
+/// dropped as hop-by-hop) and the caller's [`Trailers`], sent after the
+/// body once it ended with some.
+fn pass_trailers(req: &HttpRequest, head: &mut RequestHead, body: OutgoingBody) -> Http2Body {
+    if takes_trailers(req.headers()) {
+        head.headers
+            .append(header::TE, HeaderValue::from_static("trailers"));
+    }
+    Http2Body {
+        body,
+        trailers: req.extensions().get::<Trailers>().cloned(),
+    }
+}
+
+/// Whether the caller said it takes trailers (`te: trailers`, alone or in
+/// a list).
 fn takes_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).any(|value| {
         value.to_str().is_ok_and(|codings| {
@@ -264,9 +278,12 @@ impl<G: StreamGuard> StreamGuard for Option<G> {
 
 /// Streams the replica's answer back; `guard` lives until the body ends.
 /// The replica's headers move into the answer as they are, less the
-/// hop-by-hop ones and `Content-Length` (the body's framing sets it).
+/// hop-by-hop ones and `Content-Length` (the body's framing sets it); an
+/// HTTP/2 answer's [`Trailers`] go in the answer's extensions, for an
+/// HTTP/2 caller's listener to send after the body.
 pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let status = upstream.status();
+    let trailers = upstream.trailers().cloned();
     let mut headers = upstream.take_headers();
     let length = headers
         .remove(header::CONTENT_LENGTH)
@@ -284,6 +301,9 @@ pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> Http
         None => HttpResponse::with_body(status, BodyStream::new(body)).map_into_boxed_body(),
     };
     *response.headers_mut() = headers;
+    if let Some(trailers) = trailers {
+        response.extensions_mut().insert(trailers);
+    }
     response
 }
 

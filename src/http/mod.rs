@@ -8,6 +8,8 @@
 //! - `request_id`: the `x-request-id` every answer carries;
 //! - `grpc`: what gRPC means for a request and its answer (detection,
 //!   `grpc-status`, `grpc-timeout`, trailers-only answers);
+//! - `trailers`: the slot for a message's trailers, filled when its body
+//!   ends;
 //! - `access`: what is recorded once a request is answered;
 //! - `listener`: serving clients we do not trust (limits, head and path
 //!   checks, the request body limit, draining and stopping);
@@ -24,5 +26,6 @@ pub mod forward;
 pub(crate) mod grpc;
 pub(crate) mod listener;
 pub(crate) mod request_id;
+pub(crate) mod trailers;
 pub(crate) mod tunnel;
 pub(crate) mod wire;

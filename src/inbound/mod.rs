@@ -227,8 +227,10 @@ impl<'a> Request<'a> {
         path: &str,
         upgrade: bool,
     ) -> Step<(Identity, Option<Carried<'a>>)> {
-        let peer = self.req.conn_data::<PeerIdentity>();
-        if let Err(refusal) = auth::authorize_peer(&self.gate.config.authorization, peer, path) {
+        let peer = listener::connection_data::<PeerIdentity>(self.req);
+        if let Err(refusal) =
+            auth::authorize_peer(&self.gate.config.authorization, peer.as_ref(), path)
+        {
             return ControlFlow::Break(self.refuse(&refusal));
         }
         let authenticator = &self.gate.authenticator;
@@ -244,7 +246,7 @@ impl<'a> Request<'a> {
         match authenticator.authenticate(self.req, path, token).await {
             Ok(mut identity) => {
                 identity.client_ip = self.gate.client_ip(self.req);
-                identity.peer = peer.cloned();
+                identity.peer = peer;
                 ControlFlow::Continue((identity, carried))
             }
             Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),

@@ -20,6 +20,7 @@ use super::http2::Receiving;
 use super::pool::{Connection, Counted};
 use super::stream::Transport;
 use super::Shared;
+use crate::http::trailers::Trailers;
 use crate::tls::Origination;
 
 /// The answer head from a replica, with its body still to stream.
@@ -111,6 +112,15 @@ impl UpstreamResponse {
     /// The replica's headers.
     pub fn headers(&self) -> &HeaderMap {
         &self.head.headers
+    }
+
+    /// Where the replica's trailers go once the body has ended: an HTTP/2
+    /// answer's (an HTTP/1 answer's trailers, if chunked, are not kept).
+    pub fn trailers(&self) -> Option<&Trailers> {
+        match &self.body {
+            Body::Http2(receiving) => Some(receiving.trailers()),
+            _ => None,
+        }
     }
 
     /// Takes the replica's headers out of the answer, to pass them on

@@ -16,6 +16,7 @@ use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::HttpRequest;
 use futures_util::Stream;
 
+use super::connection::connection_data;
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, MAX_BODY_BYTES};
 use super::stream::ChunkVerdict;
@@ -129,7 +130,9 @@ impl BodyError {
     /// answered for that line.
     pub fn refusal(&self, req: &HttpRequest) -> ProxyError {
         let chunk = match self {
-            Self::Client(_) => req.conn_data::<ChunkVerdict>().and_then(ChunkVerdict::get),
+            Self::Client(_) => {
+                connection_data::<ChunkVerdict>(req).and_then(|verdict| verdict.get())
+            }
             _ => None,
         };
         match (self, chunk) {

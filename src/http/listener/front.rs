@@ -76,7 +76,7 @@ impl Front {
     }
 
     /// The sidecar's stop, as this listener sees it.
-    pub fn stopping(&self) -> &Stopping {
+    pub fn stopping(&self) -> &Arc<Stopping> {
         &self.stopping
     }
 
