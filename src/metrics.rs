@@ -140,10 +140,29 @@ pub struct RequestSeries {
     durations: HistogramVec,
     duration: OnceLock<Histogram>,
     common: Box<[OnceLock<IntCounter>]>,
-    grpc_family: IntCounterVec,
-    /// The `grpc_responses_total` series by code number, each resolved
-    /// when first counted.
-    grpc: [OnceLock<IntCounter>; GRPC_CODES],
+    grpc: Arc<GrpcSeries>,
+}
+
+/// The `grpc_responses_total` series of one listener and service, by code
+/// number, each resolved when first counted; shared with the answers whose
+/// code comes in their trailers, counted when their body ends.
+pub struct GrpcSeries {
+    listener: &'static str,
+    service: Arc<str>,
+    family: IntCounterVec,
+    codes: [OnceLock<IntCounter>; GRPC_CODES],
+}
+
+impl GrpcSeries {
+    /// Counts one answer to a gRPC request with `grpc-status` `code`.
+    pub fn record(&self, code: GrpcCode) {
+        self.codes[code.number() as usize]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[self.listener, &*self.service, code.name()])
+            })
+            .inc();
+    }
 }
 
 impl RequestSeries {
@@ -178,14 +197,9 @@ impl RequestSeries {
         }
     }
 
-    /// Counts one answer to a gRPC request with `grpc-status` `code`.
-    pub fn record_grpc(&self, code: GrpcCode) {
-        self.grpc[code.number() as usize]
-            .get_or_init(|| {
-                self.grpc_family
-                    .with_label_values(&[self.listener, &*self.service, code.name()])
-            })
-            .inc();
+    /// The `grpc_responses_total` series of the same listener and service.
+    pub fn grpc(&self) -> &Arc<GrpcSeries> {
+        &self.grpc
     }
 }
 
@@ -448,17 +462,22 @@ impl Metrics {
 
     /// The request series of `service` at `listener` (`outbound`, `inbound`).
     pub fn requests(&self, listener: &'static str, service: &str) -> RequestSeries {
+        let service: Arc<str> = Arc::from(service);
         RequestSeries {
             listener,
-            service: Arc::from(service),
+            service: Arc::clone(&service),
             family: self.http_requests.clone(),
             durations: self.http_request_duration.clone(),
             duration: OnceLock::new(),
             common: (0..COMMON_METHODS.len() * COMMON_STATUSES.len())
                 .map(|_| OnceLock::new())
                 .collect(),
-            grpc_family: self.grpc_responses.clone(),
-            grpc: std::array::from_fn(|_| OnceLock::new()),
+            grpc: Arc::new(GrpcSeries {
+                listener,
+                service,
+                family: self.grpc_responses.clone(),
+                codes: std::array::from_fn(|_| OnceLock::new()),
+            }),
         }
     }
 

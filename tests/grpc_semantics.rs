@@ -4,7 +4,7 @@
 //! callers are trailers-only with the contract's codes on both listeners,
 //! the caller's `grpc-timeout` bounds the call and reaches the replica as
 //! what is left of it, and `grpc_responses_total` counts every answer by
-//! code. (Successful calls need trailers passed on: see docs/guide/http2.md.)
+//! code, from the trailers when the head carries none.
 
 mod support;
 
@@ -37,12 +37,7 @@ fn grpc_responses(listener: &str, service: &str, code: &str) -> String {
 #[actix_web::test]
 async fn unavailable_is_retried_on_another_replica_and_opens_its_breaker() {
     let unavailable = GrpcReplica::start_with("down", &["--status", "UNAVAILABLE"]);
-    // PERMISSION_DENIED is in neither retry.on nor grpc_failures: a caller
-    // seeing it was answered by these, after a retry when it went to `down` first.
-    let denying = [
-        GrpcReplica::start_with("deny-1", &["--status", "PERMISSION_DENIED"]),
-        GrpcReplica::start_with("deny-2", &["--status", "PERMISSION_DENIED"]),
-    ];
+    let healthy = [GrpcReplica::start("echo-1"), GrpcReplica::start("echo-2")];
     let sidecar = sidecar_from(
         &format!(
             "{LISTENERS}
@@ -53,8 +48,8 @@ services:
     circuit_breaker: {{ failure_threshold: 2 }}
     retry: {{ base_delay: 300ms, max_delay: 300ms, jitter: 0 }}",
             unavailable.address(),
-            denying[0].address(),
-            denying[1].address()
+            healthy[0].address(),
+            healthy[1].address()
         ),
         &[],
     )
@@ -73,10 +68,18 @@ services:
                 .timeout(Duration::from_secs(5)),
         )
         .await;
-        assert_eq!(outcome.code, "PERMISSION_DENIED", "retried: {outcome:?}");
+        assert_eq!(
+            outcome.code, "OK",
+            "retried on another replica: {outcome:?}"
+        );
+        assert_eq!(outcome.messages, ["hello"]);
         assert_ne!(
-            outcome.trailing.get("x-replica").map(String::as_str),
+            outcome.initial.get("x-replica").map(String::as_str),
             Some("down")
+        );
+        assert_eq!(
+            outcome.trailing.get("x-trailer").map(String::as_str),
+            Some("done")
         );
         let seen: u64 = outcome.trailing["x-deadline-ms"]
             .parse()
@@ -97,26 +100,72 @@ services:
         breaker_state(&admin, &key).await == "open"
     })
     .await;
-    for healthy in &denying {
+    for healthy in &healthy {
         let key = format!("echo/{}", healthy.address());
-        assert_eq!(
-            breaker_state(&admin, &key).await,
-            "closed",
-            "PERMISSION_DENIED is no failure"
-        );
+        assert_eq!(breaker_state(&admin, &key).await, "closed");
     }
     let metrics = get_text(&format!("{admin}/metrics")).await;
     assert_eq!(
-        metric(
-            &metrics,
-            &grpc_responses("outbound", "echo", "PERMISSION_DENIED")
-        ),
+        metric(&metrics, &grpc_responses("outbound", "echo", "OK")),
         Some(6.0),
-        "{metrics}"
+        "each counted when its trailers passed: {metrics}"
     );
     assert_eq!(
         metric(&metrics, &grpc_responses("outbound", "echo", "UNAVAILABLE")),
         None
+    );
+}
+
+#[actix_web::test]
+async fn a_grpc_status_in_the_trailers_is_the_outcome() {
+    let replica = GrpcReplica::start("late");
+    let sidecar = sidecar_from(
+        &format!(
+            "{LISTENERS}
+services:
+  - name: echo
+    endpoints: [\"{}\"]
+    circuit_breaker: {{ failure_threshold: 2, grpc_failures: [internal] }}",
+            replica.address()
+        ),
+        &[],
+    )
+    .await;
+    let outbound = sidecar.outbound_addr().to_string();
+    let admin = format!("http://{}", sidecar.admin_addr());
+    let key = format!("echo/{}", replica.address());
+    let fail_late = |code: &'static str| {
+        grpc_call(
+            &outbound,
+            "FailLate",
+            CallArgs::new().authority("echo").payload(code),
+        )
+    };
+    // UNAVAILABLE is not among this service's grpc_failures.
+    for _ in 0..3 {
+        let outcome = fail_late("UNAVAILABLE").await;
+        assert_eq!(outcome.code, "UNAVAILABLE", "{outcome:?}");
+        assert_eq!(
+            outcome.initial.get("x-replica").map(String::as_str),
+            Some("late")
+        );
+    }
+    assert_eq!(breaker_state(&admin, &key).await, "closed");
+    for _ in 0..2 {
+        assert_eq!(fail_late("INTERNAL").await.code, "INTERNAL");
+    }
+    eventually("two INTERNALs in trailers open the breaker", || async {
+        breaker_state(&admin, &key).await == "open"
+    })
+    .await;
+    let metrics = get_text(&format!("{admin}/metrics")).await;
+    assert_eq!(
+        metric(&metrics, &grpc_responses("outbound", "echo", "UNAVAILABLE")),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&metrics, &grpc_responses("outbound", "echo", "INTERNAL")),
+        Some(2.0)
     );
 }
 
@@ -269,7 +318,7 @@ fn bearer(user: &str) -> String {
 
 #[actix_web::test]
 async fn inbound_refusals_are_grpc_answers_and_the_identity_reaches_the_app() {
-    let app = GrpcReplica::start_with("app", &["--status", "NOT_FOUND"]);
+    let app = GrpcReplica::start("app");
     let yaml = format!(
         "{}
 inbound:
@@ -288,16 +337,16 @@ inbound:
 
     let token = bearer("ana");
     for _ in 0..2 {
-        // The app answers NOT_FOUND (trailers-only, as the sidecar passes it).
         let passed = call(CallArgs::new().metadata("authorization", &token)).await;
-        assert_eq!(passed.code, "NOT_FOUND", "reached the app: {passed:?}");
+        assert_eq!(passed.code, "OK", "reached the app: {passed:?}");
+        assert_eq!(passed.messages, ["x"]);
         assert_eq!(
-            passed.trailing.get("x-replica").map(String::as_str),
+            passed.initial.get("x-replica").map(String::as_str),
             Some("app")
         );
         assert_eq!(
             passed
-                .trailing
+                .initial
                 .get("echo-x-outrigger-user")
                 .map(String::as_str),
             Some("ana"),
@@ -305,7 +354,7 @@ inbound:
         );
         assert_eq!(
             passed
-                .trailing
+                .initial
                 .get("echo-x-outrigger-auth")
                 .map(String::as_str),
             Some("jwt")
@@ -318,7 +367,7 @@ inbound:
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     for (code, count) in [
         ("UNAUTHENTICATED", 1.0),
-        ("NOT_FOUND", 2.0),
+        ("OK", 2.0),
         ("RESOURCE_EXHAUSTED", 1.0),
     ] {
         assert_eq!(

@@ -263,6 +263,9 @@ pub trait StreamGuard: Unpin + 'static {
     /// The body broke off after the head was passed on (the caller sees the
     /// answer cut). Nothing by default.
     fn broke(&mut self, _error: &PayloadError) {}
+
+    /// The body ended, its trailers (if any) read. Nothing by default.
+    fn ended(&mut self) {}
 }
 
 impl StreamGuard for () {}
@@ -272,6 +275,12 @@ impl<G: StreamGuard> StreamGuard for Option<G> {
     fn broke(&mut self, error: &PayloadError) {
         if let Some(guard) = self {
             guard.broke(error);
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(guard) = self {
+            guard.ended();
         }
     }
 }
@@ -338,8 +347,10 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let item = Pin::new(&mut this.body).poll_next(cx);
-        if let Poll::Ready(Some(Err(error))) = &item {
-            this.guard.broke(error);
+        match &item {
+            Poll::Ready(Some(Err(error))) => this.guard.broke(error),
+            Poll::Ready(None) => this.guard.ended(),
+            _ => {}
         }
         item
     }

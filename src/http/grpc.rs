@@ -6,14 +6,21 @@
 //! gRPC client reads no HTTP error status. The codes themselves are
 //! [`GrpcCode`]s.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
 use actix_web::HttpResponse;
 
+use super::trailers::Trailers;
 pub use crate::core::grpc::GrpcCode;
 use crate::error::ProxyError;
+use crate::metrics::GrpcSeries;
 
 /// The answer's status code, in its headers (trailers-only) or trailers.
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -42,13 +49,18 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 /// defines is read as UNKNOWN, as gRPC clients read it; a value that is
 /// no number is no status.
 pub fn status_in(headers: &HeaderMap) -> Option<GrpcCode> {
-    let number: u32 = headers
-        .get(&GRPC_STATUS)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    code_of(headers.get(&GRPC_STATUS)?.as_bytes())
+}
+
+/// The `grpc-status` at the end of an answer, in its `trailers` (once its
+/// body has ended), if any.
+pub fn status_in_trailers(trailers: &Trailers) -> Option<GrpcCode> {
+    code_of(trailers.get()?.get(GRPC_STATUS.as_str())?.as_bytes())
+}
+
+/// The code a `grpc-status` value names (see [`status_in`]).
+fn code_of(value: &[u8]) -> Option<GrpcCode> {
+    let number: u32 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
     Some(GrpcCode::from_number(number).unwrap_or(GrpcCode::Unknown))
 }
 
@@ -119,6 +131,53 @@ pub fn relayed(response: &mut HttpResponse) -> Option<GrpcCode> {
     let message = format!("the replica answered HTTP {status} instead of a gRPC status");
     *response = trailers_only(code, &message);
     Some(code)
+}
+
+/// Counts `response`, a gRPC answer whose `grpc-status` comes in its
+/// trailers, in `series` when its body ends: its code then, or UNKNOWN when
+/// it ended without one (what the caller is left with). An answer with no
+/// trailers to come (not from an HTTP/2 replica) is not counted.
+pub fn count_at_end(response: &mut HttpResponse, series: &Arc<GrpcSeries>) {
+    let Some(trailers) = response.extensions().get::<Trailers>().cloned() else {
+        return;
+    };
+    let series = Arc::clone(series);
+    let answer = std::mem::replace(response, HttpResponse::new(StatusCode::OK));
+    *response = answer.map_body(|_, body| {
+        BoxBody::new(CountedAtEnd {
+            body,
+            trailers,
+            series,
+        })
+    });
+}
+
+/// An answer body that counts its gRPC code once it ends.
+struct CountedAtEnd {
+    body: BoxBody,
+    trailers: Trailers,
+    series: Arc<GrpcSeries>,
+}
+
+impl MessageBody for CountedAtEnd {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        let item = ready!(Pin::new(&mut this.body).poll_next(cx));
+        if item.is_none() {
+            let code = status_in_trailers(&this.trailers).unwrap_or(GrpcCode::Unknown);
+            this.series.record(code);
+        }
+        Poll::Ready(item)
+    }
 }
 
 /// A trailers-only gRPC answer: HTTP 200, `grpc-status` `code`, `message`

@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 pub use route::{resolve, Route};
 
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{Config, Policy};
+use crate::config::{Config, GrpcCodes, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer};
@@ -29,6 +29,7 @@ use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::grpc;
 use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
+use crate::http::trailers::Trailers;
 use crate::http::tunnel;
 use crate::logging::summary::{self, Topic};
 use crate::metrics::RequestSeries;
@@ -224,7 +225,16 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(error) => error.kind().map_or(Answer::Cancelled, Answer::Error),
         };
-        lease.report(answer);
+        match &result {
+            // Its grpc-status comes in its trailers: reported when its
+            // body ends (`Streaming::ended`).
+            Ok(response)
+                if grpc && answer == Answer::Status(200) && response.trailers().is_some() =>
+            {
+                lease.head_arrived()
+            }
+            _ => lease.report(answer),
+        }
         let answered = Instant::now();
         if result.is_ok() {
             service
@@ -480,10 +490,16 @@ impl Try {
     fn into_response(self, slot: InFlight, outgoing: Outgoing<'_>) -> HttpResponse {
         match self.result {
             Ok(response) => {
+                let grpc_failures = outgoing.settings.policy.circuit_breaker.grpc_failures;
+                let outcome_in_trailers = match self.lease.unreported() {
+                    true => response.trailers().cloned().map(|t| (t, grpc_failures)),
+                    false => None,
+                };
                 let streaming = Streaming {
                     lease: self.lease,
                     _slot: slot,
                     request_id: outgoing.arrival.request_id().clone(),
+                    outcome_in_trailers,
                 };
                 forward::respond(response, streaming)
             }
@@ -499,11 +515,14 @@ impl Try {
 }
 
 /// What an outbound answer holds while its body streams: the lease on the
-/// replica and the service's concurrency slot.
+/// replica and the service's concurrency slot; for a gRPC answer whose
+/// `grpc-status` comes in its trailers, those trailers and the codes that
+/// fail, to report the outcome when the body ends.
 struct Streaming {
     lease: Lease,
     _slot: InFlight,
     request_id: HeaderValue,
+    outcome_in_trailers: Option<(Trailers, GrpcCodes)>,
 }
 
 impl forward::StreamGuard for Streaming {
@@ -514,6 +533,21 @@ impl forward::StreamGuard for Streaming {
             self.lease.endpoint()
         );
         self.lease.report_broken_body();
+    }
+
+    /// A gRPC answer's outcome is the `grpc-status` of its trailers (an
+    /// answer that ended without one counts as the HTTP 200 it had).
+    fn ended(&mut self) {
+        if let Some((trailers, failures)) = self.outcome_in_trailers.take() {
+            let answer = match grpc::status_in_trailers(&trailers) {
+                Some(code) => Answer::Grpc {
+                    code,
+                    failure: failures.contains(code),
+                },
+                None => Answer::Status(200),
+            };
+            self.lease.report(answer);
+        }
     }
 }
 

@@ -147,6 +147,9 @@ pub struct Lease {
     endpoint: Arc<Endpoint>,
     admission: Admission,
     started: Instant,
+    /// When the answer's head came, if its outcome comes later (in its
+    /// trailers): the latency reported then.
+    head_after: Option<Duration>,
     reported: bool,
 }
 
@@ -156,6 +159,7 @@ impl Lease {
             endpoint: Arc::clone(endpoint),
             admission,
             started: Instant::now(),
+            head_after: None,
             reported: false,
         }
     }
@@ -179,6 +183,18 @@ impl Lease {
         batch::send(&self.endpoint, outcome);
     }
 
+    /// Notes that the answer's head came now but its outcome comes with
+    /// its trailers (a streamed gRPC answer): the [`Lease::report`] made
+    /// then counts the time to this head, not the stream's life.
+    pub fn head_arrived(&mut self) {
+        self.head_after = Some(self.started.elapsed());
+    }
+
+    /// Whether the outcome is still to be reported.
+    pub fn unreported(&self) -> bool {
+        !self.reported
+    }
+
     /// Sends the outcome to the replica actor (batched with the worker's
     /// other outcomes, see [`OUTCOME_BATCH`]); later reports are ignored.
     pub fn report(&mut self, answer: Answer) {
@@ -188,7 +204,7 @@ impl Lease {
         self.reported = true;
         let outcome = Outcome {
             answer,
-            latency: self.started.elapsed(),
+            latency: self.head_after.unwrap_or_else(|| self.started.elapsed()),
             probe: self.admission == Admission::Probe,
             after_head: false,
         };

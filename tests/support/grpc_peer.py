@@ -14,7 +14,8 @@ handlers with raw-bytes messages, so no .proto file or protoc is needed.
 Methods: Unary echoes its request; ServerStream answers N messages
 `msg-<i>` for a request of N; ClientStream answers
 `messages=<n> bytes=<m>`; Bidi echoes each message; Fail aborts with the
-code its request names; Slow sleeps the milliseconds its request names.
+code its request names (trailers-only); FailLate sends its initial metadata
+first, so that code comes in the trailers; Slow sleeps the milliseconds its request names.
 Every answer's initial metadata names the replica (`x-replica`) and echoes
 the caller's `x-*` metadata as `echo-x-*`; its trailing metadata carries
 `x-trailer: done` and `x-deadline-ms`, the caller's deadline as the
@@ -110,6 +111,10 @@ class Echo:
     def fail_as_asked(self, request, context):
         self.fail(context, code_named(request.decode()), "asked to fail")
 
+    def fail_late(self, request, context):
+        context.send_initial_metadata([("x-replica", self.name)])
+        context.abort(code_named(request.decode()), "asked to fail after the head")
+
     def slow(self, request, context):
         self.arrive(context)
         time.sleep(int(request or b"0") / 1000)
@@ -124,6 +129,7 @@ def serve(args):
         "ClientStream": grpc.stream_unary_rpc_method_handler(echo.client_stream, raw, raw),
         "Bidi": grpc.stream_stream_rpc_method_handler(echo.bidi, raw, raw),
         "Fail": grpc.unary_unary_rpc_method_handler(echo.fail_as_asked, raw, raw),
+        "FailLate": grpc.unary_unary_rpc_method_handler(echo.fail_late, raw, raw),
         "Slow": grpc.unary_unary_rpc_method_handler(echo.slow, raw, raw),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=128))

@@ -173,7 +173,8 @@ impl Arrival<'_> {
     /// access line, span) and ends the request's time in progress. A gRPC
     /// caller's answer is first made one a gRPC client reads
     /// ([`grpc::relayed`]: a replica's HTTP error becomes a trailers-only
-    /// answer) and counted by its `grpc-status` when its head carries one. While
+    /// answer) and counted by its `grpc-status` (from its trailers, when
+    /// its body ends, unless its head carries one). While
     /// the sidecar drains, the answer closes its connection, so a
     /// keep-alive client reconnects (elsewhere, once endpoints follow
     /// `/ready`) before the listener closes instead of sending a request it
@@ -186,8 +187,9 @@ impl Arrival<'_> {
     ) {
         let front = self.front;
         if self.grpc {
-            if let Some(code) = grpc::relayed(response) {
-                series.record_grpc(code);
+            match grpc::relayed(response) {
+                Some(code) => series.grpc().record(code),
+                None => grpc::count_at_end(response, series.grpc()),
             }
         }
         let answering = Answering::begin(front.listener, self.started, &self.request_id, &self.hop);
