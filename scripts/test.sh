@@ -2,8 +2,8 @@
 # Runs every check CI runs: formatting, lints, docs, the dependency policy
 # (deny.toml), unit and integration tests.
 # Installs what the tests need when it is missing (redis-server, openssl,
-# dnsmasq, prometheus, nginx, curl and h2load via apt-get, kubernetes-validate, pyjwt and
-# cryptography via pip, rustfmt/clippy via rustup, cargo-deny via cargo
+# dnsmasq, prometheus, nginx, curl and h2load via apt-get, kubernetes-validate, pyjwt,
+# cryptography and grpcio via pip, rustfmt/clippy via rustup, cargo-deny via cargo
 # install); Rust crates come through cargo.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -48,6 +48,13 @@ if ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
   log "installing pyjwt and cryptography"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
     'pyjwt==2.15.1' 'cryptography==48.0.0'
+fi
+# grpcio is the independent gRPC client and server of the gRPC tests
+# (tests/support/grpc_peer.py).
+if ! python3 -c 'import grpc' >/dev/null 2>&1; then
+  log "installing grpcio"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    'grpcio==1.85.4'
 fi
 if ! command -v cargo-deny >/dev/null 2>&1; then
   log "installing cargo-deny (a few minutes, once)"

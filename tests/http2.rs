@@ -10,7 +10,8 @@
 //! HTTP/1.1 callers, streams sharing a connection per worker up to the
 //! replica's stream limit, a request body and its answer streaming at once,
 //! a GOAWAY that drains a connection, a replica
-//! killed mid-stream, and the breaker of a dead one.
+//! killed mid-stream, and the breaker of a dead one. A real gRPC client
+//! (grpcio) gets a replica's gRPC answer with its code and metadata.
 
 mod support;
 
@@ -21,6 +22,7 @@ use serde_json::json;
 use support::client::get_text;
 use support::eventually::eventually;
 use support::files::TempDir;
+use support::grpc::{grpc_call, CallArgs, GrpcReplica};
 use support::h2_replica::H2Replica;
 use support::h2c::{curl, curl_exit, h2c, h2load};
 use support::metrics::{metric, metric_sum};
@@ -574,4 +576,36 @@ services:
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     let transitions = "outrigger_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}";
     assert_eq!(metric(&metrics, transitions), Some(1.0), "{metrics}");
+}
+
+#[actix_web::test]
+async fn a_grpc_answer_without_a_body_passes_through_with_its_code_and_metadata() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+  - {{ name: echo, endpoints: [\"{}\"], retry: {{ attempts: 1 }} }}",
+            replica.address()
+        ),
+        &[],
+    )
+    .await;
+    let outcome = grpc_call(
+        &sidecar.outbound_addr().to_string(),
+        "Fail",
+        CallArgs::new()
+            .authority("echo")
+            .payload("RESOURCE_EXHAUSTED"),
+    )
+    .await;
+    assert_eq!(outcome.code, "RESOURCE_EXHAUSTED", "{outcome:?}");
+    assert_eq!(outcome.details, "asked to fail");
+    assert_eq!(
+        outcome.trailing.get("x-replica").map(String::as_str),
+        Some("echo-1"),
+        "{outcome:?}"
+    );
 }

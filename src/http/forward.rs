@@ -152,7 +152,14 @@ pub fn send<'a>(
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
             if http2 {
-                let body = pass_trailers(req, &mut head, body);
+                if takes_trailers(req.headers()) {
+                    head.headers
+                        .insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+                let body = Http2Body {
+                    body,
+                    trailers: req.extensions().get::<Trailers>().cloned(),
+                };
                 let call = client.send_http2(address, tls, connections, head, body, timeout);
                 // Boxed: HTTP/2's state would otherwise widen every call's future.
                 Either::Left(Either::Right(Box::pin(call)))
@@ -165,23 +172,17 @@ pub fn send<'a>(
     }
 }
 
-/// What an HTTP/2 call passes on that an HTTP/1 call does not: the
-/// caller's `te: trailers` (gRPC servers ask for it; other `te` values stay
-/// dropped as hop-by-hop) and the caller's [`Trailers`], sent after the
-/// body once it ended with some.
-fn pass_trailers(req: &HttpRequest, head: &mut RequestHead, body: OutgoingBody) -> Http2Body {
-    let asks_trailers = req
-        .headers()
-        .get_all(header::TE)
-        .any(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if asks_trailers {
-        head.headers
-            .append(header::TE, HeaderValue::from_static("trailers"));
-    }
-    Http2Body {
-        body,
-        trailers: req.extensions().get::<Trailers>().cloned(),
-    }
+/// Whether the caller said it takes trailers (`te: trailers`), which a
+/// call over HTTP/2 passes on: it is the one `te` HTTP/2 allows, and gRPC
+/// servers refuse a call without it. (Over HTTP/1.1 `te` is hop-by-hop.)
+fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).any(|value| {
+        value.to_str().is_ok_and(|codings| {
+            codings
+                .split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+        })
+    })
 }
 
 /// The head and body to send the replica for `req`.

@@ -1,5 +1,5 @@
 //! Test harness for the integration tests: real servers on loopback ports
-//! (replicas, a registry, Redis, nginx, misbehaving peers), the sidecar
+//! (replicas, a registry, Redis, nginx, gRPC peers, misbehaving peers), the sidecar
 //! in this process or as the real binary, and helpers to talk to it and
 //! wait on it (`eventually` polls with a deadline instead of sleeping).
 //!
@@ -17,6 +17,7 @@ pub mod client;
 pub mod eventually;
 pub mod faults;
 pub mod files;
+pub mod grpc;
 pub mod h2_replica;
 pub mod h2c;
 pub mod keep_alive;

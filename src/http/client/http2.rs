@@ -29,8 +29,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_http::error::PayloadError;
-use actix_http::header::{HeaderMap, HOST};
-use actix_http::{RequestHead, ResponseHead, Version};
+use actix_http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, HOST};
+use actix_http::{Method, RequestHead, ResponseHead, Version};
 use actix_web::web::Bytes;
 use foldhash::HashMap;
 use futures_util::future::{select, Either};
@@ -253,10 +253,22 @@ pub(super) async fn send(
         }
     };
     let (parts, answer_body) = response.into_parts();
+    let request_method = head.method.clone();
     let mut head = ResponseHead::new(parts.status);
     head.version = Version::HTTP_2;
     head.headers = HeaderMap::from(parts.headers);
     if answer_body.is_end_stream() {
+        // The head ended the stream: the body is empty, and says so, so
+        // the caller's answer ends with its head too (a gRPC trailers-only
+        // answer stays one). A HEAD's length is its GET's, and 1xx, 204
+        // and 304 carry none.
+        let bodiless = head.status.is_informational()
+            || matches!(head.status.as_u16(), 204 | 304)
+            || request_method == Method::HEAD;
+        if !bodiless && !head.headers.contains_key(CONTENT_LENGTH) {
+            head.headers
+                .insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
         return Ok(UpstreamResponse::without_body(head));
     }
     Ok(UpstreamResponse::http2(
