@@ -179,7 +179,14 @@ pub fn send<'a>(
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
             if http2 {
-                let body = pass_trailers(req, &mut head, body);
+                if takes_trailers(req.headers()) {
+                    head.headers
+                        .insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+                let body = Http2Body {
+                    body,
+                    trailers: req.extensions().get::<Trailers>().cloned(),
+                };
                 let call = client.send_http2(address, tls, connections, head, body, timeout);
                 // Boxed: HTTP/2's state would otherwise widen every call's future.
                 Either::Left(Either::Right(Box::pin(call)))
@@ -192,23 +199,9 @@ pub fn send<'a>(
     }
 }
 
-/// What an HTTP/2 call passes on that an HTTP/1 call does not: the
-/// caller's `te: trailers` (gRPC servers ask for it; other `te` values stay
-/// dropped as hop-by-hop) and the caller's [`Trailers`], sent after the
-/// body once it ended with some.
-fn pass_trailers(req: &HttpRequest, head: &mut RequestHead, body: OutgoingBody) -> Http2Body {
-    if takes_trailers(req.headers()) {
-        head.headers
-            .append(header::TE, HeaderValue::from_static("trailers"));
-    }
-    Http2Body {
-        body,
-        trailers: req.extensions().get::<Trailers>().cloned(),
-    }
-}
-
-/// Whether the caller said it takes trailers (`te: trailers`, alone or in
-/// a list).
+/// Whether the caller said it takes trailers (`te: trailers`), which a
+/// call over HTTP/2 passes on: it is the one `te` HTTP/2 allows, and gRPC
+/// servers refuse a call without it. (Over HTTP/1.1 `te` is hop-by-hop.)
 fn takes_trailers(headers: &HeaderMap) -> bool {
     headers.get_all(header::TE).any(|value| {
         value.to_str().is_ok_and(|codings| {
@@ -288,7 +281,7 @@ impl<G: StreamGuard> StreamGuard for Option<G> {
 /// Streams the replica's answer back; `guard` lives until the body ends.
 /// The replica's headers move into the answer as they are, less the
 /// hop-by-hop ones and `Content-Length` (the body's framing sets it); an
-/// HTTP/2 answer's [`Trailers`] go in the answer's extensions, for an
+/// HTTP/2 answer's `Trailers` slot goes in the answer's extensions, for an
 /// HTTP/2 caller's listener to send after the body.
 pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let status = upstream.status();

@@ -30,7 +30,7 @@ pub struct UpstreamResponse {
 }
 
 /// Where the rest of an answer's body is.
-#[expect(
+#[allow(
     clippy::large_enum_variant,
     reason = "HTTP/1 is the hot path: boxing its body would allocate per answer"
 )]

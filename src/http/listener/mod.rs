@@ -24,6 +24,7 @@ mod stream;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use actix_service::{
 use actix_web::dev::{AppConfig, Extensions, Server};
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
-use futures_util::future::{ready, Either};
+use futures_util::future::{ready, select, Either};
 use log::{info, warn};
 
 pub use body::{BodyCopy, BodyError, LimitedPayload};
@@ -189,21 +190,20 @@ where
                 Ok::<_, ()>(fn_service(
                     move |(io, protocol, peer): (ClientStream, Protocol, Option<SocketAddr>)| {
                         if protocol == Protocol::Http2 {
-                            let closing = stopping.clone();
-                            let closing = async move { closing.notified().await };
-                            let served = http2::serve(
-                                io,
-                                Rc::clone(&app),
-                                http2,
-                                Arc::clone(&draining),
-                                closing,
-                            );
+                            // A GOAWAY once the sidecar drains, or at the
+                            // latest when the listener closes.
+                            let (closing, drained) = (stopping.clone(), draining.drained());
+                            let stop = async move {
+                                let closed = pin!(closing.notified());
+                                select(pin!(drained), closed).await;
+                            };
+                            let served = http2::serve(io, Rc::clone(&app), http2, stop);
                             Either::Left(async move {
                                 served.await;
                                 Ok(())
                             })
                         } else {
-                            Either::Right(http1.call((io, protocol, peer)))
+                            Either::Right(http1.call((io, peer)))
                         }
                     },
                 ))

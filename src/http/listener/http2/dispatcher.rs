@@ -17,7 +17,6 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -38,7 +37,6 @@ use super::incoming::Incoming;
 use super::{prepare, Streams};
 use crate::http::listener::connection::ConnectionData;
 use crate::http::listener::stream::ClientStream;
-use crate::http::listener::Stopping;
 use crate::http::trailers::Trailers;
 
 /// The window of each stream a client sends on: what one request body may
@@ -111,14 +109,13 @@ impl<S> Drop for Open<S> {
 }
 
 /// Serves the HTTP/2 client on `io` with the worker's `app` until the
-/// connection closes; a GOAWAY goes out once `stopping` drains or `closing`
-/// (the listener's close) resolves.
+/// connection closes; a GOAWAY goes out once `stopping` resolves (the
+/// sidecar drains, or the listener closes).
 pub async fn serve<S, B>(
     io: ClientStream,
     app: Rc<S>,
     settings: Settings,
-    stopping: Arc<Stopping>,
-    closing: impl Future<Output = ()>,
+    stopping: impl Future<Output = ()>,
 ) where
     S: Service<Request> + 'static,
     S::Error: Into<Response<BoxBody>>,
@@ -165,7 +162,7 @@ pub async fn serve<S, B>(
                     .saturating_sub(settings.keep_alive),
         ),
     });
-    let mut closing = pin!(closing);
+    let mut stopping = pin!(stopping);
     let mut idle = pin!(sleep_until(shared.idle_since.get() + settings.keep_alive));
     let mut going_away = false;
     loop {
@@ -176,7 +173,7 @@ pub async fn serve<S, B>(
             if going_away {
                 return Poll::Pending;
             }
-            if stopping.draining() || closing.as_mut().poll(cx).is_ready() {
+            if stopping.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
             if idle.as_mut().poll(cx).is_ready() {
