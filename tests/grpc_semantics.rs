@@ -234,7 +234,7 @@ services:
 }
 
 #[actix_web::test]
-async fn the_callers_deadline_bounds_the_call() {
+async fn the_smaller_of_timeout_and_the_callers_deadline_bounds_the_call() {
     // Its answer head comes 2 s after each call arrives.
     let slow = GrpcReplica::start_with("slow", &["--slow-ms", "2000"]);
     let sidecar = sidecar_from(
@@ -243,31 +243,69 @@ async fn the_callers_deadline_bounds_the_call() {
 services:
   - name: echo
     endpoints: [\"{}\"]
-    timeout: 10s",
+    timeout: 300ms",
             slow.address()
         ),
         &[],
     )
     .await;
-    // A caller that enforces no deadline of its own (curl): only the
-    // sidecar can end the call at 200 ms. One message, "hi".
-    let call = vec![0, 0, 0, 0, 2, b'h', b'i'];
-    let url = format!(
-        "http://{}/outrigger.test.Echo/Unary",
-        sidecar.outbound_addr()
+    let outbound = sidecar.outbound_addr().to_string();
+    assert_cut_at_300ms(&format!("http://{outbound}"), "echo").await;
+
+    // A caller's 200 ms, shorter than timeout: DEADLINE_EXCEEDED at about
+    // 200 ms, and the replica was told less than 200 ms.
+    let started = Instant::now();
+    let cut = grpc_call(
+        &outbound,
+        "Unary",
+        CallArgs::new()
+            .authority("echo")
+            .payload("x")
+            .timeout(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(cut.code, "DEADLINE_EXCEEDED", "{cut:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
     );
+    let told = grpc_call(
+        &outbound,
+        "Fail",
+        CallArgs::new()
+            .authority("echo")
+            .payload("ABORTED")
+            .timeout(Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(told.code, "ABORTED", "{told:?}");
+    let seen: u64 = told.trailing["x-deadline-ms"].parse().expect("a deadline");
+    assert!(seen < 200, "the replica saw what was left: {told:?}");
+}
+
+/// A unary call to `Echo/Unary` at `base` for `host`, with a
+/// `grpc-timeout` of 2 s from a caller that enforces no deadline of its own
+/// (curl), to a replica whose answer head is 2 s away behind a sidecar
+/// whose timeout is 300 ms: the sidecar ends it at 300 ms with
+/// DEADLINE_EXCEEDED (the replica, told 2 s, would answer later).
+async fn assert_cut_at_300ms(base: &str, host: &str) {
+    // One message, "hi".
+    let call = vec![0, 0, 0, 0, 2, b'h', b'i'];
+    let url = format!("{base}/outrigger.test.Echo/Unary");
+    let host = format!("host: {host}");
     let started = Instant::now();
     let answer = curl(
         &[
             "--http2-prior-knowledge",
             "-H",
-            "host: echo",
+            &host,
             "-H",
             "content-type: application/grpc",
             "-H",
             "te: trailers",
             "-H",
-            "grpc-timeout: 200m",
+            "grpc-timeout: 2S",
             "--data-binary",
             "@-",
             &url,
@@ -282,28 +320,32 @@ services:
     assert!(
         answer
             .header("grpc-message")
-            .is_some_and(|m| m.contains("grpc-timeout 200ms")),
+            .is_some_and(|m| m.contains("timeout 300ms")),
         "{answer:?}"
     );
     assert!(
-        took >= Duration::from_millis(190) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(290) && took < Duration::from_millis(1500),
         "{took:?}"
     );
+}
 
-    // The replica is told what is left of the caller's deadline.
+#[actix_web::test]
+async fn the_smaller_of_timeout_and_the_callers_deadline_bounds_the_call_to_the_app() {
+    let app = GrpcReplica::start_with("app", &["--slow-ms", "2000"]);
+    let yaml = listeners_with_inbound(app.address())
+        .replace("app: \"http://", "timeout: 300ms, app: \"http://");
+    let sidecar = sidecar_from(&yaml, &[]).await;
+    let inbound = sidecar.inbound_addr().expect("inbound");
+    assert_cut_at_300ms(&format!("http://{inbound}"), "app").await;
     let outcome = grpc_call(
-        &sidecar.outbound_addr().to_string(),
-        "Fail",
+        &inbound.to_string(),
+        "Unary",
         CallArgs::new()
-            .authority("echo")
-            .payload("ABORTED")
+            .payload("x")
             .timeout(Duration::from_millis(200)),
     )
     .await;
-    let seen: u64 = outcome.trailing["x-deadline-ms"]
-        .parse()
-        .expect("a deadline");
-    assert!(seen < 200, "the replica saw what was left: {outcome:?}");
+    assert_eq!(outcome.code, "DEADLINE_EXCEEDED", "{outcome:?}");
 }
 
 fn bearer(user: &str) -> String {

@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -213,6 +213,12 @@ fn percent_encoded(message: &str) -> String {
 /// has no deadline of its own (`None`).
 pub fn timeout_in(headers: &HeaderMap) -> Option<Duration> {
     parse_timeout(headers.get(&GRPC_TIMEOUT)?.as_bytes())
+}
+
+/// A gRPC caller's deadline: its `grpc-timeout` in `headers` counted from
+/// when the request `arrived`, and the timeout itself.
+pub fn caller_deadline(headers: &HeaderMap, arrived: Instant) -> Option<(Instant, Duration)> {
+    timeout_in(headers).map(|given| (arrived + given, given))
 }
 
 fn parse_timeout(value: &[u8]) -> Option<Duration> {

@@ -181,11 +181,11 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     // Timed from here: how long the client takes to send its body is its
     // own (bounded by client_body_timeout), not the replicas'.
     let started = Instant::now();
-    let deadline = Deadline::of(
-        policy,
-        grpc.then(|| caller_deadline(req, arrival)).flatten(),
-        started,
-    );
+    let caller = grpc
+        .then(|| grpc::caller_deadline(req.headers(), arrival.arrived()))
+        .flatten();
+    let deadline = Deadline::of(policy, caller, started);
+
     service.retry_budget.record_request();
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -374,12 +374,6 @@ impl Deadline {
         self.caller
             .map(|at| grpc::timeout_value(at.saturating_duration_since(now)))
     }
-}
-
-/// A gRPC caller's deadline, from its `grpc-timeout` counted from the
-/// request's arrival, and the timeout itself.
-fn caller_deadline(req: &HttpRequest, arrival: &Arrival<'_>) -> Option<(Instant, Duration)> {
-    grpc::timeout_in(req.headers()).map(|given| (arrival.arrived() + given, given))
 }
 
 /// The outcome of a replica's `response` to a gRPC request: the
