@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, Http2Body, OutgoingBody};
-use super::grpc::GRPC_TIMEOUT;
+use super::grpc::{self, GRPC_TIMEOUT};
 use super::listener::{BodyCopy, BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use super::trailers::Trailers;
@@ -105,9 +105,9 @@ pub enum RequestBody {
 impl RequestBody {
     /// Reads the body of `req`: kept in memory when it has a Content-Length
     /// of at most `replay_limit` bytes (when retries are possible at all),
-    /// otherwise left to stream once its first bytes are in (an HTTP/2 body
-    /// without a length, as gRPC sends, streams with a copy kept up to
-    /// `replay_limit`: see [`RequestBody::replayable`]), so that a
+    /// otherwise left to stream once its first bytes are in (a gRPC call's
+    /// body, sent over HTTP/2 without a length, streams with a copy kept up
+    /// to `replay_limit`: see [`RequestBody::replayable`]), so that a
     /// client that stalls or whose body is refused from the start holds no
     /// replica's connection and reaches no replica. A declared empty body
     /// (`Content-Length: 0`) is always kept: there is nothing to stream, and
@@ -126,7 +126,9 @@ impl RequestBody {
         };
         let mut payload = payload;
         let copy = match (length, replay_limit) {
-            (BodyLength::Unknown, Some(limit)) => Some(payload.keep_copy(limit)),
+            (BodyLength::Unknown, Some(limit)) if grpc::is_grpc(req.headers()) => {
+                Some(payload.keep_copy(limit))
+            }
             _ => None,
         };
         let mut payload = payload.peekable();
