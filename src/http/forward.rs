@@ -283,7 +283,7 @@ impl<G: StreamGuard> StreamGuard for Option<G> {
 /// Streams the replica's answer back; `guard` lives until the body ends.
 /// The replica's headers move into the answer as they are, less the
 /// hop-by-hop ones and `Content-Length` (the body's framing sets it); an
-/// HTTP/2 answer's `Trailers` slot goes in the answer's extensions, for an
+/// HTTP/2 answer's `Trailers` go in the answer's extensions, for an
 /// HTTP/2 caller's listener to send after the body.
 pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let status = upstream.status();

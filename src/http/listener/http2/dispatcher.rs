@@ -12,16 +12,18 @@
 //! listeners close, the connection gets a GOAWAY: the streams it already
 //! took finish, no new one starts.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
-use actix_http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use actix_http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING, UPGRADE,
+};
 use actix_http::{
     BoxedPayloadStream, HttpMessage, Method, Payload, Request, Response, ResponseHead, StatusCode,
     Version,
@@ -333,8 +335,31 @@ async fn send_data(
     true
 }
 
+/// The value of a `date` header for now: formatted once a second on each
+/// worker, as actix-http dates its HTTP/1 answers.
+fn date() -> HeaderValue {
+    thread_local! {
+        static DATE: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(formatted_at, value)| {
+        if *formatted_at != second {
+            if let Ok(formatted) = HeaderValue::try_from(httpdate::fmt_http_date(now)) {
+                *value = formatted;
+                *formatted_at = second;
+            }
+        }
+        value.clone()
+    })
+}
+
 /// The HTTP/2 head of an answer whose body is `size` long: its status and
-/// headers, less those HTTP/2 forbids, with the length of a sized body.
+/// headers, less those HTTP/2 forbids, with the length of a sized body and
+/// a `date` unless it has one.
 fn http_head(head: &ResponseHead, size: &mut BodySize) -> http::Response<()> {
     if matches!(
         head.status,
@@ -362,6 +387,9 @@ fn http_head(head: &ResponseHead, size: &mut BodySize) -> http::Response<()> {
     }
     if let BodySize::Sized(length) = size {
         headers.insert(CONTENT_LENGTH, (*length).into());
+    }
+    if !headers.contains_key(DATE) {
+        headers.insert(DATE, date());
     }
     response
 }
