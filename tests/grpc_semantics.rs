@@ -117,6 +117,48 @@ services:
 }
 
 #[actix_web::test]
+async fn a_body_past_the_replay_buffer_is_tried_once() {
+    let unavailable = GrpcReplica::start_with("down", &["--status", "UNAVAILABLE"]);
+    let healthy = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "{LISTENERS}
+services:
+  - name: echo
+    endpoints: [\"{}\", \"{}\"]
+    load_balancer: round_robin
+    retry: {{ replay_buffer_bytes: 64 }}",
+            unavailable.address(),
+            healthy.address()
+        ),
+        &[],
+    )
+    .await;
+    let outbound = sidecar.outbound_addr().to_string();
+    let call = |payload: &str| {
+        grpc_call(
+            &outbound,
+            "Unary",
+            CallArgs::new().authority("echo").payload(payload),
+        )
+    };
+    // In turn, two of four calls go to `down` first.
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(call(&"x".repeat(100)).await.code);
+    }
+    let unavailable_count = codes.iter().filter(|code| *code == "UNAVAILABLE").count();
+    assert_eq!(unavailable_count, 2, "100 bytes do not fit 64: {codes:?}");
+    for _ in 0..4 {
+        assert_eq!(
+            call("small").await.code,
+            "OK",
+            "5 bytes fit and are sent again"
+        );
+    }
+}
+
+#[actix_web::test]
 async fn a_grpc_status_in_the_trailers_is_the_outcome() {
     let replica = GrpcReplica::start("late");
     let sidecar = sidecar_from(

@@ -207,3 +207,37 @@ impl Stream for LimitedPayload {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(limit: usize) -> BodyCopy {
+        BodyCopy {
+            bytes: BytesMut::new(),
+            room: limit,
+            state: Copying::Filling,
+        }
+    }
+
+    #[test]
+    fn a_body_that_ended_within_the_limit_is_whole_once() {
+        let mut kept = copy(8);
+        kept.add(&Bytes::from_static(b"abc"));
+        assert_eq!(kept.take_whole(), None, "not ended yet");
+        kept.add(&Bytes::from_static(b"defgh"));
+        kept.state = Copying::Whole;
+        assert_eq!(kept.take_whole(), Some(Bytes::from_static(b"abcdefgh")));
+        assert_eq!(kept.take_whole(), None, "taken");
+    }
+
+    #[test]
+    fn a_body_past_the_limit_is_lost_and_keeps_nothing() {
+        let mut kept = copy(4);
+        kept.add(&Bytes::from_static(b"abc"));
+        kept.add(&Bytes::from_static(b"de"));
+        assert!(kept.bytes.is_empty(), "nothing held past the limit");
+        kept.add(&Bytes::from_static(b"f"));
+        assert_eq!(kept.take_whole(), None);
+    }
+}
