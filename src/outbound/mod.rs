@@ -185,7 +185,6 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         .then(|| grpc::caller_deadline(req.headers(), arrival.arrived()))
         .flatten();
     let deadline = Deadline::of(policy, caller, started);
-
     service.retry_budget.record_request();
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -382,10 +381,9 @@ impl Deadline {
 /// HTTP error, or a 200 whose `grpc-status` comes in the trailers).
 fn grpc_answer(response: &forward::UpstreamResponse, policy: &Policy) -> Answer {
     match grpc::status_in(response.headers()) {
-        Some(code) if response.status() == StatusCode::OK => Answer::Grpc {
-            code,
-            failure: policy.circuit_breaker.grpc_failures.contains(code),
-        },
+        Some(code) if response.status() == StatusCode::OK => {
+            Answer::grpc(code, policy.circuit_breaker.grpc_failures)
+        }
         _ => Answer::Status(response.status().as_u16()),
     }
 }
@@ -485,9 +483,10 @@ impl Try {
         match self.result {
             Ok(response) => {
                 let grpc_failures = outgoing.settings.policy.circuit_breaker.grpc_failures;
-                let outcome_in_trailers = match self.lease.unreported() {
-                    true => response.trailers().cloned().map(|t| (t, grpc_failures)),
-                    false => None,
+                let outcome_in_trailers = if self.lease.unreported() {
+                    response.trailers().cloned().map(|t| (t, grpc_failures))
+                } else {
+                    None
                 };
                 let streaming = Streaming {
                     lease: self.lease,
@@ -533,13 +532,8 @@ impl forward::StreamGuard for Streaming {
     /// answer that ended without one counts as the HTTP 200 it had).
     fn ended(&mut self) {
         if let Some((trailers, failures)) = self.outcome_in_trailers.take() {
-            let answer = match grpc::status_in_trailers(&trailers) {
-                Some(code) => Answer::Grpc {
-                    code,
-                    failure: failures.contains(code),
-                },
-                None => Answer::Status(200),
-            };
+            let answer = grpc::status_in_trailers(&trailers)
+                .map_or(Answer::Status(200), |code| Answer::grpc(code, failures));
             self.lease.report(answer);
         }
     }

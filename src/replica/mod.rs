@@ -26,7 +26,7 @@ pub use crate::core::breaker::{
     BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker,
 };
 
-use crate::config::{BreakerConfig, GrpcCode, Policy};
+use crate::config::{BreakerConfig, GrpcCode, GrpcCodes, Policy};
 use crate::core::backoff::Backoff;
 use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
@@ -115,6 +115,15 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// A replica's answer to a gRPC request with `grpc-status` `code`, a
+    /// failure when `failures` (`circuit_breaker.grpc_failures`) names it.
+    pub fn grpc(code: GrpcCode, failures: GrpcCodes) -> Answer {
+        Answer::Grpc {
+            code,
+            failure: failures.contains(code),
+        }
+    }
+
     /// The latency sample this answer feeds the average: failures and 429s
     /// count as at least 250 ms (`FAILURE_PENALTY`).
     pub fn latency_sample(self, latency: Duration) -> Duration {
@@ -651,5 +660,31 @@ mod tests {
             CallResult::Failure
         );
         assert_eq!(Answer::Cancelled.call_result(), CallResult::Cancelled);
+    }
+
+    #[test]
+    fn a_grpc_answer_fails_when_grpc_failures_names_its_code() {
+        let failures = Policy::default().circuit_breaker.grpc_failures;
+        let judged = |code| Answer::grpc(code, failures);
+        assert_eq!(
+            judged(GrpcCode::Unavailable).call_result(),
+            CallResult::Failure
+        );
+        assert_eq!(
+            judged(GrpcCode::DataLoss).call_result(),
+            CallResult::Failure
+        );
+        assert_eq!(judged(GrpcCode::Ok).call_result(), CallResult::Success);
+        assert_eq!(
+            judged(GrpcCode::PermissionDenied).call_result(),
+            CallResult::Success,
+            "the caller's doing, not the replica's"
+        );
+        let fast = Duration::from_millis(2);
+        assert_eq!(
+            judged(GrpcCode::Internal).latency_sample(fast),
+            FAILURE_PENALTY
+        );
+        assert_eq!(judged(GrpcCode::NotFound).latency_sample(fast), fast);
     }
 }

@@ -145,10 +145,10 @@ impl Arrival<'_> {
     /// Our own answer instead of a peer's: `error` as its response (see
     /// [`ProxyError::response`]) for `service`, with this request's id,
     /// or, to a gRPC caller, as a trailers-only gRPC answer
-    /// ([`grpc::refusal`]). Every refusal on either listener is answered here. The first of its
-    /// reason for the service since the last summary is logged with its
-    /// status and request id; the others are counted for the summary
-    /// (`logging::summary`), so a burst does not drown the log.
+    /// ([`grpc::refusal`]). Every refusal on either listener is answered
+    /// here. The first of its reason for the service since the last summary
+    /// is logged with its status and request id; the others are counted for
+    /// the summary (`logging::summary`), so a burst does not drown the log.
     pub fn refuse(&self, error: &ProxyError, service: Option<&str>) -> HttpResponse {
         let id = self.id();
         let topic = Topic {
@@ -174,8 +174,8 @@ impl Arrival<'_> {
     /// caller's answer is first made one a gRPC client reads
     /// ([`grpc::relayed`]: a replica's HTTP error becomes a trailers-only
     /// answer) and counted by its `grpc-status` (from its trailers, when
-    /// its body ends, unless its head carries one). While
-    /// the sidecar drains, the answer closes its connection, so a
+    /// its body ends, unless its head carries one). While the sidecar
+    /// drains, the answer closes its connection, so a
     /// keep-alive client reconnects (elsewhere, once endpoints follow
     /// `/ready`) before the listener closes instead of sending a request it
     /// would lose then.
