@@ -143,6 +143,17 @@ impl ProxyError {
         )
     }
 
+    /// The seconds the caller should wait before trying again, as
+    /// `Retry-After` says: 1 for a concurrency limit, the rate limit's
+    /// window; `None` for other answers.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::ConcurrencyLimit(_) => Some(1),
+            Self::RateLimited(_, seconds) => Some(*seconds),
+            _ => None,
+        }
+    }
+
     /// The response: status, `x-outrigger` header, `Retry-After` where the
     /// caller should wait, the JSON body, and `Connection: close` when
     /// [`ProxyError::closes_connection`] says so. Listeners answer through
@@ -155,14 +166,8 @@ impl ProxyError {
         };
         let mut response = HttpResponse::build(self.status());
         response.insert_header(("x-outrigger", self.reason()));
-        match self {
-            Self::ConcurrencyLimit(_) => {
-                response.insert_header(("retry-after", "1"));
-            }
-            Self::RateLimited(_, seconds) => {
-                response.insert_header(("retry-after", seconds.to_string()));
-            }
-            _ => {}
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header(("retry-after", seconds));
         }
         if self.closes_connection() {
             response.force_close();

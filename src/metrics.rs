@@ -12,6 +12,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use crate::core::grpc::GrpcCode;
+
 /// Histogram buckets suited to a sidecar: 50µs to 10s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -104,7 +106,13 @@ pub struct Metrics {
     /// Re-reads of rotated certificate files by result (`ok`: the new
     /// chain is in use; `error`: it could not be, the old one stays).
     pub tls_certificate_reloads: IntCounterVec,
+    /// Answers to gRPC requests (relayed or the sidecar's own), by
+    /// listener, service and `grpc-status` code name.
+    pub grpc_responses: IntCounterVec,
 }
+
+/// How many gRPC status codes there are (OK = 0 ... UNAUTHENTICATED = 16).
+const GRPC_CODES: usize = 17;
 
 /// The methods whose `http_requests_total` series are kept once first used.
 const COMMON_METHODS: [Method; 6] = [
@@ -132,6 +140,29 @@ pub struct RequestSeries {
     durations: HistogramVec,
     duration: OnceLock<Histogram>,
     common: Box<[OnceLock<IntCounter>]>,
+    grpc: Arc<GrpcSeries>,
+}
+
+/// The `grpc_responses_total` series of one listener and service, by code
+/// number, each resolved when first counted; shared with the answers whose
+/// code comes in their trailers, counted when their body ends.
+pub struct GrpcSeries {
+    listener: &'static str,
+    service: Arc<str>,
+    family: IntCounterVec,
+    codes: [OnceLock<IntCounter>; GRPC_CODES],
+}
+
+impl GrpcSeries {
+    /// Counts one answer to a gRPC request with `grpc-status` `code`.
+    pub fn record(&self, code: GrpcCode) {
+        self.codes[code.number() as usize]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[self.listener, &*self.service, code.name()])
+            })
+            .inc();
+    }
 }
 
 impl RequestSeries {
@@ -164,6 +195,11 @@ impl RequestSeries {
                 .inc(),
             _ => self.family.with_label_values(&labels()).inc(),
         }
+    }
+
+    /// The `grpc_responses_total` series of the same listener and service.
+    pub fn grpc(&self) -> &Arc<GrpcSeries> {
+        &self.grpc
     }
 }
 
@@ -415,21 +451,33 @@ impl Metrics {
                 "Re-reads of rotated certificate files by result: ok (the new chain is in use), error (unusable: the old chain stays).",
                 &["result"],
             ),
+            grpc_responses: counter(
+                "grpc_responses_total",
+                "Answers to gRPC requests (relayed or the sidecar's own) by grpc-status code name.",
+                &["listener", "service", "code"],
+            ),
             registry,
         }
     }
 
     /// The request series of `service` at `listener` (`outbound`, `inbound`).
     pub fn requests(&self, listener: &'static str, service: &str) -> RequestSeries {
+        let service: Arc<str> = Arc::from(service);
         RequestSeries {
             listener,
-            service: Arc::from(service),
+            service: Arc::clone(&service),
             family: self.http_requests.clone(),
             durations: self.http_request_duration.clone(),
             duration: OnceLock::new(),
             common: (0..COMMON_METHODS.len() * COMMON_STATUSES.len())
                 .map(|_| OnceLock::new())
                 .collect(),
+            grpc: Arc::new(GrpcSeries {
+                listener,
+                service,
+                family: self.grpc_responses.clone(),
+                codes: std::array::from_fn(|_| OnceLock::new()),
+            }),
         }
     }
 

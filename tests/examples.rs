@@ -11,6 +11,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::client::{client, get_json, status_of, x_cache};
 use support::eventually::eventually;
+use support::grpc::{grpc_call, CallArgs, GrpcReplica};
 use support::ports::closed_port;
 use support::registry::Registry;
 use support::replica::{header_seen, Replica};
@@ -114,6 +115,34 @@ async fn minimal_routes_to_its_replicas() {
     let url = format!("http://{}/budgeting/x", sidecar.outbound_addr());
     assert_eq!(get(&url, None).await.0, 200);
     assert_eq!(first.hits() + second.hits(), 1);
+}
+
+#[actix_web::test]
+async fn grpc_calls_are_retried_past_an_unavailable_replica() {
+    let down = GrpcReplica::start_with("down", &["--status", "UNAVAILABLE"]);
+    let up = GrpcReplica::start("up");
+    let text = std::fs::read_to_string(format!("{EXAMPLES}/grpc.yaml"))
+        .expect("the example")
+        .replace("127.0.0.1:18081", &down.address())
+        .replace("127.0.0.1:18082", &up.address());
+    let text = format!(
+        "listeners: {{ outbound: {{ bind: \"127.0.0.1:0\" }}, admin: {{ bind: \"127.0.0.1:0\" }} }}\n{text}"
+    );
+    let sidecar = sidecar_from(&text, &[]).await;
+    let outbound = sidecar.outbound_addr().to_string();
+    for _ in 0..4 {
+        let outcome = grpc_call(
+            &outbound,
+            "Unary",
+            CallArgs::new().authority("payments").payload("paid"),
+        )
+        .await;
+        assert_eq!(outcome.code, "OK", "{outcome:?}");
+        assert_eq!(
+            outcome.initial.get("x-replica").map(String::as_str),
+            Some("up")
+        );
+    }
 }
 
 #[actix_web::test]

@@ -135,6 +135,15 @@ services:
         assert_eq!(status_of(&self.outbound("/limited/x")).await, Some(429));
         assert_eq!(slow_call.await.expect("joins"), Some(200));
         assert_eq!(status_of(&self.outbound("/gone/x")).await, Some(502));
+        // A gRPC call for no service gets a trailers-only UNIMPLEMENTED.
+        let unimplemented = client()
+            .post(self.outbound("/outrigger.test.Missing/Call"))
+            .insert_header(("content-type", "application/grpc"))
+            .send_body(&b"\0\0\0\0\0"[..])
+            .await
+            .expect("an answer");
+        let code = unimplemented.headers().get("grpc-status");
+        assert_eq!(code.map(|v| v.as_bytes()), Some(&b"12"[..]));
         let inbound = self.sidecar.inbound_addr().expect("inbound listener");
         let refused = client()
             .get(format!("http://{inbound}/orders"))
@@ -190,6 +199,7 @@ async fn after_a_scripted_scenario_every_counter_has_its_value_and_promtool_pass
         (http("outbound", "limited", 429), 1.0),
         (http("outbound", "gone", 502), 1.0),
         (http("inbound", "app", 401), 1.0),
+        ("outrigger_grpc_responses_total{code=\"UNIMPLEMENTED\",listener=\"outbound\",service=\"unknown\"}".to_string(), 1.0),
         (upstream("api", &ok, 200), 3.0),
         (upstream("flaky", &failing, 503), 2.0),
         (upstream("retried", &failing, 503), 1.0),

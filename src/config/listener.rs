@@ -52,9 +52,10 @@ pub struct ListenerLimits {
     /// Open connections one worker thread holds at once; more wait in the
     /// accept backlog (default 10000; the listener holds workers times this).
     pub max_connections: u32,
-    /// Streams of one HTTP/2 connection that may wait for their answer at
-    /// once; a stream past them is answered 429 at once, before any work
-    /// (default 250).
+    /// Streams of one HTTP/2 connection open at once (advertised in its
+    /// SETTINGS; a stream past them is refused) and that may wait for their
+    /// answer at once; a stream past those is answered 429 at once, before
+    /// any work (default 250).
     pub http2_max_concurrent_streams: u32,
 }
 

@@ -25,6 +25,8 @@ use actix_http::Version;
 use serde::{Serialize, Serializer};
 use serde_norway::Value;
 
+pub use crate::core::grpc::{GrpcCode, GrpcCodes};
+
 pub use call_tls::CallTls;
 pub use discovery::{
     Discovery, DnsDiscovery, FileDiscovery, KubernetesDiscovery, RegistryDiscovery, SourceKind,
@@ -265,6 +267,11 @@ pub struct BreakerConfig {
     pub success_threshold: u32,
     /// Probes admitted at once while half-open (default 1).
     pub half_open_max_probes: u32,
+    /// The `grpc-status` codes that count as a failed call to a gRPC
+    /// request (default `unavailable, internal, unknown,
+    /// deadline_exceeded, data_loss`); other codes succeed.
+    #[serde(serialize_with = "as_grpc_codes")]
+    pub grpc_failures: GrpcCodes,
 }
 
 /// What may be retried, how often and how fast.
@@ -280,7 +287,8 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     /// Random spread of each delay, as a fraction (default 0.25).
     pub jitter: f64,
-    /// Conditions that are retried: `connect_error`, `timeout`, or a 5xx status.
+    /// Conditions that are retried: `connect_error`, `timeout`, a 5xx
+    /// status, or (for a gRPC request) a gRPC code by its lower-case name.
     pub on: Vec<RetryOn>,
     /// Retries may add at most this percentage of the service's traffic (default 20).
     pub budget_percent: u32,
@@ -303,14 +311,19 @@ pub enum RetryOn {
     Timeout,
     /// The replica answered with this status.
     Status(u16),
+    /// The replica answered a gRPC request with this `grpc-status`, before
+    /// anything was relayed (a trailers-only answer).
+    Grpc(GrpcCode),
 }
 
 impl FromYaml for RetryOn {
-    const EXPECTED: &'static str = "connect_error, timeout or a 5xx status";
+    const EXPECTED: &'static str =
+        "connect_error, timeout, a 5xx status or a gRPC code name such as unavailable";
     fn from_yaml(value: &Value) -> Option<Self> {
         match value {
             Value::String(s) if s == "connect_error" => Some(Self::ConnectError),
             Value::String(s) if s == "timeout" => Some(Self::Timeout),
+            Value::String(s) => GrpcCode::from_config_word(s).map(Self::Grpc),
             Value::Number(n) => n
                 .as_u64()
                 .filter(|code| (500..600).contains(code))
@@ -326,8 +339,22 @@ impl Serialize for RetryOn {
             Self::ConnectError => serializer.serialize_str("connect_error"),
             Self::Timeout => serializer.serialize_str("timeout"),
             Self::Status(code) => serializer.serialize_u16(*code),
+            Self::Grpc(code) => serializer.serialize_str(code.config_word()),
         }
     }
+}
+
+impl FromYaml for GrpcCode {
+    const EXPECTED: &'static str =
+        "a gRPC code name in lower case (ok, cancelled, unknown, ..., unavailable, data_loss, unauthenticated)";
+    fn from_yaml(value: &Value) -> Option<Self> {
+        GrpcCode::from_config_word(value.as_str()?)
+    }
+}
+
+/// A set of gRPC codes as a config file writes it: a list of lower-case names.
+fn as_grpc_codes<S: Serializer>(codes: &GrpcCodes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(codes.iter().map(GrpcCode::config_word))
 }
 
 /// Concurrency limit of one service.
@@ -431,6 +458,15 @@ impl Default for Policy {
                 max_cooldown: Duration::from_secs(300),
                 success_threshold: 2,
                 half_open_max_probes: 1,
+                grpc_failures: [
+                    GrpcCode::Unavailable,
+                    GrpcCode::Internal,
+                    GrpcCode::Unknown,
+                    GrpcCode::DeadlineExceeded,
+                    GrpcCode::DataLoss,
+                ]
+                .into_iter()
+                .collect(),
             },
             retry: RetryConfig {
                 attempts: 3,
@@ -443,6 +479,7 @@ impl Default for Policy {
                     RetryOn::Status(502),
                     RetryOn::Status(503),
                     RetryOn::Status(504),
+                    RetryOn::Grpc(GrpcCode::Unavailable),
                 ],
                 budget_percent: 20,
                 budget_min_per_second: 5,
@@ -770,6 +807,9 @@ fn read_breaker(t: &mut Table, base: &BreakerConfig, problems: &mut Problems) ->
         max_cooldown: max_cooldown.unwrap_or(base.max_cooldown),
         success_threshold: t.get_or("success_threshold", base.success_threshold, problems),
         half_open_max_probes: t.get_or("half_open_max_probes", base.half_open_max_probes, problems),
+        grpc_failures: t
+            .list::<GrpcCode>("grpc_failures", problems)
+            .map_or(base.grpc_failures, |codes| codes.into_iter().collect()),
     };
     for (key, count) in [
         ("failure_threshold", breaker.failure_threshold),
@@ -1199,11 +1239,45 @@ defaults:
                 "discovery.refresh: must be longer than 0s",
                 "defaults.circuit_breaker.failure_threshold: must be at least 1",
                 "defaults.circuit_breaker.cooldown: 10m is above max_cooldown (1m): the cooldown only grows up to max_cooldown; lower it or raise max_cooldown",
-                "defaults.retry.on[1]: expected connect_error, timeout or a 5xx status, got 404",
+                "defaults.retry.on[1]: expected connect_error, timeout, a 5xx status or a gRPC code name such as unavailable, got 404",
                 "defaults.retry.attempts: must be at least 1",
                 "defaults.retry.budget_percent: must be between 0 and 100",
                 "defaults.concurrency.max_in_flight: must be at least 1",
                 "defaults.timeout: must be longer than 0s",
+            ]
+        );
+    }
+
+    #[test]
+    fn grpc_code_names_are_read_in_lower_case_and_a_bad_one_is_named() {
+        let config = Config::from_yaml(
+            "defaults:
+  circuit_breaker: { grpc_failures: [unavailable, resource_exhausted] }
+  retry: { on: [connect_error, 503, deadline_exceeded] }
+",
+            &no_env,
+        )
+        .expect("valid");
+        let policy = &config.defaults.policy;
+        let failures: Vec<GrpcCode> = policy.circuit_breaker.grpc_failures.iter().collect();
+        assert_eq!(
+            failures,
+            [GrpcCode::ResourceExhausted, GrpcCode::Unavailable]
+        );
+        assert!(policy
+            .retry
+            .on
+            .contains(&RetryOn::Grpc(GrpcCode::DeadlineExceeded)));
+        assert!(Policy::default()
+            .retry
+            .on
+            .contains(&RetryOn::Grpc(GrpcCode::Unavailable)));
+        let text = "defaults: { circuit_breaker: { grpc_failures: [UNAVAILABLE] }, retry: { on: [unavaliable] } }";
+        assert_eq!(
+            errors(text),
+            vec![
+                "defaults.circuit_breaker.grpc_failures[0]: expected a gRPC code name in lower case (ok, cancelled, unknown, ..., unavailable, data_loss, unauthenticated), got \"UNAVAILABLE\"",
+                "defaults.retry.on[0]: expected connect_error, timeout, a 5xx status or a gRPC code name such as unavailable, got \"unavaliable\"",
             ]
         );
     }

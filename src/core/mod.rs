@@ -17,9 +17,11 @@
 //! - [`retry_budget`]: the share of a service's requests retries may add.
 //! - [`ewma`]: the moving average of a replica's latency.
 //! - [`pick`]: choosing a replica by load, by two random choices, or in turn.
+//! - [`grpc`]: gRPC's status codes, their numbers and names, and sets of them.
 
 pub(crate) mod backoff;
 pub(crate) mod breaker;
 pub(crate) mod ewma;
+pub(crate) mod grpc;
 pub(crate) mod pick;
 pub(crate) mod retry_budget;

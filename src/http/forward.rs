@@ -1,16 +1,20 @@
 //! The HTTP call to a replica and the way its answer streams back: hop-by-hop
 //! headers dropped, `X-Forwarded-*`, `x-request-id` and this hop's
 //! `traceparent` set (`b3` passes untouched), bodies streamed
-//! in both directions and never buffered whole.
+//! in both directions and never buffered whole. Over HTTP/2, trailers pass
+//! both ways (the request's after its body, the replica's on the answer
+//! given to the listener) and the caller's `te: trailers` goes on.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_http::error::PayloadError;
-use actix_http::RequestHead;
+use actix_http::{HttpMessage, RequestHead};
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, Uri, Version};
@@ -21,9 +25,11 @@ use futures_util::stream::{FusedStream, Peekable};
 use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
-use super::client::{CallError, Client, OutgoingBody};
-use super::listener::{BodyError, LimitedPayload, PeerIp};
+use super::client::{CallError, Client, Http2Body, OutgoingBody};
+use super::grpc::{self, GRPC_TIMEOUT};
+use super::listener::{BodyCopy, BodyError, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
+use super::trailers::Trailers;
 use crate::config::ReplicaProtocol;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
@@ -73,6 +79,9 @@ pub struct HeaderPlan<'a> {
     /// This hop's trace context: its `traceparent` replaces the caller's,
     /// and the caller's `tracestate` is dropped when the trace restarted.
     pub trace: Option<&'a Hop>,
+    /// The `grpc-timeout` the replica is told (what is left of a gRPC
+    /// caller's deadline), replacing the caller's.
+    pub grpc_timeout: Option<&'a HeaderValue>,
 }
 
 /// A request body: none, small enough to keep and send again, or streamed
@@ -83,14 +92,22 @@ pub enum RequestBody {
     /// The whole body, kept so a retry can send it again.
     Replayable(Bytes),
     /// The body as it arrives, its first bytes already in; `None` once a
-    /// try has taken it.
-    Streaming(Option<Peekable<LimitedPayload>>, BodyLength),
+    /// try has taken it. With a copy (a body of unannounced length that
+    /// may be retried), it can be sent again once it ended within the
+    /// replay limit.
+    Streaming(
+        Option<Peekable<LimitedPayload>>,
+        BodyLength,
+        Option<Rc<RefCell<BodyCopy>>>,
+    ),
 }
 
 impl RequestBody {
     /// Reads the body of `req`: kept in memory when it has a Content-Length
     /// of at most `replay_limit` bytes (when retries are possible at all),
-    /// otherwise left to stream once its first bytes are in, so that a
+    /// otherwise left to stream once its first bytes are in (a gRPC call's
+    /// body, sent over HTTP/2 without a length, streams with a copy kept up
+    /// to `replay_limit`: see [`RequestBody::replayable`]), so that a
     /// client that stalls or whose body is refused from the start holds no
     /// replica's connection and reaches no replica. A declared empty body
     /// (`Content-Length: 0`) is always kept: there is nothing to stream, and
@@ -107,6 +124,13 @@ impl RequestBody {
             (BodyLength::Sized(n), Some(limit)) => n <= u64::from(limit),
             _ => false,
         };
+        let mut payload = payload;
+        let copy = match (length, replay_limit) {
+            (BodyLength::Unknown, Some(limit)) if grpc::is_grpc(req.headers()) => {
+                Some(payload.keep_copy(limit))
+            }
+            _ => None,
+        };
         let mut payload = payload.peekable();
         if !replayable {
             match Pin::new(&mut payload).next_if(Result::is_err).await {
@@ -117,7 +141,7 @@ impl RequestBody {
                 }
                 _ => {}
             }
-            return Ok(RequestBody::Streaming(Some(payload), length));
+            return Ok(RequestBody::Streaming(Some(payload), length, copy));
         }
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -126,8 +150,16 @@ impl RequestBody {
         Ok(RequestBody::Replayable(body.freeze()))
     }
 
-    /// Whether another try can send this body again.
-    pub fn replayable(&self) -> bool {
+    /// Whether another try can send this body again: a streamed body
+    /// only when its copy holds all of it (it ended within the replay
+    /// limit while the try sent it), which it becomes.
+    pub fn replayable(&mut self) -> bool {
+        if let RequestBody::Streaming(_, _, Some(copy)) = self {
+            let whole = copy.borrow_mut().take_whole();
+            if let Some(whole) = whole {
+                *self = RequestBody::Replayable(whole);
+            }
+        }
         !matches!(self, RequestBody::Streaming(..))
     }
 }
@@ -145,7 +177,7 @@ pub fn send<'a>(
 ) -> impl Future<Output = Result<UpstreamResponse, CallError>> + 'a {
     let http2 = target.protocol.calls_http2(req.version());
     match outgoing_request(&target, req, body, request_id) {
-        Ok((mut head, outgoing)) => {
+        Ok((mut head, body)) => {
             let (address, tls) = (target.address, target.origination);
             let (connections, timeout) = (target.connections, target.timeout);
             if http2 {
@@ -153,11 +185,15 @@ pub fn send<'a>(
                     head.headers
                         .insert(header::TE, HeaderValue::from_static("trailers"));
                 }
-                let call = client.send_http2(address, tls, connections, head, outgoing, timeout);
+                let body = Http2Body {
+                    body,
+                    trailers: req.extensions().get::<Trailers>().cloned(),
+                };
+                let call = client.send_http2(address, tls, connections, head, body, timeout);
                 // Boxed: HTTP/2's state would otherwise widen every call's future.
                 Either::Left(Either::Right(Box::pin(call)))
             } else {
-                let call = client.send(address, tls, connections, head, outgoing, timeout);
+                let call = client.send(address, tls, connections, head, body, timeout);
                 Either::Left(Either::Left(call))
             }
         }
@@ -189,6 +225,9 @@ fn outgoing_request(
     head.method = req.method().clone();
     head.uri = upstream_uri(target.path, req.uri().query())?;
     copy_request_headers(req, &mut head.headers, &target.headers, request_id);
+    if let Some(budget) = target.headers.grpc_timeout {
+        head.headers.insert(GRPC_TIMEOUT.clone(), budget.clone());
+    }
     if !target.headers.keep_host {
         let host = HeaderValue::from_str(target.address).map_err(|_| {
             CallError::Unsendable(format!("{} is not a valid Host", target.address))
@@ -199,7 +238,7 @@ fn outgoing_request(
     let outgoing = match body {
         RequestBody::Empty => OutgoingBody::Empty,
         RequestBody::Replayable(bytes) => OutgoingBody::Full(bytes.clone()),
-        RequestBody::Streaming(payload, length) => {
+        RequestBody::Streaming(payload, length, _) => {
             let payload = payload.take().ok_or_else(|| {
                 CallError::Unsendable("the request body was already sent".to_string())
             })?;
@@ -219,6 +258,9 @@ pub trait StreamGuard: Unpin + 'static {
     /// The body broke off after the head was passed on (the caller sees the
     /// answer cut). Nothing by default.
     fn broke(&mut self, _error: &PayloadError) {}
+
+    /// The body ended, its trailers (if any) read. Nothing by default.
+    fn ended(&mut self) {}
 }
 
 impl StreamGuard for () {}
@@ -230,13 +272,22 @@ impl<G: StreamGuard> StreamGuard for Option<G> {
             guard.broke(error);
         }
     }
+
+    fn ended(&mut self) {
+        if let Some(guard) = self {
+            guard.ended();
+        }
+    }
 }
 
 /// Streams the replica's answer back; `guard` lives until the body ends.
 /// The replica's headers move into the answer as they are, less the
-/// hop-by-hop ones and `Content-Length` (the body's framing sets it).
+/// hop-by-hop ones and `Content-Length` (the body's framing sets it); an
+/// HTTP/2 answer's `Trailers` go in the answer's extensions, for an
+/// HTTP/2 caller's listener to send after the body.
 pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> HttpResponse {
     let status = upstream.status();
+    let trailers = upstream.trailers().cloned();
     let mut headers = upstream.take_headers();
     let length = headers
         .remove(header::CONTENT_LENGTH)
@@ -254,6 +305,9 @@ pub fn respond<G: StreamGuard>(mut upstream: UpstreamResponse, guard: G) -> Http
         None => HttpResponse::with_body(status, BodyStream::new(body)).map_into_boxed_body(),
     };
     *response.headers_mut() = headers;
+    if let Some(trailers) = trailers {
+        response.extensions_mut().insert(trailers);
+    }
     response
 }
 
@@ -288,8 +342,10 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let item = Pin::new(&mut this.body).poll_next(cx);
-        if let Poll::Ready(Some(Err(error))) = &item {
-            this.guard.broke(error);
+        match &item {
+            Poll::Ready(Some(Err(error))) => this.guard.broke(error),
+            Poll::Ready(None) => this.guard.ended(),
+            _ => {}
         }
         item
     }

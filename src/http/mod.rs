@@ -6,6 +6,11 @@
 //! Inside, each module uses only those listed before it:
 //! - `wire`: the bytes under a connection, plain or TLS, either side;
 //! - `request_id`: the `x-request-id` every answer carries;
+//! - `trailers`: the slot for a message's trailers, filled when its body
+//!   ends;
+//! - `grpc`: what gRPC means for a request and its answer (detection,
+//!   `grpc-status` in the head or the trailers, `grpc-timeout`,
+//!   trailers-only answers, counting each answer's code);
 //! - `access`: what is recorded once a request is answered;
 //! - `listener`: serving clients we do not trust (limits, head and path
 //!   checks, the request body limit, draining and stopping);
@@ -19,7 +24,9 @@
 pub(crate) mod access;
 pub(crate) mod client;
 pub mod forward;
+pub(crate) mod grpc;
 pub(crate) mod listener;
 pub(crate) mod request_id;
+pub(crate) mod trailers;
 pub(crate) mod tunnel;
 pub(crate) mod wire;

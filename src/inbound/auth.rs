@@ -21,7 +21,7 @@ use super::jwt::{JwtRejection, TokenClaims, Verifier};
 use super::websocket::{self, Carried};
 use crate::config::{AccessRule, AuthConfig, IdentityRule, Satisfy, WebSocketToken};
 use crate::error::ProxyError;
-use crate::http::listener::PeerIdentity;
+use crate::http::listener::{connection_data, PeerIdentity};
 use crate::logging::summary;
 use crate::store::Store;
 
@@ -225,7 +225,7 @@ impl Authenticator {
         if self.exempt.iter().any(|rule| exempt_matches(rule, path)) {
             return Ok(Identity::anonymous(AuthMethod::Exempt));
         }
-        if self.exempt_mesh && req.conn_data::<PeerIdentity>().is_some() {
+        if self.exempt_mesh && connection_data::<PeerIdentity>(req).is_some() {
             return Ok(Identity::anonymous(AuthMethod::Mesh));
         }
         if self.verifier.is_none() && self.api_keys.is_none() {

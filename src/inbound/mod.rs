@@ -41,7 +41,7 @@ use std::borrow::Cow;
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderMap, HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -64,6 +64,7 @@ use crate::config::{Config, ReplicaProtocol};
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
+use crate::http::grpc;
 use crate::http::listener::{self, Arrival, Front, LimitedPayload, PeerIdentity};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
@@ -227,8 +228,10 @@ impl<'a> Request<'a> {
         path: &str,
         upgrade: bool,
     ) -> Step<(Identity, Option<Carried<'a>>)> {
-        let peer = self.req.conn_data::<PeerIdentity>();
-        if let Err(refusal) = auth::authorize_peer(&self.gate.config.authorization, peer, path) {
+        let peer = listener::connection_data::<PeerIdentity>(self.req);
+        if let Err(refusal) =
+            auth::authorize_peer(&self.gate.config.authorization, peer.as_ref(), path)
+        {
             return ControlFlow::Break(self.refuse(&refusal));
         }
         let authenticator = &self.gate.authenticator;
@@ -244,7 +247,7 @@ impl<'a> Request<'a> {
         match authenticator.authenticate(self.req, path, token).await {
             Ok(mut identity) => {
                 identity.client_ip = self.gate.client_ip(self.req);
-                identity.peer = peer.cloned();
+                identity.peer = peer;
                 ControlFlow::Continue((identity, carried))
             }
             Err(refusal) => ControlFlow::Break(self.refuse(&refusal)),
@@ -316,25 +319,34 @@ impl<'a> Request<'a> {
     ) -> Step<UpstreamResponse> {
         let (gate, req) = (self.gate, self.req);
         let identity_headers = identity.headers();
-        let target = Target {
-            address: &gate.app,
-            origination: None,
-            connections: None,
-            path,
-            headers: self.plan(&identity_headers),
-            timeout: gate.timeout,
-            // The app is called over HTTP/1.1 whatever the caller spoke.
-            protocol: ReplicaProtocol::Http1,
-        };
         let payload = LimitedPayload::new(payload, &self.worker.front.limits);
         let mut body = match RequestBody::read(req, payload, None).await {
             Ok(body) => body,
             Err(error) => return ControlFlow::Break(self.refuse(&error.refusal(req))),
         };
+        let bound = self.bound();
+        let target = Target {
+            address: &gate.app,
+            origination: None,
+            connections: None,
+            path,
+            headers: HeaderPlan {
+                grpc_timeout: bound.told.as_ref(),
+                ..self.plan(&identity_headers)
+            },
+            timeout: bound.wait,
+            // The app is called over HTTP/1.1 whatever the caller spoke,
+            // but a gRPC call, which only HTTP/2 carries.
+            protocol: if self.arrival.grpc() {
+                ReplicaProtocol::Http2
+            } else {
+                ReplicaProtocol::Http1
+            },
+        };
         let request_id = self.arrival.request_id();
         match forward::send(&self.worker.client, target, req, &mut body, request_id).await {
             Ok(forwarded) => ControlFlow::Continue(forwarded),
-            Err(error) => ControlFlow::Break(self.app_failed(error)),
+            Err(error) => ControlFlow::Break(self.app_failed(error, bound.key)),
         }
     }
 
@@ -369,7 +381,7 @@ impl<'a> Request<'a> {
         };
         let handshake = match tunnel::open(tunnel, req, self.arrival.request_id()).await {
             Ok(handshake) => handshake,
-            Err(error) => return self.app_failed(error),
+            Err(error) => return self.app_failed(error, ("timeout", self.gate.timeout)),
         };
         let mut response = handshake.into_response(payload, slot, self.worker.front.stopping());
         let chose_none = response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -395,16 +407,46 @@ impl<'a> Request<'a> {
             strip_authorization: self.gate.authenticator.strip_authorization,
             trust_forwarding: self.gate.trusts_forwarding(self.req),
             trace: Some(self.arrival.hop()),
+            grpc_timeout: None,
         }
     }
 
-    /// The answer when the call to the app failed.
-    fn app_failed(&self, error: CallError) -> HttpResponse {
-        let app = format_args!("the app at {}", self.gate.app);
-        let peer = Peer {
-            name: &app,
-            bound: ("timeout", self.gate.timeout),
+    /// How long a call to the app made now waits for its answer head:
+    /// `listeners.inbound.timeout`, or what is left of a gRPC caller's
+    /// `grpc-timeout` when that ends first; the app is then told what is
+    /// left of the caller's deadline in its own `grpc-timeout`.
+    fn bound(&self) -> AppBound {
+        let timeout = self.gate.timeout;
+        let by_timeout = AppBound {
+            wait: timeout,
+            key: ("timeout", timeout),
+            told: None,
         };
+        if !self.arrival.grpc() {
+            return by_timeout;
+        }
+        let Some((at, given)) = grpc::caller_deadline(self.req.headers(), self.arrival.arrived())
+        else {
+            return by_timeout;
+        };
+        let left = at.saturating_duration_since(Instant::now());
+        let told = Some(grpc::timeout_value(left));
+        if left < timeout {
+            AppBound {
+                wait: left,
+                key: ("grpc-timeout", given),
+                told,
+            }
+        } else {
+            AppBound { told, ..by_timeout }
+        }
+    }
+
+    /// The answer when the call to the app, bounded by `bound` (the key
+    /// and its value), failed.
+    fn app_failed(&self, error: CallError, bound: (&'static str, Duration)) -> HttpResponse {
+        let app = format_args!("the app at {}", self.gate.app);
+        let peer = Peer { name: &app, bound };
         self.refuse(&error.refusal(self.req, peer))
     }
 
@@ -465,4 +507,12 @@ impl<'a> Request<'a> {
     fn refuse(&self, refused: &ProxyError) -> HttpResponse {
         self.arrival.refuse(refused, Some(APP))
     }
+}
+
+/// How long a call to the app waits, the key that says so, and the
+/// `grpc-timeout` it is told.
+struct AppBound {
+    wait: Duration,
+    key: (&'static str, Duration),
+    told: Option<HeaderValue>,
 }

@@ -14,19 +14,22 @@ use actix::prelude::*;
 use actix_http::error::PayloadError;
 use actix_web::dev::Server;
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use log::{debug, info, warn};
 
 pub use route::{resolve, Route};
 
 use crate::balance::{Balancer, Pick, PickError};
-use crate::config::{Config, Policy};
+use crate::config::{Config, GrpcCodes, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
+use crate::http::grpc;
 use crate::http::listener::{self, Arrival, Front, LimitedPayload};
 use crate::http::request_id::IdText;
+use crate::http::trailers::Trailers;
 use crate::http::tunnel;
 use crate::logging::summary::{self, Topic};
 use crate::metrics::RequestSeries;
@@ -167,7 +170,8 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         return Box::pin(tunnel(worker, outgoing, payload, slot)).await;
     }
     let retry = &policy.retry;
-    let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), retry);
+    let grpc = arrival.grpc();
+    let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), grpc, retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
     let payload = LimitedPayload::new(payload, &worker.front.limits);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
@@ -177,7 +181,10 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     // Timed from here: how long the client takes to send its body is its
     // own (bounded by client_body_timeout), not the replicas'.
     let started = Instant::now();
-    let deadline = started + policy.timeout;
+    let caller = grpc
+        .then(|| grpc::caller_deadline(req.headers(), arrival.arrived()))
+        .flatten();
+    let deadline = Deadline::of(policy, caller, started);
     service.retry_budget.record_request();
 
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
@@ -196,23 +203,37 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         drop(previous.take());
         let endpoint = Arc::clone(lease.endpoint());
         let try_started = Instant::now();
-        let bound = try_bound(policy, deadline.saturating_duration_since(try_started));
+        let bound = deadline.try_bound(policy, try_started);
         let origination = origination(settings, &endpoint);
+        let budget = deadline.caller_budget(try_started);
         let target = Target {
             address: &endpoint.address,
             origination,
             connections: Some(&endpoint.connections),
             path,
-            headers: plan,
+            headers: HeaderPlan {
+                grpc_timeout: budget.as_ref(),
+                ..plan
+            },
             timeout: bound.wait,
             protocol: settings.protocol,
         };
         let result = forward::send(&worker.client, target, req, &mut body, request_id).await;
         let answer = match &result {
+            Ok(response) if grpc => grpc_answer(response, policy),
             Ok(response) => Answer::Status(response.status().as_u16()),
             Err(error) => error.kind().map_or(Answer::Cancelled, Answer::Error),
         };
-        lease.report(answer);
+        match &result {
+            // Its grpc-status comes in its trailers: reported when its
+            // body ends (`Streaming::ended`).
+            Ok(response)
+                if grpc && answer == Answer::Status(200) && response.trailers().is_some() =>
+            {
+                lease.head_arrived()
+            }
+            _ => lease.report(answer),
+        }
         let answered = Instant::now();
         if result.is_ok() {
             service
@@ -256,7 +277,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
         let delay = attempt
             .retry_after(retry.max_delay)
             .unwrap_or_else(|| retry::backoff(tries, retry, &mut rand::rng()));
-        if Instant::now() + delay >= deadline {
+        if Instant::now() + delay >= deadline.at {
             debug!("request {id}: {name}: no time left for another try");
             return attempt.into_response(slot, outgoing);
         }
@@ -287,8 +308,6 @@ impl TryBound {
     }
 }
 
-/// The bound of a try with `remaining` of the request's `timeout` left:
-/// `per_try_timeout` when it is set and shorter, else the remainder.
 /// How a call to `endpoint` is made over TLS: as its service's `tls` says
 /// (a block, or its static endpoint written `https://`), else as its
 /// discovery source listed it; `None`: plain text.
@@ -300,16 +319,72 @@ fn origination<'a>(settings: &'a Settings, endpoint: &'a Endpoint) -> Option<&'a
         .or(endpoint.tls.as_ref())
 }
 
-fn try_bound(policy: &Policy, remaining: Duration) -> TryBound {
-    match policy.per_try_timeout {
-        Some(per_try) if per_try < remaining => TryBound {
-            wait: per_try,
-            key: ("per_try_timeout", per_try),
-        },
-        _ => TryBound {
-            wait: remaining,
+/// When a request's time is up: `timeout` after its body was read, or a
+/// gRPC caller's own deadline (its `grpc-timeout`) when that comes first.
+#[derive(Clone, Copy)]
+struct Deadline {
+    /// The earlier of the two.
+    at: Instant,
+    /// The key that set `at`, and its value.
+    key: (&'static str, Duration),
+    /// The gRPC caller's deadline, which each replica is told.
+    caller: Option<Instant>,
+}
+
+impl Deadline {
+    /// The deadline of a request whose body was read at `started`, under
+    /// `policy`, with the gRPC `caller`'s deadline and its `grpc-timeout`.
+    fn of(policy: &Policy, caller: Option<(Instant, Duration)>, started: Instant) -> Deadline {
+        let by_timeout = Deadline {
+            at: started + policy.timeout,
             key: ("timeout", policy.timeout),
-        },
+            caller: caller.map(|(at, _)| at),
+        };
+        match caller {
+            Some((at, given)) if at < by_timeout.at => Deadline {
+                at,
+                key: ("grpc-timeout", given),
+                ..by_timeout
+            },
+            _ => by_timeout,
+        }
+    }
+
+    /// The bound of a try starting `now`: `per_try_timeout` when it is set
+    /// and shorter than what is left, else what is left.
+    fn try_bound(&self, policy: &Policy, now: Instant) -> TryBound {
+        let remaining = self.at.saturating_duration_since(now);
+        match policy.per_try_timeout {
+            Some(per_try) if per_try < remaining => TryBound {
+                wait: per_try,
+                key: ("per_try_timeout", per_try),
+            },
+            _ => TryBound {
+                wait: remaining,
+                key: self.key,
+            },
+        }
+    }
+
+    /// The `grpc-timeout` a replica called `now` is told: what is left of
+    /// the caller's deadline (not of `timeout`, which bounds only the wait
+    /// for the answer's head: a stream may outlive it).
+    fn caller_budget(&self, now: Instant) -> Option<HeaderValue> {
+        self.caller
+            .map(|at| grpc::timeout_value(at.saturating_duration_since(now)))
+    }
+}
+
+/// The outcome of a replica's `response` to a gRPC request: the
+/// `grpc-status` of a trailers-only answer (HTTP 200), a failure when
+/// `circuit_breaker.grpc_failures` names it; otherwise its HTTP status (an
+/// HTTP error, or a 200 whose `grpc-status` comes in the trailers).
+fn grpc_answer(response: &forward::UpstreamResponse, policy: &Policy) -> Answer {
+    match grpc::status_in(response.headers()) {
+        Some(code) if response.status() == StatusCode::OK => {
+            Answer::grpc(code, policy.circuit_breaker.grpc_failures)
+        }
+        _ => Answer::Status(response.status().as_u16()),
     }
 }
 
@@ -351,7 +426,8 @@ async fn tunnel(
     };
     let endpoint = Arc::clone(lease.endpoint());
     let policy = &outgoing.settings.policy;
-    let bound = try_bound(policy, policy.timeout);
+    let now = Instant::now();
+    let bound = Deadline::of(policy, None, now).try_bound(policy, now);
     let tunnel = tunnel::Tunnel {
         address: &endpoint.address,
         origination: origination(outgoing.settings, &endpoint),
@@ -406,10 +482,17 @@ impl Try {
     fn into_response(self, slot: InFlight, outgoing: Outgoing<'_>) -> HttpResponse {
         match self.result {
             Ok(response) => {
+                let grpc_failures = outgoing.settings.policy.circuit_breaker.grpc_failures;
+                let outcome_in_trailers = if self.lease.unreported() {
+                    response.trailers().cloned().map(|t| (t, grpc_failures))
+                } else {
+                    None
+                };
                 let streaming = Streaming {
                     lease: self.lease,
                     _slot: slot,
                     request_id: outgoing.arrival.request_id().clone(),
+                    outcome_in_trailers,
                 };
                 forward::respond(response, streaming)
             }
@@ -425,11 +508,14 @@ impl Try {
 }
 
 /// What an outbound answer holds while its body streams: the lease on the
-/// replica and the service's concurrency slot.
+/// replica and the service's concurrency slot; for a gRPC answer whose
+/// `grpc-status` comes in its trailers, those trailers and the codes that
+/// fail, to report the outcome when the body ends.
 struct Streaming {
     lease: Lease,
     _slot: InFlight,
     request_id: HeaderValue,
+    outcome_in_trailers: Option<(Trailers, GrpcCodes)>,
 }
 
 impl forward::StreamGuard for Streaming {
@@ -441,6 +527,16 @@ impl forward::StreamGuard for Streaming {
         );
         self.lease.report_broken_body();
     }
+
+    /// A gRPC answer's outcome is the `grpc-status` of its trailers (an
+    /// answer that ended without one counts as the HTTP 200 it had).
+    fn ended(&mut self) {
+        if let Some((trailers, failures)) = self.outcome_in_trailers.take() {
+            let answer = grpc::status_in_trailers(&trailers)
+                .map_or(Answer::Status(200), |code| Answer::grpc(code, failures));
+            self.lease.report(answer);
+        }
+    }
 }
 
 fn log_if_slow(policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<'_>) {
@@ -450,5 +546,48 @@ fn log_if_slow(policy: &Policy, endpoint: &Endpoint, took: Duration, id: IdText<
             took.as_millis(),
             policy.slow_request_threshold.as_millis()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_earlier_of_timeout_and_the_callers_deadline_bounds_a_try() {
+        let policy = Policy::default();
+        let started = Instant::now();
+        let plain = Deadline::of(&policy, None, started);
+        let bound = plain.try_bound(&policy, started);
+        assert_eq!((bound.wait, bound.key.0), (policy.timeout, "timeout"));
+        assert!(
+            plain.caller_budget(started).is_none(),
+            "no grpc-timeout set"
+        );
+
+        let short = Deadline::of(&policy, Some((started + ms(200), ms(200))), started);
+        let bound = short.try_bound(&policy, started + ms(50));
+        assert_eq!(bound.wait, ms(150));
+        assert_eq!(bound.key, ("grpc-timeout", ms(200)));
+        let told = short.caller_budget(started + ms(50)).expect("a budget");
+        assert_eq!(grpc::timeout_in(&header_map(told)), Some(ms(150)));
+
+        // A longer caller deadline: timeout bounds the wait, the replica
+        // is still told the caller's.
+        let long = Deadline::of(&policy, Some((started + ms(60_000), ms(60_000))), started);
+        let bound = long.try_bound(&policy, started);
+        assert_eq!((bound.wait, bound.key.0), (policy.timeout, "timeout"));
+        let told = long.caller_budget(started).expect("a budget");
+        assert_eq!(grpc::timeout_in(&header_map(told)), Some(ms(60_000)));
+    }
+
+    fn header_map(grpc_timeout: HeaderValue) -> actix_web::http::header::HeaderMap {
+        let mut headers = actix_web::http::header::HeaderMap::new();
+        headers.insert(grpc::GRPC_TIMEOUT.clone(), grpc_timeout);
+        headers
     }
 }

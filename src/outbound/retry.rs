@@ -14,10 +14,13 @@ use crate::core::backoff::Backoff;
 use crate::http::client::UpstreamError;
 use crate::replica::Answer;
 
-/// Whether `method` may be retried under `config` (idempotent methods always;
-/// the others only when the service opts in with `non_idempotent: true`).
-pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
-    config.non_idempotent || crate::http::client::idempotent(method)
+/// Whether a request with `method` may be retried under `config`
+/// (idempotent methods always; the others only when the service opts in
+/// with `non_idempotent: true`, or for a `grpc` call, whose POST is retried
+/// on the gRPC codes of `retry.on`: those come before anything was relayed,
+/// and a gRPC server answering UNAVAILABLE did not run the call).
+pub fn method_allows_retry(method: &Method, grpc: bool, config: &RetryConfig) -> bool {
+    config.non_idempotent || grpc || crate::http::client::idempotent(method)
 }
 
 /// Whether `answer` is one of the conditions `config` retries. An answer
@@ -27,6 +30,7 @@ pub fn method_allows_retry(method: &Method, config: &RetryConfig) -> bool {
 pub fn answer_is_retried(answer: Answer, per_try: bool, config: &RetryConfig) -> bool {
     let condition = match answer {
         Answer::Status(status) => RetryOn::Status(status),
+        Answer::Grpc { code, .. } => RetryOn::Grpc(code),
         Answer::Error(UpstreamError::Connect | UpstreamError::Tls | UpstreamError::Reset) => {
             RetryOn::ConnectError
         }
@@ -65,7 +69,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
-    use crate::config::Policy;
+    use crate::config::{GrpcCode, Policy};
 
     fn config() -> RetryConfig {
         RetryConfig {
@@ -139,16 +143,20 @@ mod tests {
             Method::PUT,
             Method::DELETE,
         ] {
-            assert!(method_allows_retry(&method, &config), "{method}");
+            assert!(method_allows_retry(&method, false, &config), "{method}");
         }
         for method in [Method::POST, Method::PATCH] {
-            assert!(!method_allows_retry(&method, &config), "{method}");
+            assert!(!method_allows_retry(&method, false, &config), "{method}");
         }
+        assert!(
+            method_allows_retry(&Method::POST, true, &config),
+            "a gRPC call is a POST retried on its codes"
+        );
         let opted_in = RetryConfig {
             non_idempotent: true,
             ..config
         };
-        assert!(method_allows_retry(&Method::POST, &opted_in));
+        assert!(method_allows_retry(&Method::POST, false, &opted_in));
     }
 
     #[test]
@@ -165,6 +173,17 @@ mod tests {
         assert!(
             retried(Answer::Error(UpstreamError::Protocol)),
             "invalid HTTP is retried as the 502 it becomes"
+        );
+        assert!(retried(Answer::Grpc {
+            code: GrpcCode::Unavailable,
+            failure: true
+        }));
+        assert!(
+            !retried(Answer::Grpc {
+                code: GrpcCode::Internal,
+                failure: true
+            }),
+            "a failure for the breaker is not retried unless retry.on names it"
         );
         assert!(!retried(Answer::Status(500)));
         assert!(!retried(Answer::Status(200)));

@@ -26,7 +26,7 @@ pub use crate::core::breaker::{
     BreakerParams, BreakerState, BreakerStats, CallResult, CircuitBreaker,
 };
 
-use crate::config::{BreakerConfig, Policy};
+use crate::config::{BreakerConfig, GrpcCode, GrpcCodes, Policy};
 use crate::core::backoff::Backoff;
 use crate::core::breaker::Transition;
 use crate::core::ewma::Ewma;
@@ -99,6 +99,15 @@ impl Endpoint {
 pub enum Answer {
     /// The replica answered with this status.
     Status(u16),
+    /// The replica answered a gRPC request (HTTP 200) with this
+    /// `grpc-status`, which `circuit_breaker.grpc_failures` counts as a
+    /// `failure` or not.
+    Grpc {
+        /// The code.
+        code: GrpcCode,
+        /// Whether it is one of the service's `grpc_failures`.
+        failure: bool,
+    },
     /// The replica could not be reached or gave no usable answer.
     Error(UpstreamError),
     /// The caller went away first.
@@ -106,6 +115,15 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// A replica's answer to a gRPC request with `grpc-status` `code`, a
+    /// failure when `failures` (`circuit_breaker.grpc_failures`) names it.
+    pub fn grpc(code: GrpcCode, failures: GrpcCodes) -> Answer {
+        Answer::Grpc {
+            code,
+            failure: failures.contains(code),
+        }
+    }
+
     /// The latency sample this answer feeds the average: failures and 429s
     /// count as at least 250 ms (`FAILURE_PENALTY`).
     pub fn latency_sample(self, latency: Duration) -> Duration {
@@ -113,16 +131,18 @@ impl Answer {
             Answer::Status(status) if status >= 500 || status == 429 => {
                 latency.max(FAILURE_PENALTY)
             }
-            Answer::Error(_) => latency.max(FAILURE_PENALTY),
+            Answer::Grpc { failure: true, .. } | Answer::Error(_) => latency.max(FAILURE_PENALTY),
             _ => latency,
         }
     }
 
-    /// How the breaker counts it: 5xx and errors fail, other statuses succeed.
+    /// How the breaker counts it: 5xx, gRPC failures and errors fail,
+    /// other statuses and codes succeed.
     pub fn call_result(self) -> CallResult {
         match self {
             Answer::Status(status) if status >= 500 => CallResult::Failure,
-            Answer::Status(_) => CallResult::Success,
+            Answer::Status(_) | Answer::Grpc { failure: false, .. } => CallResult::Success,
+            Answer::Grpc { failure: true, .. } => CallResult::Failure,
             Answer::Error(_) => CallResult::Failure,
             Answer::Cancelled => CallResult::Cancelled,
         }
@@ -136,6 +156,9 @@ pub struct Lease {
     endpoint: Arc<Endpoint>,
     admission: Admission,
     started: Instant,
+    /// When the answer's head came, if its outcome comes later (in its
+    /// trailers): the latency reported then.
+    head_after: Option<Duration>,
     reported: bool,
 }
 
@@ -145,6 +168,7 @@ impl Lease {
             endpoint: Arc::clone(endpoint),
             admission,
             started: Instant::now(),
+            head_after: None,
             reported: false,
         }
     }
@@ -168,6 +192,18 @@ impl Lease {
         batch::send(&self.endpoint, outcome);
     }
 
+    /// Notes that the answer's head came now but its outcome comes with
+    /// its trailers (a streamed gRPC answer): the [`Lease::report`] made
+    /// then counts the time to this head, not the stream's life.
+    pub fn head_arrived(&mut self) {
+        self.head_after = Some(self.started.elapsed());
+    }
+
+    /// Whether the outcome is still to be reported.
+    pub fn unreported(&self) -> bool {
+        !self.reported
+    }
+
     /// Sends the outcome to the replica actor (batched with the worker's
     /// other outcomes, see [`OUTCOME_BATCH`]); later reports are ignored.
     pub fn report(&mut self, answer: Answer) {
@@ -177,7 +213,7 @@ impl Lease {
         self.reported = true;
         let outcome = Outcome {
             answer,
-            latency: self.started.elapsed(),
+            latency: self.head_after.unwrap_or_else(|| self.started.elapsed()),
             probe: self.admission == Admission::Probe,
             after_head: false,
         };
@@ -294,17 +330,22 @@ impl Replica {
         self.endpoint.to_string()
     }
 
+    fn count_status(&mut self, status: u16) {
+        let (service, replica) = (&*self.endpoint.service, &*self.endpoint.address);
+        let family = &self.metrics.upstream_requests;
+        series_of(&mut self.statuses_seen, status, || {
+            family.with_label_values(&[service, replica, &status.to_string()])
+        })
+        .inc();
+    }
+
     fn count_answer(&mut self, answer: Answer) {
         let service = &*self.endpoint.service;
         let replica = &*self.endpoint.address;
         match answer {
-            Answer::Status(status) => {
-                let family = &self.metrics.upstream_requests;
-                series_of(&mut self.statuses_seen, status, || {
-                    family.with_label_values(&[service, replica, &status.to_string()])
-                })
-                .inc();
-            }
+            Answer::Status(status) => self.count_status(status),
+            // A gRPC answer is an HTTP 200 (its code is `grpc_responses_total`'s).
+            Answer::Grpc { .. } => self.count_status(200),
             Answer::Error(kind) => {
                 let family = &self.metrics.upstream_errors;
                 series_of(&mut self.errors_seen, kind, || {
@@ -619,5 +660,31 @@ mod tests {
             CallResult::Failure
         );
         assert_eq!(Answer::Cancelled.call_result(), CallResult::Cancelled);
+    }
+
+    #[test]
+    fn a_grpc_answer_fails_when_grpc_failures_names_its_code() {
+        let failures = Policy::default().circuit_breaker.grpc_failures;
+        let judged = |code| Answer::grpc(code, failures);
+        assert_eq!(
+            judged(GrpcCode::Unavailable).call_result(),
+            CallResult::Failure
+        );
+        assert_eq!(
+            judged(GrpcCode::DataLoss).call_result(),
+            CallResult::Failure
+        );
+        assert_eq!(judged(GrpcCode::Ok).call_result(), CallResult::Success);
+        assert_eq!(
+            judged(GrpcCode::PermissionDenied).call_result(),
+            CallResult::Success,
+            "the caller's doing, not the replica's"
+        );
+        let fast = Duration::from_millis(2);
+        assert_eq!(
+            judged(GrpcCode::Internal).latency_sample(fast),
+            FAILURE_PENALTY
+        );
+        assert_eq!(judged(GrpcCode::NotFound).latency_sample(fast), fast);
     }
 }

@@ -14,12 +14,14 @@ handlers with raw-bytes messages, so no .proto file or protoc is needed.
 Methods: Unary echoes its request; ServerStream answers N messages
 `msg-<i>` for a request of N; ClientStream answers
 `messages=<n> bytes=<m>`; Bidi echoes each message; Fail aborts with the
-code its request names; Slow sleeps the milliseconds its request names.
+code its request names (trailers-only); FailLate sends its initial metadata
+first, so that code comes in the trailers; Slow sleeps the milliseconds its request names.
 Every answer's initial metadata names the replica (`x-replica`) and echoes
 the caller's `x-*` metadata as `echo-x-*`; its trailing metadata carries
 `x-trailer: done` and `x-deadline-ms`, the caller's deadline as the
 replica saw it on arrival (`none` without one). A failing call carries
-`x-replica` in its trailers (it has no initial metadata).
+`x-replica`, `x-deadline-ms` and the echoed `echo-x-*` metadata in its
+trailers (it has no initial metadata).
 """
 
 import argparse
@@ -49,6 +51,17 @@ def code_named(name):
         raise SystemExit(f"unknown gRPC code {name!r}")
 
 
+def deadline_ms(context):
+    """The caller's deadline as the replica sees it: milliseconds left, or `none`."""
+    remaining = context.time_remaining()
+    return "none" if remaining is None or remaining > 10**6 else str(int(remaining * 1000))
+
+
+def echoed(context):
+    """The caller's `x-*` metadata, as `echo-x-*`."""
+    return [("echo-" + key, value) for key, value in context.invocation_metadata() if key.startswith("x-")]
+
+
 class Echo:
     """The handlers of one replica."""
 
@@ -60,21 +73,17 @@ class Echo:
     def arrive(self, context):
         """What every call does first: remember the deadline as it came,
         fail when the replica is set to, wait when it is slow."""
-        remaining = context.time_remaining()
-        deadline = "none" if remaining is None or remaining > 10**6 else str(int(remaining * 1000))
+        deadline = deadline_ms(context)
         if self.status is not None:
             self.fail(context, self.status, f"{self.name} answers {self.status.name}")
         if self.slow_ms:
             time.sleep(self.slow_ms / 1000)
-        echoed = [("x-replica", self.name)]
-        for key, value in context.invocation_metadata():
-            if key.startswith("x-"):
-                echoed.append(("echo-" + key, value))
-        context.send_initial_metadata(echoed)
+        context.send_initial_metadata([("x-replica", self.name)] + echoed(context))
         context.set_trailing_metadata([("x-trailer", "done"), ("x-deadline-ms", deadline)])
 
     def fail(self, context, code, details):
-        context.set_trailing_metadata([("x-replica", self.name)])
+        trailing = [("x-replica", self.name), ("x-deadline-ms", deadline_ms(context))]
+        context.set_trailing_metadata(trailing + echoed(context))
         context.abort(code, details)
 
     def unary(self, request, context):
@@ -102,6 +111,10 @@ class Echo:
     def fail_as_asked(self, request, context):
         self.fail(context, code_named(request.decode()), "asked to fail")
 
+    def fail_late(self, request, context):
+        context.send_initial_metadata([("x-replica", self.name)])
+        context.abort(code_named(request.decode()), "asked to fail after the head")
+
     def slow(self, request, context):
         self.arrive(context)
         time.sleep(int(request or b"0") / 1000)
@@ -116,6 +129,7 @@ def serve(args):
         "ClientStream": grpc.stream_unary_rpc_method_handler(echo.client_stream, raw, raw),
         "Bidi": grpc.stream_stream_rpc_method_handler(echo.bidi, raw, raw),
         "Fail": grpc.unary_unary_rpc_method_handler(echo.fail_as_asked, raw, raw),
+        "FailLate": grpc.unary_unary_rpc_method_handler(echo.fail_late, raw, raw),
         "Slow": grpc.unary_unary_rpc_method_handler(echo.slow, raw, raw),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=128))

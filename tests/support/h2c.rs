@@ -99,6 +99,8 @@ pub async fn h2c(url: &str, args: &[&str]) -> CurlAnswer {
 #[derive(Debug, PartialEq, Eq)]
 pub struct LoadReport {
     pub succeeded: u64,
+    /// Streams that got no answer (reset, or refused by the server).
+    pub failed: u64,
     pub status_2xx: u64,
     pub status_4xx: u64,
     pub status_5xx: u64,
@@ -151,6 +153,7 @@ pub async fn h2load(
     let codes = numbers("status codes:");
     LoadReport {
         succeeded: requests[3],
+        failed: requests[4],
         status_2xx: codes[0],
         status_4xx: codes[2],
         status_5xx: codes[3],

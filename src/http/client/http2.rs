@@ -13,6 +13,9 @@
 //! failing the same way gets. Bodies stream both ways under HTTP/2 flow
 //! control: a request body is sent as the replica grants window, and an
 //! answer's window is given back as the caller's side takes its bytes.
+//! Trailers pass both ways: a request's (its [`Http2Body`]'s, filled when
+//! the caller's body ended) follow its body, and the replica's are
+//! read at the end of its answer into the answer's own [`Trailers`].
 //! An idle connection counts in `upstream_connections` as idle, one with
 //! streams as in use.
 
@@ -22,7 +25,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use actix_http::error::PayloadError;
@@ -38,7 +41,10 @@ use log::debug;
 use tokio::sync::Notify;
 
 use super::pool::{Counted, IDLE_TIMEOUT};
-use super::{dial, CallError, Client, OutgoingBody, Shared, Transport, UpstreamResponse};
+use super::{
+    dial, CallError, Client, Http2Body, OutgoingBody, Shared, Transport, UpstreamResponse,
+};
+use crate::http::trailers::Trailers;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
 
@@ -174,8 +180,9 @@ impl Pool {
     }
 }
 
-/// Sends `head` with `body` to `address` as a stream on a pooled HTTP/2
-/// connection of `client`, or on a new one (made within its connect
+/// Sends `head` with `body` (and then its [`Trailers`], if they were
+/// filled) to `address` as a stream on a pooled
+/// HTTP/2 connection of `client`, or on a new one (made within its connect
 /// timeout); `timeout` bounds each wait for the replica as in
 /// [`Client::send`].
 pub(super) async fn send(
@@ -184,7 +191,7 @@ pub(super) async fn send(
     origination: Option<&Arc<Origination>>,
     gauges: Option<&Arc<PoolGauges>>,
     head: RequestHead,
-    body: OutgoingBody,
+    Http2Body { body, trailers }: Http2Body,
     timeout: Duration,
 ) -> Result<UpstreamResponse, CallError> {
     let (shared, connect_timeout) = (&client.shared, client.connect_timeout);
@@ -226,7 +233,7 @@ pub(super) async fn send(
     let response = match outgoing {
         None => bounded(timeout, answer).await?,
         Some(outgoing) => {
-            let mut pumping = Box::pin(pump(outgoing, body, timeout));
+            let mut pumping = Box::pin(pump(outgoing, body, trailers, timeout));
             let raced = match select(pumping.as_mut(), answer).await {
                 Either::Left((sent, answer)) => {
                     sent?;
@@ -268,6 +275,8 @@ pub(super) async fn send(
         head,
         Receiving {
             body: answer_body,
+            trailers: Trailers::default(),
+            data_ended: false,
             _slot: slot,
         },
     ))
@@ -465,44 +474,43 @@ impl Drop for Connecting {
     }
 }
 
-/// Sends `body` on `outgoing` as the replica grants window, ending the
-/// stream with its last bytes; a caller's body that breaks off resets the
-/// stream.
+/// Sends `body` on `outgoing` as the replica grants window, then the
+/// request's `trailers` if its body ended with some, else the end of the
+/// stream; a caller's body that breaks off resets the stream.
 async fn pump(
     mut outgoing: SendStream<Bytes>,
     body: OutgoingBody,
+    trailers: Option<Trailers>,
     timeout: Duration,
 ) -> Result<(), CallError> {
     match body {
-        OutgoingBody::Empty => Ok(()),
-        OutgoingBody::Full(bytes) => send_data(&mut outgoing, bytes, true, timeout).await,
+        OutgoingBody::Empty => return Ok(()),
+        OutgoingBody::Full(bytes) => send_data(&mut outgoing, bytes, timeout).await?,
         OutgoingBody::Stream(mut payload, _) => loop {
             match payload.next().await {
-                Some(Ok(chunk)) => send_data(&mut outgoing, chunk, false, timeout).await?,
+                Some(Ok(chunk)) => send_data(&mut outgoing, chunk, timeout).await?,
                 Some(Err(err)) => {
                     outgoing.send_reset(Reason::CANCEL);
                     return Err(CallError::Body(err));
                 }
-                None => return outgoing.send_data(Bytes::new(), true).map_err(call_error),
+                None => break,
             }
         },
     }
+    let ended = match trailers.and_then(|trailers| trailers.get()) {
+        Some(trailers) => outgoing.send_trailers(trailers),
+        None => outgoing.send_data(Bytes::new(), true),
+    };
+    ended.map_err(call_error)
 }
 
 /// Sends `data` as window is granted, each wait for it bounded by
-/// `timeout`; `end` ends the stream with it.
+/// `timeout`.
 async fn send_data(
     outgoing: &mut SendStream<Bytes>,
     mut data: Bytes,
-    end: bool,
     timeout: Duration,
 ) -> Result<(), CallError> {
-    if data.is_empty() {
-        return match end {
-            true => outgoing.send_data(data, true).map_err(call_error),
-            false => Ok(()),
-        };
-    }
     while !data.is_empty() {
         outgoing.reserve_capacity(data.len());
         let granted = actix_rt::time::timeout(timeout, poll_fn(|cx| outgoing.poll_capacity(cx)))
@@ -518,9 +526,7 @@ async fn send_data(
             }
         };
         let chunk = data.split_to(granted.min(data.len()));
-        outgoing
-            .send_data(chunk, end && data.is_empty())
-            .map_err(call_error)?;
+        outgoing.send_data(chunk, false).map_err(call_error)?;
     }
     Ok(())
 }
@@ -549,10 +555,22 @@ fn io_error(err: h2::Error) -> io::Error {
 }
 
 /// An answer body arriving on a stream; its window is given back as its
-/// bytes are taken. Dropped before its end, the stream is reset.
+/// bytes are taken, and the replica's trailers, if it sends any, fill
+/// [`Receiving::trailers`] at its end. Dropped before its end, the stream
+/// is reset.
 pub(super) struct Receiving {
     body: RecvStream,
+    trailers: Trailers,
+    /// Its data has ended; the trailers are next.
+    data_ended: bool,
     _slot: StreamSlot,
+}
+
+impl Receiving {
+    /// Where the replica's trailers go once the body has ended.
+    pub(super) fn trailers(&self) -> &Trailers {
+        &self.trailers
+    }
 }
 
 impl Stream for Receiving {
@@ -560,16 +578,24 @@ impl Stream for Receiving {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        match this.body.poll_data(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(data))) => {
-                // Taken: the replica may send as much again.
-                let _ = this.body.flow_control().release_capacity(data.len());
-                Poll::Ready(Some(Ok(data)))
+        if !this.data_ended {
+            match ready!(this.body.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Taken: the replica may send as much again.
+                    let _ = this.body.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(PayloadError::Http2Payload(err)))),
+                None => this.data_ended = true,
             }
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(PayloadError::Http2Payload(err)))),
-            // Trailers, if the replica sends any, are not passed on yet.
-            Poll::Ready(None) => Poll::Ready(None),
+        }
+        match ready!(this.body.poll_trailers(cx)) {
+            Ok(Some(trailers)) => {
+                this.trailers.fill(trailers);
+                Poll::Ready(None)
+            }
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(PayloadError::Http2Payload(err)))),
         }
     }
 }

@@ -47,6 +47,7 @@ use tokio::net::TcpStream;
 use crate::config::format_duration;
 use crate::error::ProxyError;
 use crate::http::listener::{BodyError, LimitedPayload};
+use crate::http::trailers::Trailers;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
 pub use pool::MAX_IDLE_PER_REPLICA;
@@ -77,6 +78,15 @@ pub enum OutgoingBody {
     /// The body as it arrives from the caller: `Some(n)` bytes sent with a
     /// `Content-Length` of `n`, `None` sent chunked.
     Stream(Peekable<LimitedPayload>, Option<u64>),
+}
+
+/// A request body as the client sends it over HTTP/2, and the caller's
+/// [`Trailers`], sent after it once the caller's body ended with some.
+pub struct Http2Body {
+    /// The body.
+    pub body: OutgoingBody,
+    /// The slot the caller's trailers fill, if they may come.
+    pub trailers: Option<Trailers>,
 }
 
 impl OutgoingBody {
@@ -265,16 +275,17 @@ impl Client {
         Ok(self.answer(answer, connection))
     }
 
-    /// Sends `head` with `body` to `address` over HTTP/2, as a stream on
-    /// the worker's multiplexed connection to it (a new one when it has
-    /// none with room); otherwise as [`Client::send`] does.
+    /// Sends `head` with `body` (and its trailers) to `address` over
+    /// HTTP/2, as a stream on the worker's multiplexed connection to it (a
+    /// new one when it has none with room); otherwise as [`Client::send`]
+    /// does.
     pub async fn send_http2(
         &self,
         address: &str,
         origination: Option<&Arc<Origination>>,
         gauges: Option<&Arc<PoolGauges>>,
         head: RequestHead,
-        body: OutgoingBody,
+        body: Http2Body,
         timeout: Duration,
     ) -> Result<UpstreamResponse, CallError> {
         http2::send(self, address, origination, gauges, head, body, timeout).await

@@ -20,6 +20,7 @@ use super::http2::Receiving;
 use super::pool::{Connection, Counted};
 use super::stream::Transport;
 use super::Shared;
+use crate::http::trailers::Trailers;
 use crate::tls::Origination;
 
 /// The answer head from a replica, with its body still to stream.
@@ -28,11 +29,8 @@ pub struct UpstreamResponse {
     body: Body,
 }
 
-/// Where the rest of an answer's body is.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "HTTP/1 is the hot path: boxing its body would allocate per answer"
-)]
+/// Where the rest of an answer's body is (HTTP/1's inline, not boxed: it
+/// is the hot path, and boxing would allocate per answer).
 enum Body {
     /// There is none, or its end was read.
     Done,
@@ -111,6 +109,15 @@ impl UpstreamResponse {
     /// The replica's headers.
     pub fn headers(&self) -> &HeaderMap {
         &self.head.headers
+    }
+
+    /// Where the replica's trailers go once the body has ended: an HTTP/2
+    /// answer's (an HTTP/1 answer's trailers, if chunked, are not kept).
+    pub fn trailers(&self) -> Option<&Trailers> {
+        match &self.body {
+            Body::Http2(receiving) => Some(receiving.trailers()),
+            _ => None,
+        }
     }
 
     /// Takes the replica's headers out of the answer, to pass them on

@@ -4,16 +4,19 @@
 //! pauses longer than `client_body_timeout` between two reads (408). Either
 //! is the client's doing, never the replica's.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::error::PayloadError;
-use actix_web::web::{Bytes, Payload};
+use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::HttpRequest;
 use futures_util::Stream;
 
+use super::connection::connection_data;
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, MAX_BODY_BYTES};
 use super::stream::ChunkVerdict;
@@ -31,6 +34,8 @@ pub struct LimitedPayload {
     longest_pause: Duration,
     /// The client's pause under way.
     pause: Pause,
+    /// A copy of what passed, kept while it fits (see [`LimitedPayload::keep_copy`]).
+    copy: Option<Rc<RefCell<BodyCopy>>>,
 }
 
 impl LimitedPayload {
@@ -42,7 +47,69 @@ impl LimitedPayload {
             limit: limits.max_body_bytes,
             longest_pause: limits.client_body_timeout,
             pause: Pause::default(),
+            copy: None,
         }
+    }
+
+    /// Keeps a copy of the body as it streams, while it stays within
+    /// `limit` bytes: once the body has ended within it, the copy can send
+    /// it again (a body whose length was not announced, retried).
+    pub fn keep_copy(&mut self, limit: u32) -> Rc<RefCell<BodyCopy>> {
+        let copy = Rc::new(RefCell::new(BodyCopy {
+            bytes: BytesMut::new(),
+            room: limit as usize,
+            state: Copying::Filling,
+        }));
+        self.copy = Some(Rc::clone(&copy));
+        copy
+    }
+}
+
+/// The copy of a streamed request body [`LimitedPayload::keep_copy`] keeps.
+pub struct BodyCopy {
+    bytes: BytesMut,
+    /// Bytes the copy may still take.
+    room: usize,
+    state: Copying,
+}
+
+/// How far a [`BodyCopy`] got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Copying {
+    /// The body is still streaming, and all of it so far is copied.
+    Filling,
+    /// The body ended, all of it copied.
+    Whole,
+    /// The body outgrew the copy or broke off: it cannot be sent again.
+    Lost,
+}
+
+impl BodyCopy {
+    fn add(&mut self, chunk: &Bytes) {
+        if self.state != Copying::Filling {
+            return;
+        }
+        match self.room.checked_sub(chunk.len()) {
+            Some(room) => {
+                self.room = room;
+                self.bytes.extend_from_slice(chunk);
+            }
+            None => self.lose(),
+        }
+    }
+
+    fn lose(&mut self) {
+        self.state = Copying::Lost;
+        self.bytes = BytesMut::new();
+    }
+
+    /// The whole body, once it ended within the copy's limit (taken: the
+    /// copy is empty afterwards).
+    pub fn take_whole(&mut self) -> Option<Bytes> {
+        (self.state == Copying::Whole).then(|| {
+            self.state = Copying::Lost;
+            std::mem::take(&mut self.bytes).freeze()
+        })
     }
 }
 
@@ -63,7 +130,9 @@ impl BodyError {
     /// answered for that line.
     pub fn refusal(&self, req: &HttpRequest) -> ProxyError {
         let chunk = match self {
-            Self::Client(_) => req.conn_data::<ChunkVerdict>().and_then(ChunkVerdict::get),
+            Self::Client(_) => {
+                connection_data::<ChunkVerdict>(req).and_then(|verdict| verdict.get())
+            }
             _ => None,
         };
         match (self, chunk) {
@@ -116,6 +185,15 @@ impl Stream for LimitedPayload {
             }
         };
         this.pause.stop();
+        if let Some(copy) = &this.copy {
+            let mut copy = copy.borrow_mut();
+            match &item {
+                Some(Ok(chunk)) if this.allowed >= chunk.len() as u64 => copy.add(chunk),
+                None if copy.state == Copying::Filling => copy.state = Copying::Whole,
+                None => {}
+                Some(_) => copy.lose(),
+            }
+        }
         Poll::Ready(match item {
             Some(Ok(chunk)) => match this.allowed.checked_sub(chunk.len() as u64) {
                 Some(left) => {
@@ -127,5 +205,39 @@ impl Stream for LimitedPayload {
             Some(Err(err)) => Some(Err(BodyError::Client(err))),
             None => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(limit: usize) -> BodyCopy {
+        BodyCopy {
+            bytes: BytesMut::new(),
+            room: limit,
+            state: Copying::Filling,
+        }
+    }
+
+    #[test]
+    fn a_body_that_ended_within_the_limit_is_whole_once() {
+        let mut kept = copy(8);
+        kept.add(&Bytes::from_static(b"abc"));
+        assert_eq!(kept.take_whole(), None, "not ended yet");
+        kept.add(&Bytes::from_static(b"defgh"));
+        kept.state = Copying::Whole;
+        assert_eq!(kept.take_whole(), Some(Bytes::from_static(b"abcdefgh")));
+        assert_eq!(kept.take_whole(), None, "taken");
+    }
+
+    #[test]
+    fn a_body_past_the_limit_is_lost_and_keeps_nothing() {
+        let mut kept = copy(4);
+        kept.add(&Bytes::from_static(b"abc"));
+        kept.add(&Bytes::from_static(b"de"));
+        assert!(kept.bytes.is_empty(), "nothing held past the limit");
+        kept.add(&Bytes::from_static(b"f"));
+        assert_eq!(kept.take_whole(), None);
     }
 }

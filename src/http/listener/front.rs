@@ -17,6 +17,7 @@ use super::Stopping;
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::http::access::Answering;
+use crate::http::grpc;
 use crate::http::request_id::{request_id, IdText};
 use crate::logging::summary::{self, Topic};
 use crate::metrics::{Metrics, RequestSeries};
@@ -75,13 +76,14 @@ impl Front {
     }
 
     /// The sidecar's stop, as this listener sees it.
-    pub fn stopping(&self) -> &Stopping {
+    pub fn stopping(&self) -> &Arc<Stopping> {
         &self.stopping
     }
 
     /// `req` arrived: it gets its request id (the caller's `x-request-id`,
-    /// or a new one) and this hop's trace context, and counts as in
-    /// progress until its [`Arrival`] is answered or dropped.
+    /// or a new one) and this hop's trace context, is told a gRPC call or
+    /// not, and counts as in progress until its [`Arrival`] is answered or
+    /// dropped.
     pub fn arrive(&self, req: &HttpRequest) -> Arrival<'_> {
         let started = Instant::now();
         let request_id = request_id(req);
@@ -92,6 +94,7 @@ impl Front {
             started,
             request_id,
             hop,
+            grpc: grpc::is_grpc(req.headers()),
             answered: false,
         }
     }
@@ -108,6 +111,8 @@ pub struct Arrival<'a> {
     started: Instant,
     request_id: HeaderValue,
     hop: Hop,
+    /// A gRPC call: answered as gRPC callers read answers.
+    grpc: bool,
     answered: bool,
 }
 
@@ -127,12 +132,23 @@ impl Arrival<'_> {
         &self.hop
     }
 
+    /// When the request arrived.
+    pub fn arrived(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether the request is a gRPC call (`content-type: application/grpc*`).
+    pub fn grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// Our own answer instead of a peer's: `error` as its response (see
-    /// [`ProxyError::response`]) for `service`, with this request's id.
-    /// Every refusal on either listener is answered here. The first of its
-    /// reason for the service since the last summary is logged with its
-    /// status and request id; the others are counted for the summary
-    /// (`logging::summary`), so a burst does not drown the log.
+    /// [`ProxyError::response`]) for `service`, with this request's id,
+    /// or, to a gRPC caller, as a trailers-only gRPC answer
+    /// ([`grpc::refusal`]). Every refusal on either listener is answered
+    /// here. The first of its reason for the service since the last summary
+    /// is logged with its status and request id; the others are counted for
+    /// the summary (`logging::summary`), so a burst does not drown the log.
     pub fn refuse(&self, error: &ProxyError, service: Option<&str>) -> HttpResponse {
         let id = self.id();
         let topic = Topic {
@@ -147,12 +163,19 @@ impl Arrival<'_> {
                 error.message()
             );
         }
+        if self.grpc {
+            return grpc::refusal(error);
+        }
         error.response(service, id.as_str())
     }
 
     /// Records `response`, the answer to `req`, in `series` (counters,
-    /// access line, span) and ends the request's time in progress. While
-    /// the sidecar drains, the answer closes its connection, so a
+    /// access line, span) and ends the request's time in progress. A gRPC
+    /// caller's answer is first made one a gRPC client reads
+    /// ([`grpc::relayed`]: a replica's HTTP error becomes a trailers-only
+    /// answer) and counted by its `grpc-status` (from its trailers, when
+    /// its body ends, unless its head carries one). While the sidecar
+    /// drains, the answer closes its connection, so a
     /// keep-alive client reconnects (elsewhere, once endpoints follow
     /// `/ready`) before the listener closes instead of sending a request it
     /// would lose then.
@@ -163,6 +186,12 @@ impl Arrival<'_> {
         response: &mut HttpResponse,
     ) {
         let front = self.front;
+        if self.grpc {
+            match grpc::relayed(response) {
+                Some(code) => series.grpc().record(code),
+                None => grpc::count_at_end(response, series.grpc()),
+            }
+        }
         let answering = Answering::begin(front.listener, self.started, &self.request_id, &self.hop);
         answering.finish(
             series,

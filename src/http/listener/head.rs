@@ -14,6 +14,7 @@ use actix_web::http::uri::{Authority, Uri};
 use actix_web::http::Method;
 use actix_web::HttpRequest;
 
+use super::connection::connection_data;
 use super::http2::Streams;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
@@ -38,7 +39,7 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// client that resets its streams as fast as it opens them, the rapid reset
 /// attack, starts no more work than that at once).
 pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
-    if let Some(streams) = req.conn_data::<Streams>() {
+    if let Some(streams) = connection_data::<Streams>(req) {
         let waiting = streams.waiting();
         if waiting > limits.http2_max_concurrent_streams {
             return Err(ProxyError::ConcurrencyLimit(format!(

@@ -9,6 +9,7 @@
 //! and the open-files limit raised at start.
 
 mod body;
+mod connection;
 mod deadline;
 mod framing;
 mod front;
@@ -23,6 +24,8 @@ mod stream;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,16 +34,17 @@ use actix_http::error::DispatchError;
 use actix_http::{HttpService, Protocol, Request, Response};
 use actix_rt::net::TcpStream;
 use actix_service::{
-    apply_fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
+    fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
     ServiceFactoryExt,
 };
 use actix_web::dev::{AppConfig, Extensions, Server};
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
-use futures_util::future::Either;
+use futures_util::future::{ready, select, Either};
 use log::{info, warn};
 
-pub use body::{BodyError, LimitedPayload};
+pub use body::{BodyCopy, BodyError, LimitedPayload};
+pub use connection::connection_data;
 pub use front::{Arrival, Front};
 pub use head::check_head;
 pub use path::normal_path;
@@ -70,10 +74,12 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// as `tls` says (`secure.rs`), HTTP/1.1 or HTTP/2 by its first bytes; an
 /// HTTP/1 connection's bytes (decrypted ones over TLS) pass the bare-LF
 /// check before the parser (refusals counted in
-/// `http_heads_refused_total`), an HTTP/2 connection's requests are made to
-/// read as HTTP/1.1 ones and its streams counted against
-/// `http2_max_concurrent_streams`; `factory` builds each
-/// worker's app, run on `workers` threads. The server runs once awaited or
+/// `http_heads_refused_total`), an HTTP/2 connection is served by the
+/// listener's own dispatcher (`http2::serve`), its requests made to read as
+/// HTTP/1.1 ones and its streams counted against
+/// `http2_max_concurrent_streams`; `factory` builds each worker's app (one,
+/// shared by the worker's connections of both protocols), run on `workers`
+/// threads. The server runs once awaited or
 /// spawned; it stops on its handle (signals are the caller's), giving
 /// in-flight requests the shutdown grace of `front`'s stop.
 pub fn serve<F, I, S, B>(
@@ -119,10 +125,20 @@ where
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
     let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
+    let http2 = http2::Settings {
+        max_streams: limits.http2_max_concurrent_streams,
+        max_header_list: limits.max_header_bytes.saturating_mul(2),
+        handshake_within: header_timeout,
+        keep_alive,
+        write_timeout: limits.client_write_timeout,
+    };
+    let draining = Arc::clone(front.stopping());
     let builder = builder.listen(name, socket, move || {
         let (stopping, refused, secure) = (stopping.clone(), refused.clone(), secure.clone());
-        let app = factory()
-            .into_factory()
+        let draining = Arc::clone(&draining);
+        // The app config only feeds `connection_info()` fallbacks, which
+        // the proxies do not use: they route on the request's own target.
+        let app = map_config(factory().into_factory(), |_: ()| AppConfig::default())
             .map_err(|err| err.into().error_response());
         let accept = fn_service(move |io: TcpStream| {
             let (refused, secure) = (refused.clone(), secure.clone());
@@ -146,45 +162,54 @@ where
                 Ok::<_, DispatchError>((io, protocol, peer))
             }
         });
-        let http = HttpService::build()
-            .graceful_shutdown_signal(move || {
-                let stopping = stopping.clone();
-                async move { stopping.notified().await }
-            })
-            .keep_alive(keep_alive)
-            .client_request_timeout(header_timeout)
-            .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-            .on_connect_ext(|io: &ClientStream, data: &mut Extensions| {
-                if let Some(ip) = io.peer_addr().and_then(|peer| PeerIp::new(peer.ip())) {
-                    data.insert(ip);
-                }
-                if let Some(identity) = io.peer_identity() {
-                    data.insert(identity.clone());
-                }
-                data.insert(io.chunk_verdict());
-                if io.protocol() == Protocol::Http2 {
-                    data.insert(http2::Streams::default());
-                }
-            })
-            // The app config only feeds `connection_info()` fallbacks, which
-            // the proxies do not use: they route on the request's own target.
-            .finish(apply_fn_factory(
-                map_config(app, |_| AppConfig::default()),
-                |mut req: Request, app| {
-                    // An HTTP/1 request goes to the app as it came.
-                    match http2::receive(&mut req) {
-                        None => Either::Left(app.call(req)),
-                        Some(streams) => {
-                            let call = app.call(req);
-                            Either::Right(async move {
-                                let _waiting = streams.enter();
-                                call.await
+        // One app per worker, shared by its HTTP/1 and HTTP/2 connections.
+        let serve = fn_factory(move || {
+            let (app, stopping, draining) =
+                (app.new_service(()), stopping.clone(), draining.clone());
+            async move {
+                let app = Rc::new(app.await.map_err(|err| {
+                    warn!("{name} listener: a worker's app did not start: {err:?}");
+                })?);
+                let shared = Rc::clone(&app);
+                let closing = stopping.clone();
+                let http1 = HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let closing = closing.clone();
+                        async move { closing.notified().await }
+                    })
+                    .keep_alive(keep_alive)
+                    .client_request_timeout(header_timeout)
+                    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+                    .on_connect_ext(|io: &ClientStream, data: &mut Extensions| {
+                        connection::gather(io, data);
+                    })
+                    .h1(fn_factory(move || ready(Ok::<_, ()>(Rc::clone(&shared)))))
+                    .new_service(())
+                    .await?;
+                let http1 = Rc::new(http1);
+                Ok::<_, ()>(fn_service(
+                    move |(io, protocol, peer): (ClientStream, Protocol, Option<SocketAddr>)| {
+                        if protocol == Protocol::Http2 {
+                            // A GOAWAY once the sidecar drains, or at the
+                            // latest when the listener closes.
+                            let (closing, drained) = (stopping.clone(), draining.drained());
+                            let stop = async move {
+                                let closed = pin!(closing.notified());
+                                select(pin!(drained), closed).await;
+                            };
+                            let served = http2::serve(io, Rc::clone(&app), http2, stop);
+                            Either::Left(async move {
+                                served.await;
+                                Ok(())
                             })
+                        } else {
+                            Either::Right(http1.call((io, peer)))
                         }
-                    }
-                },
-            ));
-        accept.and_then(http)
+                    },
+                ))
+            }
+        });
+        accept.and_then(serve)
     })?;
     Ok(builder.run())
 }
@@ -204,10 +229,8 @@ impl PeerIp {
     /// The client IP of `req`: its connection's, or formatted now for a
     /// request that did not come through a listener.
     pub fn of(req: &HttpRequest) -> Option<PeerIp> {
-        match req.conn_data::<PeerIp>() {
-            Some(ip) => Some(ip.clone()),
-            None => req.peer_addr().and_then(|peer| PeerIp::new(peer.ip())),
-        }
+        connection_data::<PeerIp>(req)
+            .or_else(|| req.peer_addr().and_then(|peer| PeerIp::new(peer.ip())))
     }
 }
 

@@ -15,6 +15,9 @@ use tokio::sync::watch;
 pub struct Stopping {
     grace: Duration,
     draining: AtomicBool,
+    /// Told when the stop begins, for what waits for it (an HTTP/2
+    /// connection's GOAWAY) rather than reading `draining` per answer.
+    drain_began: watch::Sender<bool>,
     /// From when a request dropped unanswered was cut by the stop, and
     /// open tunnels close; `None` until the listeners close.
     cut_from: watch::Sender<Option<Instant>>,
@@ -27,6 +30,7 @@ impl Stopping {
         Stopping {
             grace,
             draining: AtomicBool::new(false),
+            drain_began: watch::Sender::new(false),
             cut_from: watch::Sender::new(None),
         }
     }
@@ -39,6 +43,18 @@ impl Stopping {
     /// The stop began: from now on every answer closes its connection.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain_began.send_replace(true);
+    }
+
+    /// Resolves once the stop has begun ([`Stopping::drain`]); never while
+    /// the sidecar is not stopping.
+    pub fn drained(&self) -> impl Future<Output = ()> + 'static {
+        let mut began = self.drain_began.subscribe();
+        async move {
+            if began.wait_for(|began| *began).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Whether answers close their connections (read once per answer).
@@ -119,6 +135,17 @@ mod tests {
         assert!(!stopping.cutting(), "the grace has an hour to run");
         stopping.hurry();
         assert!(stopping.cutting(), "a hurried stop cuts at once");
+    }
+
+    #[actix_rt::test]
+    async fn drained_resolves_once_the_stop_begins() {
+        let stopping = Stopping::new(Duration::from_secs(1));
+        let drained = stopping.drained();
+        let early = tokio::time::timeout(Duration::from_millis(20), stopping.drained()).await;
+        assert!(early.is_err(), "not stopping yet");
+        stopping.drain();
+        drained.await;
+        stopping.drained().await;
     }
 
     #[actix_rt::test]

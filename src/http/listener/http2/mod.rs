@@ -1,24 +1,36 @@
-//! What an HTTP/2 request needs before a handler reads it as it reads an
-//! HTTP/1.1 one: its `:authority` becomes its `Host` (the HTTP/2 server
-//! leaves the authority in the target and sends no `Host`), so routing,
-//! the checks of its head and forwarding treat both alike; `cookie` fields
-//! split over several lines are joined into one (RFC 9113, 8.2.3: an
-//! HTTP/1.1 replica reads one `Cookie` line); and the streams of its
-//! connection still waiting for their answer are counted, so one connection
-//! cannot start unbounded work (the flood guard of
-//! `http2_max_concurrent_streams`, which `check_head` applies).
+//! The HTTP/2 side of a listener: each HTTP/2 connection (prior knowledge
+//! in plain text, `h2` by ALPN over TLS) is served by the listener's own
+//! dispatcher on the `h2` crate (`dispatcher.rs`), which advertises the
+//! listener's limits in its SETTINGS, passes trailers both ways and sends a
+//! GOAWAY when the sidecar stops; its request bodies come off their streams
+//! with their trailers (`incoming.rs`).
 //!
-//! The HTTP/2 server itself refuses what HTTP/2 forbids in a request
+//! What an HTTP/2 request needs before a handler reads it as it reads an
+//! HTTP/1.1 one ([`prepare`]): its `:authority` becomes its `Host` (HTTP/2
+//! sends no `Host`), so routing, the checks of its head and forwarding
+//! treat both alike; `cookie` fields split over several lines are joined
+//! into one (RFC 9113, 8.2.3: an HTTP/1.1 replica reads one `Cookie`
+//! line); and the streams of its connection still waiting for their answer
+//! are counted, so one connection cannot start unbounded work (the flood
+//! guard of `http2_max_concurrent_streams`, which `check_head` applies,
+//! beside the SETTINGS limit that a client resetting its streams escapes).
+//!
+//! The `h2` server itself refuses what HTTP/2 forbids in a request
 //! (connection-specific headers such as `Connection` or
 //! `Transfer-Encoding`, a `te` other than `trailers`, a body longer or
 //! shorter than its `Content-Length`) by resetting the stream.
+
+mod dispatcher;
+mod incoming;
+
+pub use dispatcher::{serve, Settings};
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use actix_http::header::{HeaderMap, HeaderValue, COOKIE, HOST};
 use actix_http::uri::{Parts, Uri};
-use actix_http::{Request, RequestHead, Version};
+use actix_http::RequestHead;
 use actix_web::web::BytesMut;
 
 /// The streams of one HTTP/2 connection whose answer head has not gone out
@@ -54,17 +66,11 @@ impl Drop for Waiting {
     }
 }
 
-/// Prepares an HTTP/2 request for the handlers (see the module doc) and
-/// returns the streams of its connection, among which its handler is to be
-/// counted; an HTTP/1 request is left as it is (`None`).
-pub fn receive(req: &mut Request) -> Option<Streams> {
-    if req.version() != Version::HTTP_2 {
-        return None;
-    }
-    let head = req.head_mut();
+/// Prepares the head of an HTTP/2 request for the handlers (see the
+/// module doc).
+pub fn prepare(head: &mut RequestHead) {
     authority_as_host(head);
     join_cookies(&mut head.headers);
-    req.conn_data::<Streams>().cloned()
 }
 
 /// Moves the `:authority` of `head` to its `Host` and leaves the target in
@@ -120,11 +126,10 @@ fn join_cookies(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_http::{HttpMessage, Method};
+    use actix_http::{Method, Version};
 
-    fn http2_request(target: &str, headers: &[(&str, &str)]) -> Request {
-        let mut req = Request::new();
-        let head = req.head_mut();
+    fn http2_request(target: &str, headers: &[(&str, &str)]) -> RequestHead {
+        let mut head = RequestHead::default();
         head.method = Method::GET;
         head.version = Version::HTTP_2;
         head.uri = target.parse().expect("a valid target");
@@ -134,44 +139,32 @@ mod tests {
                 HeaderValue::from_str(value).expect("a valid value"),
             );
         }
-        req
+        head
     }
 
     #[test]
     fn the_authority_becomes_the_host() {
         let mut req = http2_request("http://budgeting:8080/a?b=1", &[]);
-        receive(&mut req);
-        assert_eq!(req.uri().to_string(), "/a?b=1");
-        assert_eq!(req.headers().get(HOST).expect("host"), "budgeting:8080");
+        prepare(&mut req);
+        assert_eq!(req.uri.to_string(), "/a?b=1");
+        assert_eq!(req.headers.get(HOST).expect("host"), "budgeting:8080");
     }
 
     #[test]
     fn a_host_naming_another_authority_is_left_for_check_head() {
         let mut req = http2_request("http://budgeting/a", &[("host", "admin")]);
-        receive(&mut req);
-        assert_eq!(req.uri().to_string(), "http://budgeting/a");
+        prepare(&mut req);
+        assert_eq!(req.uri.to_string(), "http://budgeting/a");
         let mut req = http2_request("http://budgeting/a", &[("host", "Budgeting")]);
-        receive(&mut req);
-        assert_eq!(req.uri().to_string(), "/a", "the same authority");
+        prepare(&mut req);
+        assert_eq!(req.uri.to_string(), "/a", "the same authority");
     }
 
     #[test]
     fn cookie_fields_are_joined() {
         let mut req = http2_request("http://a/", &[("cookie", "a=1"), ("cookie", "b=2")]);
-        receive(&mut req);
-        let cookies: Vec<_> = req.headers().get_all(COOKIE).collect();
+        prepare(&mut req);
+        let cookies: Vec<_> = req.headers.get_all(COOKIE).collect();
         assert_eq!(cookies, ["a=1; b=2"]);
-    }
-
-    #[test]
-    fn http1_requests_are_left_alone() {
-        let mut req = http2_request(
-            "http://budgeting/a",
-            &[("cookie", "a=1"), ("cookie", "b=2")],
-        );
-        req.head_mut().version = Version::HTTP_11;
-        assert!(receive(&mut req).is_none());
-        assert_eq!(req.uri().to_string(), "http://budgeting/a");
-        assert_eq!(req.headers().get_all(COOKIE).count(), 2);
     }
 }

@@ -1,0 +1,193 @@
+//! Real gRPC through the sidecar: a grpcio client calling a grpcio server
+//! through the outbound listener in plain-text HTTP/2 (issue 27, items 1, 2
+//! and 4). Every kind of call passes with its messages, its custom
+//! metadata both ways and the trailers that carry its status (unary, a
+//! server stream of 1,000 messages, a bidi echo of 100); a 10 MiB client
+//! stream passes with the sidecar's memory bounded (flow control, nothing
+//! buffered whole); and when the sidecar is told to stop, its HTTP/2
+//! connections are told to go away (GOAWAY) as the drain begins: an idle
+//! one closes at once, and a bidi stream open then finishes, after which
+//! the sidecar exits rather than at the end of its shutdown grace.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::grpc::{grpc_call, CallArgs, GrpcCall, GrpcReplica};
+use support::process::SidecarProcess;
+use support::sidecar::sidecar_from;
+
+/// The `services:` list routing `echo` to `replica`.
+fn echo_service(replica: &GrpcReplica) -> String {
+    format!(
+        "  - {{ name: echo, endpoints: [\"{}\"] }}",
+        replica.address()
+    )
+}
+
+/// `key` of `metadata`, for asserting.
+fn value<'a>(
+    metadata: &'a std::collections::HashMap<String, String>,
+    key: &str,
+) -> Option<&'a str> {
+    metadata.get(key).map(String::as_str)
+}
+
+#[actix_web::test]
+async fn unary_server_streaming_and_bidi_calls_pass_with_their_metadata_and_trailers() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\" }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+{}",
+            echo_service(&replica)
+        ),
+        &[],
+    )
+    .await;
+    let target = sidecar.outbound_addr().to_string();
+    let echo = || CallArgs::new().authority("echo");
+    // All three at once, over three connections.
+    let unary = GrpcCall::start(
+        &target,
+        "Unary",
+        &echo().payload("hello").metadata("x-user", "ana"),
+    );
+    let server_stream = GrpcCall::start(&target, "ServerStream", &echo().payload("1000"));
+    let bidi = GrpcCall::start(&target, "Bidi", &echo().messages(100, 0));
+
+    let unary = unary.outcome().await;
+    assert_eq!(unary.code, "OK", "{unary:?}");
+    assert_eq!(unary.messages, ["hello"]);
+    assert_eq!(
+        value(&unary.initial, "x-replica"),
+        Some("echo-1"),
+        "{unary:?}"
+    );
+    assert_eq!(
+        value(&unary.initial, "echo-x-user"),
+        Some("ana"),
+        "{unary:?}"
+    );
+    assert!(
+        unary.initial.contains_key("date"),
+        "dated as HTTP/1 answers are"
+    );
+    assert_eq!(
+        value(&unary.trailing, "x-trailer"),
+        Some("done"),
+        "{unary:?}"
+    );
+    assert_eq!(value(&unary.trailing, "x-deadline-ms"), Some("none"));
+
+    let server_stream = server_stream.outcome().await;
+    assert_eq!(server_stream.code, "OK", "{server_stream:?}");
+    assert_eq!(server_stream.message_count, 1000);
+    assert_eq!(
+        server_stream.messages.first().map(String::as_str),
+        Some("msg-0")
+    );
+    assert_eq!(
+        server_stream.messages.last().map(String::as_str),
+        Some("msg-999")
+    );
+    assert_eq!(value(&server_stream.trailing, "x-trailer"), Some("done"));
+
+    let bidi = bidi.outcome().await;
+    assert_eq!(bidi.code, "OK", "{bidi:?}");
+    let expected: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
+    assert_eq!(bidi.messages, expected);
+    assert_eq!(value(&bidi.trailing, "x-trailer"), Some("done"));
+}
+
+#[actix_web::test]
+async fn a_10_mib_client_stream_passes_with_the_sidecars_memory_bounded() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = SidecarProcess::start(&echo_service(&replica)).await;
+    let before = sidecar.rss();
+    // 160 messages of 64 KiB: 10 MiB.
+    let outcome = grpc_call(
+        &sidecar.outbound.to_string(),
+        "ClientStream",
+        CallArgs::new().authority("echo").messages(160, 64 * 1024),
+    )
+    .await;
+    assert_eq!(outcome.code, "OK", "{outcome:?}");
+    assert_eq!(outcome.messages, ["messages=160 bytes=10485760"]);
+    assert_eq!(value(&outcome.trailing, "x-trailer"), Some("done"));
+    let grown = sidecar.peak_rss().saturating_sub(before);
+    assert!(
+        grown < 6 * 1024 * 1024,
+        "the sidecar's memory grew by {grown} bytes for a 10 MiB stream"
+    );
+}
+
+#[actix_web::test]
+async fn a_bidi_stream_open_across_sigterm_finishes_and_its_connection_goes_away() {
+    let replica = GrpcReplica::start("echo-1");
+    let extra = "lifecycle: { drain_delay: 3s, shutdown_grace: 20s }";
+    let mut sidecar = SidecarProcess::start_with(
+        &echo_service(&replica),
+        extra,
+        &[("LOG_LEVEL", "warn")],
+        None,
+    )
+    .await;
+    // 30 messages 100 ms apart: about 3 s.
+    let call = GrpcCall::start(
+        &sidecar.outbound.to_string(),
+        "Bidi",
+        &CallArgs::new()
+            .authority("echo")
+            .messages(30, 0)
+            .interval(Duration::from_millis(100)),
+    );
+    let metrics = format!("http://{}/metrics", sidecar.admin);
+    // Its answer head is counted as it goes out, while its messages flow.
+    support::eventually::eventually("the bidi call is under way", || async {
+        let text = support::client::get_text(&metrics).await;
+        support::metrics::metric_sum(
+            &text,
+            "outrigger_http_requests_total",
+            &[("listener", "outbound"), ("service", "echo")],
+        ) >= 1.0
+    })
+    .await;
+    // Another client's idle HTTP/2 connection.
+    let tcp = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .expect("connect");
+    let (_idle_client, idle) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    let idle = actix_rt::spawn(idle);
+    let stopped = Instant::now();
+    sidecar.terminate();
+    // The drain tells it to go away (long before the listeners close, after
+    // the 3 s drain_delay), and it closes with no stream on it.
+    let gone = tokio::time::timeout(Duration::from_secs(2), idle).await;
+    assert!(
+        gone.is_ok(),
+        "an idle HTTP/2 connection was not told to go away as the drain began"
+    );
+    let outcome = call.outcome().await;
+    assert_eq!(outcome.code, "OK", "{outcome:?}");
+    assert_eq!(outcome.message_count, 30);
+    assert_eq!(value(&outcome.trailing, "x-trailer"), Some("done"));
+    // The client's connection was told to go away: with no stream left on
+    // it, it closes, and the sidecar exits long before the 20 s grace.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let exited = loop {
+        if let Some(status) = sidecar.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar still runs {:?} after SIGTERM, its stream over",
+            stopped.elapsed()
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(exited.code(), Some(0));
+}
