@@ -33,6 +33,7 @@ use actix_web::web::Bytes;
 use h2::server::{Builder, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use log::{debug, warn};
+use prometheus::IntCounter;
 use tokio::time::{sleep_until, Instant};
 
 use super::incoming::Incoming;
@@ -112,12 +113,16 @@ impl<S> Drop for Open<S> {
 
 /// Serves the HTTP/2 client on `io` with the worker's `app` until the
 /// connection closes; a GOAWAY goes out once `stopping` resolves (the
-/// sidecar drains, or the listener closes).
+/// sidecar drains, or the listener closes). A connection closed for a
+/// flood (`ENHANCE_YOUR_CALM`: CONTINUATION frames past the header list
+/// limit, streams reset faster than they are taken in, too many stream
+/// errors) is counted in `flooded`.
 pub async fn serve<S, B>(
     io: ClientStream,
     app: Rc<S>,
     settings: Settings,
     stopping: impl Future<Output = ()>,
+    flooded: IntCounter,
 ) where
     S: Service<Request> + 'static,
     S::Error: Into<Response<BoxBody>>,
@@ -201,7 +206,12 @@ pub async fn serve<S, B>(
                 actix_rt::spawn(answer(request, respond, Open::new(&shared)));
             }
             Some(Some(Err(err))) => {
-                debug!("the HTTP/2 connection from {peer:?} ended: {err}");
+                if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+                    flooded.inc();
+                    warn!("an HTTP/2 client at {peer:?} flooded its connection ({err}); connection closed");
+                } else {
+                    debug!("the HTTP/2 connection from {peer:?} ended: {err}");
+                }
                 return;
             }
             Some(None) => return,
