@@ -4,7 +4,8 @@
 //! and apps with every feature of an HTTP/1.1 request (routing by
 //! `:authority` as by `Host`, JWT, rate limits, the GET cache, head and body
 //! limits, metrics), the per-connection stream limit that bounds a flood
-//! of streams, a CONTINUATION flood closed and counted, and the protocol
+//! of streams, a CONTINUATION flood closed and counted, a header list past
+//! the advertised limit, a client that grants no window, and the protocol
 //! detection's wait counted against a slow
 //! HTTP/1.1 client's first head. Replicas called over HTTP/2
 //! (`services[].protocol`): an HTTP/2-only replica reached by HTTP/2 and
@@ -123,6 +124,12 @@ async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
     let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &big]).await;
     assert_eq!(answer.status(), 431, "{answer:?}");
     assert_eq!(answer.header("x-outrigger"), Some("headers_too_large"));
+    // One past the header list the listener advertises (twice
+    // max_header_bytes) is refused by the HTTP/2 server before any handler.
+    let huge = format!("x-big: {}", "b".repeat(40 * 1024));
+    let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &huge]).await;
+    assert_eq!(answer.status(), 431, "{answer:?}");
+    assert_eq!(answer.header("x-outrigger"), None, "{answer:?}");
 
     // Over max_body_bytes: refused from its content-length, before a byte
     // of it is read or forwarded.
@@ -677,4 +684,47 @@ async fn a_continuation_flood_closes_its_connection_and_is_counted() {
     })
     .await;
     assert_eq!(replica.hits(), 1, "the flood's head reached no replica");
+}
+
+/// A client that takes an answer's head but grants no window for its body
+/// (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE): its stream is reset
+/// once `client_write_timeout` passes with nothing sent, and another client
+/// is served meanwhile.
+#[actix_web::test]
+async fn a_stream_whose_client_grants_no_window_is_reset_after_the_write_timeout() {
+    use std::time::{Duration, Instant};
+    let replica = Replica::start().await;
+    let limits = ", client_write_timeout: 1s";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("an h2 handshake");
+    let connection = actix_rt::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::get(format!("http://{addr}/budgeting/download/1048576"))
+        .body(())
+        .expect("a request");
+    let (answer, _) = client.send_request(request, true).expect("sent");
+    let answer = answer.await.expect("the answer head");
+    assert_eq!(answer.status(), 200);
+    let asked = Instant::now();
+    let mut body = answer.into_body();
+    let read = tokio::time::timeout(Duration::from_secs(5), body.data()).await;
+    let reset = read.expect("the stream ends within 5 s");
+    let reason = reset
+        .and_then(|data| data.err())
+        .and_then(|err| err.reason());
+    assert_eq!(reason, Some(h2::Reason::CANCEL), "reset, not served");
+    assert!(asked.elapsed() >= Duration::from_millis(900));
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+    connection.abort();
 }
