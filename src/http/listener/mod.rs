@@ -132,6 +132,7 @@ where
         .with_label_values(&[name, "http2_flood"]);
     let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
     let http2 = http2::Settings {
+        listener: name,
         max_streams: limits.http2_max_concurrent_streams,
         max_header_list: limits.max_header_bytes.saturating_mul(2),
         handshake_within: header_timeout,

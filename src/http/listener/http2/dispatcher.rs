@@ -41,6 +41,7 @@ use super::{prepare, Streams};
 use crate::http::listener::connection::ConnectionData;
 use crate::http::listener::stream::ClientStream;
 use crate::http::trailers::Trailers;
+use crate::logging::summary::{self, Topic};
 
 /// The window of each stream a client sends on: what one request body may
 /// have in flight before the handler takes it.
@@ -62,6 +63,8 @@ const ERROR_RESETS: usize = 256;
 /// A listener's HTTP/2 limits, fixed when it starts.
 #[derive(Clone, Copy)]
 pub struct Settings {
+    /// `outbound` or `inbound`, for the log.
+    pub listener: &'static str,
     /// `http2_max_concurrent_streams`, advertised in SETTINGS.
     pub max_streams: u32,
     /// The largest header list a client may send, as HPACK counts it (32
@@ -208,7 +211,17 @@ pub async fn serve<S, B>(
             Some(Some(Err(err))) => {
                 if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
                     flooded.inc();
-                    warn!("an HTTP/2 client at {peer:?} flooded its connection ({err}); connection closed");
+                    let topic = Topic {
+                        kind: "http2_flood",
+                        listener: settings.listener,
+                        service: "unknown",
+                    };
+                    if summary::first(topic) {
+                        warn!(
+                            "{} listener: the HTTP/2 client at {peer:?} flooded its connection ({err}); connection closed",
+                            settings.listener
+                        );
+                    }
                 } else {
                     debug!("the HTTP/2 connection from {peer:?} ended: {err}");
                 }
