@@ -416,3 +416,51 @@ fn http_head(head: &ResponseHead, size: &mut BodySize) -> http::Response<()> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::header::{HeaderName, HeaderValue as Value};
+
+    fn head(status: StatusCode, headers: &[(&'static str, &'static str)]) -> ResponseHead {
+        let mut head = ResponseHead::new(status);
+        for (name, value) in headers {
+            head.headers
+                .append(HeaderName::from_static(name), Value::from_static(value));
+        }
+        head
+    }
+
+    #[test]
+    fn connection_specific_fields_go_and_a_sized_body_says_its_length() {
+        let answer = head(
+            StatusCode::OK,
+            &[
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "99"),
+                ("x-kept", "1"),
+            ],
+        );
+        let mut size = BodySize::Sized(12);
+        let sent = http_head(&answer, &mut size);
+        let names: Vec<&str> = sent.headers().keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-length", "date"]);
+        assert_eq!(sent.headers()[CONTENT_LENGTH], "12");
+        assert_eq!(sent.version(), http::Version::HTTP_2);
+    }
+
+    #[test]
+    fn a_no_content_answer_has_no_body_and_a_dated_answer_keeps_its_date() {
+        let answer = head(
+            StatusCode::NO_CONTENT,
+            &[("date", "Sun, 06 Dec 2026 20:00:00 GMT")],
+        );
+        let mut size = BodySize::Stream;
+        let sent = http_head(&answer, &mut size);
+        assert_eq!(size, BodySize::None);
+        assert_eq!(sent.headers()[DATE], "Sun, 06 Dec 2026 20:00:00 GMT");
+        assert!(!sent.headers().contains_key(CONTENT_LENGTH));
+    }
+}
