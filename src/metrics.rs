@@ -65,7 +65,8 @@ pub struct Metrics {
     /// Inbound requests refused by a rate limit, by scope.
     pub rate_limited: IntCounterVec,
     /// Request heads refused before they were parsed, by listener and
-    /// reason (`bare_lf`: a head line ended in LF without CR).
+    /// reason (`bare_lf`: a head line ended in LF without CR;
+    /// `http2_flood`: an HTTP/2 connection closed for a flood).
     pub http_heads_refused: IntCounterVec,
     /// GET answers served from the cache.
     pub cache_hits: IntCounter,
@@ -376,7 +377,7 @@ impl Metrics {
             ),
             http_heads_refused: counter(
                 "http_heads_refused_total",
-                "Request heads refused before they were parsed (400, connection closed).",
+                "Request heads refused before they were parsed (400, connection closed), and HTTP/2 connections closed for a flood.",
                 &["listener", "reason"],
             ),
             redis_errors: counter(

@@ -72,6 +72,11 @@ services:
         Some("ana"),
         "{unary:?}"
     );
+    // The connection's data reaches an HTTP/2 request's handler too.
+    assert_eq!(
+        value(&unary.initial, "echo-x-forwarded-for"),
+        Some("127.0.0.1")
+    );
     assert!(
         unary.initial.contains_key("date"),
         "dated as HTTP/1 answers are"

@@ -4,7 +4,9 @@
 //! and apps with every feature of an HTTP/1.1 request (routing by
 //! `:authority` as by `Host`, JWT, rate limits, the GET cache, head and body
 //! limits, metrics), the per-connection stream limit that bounds a flood
-//! of streams, and the protocol detection's wait counted against a slow
+//! of streams, a CONTINUATION flood closed and counted, a header list past
+//! the advertised limit, a client that grants no window, and the protocol
+//! detection's wait counted against a slow
 //! HTTP/1.1 client's first head. Replicas called over HTTP/2
 //! (`services[].protocol`): an HTTP/2-only replica reached by HTTP/2 and
 //! HTTP/1.1 callers, streams sharing a connection per worker up to the
@@ -122,6 +124,12 @@ async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
     let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &big]).await;
     assert_eq!(answer.status(), 431, "{answer:?}");
     assert_eq!(answer.header("x-outrigger"), Some("headers_too_large"));
+    // One past the header list the listener advertises (twice
+    // max_header_bytes) is refused by the HTTP/2 server before any handler.
+    let huge = format!("x-big: {}", "b".repeat(40 * 1024));
+    let answer = h2c(&format!("{base}/budgeting/items"), &["-H", &huge]).await;
+    assert_eq!(answer.status(), 431, "{answer:?}");
+    assert_eq!(answer.header("x-outrigger"), None, "{answer:?}");
 
     // Over max_body_bytes: refused from its content-length, before a byte
     // of it is read or forwarded.
@@ -238,8 +246,9 @@ inbound:
 
 /// A client that opens streams and resets each at once (the rapid reset
 /// attack, CVE-2023-44487) on one connection: however many it opens, no
-/// more than `http2_max_concurrent_streams` reach the replica, and the
-/// sidecar serves other clients meanwhile.
+/// more than `http2_max_concurrent_streams` reach the replica, the
+/// sidecar serves other clients meanwhile, and the connection is closed
+/// as a flood (counted) once its resets outrun what is taken in.
 #[actix_web::test]
 async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
     let replica = Replica::start().await;
@@ -283,6 +292,14 @@ async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
         started <= 8,
         "{started} calls started by {opened} reset streams"
     );
+    // Its resets outran what the listener takes in: closed as a flood.
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    let flood = [("listener", "outbound"), ("reason", "http2_flood")];
+    eventually("the flood is counted", || async {
+        let text = get_text(&metrics).await;
+        metric_sum(&text, "outrigger_http_heads_refused_total", &flood) == 1.0
+    })
+    .await;
     connection.abort();
 }
 
@@ -608,4 +625,106 @@ services:
         Some("echo-1"),
         "{outcome:?}"
     );
+}
+
+/// An HTTP/2 frame: its 9-byte header (length, type, flags, stream) and
+/// `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = payload.len() as u32;
+    let mut frame = length.to_be_bytes()[1..].to_vec();
+    frame.extend([kind, flags]);
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A client that opens a request head and never ends it, sending
+/// CONTINUATION frames one after another (the CONTINUATION flood,
+/// CVE-2024-27316): its connection is closed, counted as a flood, and
+/// another client is served.
+#[actix_web::test]
+async fn a_continuation_flood_closes_its_connection_and_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let replica = Replica::start().await;
+    let sidecar = sidecar_from(&outbound_config(&replica, ""), &[]).await;
+    let addr = sidecar.outbound_addr();
+    let mut flood = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                         // HEADERS without END_HEADERS: GET http /, then a literal field in
+                                         // each CONTINUATION, none of them ending the head.
+    bytes.extend(frame(0x1, 0x1, 1, &[0x82, 0x86, 0x84]));
+    for _ in 0..1000 {
+        bytes.extend(frame(0x9, 0, 1, b"\x40\x01a\x01b"));
+    }
+    // The sidecar may close before it has read them all.
+    let _ = flood.write_all(&bytes).await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = flood.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the flooding connection stayed open");
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+    // Counted once the connection is gone (after its lingering close).
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    let flood = [("listener", "outbound"), ("reason", "http2_flood")];
+    eventually("the flood is counted", || async {
+        let text = get_text(&metrics).await;
+        metric_sum(&text, "outrigger_http_heads_refused_total", &flood) == 1.0
+    })
+    .await;
+    assert_eq!(replica.hits(), 1, "the flood's head reached no replica");
+}
+
+/// A client that takes an answer's head but grants no window for its body
+/// (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE): its stream is reset
+/// once `client_write_timeout` passes with nothing sent, and another client
+/// is served meanwhile.
+#[actix_web::test]
+async fn a_stream_whose_client_grants_no_window_is_reset_after_the_write_timeout() {
+    use std::time::{Duration, Instant};
+    let replica = Replica::start().await;
+    let limits = ", client_write_timeout: 1s";
+    let sidecar = sidecar_from(&outbound_config(&replica, limits), &[]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("an h2 handshake");
+    let connection = actix_rt::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::get(format!("http://{addr}/budgeting/download/1048576"))
+        .body(())
+        .expect("a request");
+    let (answer, _) = client.send_request(request, true).expect("sent");
+    let answer = answer.await.expect("the answer head");
+    assert_eq!(answer.status(), 200);
+    let asked = Instant::now();
+    let mut body = answer.into_body();
+    let read = tokio::time::timeout(Duration::from_secs(5), body.data()).await;
+    let reset = read.expect("the stream ends within 5 s");
+    let reason = reset
+        .and_then(|data| data.err())
+        .and_then(|err| err.reason());
+    assert_eq!(reason, Some(h2::Reason::CANCEL), "reset, not served");
+    assert!(asked.elapsed() >= Duration::from_millis(900));
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+    connection.abort();
 }

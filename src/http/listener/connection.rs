@@ -10,7 +10,7 @@
 
 use std::rc::Rc;
 
-use actix_http::{HttpMessage, Protocol};
+use actix_http::{HttpMessage, Protocol, Version};
 use actix_web::dev::Extensions;
 use actix_web::HttpRequest;
 
@@ -53,9 +53,11 @@ pub fn gather(io: &ClientStream, data: &mut Extensions) {
 }
 
 /// The `T` of the connection `req` came on (see the module doc), if any.
+/// An HTTP/1 request's is one look-up in its connection's data, as before
+/// there was an HTTP/2 dispatcher.
 pub fn connection_data<T: Clone + 'static>(req: &HttpRequest) -> Option<T> {
-    if let Some(value) = req.conn_data::<T>() {
-        return Some(value.clone());
+    if req.version() != Version::HTTP_2 {
+        return req.conn_data::<T>().cloned();
     }
     req.extensions()
         .get::<ConnectionData>()

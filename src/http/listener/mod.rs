@@ -124,8 +124,15 @@ where
         .metrics()
         .http_heads_refused
         .with_label_values(&[name, "bare_lf"]);
+    // HTTP/2 connections closed for a flood: heads that never came whole,
+    // or streams reset or refused past the guards.
+    let flooded = front
+        .metrics()
+        .http_heads_refused
+        .with_label_values(&[name, "http2_flood"]);
     let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
     let http2 = http2::Settings {
+        listener: name,
         max_streams: limits.http2_max_concurrent_streams,
         max_header_list: limits.max_header_bytes.saturating_mul(2),
         handshake_within: header_timeout,
@@ -135,7 +142,7 @@ where
     let draining = Arc::clone(front.stopping());
     let builder = builder.listen(name, socket, move || {
         let (stopping, refused, secure) = (stopping.clone(), refused.clone(), secure.clone());
-        let draining = Arc::clone(&draining);
+        let (draining, flooded) = (Arc::clone(&draining), flooded.clone());
         // The app config only feeds `connection_info()` fallbacks, which
         // the proxies do not use: they route on the request's own target.
         let app = map_config(factory().into_factory(), |_: ()| AppConfig::default())
@@ -166,6 +173,7 @@ where
         let serve = fn_factory(move || {
             let (app, stopping, draining) =
                 (app.new_service(()), stopping.clone(), draining.clone());
+            let flooded = flooded.clone();
             async move {
                 let app = Rc::new(app.await.map_err(|err| {
                     warn!("{name} listener: a worker's app did not start: {err:?}");
@@ -197,7 +205,8 @@ where
                                 let closed = pin!(closing.notified());
                                 select(pin!(drained), closed).await;
                             };
-                            let served = http2::serve(io, Rc::clone(&app), http2, stop);
+                            let served =
+                                http2::serve(io, Rc::clone(&app), http2, stop, flooded.clone());
                             Either::Left(async move {
                                 served.await;
                                 Ok(())

@@ -33,6 +33,7 @@ use actix_web::web::Bytes;
 use h2::server::{Builder, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use log::{debug, warn};
+use prometheus::IntCounter;
 use tokio::time::{sleep_until, Instant};
 
 use super::incoming::Incoming;
@@ -40,6 +41,7 @@ use super::{prepare, Streams};
 use crate::http::listener::connection::ConnectionData;
 use crate::http::listener::stream::ClientStream;
 use crate::http::trailers::Trailers;
+use crate::logging::summary::{self, Topic};
 
 /// The window of each stream a client sends on: what one request body may
 /// have in flight before the handler takes it.
@@ -61,6 +63,8 @@ const ERROR_RESETS: usize = 256;
 /// A listener's HTTP/2 limits, fixed when it starts.
 #[derive(Clone, Copy)]
 pub struct Settings {
+    /// `outbound` or `inbound`, for the log.
+    pub listener: &'static str,
     /// `http2_max_concurrent_streams`, advertised in SETTINGS.
     pub max_streams: u32,
     /// The largest header list a client may send, as HPACK counts it (32
@@ -112,12 +116,16 @@ impl<S> Drop for Open<S> {
 
 /// Serves the HTTP/2 client on `io` with the worker's `app` until the
 /// connection closes; a GOAWAY goes out once `stopping` resolves (the
-/// sidecar drains, or the listener closes).
+/// sidecar drains, or the listener closes). A connection closed for a
+/// flood (`ENHANCE_YOUR_CALM`: CONTINUATION frames past the header list
+/// limit, streams reset faster than they are taken in, too many stream
+/// errors) is counted in `flooded`.
 pub async fn serve<S, B>(
     io: ClientStream,
     app: Rc<S>,
     settings: Settings,
     stopping: impl Future<Output = ()>,
+    flooded: IntCounter,
 ) where
     S: Service<Request> + 'static,
     S::Error: Into<Response<BoxBody>>,
@@ -201,7 +209,22 @@ pub async fn serve<S, B>(
                 actix_rt::spawn(answer(request, respond, Open::new(&shared)));
             }
             Some(Some(Err(err))) => {
-                debug!("the HTTP/2 connection from {peer:?} ended: {err}");
+                if err.reason() == Some(Reason::ENHANCE_YOUR_CALM) {
+                    flooded.inc();
+                    let topic = Topic {
+                        kind: "http2_flood",
+                        listener: settings.listener,
+                        service: "unknown",
+                    };
+                    if summary::first(topic) {
+                        warn!(
+                            "{} listener: the HTTP/2 client at {peer:?} flooded its connection ({err}); connection closed",
+                            settings.listener
+                        );
+                    }
+                } else {
+                    debug!("the HTTP/2 connection from {peer:?} ended: {err}");
+                }
                 return;
             }
             Some(None) => return,
@@ -392,4 +415,52 @@ fn http_head(head: &ResponseHead, size: &mut BodySize) -> http::Response<()> {
         headers.insert(DATE, date());
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_http::header::{HeaderName, HeaderValue as Value};
+
+    fn head(status: StatusCode, headers: &[(&'static str, &'static str)]) -> ResponseHead {
+        let mut head = ResponseHead::new(status);
+        for (name, value) in headers {
+            head.headers
+                .append(HeaderName::from_static(name), Value::from_static(value));
+        }
+        head
+    }
+
+    #[test]
+    fn connection_specific_fields_go_and_a_sized_body_says_its_length() {
+        let answer = head(
+            StatusCode::OK,
+            &[
+                ("connection", "keep-alive"),
+                ("keep-alive", "timeout=5"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "99"),
+                ("x-kept", "1"),
+            ],
+        );
+        let mut size = BodySize::Sized(12);
+        let sent = http_head(&answer, &mut size);
+        let names: Vec<&str> = sent.headers().keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["x-kept", "content-length", "date"]);
+        assert_eq!(sent.headers()[CONTENT_LENGTH], "12");
+        assert_eq!(sent.version(), http::Version::HTTP_2);
+    }
+
+    #[test]
+    fn a_no_content_answer_has_no_body_and_a_dated_answer_keeps_its_date() {
+        let answer = head(
+            StatusCode::NO_CONTENT,
+            &[("date", "Sun, 06 Dec 2026 20:00:00 GMT")],
+        );
+        let mut size = BodySize::Stream;
+        let sent = http_head(&answer, &mut size);
+        assert_eq!(size, BodySize::None);
+        assert_eq!(sent.headers()[DATE], "Sun, 06 Dec 2026 20:00:00 GMT");
+        assert!(!sent.headers().contains_key(CONTENT_LENGTH));
+    }
 }
