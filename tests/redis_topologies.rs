@@ -514,6 +514,28 @@ async fn connections_slower_to_make_than_the_timeout_are_made_and_used() {
     assert_ne!(keys, "0", "the page and the window live in database 1");
 }
 
+#[actix_web::test]
+async fn the_first_connection_is_made_at_start_so_the_first_request_uses_redis() {
+    // Every new connection takes 300 ms, every call may take 100 ms: were
+    // the first connection made by the first request, that request would
+    // bypass Redis.
+    let server = RedisServer::start().await;
+    let door = SlowDoor::start(&server, std::time::Duration::from_millis(300)).await;
+    let app = Replica::start().await;
+    let redis = format!("redis: {{ url: \"{}\", timeout: 100ms }}", door.url());
+    let sidecar = sidecar_from(&config(&app, &redis), &ENV).await;
+    eventually(
+        "the sidecar connects to Redis before any request",
+        || async { server.cli(&["CLIENT", "LIST"]).contains(" db=1 ") },
+    )
+    .await;
+    let ana = bearer("ana");
+    let first = send(&sidecar, "GET", "/items", &ana).await;
+    assert_eq!(first.cache.as_deref(), Some("MISS"), "{:?}", first.cache);
+    let second = send(&sidecar, "GET", "/items", &ana).await;
+    assert_eq!(second.cache.as_deref(), Some("HIT"), "{:?}", second.cache);
+}
+
 /// The test Redis's password.
 const PASSWORD: &str = "s3cret-for-redis";
 

@@ -120,8 +120,11 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A pool for `config`, counted in `metrics`; connections are made on
-    /// first use.
+    /// A pool for `config`, counted in `metrics`. Its first connection is
+    /// made at once in the background (when a runtime runs), so the first
+    /// requests find it pooled instead of each waiting for a handshake
+    /// longer than `redis.timeout` and bypassing Redis (a Redis that is
+    /// down costs that one attempt).
     pub fn new(config: &RedisConfig, metrics: &Metrics) -> Result<Self, StoreError> {
         let pool = Pools::new(
             config,
@@ -168,6 +171,11 @@ impl RedisStore {
         }
         for state in ["idle", "in_use"] {
             connections.with_label_values(&[state, role]);
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = pool.clone();
+            // Dropped at once: the connection goes back to the pool.
+            runtime.spawn(async move { drop(pool.get().await) });
         }
         Ok(RedisStore {
             pool,
