@@ -293,13 +293,7 @@ async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
         "{started} calls started by {opened} reset streams"
     );
     // Its resets outran what the listener takes in: closed as a flood.
-    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
-    let flood = [("listener", "outbound"), ("reason", "http2_flood")];
-    eventually("the flood is counted", || async {
-        let text = get_text(&metrics).await;
-        metric_sum(&text, "outrigger_http_heads_refused_total", &flood) == 1.0
-    })
-    .await;
+    flood_counted_once(&sidecar).await;
     connection.abort();
 }
 
@@ -676,13 +670,7 @@ async fn a_continuation_flood_closes_its_connection_and_is_counted() {
         "another client is served"
     );
     // Counted once the connection is gone (after its lingering close).
-    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
-    let flood = [("listener", "outbound"), ("reason", "http2_flood")];
-    eventually("the flood is counted", || async {
-        let text = get_text(&metrics).await;
-        metric_sum(&text, "outrigger_http_heads_refused_total", &flood) == 1.0
-    })
-    .await;
+    flood_counted_once(&sidecar).await;
     assert_eq!(replica.hits(), 1, "the flood's head reached no replica");
 }
 
@@ -727,4 +715,16 @@ async fn a_stream_whose_client_grants_no_window_is_reset_after_the_write_timeout
         "another client is served"
     );
     connection.abort();
+}
+
+/// Waits until the outbound listener has counted one connection closed
+/// for an HTTP/2 flood.
+async fn flood_counted_once(sidecar: &Sidecar) {
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    let flood = [("listener", "outbound"), ("reason", "http2_flood")];
+    eventually("the flood is counted", || async {
+        let text = get_text(&metrics).await;
+        metric_sum(&text, "outrigger_http_heads_refused_total", &flood) == 1.0
+    })
+    .await;
 }
