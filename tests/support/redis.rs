@@ -74,8 +74,16 @@ impl Secured<'_> {
 }
 
 impl RedisServer {
+    /// A server on a free port. A port found free may be taken before the
+    /// server binds it (tests run in parallel): a server that exits at
+    /// once is started again on another.
     pub async fn start() -> RedisServer {
-        RedisServer::start_on(closed_port()).await
+        for _ in 0..3 {
+            if let Some(server) = RedisServer::started(closed_port(), &[], Vec::new()).await {
+                return server;
+            }
+        }
+        panic!("redis-server exited at start on three ports in a row")
     }
 
     /// Kills the server (its data goes with it).
@@ -118,6 +126,14 @@ impl RedisServer {
     /// A server on `port` with `extra` arguments, which `redis-cli` reaches
     /// with `access`.
     async fn start_accessed(port: u16, extra: &[String], access: Vec<String>) -> RedisServer {
+        RedisServer::started(port, extra, access)
+            .await
+            .unwrap_or_else(|| panic!("redis-server exited at start on port {port}"))
+    }
+
+    /// A server on `port` once it answers PING, or `None` when it exited
+    /// first (its port was taken).
+    async fn started(port: u16, extra: &[String], access: Vec<String>) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -133,13 +149,19 @@ impl RedisServer {
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server (scripts/test.sh installs it)");
-        let server = RedisServer {
+        let mut server = RedisServer {
             port,
             child: OwnedChild::new(child),
             access,
         };
-        eventually("redis-server answers PING", || async { server.ping() }).await;
-        server
+        let mut exited = false;
+        eventually("redis-server answers PING", || {
+            exited = exited || matches!(server.child.try_wait(), Ok(Some(_)));
+            let answered = exited || server.ping();
+            async move { answered }
+        })
+        .await;
+        (!exited).then_some(server)
     }
 
     pub fn url(&self) -> String {
