@@ -196,3 +196,63 @@ async fn a_bidi_stream_open_across_sigterm_finishes_and_its_connection_goes_away
     };
     assert_eq!(exited.code(), Some(0));
 }
+
+#[actix_web::test]
+async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 1s, max_body_bytes: 4096 }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+{}",
+            echo_service(&replica)
+        ),
+        &[],
+    )
+    .await;
+    let target = sidecar.outbound_addr().to_string();
+    let echo = || CallArgs::new().authority("echo");
+    // Pauses of 1.5 s, past client_body_timeout, and 6,000 bytes in all,
+    // past max_body_bytes: each message is within it.
+    let bidi = GrpcCall::start(
+        &target,
+        "Bidi",
+        &echo()
+            .messages(3, 2000)
+            .interval(Duration::from_millis(1500)),
+    );
+    // One message over max_body_bytes.
+    let too_large = GrpcCall::start(&target, "ClientStream", &echo().messages(1, 5000));
+
+    // A plain HTTP/2 request body that pauses is still given up: 408.
+    let tcp = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let request = http::Request::post("http://echo/upload")
+        .header("content-type", "text/plain")
+        .body(())
+        .expect("a request");
+    let mut client = client.ready().await.expect("ready");
+    let (answer, _sending) = client.send_request(request, false).expect("a stream");
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("answered within 5 s")
+        .expect("an answer");
+    assert_eq!(answer.status(), 408);
+
+    let too_large = too_large.outcome().await;
+    assert_ne!(too_large.code, "OK", "{too_large:?}");
+    assert_eq!(
+        value(&too_large.trailing, "x-outrigger"),
+        Some("body_too_large"),
+        "{too_large:?}"
+    );
+    let bidi = bidi.outcome().await;
+    assert_eq!(bidi.code, "OK", "{bidi:?}");
+    assert_eq!((bidi.message_count, bidi.bytes), (3, 6000));
+    assert_eq!(value(&bidi.trailing, "x-trailer"), Some("done"));
+}
