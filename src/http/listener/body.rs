@@ -10,6 +10,10 @@
 //! deadline and the peers' HTTP/2 keepalives bound the call, not the
 //! sidecar's idea of an upload), and `max_body_bytes` bounds each message,
 //! as gRPC's own receive limit does, not the sum of the stream.
+//!
+//! A body that may be retried is kept as it streams ([`BodyCopy`]), and a
+//! try lends it ([`LentBody`]): one that could not reach its replica gives
+//! it back untouched for the next.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -21,7 +25,8 @@ use std::time::Duration;
 use actix_web::error::PayloadError;
 use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::HttpRequest;
-use futures_util::Stream;
+use futures_util::stream::Peekable;
+use futures_util::{Stream, StreamExt};
 
 use super::connection::connection_data;
 use super::deadline::Pause;
@@ -87,6 +92,55 @@ impl LimitedPayload {
         }));
         self.copy = Some(Rc::clone(&copy));
         copy
+    }
+}
+
+/// Where a try gives back a streamed request body it took none of (see
+/// [`LentBody`]).
+pub type BodyHome = Rc<RefCell<Option<Peekable<LimitedPayload>>>>;
+
+/// A streamed request body as one try sends it. A try that ends before it
+/// took any of the body (its connection to the replica failed) gives it
+/// back to its home, when it has one, so that another try can send it
+/// whole; without a home it is just the body.
+pub struct LentBody {
+    /// Only `None` once given back.
+    body: Option<Peekable<LimitedPayload>>,
+    home: Option<BodyHome>,
+    /// The try took something of it (a chunk, an error or its end).
+    taken: bool,
+}
+
+impl LentBody {
+    /// `body`, lent from `home` if it has one.
+    pub fn new(body: Peekable<LimitedPayload>, home: Option<BodyHome>) -> LentBody {
+        LentBody {
+            body: Some(body),
+            home,
+            taken: false,
+        }
+    }
+}
+
+impl Stream for LentBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(body) = &mut this.body else {
+            return Poll::Ready(None);
+        };
+        let item = body.poll_next_unpin(cx);
+        this.taken |= item.is_ready();
+        item
+    }
+}
+
+impl Drop for LentBody {
+    fn drop(&mut self) {
+        if let (false, Some(home), Some(body)) = (self.taken, &self.home, self.body.take()) {
+            *home.borrow_mut() = Some(body);
+        }
     }
 }
 

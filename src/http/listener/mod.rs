@@ -43,7 +43,7 @@ use actix_web::HttpRequest;
 use futures_util::future::{ready, select, Either};
 use log::{info, warn};
 
-pub use body::{BodyCopy, BodyError, LimitedPayload};
+pub use body::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload};
 pub use connection::connection_data;
 pub use front::{Arrival, Front};
 pub use head::check_head;
