@@ -394,7 +394,7 @@ mod tests {
         let message = |length: u32| {
             let mut bytes = vec![0];
             bytes.extend_from_slice(&length.to_be_bytes());
-            bytes.extend(std::iter::repeat(b'x').take(length as usize));
+            bytes.extend(std::iter::repeat_n(b'x', length as usize));
             bytes
         };
         let mut stream = [message(8), message(0), message(8), message(8)].concat();

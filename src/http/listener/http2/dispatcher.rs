@@ -8,9 +8,10 @@
 //! trailers kept); its answer's head goes out, then its body as the client
 //! grants window (a stream whose client grants none for
 //! `client_write_timeout` is reset), then the answer's trailers, if it has
-//! any, else the end of the stream. When the sidecar drains or its
-//! listeners close, the connection gets a GOAWAY: the streams it already
-//! took finish, no new one starts.
+//! any, else the end of the stream (a gRPC answer whose body breaks off
+//! ends with 14 UNAVAILABLE in its trailers, any other is reset). When the
+//! sidecar drains or its listeners close, the connection gets a GOAWAY:
+//! the streams it already took finish, no new one starts.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
@@ -38,6 +39,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::incoming::Incoming;
 use super::{prepare, Streams};
+use crate::http::grpc;
 use crate::http::listener::connection::ConnectionData;
 use crate::http::listener::stream::ClientStream;
 use crate::http::trailers::Trailers;
@@ -290,6 +292,7 @@ async fn send(
 ) {
     let trailers = response.extensions().get::<Trailers>().cloned();
     let (response, body) = response.into_parts();
+    let grpc = grpc::is_grpc(&response.head().headers);
     let mut size = body.size();
     let head = http_head(response.head(), &mut size);
     let ended = head_only || matches!(size, BodySize::None | BodySize::Sized(0));
@@ -310,7 +313,13 @@ async fn send(
             Ok(chunk) => chunk,
             Err(err) => {
                 debug!("an HTTP/2 answer body broke off: {err}");
-                stream.send_reset(Reason::INTERNAL_ERROR);
+                let told = grpc
+                    && stream
+                        .send_trailers(grpc::broken_off(&err.to_string()))
+                        .is_ok();
+                if !told {
+                    stream.send_reset(Reason::INTERNAL_ERROR);
+                }
                 return;
             }
         };
