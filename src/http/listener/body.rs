@@ -7,9 +7,10 @@
 //! A gRPC call over HTTP/2 is a stream of messages that may stay open for
 //! hours (a watch, a chat, a subscription), its caller silent for minutes
 //! between two of them: there the pause is not timed (the caller's
-//! deadline and the peers' HTTP/2 keepalives bound the call, not the
-//! sidecar's idea of an upload), and `max_body_bytes` bounds each message,
-//! as gRPC's own receive limit does, not the sum of the stream.
+//! deadline bounds the call, and the HTTP/2 dispatcher's PINGs find a
+//! dead caller, not the sidecar's idea of an upload), and `max_body_bytes`
+//! bounds each message, as gRPC's own receive limit does, not the sum of
+//! the stream.
 //!
 //! A body that may be retried is kept as it streams ([`BodyCopy`]), and a
 //! try lends it ([`LentBody`]): one that could not reach its replica gives

@@ -138,6 +138,7 @@ where
         handshake_within: header_timeout,
         keep_alive,
         write_timeout: limits.client_write_timeout,
+        keepalive: limits.client_body_timeout,
     };
     let draining = Arc::clone(front.stopping());
     let builder = builder.listen(name, socket, move || {
