@@ -292,14 +292,15 @@ async fn a_replica_killed_under_streams_and_unary_load_ends_only_its_own_streams
     let sidecar = SidecarProcess::start(&services).await;
     let target = sidecar.outbound.to_string();
     let metrics = format!("http://{}/metrics", sidecar.admin);
-    // 50 bidi streams at once over one connection, each 14 messages 250 ms
-    // apart: open for about 3.3 s.
+    // 50 bidi streams at once over one connection, each 20 messages 250 ms
+    // apart: open for about 5 s, time enough on a loaded machine for all
+    // of them to open before the kill.
     let streams = GrpcCall::start(
         &target,
         "Bidi",
         &CallArgs::new()
             .authority("streams")
-            .messages(14, 0)
+            .messages(20, 0)
             .interval(Duration::from_millis(250))
             .repeat(50, 50),
     );
