@@ -7,13 +7,17 @@
 //! buffered whole); and when the sidecar is told to stop, its HTTP/2
 //! connections are told to go away (GOAWAY) as the drain begins: an idle
 //! one closes at once, and a bidi stream open then finishes, after which
-//! the sidecar exits rather than at the end of its shutdown grace.
+//! the sidecar exits rather than at the end of its shutdown grace. A
+//! replica SIGKILLed under 50 bidi streams and a unary load ends only the
+//! streams on it (UNAVAILABLE), and the unary callers see no failure
+//! (retried); a gRPC stream is not cut by the body limits of an upload.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::grpc::{grpc_call, CallArgs, GrpcCall, GrpcReplica};
+use support::metrics::metric_sum;
 use support::process::SidecarProcess;
 use support::sidecar::sidecar_from;
 
@@ -195,4 +199,156 @@ async fn a_bidi_stream_open_across_sigterm_finishes_and_its_connection_goes_away
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(exited.code(), Some(0));
+}
+
+#[actix_web::test]
+async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 1s, max_body_bytes: 4096 }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+{}",
+            echo_service(&replica)
+        ),
+        &[],
+    )
+    .await;
+    let target = sidecar.outbound_addr().to_string();
+    let echo = || CallArgs::new().authority("echo");
+    // Pauses of 1.5 s, past client_body_timeout, and 6,000 bytes in all,
+    // past max_body_bytes: each message is within it.
+    let bidi = GrpcCall::start(
+        &target,
+        "Bidi",
+        &echo()
+            .messages(3, 2000)
+            .interval(Duration::from_millis(1500)),
+    );
+    // One message over max_body_bytes.
+    let too_large = GrpcCall::start(&target, "ClientStream", &echo().messages(1, 5000));
+
+    // A plain HTTP/2 request body that pauses is still given up: 408.
+    let tcp = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let request = http::Request::post("http://echo/upload")
+        .header("content-type", "text/plain")
+        .body(())
+        .expect("a request");
+    let mut client = client.ready().await.expect("ready");
+    let (answer, _sending) = client.send_request(request, false).expect("a stream");
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("answered within 5 s")
+        .expect("an answer");
+    assert_eq!(answer.status(), 408);
+
+    let too_large = too_large.outcome().await;
+    assert_ne!(too_large.code, "OK", "{too_large:?}");
+    assert_eq!(
+        value(&too_large.trailing, "x-outrigger"),
+        Some("body_too_large"),
+        "{too_large:?}"
+    );
+    let bidi = bidi.outcome().await;
+    assert_eq!(bidi.code, "OK", "{bidi:?}");
+    assert_eq!((bidi.message_count, bidi.bytes), (3, 6000));
+    assert_eq!(value(&bidi.trailing, "x-trailer"), Some("done"));
+}
+
+/// `outrigger_http_requests_total` of the outbound `service` on the
+/// sidecar whose metrics are at `metrics`: its answer heads so far.
+async fn heads(metrics: &str, service: &str) -> f64 {
+    let text = support::client::get_text(metrics).await;
+    metric_sum(
+        &text,
+        "outrigger_http_requests_total",
+        &[("listener", "outbound"), ("service", service)],
+    )
+}
+
+#[actix_web::test]
+async fn a_replica_killed_under_streams_and_unary_load_ends_only_its_own_streams() {
+    let mut replicas = [
+        GrpcReplica::start("echo-0"),
+        GrpcReplica::start("echo-1"),
+        GrpcReplica::start("echo-2"),
+    ];
+    let endpoints = replicas
+        .iter()
+        .map(|replica| format!("\"{}\"", replica.address()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The same replicas under two names, so the streams and the unary
+    // calls are counted apart.
+    let services = format!(
+        "  - {{ name: streams, endpoints: [{endpoints}] }}\n  - {{ name: unary, endpoints: [{endpoints}] }}"
+    );
+    let sidecar = SidecarProcess::start(&services).await;
+    let target = sidecar.outbound.to_string();
+    let metrics = format!("http://{}/metrics", sidecar.admin);
+    // 50 bidi streams at once over one connection, each 20 messages 250 ms
+    // apart: open for about 5 s, time enough on a loaded machine for all
+    // of them to open before the kill.
+    let streams = GrpcCall::start(
+        &target,
+        "Bidi",
+        &CallArgs::new()
+            .authority("streams")
+            .messages(20, 0)
+            .interval(Duration::from_millis(250))
+            .repeat(50, 50),
+    );
+    support::eventually::eventually("the 50 streams are open", || async {
+        heads(&metrics, "streams").await >= 50.0
+    })
+    .await;
+    let unary = GrpcCall::start(
+        &target,
+        "Unary",
+        &CallArgs::new()
+            .authority("unary")
+            .payload("hi")
+            .repeat(300, 4),
+    );
+    support::eventually::eventually("the unary load is under way", || async {
+        heads(&metrics, "unary").await >= 20.0
+    })
+    .await;
+    replicas[1].process().kill_and_reap();
+
+    let streams = streams.summary().await;
+    let unary = unary.summary().await;
+    assert_eq!(
+        unary.count("OK"),
+        300,
+        "unary callers saw failures: {unary:?}"
+    );
+    let ended = |replica: &str| streams.by_replica.get(replica).cloned().unwrap_or_default();
+    // Cut after their heads went out, they end with UNAVAILABLE in their
+    // trailers (a reset stream would read INTERNAL).
+    let killed = ended("echo-1");
+    assert!(
+        killed.get("UNAVAILABLE").copied().unwrap_or(0) > 0 && killed.len() == 1,
+        "the killed replica's streams must all end UNAVAILABLE: {streams:?}"
+    );
+    for survivor in ["echo-0", "echo-2"] {
+        let finished = ended(survivor);
+        assert!(
+            finished.get("OK").copied().unwrap_or(0) > 0
+                && finished.values().sum::<u64>() == finished["OK"],
+            "the streams on {survivor} must all finish OK: {streams:?}"
+        );
+    }
+    let all: u64 = streams
+        .by_replica
+        .values()
+        .flat_map(|codes| codes.values())
+        .sum();
+    assert_eq!(all, 50, "every stream reached a replica: {streams:?}");
 }

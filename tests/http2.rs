@@ -728,3 +728,75 @@ async fn flood_counted_once(sidecar: &Sidecar) {
     })
     .await;
 }
+
+/// A client whose host vanished under a long gRPC stream sends nothing,
+/// not even TCP's close, and no body limit times a gRPC stream: the
+/// sidecar PINGs a connection with open streams every
+/// `client_body_timeout`, and one that leaves a PING unanswered until the
+/// next is closed.
+#[actix_web::test]
+async fn a_dead_client_on_an_open_grpc_stream_is_found_by_ping() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 500ms }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+  - {{ name: echo, endpoints: [\"{}\"] }}",
+            replica.address()
+        ),
+        &[],
+    )
+    .await;
+    let mut dead = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                         // HEADERS (END_HEADERS, the body never ended): POST http
+                                         // /outrigger.test.Echo/Bidi to echo, a gRPC call.
+    let mut head = vec![0x83, 0x86, 0x44, 25];
+    head.extend(b"/outrigger.test.Echo/Bidi");
+    head.extend([0x41, 4]);
+    head.extend(b"echo");
+    head.extend([0x5f, 16]);
+    head.extend(b"application/grpc");
+    head.extend([0x40, 2]);
+    head.extend(b"te");
+    head.push(8);
+    head.extend(b"trailers");
+    bytes.extend(frame(0x1, 0x4, 1, &head));
+    // One message, `m`, which the replica echoes.
+    bytes.extend(frame(0x0, 0, 1, &[0, 0, 0, 0, 1, b'm']));
+    dead.write_all(&bytes).await.expect("write");
+    // From here the client answers nothing: it only reads what comes.
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(6), async {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = dead.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let mut kinds = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        kinds.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    assert!(
+        closed.is_ok(),
+        "a client that answers no PING still holds its stream after 6 s (frames {kinds:?})"
+    );
+    assert!(
+        kinds.contains(&0x1) && kinds.contains(&0x0),
+        "the answer's head and echo came: {kinds:?}"
+    );
+    assert!(kinds.contains(&0x6), "it was sent a PING: {kinds:?}");
+}

@@ -27,7 +27,7 @@ use futures_util::{Stream, StreamExt};
 pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, Http2Body, OutgoingBody};
 use super::grpc::{self, GRPC_TIMEOUT};
-use super::listener::{BodyCopy, BodyError, LimitedPayload, PeerIp};
+use super::listener::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use super::trailers::Trailers;
 use crate::config::ReplicaProtocol;
@@ -92,14 +92,18 @@ pub enum RequestBody {
     /// The whole body, kept so a retry can send it again.
     Replayable(Bytes),
     /// The body as it arrives, its first bytes already in; `None` once a
-    /// try has taken it. With a copy (a body of unannounced length that
-    /// may be retried), it can be sent again once it ended within the
-    /// replay limit.
-    Streaming(
-        Option<Peekable<LimitedPayload>>,
-        BodyLength,
-        Option<Rc<RefCell<BodyCopy>>>,
-    ),
+    /// try has taken it. With a [`Replay`] (a body of unannounced length
+    /// that may be retried), it can be sent again once it ended within the
+    /// replay limit, or when the try took none of it.
+    Streaming(Option<Peekable<LimitedPayload>>, BodyLength, Option<Replay>),
+}
+
+/// How a streamed body that may be retried is sent again: its copy, whole
+/// once the body ended within the replay limit, and the home a try that
+/// took none of it (its connection failed) gives it back to.
+pub struct Replay {
+    copy: Rc<RefCell<BodyCopy>>,
+    home: BodyHome,
 }
 
 impl RequestBody {
@@ -125,10 +129,11 @@ impl RequestBody {
             _ => false,
         };
         let mut payload = payload;
-        let copy = match (length, replay_limit) {
-            (BodyLength::Unknown, Some(limit)) if grpc::is_grpc(req.headers()) => {
-                Some(payload.keep_copy(limit))
-            }
+        let replay = match (length, replay_limit) {
+            (BodyLength::Unknown, Some(limit)) if grpc::is_grpc(req.headers()) => Some(Replay {
+                copy: payload.keep_copy(limit),
+                home: BodyHome::default(),
+            }),
             _ => None,
         };
         let mut payload = payload.peekable();
@@ -141,7 +146,7 @@ impl RequestBody {
                 }
                 _ => {}
             }
-            return Ok(RequestBody::Streaming(Some(payload), length, copy));
+            return Ok(RequestBody::Streaming(Some(payload), length, replay));
         }
         let mut body = BytesMut::new();
         while let Some(chunk) = payload.next().await {
@@ -151,11 +156,17 @@ impl RequestBody {
     }
 
     /// Whether another try can send this body again: a streamed body
-    /// only when its copy holds all of it (it ended within the replay
-    /// limit while the try sent it), which it becomes.
+    /// only when the try gave it back untouched (it streams again), or when
+    /// its copy holds all of it (it ended within the replay limit while
+    /// the try sent it), which it becomes.
     pub fn replayable(&mut self) -> bool {
-        if let RequestBody::Streaming(_, _, Some(copy)) = self {
-            let whole = copy.borrow_mut().take_whole();
+        if let RequestBody::Streaming(body, _, Some(replay)) = self {
+            let back = replay.home.borrow_mut().take();
+            if back.is_some() {
+                *body = back;
+                return true;
+            }
+            let whole = replay.copy.borrow_mut().take_whole();
             if let Some(whole) = whole {
                 *self = RequestBody::Replayable(whole);
             }
@@ -238,10 +249,11 @@ fn outgoing_request(
     let outgoing = match body {
         RequestBody::Empty => OutgoingBody::Empty,
         RequestBody::Replayable(bytes) => OutgoingBody::Full(bytes.clone()),
-        RequestBody::Streaming(payload, length, _) => {
+        RequestBody::Streaming(payload, length, replay) => {
             let payload = payload.take().ok_or_else(|| {
                 CallError::Unsendable("the request body was already sent".to_string())
             })?;
+            let payload = LentBody::new(payload, replay.as_ref().map(|r| Rc::clone(&r.home)));
             match length {
                 BodyLength::Sized(n) => OutgoingBody::Stream(payload, Some(*n)),
                 _ => OutgoingBody::Stream(payload, None),

@@ -193,6 +193,23 @@ fn trailers_only(code: GrpcCode, message: &str) -> HttpResponse {
     response
 }
 
+/// The trailers that end a gRPC answer whose body broke off after its head
+/// went out (`why`: its replica died or reset the stream): 14 UNAVAILABLE,
+/// which gRPC clients and their retry policies read as "try again", where
+/// a reset stream would read as INTERNAL, a bug.
+pub fn broken_off(why: &str) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        GRPC_STATUS.clone(),
+        HeaderValue::from(GrpcCode::Unavailable.number()),
+    );
+    let message = format!("the answer broke off: {why}");
+    if let Ok(message) = HeaderValue::from_str(&percent_encoded(&message)) {
+        trailers.insert(GRPC_MESSAGE.clone(), message);
+    }
+    trailers
+}
+
 /// `message` as `grpc-message` carries it: printable ASCII but `%` as it
 /// is, every other byte of its UTF-8 as `%XX`.
 fn percent_encoded(message: &str) -> String {
@@ -407,6 +424,13 @@ mod tests {
             .insert_header(("grpc-status", "99"))
             .finish();
         assert_eq!(relayed(&mut beyond), Some(GrpcCode::Unknown));
+    }
+
+    #[test]
+    fn an_answer_that_broke_off_ends_unavailable() {
+        let trailers = broken_off("reset");
+        assert_eq!(trailers[&GRPC_STATUS], "14");
+        assert_eq!(trailers[&GRPC_MESSAGE], "the answer broke off: reset");
     }
 
     #[test]

@@ -65,7 +65,7 @@ use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer, UpstreamResponse};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::grpc;
-use crate::http::listener::{self, Arrival, Front, LimitedPayload, PeerIdentity};
+use crate::http::listener::{self, Arrival, Front, PeerIdentity};
 use crate::http::request_id::IdText;
 use crate::http::tunnel;
 use crate::metrics::RequestSeries;
@@ -319,7 +319,7 @@ impl<'a> Request<'a> {
     ) -> Step<UpstreamResponse> {
         let (gate, req) = (self.gate, self.req);
         let identity_headers = identity.headers();
-        let payload = LimitedPayload::new(payload, &self.worker.front.limits);
+        let payload = self.arrival.body(req, payload);
         let mut body = match RequestBody::read(req, payload, None).await {
             Ok(body) => body,
             Err(error) => return ControlFlow::Break(self.refuse(&error.refusal(req))),

@@ -27,7 +27,7 @@ use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer};
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::grpc;
-use crate::http::listener::{self, Arrival, Front, LimitedPayload};
+use crate::http::listener::{self, Arrival, Front};
 use crate::http::request_id::IdText;
 use crate::http::trailers::Trailers;
 use crate::http::tunnel;
@@ -173,7 +173,7 @@ async fn call(worker: &Worker, outgoing: Outgoing<'_>, payload: web::Payload) ->
     let grpc = arrival.grpc();
     let may_retry = retry.attempts > 1 && retry::method_allows_retry(req.method(), grpc, retry);
     let replay_limit = may_retry.then_some(retry.replay_buffer_bytes);
-    let payload = LimitedPayload::new(payload, &worker.front.limits);
+    let payload = arrival.body(req, payload);
     let mut body = match RequestBody::read(req, payload, replay_limit).await {
         Ok(body) => body,
         Err(error) => return outgoing.refuse(&error.refusal(req)),

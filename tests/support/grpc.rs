@@ -152,6 +152,10 @@ pub struct GrpcOutcome {
 pub struct Summary {
     pub codes: HashMap<String, u64>,
     pub replicas: HashMap<String, u64>,
+    /// The codes of the calls each replica answered (its `x-replica`).
+    pub by_replica: HashMap<String, HashMap<String, u64>>,
+    /// The first failed calls: code, `x-outrigger` reason and details.
+    pub failures: Vec<String>,
     pub elapsed: Duration,
     pub slowest: Duration,
 }
@@ -237,9 +241,18 @@ impl GrpcCall {
                 })
                 .unwrap_or_default()
         };
+        let by_replica = json["by_replica"]
+            .as_object()
+            .map(|all| all.iter().map(|(k, v)| (k.clone(), counts(v))).collect())
+            .unwrap_or_default();
         Summary {
             codes: counts(&json["codes"]),
             replicas: counts(&json["replicas"]),
+            by_replica,
+            failures: json["failures"]
+                .as_array()
+                .map(|all| all.iter().map(text).collect())
+                .unwrap_or_default(),
             elapsed: millis(&json["elapsed_ms"]),
             slowest: millis(&json["slowest_ms"]),
         }

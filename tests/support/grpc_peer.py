@@ -202,7 +202,7 @@ def call(args):
     if not args.repeat:
         print(json.dumps(one_call(channel, args)))
         return
-    codes, replicas, lock = {}, {}, threading.Lock()
+    codes, replicas, by_replica, failures, lock = {}, {}, {}, [], threading.Lock()
     slowest = [0.0]
 
     def tally(_):
@@ -211,6 +211,11 @@ def call(args):
         with lock:
             codes[outcome["code"]] = codes.get(outcome["code"], 0) + 1
             replicas[replica] = replicas.get(replica, 0) + 1
+            ended = by_replica.setdefault(replica, {})
+            ended[outcome["code"]] = ended.get(outcome["code"], 0) + 1
+            if outcome["code"] != "OK" and len(failures) < 10:
+                reason = outcome["trailing"].get("x-outrigger", "")
+                failures.append(f"{outcome['code']} {reason}: {outcome['details']}")
             slowest[0] = max(slowest[0], outcome["elapsed_ms"])
 
     started = time.monotonic()
@@ -219,6 +224,8 @@ def call(args):
     print(json.dumps({
         "codes": codes,
         "replicas": replicas,
+        "by_replica": by_replica,
+        "failures": failures,
         "elapsed_ms": (time.monotonic() - started) * 1000,
         "slowest_ms": slowest[0],
     }))

@@ -39,14 +39,13 @@ use actix_http::{KeepAlive, Method, RequestHead, RequestHeadType, ResponseHead};
 use actix_http::{ServiceConfig, ServiceConfigBuilder, StatusCode};
 use actix_web::web::Bytes;
 use actix_web::HttpRequest;
-use futures_util::stream::Peekable;
 use futures_util::StreamExt;
 use log::debug;
 use tokio::net::TcpStream;
 
 use crate::config::format_duration;
 use crate::error::ProxyError;
-use crate::http::listener::{BodyError, LimitedPayload};
+use crate::http::listener::{BodyError, LentBody};
 use crate::http::trailers::Trailers;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
@@ -77,7 +76,7 @@ pub enum OutgoingBody {
     Full(Bytes),
     /// The body as it arrives from the caller: `Some(n)` bytes sent with a
     /// `Content-Length` of `n`, `None` sent chunked.
-    Stream(Peekable<LimitedPayload>, Option<u64>),
+    Stream(LentBody, Option<u64>),
 }
 
 /// A request body as the client sends it over HTTP/2, and the caller's
@@ -455,7 +454,7 @@ async fn answer_head(
 /// A replica that takes no bytes for `timeout` is timed out.
 async fn stream_body(
     mut framed: Pin<&mut Framed<Transport, ClientCodec>>,
-    payload: &mut Peekable<LimitedPayload>,
+    payload: &mut LentBody,
     timeout: Duration,
 ) -> Result<(), CallError> {
     loop {

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::header::HeaderValue;
-use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::http::{ConnectionType, StatusCode, Version};
+use actix_web::web::Payload;
 use actix_web::{HttpRequest, HttpResponse};
 use log::warn;
 use prometheus::{IntCounter, IntGauge};
 
-use super::Stopping;
+use super::{LimitedPayload, Stopping};
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
 use crate::error::ProxyError;
 use crate::http::access::Answering;
@@ -140,6 +141,19 @@ impl Arrival<'_> {
     /// Whether the request is a gRPC call (`content-type: application/grpc*`).
     pub fn grpc(&self) -> bool {
         self.grpc
+    }
+
+    /// The body of `req`, `payload`, under the listener's limits: those of
+    /// a gRPC stream for a gRPC call over HTTP/2 (no pause limit,
+    /// `max_body_bytes` per message: see [`LimitedPayload::grpc_stream`]),
+    /// else those of any request body.
+    pub fn body(&self, req: &HttpRequest, payload: Payload) -> LimitedPayload {
+        let limits = &self.front.limits;
+        if self.grpc && req.version() == Version::HTTP_2 {
+            LimitedPayload::grpc_stream(payload, limits)
+        } else {
+            LimitedPayload::new(payload, limits)
+        }
     }
 
     /// Our own answer instead of a peer's: `error` as its response (see

@@ -43,7 +43,7 @@ use actix_web::HttpRequest;
 use futures_util::future::{ready, select, Either};
 use log::{info, warn};
 
-pub use body::{BodyCopy, BodyError, LimitedPayload};
+pub use body::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload};
 pub use connection::connection_data;
 pub use front::{Arrival, Front};
 pub use head::check_head;
@@ -138,6 +138,7 @@ where
         handshake_within: header_timeout,
         keep_alive,
         write_timeout: limits.client_write_timeout,
+        keepalive: limits.client_body_timeout,
     };
     let draining = Arc::clone(front.stopping());
     let builder = builder.listen(name, socket, move || {

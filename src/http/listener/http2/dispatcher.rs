@@ -2,22 +2,25 @@
 //! `client_header_timeout`, SETTINGS that advertise the listener's limits
 //! (`http2_max_concurrent_streams`, a header list as large as
 //! `max_header_bytes` allows an HTTP/1 head) with bounded windows and send
-//! buffers, `h2`'s guards against rapid reset and error floods, and the
-//! connection closed once idle for `keep_alive`. Each stream becomes a
+//! buffers, `h2`'s guards against rapid reset and error floods, the
+//! connection closed once idle for `keep_alive`, and, while it has open
+//! streams, a PING every `client_body_timeout`: a client that leaves one
+//! unanswered until the next is dead, and its connection closed. Each stream becomes a
 //! request for the worker's app (its body streaming off the stream, its
 //! trailers kept); its answer's head goes out, then its body as the client
 //! grants window (a stream whose client grants none for
 //! `client_write_timeout` is reset), then the answer's trailers, if it has
-//! any, else the end of the stream. When the sidecar drains or its
-//! listeners close, the connection gets a GOAWAY: the streams it already
-//! took finish, no new one starts.
+//! any, else the end of the stream (a gRPC answer whose body breaks off
+//! ends with 14 UNAVAILABLE in its trailers, any other is reset). When the
+//! sidecar drains or its listeners close, the connection gets a GOAWAY:
+//! the streams it already took finish, no new one starts.
 
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_http::body::{BodySize, BoxBody, MessageBody};
@@ -31,13 +34,14 @@ use actix_http::{
 use actix_service::Service;
 use actix_web::web::Bytes;
 use h2::server::{Builder, SendResponse};
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use log::{debug, warn};
 use prometheus::IntCounter;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::incoming::Incoming;
 use super::{prepare, Streams};
+use crate::http::grpc;
 use crate::http::listener::connection::ConnectionData;
 use crate::http::listener::stream::ClientStream;
 use crate::http::trailers::Trailers;
@@ -79,6 +83,10 @@ pub struct Settings {
     pub keep_alive: Duration,
     /// `client_write_timeout`: how long an answer waits for window.
     pub write_timeout: Duration,
+    /// `client_body_timeout`: while streams are open, how often the client
+    /// is sent a PING, and how long it has to answer it before its
+    /// connection is closed as dead.
+    pub keepalive: Duration,
 }
 
 /// What a connection's streams share with it.
@@ -174,11 +182,24 @@ pub async fn serve<S, B>(
     });
     let mut stopping = pin!(stopping);
     let mut idle = pin!(sleep_until(shared.idle_since.get() + settings.keep_alive));
+    let mut keepalive = Keepalive {
+        pings: connection.ping_pong(),
+        next: Box::pin(sleep_until(Instant::now() + settings.keepalive)),
+        every: settings.keepalive,
+        unanswered: false,
+    };
     let mut going_away = false;
     loop {
         let accepted = poll_fn(|cx| {
             if let Poll::Ready(accepted) = connection.poll_accept(cx) {
                 return Poll::Ready(Some(accepted));
+            }
+            if keepalive.found_dead(cx, shared.open.get() > 0) {
+                debug!(
+                    "the HTTP/2 client at {peer:?} answered no PING within client_body_timeout {}ms; connection closed",
+                    settings.keepalive.as_millis()
+                );
+                return Poll::Ready(Some(None));
             }
             if going_away {
                 return Poll::Pending;
@@ -229,6 +250,41 @@ pub async fn serve<S, B>(
             }
             Some(None) => return,
         }
+    }
+}
+
+/// The PINGs that tell a dead client on a connection with open streams (a
+/// long gRPC stream whose caller's host vanished sends nothing, and no
+/// other limit times it): one every `every` while streams are open, and
+/// the client is dead when the last is still unanswered at the next.
+struct Keepalive {
+    pings: Option<PingPong>,
+    next: Pin<Box<Sleep>>,
+    every: Duration,
+    unanswered: bool,
+}
+
+impl Keepalive {
+    /// Takes the client's PONG, sends the next PING when it is due (if
+    /// streams are `open`); whether the client left the last unanswered.
+    fn found_dead(&mut self, cx: &mut Context<'_>, open: bool) -> bool {
+        let Some(pings) = &mut self.pings else {
+            return false;
+        };
+        if self.unanswered && pings.poll_pong(cx).is_ready() {
+            self.unanswered = false;
+        }
+        if self.next.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.unanswered {
+            return true;
+        }
+        self.unanswered = open && pings.send_ping(Ping::opaque()).is_ok();
+        self.next.as_mut().reset(Instant::now() + self.every);
+        // Polled once more so the timer's new deadline wakes us.
+        let _ = self.next.as_mut().poll(cx);
+        false
     }
 }
 
@@ -290,6 +346,7 @@ async fn send(
 ) {
     let trailers = response.extensions().get::<Trailers>().cloned();
     let (response, body) = response.into_parts();
+    let grpc = grpc::is_grpc(&response.head().headers);
     let mut size = body.size();
     let head = http_head(response.head(), &mut size);
     let ended = head_only || matches!(size, BodySize::None | BodySize::Sized(0));
@@ -310,7 +367,13 @@ async fn send(
             Ok(chunk) => chunk,
             Err(err) => {
                 debug!("an HTTP/2 answer body broke off: {err}");
-                stream.send_reset(Reason::INTERNAL_ERROR);
+                let told = grpc
+                    && stream
+                        .send_trailers(grpc::broken_off(&err.to_string()))
+                        .is_ok();
+                if !told {
+                    stream.send_reset(Reason::INTERNAL_ERROR);
+                }
                 return;
             }
         };
