@@ -2,7 +2,8 @@
 //! token for the `x-outrigger` header and a JSON body
 //! `{"error", "service", "request_id"}`.
 
-use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::HttpResponse;
 use serde::Serialize;
 
@@ -164,15 +165,29 @@ impl ProxyError {
             service,
             request_id,
         };
-        let mut response = HttpResponse::build(self.status());
-        response.insert_header(("x-outrigger", self.reason()));
+        let mut response = HttpResponse::build(self.status()).json(body);
+        self.mark(&mut response);
+        response
+    }
+
+    /// Marks `response`, an answer the sidecar makes for this error in
+    /// whatever form (JSON, or trailers-only to a gRPC caller), as every
+    /// such answer is marked: the `x-outrigger` reason, `Retry-After` when
+    /// the error has a wait, and the connection closed when it must be.
+    pub fn mark(&self, response: &mut HttpResponse) {
+        let headers = response.headers_mut();
+        headers.insert(
+            HeaderName::from_static("x-outrigger"),
+            HeaderValue::from_static(self.reason()),
+        );
         if let Some(seconds) = self.retry_after() {
-            response.insert_header(("retry-after", seconds));
+            headers.insert(RETRY_AFTER, seconds.into());
         }
         if self.closes_connection() {
-            response.force_close();
+            response
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
         }
-        response.json(body)
     }
 }
 

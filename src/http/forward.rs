@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 
 pub use super::client::UpstreamResponse;
 use super::client::{CallError, Client, Http2Body, OutgoingBody};
-use super::grpc::{self, GRPC_TIMEOUT};
+use super::grpc::GRPC_TIMEOUT;
 use super::listener::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload, PeerIp};
 use super::request_id::REQUEST_ID;
 use super::trailers::Trailers;
@@ -130,7 +130,7 @@ impl RequestBody {
         };
         let mut payload = payload;
         let replay = match (length, replay_limit) {
-            (BodyLength::Unknown, Some(limit)) if grpc::is_grpc(req.headers()) => Some(Replay {
+            (BodyLength::Unknown, Some(limit)) if payload.is_grpc_stream() => Some(Replay {
                 copy: payload.keep_copy(limit),
                 home: BodyHome::default(),
             }),

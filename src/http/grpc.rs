@@ -6,6 +6,7 @@
 //! gRPC client reads no HTTP error status. The codes themselves are
 //! [`GrpcCode`]s.
 
+use std::fmt::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -97,19 +98,7 @@ pub fn code_for_refusal(error: &ProxyError) -> GrpcCode {
 /// and no body.
 pub fn refusal(error: &ProxyError) -> HttpResponse {
     let mut response = trailers_only(code_for_refusal(error), error.message());
-    let headers = response.headers_mut();
-    headers.insert(
-        HeaderName::from_static("x-outrigger"),
-        HeaderValue::from_static(error.reason()),
-    );
-    if let Some(seconds) = error.retry_after() {
-        headers.insert(actix_web::http::header::RETRY_AFTER, seconds.into());
-    }
-    if error.closes_connection() {
-        response
-            .head_mut()
-            .set_connection_type(actix_web::http::ConnectionType::Close);
-    }
+    error.mark(&mut response);
     response
 }
 
@@ -185,12 +174,18 @@ impl MessageBody for CountedAtEnd {
 fn trailers_only(code: GrpcCode, message: &str) -> HttpResponse {
     let mut response = HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, HeaderValue::from_static("application/grpc")))
-        .insert_header((GRPC_STATUS.clone(), HeaderValue::from(code.number())))
         .finish();
-    if let Ok(message) = HeaderValue::from_str(&percent_encoded(message)) {
-        response.headers_mut().insert(GRPC_MESSAGE.clone(), message);
-    }
+    set_status(response.headers_mut(), code, message);
     response
+}
+
+/// Sets `grpc-status` `code` and `grpc-message` `message` (percent-encoded)
+/// in `headers`, an answer's head or its trailers.
+fn set_status(headers: &mut HeaderMap, code: GrpcCode, message: &str) {
+    headers.insert(GRPC_STATUS.clone(), HeaderValue::from(code.number()));
+    if let Ok(message) = HeaderValue::from_str(&percent_encoded(message)) {
+        headers.insert(GRPC_MESSAGE.clone(), message);
+    }
 }
 
 /// The trailers that end a gRPC answer whose body broke off after its head
@@ -198,16 +193,10 @@ fn trailers_only(code: GrpcCode, message: &str) -> HttpResponse {
 /// which gRPC clients and their retry policies read as "try again", where
 /// a reset stream would read as INTERNAL, a bug.
 pub fn broken_off(why: &str) -> http::HeaderMap {
-    let mut trailers = http::HeaderMap::new();
-    trailers.insert(
-        GRPC_STATUS.clone(),
-        HeaderValue::from(GrpcCode::Unavailable.number()),
-    );
+    let mut trailers = HeaderMap::new();
     let message = format!("the answer broke off: {why}");
-    if let Ok(message) = HeaderValue::from_str(&percent_encoded(&message)) {
-        trailers.insert(GRPC_MESSAGE.clone(), message);
-    }
-    trailers
+    set_status(&mut trailers, GrpcCode::Unavailable, &message);
+    trailers.into()
 }
 
 /// `message` as `grpc-message` carries it: printable ASCII but `%` as it
@@ -218,7 +207,7 @@ fn percent_encoded(message: &str) -> String {
         if (0x20..=0x7e).contains(&byte) && byte != b'%' {
             encoded.push(char::from(byte));
         } else {
-            encoded.push_str(&format!("%{byte:02X}"));
+            let _ = write!(encoded, "%{byte:02X}");
         }
     }
     encoded

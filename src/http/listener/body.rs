@@ -82,6 +82,12 @@ impl LimitedPayload {
         }
     }
 
+    /// Whether this is the message stream of a gRPC call over HTTP/2
+    /// ([`LimitedPayload::grpc_stream`]).
+    pub fn is_grpc_stream(&self) -> bool {
+        self.longest_pause.is_none()
+    }
+
     /// Keeps a copy of the body as it streams, while it stays within
     /// `limit` bytes: once the body has ended within it, the copy can send
     /// it again (a body whose length was not announced, retried).

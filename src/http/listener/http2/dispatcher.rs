@@ -346,7 +346,6 @@ async fn send(
 ) {
     let trailers = response.extensions().get::<Trailers>().cloned();
     let (response, body) = response.into_parts();
-    let grpc = grpc::is_grpc(&response.head().headers);
     let mut size = body.size();
     let head = http_head(response.head(), &mut size);
     let ended = head_only || matches!(size, BodySize::None | BodySize::Sized(0));
@@ -367,7 +366,9 @@ async fn send(
             Ok(chunk) => chunk,
             Err(err) => {
                 debug!("an HTTP/2 answer body broke off: {err}");
-                let told = grpc
+                // A gRPC caller is told so in trailers (checked only now:
+                // an answer whose body ends well never needs to know).
+                let told = grpc::is_grpc(&response.head().headers)
                     && stream
                         .send_trailers(grpc::broken_off(&err.to_string()))
                         .is_ok();
