@@ -6,12 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::client::{client, get_text, x_cache};
 use support::eventually::eventually;
 use support::faults::{answer_body_start, Fault, FaultServer};
 use support::files::TempDir;
+use support::keys::hs256_bearer;
 use support::metrics::metric;
 use support::process::SidecarProcess;
 use support::raw::raw_header;
@@ -48,12 +48,7 @@ const ENV: [(&str, &str); 1] = [("JWT_SECRET", "cache-secret")];
 
 fn bearer(user: &str) -> String {
     let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"cache-secret"),
-    );
-    format!("Bearer {}", token.expect("signs"))
+    hs256_bearer(b"cache-secret", &claims)
 }
 
 /// Sends a request as `user`; returns status and `X-Cache`.

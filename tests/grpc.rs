@@ -10,12 +10,14 @@
 //! the sidecar exits rather than at the end of its shutdown grace. A
 //! replica SIGKILLed under 50 bidi streams and a unary load ends only the
 //! streams on it (UNAVAILABLE), and the unary callers see no failure
-//! (retried); a gRPC stream is not cut by the body limits of an upload.
+//! (retried); a gRPC stream is not cut by the body limits of an upload; a
+//! replica's trailers-only answer (an error) keeps its code and metadata.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use outrigger::Sidecar;
 use support::grpc::{grpc_call, CallArgs, GrpcCall, GrpcReplica};
 use support::metrics::metric_sum;
 use support::process::SidecarProcess;
@@ -29,29 +31,27 @@ fn echo_service(replica: &GrpcReplica) -> String {
     )
 }
 
-/// `key` of `metadata`, for asserting.
-fn value<'a>(
-    metadata: &'a std::collections::HashMap<String, String>,
-    key: &str,
-) -> Option<&'a str> {
-    metadata.get(key).map(String::as_str)
+/// A sidecar in this process whose outbound listener (with `limits`
+/// added to its settings) routes `echo` to `replica`.
+async fn echo_sidecar(replica: &GrpcReplica, limits: &str) -> Sidecar {
+    sidecar_from(
+        &format!(
+            "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+{}",
+            echo_service(replica)
+        ),
+        &[],
+    )
+    .await
 }
 
 #[actix_web::test]
 async fn unary_server_streaming_and_bidi_calls_pass_with_their_metadata_and_trailers() {
     let replica = GrpcReplica::start("echo-1");
-    let sidecar = sidecar_from(
-        &format!(
-            "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-services:
-{}",
-            echo_service(&replica)
-        ),
-        &[],
-    )
-    .await;
+    let sidecar = echo_sidecar(&replica, "").await;
     let target = sidecar.outbound_addr().to_string();
     let echo = || CallArgs::new().authority("echo");
     // All three at once, over three connections.
@@ -66,31 +66,16 @@ services:
     let unary = unary.outcome().await;
     assert_eq!(unary.code, "OK", "{unary:?}");
     assert_eq!(unary.messages, ["hello"]);
-    assert_eq!(
-        value(&unary.initial, "x-replica"),
-        Some("echo-1"),
-        "{unary:?}"
-    );
-    assert_eq!(
-        value(&unary.initial, "echo-x-user"),
-        Some("ana"),
-        "{unary:?}"
-    );
+    assert_eq!(unary.header("x-replica"), Some("echo-1"), "{unary:?}");
+    assert_eq!(unary.header("echo-x-user"), Some("ana"), "{unary:?}");
     // The connection's data reaches an HTTP/2 request's handler too.
-    assert_eq!(
-        value(&unary.initial, "echo-x-forwarded-for"),
-        Some("127.0.0.1")
-    );
+    assert_eq!(unary.header("echo-x-forwarded-for"), Some("127.0.0.1"));
     assert!(
         unary.initial.contains_key("date"),
         "dated as HTTP/1 answers are"
     );
-    assert_eq!(
-        value(&unary.trailing, "x-trailer"),
-        Some("done"),
-        "{unary:?}"
-    );
-    assert_eq!(value(&unary.trailing, "x-deadline-ms"), Some("none"));
+    assert_eq!(unary.trailer("x-trailer"), Some("done"), "{unary:?}");
+    assert_eq!(unary.trailer("x-deadline-ms"), Some("none"));
 
     let server_stream = server_stream.outcome().await;
     assert_eq!(server_stream.code, "OK", "{server_stream:?}");
@@ -103,13 +88,13 @@ services:
         server_stream.messages.last().map(String::as_str),
         Some("msg-999")
     );
-    assert_eq!(value(&server_stream.trailing, "x-trailer"), Some("done"));
+    assert_eq!(server_stream.trailer("x-trailer"), Some("done"));
 
     let bidi = bidi.outcome().await;
     assert_eq!(bidi.code, "OK", "{bidi:?}");
     let expected: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
     assert_eq!(bidi.messages, expected);
-    assert_eq!(value(&bidi.trailing, "x-trailer"), Some("done"));
+    assert_eq!(bidi.trailer("x-trailer"), Some("done"));
 }
 
 #[actix_web::test]
@@ -126,7 +111,7 @@ async fn a_10_mib_client_stream_passes_with_the_sidecars_memory_bounded() {
     .await;
     assert_eq!(outcome.code, "OK", "{outcome:?}");
     assert_eq!(outcome.messages, ["messages=160 bytes=10485760"]);
-    assert_eq!(value(&outcome.trailing, "x-trailer"), Some("done"));
+    assert_eq!(outcome.trailer("x-trailer"), Some("done"));
     let grown = sidecar.peak_rss().saturating_sub(before);
     assert!(
         grown < 6 * 1024 * 1024,
@@ -183,7 +168,7 @@ async fn a_bidi_stream_open_across_sigterm_finishes_and_its_connection_goes_away
     let outcome = call.outcome().await;
     assert_eq!(outcome.code, "OK", "{outcome:?}");
     assert_eq!(outcome.message_count, 30);
-    assert_eq!(value(&outcome.trailing, "x-trailer"), Some("done"));
+    assert_eq!(outcome.trailer("x-trailer"), Some("done"));
     // The client's connection was told to go away: with no stream left on
     // it, it closes, and the sidecar exits long before the 20 s grace.
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -204,18 +189,7 @@ async fn a_bidi_stream_open_across_sigterm_finishes_and_its_connection_goes_away
 #[actix_web::test]
 async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
     let replica = GrpcReplica::start("echo-1");
-    let sidecar = sidecar_from(
-        &format!(
-            "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\", client_body_timeout: 1s, max_body_bytes: 4096 }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-services:
-{}",
-            echo_service(&replica)
-        ),
-        &[],
-    )
-    .await;
+    let sidecar = echo_sidecar(&replica, ", client_body_timeout: 1s, max_body_bytes: 4096").await;
     let target = sidecar.outbound_addr().to_string();
     let echo = || CallArgs::new().authority("echo");
     // Pauses of 1.5 s, past client_body_timeout, and 6,000 bytes in all,
@@ -250,15 +224,11 @@ services:
 
     let too_large = too_large.outcome().await;
     assert_ne!(too_large.code, "OK", "{too_large:?}");
-    assert_eq!(
-        value(&too_large.trailing, "x-outrigger"),
-        Some("body_too_large"),
-        "{too_large:?}"
-    );
+    assert_eq!(too_large.reason(), Some("body_too_large"), "{too_large:?}");
     let bidi = bidi.outcome().await;
     assert_eq!(bidi.code, "OK", "{bidi:?}");
     assert_eq!((bidi.message_count, bidi.bytes), (3, 6000));
-    assert_eq!(value(&bidi.trailing, "x-trailer"), Some("done"));
+    assert_eq!(bidi.trailer("x-trailer"), Some("done"));
 }
 
 /// `outrigger_http_requests_total` of the outbound `service` on the
@@ -351,4 +321,21 @@ async fn a_replica_killed_under_streams_and_unary_load_ends_only_its_own_streams
         .flat_map(|codes| codes.values())
         .sum();
     assert_eq!(all, 50, "every stream reached a replica: {streams:?}");
+}
+
+#[actix_web::test]
+async fn a_grpc_answer_without_a_body_passes_through_with_its_code_and_metadata() {
+    let replica = GrpcReplica::start("echo-1");
+    let sidecar = echo_sidecar(&replica, "").await;
+    let outcome = grpc_call(
+        &sidecar.outbound_addr().to_string(),
+        "Fail",
+        CallArgs::new()
+            .authority("echo")
+            .payload("RESOURCE_EXHAUSTED"),
+    )
+    .await;
+    assert_eq!(outcome.code, "RESOURCE_EXHAUSTED", "{outcome:?}");
+    assert_eq!(outcome.details, "asked to fail");
+    assert_eq!(outcome.trailer("x-replica"), Some("echo-1"), "{outcome:?}");
 }

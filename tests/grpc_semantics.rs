@@ -10,25 +10,19 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::admin::breaker_state;
 use support::client::get_text;
 use support::eventually::eventually;
-use support::grpc::{grpc_call, CallArgs, GrpcOutcome, GrpcReplica};
+use support::grpc::{grpc_call, CallArgs, GrpcReplica};
 use support::h2c::curl;
+use support::keys::hs256_bearer;
 use support::metrics::metric;
 use support::sidecar::{listeners_with_inbound, sidecar_from};
 
 const LISTENERS: &str = "listeners:
   outbound: { bind: \"127.0.0.1:0\" }
   admin: { bind: \"127.0.0.1:0\" }";
-
-/// The `x-outrigger` reason of a trailers-only answer the sidecar made
-/// (grpcio shows such an answer's headers as its trailing metadata).
-fn reason(outcome: &GrpcOutcome) -> Option<&str> {
-    outcome.trailing.get("x-outrigger").map(String::as_str)
-}
 
 fn grpc_responses(listener: &str, service: &str, code: &str) -> String {
     format!("outrigger_grpc_responses_total{{code=\"{code}\",listener=\"{listener}\",service=\"{service}\"}}")
@@ -73,14 +67,8 @@ services:
             "retried on another replica: {outcome:?}"
         );
         assert_eq!(outcome.messages, ["hello"]);
-        assert_ne!(
-            outcome.initial.get("x-replica").map(String::as_str),
-            Some("down")
-        );
-        assert_eq!(
-            outcome.trailing.get("x-trailer").map(String::as_str),
-            Some("done")
-        );
+        assert_ne!(outcome.header("x-replica"), Some("down"));
+        assert_eq!(outcome.trailer("x-trailer"), Some("done"));
         let seen: u64 = outcome.trailing["x-deadline-ms"]
             .parse()
             .expect("a deadline");
@@ -187,10 +175,7 @@ services:
     for _ in 0..3 {
         let outcome = fail_late("UNAVAILABLE").await;
         assert_eq!(outcome.code, "UNAVAILABLE", "{outcome:?}");
-        assert_eq!(
-            outcome.initial.get("x-replica").map(String::as_str),
-            Some("late")
-        );
+        assert_eq!(outcome.header("x-replica"), Some("late"));
     }
     assert_eq!(breaker_state(&admin, &key).await, "closed");
     for _ in 0..2 {
@@ -242,7 +227,7 @@ services:
     )
     .await;
     assert_eq!(down.code, "UNAVAILABLE", "{down:?}");
-    assert_eq!(reason(&down), Some("upstream_connect_failed"), "{down:?}");
+    assert_eq!(down.reason(), Some("upstream_connect_failed"), "{down:?}");
     assert!(down.details.contains("cannot connect"), "{down:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -258,7 +243,7 @@ services:
     )
     .await;
     assert_eq!(unknown.code, "UNIMPLEMENTED", "{unknown:?}");
-    assert_eq!(reason(&unknown), Some("unknown_service"), "{unknown:?}");
+    assert_eq!(unknown.reason(), Some("unknown_service"), "{unknown:?}");
 
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     assert_eq!(
@@ -392,12 +377,7 @@ async fn the_smaller_of_timeout_and_the_callers_deadline_bounds_the_call_to_the_
 
 fn bearer(user: &str) -> String {
     let claims = json!({"sub": user, "roles": ["reader"], "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"grpc-secret"),
-    );
-    format!("Bearer {}", token.expect("signs"))
+    hs256_bearer(b"grpc-secret", &claims)
 }
 
 #[actix_web::test]
@@ -417,17 +397,14 @@ inbound:
 
     let anonymous = call(CallArgs::new()).await;
     assert_eq!(anonymous.code, "UNAUTHENTICATED", "{anonymous:?}");
-    assert_eq!(reason(&anonymous), Some("unauthorized"), "{anonymous:?}");
+    assert_eq!(anonymous.reason(), Some("unauthorized"), "{anonymous:?}");
 
     let token = bearer("ana");
     for _ in 0..2 {
         let passed = call(CallArgs::new().metadata("authorization", &token)).await;
         assert_eq!(passed.code, "OK", "reached the app: {passed:?}");
         assert_eq!(passed.messages, ["x"]);
-        assert_eq!(
-            passed.initial.get("x-replica").map(String::as_str),
-            Some("app")
-        );
+        assert_eq!(passed.header("x-replica"), Some("app"));
         assert_eq!(
             passed
                 .initial
@@ -446,7 +423,7 @@ inbound:
     }
     let limited = call(CallArgs::new().metadata("authorization", &token)).await;
     assert_eq!(limited.code, "RESOURCE_EXHAUSTED", "{limited:?}");
-    assert_eq!(reason(&limited), Some("rate_limited"), "{limited:?}");
+    assert_eq!(limited.reason(), Some("rate_limited"), "{limited:?}");
 
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     for (code, count) in [

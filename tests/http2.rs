@@ -12,21 +12,20 @@
 //! HTTP/1.1 callers, streams sharing a connection per worker up to the
 //! replica's stream limit, a request body and its answer streaming at once,
 //! a GOAWAY that drains a connection, a replica
-//! killed mid-stream, and the breaker of a dead one. A real gRPC client
-//! (grpcio) gets a replica's gRPC answer with its code and metadata.
+//! killed mid-stream, and the breaker of a dead one.
 
 mod support;
 
 use actix_web::web::Bytes;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use outrigger::Sidecar;
 use serde_json::json;
 use support::client::get_text;
 use support::eventually::eventually;
 use support::files::TempDir;
-use support::grpc::{grpc_call, CallArgs, GrpcReplica};
+use support::grpc::GrpcReplica;
 use support::h2_replica::H2Replica;
 use support::h2c::{curl, curl_exit, h2c, h2load};
+use support::keys::hs256_bearer;
 use support::metrics::{metric, metric_sum};
 use support::replica::{header_seen, Replica};
 use support::sidecar::{listeners_with_inbound, sidecar_from};
@@ -191,12 +190,7 @@ async fn streams_past_the_connection_limit_are_refused_at_once() {
 
 fn bearer(user: &str) -> String {
     let claims = json!({"sub": user, "exp": jsonwebtoken::get_current_timestamp() + 600});
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"h2-secret"),
-    );
-    format!("authorization: Bearer {}", token.expect("signs"))
+    format!("authorization: {}", hs256_bearer(b"h2-secret", &claims))
 }
 
 #[actix_web::test]
@@ -587,38 +581,6 @@ services:
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     let transitions = "outrigger_circuit_breaker_transitions_total{from=\"closed\",to=\"open\"}";
     assert_eq!(metric(&metrics, transitions), Some(1.0), "{metrics}");
-}
-
-#[actix_web::test]
-async fn a_grpc_answer_without_a_body_passes_through_with_its_code_and_metadata() {
-    let replica = GrpcReplica::start("echo-1");
-    let sidecar = sidecar_from(
-        &format!(
-            "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\" }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-services:
-  - {{ name: echo, endpoints: [\"{}\"], retry: {{ attempts: 1 }} }}",
-            replica.address()
-        ),
-        &[],
-    )
-    .await;
-    let outcome = grpc_call(
-        &sidecar.outbound_addr().to_string(),
-        "Fail",
-        CallArgs::new()
-            .authority("echo")
-            .payload("RESOURCE_EXHAUSTED"),
-    )
-    .await;
-    assert_eq!(outcome.code, "RESOURCE_EXHAUSTED", "{outcome:?}");
-    assert_eq!(outcome.details, "asked to fail");
-    assert_eq!(
-        outcome.trailing.get("x-replica").map(String::as_str),
-        Some("echo-1"),
-        "{outcome:?}"
-    );
 }
 
 /// An HTTP/2 frame: its 9-byte header (length, type, flags, stream) and

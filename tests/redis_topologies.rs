@@ -6,10 +6,10 @@
 
 mod support;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
 use support::client::{client, get_text, x_cache};
 use support::eventually::eventually;
+use support::keys::hs256_bearer;
 use support::metrics::{metric, metric_sum};
 use support::redis::{RedisCluster, RedisSentinel, RedisServer, Secured, SlowDoor, MASTER_NAME};
 use support::replica::Replica;
@@ -48,12 +48,7 @@ inbound:
 fn bearer(user: &str) -> String {
     let now = jsonwebtoken::get_current_timestamp();
     let claims = json!({"sub": user, "exp": now + 600, "jti": format!("{user}-{now}")});
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(b"topology-secret"),
-    );
-    format!("Bearer {}", token.expect("signs"))
+    hs256_bearer(b"topology-secret", &claims)
 }
 
 /// What the inbound listener answered: status, `x-cache`, `x-ratelimit-remaining`.

@@ -146,6 +146,24 @@ pub struct GrpcOutcome {
     pub elapsed: Duration,
 }
 
+impl GrpcOutcome {
+    /// The initial metadata's `key`.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.initial.get(key).map(String::as_str)
+    }
+
+    /// The trailing metadata's `key`.
+    pub fn trailer(&self, key: &str) -> Option<&str> {
+        self.trailing.get(key).map(String::as_str)
+    }
+
+    /// The `x-outrigger` reason of an answer the sidecar made (grpcio shows
+    /// a trailers-only answer's headers as its trailing metadata).
+    pub fn reason(&self) -> Option<&str> {
+        self.trailer("x-outrigger")
+    }
+}
+
 /// The outcome of repeated calls: how many ended with each code and were
 /// answered by each replica, and how long they took.
 #[derive(Debug, Clone)]

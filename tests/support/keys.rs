@@ -1,4 +1,4 @@
-//! Key pairs made by openssl, for the JWT tests.
+//! Key pairs made by openssl, and HS256 tokens, for the JWT tests.
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -53,4 +53,15 @@ pub fn key_pair(dir: &TempDir, kind: &str) -> KeyPair {
 pub fn ed25519_jwk(kid: &str, pair: &KeyPair) -> Value {
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&pair.raw_public);
     json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": x, "alg": "EdDSA", "use": "sig"})
+}
+
+/// `Bearer <token>`, the token `claims` signed with HS256 and `secret`, as
+/// the tests' callers send it in `Authorization`.
+pub fn hs256_bearer(secret: &[u8], claims: &Value) -> String {
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    );
+    format!("Bearer {}", token.expect("signs"))
 }
