@@ -223,7 +223,7 @@ async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
     assert_eq!(answer.status(), 408);
 
     let too_large = too_large.outcome().await;
-    assert_ne!(too_large.code, "OK", "{too_large:?}");
+    assert_eq!(too_large.code, "RESOURCE_EXHAUSTED", "{too_large:?}");
     assert_eq!(too_large.reason(), Some("body_too_large"), "{too_large:?}");
     let bidi = bidi.outcome().await;
     assert_eq!(bidi.code, "OK", "{bidi:?}");
@@ -321,6 +321,39 @@ async fn a_replica_killed_under_streams_and_unary_load_ends_only_its_own_streams
         .flat_map(|codes| codes.values())
         .sum();
     assert_eq!(all, 50, "every stream reached a replica: {streams:?}");
+    // Each stream is counted by the code it ended with, the cut ones too.
+    let ok = ["echo-0", "echo-2"]
+        .map(|survivor| ended(survivor)["OK"])
+        .iter()
+        .sum::<u64>();
+    let counted = |text: &str, code: &str| {
+        let labels = [
+            ("listener", "outbound"),
+            ("service", "streams"),
+            ("code", code),
+        ];
+        metric_sum(text, "outrigger_grpc_responses_total", &labels)
+    };
+    let expected = [("UNAVAILABLE", killed["UNAVAILABLE"]), ("OK", ok)];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = support::client::get_text(&metrics).await;
+        let all_counted = expected
+            .iter()
+            .all(|(code, count)| counted(&text, code) == *count as f64);
+        if all_counted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the streams' ends ({expected:?}) are not counted so: {}",
+            text.lines()
+                .filter(|line| line.starts_with("outrigger_grpc_responses_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[actix_web::test]

@@ -80,13 +80,15 @@ pub fn code_for_http_status(status: u16) -> GrpcCode {
 
 /// The code of the sidecar's own answer `error` to a gRPC caller: no
 /// replica or a replica failing (503, 502) is UNAVAILABLE, a timeout (504)
-/// DEADLINE_EXCEEDED, a rate or concurrency limit (429)
-/// RESOURCE_EXHAUSTED, an unknown service (404) UNIMPLEMENTED, 401 and 403
-/// as the table says; any other status by the table.
+/// DEADLINE_EXCEEDED, a rate or concurrency limit (429) and a message over
+/// `max_body_bytes` (413) RESOURCE_EXHAUSTED (what a gRPC server answers a
+/// message over its receive limit), an unknown service (404)
+/// UNIMPLEMENTED, 401 and 403 as the table says; any other status by the
+/// table.
 pub fn code_for_refusal(error: &ProxyError) -> GrpcCode {
     match error.status().as_u16() {
         504 => GrpcCode::DeadlineExceeded,
-        429 => GrpcCode::ResourceExhausted,
+        429 | 413 => GrpcCode::ResourceExhausted,
         status => code_for_http_status(status),
     }
 }
@@ -124,8 +126,10 @@ pub fn relayed(response: &mut HttpResponse) -> Option<GrpcCode> {
 
 /// Counts `response`, a gRPC answer whose `grpc-status` comes in its
 /// trailers, in `series` when its body ends: its code then, or UNKNOWN when
-/// it ended without one (what the caller is left with). An answer with no
-/// trailers to come (not from an HTTP/2 replica) is not counted.
+/// it ended without one (what the caller is left with); UNAVAILABLE when
+/// it broke off (what [`broken_off`] tells the caller); CANCELLED when it
+/// was dropped before its end (its caller reset the stream). An answer
+/// with no trailers to come (not from an HTTP/2 replica) is not counted.
 pub fn count_at_end(response: &mut HttpResponse, series: &Arc<GrpcSeries>) {
     let Some(trailers) = response.extensions().get::<Trailers>().cloned() else {
         return;
@@ -137,15 +141,27 @@ pub fn count_at_end(response: &mut HttpResponse, series: &Arc<GrpcSeries>) {
             body,
             trailers,
             series,
+            counted: false,
         })
     });
 }
 
-/// An answer body that counts its gRPC code once it ends.
+/// An answer body that counts its gRPC code once it ends, breaks off or
+/// is dropped.
 struct CountedAtEnd {
     body: BoxBody,
     trailers: Trailers,
     series: Arc<GrpcSeries>,
+    counted: bool,
+}
+
+impl CountedAtEnd {
+    fn count(&mut self, code: GrpcCode) {
+        if !self.counted {
+            self.counted = true;
+            self.series.record(code);
+        }
+    }
 }
 
 impl MessageBody for CountedAtEnd {
@@ -161,11 +177,21 @@ impl MessageBody for CountedAtEnd {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
         let item = ready!(Pin::new(&mut this.body).poll_next(cx));
-        if item.is_none() {
-            let code = status_in_trailers(&this.trailers).unwrap_or(GrpcCode::Unknown);
-            this.series.record(code);
+        match &item {
+            None => {
+                let code = status_in_trailers(&this.trailers).unwrap_or(GrpcCode::Unknown);
+                this.count(code);
+            }
+            Some(Err(_)) => this.count(GrpcCode::Unavailable),
+            Some(Ok(_)) => {}
         }
         Poll::Ready(item)
+    }
+}
+
+impl Drop for CountedAtEnd {
+    fn drop(&mut self) {
+        self.count(GrpcCode::Cancelled);
     }
 }
 
@@ -357,7 +383,11 @@ mod tests {
         assert_eq!(code(ProxyError::Forbidden(m())), GrpcCode::PermissionDenied);
         assert_eq!(code(ProxyError::UnknownService), GrpcCode::Unimplemented);
         assert_eq!(code(ProxyError::BadRequest(m())), GrpcCode::Internal);
-        assert_eq!(code(ProxyError::BodyTooLarge(m())), GrpcCode::Unknown);
+        assert_eq!(
+            code(ProxyError::BodyTooLarge(m())),
+            GrpcCode::ResourceExhausted
+        );
+        assert_eq!(code(ProxyError::BodyTimeout(m())), GrpcCode::Unknown);
     }
 
     #[test]
@@ -420,6 +450,35 @@ mod tests {
         let trailers = broken_off("reset");
         assert_eq!(trailers[&GRPC_STATUS], "14");
         assert_eq!(trailers[&GRPC_MESSAGE], "the answer broke off: reset");
+    }
+
+    #[actix_web::test]
+    async fn an_answer_counted_at_its_end_counts_a_break_as_unavailable_and_a_drop_as_cancelled() {
+        use actix_web::body::BodyStream;
+        use futures_util::stream;
+        let metrics = crate::metrics::Metrics::new();
+        let series = metrics.requests("outbound", "echo");
+        let answer = |items: Vec<Result<Bytes, std::io::Error>>| {
+            let mut response = HttpResponse::Ok().body(BodyStream::new(stream::iter(items)));
+            response.extensions_mut().insert(Trailers::default());
+            count_at_end(&mut response, series.grpc());
+            response
+        };
+        let broken = answer(vec![Err(std::io::Error::other("reset"))]);
+        assert!(actix_web::body::to_bytes(broken.into_body()).await.is_err());
+        drop(answer(vec![Ok(Bytes::from_static(b"m"))]));
+        let ended = answer(vec![]);
+        assert!(actix_web::body::to_bytes(ended.into_body()).await.is_ok());
+        let counted = |code: &str| {
+            metrics
+                .grpc_responses
+                .with_label_values(&["outbound", "echo", code])
+                .get()
+        };
+        assert_eq!(
+            [counted("UNAVAILABLE"), counted("CANCELLED"), counted("UNKNOWN")],
+            [1, 1, 1]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! the head's size, header values that are not UTF-8, header names that
 //! spell a framing header with other separators, header names with `_` that
 //! a CGI-style app reads as a header the sidecar sets, a `Content-Length` over
-//! the body limit, a `GET` or `HEAD` that declares a body, and an
+//! the body limit (but for a gRPC call over HTTP/2, whose limit is per
+//! message), a `GET` or `HEAD` that declares a body, and an
 //! absolute-form target whose authority is not the `Host`; and, on an
 //! HTTP/2 connection, a stream past the connection's
 //! `http2_max_concurrent_streams`. One pass over the parsed headers;
@@ -11,13 +12,14 @@
 
 use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use actix_web::http::uri::{Authority, Uri};
-use actix_web::http::Method;
+use actix_web::http::{Method, Version};
 use actix_web::HttpRequest;
 
 use super::connection::connection_data;
 use super::http2::Streams;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
+use crate::http::grpc;
 
 /// `": "` between name and value and the line's CRLF.
 const HEADER_LINE_OVERHEAD: usize = 4;
@@ -26,7 +28,8 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 
 /// Refuses a request head that breaks `limits` or could be read two ways:
 /// 431 when the request line and headers exceed `max_header_bytes`, 413
-/// when `Content-Length` exceeds `max_body_bytes`, 400 for a header value
+/// when `Content-Length` exceeds `max_body_bytes` (but for a gRPC call over
+/// HTTP/2, whose messages are held to it one by one), 400 for a header value
 /// that is not valid UTF-8, for a framing-header lookalike
 /// (`Transfer_Encoding`), for an underscore spelling of a header the sidecar
 /// sets or rules on (`x_outrigger_user`, `x_forwarded_for`), for a `GET` or `HEAD` that declares a body
@@ -96,7 +99,7 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
         }
     }
     if let (Some(limit), Some(length)) = (limits.max_body_bytes, length) {
-        if length > limit {
+        if length > limit && !is_grpc_over_http2(req) {
             return Err(ProxyError::BodyTooLarge(format!(
                 "the request body of {length} bytes (Content-Length) is over max_body_bytes {limit}"
             )));
@@ -199,6 +202,12 @@ fn same_authority(uri: &Uri, authority: &Authority, host: &str) -> bool {
         && host.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port)
 }
 
+/// Whether `req` is a gRPC call over HTTP/2: a stream of messages, each
+/// held to `max_body_bytes` as it streams, not its whole body.
+fn is_grpc_over_http2(req: &HttpRequest) -> bool {
+    req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +288,18 @@ mod tests {
             .insert_header(("content-length", "99999999999"))
             .to_http_request();
         assert_eq!(check_head(&req, &unlimited), Ok(()));
+    }
+
+    #[test]
+    fn a_grpc_call_over_http2_is_held_to_max_body_bytes_per_message_not_by_its_length() {
+        let grpc = |version| {
+            TestRequest::post()
+                .version(version)
+                .insert_header(("content-type", "application/grpc"))
+                .insert_header(("content-length", "101"))
+        };
+        assert_eq!(status(grpc(Version::HTTP_2)), 200);
+        assert_eq!(status(grpc(Version::HTTP_11)), 413);
     }
 
     #[test]
