@@ -66,8 +66,13 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Request heads refused before they were parsed, by listener and
     /// reason (`bare_lf`: a head line ended in LF without CR;
-    /// `http2_flood`: an HTTP/2 connection closed for a flood).
+    /// `http2_flood`: an HTTP/2 connection closed for a flood;
+    /// `http2_header_list`: an HTTP/2 head past the header list limit).
     pub http_heads_refused: IntCounterVec,
+    /// HTTP/2 streams the sidecar reset, by listener and error code
+    /// (`refused_stream`, `cancel`, `protocol_error`, ...), whether its
+    /// dispatcher or the HTTP/2 server reset them.
+    pub http2_streams_reset: IntCounterVec,
     /// GET answers served from the cache.
     pub cache_hits: IntCounter,
     /// Cacheable GETs the app had to answer.
@@ -377,7 +382,12 @@ impl Metrics {
             ),
             http_heads_refused: counter(
                 "http_heads_refused_total",
-                "Request heads refused before they were parsed (400, connection closed), and HTTP/2 connections closed for a flood.",
+                "Request heads refused before they were parsed (400, connection closed; 431 for an HTTP/2 header list past its limit), and HTTP/2 connections closed for a flood.",
+                &["listener", "reason"],
+            ),
+            http2_streams_reset: counter(
+                "http2_streams_reset_total",
+                "HTTP/2 streams the sidecar reset (RST_STREAM), by error code: refused_stream for a stream past the limit, cancel for a client that granted no window for client_write_timeout, and others.",
                 &["listener", "reason"],
             ),
             redis_errors: counter(

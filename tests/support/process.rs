@@ -38,7 +38,14 @@ impl SidecarProcess {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
-        SidecarProcess::launch(services, None, extra, env, stderr).await
+        SidecarProcess::launch(services, ("", None), extra, env, stderr).await
+    }
+
+    /// Like [`SidecarProcess::start`], with `keys` added to the outbound
+    /// listener's section (as `, max_header_bytes: 8192`).
+    pub async fn start_with_outbound(services: &str, keys: &str) -> SidecarProcess {
+        let env = [("LOG_LEVEL", "warn")];
+        SidecarProcess::launch(services, (keys, None), "", &env, None).await
     }
 
     /// Like [`SidecarProcess::start_with`], with the inbound listener on a
@@ -51,12 +58,14 @@ impl SidecarProcess {
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
     ) -> SidecarProcess {
-        SidecarProcess::launch(services, Some(inbound), extra, env, stderr).await
+        SidecarProcess::launch(services, ("", Some(inbound)), extra, env, stderr).await
     }
 
+    /// Starts the binary; `listeners` holds the outbound listener's extra
+    /// keys and the inbound listener's section, if it has one.
     async fn launch(
         services: &str,
-        inbound: Option<&str>,
+        (outbound_keys, inbound): (&str, Option<&str>),
         extra: &str,
         env: &[(&str, &str)],
         stderr: Option<&std::path::Path>,
@@ -67,6 +76,7 @@ impl SidecarProcess {
         let config = dir.path.join("sidecar.yaml");
         let listeners = Listeners {
             outbound,
+            outbound_keys: outbound_keys.to_string(),
             admin,
             inbound: inbound.clone(),
         };
@@ -145,6 +155,8 @@ impl SidecarProcess {
 /// Where a [`SidecarProcess`] listens, and its inbound section's other keys.
 struct Listeners {
     outbound: SocketAddr,
+    /// More keys of the outbound listener's section, after its `bind`.
+    outbound_keys: String,
     admin: SocketAddr,
     inbound: Option<(SocketAddr, String)>,
 }
@@ -154,6 +166,7 @@ impl Listeners {
     fn config(&self, services: &str, extra: &str) -> String {
         let Listeners {
             outbound,
+            outbound_keys,
             admin,
             inbound,
         } = self;
@@ -164,7 +177,7 @@ impl Listeners {
                 format!(", inbound: {{ bind: \"{addr}\", {keys} }}")
             });
         format!(
-            "listeners: {{ outbound: {{ bind: \"{outbound}\" }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
+            "listeners: {{ outbound: {{ bind: \"{outbound}\"{outbound_keys} }}, admin: {{ bind: \"{admin}\" }}{inbound} }}\n{extra}\nservices:\n{services}"
         )
     }
 }

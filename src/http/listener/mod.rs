@@ -130,6 +130,16 @@ where
         .metrics()
         .http_heads_refused
         .with_label_values(&[name, "http2_flood"]);
+    // HTTP/2 streams the sidecar reset, by error code, and heads the
+    // HTTP/2 server refused itself (past the header list limit).
+    let written = http2::WrittenCounters::new(
+        &front.metrics().http2_streams_reset,
+        front
+            .metrics()
+            .http_heads_refused
+            .with_label_values(&[name, "http2_header_list"]),
+        name,
+    );
     let secure = tls.map(|tls| Arc::new(Secure::new(tls, name, front.metrics())));
     let http2 = http2::Settings {
         listener: name,
@@ -148,8 +158,9 @@ where
         // the proxies do not use: they route on the request's own target.
         let app = map_config(factory().into_factory(), |_: ()| AppConfig::default())
             .map_err(|err| err.into().error_response());
+        let written = written.clone();
         let accept = fn_service(move |io: TcpStream| {
-            let (refused, secure) = (refused.clone(), secure.clone());
+            let (refused, secure, written) = (refused.clone(), secure.clone(), written.clone());
             async move {
                 let accepted = tokio::time::Instant::now();
                 let peer = io.peer_addr().ok();
@@ -161,6 +172,9 @@ where
                 let wire = secure::accept(io, secure.as_deref(), peer, header_timeout).await?;
                 let protocol = secure::protocol(&wire.0, detected);
                 let mut io = ClientStream::new(wire, protocol, name, peer, refused, timeouts);
+                if protocol == Protocol::Http2 {
+                    io.scan_written(http2::WrittenFrames::new(written));
+                }
                 // A client that kept its first bytes back, or took its time
                 // over the handshake: what it waited counts against its
                 // first head.

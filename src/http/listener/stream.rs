@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::deadline::Pause;
 use super::framing::{ChunkRefusal, Framing, ScanVerdict};
+use super::http2::{TakenIn, WrittenFrames};
 use super::secure::{ClientWire, PeerIdentity};
 
 /// One client's connection, scanned as it is read.
@@ -53,6 +54,8 @@ pub struct ClientStream {
     shut: bool,
     /// How long the lingering close waits for the client to close.
     linger: Pause,
+    /// On an HTTP/2 connection, what is written, read for what is counted.
+    written: Option<WrittenFrames>,
 }
 
 /// The chunk-size refusal on one connection, if any: shared between its
@@ -120,6 +123,36 @@ impl ClientStream {
             refused_chunk: ChunkVerdict::default(),
             shut: false,
             linger: Pause::default(),
+            written: None,
+        }
+    }
+
+    /// Reads what is written to this HTTP/2 connection for what is
+    /// counted (see `http2::WrittenFrames`).
+    pub fn scan_written(&mut self, scan: WrittenFrames) {
+        self.written = Some(scan);
+    }
+
+    /// Where the dispatcher of this HTTP/2 connection tells the streams it
+    /// takes in, when its written frames are read.
+    pub fn taken_in(&self) -> Option<TakenIn> {
+        self.written.as_ref().map(WrittenFrames::taken_in)
+    }
+
+    /// Tells the scan of written frames, if any, what a write took: the
+    /// first `written` bytes of `bufs`.
+    fn wrote<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>, written: usize) {
+        let Some(scan) = &mut self.written else {
+            return;
+        };
+        let mut left = written;
+        for buf in bufs {
+            if left == 0 {
+                break;
+            }
+            let taken = left.min(buf.len());
+            scan.wrote(&buf[..taken]);
+            left -= taken;
         }
     }
 
@@ -274,6 +307,9 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let write = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = write {
+            this.wrote([buf], written);
+        }
         this.time_write(cx, write)
     }
 
@@ -312,6 +348,9 @@ impl AsyncWrite for ClientStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let write = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(written)) = write {
+            this.wrote(bufs.iter().map(|buf| &buf[..]), written);
+        }
         this.time_write(cx, write)
     }
 

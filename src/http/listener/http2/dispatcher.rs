@@ -141,6 +141,7 @@ pub async fn serve<S, B>(
     B: MessageBody + 'static,
 {
     let data = ConnectionData::of(&io);
+    let taken_in = io.taken_in().unwrap_or_default();
     let streams = data.get::<Streams>().cloned().unwrap_or_default();
     let peer = io.peer_addr();
     let handshake = Builder::new()
@@ -227,6 +228,7 @@ pub async fn serve<S, B>(
                 going_away = true;
             }
             Some(Some(Ok((request, respond)))) => {
+                taken_in.took(respond.stream_id().into());
                 actix_rt::spawn(answer(request, respond, Open::new(&shared)));
             }
             Some(Some(Err(err))) => {

@@ -3,7 +3,9 @@
 //! dispatcher on the `h2` crate (`dispatcher.rs`), which advertises the
 //! listener's limits in its SETTINGS, passes trailers both ways and sends a
 //! GOAWAY when the sidecar stops; its request bodies come off their streams
-//! with their trailers (`incoming.rs`).
+//! with their trailers (`incoming.rs`). The streams reset on a connection
+//! and the heads the `h2` server refuses on its own are counted from the
+//! frames written (`written.rs`).
 //!
 //! What an HTTP/2 request needs before a handler reads it as it reads an
 //! HTTP/1.1 one ([`prepare`]): its `:authority` becomes its `Host` (HTTP/2
@@ -22,8 +24,10 @@
 
 mod dispatcher;
 mod incoming;
+mod written;
 
 pub use dispatcher::{serve, Settings};
+pub use written::{TakenIn, WrittenCounters, WrittenFrames};
 
 use std::cell::Cell;
 use std::rc::Rc;
