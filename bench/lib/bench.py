@@ -475,6 +475,11 @@ def proxies(args) -> dict[str, Proxy]:
         "outrigger": Proxy(
             "outrigger", w, lambda run, cfg: [str(args.outrigger_bin), "run", "--config", str(cfg)],
             lambda run: outrigger_config(w), f"http://127.0.0.1:{ADMIN}/ready", "yaml"),
+        # OUTRIGGER_BASELINE_BIN: another build beside it, to A/B in one run.
+        "outrigger-baseline": Proxy(
+            "outrigger-baseline", w,
+            lambda run, cfg: [str(args.baseline_bin), "run", "--config", str(cfg)],
+            lambda run: outrigger_config(w), f"http://127.0.0.1:{ADMIN}/ready", "yaml"),
         "envoy-c1": Proxy(
             "envoy-c1", 1, lambda run, cfg: [envoy, "-c", str(cfg), "--concurrency", "1",
                                              "--disable-hot-restart", "--log-level", "error"],
@@ -947,6 +952,10 @@ def parse(argv: list[str]):
     # Absolute: each proxy starts in its own run directory.
     args.outrigger_bin = Path(os.environ.get("OUTRIGGER_BIN") or TOP / "target" / "release" / "outrigger").resolve()
     args.envoy_bin = os.environ.get("ENVOY_BIN") or str(tools / "envoy" / "envoy" / "_bin" / "envoy")
+    baseline = os.environ.get("OUTRIGGER_BASELINE_BIN")
+    args.baseline_bin = Path(baseline).resolve() if baseline else None
+    if args.baseline_bin and "outrigger-baseline" not in args.proxies:
+        args.proxies = args.proxies.replace("outrigger,", "outrigger,outrigger-baseline,", 1)
     oha = tools / "bin" / "oha"
     args.oha_bin = str(oha) if oha.exists() else next(
         (str(Path(d) / "oha") for d in os.environ.get("PATH", "").split(":") if (Path(d) / "oha").exists()), None)

@@ -476,7 +476,11 @@ mod tests {
                 .get()
         };
         assert_eq!(
-            [counted("UNAVAILABLE"), counted("CANCELLED"), counted("UNKNOWN")],
+            [
+                counted("UNAVAILABLE"),
+                counted("CANCELLED"),
+                counted("UNKNOWN")
+            ],
             [1, 1, 1]
         );
     }

@@ -41,7 +41,7 @@ use actix_web::dev::{AppConfig, Extensions, Server};
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 use futures_util::future::{ready, select, Either};
-use log::{info, warn};
+use log::{debug, info, warn};
 
 pub use body::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload};
 pub use connection::connection_data;
@@ -164,6 +164,12 @@ where
             async move {
                 let accepted = tokio::time::Instant::now();
                 let peer = io.peer_addr().ok();
+                // Each write goes out at once: Nagle's algorithm would hold
+                // an HTTP/2 answer back while an earlier one on the
+                // connection waits for its ACK.
+                if let Err(err) = io.set_nodelay(true) {
+                    debug!("{name} listener: TCP_NODELAY not set for {peer:?}: {err}");
+                }
                 // A TLS client's first byte is no preface's: its protocol
                 // is the one its handshake chose by ALPN.
                 let detected = protocol::detect(&io, timeouts.header)
