@@ -21,7 +21,7 @@ use outrigger::Sidecar;
 use support::grpc::{grpc_call, CallArgs, GrpcCall, GrpcReplica};
 use support::metrics::metric_sum;
 use support::process::SidecarProcess;
-use support::sidecar::sidecar_from;
+use support::sidecar::sidecar_with_outbound;
 
 /// The `services:` list routing `echo` to `replica`.
 fn echo_service(replica: &GrpcReplica) -> String {
@@ -34,18 +34,7 @@ fn echo_service(replica: &GrpcReplica) -> String {
 /// A sidecar in this process whose outbound listener (with `limits`
 /// added to its settings) routes `echo` to `replica`.
 async fn echo_sidecar(replica: &GrpcReplica, limits: &str) -> Sidecar {
-    sidecar_from(
-        &format!(
-            "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-services:
-{}",
-            echo_service(replica)
-        ),
-        &[],
-    )
-    .await
+    sidecar_with_outbound(limits, &echo_service(replica)).await
 }
 
 #[actix_web::test]

@@ -20,7 +20,7 @@ use support::h2c::{h2c, h2load};
 use support::metrics::metric_sum;
 use support::process::SidecarProcess;
 use support::replica::Replica;
-use support::sidecar::sidecar_from;
+use support::sidecar::{sidecar_from, sidecar_with_outbound};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The service the outbound listener routes to `replica`, over HTTP/1.1.
@@ -34,15 +34,7 @@ fn budgeting(replica: &Replica) -> String {
 /// A sidecar in this process whose outbound listener (with `limits` added
 /// to its settings) routes `budgeting` to `replica`.
 async fn sidecar(replica: &Replica, limits: &str) -> Sidecar {
-    let config = format!(
-        "listeners:
-  outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
-  admin: {{ bind: \"127.0.0.1:0\" }}
-services:
-{}",
-        budgeting(replica)
-    );
-    sidecar_from(&config, &[]).await
+    sidecar_with_outbound(limits, &budgeting(replica)).await
 }
 
 /// An HTTP/2 frame: its 9-byte header (length, type, flags, stream) and
@@ -171,6 +163,16 @@ async fn stalled_download(addr: SocketAddr) -> (h2::RecvStream, actix_rt::task::
     (answer.into_body(), connection)
 }
 
+/// Asserts that a new client of the outbound listener at `addr` is served.
+async fn another_client_is_served(addr: SocketAddr) {
+    let url = format!("http://{addr}/budgeting/items");
+    assert_eq!(
+        h2c(&url, &[]).await.status(),
+        200,
+        "another client is served"
+    );
+}
+
 /// The sum of the outbound listener's `name` series with `labels` more.
 async fn outbound_count(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = get_text(&format!("http://{admin}/metrics")).await;
@@ -216,12 +218,7 @@ async fn a_rapid_reset_flood_starts_no_more_than_the_stream_limit() {
     let addr = sidecar.outbound_addr();
     let opened = rapid_reset(addr, 2000).await;
     assert!(opened > 8, "the flood got past the limit: {opened} streams");
-    let url = format!("http://{addr}/budgeting/items");
-    assert_eq!(
-        h2c(&url, &[]).await.status(),
-        200,
-        "another client is served"
-    );
+    another_client_is_served(addr).await;
     // The other client's call is answered after the flood's calls started.
     let started = replica.hits() - 1;
     assert!(
@@ -242,12 +239,7 @@ async fn a_continuation_flood_closes_its_connection_and_is_counted() {
         continuation_flood(addr).await,
         "the flooding connection stayed open"
     );
-    let url = format!("http://{addr}/budgeting/items");
-    assert_eq!(
-        h2c(&url, &[]).await.status(),
-        200,
-        "another client is served"
-    );
+    another_client_is_served(addr).await;
     // Counted once the connection is gone (after its lingering close).
     floods_counted(sidecar.admin_addr(), 1.0).await;
     assert_eq!(replica.hits(), 1, "the flood's head reached no replica");
@@ -292,12 +284,7 @@ async fn a_stream_whose_client_grants_no_window_is_reset_after_the_write_timeout
         .and_then(|err| err.reason());
     assert_eq!(reason, Some(h2::Reason::CANCEL), "reset, not served");
     assert!(asked.elapsed() >= Duration::from_millis(900));
-    let url = format!("http://{addr}/budgeting/items");
-    assert_eq!(
-        h2c(&url, &[]).await.status(),
-        200,
-        "another client is served"
-    );
+    another_client_is_served(addr).await;
     assert_eq!(resets(sidecar.admin_addr(), "cancel").await, 1.0);
     connection.abort();
 }
@@ -391,11 +378,7 @@ async fn every_attack_at_once_leaves_the_sidecar_s_memory_bounded() {
     for _ in 0..10 {
         assert_eq!(oversized_head(addr, 40).await, (431, None));
     }
-    assert_eq!(
-        h2c(&url, &[]).await.status(),
-        200,
-        "another client is served"
-    );
+    another_client_is_served(addr).await;
     let grown = sidecar.peak_rss().saturating_sub(before);
     assert!(
         grown < 8 * 1024 * 1024,

@@ -45,6 +45,20 @@ pub async fn sidecar_with(top: &str, services: &str) -> Sidecar {
     ready(Sidecar::start(config_with(top, services)).await).await
 }
 
+/// Starts a sidecar in this process whose outbound listener has `limits`
+/// added to its section (as `, max_header_bytes: 8192`), with `services`
+/// (the YAML of the `services:` list), and waits until it is ready.
+pub async fn sidecar_with_outbound(limits: &str, services: &str) -> Sidecar {
+    let yaml = format!(
+        "listeners:
+  outbound: {{ bind: \"127.0.0.1:0\"{limits} }}
+  admin: {{ bind: \"127.0.0.1:0\" }}
+services:
+{services}"
+    );
+    sidecar_from(&yaml, &[]).await
+}
+
 /// Starts a sidecar in this process from a whole config (listeners given
 /// as 127.0.0.1:0), with `env` as its environment, and waits until ready.
 pub async fn sidecar_from(yaml: &str, env: &[(&str, &str)]) -> Sidecar {
