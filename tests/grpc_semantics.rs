@@ -3,8 +3,9 @@
 //! outcome for retries and the breaker, the sidecar's own answers to gRPC
 //! callers are trailers-only with the contract's codes on both listeners,
 //! the caller's `grpc-timeout` bounds the call and reaches the replica as
-//! what is left of it, and `grpc_responses_total` counts every answer by
-//! code, from the trailers when the head carries none.
+//! what is left of it, `grpc_responses_total` counts every answer by
+//! code, from the trailers when the head carries none, and streams pass
+//! the inbound listener as they pass the outbound one.
 
 mod support;
 
@@ -381,7 +382,7 @@ fn bearer(user: &str) -> String {
 }
 
 #[actix_web::test]
-async fn inbound_refusals_are_grpc_answers_and_the_identity_reaches_the_app() {
+async fn inbound_refusals_are_grpc_answers_and_calls_and_streams_pass_with_the_identity() {
     let app = GrpcReplica::start("app");
     let yaml = format!(
         "{}
@@ -425,10 +426,23 @@ inbound:
     assert_eq!(limited.code, "RESOURCE_EXHAUSTED", "{limited:?}");
     assert_eq!(limited.reason(), Some("rate_limited"), "{limited:?}");
 
+    // Streams pass the inbound listener as they pass the outbound one.
+    let bo = bearer("bo");
+    let with_token = || CallArgs::new().metadata("authorization", &bo);
+    let bidi = grpc_call(&inbound, "Bidi", with_token().messages(100, 0)).await;
+    assert_eq!(bidi.code, "OK", "{bidi:?}");
+    let expected: Vec<String> = (0..100).map(|i| format!("m-{i}")).collect();
+    assert_eq!(bidi.messages, expected);
+    assert_eq!(bidi.trailer("x-trailer"), Some("done"));
+    let server_stream = grpc_call(&inbound, "ServerStream", with_token().payload("1000")).await;
+    assert_eq!(server_stream.code, "OK", "{server_stream:?}");
+    assert_eq!(server_stream.message_count, 1000);
+    assert_eq!(server_stream.trailer("x-trailer"), Some("done"));
+
     let metrics = get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
     for (code, count) in [
         ("UNAUTHENTICATED", 1.0),
-        ("OK", 2.0),
+        ("OK", 4.0),
         ("RESOURCE_EXHAUSTED", 1.0),
     ] {
         assert_eq!(
