@@ -198,7 +198,9 @@ impl<'a> Request<'a> {
     /// every step after this matches, and forwards, the normalised path.
     fn check_head(&self) -> Step<Cow<'a, str>> {
         let req = self.req;
-        let checked = listener::check_head(req, &self.worker.front.limits)
+        let checked = self
+            .arrival
+            .check_head(req)
             .and_then(|()| listener::normal_path(req.path()));
         match checked {
             Ok(path) => ControlFlow::Continue(path),

@@ -84,7 +84,8 @@ async fn proxy(req: HttpRequest, payload: web::Payload, worker: web::Data<Worker
     let arrival = worker.front.arrive(&req);
     let table = worker.table.load();
     // Routed by the path as it is forwarded: `/a/../b/` is refused, not sent to `a`.
-    let path = listener::check_head(&req, &worker.front.limits)
+    let path = arrival
+        .check_head(&req)
         .and_then(|()| listener::normal_path(req.uri().path()));
     let route = path.as_deref().map(|path| {
         resolve(&table, req.head(), path)

@@ -36,6 +36,16 @@ use super::stream::ChunkVerdict;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
 
+/// What `max_body_bytes` bounds in a request: its whole body, or each
+/// message of a gRPC call over HTTP/2 (see [`LimitedPayload::grpc_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimit {
+    /// The body as a whole (its `Content-Length`, or what streams).
+    Whole,
+    /// Each message of a gRPC message stream, by its length prefix.
+    EachMessage,
+}
+
 /// A request body that stops with [`BodyError::TooLarge`] past its limit
 /// and with [`BodyError::TimedOut`] when the client pauses too long.
 pub struct LimitedPayload {

@@ -14,6 +14,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use log::warn;
 use prometheus::{IntCounter, IntGauge};
 
+use super::body::BodyLimit;
+use super::head::check_head;
 use super::{LimitedPayload, Stopping};
 use crate::config::{format_duration, AccessLog, ListenerLimits, ObservabilityConfig};
 use crate::error::ProxyError;
@@ -143,16 +145,32 @@ impl Arrival<'_> {
         self.grpc
     }
 
+    /// What `max_body_bytes` bounds in `req`: each message of a gRPC call
+    /// over HTTP/2, else the whole body.
+    fn body_limit(&self, req: &HttpRequest) -> BodyLimit {
+        if self.grpc && req.version() == Version::HTTP_2 {
+            BodyLimit::EachMessage
+        } else {
+            BodyLimit::Whole
+        }
+    }
+
+    /// Refuses the head of `req` when it breaks the listener's limits or
+    /// could be read two ways ([`check_head`]); a `Content-Length` is held
+    /// to `max_body_bytes` only where the limit bounds the whole body.
+    pub fn check_head(&self, req: &HttpRequest) -> Result<(), ProxyError> {
+        check_head(req, &self.front.limits, self.body_limit(req))
+    }
+
     /// The body of `req`, `payload`, under the listener's limits: those of
     /// a gRPC stream for a gRPC call over HTTP/2 (no pause limit,
     /// `max_body_bytes` per message: see [`LimitedPayload::grpc_stream`]),
     /// else those of any request body.
     pub fn body(&self, req: &HttpRequest, payload: Payload) -> LimitedPayload {
         let limits = &self.front.limits;
-        if self.grpc && req.version() == Version::HTTP_2 {
-            LimitedPayload::grpc_stream(payload, limits)
-        } else {
-            LimitedPayload::new(payload, limits)
+        match self.body_limit(req) {
+            BodyLimit::EachMessage => LimitedPayload::grpc_stream(payload, limits),
+            BodyLimit::Whole => LimitedPayload::new(payload, limits),
         }
     }
 

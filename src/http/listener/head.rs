@@ -12,14 +12,14 @@
 
 use actix_web::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use actix_web::http::uri::{Authority, Uri};
-use actix_web::http::{Method, Version};
+use actix_web::http::Method;
 use actix_web::HttpRequest;
 
+use super::body::BodyLimit;
 use super::connection::connection_data;
 use super::http2::Streams;
 use crate::config::ListenerLimits;
 use crate::error::ProxyError;
-use crate::http::grpc;
 
 /// `": "` between name and value and the line's CRLF.
 const HEADER_LINE_OVERHEAD: usize = 4;
@@ -28,8 +28,9 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 
 /// Refuses a request head that breaks `limits` or could be read two ways:
 /// 431 when the request line and headers exceed `max_header_bytes`, 413
-/// when `Content-Length` exceeds `max_body_bytes` (but for a gRPC call over
-/// HTTP/2, whose messages are held to it one by one), 400 for a header value
+/// when `Content-Length` exceeds `max_body_bytes` where `body_limit` says
+/// it bounds the whole body (a gRPC call over HTTP/2 is held to it message
+/// by message as it streams), 400 for a header value
 /// that is not valid UTF-8, for a framing-header lookalike
 /// (`Transfer_Encoding`), for an underscore spelling of a header the sidecar
 /// sets or rules on (`x_outrigger_user`, `x_forwarded_for`), for a `GET` or `HEAD` that declares a body
@@ -41,7 +42,11 @@ const REQUEST_LINE_OVERHEAD: usize = 12;
 /// `http2_max_concurrent_streams` others waiting for their answer (so a
 /// client that resets its streams as fast as it opens them, the rapid reset
 /// attack, starts no more work than that at once).
-pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), ProxyError> {
+pub fn check_head(
+    req: &HttpRequest,
+    limits: &ListenerLimits,
+    body_limit: BodyLimit,
+) -> Result<(), ProxyError> {
     if let Some(streams) = connection_data::<Streams>(req) {
         let waiting = streams.waiting();
         if waiting > limits.http2_max_concurrent_streams {
@@ -99,7 +104,7 @@ pub fn check_head(req: &HttpRequest, limits: &ListenerLimits) -> Result<(), Prox
         }
     }
     if let (Some(limit), Some(length)) = (limits.max_body_bytes, length) {
-        if length > limit && !is_grpc_over_http2(req) {
+        if length > limit && body_limit == BodyLimit::Whole {
             return Err(ProxyError::BodyTooLarge(format!(
                 "the request body of {length} bytes (Content-Length) is over max_body_bytes {limit}"
             )));
@@ -202,12 +207,6 @@ fn same_authority(uri: &Uri, authority: &Authority, host: &str) -> bool {
         && host.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port)
 }
 
-/// Whether `req` is a gRPC call over HTTP/2: a stream of messages, each
-/// held to `max_body_bytes` as it streams, not its whole body.
-fn is_grpc_over_http2(req: &HttpRequest) -> bool {
-    req.version() == Version::HTTP_2 && grpc::is_grpc(req.headers())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,7 +222,7 @@ mod tests {
     }
 
     fn status(req: TestRequest) -> u16 {
-        match check_head(&req.to_http_request(), &limits()) {
+        match check_head(&req.to_http_request(), &limits(), BodyLimit::Whole) {
             Ok(()) => 200,
             Err(error) => error.status().as_u16(),
         }
@@ -287,19 +286,17 @@ mod tests {
         let req = TestRequest::post()
             .insert_header(("content-length", "99999999999"))
             .to_http_request();
-        assert_eq!(check_head(&req, &unlimited), Ok(()));
+        assert_eq!(check_head(&req, &unlimited, BodyLimit::Whole), Ok(()));
     }
 
     #[test]
-    fn a_grpc_call_over_http2_is_held_to_max_body_bytes_per_message_not_by_its_length() {
-        let grpc = |version| {
-            TestRequest::post()
-                .version(version)
-                .insert_header(("content-type", "application/grpc"))
-                .insert_header(("content-length", "101"))
-        };
-        assert_eq!(status(grpc(Version::HTTP_2)), 200);
-        assert_eq!(status(grpc(Version::HTTP_11)), 413);
+    fn a_content_length_is_not_held_to_a_limit_that_bounds_each_message() {
+        let req = TestRequest::post()
+            .insert_header(("content-length", "101"))
+            .to_http_request();
+        assert_eq!(check_head(&req, &limits(), BodyLimit::EachMessage), Ok(()));
+        let refused = check_head(&req, &limits(), BodyLimit::Whole);
+        assert_eq!(refused.map_err(|error| error.status().as_u16()), Err(413));
     }
 
     #[test]

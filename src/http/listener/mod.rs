@@ -46,7 +46,6 @@ use log::{debug, info, warn};
 pub use body::{BodyCopy, BodyError, BodyHome, LentBody, LimitedPayload};
 pub use connection::connection_data;
 pub use front::{Arrival, Front};
-pub use head::check_head;
 pub use path::normal_path;
 pub use secure::PeerIdentity;
 pub use stopping::Stopping;
