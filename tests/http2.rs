@@ -136,6 +136,60 @@ async fn the_outbound_listener_takes_http2_and_http1_on_one_port() {
     assert_eq!(replica.hits(), 5, "the refused body reached no replica");
 }
 
+/// Whether the socket of this process whose peer is `peer` sends each
+/// write at once (TCP_NODELAY), if there is one: the in-process sidecar's
+/// side of a client's connection.
+fn sends_at_once(peer: std::net::SocketAddr) -> Option<bool> {
+    use std::os::fd::BorrowedFd;
+    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: only read from while borrowed; a descriptor closed or
+        // reused meanwhile makes the calls fail or read another socket,
+        // whose peer then does not match.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        if socket.peer_addr().ok().and_then(|addr| addr.as_socket()) == Some(peer) {
+            return socket.tcp_nodelay().ok();
+        }
+    }
+    None
+}
+
+/// The listener turns Nagle's algorithm off on each accepted socket:
+/// otherwise an HTTP/2 answer waits while the one before it on the
+/// connection waits for its ACK.
+#[actix_web::test]
+async fn accepted_sockets_send_each_write_at_once() {
+    let replica = Replica::start().await;
+    let sidecar = sidecar_from(&outbound_config(&replica, ""), &[]).await;
+    for http2 in [false, true] {
+        let mut client = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+            .await
+            .expect("connect");
+        let first: &[u8] = if http2 {
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        } else {
+            b"GET /budgeting/items HTTP/1.1\r\nHost: budgeting\r\n\r\n"
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut client, first)
+            .await
+            .expect("write");
+        let mine = client.local_addr().expect("an address");
+        eventually("the sidecar takes the connection in", || async {
+            sends_at_once(mine).is_some()
+        })
+        .await;
+        assert_eq!(sends_at_once(mine), Some(true), "http2: {http2}");
+    }
+}
+
 #[actix_web::test]
 async fn h2load_streams_many_requests_over_few_connections() {
     let replica = Replica::start().await;
