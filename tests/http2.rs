@@ -510,6 +510,61 @@ async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica()
 }
 
 #[actix_web::test]
+async fn trailers_pass_after_an_empty_body_both_ways() {
+    let replica = H2Replica::start(None);
+    let sidecar = sidecar_for(1, &[("echo", "http2", &replica)]).await;
+    let addr = sidecar.outbound_addr();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let five_seconds = std::time::Duration::from_secs(5);
+
+    // A request whose head is followed by its trailers, with no data.
+    let request = http::Request::post(format!("http://{addr}/echo/report"))
+        .body(())
+        .expect("a request");
+    let (answer, mut sending) = client.send_request(request, false).expect("a stream");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+    sending.send_trailers(trailers).expect("trailers sent");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the answer"))
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let mut echo = Vec::new();
+    while let Some(chunk) = body.data().await {
+        echo.extend_from_slice(&chunk.expect("a chunk"));
+    }
+    let echo: serde_json::Value = serde_json::from_slice(&echo).expect("JSON");
+    assert_eq!(echo["trailers"], json!([["x-checksum", "abc"]]), "{echo}");
+    assert_eq!(echo["body_bytes"], 0);
+
+    // An answer with `content-length: 0` whose trailers follow its head.
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::get(format!("http://{addr}/echo/empty-with-trailers"))
+        .body(())
+        .expect("a request");
+    let (answer, _) = client.send_request(request, true).expect("a stream");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the answer"))
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["content-length"], "0");
+    let mut body = answer.into_body();
+    assert!(body.data().await.is_none(), "no data");
+    let trailers = actix_rt::time::timeout(five_seconds, body.trailers())
+        .await
+        .unwrap_or_else(not_in_time("the trailers"))
+        .expect("the stream ends well")
+        .expect("trailers");
+    assert_eq!(trailers["x-done"], "yes");
+}
+
+#[actix_web::test]
 async fn a_goaway_drains_its_connection_and_new_requests_take_a_new_one() {
     let replica = H2Replica::start(None);
     let sidecar = sidecar_for(1, &[("api", "http2", &replica)]).await;

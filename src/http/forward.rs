@@ -140,9 +140,19 @@ impl RequestBody {
         if !replayable {
             match Pin::new(&mut payload).next_if(Result::is_err).await {
                 Some(Err(err)) => return Err(err),
-                // An HTTP/2 body without a length that ended at once.
+                // An HTTP/2 body without a length that ended at once: no
+                // body, or an empty one when trailers follow it (they go
+                // after it).
                 None if matches!(length, BodyLength::Unknown) && payload.is_terminated() => {
-                    return Ok(RequestBody::Empty)
+                    let trailed = req
+                        .extensions()
+                        .get::<Trailers>()
+                        .is_some_and(Trailers::is_filled);
+                    return Ok(if trailed {
+                        RequestBody::Replayable(Bytes::new())
+                    } else {
+                        RequestBody::Empty
+                    });
                 }
                 _ => {}
             }

@@ -24,6 +24,11 @@ impl Trailers {
         *self.0.borrow_mut() = Some(trailers);
     }
 
+    /// Whether the body ended with trailers (still in the slot).
+    pub fn is_filled(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
     /// A copy of the trailers, once the body ended with some (a request
     /// body sent again on a retry sends them again).
     pub fn get(&self) -> Option<HeaderMap> {

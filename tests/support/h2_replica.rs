@@ -8,9 +8,11 @@
 //! - `/hold`: sends the head and `first\n` at once, then `last\n` and the
 //!   end once [`H2Replica::release`] is called;
 //! - `/slow`: answers after 200 ms (so a load's streams overlap);
-//! - anything else: at once. Every answer but `/hold`'s is JSON: the
-//!   method, path, `:authority`, the headers as `[name, value]` pairs, and
-//!   the request body's length.
+//! - `/empty-with-trailers`: a head with `content-length: 0` that does not
+//!   end the stream, then trailers `x-done: yes`;
+//! - anything else: at once. Every answer but those above is JSON: the
+//!   method, path, `:authority`, the headers and the request's trailers as
+//!   `[name, value]` pairs, and the request body's length.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -202,28 +204,32 @@ async fn answer(
         }
         return sending.send_data(Bytes::new(), true);
     }
+    if path == "/empty-with-trailers" {
+        let response = http::Response::builder()
+            .header("content-length", "0")
+            .body(())
+            .expect("a response");
+        let mut sending = respond.send_response(response, false)?;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-done", http::HeaderValue::from_static("yes"));
+        return sending.send_trailers(trailers);
+    }
     let mut body_bytes = 0;
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         body_bytes += chunk.len();
         let _ = body.flow_control().release_capacity(chunk.len());
     }
+    let trailers = body.trailers().await?.unwrap_or_default();
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let headers: Vec<(String, String)> = head
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.to_string(), value)
-        })
-        .collect();
     let echo = json!({
         "method": head.method.as_str(),
         "path": path,
         "authority": head.uri.authority().map(|a| a.to_string()),
-        "headers": headers,
+        "headers": pairs(&head.headers),
+        "trailers": pairs(&trailers),
         "body_bytes": body_bytes,
     });
     let response = http::Response::builder()
@@ -232,4 +238,15 @@ async fn answer(
         .expect("a response");
     let mut sending = respond.send_response(response, false)?;
     sending.send_data(Bytes::from(echo.to_string()), true)
+}
+
+/// The fields of `headers` as `(name, value)` pairs.
+fn pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.to_string(), value)
+        })
+        .collect()
 }

@@ -350,7 +350,14 @@ async fn send(
     let (response, body) = response.into_parts();
     let mut size = body.size();
     let head = http_head(response.head(), &mut size);
-    let ended = head_only || matches!(size, BodySize::None | BodySize::Sized(0));
+    // An empty body still ends after its trailers when it may have some
+    // (an HTTP/2 replica's answer with `content-length: 0` and trailers).
+    let ended = head_only
+        || match size {
+            BodySize::None => true,
+            BodySize::Sized(0) => trailers.is_none(),
+            BodySize::Sized(_) | BodySize::Stream => false,
+        };
     let mut stream = match respond.send_response(head, ended) {
         Ok(stream) => stream,
         // Reset by the client, or the connection is gone.
@@ -371,9 +378,7 @@ async fn send(
                 // A gRPC caller is told so in trailers (checked only now:
                 // an answer whose body ends well never needs to know).
                 let told = grpc::is_grpc(&response.head().headers)
-                    && stream
-                        .send_trailers(grpc::broken_off(&err.to_string()))
-                        .is_ok();
+                    && stream.send_trailers(grpc::broken_off(&err.to_string())).is_ok();
                 if !told {
                     stream.send_reset(Reason::INTERNAL_ERROR);
                 }
