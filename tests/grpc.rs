@@ -192,6 +192,12 @@ async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
     );
     // One message over max_body_bytes.
     let too_large = GrpcCall::start(&target, "ClientStream", &echo().messages(1, 5000));
+    // One over it after the replica's answer head and two echoes went out.
+    let too_large_late = GrpcCall::start(
+        &target,
+        "Bidi",
+        &echo().messages(3, 0).last_message(5000).lockstep(),
+    );
 
     // A plain HTTP/2 request body that pauses is still given up: 408.
     let tcp = tokio::net::TcpStream::connect(sidecar.outbound_addr())
@@ -214,6 +220,23 @@ async fn a_grpc_stream_is_not_cut_by_the_body_limits_a_plain_http2_body_is() {
     let too_large = too_large.outcome().await;
     assert_eq!(too_large.code, "RESOURCE_EXHAUSTED", "{too_large:?}");
     assert_eq!(too_large.reason(), Some("body_too_large"), "{too_large:?}");
+    // Told in the trailers, RESOURCE_EXHAUSTED still: not UNAVAILABLE,
+    // which would invite the caller to send it again.
+    let late = too_large_late.outcome().await;
+    assert_eq!(late.code, "RESOURCE_EXHAUSTED", "{late:?}");
+    assert_eq!(late.header("x-replica"), Some("echo-1"), "{late:?}");
+    assert_eq!(late.message_count, 2, "{late:?}");
+    let metrics =
+        support::client::get_text(&format!("http://{}/metrics", sidecar.admin_addr())).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "outrigger_grpc_responses_total",
+            &[("service", "echo"), ("code", "RESOURCE_EXHAUSTED")],
+        ),
+        2.0,
+        "both calls over max_body_bytes are counted as told"
+    );
     let bidi = bidi.outcome().await;
     assert_eq!(bidi.code, "OK", "{bidi:?}");
     assert_eq!((bidi.message_count, bidi.bytes), (3, 6000));

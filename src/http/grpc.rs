@@ -6,12 +6,14 @@
 //! gRPC client reads no HTTP error status. The codes themselves are
 //! [`GrpcCode`]s.
 
+use std::error::Error;
 use std::fmt::Write;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use actix_http::error::PayloadError;
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use actix_web::http::StatusCode;
@@ -126,8 +128,8 @@ pub fn relayed(response: &mut HttpResponse) -> Option<GrpcCode> {
 
 /// Counts `response`, a gRPC answer whose `grpc-status` comes in its
 /// trailers, in `series` when its body ends: its code then, or UNKNOWN when
-/// it ended without one (what the caller is left with); UNAVAILABLE when
-/// it broke off (what [`broken_off`] tells the caller); CANCELLED when it
+/// it ended without one (what the caller is left with); when it broke off,
+/// the code [`broken_off`] tells the caller; CANCELLED when it
 /// was dropped before its end (its caller reset the stream). An answer
 /// with no trailers to come (not from an HTTP/2 replica) is not counted.
 pub fn count_at_end(response: &mut HttpResponse, series: &Arc<GrpcSeries>) {
@@ -182,7 +184,7 @@ impl MessageBody for CountedAtEnd {
                 let code = status_in_trailers(&this.trailers).unwrap_or(GrpcCode::Unknown);
                 this.count(code);
             }
-            Some(Err(_)) => this.count(GrpcCode::Unavailable),
+            Some(Err(error)) => this.count(code_for_break(error.as_ref())),
             Some(Ok(_)) => {}
         }
         Poll::Ready(item)
@@ -214,14 +216,30 @@ fn set_status(headers: &mut HeaderMap, code: GrpcCode, message: &str) {
     }
 }
 
-/// The trailers that end a gRPC answer whose body broke off after its head
-/// went out (`why`: its replica died or reset the stream): 14 UNAVAILABLE,
-/// which gRPC clients and their retry policies read as "try again", where
-/// a reset stream would read as INTERNAL, a bug.
-pub fn broken_off(why: &str) -> http::HeaderMap {
+/// The code of a gRPC answer whose body broke off with `error` after its
+/// head went out: 8 RESOURCE_EXHAUSTED when the caller's own message went
+/// over `max_body_bytes` (the replica's stream was reset for it: the
+/// client's [`PayloadError::Overflow`]), as when the message is refused
+/// before the head; else (its replica died or reset the stream) 14
+/// UNAVAILABLE, which gRPC clients and their retry policies read as "try
+/// again", where a reset stream would read as INTERNAL, a bug.
+fn code_for_break(error: &(dyn Error + 'static)) -> GrpcCode {
+    match error.downcast_ref::<PayloadError>() {
+        Some(PayloadError::Overflow) => GrpcCode::ResourceExhausted,
+        _ => GrpcCode::Unavailable,
+    }
+}
+
+/// The trailers that end a gRPC answer whose body broke off with `error`
+/// after its head went out, with the code of [`code_for_break`].
+pub fn broken_off(error: &(dyn Error + 'static)) -> http::HeaderMap {
     let mut trailers = HeaderMap::new();
-    let message = format!("the answer broke off: {why}");
-    set_status(&mut trailers, GrpcCode::Unavailable, &message);
+    let code = code_for_break(error);
+    let message = match code {
+        GrpcCode::ResourceExhausted => "a request message went over max_body_bytes".to_string(),
+        _ => format!("the answer broke off: {error}"),
+    };
+    set_status(&mut trailers, code, &message);
     trailers.into()
 }
 
@@ -446,26 +464,37 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_broke_off_ends_unavailable() {
-        let trailers = broken_off("reset");
+    fn an_answer_that_broke_off_ends_unavailable_unless_its_caller_went_over_the_limit() {
+        let trailers = broken_off(&std::io::Error::other("reset"));
         assert_eq!(trailers[&GRPC_STATUS], "14");
         assert_eq!(trailers[&GRPC_MESSAGE], "the answer broke off: reset");
+        let trailers = broken_off(&PayloadError::Overflow);
+        assert_eq!(trailers[&GRPC_STATUS], "8");
+        assert_eq!(
+            trailers[&GRPC_MESSAGE],
+            "a request message went over max_body_bytes"
+        );
     }
 
     #[actix_web::test]
-    async fn an_answer_counted_at_its_end_counts_a_break_as_unavailable_and_a_drop_as_cancelled() {
+    async fn an_answer_counted_at_its_end_counts_a_break_by_its_cause_and_a_drop_as_cancelled() {
         use actix_web::body::BodyStream;
         use futures_util::stream;
         let metrics = crate::metrics::Metrics::new();
         let series = metrics.requests("outbound", "echo");
-        let answer = |items: Vec<Result<Bytes, std::io::Error>>| {
+        let answer = |items: Vec<Result<Bytes, PayloadError>>| {
             let mut response = HttpResponse::Ok().body(BodyStream::new(stream::iter(items)));
             response.extensions_mut().insert(Trailers::default());
             count_at_end(&mut response, series.grpc());
             response
         };
-        let broken = answer(vec![Err(std::io::Error::other("reset"))]);
+        let reset = PayloadError::Io(std::io::Error::other("reset"));
+        let broken = answer(vec![Err(reset)]);
         assert!(actix_web::body::to_bytes(broken.into_body()).await.is_err());
+        let over_limit = answer(vec![Err(PayloadError::Overflow)]);
+        assert!(actix_web::body::to_bytes(over_limit.into_body())
+            .await
+            .is_err());
         drop(answer(vec![Ok(Bytes::from_static(b"m"))]));
         let ended = answer(vec![]);
         assert!(actix_web::body::to_bytes(ended.into_body()).await.is_ok());
@@ -478,10 +507,11 @@ mod tests {
         assert_eq!(
             [
                 counted("UNAVAILABLE"),
+                counted("RESOURCE_EXHAUSTED"),
                 counted("CANCELLED"),
                 counted("UNKNOWN")
             ],
-            [1, 1, 1]
+            [1, 1, 1, 1]
         );
     }
 

@@ -521,6 +521,16 @@ struct Streaming {
 
 impl forward::StreamGuard for Streaming {
     fn broke(&mut self, error: &PayloadError) {
+        if matches!(error, PayloadError::Overflow) {
+            // Cut for the caller's message over max_body_bytes: the
+            // replica did nothing wrong (the call counts as cancelled).
+            debug!(
+                "request {}: a request message went over max_body_bytes after the answer's head; the stream to {} was reset",
+                IdText(&self.request_id),
+                self.lease.endpoint()
+            );
+            return;
+        }
         warn!(
             "request {}: {}: the answer broke off mid-body: {error}",
             IdText(&self.request_id),

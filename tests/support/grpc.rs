@@ -117,6 +117,19 @@ impl CallArgs {
             .with("--message-bytes", bytes.to_string())
     }
 
+    /// The last message a stream sends has `bytes` bytes, whatever the
+    /// others have.
+    pub fn last_message(self, bytes: usize) -> CallArgs {
+        self.with("--last-message-bytes", bytes.to_string())
+    }
+
+    /// A `Bidi` call sends each message only once the answer to the one
+    /// before it came.
+    pub fn lockstep(mut self) -> CallArgs {
+        self.args.push("--lockstep".to_string());
+        self
+    }
+
     /// A wait between the messages a stream sends, to keep it open.
     pub fn interval(self, wait: Duration) -> CallArgs {
         self.with("--interval-ms", wait.as_millis().to_string())

@@ -26,6 +26,7 @@ trailers (it has no initial metadata).
 
 import argparse
 import json
+import queue
 import sys
 import threading
 import time
@@ -140,12 +141,18 @@ def serve(args):
     server.wait_for_termination()
 
 
-def requests_of(args):
-    """The messages a client-streaming or bidi call sends."""
+def requests_of(args, answered=None):
+    """The messages a client-streaming or bidi call sends; with `answered`
+    (a queue a bidi call's answers are put on), each after the answer to
+    the one before it."""
     for i in range(args.messages):
+        if i and answered is not None:
+            answered.get(timeout=10)
         if i and args.interval_ms:
             time.sleep(args.interval_ms / 1000)
-        if args.message_bytes:
+        if i == args.messages - 1 and args.last_message_bytes:
+            yield b"x" * args.last_message_bytes
+        elif args.message_bytes:
             yield b"x" * args.message_bytes
         else:
             yield b"m-%d" % i
@@ -159,6 +166,7 @@ def one_call(channel, args):
     payload = args.payload.encode()
     started = time.monotonic()
     messages = []
+    answered = queue.Queue() if args.lockstep else None
     call = None
     try:
         if args.method in ("ServerStream", "Bidi"):
@@ -167,9 +175,11 @@ def one_call(channel, args):
                 call = stub(payload, metadata=metadata, timeout=timeout)
             else:
                 stub = channel.stream_stream(path, raw, raw)
-                call = stub(requests_of(args), metadata=metadata, timeout=timeout)
+                call = stub(requests_of(args, answered), metadata=metadata, timeout=timeout)
             for message in call:
                 messages.append(message)
+                if answered is not None:
+                    answered.put(message)
         elif args.method == "ClientStream":
             stub = channel.stream_unary(path, raw, raw)
             answer, call = stub.with_call(requests_of(args), metadata=metadata, timeout=timeout)
@@ -247,6 +257,9 @@ def main():
     c.add_argument("--timeout", type=float, help="the call's deadline, in seconds")
     c.add_argument("--messages", type=int, default=0, help="messages a client or bidi stream sends")
     c.add_argument("--message-bytes", type=int, default=0, help="size of each (else m-<i>)")
+    c.add_argument("--last-message-bytes", type=int, default=0, help="size of the last one")
+    c.add_argument("--lockstep", action="store_true",
+                   help="a bidi call sends each message once the last was answered")
     c.add_argument("--interval-ms", type=int, default=0, help="wait between them")
     c.add_argument("--repeat", type=int, default=0, help="calls to make; prints a summary")
     c.add_argument("--concurrency", type=int, default=1)

@@ -230,10 +230,12 @@ pub(super) async fn send(
             slot,
         );
     };
-    let response = match outgoing {
-        None => bounded(timeout, answer).await?,
+    let (response, over_limit) = match outgoing {
+        None => (bounded(timeout, answer).await?, None),
         Some(outgoing) => {
-            let mut pumping = Box::pin(pump(outgoing, body, trailers, timeout));
+            let over_limit = OverLimit::default();
+            let pumped = pump(outgoing, body, trailers, timeout, over_limit.clone());
+            let mut pumping = Box::pin(pumped);
             let raced = match select(pumping.as_mut(), answer).await {
                 Either::Left((sent, answer)) => {
                     sent?;
@@ -241,7 +243,7 @@ pub(super) async fn send(
                 }
                 Either::Right((answered, _)) => Raced::Answered(answered),
             };
-            match raced {
+            let response = match raced {
                 Raced::BodySent(answer) => bounded(timeout, answer).await?,
                 Raced::Answered(answered) => {
                     let response = answered.map_err(call_error)?;
@@ -249,7 +251,8 @@ pub(super) async fn send(
                     actix_rt::spawn(pumping);
                     response
                 }
-            }
+            };
+            (response, Some(over_limit))
         }
     };
     let (parts, answer_body) = response.into_parts();
@@ -277,6 +280,7 @@ pub(super) async fn send(
             body: answer_body,
             trailers: Trailers::default(),
             data_ended: false,
+            over_limit,
             _slot: slot,
         },
     ))
@@ -474,14 +478,22 @@ impl Drop for Connecting {
     }
 }
 
+/// Set when a request's stream was reset because the caller's body went
+/// over its limit (`max_body_bytes`), so that the answer this cuts says so
+/// (see [`Receiving`]).
+#[derive(Clone, Default)]
+struct OverLimit(Rc<Cell<bool>>);
+
 /// Sends `body` on `outgoing` as the replica grants window, then the
 /// request's `trailers` if its body ended with some, else the end of the
-/// stream; a caller's body that breaks off resets the stream.
+/// stream; a caller's body that breaks off resets the stream (and one that
+/// went over its limit sets `over_limit`).
 async fn pump(
     mut outgoing: SendStream<Bytes>,
     body: OutgoingBody,
     trailers: Option<Trailers>,
     timeout: Duration,
+    over_limit: OverLimit,
 ) -> Result<(), CallError> {
     match body {
         OutgoingBody::Empty => return Ok(()),
@@ -490,6 +502,7 @@ async fn pump(
             match payload.next().await {
                 Some(Ok(chunk)) => send_data(&mut outgoing, chunk, timeout).await?,
                 Some(Err(err)) => {
+                    over_limit.0.set(err.is_over_limit());
                     outgoing.send_reset(Reason::CANCEL);
                     return Err(CallError::Body(err));
                 }
@@ -557,16 +570,30 @@ fn io_error(err: h2::Error) -> io::Error {
 /// An answer body arriving on a stream; its window is given back as its
 /// bytes are taken, and the replica's trailers, if it sends any, fill
 /// [`Receiving::trailers`] at its end. Dropped before its end, the stream
-/// is reset.
+/// is reset. An answer cut because the caller's request body went over its
+/// limit (the stream was reset for it) ends with
+/// [`PayloadError::Overflow`], the caller's doing; any other cut with
+/// [`PayloadError::Http2Payload`].
 pub(super) struct Receiving {
     body: RecvStream,
     trailers: Trailers,
     /// Its data has ended; the trailers are next.
     data_ended: bool,
+    /// Set if the request had a body to send.
+    over_limit: Option<OverLimit>,
     _slot: StreamSlot,
 }
 
 impl Receiving {
+    /// The error the answer ends with, cut by `err` (see the type's doc).
+    fn cut(&self, err: h2::Error) -> PayloadError {
+        if self.over_limit.as_ref().is_some_and(|over| over.0.get()) {
+            PayloadError::Overflow
+        } else {
+            PayloadError::Http2Payload(err)
+        }
+    }
+
     /// Where the replica's trailers go once the body has ended.
     pub(super) fn trailers(&self) -> &Trailers {
         &self.trailers
@@ -585,7 +612,7 @@ impl Stream for Receiving {
                     let _ = this.body.flow_control().release_capacity(data.len());
                     return Poll::Ready(Some(Ok(data)));
                 }
-                Some(Err(err)) => return Poll::Ready(Some(Err(PayloadError::Http2Payload(err)))),
+                Some(Err(err)) => return Poll::Ready(Some(Err(this.cut(err)))),
                 None => this.data_ended = true,
             }
         }
@@ -595,7 +622,7 @@ impl Stream for Receiving {
                 Poll::Ready(None)
             }
             Ok(None) => Poll::Ready(None),
-            Err(err) => Poll::Ready(Some(Err(PayloadError::Http2Payload(err)))),
+            Err(err) => Poll::Ready(Some(Err(this.cut(err)))),
         }
     }
 }

@@ -282,6 +282,12 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// Whether the client sent more than `max_body_bytes` allows (the
+    /// whole body, or one gRPC message).
+    pub fn is_over_limit(&self) -> bool {
+        matches!(self, Self::TooLarge(_) | Self::MessageTooLarge { .. })
+    }
+
     /// The answer to a client whose body for `req` stopped so: a body
     /// that broke off where its connection refused a chunk-size line is
     /// answered for that line.

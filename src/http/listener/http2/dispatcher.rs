@@ -378,7 +378,7 @@ async fn send(
                 // A gRPC caller is told so in trailers (checked only now:
                 // an answer whose body ends well never needs to know).
                 let told = grpc::is_grpc(&response.head().headers)
-                    && stream.send_trailers(grpc::broken_off(&err.to_string())).is_ok();
+                    && stream.send_trailers(grpc::broken_off(err.as_ref())).is_ok();
                 if !told {
                     stream.send_reset(Reason::INTERNAL_ERROR);
                 }
