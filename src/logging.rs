@@ -2,8 +2,10 @@
 //! `LOG_FORMAT=json`, filtered by `LOG_LEVEL` (`info`,
 //! `outrigger=debug,actix_server=warn`), and refiltered at runtime (admin
 //! `PUT /log-level`) by swapping the whole logger; warnings that repeat
-//! are summarised ([`summary`]).
+//! are summarised ([`summary`]). The libraries that log with `tracing`
+//! log through the same logger (`bridge`).
 
+mod bridge;
 pub mod summary;
 
 use std::io::Write;
@@ -65,6 +67,8 @@ pub fn init(spec: &str, format: LogFormat) {
     if log::set_logger(logger).is_ok() {
         log::set_max_level(logger.active.load().logger.filter());
         let _ = LOGGER.set(logger);
+        let bridge = bridge::LogBridge::new(log::logger(), log::max_level);
+        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(bridge));
     }
     if let Some(message) = refused {
         log::warn!("LOG_LEVEL refused ({message}); logging at info");
@@ -84,6 +88,8 @@ pub fn set_filters(spec: &str) -> Result<(), String> {
     let active = build(spec, logger.format)?;
     log::set_max_level(active.logger.filter());
     logger.active.store(Arc::new(active));
+    // The bridge's events stop at their call sites above the old level.
+    tracing::callsite::rebuild_interest_cache();
     Ok(())
 }
 

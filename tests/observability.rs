@@ -6,7 +6,8 @@
 //! logged once and then summarised with its count; the connection-pool
 //! gauges follow a call and leave with their replica; sampled spans reach an
 //! OTLP collector; admin `GET /` names the sidecar; labels stay bounded
-//! under random traffic.
+//! under random traffic; the lines of libraries that log with `tracing`
+//! follow the log filters.
 
 mod support;
 
@@ -576,6 +577,62 @@ async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
         .any(|l| l["message"] == "admin: log filters set to warn"));
     drop(process);
     assert!(lines().len() >= 4, "every line parsed as JSON");
+}
+
+/// A connection that opens with the HTTP/2 preface and then sends a
+/// CONTINUATION frame that follows no HEADERS, a protocol error the `h2`
+/// library closes it for; waits until it is closed.
+async fn http2_protocol_error(to: SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = tokio::net::TcpStream::connect(to).await.expect("connect");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS, then CONTINUATION with END_HEADERS on stream 1.
+    bytes.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    bytes.extend([0, 0, 0, 0x9, 0x4, 0, 0, 0, 1]);
+    io.write_all(&bytes).await.expect("write");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut received));
+    assert!(closed.await.is_ok(), "the connection was not closed");
+}
+
+#[actix_web::test]
+async fn the_http2_library_s_own_lines_follow_the_log_filters_as_they_change() {
+    let upstream = Replica::start().await;
+    let dir = TempDir::new();
+    let log_path = dir.path.join("sidecar.log");
+    let process = SidecarProcess::start_with(
+        &format!(
+            "  - {{ name: api, endpoints: [\"{}\"] }}",
+            upstream.endpoint()
+        ),
+        "",
+        &[("LOG_LEVEL", "info")],
+        Some(&log_path),
+    )
+    .await;
+    // h2 logs with `tracing`, at debug: "connection error PROTOCOL_ERROR --
+    // received unexpected CONTINUATION frame".
+    let said = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches("received unexpected CONTINUATION frame")
+            .count()
+    };
+    http2_protocol_error(process.outbound).await;
+    let admin = format!("http://{}/log-level", process.admin);
+    let put = client()
+        .put(admin)
+        .send_body("info,h2=debug")
+        .await
+        .expect("an answer");
+    assert_eq!(put.status().as_u16(), 200);
+    http2_protocol_error(process.outbound).await;
+    eventually(
+        "h2's debug line is logged once the filters take it",
+        || async { said() >= 1 },
+    )
+    .await;
+    assert_eq!(said(), 1, "h2's debug line was logged at info");
 }
 
 /// How many refusals of `reason` the warnings account for: each logged in
