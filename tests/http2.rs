@@ -461,6 +461,19 @@ async fn a_replica_killed_mid_stream_ends_only_the_streams_on_it() {
 
 /// What a wait that ran out says: `what` did not come while the caller
 /// held back the rest of its body.
+/// A sidecar whose `echo` service is `replica`, called over HTTP/2, and
+/// an HTTP/2 client on its outbound listener.
+async fn echo_over_http2(replica: &H2Replica) -> (Sidecar, h2::client::SendRequest<Bytes>) {
+    let sidecar = sidecar_for(1, &[("echo", "http2", replica)]).await;
+    let tcp = tokio::net::TcpStream::connect(sidecar.outbound_addr())
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
+    actix_rt::spawn(connection);
+    let client = client.ready().await.expect("ready");
+    (sidecar, client)
+}
+
 fn not_in_time<T>(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> T {
     move |_| panic!("{what} did not come within 5s: the body and answer did not stream at once")
 }
@@ -468,12 +481,8 @@ fn not_in_time<T>(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed
 #[actix_web::test]
 async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica() {
     let replica = H2Replica::start(None);
-    let sidecar = sidecar_for(1, &[("echo", "http2", &replica)]).await;
+    let (sidecar, mut client) = echo_over_http2(&replica).await;
     let addr = sidecar.outbound_addr();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
-    actix_rt::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
     let request = http::Request::post(format!("http://{addr}/echo/echo"))
         .body(())
         .expect("a request");
@@ -512,12 +521,8 @@ async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica()
 #[actix_web::test]
 async fn trailers_pass_after_an_empty_body_both_ways() {
     let replica = H2Replica::start(None);
-    let sidecar = sidecar_for(1, &[("echo", "http2", &replica)]).await;
+    let (sidecar, mut client) = echo_over_http2(&replica).await;
     let addr = sidecar.outbound_addr();
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("an h2 handshake");
-    actix_rt::spawn(connection);
-    let mut client = client.ready().await.expect("ready");
     let five_seconds = std::time::Duration::from_secs(5);
 
     // A request whose head is followed by its trailers, with no data.

@@ -488,21 +488,28 @@ fn json_lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// The binary in front of one replica (service `api`), with `extra` in
+/// its config and `env`, logging to the file at `log`.
+async fn logging_to(
+    log: &std::path::Path,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Replica, SidecarProcess) {
+    let upstream = Replica::start().await;
+    let services = format!(
+        "  - {{ name: api, endpoints: [\"{}\"] }}",
+        upstream.endpoint()
+    );
+    let process = SidecarProcess::start_with(&services, extra, env, Some(log)).await;
+    (upstream, process)
+}
+
 #[actix_web::test]
 async fn json_logs_carry_the_request_id_and_the_level_changes_at_runtime() {
-    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
-    let process = SidecarProcess::start_with(
-        &format!(
-            "  - {{ name: api, endpoints: [\"{}\"] }}",
-            upstream.endpoint()
-        ),
-        "access_log: true",
-        &[("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")],
-        Some(&log_path),
-    )
-    .await;
+    let env = [("LOG_FORMAT", "json"), ("LOG_LEVEL", "info")];
+    let (_upstream, process) = logging_to(&log_path, "access_log: true", &env).await;
     let call = |id: &'static str| {
         let url = format!("http://{}/api/x", process.outbound);
         async move {
@@ -597,19 +604,9 @@ async fn http2_protocol_error(to: SocketAddr) {
 
 #[actix_web::test]
 async fn the_http2_library_s_own_lines_follow_the_log_filters_as_they_change() {
-    let upstream = Replica::start().await;
     let dir = TempDir::new();
     let log_path = dir.path.join("sidecar.log");
-    let process = SidecarProcess::start_with(
-        &format!(
-            "  - {{ name: api, endpoints: [\"{}\"] }}",
-            upstream.endpoint()
-        ),
-        "",
-        &[("LOG_LEVEL", "info")],
-        Some(&log_path),
-    )
-    .await;
+    let (_upstream, process) = logging_to(&log_path, "", &[("LOG_LEVEL", "info")]).await;
     // h2 logs with `tracing`, at debug: "connection error PROTOCOL_ERROR --
     // received unexpected CONTINUATION frame".
     let said = || {
