@@ -88,7 +88,8 @@ pub fn set_filters(spec: &str) -> Result<(), String> {
     let active = build(spec, logger.format)?;
     log::set_max_level(active.logger.filter());
     logger.active.store(Arc::new(active));
-    // The bridge's events stop at their call sites above the old level.
+    // The call sites of the bridge's events cached the old level (they
+    // stop at it before asking the bridge): they learn the new one.
     tracing::callsite::rebuild_interest_cache();
     Ok(())
 }
