@@ -570,6 +570,66 @@ async fn trailers_pass_after_an_empty_body_both_ways() {
 }
 
 #[actix_web::test]
+async fn a_caller_that_resets_its_stream_mid_body_is_not_held_against_the_replica() {
+    let replica = H2Replica::start(None);
+    let (sidecar, mut client) = echo_over_http2(&replica).await;
+    let addr = sidecar.outbound_addr();
+    let five_seconds = std::time::Duration::from_secs(5);
+    let request = http::Request::post(format!("http://{addr}/echo/echo"))
+        .body(())
+        .expect("a request");
+    let (answer, mut sending) = client.send_request(request, false).expect("a stream");
+    sending
+        .send_data(Bytes::from_static(b"ping 1"), false)
+        .expect("send");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the answer head"))
+        .expect("an answer");
+    let mut received = answer.into_body();
+    let first = actix_rt::time::timeout(five_seconds, received.data())
+        .await
+        .unwrap_or_else(not_in_time("the first echo"));
+    assert!(first.is_some_and(|chunk| chunk.is_ok()));
+    // The caller gives up on its call half way, as a gRPC client cancelling
+    // a stream does.
+    sending.send_reset(h2::Reason::CANCEL);
+    // A call after it: once the breaker has counted its success, it has
+    // counted whatever the first call was.
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::get(format!("http://{addr}/echo/after"))
+        .body(())
+        .expect("a request");
+    let (answer, _) = client.send_request(request, true).expect("a stream");
+    let answer = actix_rt::time::timeout(five_seconds, answer)
+        .await
+        .unwrap_or_else(not_in_time("the second answer"))
+        .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    let metrics = format!("http://{}/metrics", sidecar.admin_addr());
+    let breaker = |kind: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let text = get_text(&metrics).await;
+            metric_sum(
+                &text,
+                &format!("outrigger_circuit_breaker_{kind}_total"),
+                &[("service", "echo")],
+            )
+        }
+    };
+    eventually("the breaker counted the second call", || async {
+        breaker("successes").await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        breaker("failures").await,
+        0.0,
+        "the caller's reset was counted against the replica"
+    );
+}
+
+#[actix_web::test]
 async fn a_goaway_drains_its_connection_and_new_requests_take_a_new_one() {
     let replica = H2Replica::start(None);
     let sidecar = sidecar_for(1, &[("api", "http2", &replica)]).await;

@@ -20,6 +20,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::HttpResponse;
 
+use super::cut::CallerCut;
 use super::trailers::Trailers;
 pub use crate::core::grpc::GrpcCode;
 use crate::error::ProxyError;
@@ -217,16 +218,18 @@ fn set_status(headers: &mut HeaderMap, code: GrpcCode, message: &str) {
 }
 
 /// The code of a gRPC answer whose body broke off with `error` after its
-/// head went out: 8 RESOURCE_EXHAUSTED when the caller's own message went
-/// over `max_body_bytes` (the replica's stream was reset for it: the
-/// client's [`PayloadError::Overflow`]), as when the message is refused
-/// before the head; else (its replica died or reset the stream) 14
-/// UNAVAILABLE, which gRPC clients and their retry policies read as "try
-/// again", where a reset stream would read as INTERNAL, a bug.
+/// head went out: when its caller's own body cut it ([`CallerCut`]), 8
+/// RESOURCE_EXHAUSTED for a message over `max_body_bytes` (as when the
+/// message is refused before the head) and 1 CANCELLED for a body that
+/// broke off (the caller reset its stream); else (its replica died or
+/// reset the stream) 14 UNAVAILABLE, which gRPC clients and their retry
+/// policies read as "try again", where a reset stream would read as
+/// INTERNAL, a bug.
 fn code_for_break(error: &(dyn Error + 'static)) -> GrpcCode {
-    match error.downcast_ref::<PayloadError>() {
-        Some(PayloadError::Overflow) => GrpcCode::ResourceExhausted,
-        _ => GrpcCode::Unavailable,
+    match error.downcast_ref::<PayloadError>().and_then(CallerCut::of) {
+        Some(CallerCut::OverLimit) => GrpcCode::ResourceExhausted,
+        Some(CallerCut::BrokeOff) => GrpcCode::Cancelled,
+        None => GrpcCode::Unavailable,
     }
 }
 
@@ -237,6 +240,7 @@ pub fn broken_off(error: &(dyn Error + 'static)) -> http::HeaderMap {
     let code = code_for_break(error);
     let message = match code {
         GrpcCode::ResourceExhausted => "a request message went over max_body_bytes".to_string(),
+        GrpcCode::Cancelled => "the request was cancelled".to_string(),
         _ => format!("the answer broke off: {error}"),
     };
     set_status(&mut trailers, code, &message);
@@ -464,11 +468,13 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_that_broke_off_ends_unavailable_unless_its_caller_went_over_the_limit() {
+    fn an_answer_that_broke_off_ends_unavailable_unless_its_caller_cut_it() {
         let trailers = broken_off(&std::io::Error::other("reset"));
         assert_eq!(trailers[&GRPC_STATUS], "14");
         assert_eq!(trailers[&GRPC_MESSAGE], "the answer broke off: reset");
-        let trailers = broken_off(&PayloadError::Overflow);
+        let trailers = broken_off(&CallerCut::BrokeOff.error());
+        assert_eq!(trailers[&GRPC_STATUS], "1");
+        let trailers = broken_off(&CallerCut::OverLimit.error());
         assert_eq!(trailers[&GRPC_STATUS], "8");
         assert_eq!(
             trailers[&GRPC_MESSAGE],
@@ -491,8 +497,12 @@ mod tests {
         let reset = PayloadError::Io(std::io::Error::other("reset"));
         let broken = answer(vec![Err(reset)]);
         assert!(actix_web::body::to_bytes(broken.into_body()).await.is_err());
-        let over_limit = answer(vec![Err(PayloadError::Overflow)]);
+        let over_limit = answer(vec![Err(CallerCut::OverLimit.error())]);
         assert!(actix_web::body::to_bytes(over_limit.into_body())
+            .await
+            .is_err());
+        let cancelled = answer(vec![Err(CallerCut::BrokeOff.error())]);
+        assert!(actix_web::body::to_bytes(cancelled.into_body())
             .await
             .is_err());
         drop(answer(vec![Ok(Bytes::from_static(b"m"))]));
@@ -511,7 +521,7 @@ mod tests {
                 counted("CANCELLED"),
                 counted("UNKNOWN")
             ],
-            [1, 1, 1, 1]
+            [1, 1, 2, 1]
         );
     }
 

@@ -8,6 +8,8 @@
 //! - `request_id`: the `x-request-id` every answer carries;
 //! - `trailers`: the slot for a message's trailers, filled when its body
 //!   ends;
+//! - `cut`: an answer cut by its caller's request body, told from one cut
+//!   by its replica;
 //! - `grpc`: what gRPC means for a request and its answer (detection,
 //!   `grpc-status` in the head or the trailers, `grpc-timeout`,
 //!   trailers-only answers, counting each answer's code);
@@ -23,6 +25,7 @@
 
 pub(crate) mod access;
 pub(crate) mod client;
+pub(crate) mod cut;
 pub mod forward;
 pub(crate) mod grpc;
 pub(crate) mod listener;

@@ -25,6 +25,7 @@ use crate::config::{Config, GrpcCodes, Policy};
 use crate::core::breaker::CallResult;
 use crate::error::ProxyError;
 use crate::http::client::{CallError, Peer};
+use crate::http::cut::CallerCut;
 use crate::http::forward::{self, HeaderPlan, RequestBody, Target};
 use crate::http::grpc;
 use crate::http::listener::{self, Arrival, Front};
@@ -521,11 +522,12 @@ struct Streaming {
 
 impl forward::StreamGuard for Streaming {
     fn broke(&mut self, error: &PayloadError) {
-        if matches!(error, PayloadError::Overflow) {
-            // Cut for the caller's message over max_body_bytes: the
-            // replica did nothing wrong (the call counts as cancelled).
+        if CallerCut::of(error).is_some() {
+            // Cut by the caller's own body (over max_body_bytes, or broken
+            // off): the replica did nothing wrong (the call counts as
+            // cancelled).
             debug!(
-                "request {}: a request message went over max_body_bytes after the answer's head; the stream to {} was reset",
+                "request {}: {error} after the answer's head; the stream to {} was reset",
                 IdText(&self.request_id),
                 self.lease.endpoint()
             );

@@ -44,6 +44,7 @@ use super::pool::{Counted, IDLE_TIMEOUT};
 use super::{
     dial, CallError, Client, Http2Body, OutgoingBody, Shared, Transport, UpstreamResponse,
 };
+use crate::http::cut::CallerCut;
 use crate::http::trailers::Trailers;
 use crate::metrics::PoolGauges;
 use crate::tls::Origination;
@@ -230,11 +231,11 @@ pub(super) async fn send(
             slot,
         );
     };
-    let (response, over_limit) = match outgoing {
+    let (response, caller_cut) = match outgoing {
         None => (bounded(timeout, answer).await?, None),
         Some(outgoing) => {
-            let over_limit = OverLimit::default();
-            let pumped = pump(outgoing, body, trailers, timeout, over_limit.clone());
+            let caller_cut = CallerCutSlot::default();
+            let pumped = pump(outgoing, body, trailers, timeout, caller_cut.clone());
             let mut pumping = Box::pin(pumped);
             let raced = match select(pumping.as_mut(), answer).await {
                 Either::Left((sent, answer)) => {
@@ -252,7 +253,7 @@ pub(super) async fn send(
                     response
                 }
             };
-            (response, Some(over_limit))
+            (response, Some(caller_cut))
         }
     };
     let (parts, answer_body) = response.into_parts();
@@ -280,7 +281,7 @@ pub(super) async fn send(
             body: answer_body,
             trailers: Trailers::default(),
             data_ended: false,
-            over_limit,
+            caller_cut,
             _slot: slot,
         },
     ))
@@ -478,22 +479,22 @@ impl Drop for Connecting {
     }
 }
 
-/// Set when a request's stream was reset because the caller's body went
-/// over its limit (`max_body_bytes`), so that the answer this cuts says so
+/// Set when a request's stream was reset because of the caller's body
+/// (over its limit, or broken off), so that the answer this cuts says so
 /// (see [`Receiving`]).
 #[derive(Clone, Default)]
-struct OverLimit(Rc<Cell<bool>>);
+struct CallerCutSlot(Rc<Cell<Option<CallerCut>>>);
 
 /// Sends `body` on `outgoing` as the replica grants window, then the
 /// request's `trailers` if its body ended with some, else the end of the
-/// stream; a caller's body that breaks off resets the stream (and one that
-/// went over its limit sets `over_limit`).
+/// stream; a caller's body that breaks off or goes over its limit resets
+/// the stream, and says which in `caller_cut`.
 async fn pump(
     mut outgoing: SendStream<Bytes>,
     body: OutgoingBody,
     trailers: Option<Trailers>,
     timeout: Duration,
-    over_limit: OverLimit,
+    caller_cut: CallerCutSlot,
 ) -> Result<(), CallError> {
     match body {
         OutgoingBody::Empty => return Ok(()),
@@ -502,7 +503,11 @@ async fn pump(
             match payload.next().await {
                 Some(Ok(chunk)) => send_data(&mut outgoing, chunk, timeout).await?,
                 Some(Err(err)) => {
-                    over_limit.0.set(err.is_over_limit());
+                    caller_cut.0.set(Some(if err.is_over_limit() {
+                        CallerCut::OverLimit
+                    } else {
+                        CallerCut::BrokeOff
+                    }));
                     outgoing.send_reset(Reason::CANCEL);
                     return Err(CallError::Body(err));
                 }
@@ -571,8 +576,8 @@ fn io_error(err: h2::Error) -> io::Error {
 /// bytes are taken, and the replica's trailers, if it sends any, fill
 /// [`Receiving::trailers`] at its end. Dropped before its end, the stream
 /// is reset. An answer cut because the caller's request body went over its
-/// limit (the stream was reset for it) ends with
-/// [`PayloadError::Overflow`], the caller's doing; any other cut with
+/// limit or broke off (the stream was reset for it) ends with the error of
+/// that [`CallerCut`], the caller's doing; any other cut with
 /// [`PayloadError::Http2Payload`].
 pub(super) struct Receiving {
     body: RecvStream,
@@ -580,17 +585,16 @@ pub(super) struct Receiving {
     /// Its data has ended; the trailers are next.
     data_ended: bool,
     /// Set if the request had a body to send.
-    over_limit: Option<OverLimit>,
+    caller_cut: Option<CallerCutSlot>,
     _slot: StreamSlot,
 }
 
 impl Receiving {
     /// The error the answer ends with, cut by `err` (see the type's doc).
     fn cut(&self, err: h2::Error) -> PayloadError {
-        if self.over_limit.as_ref().is_some_and(|over| over.0.get()) {
-            PayloadError::Overflow
-        } else {
-            PayloadError::Http2Payload(err)
+        match self.caller_cut.as_ref().and_then(|cut| cut.0.get()) {
+            Some(cut) => cut.error(),
+            None => PayloadError::Http2Payload(err),
         }
     }
 
