@@ -474,6 +474,17 @@ async fn echo_over_http2(replica: &H2Replica) -> (Sidecar, h2::client::SendReque
     (sidecar, client)
 }
 
+/// The answer head `answer` brings, within 5 s.
+async fn head_of(
+    answer: h2::client::ResponseFuture,
+    what: &'static str,
+) -> http::Response<h2::RecvStream> {
+    actix_rt::time::timeout(std::time::Duration::from_secs(5), answer)
+        .await
+        .unwrap_or_else(not_in_time(what))
+        .expect("an answer")
+}
+
 fn not_in_time<T>(what: &'static str) -> impl FnOnce(tokio::time::error::Elapsed) -> T {
     move |_| panic!("{what} did not come within 5s: the body and answer did not stream at once")
 }
@@ -491,10 +502,7 @@ async fn a_request_body_and_its_answer_stream_at_once_through_an_http2_replica()
     sending
         .send_data(Bytes::from_static(b"ping 1"), false)
         .expect("send");
-    let answer = actix_rt::time::timeout(five_seconds, answer)
-        .await
-        .unwrap_or_else(not_in_time("the answer head"))
-        .expect("an answer");
+    let answer = head_of(answer, "the answer head").await;
     assert_eq!(answer.status(), 200);
     let mut received = answer.into_body();
     let first = actix_rt::time::timeout(five_seconds, received.data())
@@ -533,10 +541,7 @@ async fn trailers_pass_after_an_empty_body_both_ways() {
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
     sending.send_trailers(trailers).expect("trailers sent");
-    let answer = actix_rt::time::timeout(five_seconds, answer)
-        .await
-        .unwrap_or_else(not_in_time("the answer"))
-        .expect("an answer");
+    let answer = head_of(answer, "the answer").await;
     assert_eq!(answer.status(), 200);
     let mut body = answer.into_body();
     let mut echo = Vec::new();
@@ -553,10 +558,7 @@ async fn trailers_pass_after_an_empty_body_both_ways() {
         .body(())
         .expect("a request");
     let (answer, _) = client.send_request(request, true).expect("a stream");
-    let answer = actix_rt::time::timeout(five_seconds, answer)
-        .await
-        .unwrap_or_else(not_in_time("the answer"))
-        .expect("an answer");
+    let answer = head_of(answer, "the answer").await;
     assert_eq!(answer.status(), 200);
     assert_eq!(answer.headers()["content-length"], "0");
     let mut body = answer.into_body();
@@ -582,10 +584,7 @@ async fn a_caller_that_resets_its_stream_mid_body_is_not_held_against_the_replic
     sending
         .send_data(Bytes::from_static(b"ping 1"), false)
         .expect("send");
-    let answer = actix_rt::time::timeout(five_seconds, answer)
-        .await
-        .unwrap_or_else(not_in_time("the answer head"))
-        .expect("an answer");
+    let answer = head_of(answer, "the answer head").await;
     let mut received = answer.into_body();
     let first = actix_rt::time::timeout(five_seconds, received.data())
         .await
@@ -601,10 +600,7 @@ async fn a_caller_that_resets_its_stream_mid_body_is_not_held_against_the_replic
         .body(())
         .expect("a request");
     let (answer, _) = client.send_request(request, true).expect("a stream");
-    let answer = actix_rt::time::timeout(five_seconds, answer)
-        .await
-        .unwrap_or_else(not_in_time("the second answer"))
-        .expect("an answer");
+    let answer = head_of(answer, "the second answer").await;
     assert_eq!(answer.status(), 200);
     let metrics = format!("http://{}/metrics", sidecar.admin_addr());
     let breaker = |kind: &'static str| {
