@@ -609,20 +609,26 @@ async fn the_http2_library_s_own_lines_follow_the_log_filters_as_they_change() {
     let (_upstream, process) = logging_to(&log_path, "", &[("LOG_LEVEL", "info")]).await;
     // h2 logs with `tracing`, at debug: "connection error PROTOCOL_ERROR --
     // received unexpected CONTINUATION frame".
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let said = || {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
+        log()
             .matches("received unexpected CONTINUATION frame")
             .count()
     };
-    http2_protocol_error(process.outbound).await;
     let admin = format!("http://{}/log-level", process.admin);
-    let put = client()
-        .put(admin)
-        .send_body("info,h2=debug")
-        .await
-        .expect("an answer");
-    assert_eq!(put.status().as_u16(), 200);
+    let set_filters = |filters: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let put = client()
+                .put(admin)
+                .send_body(filters)
+                .await
+                .expect("an answer");
+            assert_eq!(put.status().as_u16(), 200, "{filters}");
+        }
+    };
+    http2_protocol_error(process.outbound).await;
+    set_filters("info,h2=debug").await;
     http2_protocol_error(process.outbound).await;
     eventually(
         "h2's debug line is logged once the filters take it",
@@ -630,6 +636,22 @@ async fn the_http2_library_s_own_lines_follow_the_log_filters_as_they_change() {
     )
     .await;
     assert_eq!(said(), 1, "h2's debug line was logged at info");
+
+    // With every level open to h2 and to the lines `tracing` writes for
+    // spans: h2's trace events come, and not one span line (the sidecar's
+    // dispatcher makes no span; without it, `tracing` would log each span
+    // h2 opens as it is made, entered, left and dropped).
+    set_filters("info,h2=trace,tracing::span=trace").await;
+    http2_protocol_error(process.outbound).await;
+    eventually("h2's trace lines are logged", || async {
+        log().contains("TRACE h2::")
+    })
+    .await;
+    assert!(
+        !log().contains(" tracing::span"),
+        "span lines were logged:\n{}",
+        log()
+    );
 }
 
 /// How many refusals of `reason` the warnings account for: each logged in
